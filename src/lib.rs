@@ -1,0 +1,14 @@
+//! palo-webhooks: a single-binary webhook delivery daemon.
+//!
+//! See docs/ARCHITECTURE.md for the map of modules and the path of an event.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod event;
+pub mod ids;
+pub mod json_strict;
+pub mod model;
+pub mod retry;
+pub mod signature;
+pub mod store;

@@ -1,0 +1,250 @@
+//! Domain types shared by the store, the scheduler, the delivery engine and the API.
+//!
+//! Owner's rule: plain data, no serde, no I/O. The API converts these to its JSON shapes and
+//! the store to its versioned records; neither shape leaks into the other.
+
+use std::fmt;
+
+use crate::event::EventType;
+use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+
+/// A webhook secret. Its `Debug` prints stars so it cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+/// Which event types a webhook receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventFilter {
+    /// `"*"`: every public event type (never `webhook.test`, which targets one webhook).
+    All,
+    /// An explicit, non-empty list.
+    Only(Vec<EventType>),
+}
+
+impl EventFilter {
+    /// Whether an event of `event_type` fans out to a webhook with this filter.
+    pub fn matches(&self, event_type: EventType) -> bool {
+        match self {
+            EventFilter::All => event_type != EventType::WebhookTest,
+            EventFilter::Only(types) => types.contains(&event_type),
+        }
+    }
+}
+
+/// A webhook (endpoint) of an organization (spec "Créer un webhook").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// `wh_<ULID>`.
+    pub id: WebhookId,
+    /// Owner organization.
+    pub organization_id: String,
+    /// Absolute http(s) URL deliveries are POSTed to.
+    pub url: String,
+    /// Subscribed event types.
+    pub events: EventFilter,
+    /// HMAC key, UTF-8.
+    pub secret: Secret,
+    /// Inactive webhooks receive nothing and get no new deliveries.
+    pub active: bool,
+    /// Free text.
+    pub description: String,
+    /// ms since the epoch.
+    pub created_at_ms: u64,
+    /// ms since the epoch.
+    pub updated_at_ms: u64,
+}
+
+/// A stored event: its envelope bytes and where it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Internal key (time of ingest).
+    pub key: EventKey,
+    /// The envelope `event_id`.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: EventType,
+    /// The envelope `timestamp` (RFC 3339, UTC).
+    pub timestamp: String,
+    /// Owner organization.
+    pub organization_id: String,
+    /// ms since the epoch when accepted.
+    pub received_at_ms: u64,
+    /// The exact body every attempt sends.
+    pub body: Vec<u8>,
+    /// Hash of the producer's content, for idempotent replays.
+    pub content_hash: [u8; 32],
+    /// The deliveries made by fan-out, in creation order.
+    pub delivery_ids: Vec<DeliveryId>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    /// Created, no scheduled attempt has failed yet.
+    Pending,
+    /// At least one scheduled attempt failed; another is scheduled.
+    Retrying,
+    /// An attempt got a 2xx. Final.
+    Succeeded,
+    /// Every scheduled attempt failed. Final (a manual redelivery may still succeed).
+    Failed,
+    /// Its webhook was deleted before it finished. Final.
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [DeliveryStatus; 5] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Succeeded,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Cancelled,
+    ];
+
+    /// The API name (`pending`, `retrying`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(name: &str) -> Option<DeliveryStatus> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether no scheduled attempt will follow.
+    pub fn is_final(self) -> bool {
+        matches!(self, DeliveryStatus::Succeeded | DeliveryStatus::Failed | DeliveryStatus::Cancelled)
+    }
+}
+
+/// One event to one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// `dlv_<ULID>`.
+    pub id: DeliveryId,
+    /// Owner organization (the event's and the webhook's).
+    pub organization_id: String,
+    /// Target webhook (may since have been deleted).
+    pub webhook_id: WebhookId,
+    /// The event's internal key.
+    pub event_key: EventKey,
+    /// The envelope `event_id`.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: EventType,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Every attempt made, manual ones included.
+    pub attempt_count: u32,
+    /// Scheduled attempts made (manual ones excluded); at most the schedule's maximum.
+    pub scheduled_attempts: u32,
+    /// When the next scheduled attempt is due, ms since the epoch; `None` when final.
+    pub next_attempt_at_ms: Option<u64>,
+    /// ms since the epoch.
+    pub created_at_ms: u64,
+    /// ms since the epoch.
+    pub updated_at_ms: u64,
+}
+
+/// Why an attempt got no usable HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptError {
+    /// The whole exchange took longer than the attempt timeout.
+    Timeout,
+    /// TCP connection refused, reset or unreachable.
+    Connect,
+    /// The host name did not resolve.
+    Dns,
+    /// The TLS handshake failed.
+    Tls,
+    /// Any other I/O or protocol error after connecting.
+    Io,
+}
+
+impl AttemptError {
+    /// The API name (`timeout`, `connect`, `dns`, `tls`, `io`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptError::Timeout => "timeout",
+            AttemptError::Connect => "connect",
+            AttemptError::Dns => "dns",
+            AttemptError::Tls => "tls",
+            AttemptError::Io => "io",
+        }
+    }
+}
+
+/// What started an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// The retry schedule (counts toward the scheduled maximum).
+    Scheduled,
+    /// A person's redelivery (logged and numbered, not counted toward the maximum).
+    Manual,
+}
+
+impl Trigger {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "scheduled",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// One logged attempt (spec "Logs de livraison").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1, 2, … in order; also sent as `X-Palo-Attempt`.
+    pub number: u32,
+    /// ms since the epoch.
+    pub started_at_ms: u64,
+    /// Whole exchange, in ms.
+    pub duration_ms: u64,
+    /// HTTP status, `None` when no response arrived.
+    pub status_code: Option<u16>,
+    /// Transport error, `None` when a response arrived.
+    pub error: Option<AttemptError>,
+    /// The response body, UTF-8 lossy, at most the stored cap.
+    pub response_body: String,
+    /// Whether the body was longer than the cap.
+    pub response_body_truncated: bool,
+    /// What started it.
+    pub trigger: Trigger,
+}
+
+impl Attempt {
+    /// An attempt succeeds on any 2xx status (a truncated body does not matter).
+    pub fn succeeded(&self) -> bool {
+        matches!(self.status_code, Some(200..=299))
+    }
+}
+
+/// An organization API key. The key text itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// `key_<ULID>`.
+    pub id: KeyId,
+    /// The organization it acts for.
+    pub organization_id: String,
+    /// Free text.
+    pub description: String,
+    /// ms since the epoch.
+    pub created_at_ms: u64,
+    /// SHA-256 of the key text.
+    pub key_hash: [u8; 32],
+}

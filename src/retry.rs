@@ -1,0 +1,174 @@
+//! The retry schedule and the state change after an attempt (spec "Retries automatiques").
+//!
+//! Owner's rule: pure policy. Functions take `now` and the current state and return the next
+//! state; the store applies it in the same transaction that logs the attempt.
+
+use std::time::Duration;
+
+use crate::model::{DeliveryStatus, Trigger};
+
+/// Delays between scheduled attempts, measured from the previous failure.
+/// The spec's is `5m,30m,2h,6h`: 4 retries, so a delivery is abandoned after 5 failed attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule {
+    delays: Vec<Duration>,
+}
+
+/// A schedule text that does not parse (`--retry-schedule`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid retry schedule {text:?}: expected comma-separated durations like 5m,30m,2h,6h")]
+pub struct ScheduleParseError {
+    /// The text given.
+    pub text: String,
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        RetrySchedule::parse("5m,30m,2h,6h").expect("the spec schedule parses")
+    }
+}
+
+impl RetrySchedule {
+    /// Parses `5m,30m,2h,6h` (humantime durations, comma-separated). An empty text means
+    /// no retries: one scheduled attempt only.
+    ///
+    /// # Errors
+    /// [`ScheduleParseError`] when any part is not a duration.
+    pub fn parse(text: &str) -> Result<RetrySchedule, ScheduleParseError> {
+        let err = || ScheduleParseError { text: text.to_owned() };
+        let delays = text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| humantime::parse_duration(part).map_err(|_| err()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RetrySchedule { delays })
+    }
+
+    /// The delays, in order.
+    pub fn delays(&self) -> &[Duration] {
+        &self.delays
+    }
+
+    /// How many scheduled attempts are made before a delivery is `failed` (delays + 1).
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.delays.len() + 1).unwrap_or(u32::MAX)
+    }
+
+    /// The delay after the `failed_attempts`-th scheduled failure, if another attempt follows.
+    pub fn delay_after(&self, failed_attempts: u32) -> Option<Duration> {
+        let index = usize::try_from(failed_attempts.checked_sub(1)?).ok()?;
+        self.delays.get(index).copied()
+    }
+}
+
+impl std::fmt::Display for RetrySchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.delays.iter().map(|d| humantime::format_duration(*d).to_string()).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// The scheduling state of a delivery that an attempt result changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleState {
+    /// Current status.
+    pub status: DeliveryStatus,
+    /// Scheduled attempts made so far.
+    pub scheduled_attempts: u32,
+    /// Due time of the next scheduled attempt, ms since the epoch.
+    pub next_attempt_at_ms: Option<u64>,
+}
+
+/// The state after an attempt with the given result, finished at `now_ms`.
+///
+/// - Any 2xx: `succeeded`, nothing scheduled (a manual success also cancels a scheduled retry).
+/// - A failed manual attempt changes nothing.
+/// - A failed scheduled attempt: `retrying` with the next delay of the schedule, or `failed`
+///   once the schedule is exhausted.
+/// - A final delivery (`cancelled`, or `failed`/`succeeded` for a scheduled attempt that
+///   raced with a change) stays as it is unless a manual attempt succeeds on it.
+pub fn after_attempt(
+    state: ScheduleState,
+    trigger: Trigger,
+    succeeded: bool,
+    schedule: &RetrySchedule,
+    now_ms: u64,
+) -> ScheduleState {
+    if state.status == DeliveryStatus::Cancelled {
+        return state;
+    }
+    if succeeded {
+        let scheduled_attempts = state.scheduled_attempts + u32::from(trigger == Trigger::Scheduled);
+        return ScheduleState { status: DeliveryStatus::Succeeded, scheduled_attempts, next_attempt_at_ms: None };
+    }
+    if trigger == Trigger::Manual || state.status.is_final() {
+        return state;
+    }
+    let failed = state.scheduled_attempts + 1;
+    match schedule.delay_after(failed) {
+        Some(delay) if failed < schedule.max_attempts() => ScheduleState {
+            status: DeliveryStatus::Retrying,
+            scheduled_attempts: failed,
+            next_attempt_at_ms: Some(now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))),
+        },
+        _ => ScheduleState { status: DeliveryStatus::Failed, scheduled_attempts: failed, next_attempt_at_ms: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> ScheduleState {
+        ScheduleState { status: DeliveryStatus::Pending, scheduled_attempts: 0, next_attempt_at_ms: Some(0) }
+    }
+
+    #[test]
+    fn spec_schedule_gives_up_after_five_failed_attempts() {
+        let schedule = RetrySchedule::default();
+        assert_eq!(schedule.max_attempts(), 5);
+        let mut state = pending();
+        let mut offsets = Vec::new();
+        let mut now = 1_000;
+        for _ in 0..5 {
+            state = after_attempt(state, Trigger::Scheduled, false, &schedule, now);
+            if let Some(next) = state.next_attempt_at_ms {
+                offsets.push(next - now);
+                now = next;
+            }
+        }
+        assert_eq!(offsets, [300_000, 1_800_000, 7_200_000, 21_600_000]);
+        assert_eq!(state.status, DeliveryStatus::Failed);
+        assert_eq!(state.scheduled_attempts, 5);
+        assert_eq!(state.next_attempt_at_ms, None);
+    }
+
+    #[test]
+    fn manual_failure_changes_nothing_and_manual_success_finishes() {
+        let schedule = RetrySchedule::default();
+        let retrying = ScheduleState { status: DeliveryStatus::Retrying, scheduled_attempts: 2, next_attempt_at_ms: Some(9) };
+        assert_eq!(after_attempt(retrying, Trigger::Manual, false, &schedule, 5), retrying);
+        let done = after_attempt(retrying, Trigger::Manual, true, &schedule, 5);
+        assert_eq!(done.status, DeliveryStatus::Succeeded);
+        assert_eq!(done.scheduled_attempts, 2);
+        assert_eq!(done.next_attempt_at_ms, None);
+        let failed = ScheduleState { status: DeliveryStatus::Failed, scheduled_attempts: 5, next_attempt_at_ms: None };
+        assert_eq!(after_attempt(failed, Trigger::Manual, true, &schedule, 5).status, DeliveryStatus::Succeeded);
+    }
+
+    #[test]
+    fn cancelled_delivery_stays_cancelled() {
+        let cancelled = ScheduleState { status: DeliveryStatus::Cancelled, scheduled_attempts: 1, next_attempt_at_ms: None };
+        assert_eq!(after_attempt(cancelled, Trigger::Manual, true, &RetrySchedule::default(), 5), cancelled);
+    }
+
+    #[test]
+    fn schedule_parses_and_prints() {
+        let schedule = RetrySchedule::parse("1s, 2s,500ms").unwrap();
+        assert_eq!(schedule.max_attempts(), 4);
+        assert_eq!(schedule.to_string(), "1s,2s,500ms");
+        assert!(RetrySchedule::parse("soon").is_err());
+        assert_eq!(RetrySchedule::parse("").unwrap().max_attempts(), 1);
+    }
+}

@@ -1,0 +1,437 @@
+//! Store operations on events, deliveries, attempts and the retry index.
+
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use super::records::{decode, encode, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord};
+use super::{
+    get_webhook, Store, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS, ORG_WEBHOOKS,
+    RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES,
+};
+use crate::event::{EventType, PreparedEvent};
+use crate::ids::{DeliveryId, EventKey, WebhookId};
+use crate::model::{Attempt, Delivery, DeliveryStatus, Event, Webhook};
+use crate::retry::{after_attempt, RetrySchedule, ScheduleState};
+
+/// Which webhooks an accepted event fans out to.
+#[derive(Debug, Clone, Copy)]
+pub enum FanOut {
+    /// Every active webhook of the event's organization subscribed to its type.
+    Subscribers,
+    /// Exactly this webhook (the test-delivery endpoint), if it belongs to the organization.
+    Only(WebhookId),
+}
+
+/// The result of [`Store::accept_event`].
+#[derive(Debug)]
+pub enum AcceptOutcome {
+    /// New event stored with its deliveries (possibly none).
+    Accepted {
+        /// The stored event.
+        event: Event,
+        /// Its deliveries, each with a retry-index entry at the first due time.
+        deliveries: Vec<Delivery>,
+    },
+    /// The same (organization, `event_id`) with the same content was accepted before;
+    /// nothing was written.
+    Replayed {
+        /// The original event.
+        event: Event,
+    },
+    /// The same (organization, `event_id`) exists with different content; nothing was written.
+    Conflict,
+}
+
+/// Filters of [`Store::list_events`]; bounds compare against the time of ingest.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only this organization's events.
+    pub organization_id: Option<String>,
+    /// Only this type.
+    pub event_type: Option<EventType>,
+    /// Received at or after, ms since the epoch.
+    pub since_ms: Option<u64>,
+    /// Received at or before, ms since the epoch.
+    pub until_ms: Option<u64>,
+}
+
+/// What an attempt needs: the delivery, its webhook (gone if deleted) and the body.
+#[derive(Debug, Clone)]
+pub struct AttemptContext {
+    /// The delivery as stored now.
+    pub delivery: Delivery,
+    /// Its webhook, `None` if it was deleted.
+    pub webhook: Option<Webhook>,
+    /// The envelope bytes.
+    pub body: Vec<u8>,
+}
+
+impl Store {
+    /// Accepts an event: checks idempotency on (organization, `event_id`), fans it out and
+    /// stores the event, its deliveries and their retry-index entries (due at `first_due_ms`)
+    /// in one durable commit.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn accept_event(
+        &self,
+        prepared: &PreparedEvent,
+        fan_out: FanOut,
+        now_ms: u64,
+        first_due_ms: u64,
+    ) -> Result<AcceptOutcome, StoreError> {
+        self.write(|txn| {
+            let org = prepared.organization_id.as_str();
+            let existing = txn.open_table(EVENT_IDS)?.get((prepared.event_id.as_str(), org))?.map(|v| v.value());
+            if let Some(key) = existing {
+                let event = load_event(&txn.open_table(EVENTS)?, EventKey(key))?;
+                return Ok(match event {
+                    Some(event) if event.content_hash == prepared.content_hash => AcceptOutcome::Replayed { event },
+                    _ => AcceptOutcome::Conflict,
+                });
+            }
+            let targets = fan_out_targets(txn, prepared, fan_out)?;
+            let key = EventKey::generate();
+            let deliveries: Vec<Delivery> = targets
+                .iter()
+                .map(|webhook| Delivery {
+                    id: DeliveryId::generate(),
+                    organization_id: org.to_owned(),
+                    webhook_id: webhook.id,
+                    event_key: key,
+                    event_id: prepared.event_id.clone(),
+                    event_type: prepared.event_type,
+                    status: DeliveryStatus::Pending,
+                    attempt_count: 0,
+                    scheduled_attempts: 0,
+                    next_attempt_at_ms: Some(first_due_ms),
+                    created_at_ms: now_ms,
+                    updated_at_ms: now_ms,
+                })
+                .collect();
+            let event = Event {
+                key,
+                event_id: prepared.event_id.clone(),
+                event_type: prepared.event_type,
+                timestamp: prepared.timestamp.clone(),
+                organization_id: org.to_owned(),
+                received_at_ms: now_ms,
+                body: prepared.body.clone(),
+                content_hash: prepared.content_hash,
+                delivery_ids: deliveries.iter().map(|d| d.id).collect(),
+            };
+            txn.open_table(EVENTS)?.insert(key.0, encode(&EventRecord::from_domain(&event)).as_slice())?;
+            txn.open_table(ORG_EVENTS)?.insert((org, key.0), ())?;
+            txn.open_table(EVENT_IDS)?.insert((prepared.event_id.as_str(), org), key.0)?;
+            let mut table = txn.open_table(DELIVERIES)?;
+            let mut by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
+            let mut index = txn.open_table(RETRY_INDEX)?;
+            for delivery in &deliveries {
+                table.insert(delivery.id.0, encode(&DeliveryRecord::from_domain(delivery)).as_slice())?;
+                by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
+                index.insert((first_due_ms, delivery.id.0), ())?;
+            }
+            Ok(AcceptOutcome::Accepted { event, deliveries })
+        })
+    }
+
+    /// The event of `organization_id` with this `event_id`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_event(&self, organization_id: &str, event_id: &str) -> Result<Option<Event>, StoreError> {
+        self.read(|txn| {
+            let Some(key) = txn.open_table(EVENT_IDS)?.get((event_id, organization_id))?.map(|v| v.value()) else {
+                return Ok(None);
+            };
+            load_event(&txn.open_table(EVENTS)?, EventKey(key))
+        })
+    }
+
+    /// The organizations that have an event with this `event_id` (for the admin, who may
+    /// not name one).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn organizations_with_event_id(&self, event_id: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(EVENT_IDS)?;
+            let mut orgs = Vec::new();
+            for row in table.range((event_id, "")..)? {
+                let (k, _) = row?;
+                let (id, org) = k.value();
+                if id != event_id {
+                    break;
+                }
+                orgs.push(org.to_owned());
+            }
+            Ok(orgs)
+        })
+    }
+
+    /// Up to `limit` events, newest first, strictly older than the cursor `before`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn list_events(&self, query: &EventQuery, before: Option<EventKey>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let low = u128::from(query.since_ms.unwrap_or(0)) << 80;
+        let mut high = query.until_ms.map_or(u128::MAX, |ms| ((u128::from(ms) + 1) << 80).saturating_sub(1));
+        if let Some(cursor) = before {
+            high = high.min(cursor.0.saturating_sub(1));
+        }
+        if low > high {
+            return Ok(Vec::new());
+        }
+        self.read(|txn| {
+            let events = txn.open_table(EVENTS)?;
+            let keys: Box<dyn Iterator<Item = Result<u128, redb::StorageError>>> = match &query.organization_id {
+                Some(org) => Box::new(
+                    txn.open_table(ORG_EVENTS)?
+                        .range((org.as_str(), low)..=(org.as_str(), high))?
+                        .rev()
+                        .map(|row| row.map(|(k, _)| k.value().1)),
+                ),
+                None => Box::new(events.range(low..=high)?.rev().map(|row| row.map(|(k, _)| k.value()))),
+            };
+            let mut out = Vec::new();
+            for key in keys {
+                let Some(event) = load_event(&events, EventKey(key?))? else { continue };
+                if query.event_type.is_none_or(|t| t == event.event_type) {
+                    out.push(event);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The deliveries with these ids that still exist, in the given order.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<Delivery>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(DELIVERIES)?;
+            ids.iter().filter_map(|id| load_delivery(&table, *id).transpose()).collect()
+        })
+    }
+
+    /// A delivery and all its attempts in ascending `number`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_delivery_with_attempts(&self, id: DeliveryId) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        self.read(|txn| {
+            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else { return Ok(None) };
+            let mut attempts = Vec::new();
+            for row in txn.open_table(ATTEMPTS)?.range((id.0, 0)..=(id.0, u32::MAX))? {
+                let (k, v) = row?;
+                attempts.push(decode::<AttemptRecord>("attempts", v.value())?.into_domain(k.value().1)?);
+            }
+            Ok(Some((delivery, attempts)))
+        })
+    }
+
+    /// Up to `limit` deliveries of a webhook, newest first, strictly older than `before`,
+    /// optionally only those with `status`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn list_webhook_deliveries(
+        &self,
+        webhook_id: WebhookId,
+        status: Option<DeliveryStatus>,
+        before: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let high = before.map_or(u128::MAX, |id| id.0.saturating_sub(1));
+        self.read(|txn| {
+            let table = txn.open_table(DELIVERIES)?;
+            let mut out = Vec::new();
+            for row in txn.open_table(WEBHOOK_DELIVERIES)?.range((webhook_id.0, 0)..=(webhook_id.0, high))?.rev() {
+                let (k, _) = row?;
+                let Some(delivery) = load_delivery(&table, DeliveryId(k.value().1))? else { continue };
+                if status.is_none_or(|s| s == delivery.status) {
+                    out.push(delivery);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Everything an attempt of this delivery needs, from one snapshot.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn attempt_context(&self, id: DeliveryId) -> Result<Option<AttemptContext>, StoreError> {
+        self.read(|txn| {
+            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else { return Ok(None) };
+            let webhook = get_webhook(&txn.open_table(WEBHOOKS)?, delivery.webhook_id)?;
+            let Some(event) = load_event(&txn.open_table(EVENTS)?, delivery.event_key)? else {
+                return Err(StoreError::Corrupt { table: "events", reason: format!("missing event of {id}") });
+            };
+            Ok(Some(AttemptContext { delivery, webhook, body: event.body }))
+        })
+    }
+
+    /// Logs an attempt and applies the retry policy in one durable commit: moves the
+    /// delivery's retry-index entry to its next due time, or removes it when final.
+    /// Returns the delivery as updated, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn record_attempt(
+        &self,
+        id: DeliveryId,
+        attempt: &Attempt,
+        schedule: &RetrySchedule,
+        now_ms: u64,
+    ) -> Result<Option<Delivery>, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(DELIVERIES)?;
+            let Some(mut delivery) = load_delivery(&table, id)? else { return Ok(None) };
+            txn.open_table(ATTEMPTS)?
+                .insert((id.0, attempt.number), encode(&AttemptRecord::from_domain(attempt)).as_slice())?;
+            let before = ScheduleState {
+                status: delivery.status,
+                scheduled_attempts: delivery.scheduled_attempts,
+                next_attempt_at_ms: delivery.next_attempt_at_ms,
+            };
+            let after = after_attempt(before, attempt.trigger, attempt.succeeded(), schedule, now_ms);
+            move_index_entry(txn, id, before.next_attempt_at_ms, after.next_attempt_at_ms)?;
+            delivery.status = after.status;
+            delivery.scheduled_attempts = after.scheduled_attempts;
+            delivery.next_attempt_at_ms = after.next_attempt_at_ms;
+            delivery.attempt_count = delivery.attempt_count.max(attempt.number);
+            delivery.updated_at_ms = now_ms;
+            table.insert(id.0, encode(&DeliveryRecord::from_domain(&delivery)).as_slice())?;
+            Ok(Some(delivery))
+        })
+    }
+
+    /// Deletes a webhook and cancels its unfinished deliveries (their log stays).
+    /// Returns the cancelled delivery ids, or `None` if the webhook did not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn delete_webhook(&self, id: WebhookId, now_ms: u64) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+        self.write(|txn| {
+            let Some(bytes) = txn.open_table(WEBHOOKS)?.remove(id.0)?.map(|v| v.value().to_vec()) else {
+                return Ok(None);
+            };
+            let webhook = decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id)?;
+            txn.open_table(ORG_WEBHOOKS)?.remove((webhook.organization_id.as_str(), id.0))?;
+            let ids: Vec<DeliveryId> = txn
+                .open_table(WEBHOOK_DELIVERIES)?
+                .range((id.0, 0)..=(id.0, u128::MAX))?
+                .map(|row| row.map(|(k, _)| DeliveryId(k.value().1)))
+                .collect::<Result<_, _>>()?;
+            let mut table = txn.open_table(DELIVERIES)?;
+            let mut cancelled = Vec::new();
+            for delivery_id in ids {
+                let Some(mut delivery) = load_delivery(&table, delivery_id)? else { continue };
+                if delivery.status.is_final() {
+                    continue;
+                }
+                move_index_entry(txn, delivery_id, delivery.next_attempt_at_ms, None)?;
+                delivery.status = DeliveryStatus::Cancelled;
+                delivery.next_attempt_at_ms = None;
+                delivery.updated_at_ms = now_ms;
+                table.insert(delivery_id.0, encode(&DeliveryRecord::from_domain(&delivery)).as_slice())?;
+                cancelled.push(delivery_id);
+            }
+            Ok(Some(cancelled))
+        })
+    }
+
+    /// Up to `limit` retry-index entries `(due ms, delivery)` in due order, strictly after the
+    /// cursor `after` and due strictly before `due_before_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn due_entries(
+        &self,
+        after: Option<(u64, DeliveryId)>,
+        due_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(RETRY_INDEX)?;
+            let start = match after {
+                None => (0, 0),
+                Some((due, id)) if id.0 == u128::MAX => (due.saturating_add(1), 0),
+                Some((due, id)) => (due, id.0 + 1),
+            };
+            let mut out = Vec::new();
+            for row in table.range(start..(due_before_ms, 0))? {
+                let (k, _) = row?;
+                let (due, id) = k.value();
+                out.push((due, DeliveryId(id)));
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Counts of deliveries that are not final (entries in the retry index).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        self.read(|txn| Ok(txn.open_table(RETRY_INDEX)?.len()?))
+    }
+}
+
+fn fan_out_targets(txn: &WriteTransaction, prepared: &PreparedEvent, fan_out: FanOut) -> Result<Vec<Webhook>, StoreError> {
+    let webhooks = txn.open_table(WEBHOOKS)?;
+    let org = prepared.organization_id.as_str();
+    match fan_out {
+        FanOut::Only(id) => Ok(get_webhook(&webhooks, id)?.into_iter().filter(|w| w.organization_id == org).collect()),
+        FanOut::Subscribers => {
+            let mut targets = Vec::new();
+            for row in txn.open_table(ORG_WEBHOOKS)?.range((org, 0)..=(org, u128::MAX))? {
+                let (k, _) = row?;
+                if let Some(webhook) = get_webhook(&webhooks, WebhookId(k.value().1))? {
+                    if webhook.active && webhook.events.matches(prepared.event_type) {
+                        targets.push(webhook);
+                    }
+                }
+            }
+            Ok(targets)
+        }
+    }
+}
+
+fn move_index_entry(txn: &WriteTransaction, id: DeliveryId, from: Option<u64>, to: Option<u64>) -> Result<(), StoreError> {
+    if from == to {
+        return Ok(());
+    }
+    let mut index = txn.open_table(RETRY_INDEX)?;
+    if let Some(due) = from {
+        index.remove((due, id.0))?;
+    }
+    if let Some(due) = to {
+        index.insert((due, id.0), ())?;
+    }
+    Ok(())
+}
+
+fn load_event(table: &impl ReadableTable<u128, &'static [u8]>, key: EventKey) -> Result<Option<Event>, StoreError> {
+    match table.get(key.0)? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(decode::<EventRecord>("events", bytes.value())?.into_domain(key)?)),
+    }
+}
+
+fn load_delivery(table: &impl ReadableTable<u128, &'static [u8]>, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+    match table.get(id.0)? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(decode::<DeliveryRecord>("deliveries", bytes.value())?.into_domain(id)?)),
+    }
+}

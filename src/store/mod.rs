@@ -1,0 +1,278 @@
+//! The store: every piece of state in one redb file.
+//!
+//! Owner's rule: this is the only module that imports redb. It offers domain operations
+//! (`accept_event`, `record_attempt`, `due_entries`, ...), never tables. Every call is
+//! synchronous and may block on disk or on another write transaction: async callers run it
+//! on a blocking thread (`tokio::task::spawn_blocking`). Every write is one transaction
+//! committed with `Durability::Immediate` (fsync) before the call returns, so an answer
+//! given after a write never speaks of data that a crash could lose.
+//!
+//! Layout (see docs/ARCHITECTURE.md): records are postcard-encoded versioned enums
+//! ([`records`]); ids are the ULID's `u128`, so every id-keyed table is in creation order.
+//! Architecture invariant: a delivery that is not final has exactly one entry in
+//! `retry_index`, keyed `(next_attempt_at_ms, delivery id)`; a final one has none.
+
+mod deliveries;
+mod records;
+
+use std::path::Path;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::ids::{KeyId, WebhookId};
+use crate::model::{ApiKey, Webhook};
+use records::{decode, encode, ApiKeyRecord, WebhookRecord};
+
+pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut};
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const WEBHOOKS: TableDefinition<u128, &[u8]> = TableDefinition::new("webhooks");
+pub(crate) const ORG_WEBHOOKS: TableDefinition<(&str, u128), ()> = TableDefinition::new("org_webhooks");
+pub(crate) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
+pub(crate) const ORG_EVENTS: TableDefinition<(&str, u128), ()> = TableDefinition::new("org_events");
+/// `(event_id, organization_id) -> event key`: idempotency and lookup by `event_id`.
+pub(crate) const EVENT_IDS: TableDefinition<(&str, &str), u128> = TableDefinition::new("event_ids");
+pub(crate) const DELIVERIES: TableDefinition<u128, &[u8]> = TableDefinition::new("deliveries");
+pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(u128, u128), ()> = TableDefinition::new("webhook_deliveries");
+pub(crate) const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("attempts");
+/// `(due ms since the epoch, delivery id)`: what the scheduler must attempt, in due order.
+pub(crate) const RETRY_INDEX: TableDefinition<(u64, u128), ()> = TableDefinition::new("retry_index");
+pub(crate) const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
+pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> = TableDefinition::new("api_key_hashes");
+
+/// The layout version written in `meta` on creation.
+const LAYOUT_VERSION: &[u8] = b"1";
+
+/// Errors of store operations. Callers branch on the variant; none carries secret data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database file open (redb's file lock).
+    #[error("the database file is already open in another process (is a daemon running on it?)")]
+    Locked,
+    /// redb failed: I/O error, full disk, corruption detected by redb.
+    #[error("storage error: {0}")]
+    Backend(Box<redb::Error>),
+    /// A record could not be decoded.
+    #[error("corrupt record in table {table}: {reason}")]
+    Corrupt {
+        /// The table holding the record.
+        table: &'static str,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// The file was written by a newer, incompatible layout.
+    #[error("unsupported store layout version {0:?}")]
+    UnsupportedLayout(String),
+}
+
+macro_rules! backend_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                match redb::Error::from(e) {
+                    redb::Error::DatabaseAlreadyOpen => StoreError::Locked,
+                    other => StoreError::Backend(Box::new(other)),
+                }
+            }
+        }
+    )*};
+}
+backend_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The handle to the open database. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it and its tables if missing.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
+    /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let store = Store { db };
+        store.write(|txn| {
+            let mut meta = txn.open_table(META)?;
+            let layout = meta.get("layout")?.map(|v| v.value().to_vec());
+            match layout {
+                None => {
+                    meta.insert("layout", LAYOUT_VERSION)?;
+                }
+                Some(v) if v == LAYOUT_VERSION => {}
+                Some(v) => return Err(StoreError::UnsupportedLayout(String::from_utf8_lossy(&v).into_owned())),
+            }
+            drop(meta);
+            txn.open_table(WEBHOOKS)?;
+            txn.open_table(ORG_WEBHOOKS)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(ORG_EVENTS)?;
+            txn.open_table(EVENT_IDS)?;
+            txn.open_table(DELIVERIES)?;
+            txn.open_table(WEBHOOK_DELIVERIES)?;
+            txn.open_table(ATTEMPTS)?;
+            txn.open_table(RETRY_INDEX)?;
+            txn.open_table(API_KEYS)?;
+            txn.open_table(API_KEY_HASHES)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `f` in one write transaction and commits it durably (fsync) if `f` succeeds;
+    /// aborts it otherwise. Blocks while another write transaction is open.
+    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let txn = self.db.begin_write()?;
+        let out = f(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` on a consistent snapshot.
+    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let txn = self.db.begin_read()?;
+        f(&txn)
+    }
+
+    /// Stores a new webhook.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn create_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(WEBHOOKS)?.insert(webhook.id.0, encode(&WebhookRecord::from_domain(webhook)).as_slice())?;
+            txn.open_table(ORG_WEBHOOKS)?.insert((webhook.organization_id.as_str(), webhook.id.0), ())?;
+            Ok(())
+        })
+    }
+
+    /// The webhook with this id, if it exists.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
+        self.read(|txn| get_webhook(&txn.open_table(WEBHOOKS)?, id))
+    }
+
+    /// Up to `limit` webhooks in creation order, after the cursor `after`, of one organization
+    /// or of all (`None`).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn list_webhooks(
+        &self,
+        organization_id: Option<&str>,
+        after: Option<WebhookId>,
+        limit: usize,
+    ) -> Result<Vec<Webhook>, StoreError> {
+        let start = after.map_or(0, |id| id.0.saturating_add(1));
+        self.read(|txn| {
+            let webhooks = txn.open_table(WEBHOOKS)?;
+            let ids: Vec<u128> = match organization_id {
+                Some(org) => txn
+                    .open_table(ORG_WEBHOOKS)?
+                    .range((org, start)..=(org, u128::MAX))?
+                    .take(limit)
+                    .map(|row| row.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()?,
+                None => webhooks
+                    .range(start..)?
+                    .take(limit)
+                    .map(|row| row.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()?,
+            };
+            ids.into_iter()
+                .filter_map(|id| get_webhook(&webhooks, WebhookId(id)).transpose())
+                .collect()
+        })
+    }
+
+    /// Replaces a webhook's fields (same id and organization).
+    /// Returns false if it no longer exists.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn update_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(WEBHOOKS)?;
+            if table.get(webhook.id.0)?.is_none() {
+                return Ok(false);
+            }
+            table.insert(webhook.id.0, encode(&WebhookRecord::from_domain(webhook)).as_slice())?;
+            Ok(true)
+        })
+    }
+
+    /// Stores a new organization API key (its hash only).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(API_KEYS)?.insert(key.id.0, encode(&ApiKeyRecord::from_domain(key)).as_slice())?;
+            txn.open_table(API_KEY_HASHES)?.insert(key.key_hash.as_slice(), key.id.0)?;
+            Ok(())
+        })
+    }
+
+    /// Every API key, in creation order.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(API_KEYS)?;
+            let mut keys = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                keys.push(decode::<ApiKeyRecord>("api_keys", v.value())?.into_domain(KeyId(k.value())));
+            }
+            Ok(keys)
+        })
+    }
+
+    /// Deletes an API key. Returns false if it did not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn delete_api_key(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.write(|txn| {
+            let Some(bytes) = txn.open_table(API_KEYS)?.remove(id.0)?.map(|v| v.value().to_vec()) else {
+                return Ok(false);
+            };
+            let key = decode::<ApiKeyRecord>("api_keys", &bytes)?.into_domain(id);
+            txn.open_table(API_KEY_HASHES)?.remove(key.key_hash.as_slice())?;
+            Ok(true)
+        })
+    }
+
+    /// The API key whose SHA-256 is `key_hash`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
+        self.read(|txn| {
+            let Some(id) = txn.open_table(API_KEY_HASHES)?.get(key_hash.as_slice())?.map(|v| v.value()) else {
+                return Ok(None);
+            };
+            let keys = txn.open_table(API_KEYS)?;
+            let Some(bytes) = keys.get(id)? else { return Ok(None) };
+            Ok(Some(decode::<ApiKeyRecord>("api_keys", bytes.value())?.into_domain(KeyId(id))))
+        })
+    }
+}
+
+fn get_webhook(table: &impl ReadableTable<u128, &'static [u8]>, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
+    match table.get(id.0)? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(decode::<WebhookRecord>("webhooks", bytes.value())?.into_domain(id)?)),
+    }
+}

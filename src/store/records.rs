@@ -1,0 +1,321 @@
+//! Stored record formats: postcard-encoded, one versioned enum per record type.
+//!
+//! Owner's rule: every record starts with its version tag (the enum variant index, which
+//! postcard writes first as a varint), so a later release can read old records and migrate
+//! them. Add a variant for a new layout; never change an existing one. Enumerations are
+//! stored by their API names, so a reordered Rust enum cannot corrupt old records.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventType;
+use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+use crate::model::{
+    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, Event, EventFilter, Secret, Trigger, Webhook,
+};
+
+use super::StoreError;
+
+/// Encodes a record. postcard to a Vec cannot fail for these plain types.
+pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    postcard::to_allocvec(record).expect("postcard encodes plain records")
+}
+
+/// Decodes a record, naming the table in the error.
+pub(super) fn decode<'a, T: Deserialize<'a>>(table: &'static str, bytes: &'a [u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table, reason: e.to_string() })
+}
+
+fn corrupt(table: &'static str, what: &str) -> StoreError {
+    StoreError::Corrupt { table, reason: format!("unknown {what}") }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum WebhookRecord {
+    V1 {
+        organization_id: String,
+        url: String,
+        /// `None` is `"*"`.
+        events: Option<Vec<String>>,
+        secret: String,
+        active: bool,
+        description: String,
+        created_at_ms: u64,
+        updated_at_ms: u64,
+    },
+}
+
+impl WebhookRecord {
+    pub(super) fn from_domain(w: &Webhook) -> Self {
+        WebhookRecord::V1 {
+            organization_id: w.organization_id.clone(),
+            url: w.url.clone(),
+            events: match &w.events {
+                EventFilter::All => None,
+                EventFilter::Only(types) => Some(types.iter().map(|t| t.as_str().to_owned()).collect()),
+            },
+            secret: w.secret.0.clone(),
+            active: w.active,
+            description: w.description.clone(),
+            created_at_ms: w.created_at_ms,
+            updated_at_ms: w.updated_at_ms,
+        }
+    }
+
+    pub(super) fn into_domain(self, id: WebhookId) -> Result<Webhook, StoreError> {
+        let WebhookRecord::V1 {
+            organization_id,
+            url,
+            events,
+            secret,
+            active,
+            description,
+            created_at_ms,
+            updated_at_ms,
+        } = self;
+        let events = match events {
+            None => EventFilter::All,
+            Some(names) => EventFilter::Only(
+                names
+                    .iter()
+                    .map(|n| EventType::parse(n).ok_or_else(|| corrupt("webhooks", "event type")))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(Webhook {
+            id,
+            organization_id,
+            url,
+            events,
+            secret: Secret(secret),
+            active,
+            description,
+            created_at_ms,
+            updated_at_ms,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum EventRecord {
+    V1 {
+        event_id: String,
+        event_type: String,
+        timestamp: String,
+        organization_id: String,
+        received_at_ms: u64,
+        body: Vec<u8>,
+        content_hash: [u8; 32],
+        delivery_ids: Vec<u128>,
+    },
+}
+
+impl EventRecord {
+    pub(super) fn from_domain(e: &Event) -> Self {
+        EventRecord::V1 {
+            event_id: e.event_id.clone(),
+            event_type: e.event_type.as_str().to_owned(),
+            timestamp: e.timestamp.clone(),
+            organization_id: e.organization_id.clone(),
+            received_at_ms: e.received_at_ms,
+            body: e.body.clone(),
+            content_hash: e.content_hash,
+            delivery_ids: e.delivery_ids.iter().map(|d| d.0).collect(),
+        }
+    }
+
+    pub(super) fn into_domain(self, key: EventKey) -> Result<Event, StoreError> {
+        let EventRecord::V1 {
+            event_id,
+            event_type,
+            timestamp,
+            organization_id,
+            received_at_ms,
+            body,
+            content_hash,
+            delivery_ids,
+        } = self;
+        Ok(Event {
+            key,
+            event_id,
+            event_type: EventType::parse(&event_type).ok_or_else(|| corrupt("events", "event type"))?,
+            timestamp,
+            organization_id,
+            received_at_ms,
+            body,
+            content_hash,
+            delivery_ids: delivery_ids.into_iter().map(DeliveryId).collect(),
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum DeliveryRecord {
+    V1 {
+        organization_id: String,
+        webhook_id: u128,
+        event_key: u128,
+        event_id: String,
+        event_type: String,
+        status: String,
+        attempt_count: u32,
+        scheduled_attempts: u32,
+        next_attempt_at_ms: Option<u64>,
+        created_at_ms: u64,
+        updated_at_ms: u64,
+    },
+}
+
+impl DeliveryRecord {
+    pub(super) fn from_domain(d: &Delivery) -> Self {
+        DeliveryRecord::V1 {
+            organization_id: d.organization_id.clone(),
+            webhook_id: d.webhook_id.0,
+            event_key: d.event_key.0,
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.as_str().to_owned(),
+            status: d.status.as_str().to_owned(),
+            attempt_count: d.attempt_count,
+            scheduled_attempts: d.scheduled_attempts,
+            next_attempt_at_ms: d.next_attempt_at_ms,
+            created_at_ms: d.created_at_ms,
+            updated_at_ms: d.updated_at_ms,
+        }
+    }
+
+    pub(super) fn into_domain(self, id: DeliveryId) -> Result<Delivery, StoreError> {
+        let DeliveryRecord::V1 {
+            organization_id,
+            webhook_id,
+            event_key,
+            event_id,
+            event_type,
+            status,
+            attempt_count,
+            scheduled_attempts,
+            next_attempt_at_ms,
+            created_at_ms,
+            updated_at_ms,
+        } = self;
+        Ok(Delivery {
+            id,
+            organization_id,
+            webhook_id: WebhookId(webhook_id),
+            event_key: EventKey(event_key),
+            event_id,
+            event_type: EventType::parse(&event_type).ok_or_else(|| corrupt("deliveries", "event type"))?,
+            status: DeliveryStatus::parse(&status).ok_or_else(|| corrupt("deliveries", "status"))?,
+            attempt_count,
+            scheduled_attempts,
+            next_attempt_at_ms,
+            created_at_ms,
+            updated_at_ms,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum AttemptRecord {
+    V1 {
+        started_at_ms: u64,
+        duration_ms: u64,
+        status_code: Option<u16>,
+        error: Option<String>,
+        response_body: String,
+        response_body_truncated: bool,
+        trigger: String,
+    },
+}
+
+const ATTEMPT_ERRORS: [AttemptError; 5] =
+    [AttemptError::Timeout, AttemptError::Connect, AttemptError::Dns, AttemptError::Tls, AttemptError::Io];
+
+impl AttemptRecord {
+    pub(super) fn from_domain(a: &Attempt) -> Self {
+        AttemptRecord::V1 {
+            started_at_ms: a.started_at_ms,
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error.map(|e| e.as_str().to_owned()),
+            response_body: a.response_body.clone(),
+            response_body_truncated: a.response_body_truncated,
+            trigger: a.trigger.as_str().to_owned(),
+        }
+    }
+
+    pub(super) fn into_domain(self, number: u32) -> Result<Attempt, StoreError> {
+        let AttemptRecord::V1 {
+            started_at_ms,
+            duration_ms,
+            status_code,
+            error,
+            response_body,
+            response_body_truncated,
+            trigger,
+        } = self;
+        let error = match error {
+            None => None,
+            Some(name) => Some(
+                ATTEMPT_ERRORS
+                    .into_iter()
+                    .find(|e| e.as_str() == name)
+                    .ok_or_else(|| corrupt("attempts", "error"))?,
+            ),
+        };
+        let trigger = [Trigger::Scheduled, Trigger::Manual]
+            .into_iter()
+            .find(|t| t.as_str() == trigger)
+            .ok_or_else(|| corrupt("attempts", "trigger"))?;
+        Ok(Attempt {
+            number,
+            started_at_ms,
+            duration_ms,
+            status_code,
+            error,
+            response_body,
+            response_body_truncated,
+            trigger,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum ApiKeyRecord {
+    V1 { organization_id: String, description: String, created_at_ms: u64, key_hash: [u8; 32] },
+}
+
+impl ApiKeyRecord {
+    pub(super) fn from_domain(k: &ApiKey) -> Self {
+        ApiKeyRecord::V1 {
+            organization_id: k.organization_id.clone(),
+            description: k.description.clone(),
+            created_at_ms: k.created_at_ms,
+            key_hash: k.key_hash,
+        }
+    }
+
+    pub(super) fn into_domain(self, id: KeyId) -> ApiKey {
+        let ApiKeyRecord::V1 { organization_id, description, created_at_ms, key_hash } = self;
+        ApiKey { id, organization_id, description, created_at_ms, key_hash }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_start_with_their_version_tag() {
+        let key = ApiKey {
+            id: KeyId(1),
+            organization_id: "org".into(),
+            description: "d".into(),
+            created_at_ms: 5,
+            key_hash: [7; 32],
+        };
+        let bytes = encode(&ApiKeyRecord::from_domain(&key));
+        assert_eq!(bytes[0], 0, "V1 is variant 0");
+        let back: ApiKeyRecord = decode("api_keys", &bytes).unwrap();
+        assert_eq!(back.into_domain(KeyId(1)), key);
+        assert!(decode::<ApiKeyRecord>("api_keys", &[9, 9]).is_err());
+    }
+}
