@@ -5,10 +5,12 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod delivery;
 pub mod event;
 pub mod ids;
 pub mod json_strict;
 pub mod model;
 pub mod retry;
+pub mod scheduler;
 pub mod signature;
 pub mod store;

@@ -435,3 +435,25 @@ fn load_delivery(table: &impl ReadableTable<u128, &'static [u8]>, id: DeliveryId
         Some(bytes) => Ok(Some(decode::<DeliveryRecord>("deliveries", bytes.value())?.into_domain(id)?)),
     }
 }
+
+impl Store {
+    /// Moves a due, unfinished delivery's next attempt to `to_ms` without logging an attempt
+    /// (used while its webhook is inactive). Returns false if it was not due or is final.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(DELIVERIES)?;
+            let Some(mut delivery) = load_delivery(&table, id)? else { return Ok(false) };
+            let Some(due) = delivery.next_attempt_at_ms.filter(|due| *due <= now_ms) else { return Ok(false) };
+            if delivery.status.is_final() {
+                return Ok(false);
+            }
+            move_index_entry(txn, id, Some(due), Some(to_ms))?;
+            delivery.next_attempt_at_ms = Some(to_ms);
+            table.insert(id.0, encode(&DeliveryRecord::from_domain(&delivery)).as_slice())?;
+            Ok(true)
+        })
+    }
+}

@@ -60,6 +60,9 @@ pub enum StoreError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// The operation's thread panicked or was cancelled; its transaction was not committed.
+    #[error("the store operation was interrupted")]
+    Interrupted,
     /// The file was written by a newer, incompatible layout.
     #[error("unsupported store layout version {0:?}")]
     UnsupportedLayout(String),
@@ -275,4 +278,18 @@ fn get_webhook(table: &impl ReadableTable<u128, &'static [u8]>, id: WebhookId) -
         None => Ok(None),
         Some(bytes) => Ok(Some(decode::<WebhookRecord>("webhooks", bytes.value())?.into_domain(id)?)),
     }
+}
+
+/// Runs a store operation on tokio's blocking pool, so a redb call (which may wait on the
+/// disk or on another write transaction) never stalls an async worker thread.
+///
+/// # Errors
+/// The operation's own [`StoreError`], or [`StoreError::Interrupted`] if it panicked.
+pub async fn blocking<T, F>(store: &std::sync::Arc<Store>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = std::sync::Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|_| StoreError::Interrupted)?
 }

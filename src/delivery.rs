@@ -1,0 +1,234 @@
+//! The delivery engine's HTTP side: one signed POST per attempt, classified and timed.
+//!
+//! Owner's rule: this module sends and measures; it never touches the store and never
+//! decides what happens next (that is `retry` policy, applied by the store). One pooled
+//! hyper client (keep-alive per origin, rustls with the webpki roots, HTTP/1.1 and h2 by
+//! ALPN) serves every attempt. Redirects are never followed. The attempt timeout covers the
+//! whole exchange: connect, TLS, headers and the (capped) response body.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{timeout_at, Instant};
+
+use crate::clock;
+use crate::event::EventType;
+use crate::ids::DeliveryId;
+use crate::model::{Attempt, AttemptError, Secret, Trigger};
+use crate::signature::{sign, SIGNATURE_HEADER};
+
+/// How much of a response body is stored (64 KiB); reading stops there.
+pub const MAX_STORED_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The `User-Agent` of every attempt.
+pub const USER_AGENT: &str = concat!("palo-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// One attempt to send: what to POST, where, and the numbers that go in its headers.
+#[derive(Debug)]
+pub struct OutgoingAttempt<'a> {
+    /// Absolute http(s) URL.
+    pub url: &'a str,
+    /// The envelope bytes, shared between attempts.
+    pub body: Bytes,
+    /// The webhook's signing secret.
+    pub secret: &'a Secret,
+    /// For `X-Palo-Event`.
+    pub event_type: EventType,
+    /// For `X-Palo-Event-Id`.
+    pub event_id: &'a str,
+    /// For `X-Palo-Delivery`.
+    pub delivery_id: DeliveryId,
+    /// For `X-Palo-Attempt`, 1-based.
+    pub number: u32,
+    /// Recorded in the attempt log.
+    pub trigger: Trigger,
+}
+
+/// A resolver failure: the host name has no address. Found in an error's source chain to
+/// classify the attempt as `dns` rather than `connect`.
+#[derive(Debug, thiserror::Error)]
+#[error("the host name did not resolve")]
+pub struct DnsFailure;
+
+/// Resolves host names with the system resolver (tokio's `lookup_host`).
+#[derive(Debug, Clone, Default)]
+pub struct Resolver;
+
+impl tower::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = DnsFailure;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DnsFailure>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DnsFailure>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await.map_err(|_| DnsFailure)?.collect();
+            if addrs.is_empty() {
+                return Err(DnsFailure);
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+
+/// The HTTP sender. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Sender {
+    client: HttpsClient,
+    timeout: Duration,
+}
+
+impl Sender {
+    /// Builds the pooled client. `timeout` bounds each whole attempt.
+    pub fn new(timeout: Duration) -> Sender {
+        let mut http = HttpConnector::new_with_resolver(Resolver);
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(provider)
+            .expect("the ring provider supports the default TLS versions")
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build(https);
+        Sender { client, timeout }
+    }
+
+    /// Makes one attempt and returns its log entry. Never fails: every problem becomes the
+    /// attempt's `error` (timeout, connect, dns, tls, io) or a non-2xx `status_code`.
+    pub async fn send(&self, attempt: OutgoingAttempt<'_>) -> Attempt {
+        let started_at_ms = clock::now_ms();
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let mut log = Attempt {
+            number: attempt.number,
+            started_at_ms,
+            duration_ms: 0,
+            status_code: None,
+            error: None,
+            response_body: String::new(),
+            response_body_truncated: false,
+            trigger: attempt.trigger,
+        };
+        match build_request(&attempt) {
+            None => log.error = Some(AttemptError::Connect),
+            Some(request) => match timeout_at(deadline, self.client.request(request)).await {
+                Err(_) => log.error = Some(AttemptError::Timeout),
+                Ok(Err(e)) => log.error = Some(classify(&e)),
+                Ok(Ok(response)) => {
+                    log.status_code = Some(response.status().as_u16());
+                    let read = read_capped(response.into_body(), deadline).await;
+                    log.response_body = String::from_utf8_lossy(&read.bytes).into_owned();
+                    log.response_body_truncated = read.truncated;
+                    log.error = read.error;
+                }
+            },
+        }
+        log.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        log
+    }
+}
+
+fn build_request(attempt: &OutgoingAttempt<'_>) -> Option<Request<Full<Bytes>>> {
+    Request::post(attempt.url)
+        .header("content-type", "application/json")
+        .header("user-agent", USER_AGENT)
+        .header(SIGNATURE_HEADER, sign(&attempt.secret.0, &attempt.body))
+        .header("x-palo-event", attempt.event_type.as_str())
+        .header("x-palo-event-id", attempt.event_id)
+        .header("x-palo-delivery", attempt.delivery_id.to_string())
+        .header("x-palo-attempt", attempt.number.to_string())
+        .body(Full::new(attempt.body.clone()))
+        .ok()
+}
+
+struct CappedBody {
+    bytes: Vec<u8>,
+    truncated: bool,
+    error: Option<AttemptError>,
+}
+
+/// Reads at most [`MAX_STORED_RESPONSE_BYTES`] of a response body before `deadline`, then
+/// stops (dropping the rest closes the connection instead of draining an endless body).
+async fn read_capped(mut body: Incoming, deadline: Instant) -> CappedBody {
+    let mut out = CappedBody { bytes: Vec::new(), truncated: false, error: None };
+    loop {
+        match timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                out.error = Some(AttemptError::Timeout);
+                return out;
+            }
+            Ok(None) => return out,
+            Ok(Some(Err(_))) => {
+                out.error = Some(AttemptError::Io);
+                return out;
+            }
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else { continue };
+                let room = MAX_STORED_RESPONSE_BYTES - out.bytes.len();
+                if data.len() > room {
+                    out.bytes.extend_from_slice(&data[..room]);
+                    out.truncated = true;
+                    return out;
+                }
+                out.bytes.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// Classifies a client error by walking its source chain for typed causes
+/// (never by matching message text).
+fn classify(error: &hyper_util::client::legacy::Error) -> AttemptError {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.is::<DnsFailure>() {
+            return AttemptError::Dns;
+        }
+        if e.is::<rustls::Error>() {
+            return AttemptError::Tls;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if inner.is::<rustls::Error>() {
+                    return AttemptError::Tls;
+                }
+                if inner.is::<DnsFailure>() {
+                    return AttemptError::Dns;
+                }
+            }
+        }
+        current = e.source();
+    }
+    if error.is_connect() {
+        AttemptError::Connect
+    } else {
+        AttemptError::Io
+    }
+}

@@ -1,0 +1,368 @@
+//! The scheduler: the in-memory timer wheel over the store's retry index, and the attempt
+//! tasks it starts.
+//!
+//! Owner's rule: the retry index in the store is the source of truth; the wheel is a bounded
+//! cache of the entries due within the horizon. The loader reads the index from a cursor
+//! `(due, delivery)` onward: every index key at or before the cursor is in the wheel, already
+//! fired, or was pushed by [`Scheduler::schedule_hint`]. A hint for a key past the cursor is
+//! dropped (the loader will read it); a hint that does not fit lowers the cursor instead, so
+//! memory stays bounded and nothing is forgotten. A fired entry is re-checked against the store
+//! before sending, so stale entries cost a read, never a wrong attempt.
+//!
+//! Architecture invariant: at most one attempt per delivery is in flight in this process
+//! (scheduled or manual), which keeps attempt numbers unique.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock;
+use crate::delivery::{OutgoingAttempt, Sender};
+use crate::ids::{DeliveryId, WebhookId};
+use crate::model::{Attempt, Delivery, Trigger};
+use crate::retry::RetrySchedule;
+use crate::store::{blocking, AttemptContext, Store, StoreError};
+
+/// How far ahead the wheel holds entries (60 s).
+const HORIZON_MS: u64 = 60_000;
+/// The loader runs at least this often, even when nothing is due (1 s).
+const REFILL_INTERVAL_MS: u64 = 1_000;
+/// A delivery found busy or unreadable is looked at again after this long (1 s).
+const RECHECK_MS: u64 = 1_000;
+/// While its webhook is inactive, a due delivery is postponed by this much (60 s).
+const INACTIVE_POSTPONE_MS: u64 = 60_000;
+
+/// Scheduler limits.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// The retry schedule.
+    pub schedule: RetrySchedule,
+    /// Most entries held in memory (a hard cap is twice this).
+    pub wheel_capacity: usize,
+    /// Most attempts in flight in the whole process.
+    pub max_in_flight: usize,
+    /// Most attempts in flight to one webhook.
+    pub max_in_flight_per_webhook: usize,
+}
+
+/// Why a manual attempt could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptNowError {
+    /// Another attempt of this delivery is in flight.
+    #[error("an attempt of this delivery is already in flight")]
+    InFlight,
+    /// The delivery does not exist.
+    #[error("no such delivery")]
+    NotFound,
+    /// Its webhook was deleted or is inactive.
+    #[error("the delivery's webhook is deleted or inactive")]
+    WebhookUnavailable,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Wheel {
+    entries: BTreeSet<(u64, DeliveryId)>,
+    cursor: Option<(u64, DeliveryId)>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    sender: Sender,
+    settings: SchedulerSettings,
+    wheel: Mutex<Wheel>,
+    wake: Notify,
+    in_flight: Mutex<HashSet<DeliveryId>>,
+    global: Arc<Semaphore>,
+    per_webhook: Mutex<HashMap<WebhookId, Arc<Semaphore>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Handle to the scheduler. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+/// Removes a delivery from the in-flight set when the attempt ends, however it ends.
+struct Claim {
+    inner: Arc<Inner>,
+    id: DeliveryId,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.inner.in_flight).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data that is still consistent.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, sending with `sender`, stopping when `shutdown` is cancelled.
+    /// Attempt tasks are spawned on `tracker`, so the caller can wait for them.
+    pub fn new(
+        store: Arc<Store>,
+        sender: Sender,
+        settings: SchedulerSettings,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Scheduler {
+        let global = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+        Scheduler {
+            inner: Arc::new(Inner {
+                store,
+                sender,
+                settings,
+                wheel: Mutex::new(Wheel { entries: BTreeSet::new(), cursor: None }),
+                wake: Notify::new(),
+                in_flight: Mutex::new(HashSet::new()),
+                global,
+                per_webhook: Mutex::new(HashMap::new()),
+                tracker,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Runs the loader and dispatcher until shutdown. Spawn it once.
+    pub async fn run(self) {
+        let inner = &self.inner;
+        loop {
+            let now = clock::now_ms();
+            let refill = Arc::clone(inner);
+            match tokio::task::spawn_blocking(move || refill.refill(now)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not read the retry index; will try again"),
+                Err(e) => tracing::error!(error = %e, "retry index loader panicked"),
+            }
+            let (due, next_wake) = {
+                let mut wheel = lock(&inner.wheel);
+                let mut due = Vec::new();
+                while let Some(first) = wheel.entries.first().copied().filter(|(at, _)| *at <= now) {
+                    wheel.entries.remove(&first);
+                    due.push(first);
+                }
+                let next = wheel.entries.first().map_or(u64::MAX, |(at, _)| *at);
+                (due, next.min(now + REFILL_INTERVAL_MS))
+            };
+            for (_, id) in due {
+                self.dispatch(id);
+            }
+            let sleep = Duration::from_millis(next_wake.saturating_sub(clock::now_ms()));
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = inner.wake.notified() => {}
+                () = inner.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Tells the scheduler that `id` was (re)scheduled at `due_ms` by a committed write.
+    /// Call it after the commit; it never blocks on the store.
+    pub fn schedule_hint(&self, due_ms: u64, id: DeliveryId) {
+        self.inner.hint(due_ms, id);
+    }
+
+    /// Makes one manual attempt of a delivery now (spec: "re-déclencher manuellement une
+    /// livraison"), logs it with trigger `manual`, and returns it with the updated delivery.
+    ///
+    /// # Errors
+    /// [`AttemptNowError`]: already in flight (409), not found, webhook gone/inactive, store.
+    pub async fn redeliver(&self, id: DeliveryId) -> Result<(Delivery, Attempt), AttemptNowError> {
+        let claim = self.inner.claim(id).ok_or(AttemptNowError::InFlight)?;
+        let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
+            .await?
+            .ok_or(AttemptNowError::NotFound)?;
+        Arc::clone(&self.inner).attempt(claim, context, Trigger::Manual).await
+    }
+
+    /// Makes the first attempt of a just-accepted delivery now, as a scheduled attempt (used
+    /// by the test-delivery endpoint). The delivery's index entry must be a lease far enough
+    /// ahead that the loader does not fire it meanwhile; it is moved when the attempt is logged.
+    ///
+    /// # Errors
+    /// As [`Scheduler::redeliver`].
+    pub async fn attempt_now(&self, id: DeliveryId) -> Result<(Delivery, Attempt), AttemptNowError> {
+        let claim = self.inner.claim(id).ok_or(AttemptNowError::InFlight)?;
+        let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
+            .await?
+            .ok_or(AttemptNowError::NotFound)?;
+        Arc::clone(&self.inner).attempt(claim, context, Trigger::Scheduled).await
+    }
+
+    /// Number of attempts in flight now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.inner.in_flight).len()
+    }
+
+    fn dispatch(&self, id: DeliveryId) {
+        let Some(claim) = self.inner.claim(id) else {
+            self.inner.hint(clock::now_ms() + RECHECK_MS, id);
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        self.inner.tracker.spawn(async move { inner.run_scheduled(claim).await });
+    }
+}
+
+impl Inner {
+    fn claim(self: &Arc<Self>, id: DeliveryId) -> Option<Claim> {
+        lock(&self.in_flight).insert(id).then(|| Claim { inner: Arc::clone(self), id })
+    }
+
+    fn hint(&self, due_ms: u64, id: DeliveryId) {
+        let mut wheel = lock(&self.wheel);
+        let key = (due_ms, id);
+        if wheel.cursor.is_none_or(|cursor| key > cursor) {
+            return;
+        }
+        if wheel.entries.len() >= self.settings.wheel_capacity * 2 {
+            wheel.cursor = Some(predecessor(key));
+            return;
+        }
+        let earliest = wheel.entries.first().is_none_or(|first| key < *first);
+        wheel.entries.insert(key);
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Loads index entries due within the horizon, past the cursor, up to the capacity.
+    fn refill(&self, now_ms: u64) -> Result<(), StoreError> {
+        let mut wheel = lock(&self.wheel);
+        let room = self.settings.wheel_capacity.saturating_sub(wheel.entries.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let horizon_end = now_ms + HORIZON_MS;
+        let loaded = self.store.due_entries(wheel.cursor, horizon_end, room)?;
+        let new_cursor = match loaded.last() {
+            Some(last) if loaded.len() == room => *last,
+            _ => (horizon_end - 1, DeliveryId(u128::MAX)),
+        };
+        wheel.entries.extend(loaded);
+        wheel.cursor = Some(wheel.cursor.map_or(new_cursor, |c| c.max(new_cursor)));
+        Ok(())
+    }
+
+    async fn run_scheduled(self: Arc<Self>, claim: Claim) {
+        let id = claim.id;
+        let context = match blocking(&self.store, move |s| s.attempt_context(id)).await {
+            Ok(Some(context)) => context,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(delivery = %id, error = %e, "could not load a due delivery; will look again");
+                drop(claim);
+                self.hint(clock::now_ms() + RECHECK_MS, id);
+                return;
+            }
+        };
+        let now = clock::now_ms();
+        let delivery = &context.delivery;
+        if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
+            return; // Stale wheel entry: the index moved on.
+        }
+        let webhook_id = delivery.webhook_id;
+        match &context.webhook {
+            None => return, // Deleted: its deliveries were cancelled in the same commit.
+            Some(webhook) if !webhook.active => {
+                let postponed = blocking(&self.store, move |s| s.postpone(id, now, now + INACTIVE_POSTPONE_MS)).await;
+                drop(claim);
+                match postponed {
+                    Ok(true) => self.hint(now + INACTIVE_POSTPONE_MS, id),
+                    Ok(false) => {}
+                    Err(_) => self.hint(now + RECHECK_MS, id),
+                }
+                return;
+            }
+            Some(_) => {}
+        }
+        let Some(_permits) = self.permits(webhook_id).await else { return };
+        if let Err(e) = Arc::clone(&self).attempt(claim, context, Trigger::Scheduled).await {
+            tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
+            self.hint(clock::now_ms() + RECHECK_MS, id);
+        }
+    }
+
+    /// Waits for a per-webhook then a global in-flight permit, or shutdown (`None`).
+    async fn permits(&self, webhook_id: WebhookId) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let per_webhook = {
+            let mut map = lock(&self.per_webhook);
+            let limit = self.settings.max_in_flight_per_webhook.max(1);
+            Arc::clone(map.entry(webhook_id).or_insert_with(|| Arc::new(Semaphore::new(limit))))
+        };
+        tokio::select! {
+            permits = async {
+                let own = per_webhook.acquire_owned().await.ok()?;
+                let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
+                Some((own, global))
+            } => permits,
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Sends one attempt for a claimed delivery and records it.
+    async fn attempt(
+        self: Arc<Self>,
+        claim: Claim,
+        context: AttemptContext,
+        trigger: Trigger,
+    ) -> Result<(Delivery, Attempt), AttemptNowError> {
+        let AttemptContext { delivery, webhook, body } = context;
+        let webhook = webhook.filter(|w| w.active).ok_or(AttemptNowError::WebhookUnavailable)?;
+        let log = self
+            .sender
+            .send(OutgoingAttempt {
+                url: &webhook.url,
+                body: Bytes::from(body),
+                secret: &webhook.secret,
+                event_type: delivery.event_type,
+                event_id: &delivery.event_id,
+                delivery_id: delivery.id,
+                number: delivery.attempt_count + 1,
+                trigger,
+            })
+            .await;
+        let id = delivery.id;
+        let schedule = self.settings.schedule.clone();
+        let recorded = log.clone();
+        let updated = blocking(&self.store, move |s| s.record_attempt(id, &recorded, &schedule, clock::now_ms()))
+            .await?
+            .ok_or(AttemptNowError::NotFound)?;
+        drop(claim);
+        tracing::debug!(
+            delivery = %id,
+            attempt = log.number,
+            status = ?log.status_code,
+            error = log.error.map(|e| e.as_str()),
+            duration_ms = log.duration_ms,
+            "attempt logged"
+        );
+        if updated.status.is_final() && trigger == Trigger::Scheduled {
+            tracing::info!(delivery = %id, status = updated.status.as_str(), attempts = updated.attempt_count, "delivery finished");
+        }
+        if let Some(due) = updated.next_attempt_at_ms {
+            self.hint(due, id);
+        }
+        Ok((updated, log))
+    }
+}
+
+/// The largest key strictly before `key`.
+fn predecessor((due, id): (u64, DeliveryId)) -> (u64, DeliveryId) {
+    match id.0.checked_sub(1) {
+        Some(prev) => (due, DeliveryId(prev)),
+        None => (due.saturating_sub(1), DeliveryId(u128::MAX)),
+    }
+}
