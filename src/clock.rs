@@ -54,7 +54,10 @@ mod tests {
         let (text, ms) = normalize_rfc3339("2026-02-19T12:30:00+02:00").unwrap();
         assert_eq!(text, "2026-02-19T10:30:00Z");
         assert_eq!(format_seconds(ms), "2026-02-19T10:30:00Z");
-        assert_eq!(normalize_rfc3339("2026-02-19T10:30:00.250Z").unwrap().0, "2026-02-19T10:30:00.25Z");
+        assert_eq!(
+            normalize_rfc3339("2026-02-19T10:30:00.250Z").unwrap().0,
+            "2026-02-19T10:30:00.25Z"
+        );
         assert!(normalize_rfc3339("2026-02-19 10:30").is_none());
     }
 

@@ -79,8 +79,10 @@ impl tower::Service<Name> for Resolver {
 
     fn call(&mut self, name: Name) -> Self::Future {
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await.map_err(|_| DnsFailure)?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await
+                .map_err(|_| DnsFailure)?
+                .collect();
             if addrs.is_empty() {
                 return Err(DnsFailure);
             }
@@ -89,7 +91,29 @@ impl tower::Service<Name> for Resolver {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+/// The pooled HTTP(S) client type used for deliveries and by the CLI.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+
+/// Builds a pooled client: system resolver, TCP connect bounded by `connect_timeout`, rustls
+/// (ring provider, webpki roots) offering h2 and http/1.1, keep-alive per origin.
+pub fn build_client(connect_timeout: Duration) -> HttpsClient {
+    let mut http = HttpConnector::new_with_resolver(Resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .expect("the ring provider supports the default TLS versions")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(32)
+        .build(https)
+}
 
 /// The HTTP sender. Cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -101,23 +125,10 @@ pub struct Sender {
 impl Sender {
     /// Builds the pooled client. `timeout` bounds each whole attempt.
     pub fn new(timeout: Duration) -> Sender {
-        let mut http = HttpConnector::new_with_resolver(Resolver);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            .expect("the ring provider supports the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
-            .build(https);
-        Sender { client, timeout }
+        Sender {
+            client: build_client(timeout),
+            timeout,
+        }
     }
 
     /// Makes one attempt and returns its log entry. Never fails: every problem becomes the
@@ -177,7 +188,11 @@ struct CappedBody {
 /// Reads at most [`MAX_STORED_RESPONSE_BYTES`] of a response body before `deadline`, then
 /// stops (dropping the rest closes the connection instead of draining an endless body).
 async fn read_capped(mut body: Incoming, deadline: Instant) -> CappedBody {
-    let mut out = CappedBody { bytes: Vec::new(), truncated: false, error: None };
+    let mut out = CappedBody {
+        bytes: Vec::new(),
+        truncated: false,
+        error: None,
+    };
     loop {
         match timeout_at(deadline, body.frame()).await {
             Err(_) => {
@@ -190,7 +205,9 @@ async fn read_capped(mut body: Incoming, deadline: Instant) -> CappedBody {
                 return out;
             }
             Ok(Some(Ok(frame))) => {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 let room = MAX_STORED_RESPONSE_BYTES - out.bytes.len();
                 if data.len() > room {
                     out.bytes.extend_from_slice(&data[..room]);

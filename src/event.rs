@@ -61,7 +61,10 @@ impl EventType {
 
     /// Parses a wire name, including `webhook.test`.
     pub fn parse(name: &str) -> Option<EventType> {
-        [EventType::WebhookTest].into_iter().chain(Self::PUBLIC).find(|t| t.as_str() == name)
+        [EventType::WebhookTest]
+            .into_iter()
+            .chain(Self::PUBLIC)
+            .find(|t| t.as_str() == name)
     }
 
     /// The `data` fields each event of this type must carry, with their kinds.
@@ -81,9 +84,11 @@ impl EventType {
                 ("new_status", String),
                 ("changed_by", String),
             ],
-            EventType::TicketResolved => {
-                &[("ticket_id", String), ("resolved_by", String), ("resolution_time_hours", Number)]
-            }
+            EventType::TicketResolved => &[
+                ("ticket_id", String),
+                ("resolved_by", String),
+                ("resolution_time_hours", Number),
+            ],
             EventType::SystemIncident => &[
                 ("incident_id", String),
                 ("severity", String),
@@ -139,14 +144,19 @@ pub struct EventError {
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> EventError {
-    EventError { field: field.to_owned(), message: message.into() }
+    EventError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// Whether `id` is a valid producer-given id: 1-128 characters from `A-Za-z0-9_-.:`.
 /// Used for `event_id` and `organization_id`.
 pub fn is_valid_external_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 /// Validates a producer's event and builds its envelope.
@@ -157,22 +167,42 @@ pub fn is_valid_external_id(id: &str) -> bool {
 /// [`EventError`] naming the first invalid field: unknown event type, bad `event_id` or
 /// `organization_id`, a timestamp that is not RFC 3339, `data` not an object, or a required
 /// `data` field missing or of the wrong JSON type.
-pub fn prepare(input: EventInput<'_>, now_ms: u64, allow_test: bool) -> Result<PreparedEvent, EventError> {
+pub fn prepare(
+    input: EventInput<'_>,
+    now_ms: u64,
+    allow_test: bool,
+) -> Result<PreparedEvent, EventError> {
     let event_type = EventType::parse(&input.event_type)
         .filter(|t| allow_test || *t != EventType::WebhookTest)
-        .ok_or_else(|| invalid("event_type", format!("unknown event type {:?}", input.event_type)))?;
+        .ok_or_else(|| {
+            invalid(
+                "event_type",
+                format!("unknown event type {:?}", input.event_type),
+            )
+        })?;
     if let Some(id) = &input.event_id {
         if !is_valid_external_id(id) {
-            return Err(invalid("event_id", "must be 1-128 characters from A-Z a-z 0-9 _ - . :"));
+            return Err(invalid(
+                "event_id",
+                "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
+            ));
         }
     }
     if !is_valid_external_id(&input.organization_id) {
-        return Err(invalid("organization_id", "must be 1-128 characters from A-Z a-z 0-9 _ - . :"));
+        return Err(invalid(
+            "organization_id",
+            "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
+        ));
     }
     let timestamp = match &input.timestamp {
         Some(text) => {
             clock::normalize_rfc3339(text)
-                .ok_or_else(|| invalid("timestamp", "must be an RFC 3339 date-time, e.g. 2026-02-19T10:30:00Z"))?
+                .ok_or_else(|| {
+                    invalid(
+                        "timestamp",
+                        "must be an RFC 3339 date-time, e.g. 2026-02-19T10:30:00Z",
+                    )
+                })?
                 .0
         }
         None => clock::format_seconds(now_ms),
@@ -183,13 +213,25 @@ pub fn prepare(input: EventInput<'_>, now_ms: u64, allow_test: bool) -> Result<P
         let mut hash = Sha256::new();
         hash.update(event_type.as_str().as_bytes());
         hash.update([0]);
-        hash.update(input.timestamp.as_deref().map(|_| timestamp.as_bytes()).unwrap_or_default());
+        hash.update(
+            input
+                .timestamp
+                .as_deref()
+                .map(|_| timestamp.as_bytes())
+                .unwrap_or_default(),
+        );
         hash.update([0]);
         hash.update(input.data.get().as_bytes());
         hash.finalize().into()
     };
     let event_id = input.event_id.unwrap_or_else(generate_event_id);
-    let body = envelope(&event_id, event_type, &timestamp, &input.organization_id, input.data.get());
+    let body = envelope(
+        &event_id,
+        event_type,
+        &timestamp,
+        &input.organization_id,
+        input.data.get(),
+    );
     Ok(PreparedEvent {
         event_id,
         event_type,
@@ -202,7 +244,13 @@ pub fn prepare(input: EventInput<'_>, now_ms: u64, allow_test: bool) -> Result<P
 
 /// Builds the envelope `{"event_id","event_type","timestamp","organization_id","data"}`
 /// with `data_json` inserted verbatim.
-pub fn envelope(event_id: &str, event_type: EventType, timestamp: &str, organization_id: &str, data_json: &str) -> Vec<u8> {
+pub fn envelope(
+    event_id: &str,
+    event_type: EventType,
+    timestamp: &str,
+    organization_id: &str,
+    data_json: &str,
+) -> Vec<u8> {
     let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
     format!(
         "{{\"event_id\":{},\"event_type\":\"{}\",\"timestamp\":{},\"organization_id\":{},\"data\":{}}}",
@@ -220,7 +268,10 @@ fn check_data(event_type: EventType, data: &RawValue) -> Result<(), EventError> 
         serde_json::from_str(data.get()).map_err(|_| invalid("data", "must be a JSON object"))?;
     for (name, kind) in event_type.required_fields() {
         let path = format!("data.{name}");
-        let raw = fields.get(*name).ok_or_else(|| invalid(&path, "is required"))?.get();
+        let raw = fields
+            .get(*name)
+            .ok_or_else(|| invalid(&path, "is required"))?
+            .get();
         let ok = match kind {
             FieldKind::String => raw.starts_with('"'),
             FieldKind::Number => raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()),
@@ -258,7 +309,9 @@ mod tests {
 
     #[test]
     fn envelope_keeps_data_bytes_and_normalizes_timestamp() {
-        let data = raw(r#"{"ticket_id":"T-1","title":"Crème \"brûlée\" 🎉","priority":"p3","project_id":"p","created_by":"u","n":12345678901234567890}"#);
+        let data = raw(
+            r#"{"ticket_id":"T-1","title":"Crème \"brûlée\" 🎉","priority":"p3","project_id":"p","created_by":"u","n":12345678901234567890}"#,
+        );
         let event = prepare(input("ticket.created", &data), 0, false).unwrap();
         let body = String::from_utf8(event.body).unwrap();
         assert_eq!(
@@ -275,16 +328,32 @@ mod tests {
         let data = raw(r#"{"ticket_id":"T","resolved_by":"u","resolution_time_hours":"2"}"#);
         let err = prepare(input("ticket.resolved", &data), 0, false).unwrap_err();
         assert_eq!(err.field, "data.resolution_time_hours");
-        let data = raw(r#"{"incident_id":"I","severity":"s","affected_services":["a",1],"status":"x"}"#);
-        assert_eq!(prepare(input("system.incident", &data), 0, false).unwrap_err().field, "data.affected_services");
+        let data =
+            raw(r#"{"incident_id":"I","severity":"s","affected_services":["a",1],"status":"x"}"#);
+        assert_eq!(
+            prepare(input("system.incident", &data), 0, false)
+                .unwrap_err()
+                .field,
+            "data.affected_services"
+        );
         let data = raw(r#"{"ticket_id":"T"}"#);
-        assert_eq!(prepare(input("ticket.status_changed", &data), 0, false).unwrap_err().field, "data.old_status");
+        assert_eq!(
+            prepare(input("ticket.status_changed", &data), 0, false)
+                .unwrap_err()
+                .field,
+            "data.old_status"
+        );
     }
 
     #[test]
     fn webhook_test_type_is_internal_only() {
         let data = raw(r#"{"webhook_id":"wh","message":"m"}"#);
-        assert_eq!(prepare(input("webhook.test", &data), 0, false).unwrap_err().field, "event_type");
+        assert_eq!(
+            prepare(input("webhook.test", &data), 0, false)
+                .unwrap_err()
+                .field,
+            "event_type"
+        );
         assert!(prepare(input("webhook.test", &data), 0, true).is_ok());
     }
 

@@ -28,7 +28,10 @@ pub struct JsonError {
 /// # Errors
 /// [`JsonError`] with the first problem found.
 pub fn validate(text: &str) -> Result<(), JsonError> {
-    let mut parser = Parser { bytes: text.as_bytes(), pos: 0 };
+    let mut parser = Parser {
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
     parser.skip_ws();
     parser.value(0)?;
     parser.skip_ws();
@@ -45,7 +48,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, reason: impl Into<String>) -> JsonError {
-        JsonError { offset: self.pos, reason: reason.into() }
+        JsonError {
+            offset: self.pos,
+            reason: reason.into(),
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -101,7 +107,10 @@ impl Parser<'_> {
             let key = self.string()?;
             if !keys.insert(key) {
                 let key = keys_display(&self.bytes[key_at..self.pos]);
-                return Err(JsonError { offset: key_at, reason: format!("duplicate key {key}") });
+                return Err(JsonError {
+                    offset: key_at,
+                    reason: format!("duplicate key {key}"),
+                });
             }
             self.skip_ws();
             if self.peek() != Some(b':') {
@@ -177,7 +186,9 @@ impl Parser<'_> {
     }
 
     fn escape(&mut self) -> Result<char, JsonError> {
-        let c = self.peek().ok_or_else(|| self.error("unterminated escape"))?;
+        let c = self
+            .peek()
+            .ok_or_else(|| self.error("unterminated escape"))?;
         self.pos += 1;
         Ok(match c {
             b'"' => '"',
@@ -194,7 +205,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
-        let digits = self.bytes.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
+        let digits = self
+            .bytes
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("short \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.error("invalid \\u escape"))?;
         if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.error("invalid \\u escape"));

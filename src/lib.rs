@@ -4,7 +4,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod ids;
@@ -12,5 +15,6 @@ pub mod json_strict;
 pub mod model;
 pub mod retry;
 pub mod scheduler;
+pub mod server;
 pub mod signature;
 pub mod store;

@@ -126,7 +126,10 @@ impl DeliveryStatus {
 
     /// Whether no scheduled attempt will follow.
     pub fn is_final(self) -> bool {
-        matches!(self, DeliveryStatus::Succeeded | DeliveryStatus::Failed | DeliveryStatus::Cancelled)
+        matches!(
+            self,
+            DeliveryStatus::Succeeded | DeliveryStatus::Failed | DeliveryStatus::Cancelled
+        )
     }
 }
 

@@ -35,7 +35,9 @@ impl RetrySchedule {
     /// # Errors
     /// [`ScheduleParseError`] when any part is not a duration.
     pub fn parse(text: &str) -> Result<RetrySchedule, ScheduleParseError> {
-        let err = || ScheduleParseError { text: text.to_owned() };
+        let err = || ScheduleParseError {
+            text: text.to_owned(),
+        };
         let delays = text
             .split(',')
             .map(str::trim)
@@ -64,7 +66,11 @@ impl RetrySchedule {
 
 impl std::fmt::Display for RetrySchedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self.delays.iter().map(|d| humantime::format_duration(*d).to_string()).collect();
+        let parts: Vec<String> = self
+            .delays
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -99,8 +105,13 @@ pub fn after_attempt(
         return state;
     }
     if succeeded {
-        let scheduled_attempts = state.scheduled_attempts + u32::from(trigger == Trigger::Scheduled);
-        return ScheduleState { status: DeliveryStatus::Succeeded, scheduled_attempts, next_attempt_at_ms: None };
+        let scheduled_attempts =
+            state.scheduled_attempts + u32::from(trigger == Trigger::Scheduled);
+        return ScheduleState {
+            status: DeliveryStatus::Succeeded,
+            scheduled_attempts,
+            next_attempt_at_ms: None,
+        };
     }
     if trigger == Trigger::Manual || state.status.is_final() {
         return state;
@@ -110,9 +121,15 @@ pub fn after_attempt(
         Some(delay) if failed < schedule.max_attempts() => ScheduleState {
             status: DeliveryStatus::Retrying,
             scheduled_attempts: failed,
-            next_attempt_at_ms: Some(now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))),
+            next_attempt_at_ms: Some(
+                now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+            ),
         },
-        _ => ScheduleState { status: DeliveryStatus::Failed, scheduled_attempts: failed, next_attempt_at_ms: None },
+        _ => ScheduleState {
+            status: DeliveryStatus::Failed,
+            scheduled_attempts: failed,
+            next_attempt_at_ms: None,
+        },
     }
 }
 
@@ -121,7 +138,11 @@ mod tests {
     use super::*;
 
     fn pending() -> ScheduleState {
-        ScheduleState { status: DeliveryStatus::Pending, scheduled_attempts: 0, next_attempt_at_ms: Some(0) }
+        ScheduleState {
+            status: DeliveryStatus::Pending,
+            scheduled_attempts: 0,
+            next_attempt_at_ms: Some(0),
+        }
     }
 
     #[test]
@@ -147,20 +168,47 @@ mod tests {
     #[test]
     fn manual_failure_changes_nothing_and_manual_success_finishes() {
         let schedule = RetrySchedule::default();
-        let retrying = ScheduleState { status: DeliveryStatus::Retrying, scheduled_attempts: 2, next_attempt_at_ms: Some(9) };
-        assert_eq!(after_attempt(retrying, Trigger::Manual, false, &schedule, 5), retrying);
+        let retrying = ScheduleState {
+            status: DeliveryStatus::Retrying,
+            scheduled_attempts: 2,
+            next_attempt_at_ms: Some(9),
+        };
+        assert_eq!(
+            after_attempt(retrying, Trigger::Manual, false, &schedule, 5),
+            retrying
+        );
         let done = after_attempt(retrying, Trigger::Manual, true, &schedule, 5);
         assert_eq!(done.status, DeliveryStatus::Succeeded);
         assert_eq!(done.scheduled_attempts, 2);
         assert_eq!(done.next_attempt_at_ms, None);
-        let failed = ScheduleState { status: DeliveryStatus::Failed, scheduled_attempts: 5, next_attempt_at_ms: None };
-        assert_eq!(after_attempt(failed, Trigger::Manual, true, &schedule, 5).status, DeliveryStatus::Succeeded);
+        let failed = ScheduleState {
+            status: DeliveryStatus::Failed,
+            scheduled_attempts: 5,
+            next_attempt_at_ms: None,
+        };
+        assert_eq!(
+            after_attempt(failed, Trigger::Manual, true, &schedule, 5).status,
+            DeliveryStatus::Succeeded
+        );
     }
 
     #[test]
     fn cancelled_delivery_stays_cancelled() {
-        let cancelled = ScheduleState { status: DeliveryStatus::Cancelled, scheduled_attempts: 1, next_attempt_at_ms: None };
-        assert_eq!(after_attempt(cancelled, Trigger::Manual, true, &RetrySchedule::default(), 5), cancelled);
+        let cancelled = ScheduleState {
+            status: DeliveryStatus::Cancelled,
+            scheduled_attempts: 1,
+            next_attempt_at_ms: None,
+        };
+        assert_eq!(
+            after_attempt(
+                cancelled,
+                Trigger::Manual,
+                true,
+                &RetrySchedule::default(),
+                5
+            ),
+            cancelled
+        );
     }
 
     #[test]

@@ -105,7 +105,9 @@ impl Drop for Claim {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data that is still consistent.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Scheduler {
@@ -124,7 +126,10 @@ impl Scheduler {
                 store,
                 sender,
                 settings,
-                wheel: Mutex::new(Wheel { entries: BTreeSet::new(), cursor: None }),
+                wheel: Mutex::new(Wheel {
+                    entries: BTreeSet::new(),
+                    cursor: None,
+                }),
                 wake: Notify::new(),
                 in_flight: Mutex::new(HashSet::new()),
                 global,
@@ -143,13 +148,16 @@ impl Scheduler {
             let refill = Arc::clone(inner);
             match tokio::task::spawn_blocking(move || refill.refill(now)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not read the retry index; will try again"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not read the retry index; will try again")
+                }
                 Err(e) => tracing::error!(error = %e, "retry index loader panicked"),
             }
             let (due, next_wake) = {
                 let mut wheel = lock(&inner.wheel);
                 let mut due = Vec::new();
-                while let Some(first) = wheel.entries.first().copied().filter(|(at, _)| *at <= now) {
+                while let Some(first) = wheel.entries.first().copied().filter(|(at, _)| *at <= now)
+                {
                     wheel.entries.remove(&first);
                     due.push(first);
                 }
@@ -184,7 +192,9 @@ impl Scheduler {
         let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
             .await?
             .ok_or(AttemptNowError::NotFound)?;
-        Arc::clone(&self.inner).attempt(claim, context, Trigger::Manual).await
+        Arc::clone(&self.inner)
+            .attempt(claim, context, Trigger::Manual)
+            .await
     }
 
     /// Makes the first attempt of a just-accepted delivery now, as a scheduled attempt (used
@@ -193,12 +203,17 @@ impl Scheduler {
     ///
     /// # Errors
     /// As [`Scheduler::redeliver`].
-    pub async fn attempt_now(&self, id: DeliveryId) -> Result<(Delivery, Attempt), AttemptNowError> {
+    pub async fn attempt_now(
+        &self,
+        id: DeliveryId,
+    ) -> Result<(Delivery, Attempt), AttemptNowError> {
         let claim = self.inner.claim(id).ok_or(AttemptNowError::InFlight)?;
         let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
             .await?
             .ok_or(AttemptNowError::NotFound)?;
-        Arc::clone(&self.inner).attempt(claim, context, Trigger::Scheduled).await
+        Arc::clone(&self.inner)
+            .attempt(claim, context, Trigger::Scheduled)
+            .await
     }
 
     /// Number of attempts in flight now.
@@ -212,13 +227,18 @@ impl Scheduler {
             return;
         };
         let inner = Arc::clone(&self.inner);
-        self.inner.tracker.spawn(async move { inner.run_scheduled(claim).await });
+        self.inner
+            .tracker
+            .spawn(async move { inner.run_scheduled(claim).await });
     }
 }
 
 impl Inner {
     fn claim(self: &Arc<Self>, id: DeliveryId) -> Option<Claim> {
-        lock(&self.in_flight).insert(id).then(|| Claim { inner: Arc::clone(self), id })
+        lock(&self.in_flight).insert(id).then(|| Claim {
+            inner: Arc::clone(self),
+            id,
+        })
     }
 
     fn hint(&self, due_ms: u64, id: DeliveryId) {
@@ -241,7 +261,10 @@ impl Inner {
     /// Loads index entries due within the horizon, past the cursor, up to the capacity.
     fn refill(&self, now_ms: u64) -> Result<(), StoreError> {
         let mut wheel = lock(&self.wheel);
-        let room = self.settings.wheel_capacity.saturating_sub(wheel.entries.len());
+        let room = self
+            .settings
+            .wheel_capacity
+            .saturating_sub(wheel.entries.len());
         if room == 0 {
             return Ok(());
         }
@@ -277,7 +300,10 @@ impl Inner {
         match &context.webhook {
             None => return, // Deleted: its deliveries were cancelled in the same commit.
             Some(webhook) if !webhook.active => {
-                let postponed = blocking(&self.store, move |s| s.postpone(id, now, now + INACTIVE_POSTPONE_MS)).await;
+                let postponed = blocking(&self.store, move |s| {
+                    s.postpone(id, now, now + INACTIVE_POSTPONE_MS)
+                })
+                .await;
                 drop(claim);
                 match postponed {
                     Ok(true) => self.hint(now + INACTIVE_POSTPONE_MS, id),
@@ -288,19 +314,30 @@ impl Inner {
             }
             Some(_) => {}
         }
-        let Some(_permits) = self.permits(webhook_id).await else { return };
-        if let Err(e) = Arc::clone(&self).attempt(claim, context, Trigger::Scheduled).await {
+        let Some(_permits) = self.permits(webhook_id).await else {
+            return;
+        };
+        if let Err(e) = Arc::clone(&self)
+            .attempt(claim, context, Trigger::Scheduled)
+            .await
+        {
             tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
             self.hint(clock::now_ms() + RECHECK_MS, id);
         }
     }
 
     /// Waits for a per-webhook then a global in-flight permit, or shutdown (`None`).
-    async fn permits(&self, webhook_id: WebhookId) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    async fn permits(
+        &self,
+        webhook_id: WebhookId,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
         let per_webhook = {
             let mut map = lock(&self.per_webhook);
             let limit = self.settings.max_in_flight_per_webhook.max(1);
-            Arc::clone(map.entry(webhook_id).or_insert_with(|| Arc::new(Semaphore::new(limit))))
+            Arc::clone(
+                map.entry(webhook_id)
+                    .or_insert_with(|| Arc::new(Semaphore::new(limit))),
+            )
         };
         tokio::select! {
             permits = async {
@@ -319,8 +356,14 @@ impl Inner {
         context: AttemptContext,
         trigger: Trigger,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
-        let AttemptContext { delivery, webhook, body } = context;
-        let webhook = webhook.filter(|w| w.active).ok_or(AttemptNowError::WebhookUnavailable)?;
+        let AttemptContext {
+            delivery,
+            webhook,
+            body,
+        } = context;
+        let webhook = webhook
+            .filter(|w| w.active)
+            .ok_or(AttemptNowError::WebhookUnavailable)?;
         let log = self
             .sender
             .send(OutgoingAttempt {
@@ -337,9 +380,11 @@ impl Inner {
         let id = delivery.id;
         let schedule = self.settings.schedule.clone();
         let recorded = log.clone();
-        let updated = blocking(&self.store, move |s| s.record_attempt(id, &recorded, &schedule, clock::now_ms()))
-            .await?
-            .ok_or(AttemptNowError::NotFound)?;
+        let updated = blocking(&self.store, move |s| {
+            s.record_attempt(id, &recorded, &schedule, clock::now_ms())
+        })
+        .await?
+        .ok_or(AttemptNowError::NotFound)?;
         drop(claim);
         tracing::debug!(
             delivery = %id,

@@ -13,7 +13,8 @@ pub const SIGNATURE_HEADER: &str = "X-Palo-Signature";
 /// Computes the `X-Palo-Signature` value for `body` signed with `secret`.
 pub fn sign(secret: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -22,9 +23,14 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 /// Returns false for any malformed header. The daemon only signs; this is the receiver's
 /// half, kept here for tests and for Rust receivers.
 pub fn verify(secret: &str, body: &[u8], header: &str) -> bool {
-    let Some(hex_digest) = header.strip_prefix("sha256=") else { return false };
-    let Ok(expected) = hex::decode(hex_digest) else { return false };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let Some(hex_digest) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_digest) else {
+        return false;
+    };
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     mac.verify_slice(&expected).is_ok()
 }

@@ -4,8 +4,8 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::records::{decode, encode, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord};
 use super::{
-    get_webhook, Store, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS, ORG_WEBHOOKS,
-    RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES,
+    get_webhook, Store, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS,
+    ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES,
 };
 use crate::event::{EventType, PreparedEvent};
 use crate::ids::{DeliveryId, EventKey, WebhookId};
@@ -81,11 +81,16 @@ impl Store {
     ) -> Result<AcceptOutcome, StoreError> {
         self.write(|txn| {
             let org = prepared.organization_id.as_str();
-            let existing = txn.open_table(EVENT_IDS)?.get((prepared.event_id.as_str(), org))?.map(|v| v.value());
+            let existing = txn
+                .open_table(EVENT_IDS)?
+                .get((prepared.event_id.as_str(), org))?
+                .map(|v| v.value());
             if let Some(key) = existing {
                 let event = load_event(&txn.open_table(EVENTS)?, EventKey(key))?;
                 return Ok(match event {
-                    Some(event) if event.content_hash == prepared.content_hash => AcceptOutcome::Replayed { event },
+                    Some(event) if event.content_hash == prepared.content_hash => {
+                        AcceptOutcome::Replayed { event }
+                    }
                     _ => AcceptOutcome::Conflict,
                 });
             }
@@ -119,14 +124,19 @@ impl Store {
                 content_hash: prepared.content_hash,
                 delivery_ids: deliveries.iter().map(|d| d.id).collect(),
             };
-            txn.open_table(EVENTS)?.insert(key.0, encode(&EventRecord::from_domain(&event)).as_slice())?;
+            txn.open_table(EVENTS)?
+                .insert(key.0, encode(&EventRecord::from_domain(&event)).as_slice())?;
             txn.open_table(ORG_EVENTS)?.insert((org, key.0), ())?;
-            txn.open_table(EVENT_IDS)?.insert((prepared.event_id.as_str(), org), key.0)?;
+            txn.open_table(EVENT_IDS)?
+                .insert((prepared.event_id.as_str(), org), key.0)?;
             let mut table = txn.open_table(DELIVERIES)?;
             let mut by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
             let mut index = txn.open_table(RETRY_INDEX)?;
             for delivery in &deliveries {
-                table.insert(delivery.id.0, encode(&DeliveryRecord::from_domain(delivery)).as_slice())?;
+                table.insert(
+                    delivery.id.0,
+                    encode(&DeliveryRecord::from_domain(delivery)).as_slice(),
+                )?;
                 by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
                 index.insert((first_due_ms, delivery.id.0), ())?;
             }
@@ -138,9 +148,17 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] on read or decode failure.
-    pub fn get_event(&self, organization_id: &str, event_id: &str) -> Result<Option<Event>, StoreError> {
+    pub fn get_event(
+        &self,
+        organization_id: &str,
+        event_id: &str,
+    ) -> Result<Option<Event>, StoreError> {
         self.read(|txn| {
-            let Some(key) = txn.open_table(EVENT_IDS)?.get((event_id, organization_id))?.map(|v| v.value()) else {
+            let Some(key) = txn
+                .open_table(EVENT_IDS)?
+                .get((event_id, organization_id))?
+                .map(|v| v.value())
+            else {
                 return Ok(None);
             };
             load_event(&txn.open_table(EVENTS)?, EventKey(key))
@@ -172,9 +190,16 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] on read or decode failure.
-    pub fn list_events(&self, query: &EventQuery, before: Option<EventKey>, limit: usize) -> Result<Vec<Event>, StoreError> {
+    pub fn list_events(
+        &self,
+        query: &EventQuery,
+        before: Option<EventKey>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let low = u128::from(query.since_ms.unwrap_or(0)) << 80;
-        let mut high = query.until_ms.map_or(u128::MAX, |ms| ((u128::from(ms) + 1) << 80).saturating_sub(1));
+        let mut high = query.until_ms.map_or(u128::MAX, |ms| {
+            ((u128::from(ms) + 1) << 80).saturating_sub(1)
+        });
         if let Some(cursor) = before {
             high = high.min(cursor.0.saturating_sub(1));
         }
@@ -183,18 +208,26 @@ impl Store {
         }
         self.read(|txn| {
             let events = txn.open_table(EVENTS)?;
-            let keys: Box<dyn Iterator<Item = Result<u128, redb::StorageError>>> = match &query.organization_id {
-                Some(org) => Box::new(
-                    txn.open_table(ORG_EVENTS)?
-                        .range((org.as_str(), low)..=(org.as_str(), high))?
-                        .rev()
-                        .map(|row| row.map(|(k, _)| k.value().1)),
-                ),
-                None => Box::new(events.range(low..=high)?.rev().map(|row| row.map(|(k, _)| k.value()))),
-            };
+            let keys: Box<dyn Iterator<Item = Result<u128, redb::StorageError>>> =
+                match &query.organization_id {
+                    Some(org) => Box::new(
+                        txn.open_table(ORG_EVENTS)?
+                            .range((org.as_str(), low)..=(org.as_str(), high))?
+                            .rev()
+                            .map(|row| row.map(|(k, _)| k.value().1)),
+                    ),
+                    None => Box::new(
+                        events
+                            .range(low..=high)?
+                            .rev()
+                            .map(|row| row.map(|(k, _)| k.value())),
+                    ),
+                };
             let mut out = Vec::new();
             for key in keys {
-                let Some(event) = load_event(&events, EventKey(key?))? else { continue };
+                let Some(event) = load_event(&events, EventKey(key?))? else {
+                    continue;
+                };
                 if query.event_type.is_none_or(|t| t == event.event_type) {
                     out.push(event);
                     if out.len() == limit {
@@ -213,7 +246,9 @@ impl Store {
     pub fn get_deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<Delivery>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(DELIVERIES)?;
-            ids.iter().filter_map(|id| load_delivery(&table, *id).transpose()).collect()
+            ids.iter()
+                .filter_map(|id| load_delivery(&table, *id).transpose())
+                .collect()
         })
     }
 
@@ -221,13 +256,23 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] on read or decode failure.
-    pub fn get_delivery_with_attempts(&self, id: DeliveryId) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+    pub fn get_delivery_with_attempts(
+        &self,
+        id: DeliveryId,
+    ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
         self.read(|txn| {
-            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else { return Ok(None) };
+            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else {
+                return Ok(None);
+            };
             let mut attempts = Vec::new();
-            for row in txn.open_table(ATTEMPTS)?.range((id.0, 0)..=(id.0, u32::MAX))? {
+            for row in txn
+                .open_table(ATTEMPTS)?
+                .range((id.0, 0)..=(id.0, u32::MAX))?
+            {
                 let (k, v) = row?;
-                attempts.push(decode::<AttemptRecord>("attempts", v.value())?.into_domain(k.value().1)?);
+                attempts.push(
+                    decode::<AttemptRecord>("attempts", v.value())?.into_domain(k.value().1)?,
+                );
             }
             Ok(Some((delivery, attempts)))
         })
@@ -249,9 +294,15 @@ impl Store {
         self.read(|txn| {
             let table = txn.open_table(DELIVERIES)?;
             let mut out = Vec::new();
-            for row in txn.open_table(WEBHOOK_DELIVERIES)?.range((webhook_id.0, 0)..=(webhook_id.0, high))?.rev() {
+            for row in txn
+                .open_table(WEBHOOK_DELIVERIES)?
+                .range((webhook_id.0, 0)..=(webhook_id.0, high))?
+                .rev()
+            {
                 let (k, _) = row?;
-                let Some(delivery) = load_delivery(&table, DeliveryId(k.value().1))? else { continue };
+                let Some(delivery) = load_delivery(&table, DeliveryId(k.value().1))? else {
+                    continue;
+                };
                 if status.is_none_or(|s| s == delivery.status) {
                     out.push(delivery);
                     if out.len() == limit {
@@ -269,12 +320,21 @@ impl Store {
     /// [`StoreError`] on read or decode failure.
     pub fn attempt_context(&self, id: DeliveryId) -> Result<Option<AttemptContext>, StoreError> {
         self.read(|txn| {
-            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else { return Ok(None) };
+            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else {
+                return Ok(None);
+            };
             let webhook = get_webhook(&txn.open_table(WEBHOOKS)?, delivery.webhook_id)?;
             let Some(event) = load_event(&txn.open_table(EVENTS)?, delivery.event_key)? else {
-                return Err(StoreError::Corrupt { table: "events", reason: format!("missing event of {id}") });
+                return Err(StoreError::Corrupt {
+                    table: "events",
+                    reason: format!("missing event of {id}"),
+                });
             };
-            Ok(Some(AttemptContext { delivery, webhook, body: event.body }))
+            Ok(Some(AttemptContext {
+                delivery,
+                webhook,
+                body: event.body,
+            }))
         })
     }
 
@@ -293,22 +353,35 @@ impl Store {
     ) -> Result<Option<Delivery>, StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(DELIVERIES)?;
-            let Some(mut delivery) = load_delivery(&table, id)? else { return Ok(None) };
-            txn.open_table(ATTEMPTS)?
-                .insert((id.0, attempt.number), encode(&AttemptRecord::from_domain(attempt)).as_slice())?;
+            let Some(mut delivery) = load_delivery(&table, id)? else {
+                return Ok(None);
+            };
+            txn.open_table(ATTEMPTS)?.insert(
+                (id.0, attempt.number),
+                encode(&AttemptRecord::from_domain(attempt)).as_slice(),
+            )?;
             let before = ScheduleState {
                 status: delivery.status,
                 scheduled_attempts: delivery.scheduled_attempts,
                 next_attempt_at_ms: delivery.next_attempt_at_ms,
             };
-            let after = after_attempt(before, attempt.trigger, attempt.succeeded(), schedule, now_ms);
+            let after = after_attempt(
+                before,
+                attempt.trigger,
+                attempt.succeeded(),
+                schedule,
+                now_ms,
+            );
             move_index_entry(txn, id, before.next_attempt_at_ms, after.next_attempt_at_ms)?;
             delivery.status = after.status;
             delivery.scheduled_attempts = after.scheduled_attempts;
             delivery.next_attempt_at_ms = after.next_attempt_at_ms;
             delivery.attempt_count = delivery.attempt_count.max(attempt.number);
             delivery.updated_at_ms = now_ms;
-            table.insert(id.0, encode(&DeliveryRecord::from_domain(&delivery)).as_slice())?;
+            table.insert(
+                id.0,
+                encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+            )?;
             Ok(Some(delivery))
         })
     }
@@ -318,13 +391,22 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
-    pub fn delete_webhook(&self, id: WebhookId, now_ms: u64) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+    pub fn delete_webhook(
+        &self,
+        id: WebhookId,
+        now_ms: u64,
+    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
         self.write(|txn| {
-            let Some(bytes) = txn.open_table(WEBHOOKS)?.remove(id.0)?.map(|v| v.value().to_vec()) else {
+            let Some(bytes) = txn
+                .open_table(WEBHOOKS)?
+                .remove(id.0)?
+                .map(|v| v.value().to_vec())
+            else {
                 return Ok(None);
             };
             let webhook = decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id)?;
-            txn.open_table(ORG_WEBHOOKS)?.remove((webhook.organization_id.as_str(), id.0))?;
+            txn.open_table(ORG_WEBHOOKS)?
+                .remove((webhook.organization_id.as_str(), id.0))?;
             let ids: Vec<DeliveryId> = txn
                 .open_table(WEBHOOK_DELIVERIES)?
                 .range((id.0, 0)..=(id.0, u128::MAX))?
@@ -333,7 +415,9 @@ impl Store {
             let mut table = txn.open_table(DELIVERIES)?;
             let mut cancelled = Vec::new();
             for delivery_id in ids {
-                let Some(mut delivery) = load_delivery(&table, delivery_id)? else { continue };
+                let Some(mut delivery) = load_delivery(&table, delivery_id)? else {
+                    continue;
+                };
                 if delivery.status.is_final() {
                     continue;
                 }
@@ -341,7 +425,10 @@ impl Store {
                 delivery.status = DeliveryStatus::Cancelled;
                 delivery.next_attempt_at_ms = None;
                 delivery.updated_at_ms = now_ms;
-                table.insert(delivery_id.0, encode(&DeliveryRecord::from_domain(&delivery)).as_slice())?;
+                table.insert(
+                    delivery_id.0,
+                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+                )?;
                 cancelled.push(delivery_id);
             }
             Ok(Some(cancelled))
@@ -388,14 +475,24 @@ impl Store {
     }
 }
 
-fn fan_out_targets(txn: &WriteTransaction, prepared: &PreparedEvent, fan_out: FanOut) -> Result<Vec<Webhook>, StoreError> {
+fn fan_out_targets(
+    txn: &WriteTransaction,
+    prepared: &PreparedEvent,
+    fan_out: FanOut,
+) -> Result<Vec<Webhook>, StoreError> {
     let webhooks = txn.open_table(WEBHOOKS)?;
     let org = prepared.organization_id.as_str();
     match fan_out {
-        FanOut::Only(id) => Ok(get_webhook(&webhooks, id)?.into_iter().filter(|w| w.organization_id == org).collect()),
+        FanOut::Only(id) => Ok(get_webhook(&webhooks, id)?
+            .into_iter()
+            .filter(|w| w.organization_id == org)
+            .collect()),
         FanOut::Subscribers => {
             let mut targets = Vec::new();
-            for row in txn.open_table(ORG_WEBHOOKS)?.range((org, 0)..=(org, u128::MAX))? {
+            for row in txn
+                .open_table(ORG_WEBHOOKS)?
+                .range((org, 0)..=(org, u128::MAX))?
+            {
                 let (k, _) = row?;
                 if let Some(webhook) = get_webhook(&webhooks, WebhookId(k.value().1))? {
                     if webhook.active && webhook.events.matches(prepared.event_type) {
@@ -408,7 +505,12 @@ fn fan_out_targets(txn: &WriteTransaction, prepared: &PreparedEvent, fan_out: Fa
     }
 }
 
-fn move_index_entry(txn: &WriteTransaction, id: DeliveryId, from: Option<u64>, to: Option<u64>) -> Result<(), StoreError> {
+fn move_index_entry(
+    txn: &WriteTransaction,
+    id: DeliveryId,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> Result<(), StoreError> {
     if from == to {
         return Ok(());
     }
@@ -422,17 +524,27 @@ fn move_index_entry(txn: &WriteTransaction, id: DeliveryId, from: Option<u64>, t
     Ok(())
 }
 
-fn load_event(table: &impl ReadableTable<u128, &'static [u8]>, key: EventKey) -> Result<Option<Event>, StoreError> {
+fn load_event(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    key: EventKey,
+) -> Result<Option<Event>, StoreError> {
     match table.get(key.0)? {
         None => Ok(None),
-        Some(bytes) => Ok(Some(decode::<EventRecord>("events", bytes.value())?.into_domain(key)?)),
+        Some(bytes) => Ok(Some(
+            decode::<EventRecord>("events", bytes.value())?.into_domain(key)?,
+        )),
     }
 }
 
-fn load_delivery(table: &impl ReadableTable<u128, &'static [u8]>, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+fn load_delivery(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    id: DeliveryId,
+) -> Result<Option<Delivery>, StoreError> {
     match table.get(id.0)? {
         None => Ok(None),
-        Some(bytes) => Ok(Some(decode::<DeliveryRecord>("deliveries", bytes.value())?.into_domain(id)?)),
+        Some(bytes) => Ok(Some(
+            decode::<DeliveryRecord>("deliveries", bytes.value())?.into_domain(id)?,
+        )),
     }
 }
 
@@ -445,14 +557,21 @@ impl Store {
     pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(DELIVERIES)?;
-            let Some(mut delivery) = load_delivery(&table, id)? else { return Ok(false) };
-            let Some(due) = delivery.next_attempt_at_ms.filter(|due| *due <= now_ms) else { return Ok(false) };
+            let Some(mut delivery) = load_delivery(&table, id)? else {
+                return Ok(false);
+            };
+            let Some(due) = delivery.next_attempt_at_ms.filter(|due| *due <= now_ms) else {
+                return Ok(false);
+            };
             if delivery.status.is_final() {
                 return Ok(false);
             }
             move_index_entry(txn, id, Some(due), Some(to_ms))?;
             delivery.next_attempt_at_ms = Some(to_ms);
-            table.insert(id.0, encode(&DeliveryRecord::from_domain(&delivery)).as_slice())?;
+            table.insert(
+                id.0,
+                encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+            )?;
             Ok(true)
         })
     }

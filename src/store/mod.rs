@@ -17,7 +17,9 @@ mod records;
 
 use std::path::Path;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use crate::ids::{KeyId, WebhookId};
 use crate::model::{ApiKey, Webhook};
@@ -27,18 +29,22 @@ pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const WEBHOOKS: TableDefinition<u128, &[u8]> = TableDefinition::new("webhooks");
-pub(crate) const ORG_WEBHOOKS: TableDefinition<(&str, u128), ()> = TableDefinition::new("org_webhooks");
+pub(crate) const ORG_WEBHOOKS: TableDefinition<(&str, u128), ()> =
+    TableDefinition::new("org_webhooks");
 pub(crate) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
 pub(crate) const ORG_EVENTS: TableDefinition<(&str, u128), ()> = TableDefinition::new("org_events");
 /// `(event_id, organization_id) -> event key`: idempotency and lookup by `event_id`.
 pub(crate) const EVENT_IDS: TableDefinition<(&str, &str), u128> = TableDefinition::new("event_ids");
 pub(crate) const DELIVERIES: TableDefinition<u128, &[u8]> = TableDefinition::new("deliveries");
-pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(u128, u128), ()> = TableDefinition::new("webhook_deliveries");
+pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(u128, u128), ()> =
+    TableDefinition::new("webhook_deliveries");
 pub(crate) const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("attempts");
 /// `(due ms since the epoch, delivery id)`: what the scheduler must attempt, in due order.
-pub(crate) const RETRY_INDEX: TableDefinition<(u64, u128), ()> = TableDefinition::new("retry_index");
+pub(crate) const RETRY_INDEX: TableDefinition<(u64, u128), ()> =
+    TableDefinition::new("retry_index");
 pub(crate) const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
-pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> = TableDefinition::new("api_key_hashes");
+pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> =
+    TableDefinition::new("api_key_hashes");
 
 /// The layout version written in `meta` on creation.
 const LAYOUT_VERSION: &[u8] = b"1";
@@ -111,7 +117,11 @@ impl Store {
                     meta.insert("layout", LAYOUT_VERSION)?;
                 }
                 Some(v) if v == LAYOUT_VERSION => {}
-                Some(v) => return Err(StoreError::UnsupportedLayout(String::from_utf8_lossy(&v).into_owned())),
+                Some(v) => {
+                    return Err(StoreError::UnsupportedLayout(
+                        String::from_utf8_lossy(&v).into_owned(),
+                    ))
+                }
             }
             drop(meta);
             txn.open_table(WEBHOOKS)?;
@@ -132,7 +142,10 @@ impl Store {
 
     /// Runs `f` in one write transaction and commits it durably (fsync) if `f` succeeds;
     /// aborts it otherwise. Blocks while another write transaction is open.
-    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let txn = self.db.begin_write()?;
         let out = f(&txn)?;
         txn.commit()?;
@@ -140,7 +153,10 @@ impl Store {
     }
 
     /// Runs `f` on a consistent snapshot.
-    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let txn = self.db.begin_read()?;
         f(&txn)
     }
@@ -151,8 +167,12 @@ impl Store {
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
         self.write(|txn| {
-            txn.open_table(WEBHOOKS)?.insert(webhook.id.0, encode(&WebhookRecord::from_domain(webhook)).as_slice())?;
-            txn.open_table(ORG_WEBHOOKS)?.insert((webhook.organization_id.as_str(), webhook.id.0), ())?;
+            txn.open_table(WEBHOOKS)?.insert(
+                webhook.id.0,
+                encode(&WebhookRecord::from_domain(webhook)).as_slice(),
+            )?;
+            txn.open_table(ORG_WEBHOOKS)?
+                .insert((webhook.organization_id.as_str(), webhook.id.0), ())?;
             Ok(())
         })
     }
@@ -209,7 +229,10 @@ impl Store {
             if table.get(webhook.id.0)?.is_none() {
                 return Ok(false);
             }
-            table.insert(webhook.id.0, encode(&WebhookRecord::from_domain(webhook)).as_slice())?;
+            table.insert(
+                webhook.id.0,
+                encode(&WebhookRecord::from_domain(webhook)).as_slice(),
+            )?;
             Ok(true)
         })
     }
@@ -220,8 +243,10 @@ impl Store {
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         self.write(|txn| {
-            txn.open_table(API_KEYS)?.insert(key.id.0, encode(&ApiKeyRecord::from_domain(key)).as_slice())?;
-            txn.open_table(API_KEY_HASHES)?.insert(key.key_hash.as_slice(), key.id.0)?;
+            txn.open_table(API_KEYS)?
+                .insert(key.id.0, encode(&ApiKeyRecord::from_domain(key)).as_slice())?;
+            txn.open_table(API_KEY_HASHES)?
+                .insert(key.key_hash.as_slice(), key.id.0)?;
             Ok(())
         })
     }
@@ -236,7 +261,9 @@ impl Store {
             let mut keys = Vec::new();
             for row in table.iter()? {
                 let (k, v) = row?;
-                keys.push(decode::<ApiKeyRecord>("api_keys", v.value())?.into_domain(KeyId(k.value())));
+                keys.push(
+                    decode::<ApiKeyRecord>("api_keys", v.value())?.into_domain(KeyId(k.value())),
+                );
             }
             Ok(keys)
         })
@@ -248,11 +275,16 @@ impl Store {
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn delete_api_key(&self, id: KeyId) -> Result<bool, StoreError> {
         self.write(|txn| {
-            let Some(bytes) = txn.open_table(API_KEYS)?.remove(id.0)?.map(|v| v.value().to_vec()) else {
+            let Some(bytes) = txn
+                .open_table(API_KEYS)?
+                .remove(id.0)?
+                .map(|v| v.value().to_vec())
+            else {
                 return Ok(false);
             };
             let key = decode::<ApiKeyRecord>("api_keys", &bytes)?.into_domain(id);
-            txn.open_table(API_KEY_HASHES)?.remove(key.key_hash.as_slice())?;
+            txn.open_table(API_KEY_HASHES)?
+                .remove(key.key_hash.as_slice())?;
             Ok(true)
         })
     }
@@ -263,20 +295,33 @@ impl Store {
     /// [`StoreError`] on read or decode failure.
     pub fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
         self.read(|txn| {
-            let Some(id) = txn.open_table(API_KEY_HASHES)?.get(key_hash.as_slice())?.map(|v| v.value()) else {
+            let Some(id) = txn
+                .open_table(API_KEY_HASHES)?
+                .get(key_hash.as_slice())?
+                .map(|v| v.value())
+            else {
                 return Ok(None);
             };
             let keys = txn.open_table(API_KEYS)?;
-            let Some(bytes) = keys.get(id)? else { return Ok(None) };
-            Ok(Some(decode::<ApiKeyRecord>("api_keys", bytes.value())?.into_domain(KeyId(id))))
+            let Some(bytes) = keys.get(id)? else {
+                return Ok(None);
+            };
+            Ok(Some(
+                decode::<ApiKeyRecord>("api_keys", bytes.value())?.into_domain(KeyId(id)),
+            ))
         })
     }
 }
 
-fn get_webhook(table: &impl ReadableTable<u128, &'static [u8]>, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
+fn get_webhook(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    id: WebhookId,
+) -> Result<Option<Webhook>, StoreError> {
     match table.get(id.0)? {
         None => Ok(None),
-        Some(bytes) => Ok(Some(decode::<WebhookRecord>("webhooks", bytes.value())?.into_domain(id)?)),
+        Some(bytes) => Ok(Some(
+            decode::<WebhookRecord>("webhooks", bytes.value())?.into_domain(id)?,
+        )),
     }
 }
 
@@ -291,5 +336,7 @@ where
     F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 {
     let store = std::sync::Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|_| StoreError::Interrupted)?
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|_| StoreError::Interrupted)?
 }

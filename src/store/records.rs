@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
 use crate::model::{
-    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, Event, EventFilter, Secret, Trigger, Webhook,
+    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, Event, EventFilter, Secret, Trigger,
+    Webhook,
 };
 
 use super::StoreError;
@@ -21,12 +22,21 @@ pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 }
 
 /// Decodes a record, naming the table in the error.
-pub(super) fn decode<'a, T: Deserialize<'a>>(table: &'static str, bytes: &'a [u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table, reason: e.to_string() })
+pub(super) fn decode<'a, T: Deserialize<'a>>(
+    table: &'static str,
+    bytes: &'a [u8],
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        reason: e.to_string(),
+    })
 }
 
 fn corrupt(table: &'static str, what: &str) -> StoreError {
-    StoreError::Corrupt { table, reason: format!("unknown {what}") }
+    StoreError::Corrupt {
+        table,
+        reason: format!("unknown {what}"),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,7 +61,9 @@ impl WebhookRecord {
             url: w.url.clone(),
             events: match &w.events {
                 EventFilter::All => None,
-                EventFilter::Only(types) => Some(types.iter().map(|t| t.as_str().to_owned()).collect()),
+                EventFilter::Only(types) => {
+                    Some(types.iter().map(|t| t.as_str().to_owned()).collect())
+                }
             },
             secret: w.secret.0.clone(),
             active: w.active,
@@ -137,7 +149,8 @@ impl EventRecord {
         Ok(Event {
             key,
             event_id,
-            event_type: EventType::parse(&event_type).ok_or_else(|| corrupt("events", "event type"))?,
+            event_type: EventType::parse(&event_type)
+                .ok_or_else(|| corrupt("events", "event type"))?,
             timestamp,
             organization_id,
             received_at_ms,
@@ -202,8 +215,10 @@ impl DeliveryRecord {
             webhook_id: WebhookId(webhook_id),
             event_key: EventKey(event_key),
             event_id,
-            event_type: EventType::parse(&event_type).ok_or_else(|| corrupt("deliveries", "event type"))?,
-            status: DeliveryStatus::parse(&status).ok_or_else(|| corrupt("deliveries", "status"))?,
+            event_type: EventType::parse(&event_type)
+                .ok_or_else(|| corrupt("deliveries", "event type"))?,
+            status: DeliveryStatus::parse(&status)
+                .ok_or_else(|| corrupt("deliveries", "status"))?,
             attempt_count,
             scheduled_attempts,
             next_attempt_at_ms,
@@ -226,8 +241,13 @@ pub(super) enum AttemptRecord {
     },
 }
 
-const ATTEMPT_ERRORS: [AttemptError; 5] =
-    [AttemptError::Timeout, AttemptError::Connect, AttemptError::Dns, AttemptError::Tls, AttemptError::Io];
+const ATTEMPT_ERRORS: [AttemptError; 5] = [
+    AttemptError::Timeout,
+    AttemptError::Connect,
+    AttemptError::Dns,
+    AttemptError::Tls,
+    AttemptError::Io,
+];
 
 impl AttemptRecord {
     pub(super) fn from_domain(a: &Attempt) -> Self {
@@ -280,7 +300,12 @@ impl AttemptRecord {
 
 #[derive(Serialize, Deserialize)]
 pub(super) enum ApiKeyRecord {
-    V1 { organization_id: String, description: String, created_at_ms: u64, key_hash: [u8; 32] },
+    V1 {
+        organization_id: String,
+        description: String,
+        created_at_ms: u64,
+        key_hash: [u8; 32],
+    },
 }
 
 impl ApiKeyRecord {
@@ -294,8 +319,19 @@ impl ApiKeyRecord {
     }
 
     pub(super) fn into_domain(self, id: KeyId) -> ApiKey {
-        let ApiKeyRecord::V1 { organization_id, description, created_at_ms, key_hash } = self;
-        ApiKey { id, organization_id, description, created_at_ms, key_hash }
+        let ApiKeyRecord::V1 {
+            organization_id,
+            description,
+            created_at_ms,
+            key_hash,
+        } = self;
+        ApiKey {
+            id,
+            organization_id,
+            description,
+            created_at_ms,
+            key_hash,
+        }
     }
 }
 

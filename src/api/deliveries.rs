@@ -1,0 +1,183 @@
+//! Deliveries and their log (spec "Logs de livraison"), redelivery, and test deliveries.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::extract::{cursor, page_limit, ApiQuery};
+use super::types::{AttemptOut, AttemptResultOut, DeliveryOut, Page};
+use super::webhooks::visible_webhook;
+use super::{ApiError, AppState, Caller};
+use crate::clock;
+use crate::event::{self, EventInput};
+use crate::ids::DeliveryId;
+use crate::model::{Attempt, Delivery, DeliveryStatus};
+use crate::scheduler::AttemptNowError;
+use crate::store::{blocking, AcceptOutcome, FanOut};
+
+/// Query of `GET /api/webhooks/{id}/deliveries`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ListDeliveries {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/webhooks/{id}/deliveries` → a page, newest first, optionally by `status`.
+pub(super) async fn list_webhook_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ListDeliveries>,
+) -> Result<Json<Page<DeliveryOut>>, ApiError> {
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    let limit = page_limit(query.limit)?;
+    let before: Option<DeliveryId> = cursor(query.cursor.as_deref())?;
+    let status = query
+        .status
+        .map(|s| {
+            DeliveryStatus::parse(&s).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("unknown status {s:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let id = webhook.id;
+    let deliveries = blocking(&state.store, move |s| {
+        s.list_webhook_deliveries(id, status, before, limit)
+    })
+    .await?;
+    Ok(Json(Page::new(
+        &deliveries,
+        limit,
+        |d| d.id.to_string(),
+        |d| DeliveryOut::from(d),
+    )))
+}
+
+async fn visible_delivery(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(Delivery, Vec<Attempt>), ApiError> {
+    let id: DeliveryId = id.parse().map_err(|_| ApiError::not_found("delivery"))?;
+    blocking(&state.store, move |s| s.get_delivery_with_attempts(id))
+        .await?
+        .filter(|(d, _)| caller.can_see(&d.organization_id))
+        .ok_or_else(|| ApiError::not_found("delivery"))
+}
+
+/// `GET /api/deliveries/{id}` → the delivery with every attempt in ascending `number`.
+pub(super) async fn get_delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryOut>, ApiError> {
+    let (delivery, attempts) = visible_delivery(&state, &caller, &id).await?;
+    let mut out = DeliveryOut::from(&delivery);
+    out.attempts = Some(attempts.iter().map(AttemptOut::from).collect());
+    Ok(Json(out))
+}
+
+fn attempt_error(e: AttemptNowError) -> ApiError {
+    match e {
+        AttemptNowError::InFlight => ApiError::new(
+            StatusCode::CONFLICT,
+            "attempt_in_flight",
+            "an attempt of this delivery is in flight; wait for it to finish",
+        ),
+        AttemptNowError::NotFound => ApiError::not_found("delivery"),
+        AttemptNowError::WebhookUnavailable => ApiError::new(
+            StatusCode::CONFLICT,
+            "webhook_unavailable",
+            "the delivery's webhook was deleted or is inactive",
+        ),
+        AttemptNowError::Store(e) => e.into(),
+    }
+}
+
+/// `POST /api/deliveries/{id}/redeliver`: one manual attempt now, answered with that attempt
+/// and the delivery after it (spec: "re-déclencher manuellement une livraison échouée").
+pub(super) async fn redeliver(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AttemptResultOut>, ApiError> {
+    let (delivery, _) = visible_delivery(&state, &caller, &id).await?;
+    let (delivery, attempt) = state
+        .scheduler
+        .redeliver(delivery.id)
+        .await
+        .map_err(attempt_error)?;
+    tracing::info!(delivery = %delivery.id, attempt = attempt.number, status = ?attempt.status_code, "manual redelivery");
+    Ok(Json(AttemptResultOut {
+        attempt: AttemptOut::from(&attempt),
+        delivery: DeliveryOut::from(&delivery),
+    }))
+}
+
+/// `POST /api/webhooks/{id}/test`: a `webhook.test` event for this webhook alone, its first
+/// attempt made now and answered; afterwards a normal delivery (logged, retried, listed).
+pub(super) async fn test_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AttemptResultOut>, ApiError> {
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    if !webhook.active {
+        return Err(attempt_error(AttemptNowError::WebhookUnavailable));
+    }
+    let data = serde_json::json!({
+        "webhook_id": webhook.id.to_string(),
+        "message": "Test event from palo-webhooks",
+    });
+    let data = RawValue::from_string(data.to_string())
+        .map_err(|_| ApiError::bad_json("internal test payload"))?;
+    let now = clock::now_ms();
+    let prepared = event::prepare(
+        EventInput {
+            event_id: None,
+            event_type: "webhook.test".to_owned(),
+            timestamp: None,
+            organization_id: webhook.organization_id.clone(),
+            data: &data,
+        },
+        now,
+        true,
+    )
+    .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    // The first attempt runs in this request; the index entry is a lease past its timeout,
+    // so the scheduler takes over only if this process dies before logging the attempt.
+    let lease =
+        now + u64::try_from(state.attempt_timeout.as_millis()).unwrap_or(u64::MAX / 2) + 5_000;
+    let target = webhook.id;
+    let outcome = blocking(&state.store, move |s| {
+        s.accept_event(&prepared, FanOut::Only(target), now, lease)
+    })
+    .await?;
+    let AcceptOutcome::Accepted { deliveries, .. } = outcome else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "event_id_conflict",
+            "test event id collision; retry",
+        ));
+    };
+    let delivery = deliveries
+        .first()
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    state.scheduler.schedule_hint(lease, delivery.id);
+    let (delivery, attempt) = state
+        .scheduler
+        .attempt_now(delivery.id)
+        .await
+        .map_err(attempt_error)?;
+    Ok(Json(AttemptResultOut {
+        attempt: AttemptOut::from(&attempt),
+        delivery: DeliveryOut::from(&delivery),
+    }))
+}

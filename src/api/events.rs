@@ -1,0 +1,196 @@
+//! `/api/events`: durable ingest with idempotency on (organization, `event_id`), lookup, list.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::extract::{cursor, page_limit, ApiQuery, JsonBody};
+use super::types::{EventAccepted, EventIn, EventOut, Page};
+use super::{ApiError, AppState, Caller};
+use crate::clock;
+use crate::event::{self, EventInput, EventType};
+use crate::ids::EventKey;
+use crate::model::Event;
+use crate::store::{blocking, AcceptOutcome, EventQuery, FanOut};
+
+/// `POST /api/events` → 202 `{"event_id","deliveries"}` once the event and its deliveries
+/// are committed (fsync'd); 200 with the original answer for an idempotent replay; 409 when
+/// the `event_id` was used with different content.
+pub(super) async fn ingest_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<EventIn>,
+) -> Result<(StatusCode, Json<EventAccepted>), ApiError> {
+    let organization_id = caller.acting_for(input.organization_id.as_deref())?;
+    let now = clock::now_ms();
+    let prepared = event::prepare(
+        EventInput {
+            event_id: input.event_id,
+            event_type: input.event_type,
+            timestamp: input.timestamp,
+            organization_id,
+            data: &input.data,
+        },
+        now,
+        false,
+    )
+    .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let outcome = blocking(&state.store, move |s| {
+        s.accept_event(&prepared, FanOut::Subscribers, now, now)
+    })
+    .await?;
+    match outcome {
+        AcceptOutcome::Accepted { event, deliveries } => {
+            for delivery in &deliveries {
+                state.scheduler.schedule_hint(now, delivery.id);
+            }
+            tracing::debug!(event_id = %event.event_id, deliveries = deliveries.len(), "event accepted");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(EventAccepted {
+                    event_id: event.event_id,
+                    deliveries: deliveries.len(),
+                }),
+            ))
+        }
+        AcceptOutcome::Replayed { event } => Ok((
+            StatusCode::OK,
+            Json(EventAccepted {
+                deliveries: event.delivery_ids.len(),
+                event_id: event.event_id,
+            }),
+        )),
+        AcceptOutcome::Conflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "event_id_conflict",
+            "this event_id was already accepted with different content",
+        )),
+    }
+}
+
+/// Query of `GET /api/events/{event_id}`.
+#[derive(Debug, Deserialize)]
+pub(super) struct GetEvent {
+    organization_id: Option<String>,
+}
+
+/// `GET /api/events/{event_id}`: the envelope fields as delivered, `received_at` and the
+/// deliveries. The admin may name `?organization_id=`; 409 `ambiguous_event_id` if it must.
+pub(super) async fn get_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(event_id): Path<String>,
+    ApiQuery(query): ApiQuery<GetEvent>,
+) -> Result<Json<EventOut>, ApiError> {
+    let org = match (&caller, query.organization_id) {
+        (Caller::Organization(own), Some(named)) if named != *own => {
+            return Err(ApiError::not_found("event"))
+        }
+        (Caller::Organization(own), _) => own.clone(),
+        (Caller::Admin, Some(named)) => named,
+        (Caller::Admin, None) => {
+            let id = event_id.clone();
+            let mut orgs =
+                blocking(&state.store, move |s| s.organizations_with_event_id(&id)).await?;
+            match orgs.len() {
+                0 => return Err(ApiError::not_found("event")),
+                1 => orgs.remove(0),
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "ambiguous_event_id",
+                        "this event_id exists in several organizations; add ?organization_id=",
+                    ))
+                }
+            }
+        }
+    };
+    let found = blocking(&state.store, move |s| {
+        let Some(event) = s.get_event(&org, &event_id)? else {
+            return Ok(None);
+        };
+        let deliveries = s.get_deliveries(&event.delivery_ids)?;
+        Ok(Some((event, deliveries)))
+    })
+    .await?;
+    let (event, deliveries) = found.ok_or_else(|| ApiError::not_found("event"))?;
+    Ok(Json(EventOut::new(&event, &deliveries)))
+}
+
+/// Query of `GET /api/events`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ListEvents {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    organization_id: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
+    value
+        .map(|text| {
+            clock::normalize_rfc3339(text)
+                .map(|(_, ms)| ms)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        format!("{name} must be an RFC 3339 date-time"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// `GET /api/events` → a page, newest first. `since`/`until` bound the time of ingest.
+pub(super) async fn list_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListEvents>,
+) -> Result<Json<Page<EventOut>>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let before: Option<EventKey> = cursor(query.cursor.as_deref())?;
+    let event_type = query
+        .event_type
+        .map(|t| {
+            EventType::parse(&t).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("unknown event type {t:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let organization_id = match &caller {
+        Caller::Admin => query.organization_id,
+        Caller::Organization(own) => Some(own.clone()),
+    };
+    let filter = EventQuery {
+        organization_id,
+        event_type,
+        since_ms: time_bound("since", query.since.as_deref())?,
+        until_ms: time_bound("until", query.until.as_deref())?,
+    };
+    let pages = blocking(&state.store, move |s| {
+        let events = s.list_events(&filter, before, limit)?;
+        events
+            .into_iter()
+            .map(|e| {
+                let deliveries = s.get_deliveries(&e.delivery_ids)?;
+                Ok((e, deliveries))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(Json(Page::new(
+        &pages,
+        limit,
+        |(e, _): &(Event, _)| e.key.to_string(),
+        |(e, d)| EventOut::new(e, d),
+    )))
+}

@@ -1,0 +1,201 @@
+//! Extractors: the authenticated caller, strict JSON bodies and query strings, each
+//! answering our JSON error shape on rejection.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState};
+use crate::json_strict;
+use crate::store::blocking;
+
+/// Who is calling: the admin token, or an organization API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin token: every organization.
+    Admin,
+    /// An organization API key: that organization only.
+    Organization(String),
+}
+
+impl Caller {
+    /// Whether the caller may see resources of `organization_id`.
+    pub fn can_see(&self, organization_id: &str) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Organization(own) => own == organization_id,
+        }
+    }
+
+    /// The organization a write acts for: the body's `organization_id` for the admin
+    /// (required), the key's own for an organization key (403 if the body names another).
+    ///
+    /// # Errors
+    /// 422 when the admin names none; 403 when a key names another organization.
+    pub fn acting_for(&self, named: Option<&str>) -> Result<String, ApiError> {
+        match (self, named) {
+            (Caller::Admin, Some(org)) => Ok(org.to_owned()),
+            (Caller::Admin, None) => Err(ApiError::invalid(
+                "organization_id",
+                "is required with the admin token",
+            )),
+            (Caller::Organization(own), Some(org)) if org != own => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this API key acts for another organization",
+            )),
+            (Caller::Organization(own), _) => Ok(own.clone()),
+        }
+    }
+
+    /// The admin only.
+    ///
+    /// # Errors
+    /// 403 for an organization key.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Organization(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this call needs the admin token",
+            )),
+        }
+    }
+}
+
+/// SHA-256 of a token, the only form in which tokens are compared or stored.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let unauthorized = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid bearer token",
+            )
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(unauthorized)?;
+        let hash = token_hash(token);
+        if hash == state.admin_token_hash {
+            return Ok(Caller::Admin);
+        }
+        let key = blocking(&state.store, move |s| s.find_api_key(&hash)).await?;
+        key.map(|k| Caller::Organization(k.organization_id))
+            .ok_or_else(unauthorized)
+    }
+}
+
+/// A JSON request body checked by [`json_strict`] (RFC 8259, no duplicate keys) before
+/// serde reads it. 415 without `Content-Type: application/json`, 413 over the body limit,
+/// 400 for what is not JSON, 422 for JSON of the wrong shape (naming the field).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is over the size limit",
+                )
+            } else {
+                ApiError::bad_json("could not read the request body")
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses untrusted JSON bytes: a leading UTF-8 BOM is ignored; invalid UTF-8 or JSON → 400;
+/// valid JSON of the wrong shape → 422 naming the field.
+///
+/// # Errors
+/// [`ApiError`] as above.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_json("the body is not valid UTF-8"))?;
+    json_strict::validate(text).map_err(|e| ApiError::bad_json(format!("malformed JSON: {e}")))?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ApiError::invalid(field, e.into_inner().to_string())
+    })
+}
+
+/// A query string, 400 `invalid_query` when it does not parse.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
+/// Page size from `?limit=` (default 50, 1 to 500).
+///
+/// # Errors
+/// 400 `invalid_query` outside 1..=500.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(n @ 1..=500) => Ok(n),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be between 1 and 500",
+        )),
+    }
+}
+
+/// Parses a cursor (an id of the list's kind).
+///
+/// # Errors
+/// 400 `invalid_query` when it is not one.
+pub fn cursor<I: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<I>, ApiError> {
+    cursor
+        .map(|c| {
+            c.parse().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "invalid cursor")
+            })
+        })
+        .transpose()
+}

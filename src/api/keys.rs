@@ -1,0 +1,75 @@
+//! `/api/keys`: organization API keys (admin only). The key text is returned once and
+//! stored only as its SHA-256.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::extract::{token_hash, JsonBody};
+use super::types::{KeyIn, KeyOut};
+use super::{ApiError, AppState, Caller};
+use crate::clock;
+use crate::event::is_valid_external_id;
+use crate::ids::{random_hex, KeyId};
+use crate::model::ApiKey;
+use crate::store::blocking;
+
+/// `POST /api/keys` → 201 with the key, shown this once.
+pub(super) async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<KeyIn>,
+) -> Result<(StatusCode, Json<KeyOut>), ApiError> {
+    caller.require_admin()?;
+    if !is_valid_external_id(&input.organization_id) {
+        return Err(ApiError::invalid(
+            "organization_id",
+            "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    let description = input.description.unwrap_or_default();
+    if description.chars().count() > 1024 {
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 1024 characters",
+        ));
+    }
+    let key_text = format!("pwk_{}", random_hex(32));
+    let key = ApiKey {
+        id: KeyId::generate(),
+        organization_id: input.organization_id,
+        description,
+        created_at_ms: clock::now_ms(),
+        key_hash: token_hash(&key_text),
+    };
+    let stored = key.clone();
+    blocking(&state.store, move |s| s.create_api_key(&stored)).await?;
+    let mut out = KeyOut::from(&key);
+    out.key = Some(key_text);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// `GET /api/keys` → every key, without the key text.
+pub(super) async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<KeyOut>>, ApiError> {
+    caller.require_admin()?;
+    let keys = blocking(&state.store, |s| s.list_api_keys()).await?;
+    Ok(Json(keys.iter().map(KeyOut::from).collect()))
+}
+
+/// `DELETE /api/keys/{id}` → 204.
+pub(super) async fn delete_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let id: KeyId = id.parse().map_err(|_| ApiError::not_found("key"))?;
+    if blocking(&state.store, move |s| s.delete_api_key(id)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("key"))
+    }
+}

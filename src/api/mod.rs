@@ -1,0 +1,88 @@
+//! The local HTTP API: JSON over HTTP under `/api`, bearer-token auth, one error shape.
+//!
+//! Owner's rule: this is the only module that knows our HTTP/JSON shapes ([`types`]). It
+//! authenticates the caller, validates input, calls the store (on the blocking pool) and the
+//! scheduler, and maps every failure to `{"error":{"code","message"}}` with the right status.
+//! Architecture invariant: a resource of another organization is answered 404, never 403.
+
+mod deliveries;
+mod error;
+mod events;
+mod extract;
+mod keys;
+pub mod types;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+pub use error::ApiError;
+pub use extract::{token_hash, Caller};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The scheduler (redelivery and test deliveries).
+    pub scheduler: Scheduler,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: [u8; 32],
+    /// Whether http:// webhook URLs are accepted.
+    pub allow_http: bool,
+    /// The attempt timeout, to lease a test delivery while its first attempt runs.
+    pub attempt_timeout: Duration,
+}
+
+/// Builds the router with every route, the body limit (`max_body_bytes`, 413 beyond) and
+/// JSON answers for unknown routes, wrong methods and panics.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/keys", post(keys::create_key).get(keys::list_keys))
+        .route("/keys/{id}", axum::routing::delete(keys::delete_key))
+        .route(
+            "/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get_webhook)
+                .patch(webhooks::update_webhook)
+                .delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/webhooks/{id}/deliveries",
+            get(deliveries::list_webhook_deliveries),
+        )
+        .route("/webhooks/{id}/test", post(deliveries::test_webhook))
+        .route(
+            "/events",
+            post(events::ingest_event).get(events::list_events),
+        )
+        .route("/events/{event_id}", get(events::get_event))
+        .route("/deliveries/{id}", get(deliveries::get_delivery))
+        .route("/deliveries/{id}/redeliver", post(deliveries::redeliver));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api", api)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panic_response,
+        ))
+        .with_state(state)
+}
+
+/// `GET /healthz`: 200 once the store is open and the scheduler runs (the router is only
+/// served after both), no auth.
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}

@@ -1,0 +1,328 @@
+//! The API's JSON shapes (requests `*In`, responses `*Out`) and their conversions from
+//! domain types. Times are RFC 3339 strings in UTC; durations are integer ms.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::clock::format_ms;
+use crate::model::{ApiKey, Attempt, Delivery, Event, EventFilter, Webhook};
+
+/// `POST /api/webhooks` (spec "Créer un webhook").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookIn {
+    /// Absolute https URL (http with `--allow-http`).
+    pub url: String,
+    /// Event type names, or `["*"]`.
+    pub events: Vec<String>,
+    /// At least 32 characters; generated when absent.
+    pub secret: Option<String>,
+    /// Default true.
+    pub active: Option<bool>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Required with the admin token.
+    pub organization_id: Option<String>,
+}
+
+/// `PATCH /api/webhooks/{id}`: any subset of the fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPatch {
+    /// New URL.
+    pub url: Option<String>,
+    /// New subscriptions.
+    pub events: Option<Vec<String>>,
+    /// New secret (at least 32 characters).
+    pub secret: Option<String>,
+    /// Activate or deactivate.
+    pub active: Option<bool>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+/// A webhook as answered. `secret` appears only in the creation answer, when generated.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WebhookOut {
+    /// `wh_<ULID>`.
+    pub id: String,
+    /// Owner organization.
+    pub organization_id: String,
+    /// Target URL.
+    pub url: String,
+    /// Subscribed event types, or `["*"]`.
+    pub events: Vec<String>,
+    /// Whether it receives deliveries.
+    pub active: bool,
+    /// Free text.
+    pub description: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// The generated secret, shown once.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub secret: Option<String>,
+}
+
+impl From<&Webhook> for WebhookOut {
+    fn from(w: &Webhook) -> Self {
+        WebhookOut {
+            id: w.id.to_string(),
+            organization_id: w.organization_id.clone(),
+            url: w.url.clone(),
+            events: match &w.events {
+                EventFilter::All => vec!["*".to_owned()],
+                EventFilter::Only(types) => types.iter().map(|t| t.as_str().to_owned()).collect(),
+            },
+            active: w.active,
+            description: w.description.clone(),
+            created_at: format_ms(w.created_at_ms),
+            updated_at: format_ms(w.updated_at_ms),
+            secret: None,
+        }
+    }
+}
+
+/// `POST /api/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// Idempotency key, 1-128 of `A-Za-z0-9_-.:`; generated when absent.
+    pub event_id: Option<String>,
+    /// Event type name.
+    pub event_type: String,
+    /// RFC 3339, any offset; time of ingest when absent.
+    pub timestamp: Option<String>,
+    /// Required with the admin token; defaults to an organization key's own.
+    pub organization_id: Option<String>,
+    /// The event data, kept as the exact JSON text received.
+    pub data: Box<RawValue>,
+}
+
+/// The answer to `POST /api/events`: 202 when accepted, 200 for an idempotent replay.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventAccepted {
+    /// The event id (given or generated).
+    pub event_id: String,
+    /// How many deliveries fan-out created.
+    pub deliveries: usize,
+}
+
+/// A delivery in an event's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventDeliveryOut {
+    /// `dlv_<ULID>`.
+    pub id: String,
+    /// Target webhook.
+    pub webhook_id: String,
+    /// Current status.
+    pub status: String,
+}
+
+/// `GET /api/events/{id}`: the envelope's fields exactly as delivered, plus bookkeeping.
+#[derive(Debug, Serialize)]
+pub struct EventOut {
+    /// Envelope `event_id`.
+    pub event_id: String,
+    /// Envelope `event_type`.
+    pub event_type: String,
+    /// Envelope `timestamp`.
+    pub timestamp: String,
+    /// Envelope `organization_id`.
+    pub organization_id: String,
+    /// Envelope `data`, byte for byte.
+    pub data: Box<RawValue>,
+    /// RFC 3339, when accepted.
+    pub received_at: String,
+    /// Its deliveries.
+    pub deliveries: Vec<EventDeliveryOut>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeData<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+impl EventOut {
+    /// Builds the answer from a stored event and its deliveries.
+    pub fn new(event: &Event, deliveries: &[Delivery]) -> EventOut {
+        let data = serde_json::from_slice::<EnvelopeData<'_>>(&event.body)
+            .ok()
+            .map(|e| e.data.to_owned())
+            .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON"));
+        EventOut {
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.as_str().to_owned(),
+            timestamp: event.timestamp.clone(),
+            organization_id: event.organization_id.clone(),
+            data,
+            received_at: format_ms(event.received_at_ms),
+            deliveries: deliveries
+                .iter()
+                .map(|d| EventDeliveryOut {
+                    id: d.id.to_string(),
+                    webhook_id: d.webhook_id.to_string(),
+                    status: d.status.as_str().to_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One logged attempt.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttemptOut {
+    /// 1, 2, … (also sent as `X-Palo-Attempt`).
+    pub number: u32,
+    /// RFC 3339.
+    pub started_at: String,
+    /// Whole exchange, ms.
+    pub duration_ms: u64,
+    /// HTTP status, null when no response.
+    pub status_code: Option<u16>,
+    /// `timeout` | `connect` | `dns` | `tls` | `io`, or null.
+    pub error: Option<String>,
+    /// UTF-8 (lossy), at most 64 KiB.
+    pub response_body: String,
+    /// Whether the body was cut at 64 KiB.
+    pub response_body_truncated: bool,
+    /// `scheduled` | `manual`.
+    pub trigger: String,
+}
+
+impl From<&Attempt> for AttemptOut {
+    fn from(a: &Attempt) -> Self {
+        AttemptOut {
+            number: a.number,
+            started_at: format_ms(a.started_at_ms),
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error.map(|e| e.as_str().to_owned()),
+            response_body: a.response_body.clone(),
+            response_body_truncated: a.response_body_truncated,
+            trigger: a.trigger.as_str().to_owned(),
+        }
+    }
+}
+
+/// A delivery; `attempts` only in `GET /api/deliveries/{id}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeliveryOut {
+    /// `dlv_<ULID>`.
+    pub id: String,
+    /// Owner organization.
+    pub organization_id: String,
+    /// Target webhook.
+    pub webhook_id: String,
+    /// The event's `event_id`.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// `pending` | `retrying` | `succeeded` | `failed` | `cancelled`.
+    pub status: String,
+    /// Attempts made, manual ones included.
+    pub attempt_count: u32,
+    /// RFC 3339, null when none is scheduled.
+    pub next_attempt_at: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Every attempt in ascending `number`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attempts: Option<Vec<AttemptOut>>,
+}
+
+impl From<&Delivery> for DeliveryOut {
+    fn from(d: &Delivery) -> Self {
+        DeliveryOut {
+            id: d.id.to_string(),
+            organization_id: d.organization_id.clone(),
+            webhook_id: d.webhook_id.to_string(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.as_str().to_owned(),
+            status: d.status.as_str().to_owned(),
+            attempt_count: d.attempt_count,
+            next_attempt_at: d.next_attempt_at_ms.map(format_ms),
+            created_at: format_ms(d.created_at_ms),
+            updated_at: format_ms(d.updated_at_ms),
+            attempts: None,
+        }
+    }
+}
+
+/// The answer of a redelivery or a test delivery: the attempt just made and the delivery after it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttemptResultOut {
+    /// The attempt just made.
+    pub attempt: AttemptOut,
+    /// The delivery after it was logged.
+    pub delivery: DeliveryOut,
+}
+
+/// `POST /api/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIn {
+    /// The organization the key acts for.
+    pub organization_id: String,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// An API key as answered; `key` only in the creation answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyOut {
+    /// `key_<ULID>`.
+    pub id: String,
+    /// The organization it acts for.
+    pub organization_id: String,
+    /// Free text.
+    pub description: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The key itself, shown once.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<String>,
+}
+
+impl From<&ApiKey> for KeyOut {
+    fn from(k: &ApiKey) -> Self {
+        KeyOut {
+            id: k.id.to_string(),
+            organization_id: k.organization_id.clone(),
+            description: k.description.clone(),
+            created_at: format_ms(k.created_at_ms),
+            key: None,
+        }
+    }
+}
+
+/// A page of a list: `{"data":[...],"next_cursor":...}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// This page's items.
+    pub data: Vec<T>,
+    /// Pass as `?cursor=` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page of `items` (converted), with a cursor when the page is full.
+    pub fn new<S>(
+        items: &[S],
+        limit: usize,
+        cursor_of: impl Fn(&S) -> String,
+        convert: impl Fn(&S) -> T,
+    ) -> Page<T> {
+        let next_cursor = (items.len() == limit)
+            .then(|| items.last().map(&cursor_of))
+            .flatten();
+        Page {
+            data: items.iter().map(convert).collect(),
+            next_cursor,
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! `/api/webhooks`: create, list, get, update, delete (spec "Créer un webhook").
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::extract::{cursor, page_limit, ApiQuery, JsonBody};
+use super::types::{Page, WebhookIn, WebhookOut, WebhookPatch};
+use super::{ApiError, AppState, Caller};
+use crate::clock;
+use crate::event::{is_valid_external_id, EventType};
+use crate::ids::{random_hex, WebhookId};
+use crate::model::{EventFilter, Secret, Webhook};
+use crate::store::blocking;
+
+/// Shortest accepted secret, in characters (spec: "32 chars min").
+pub const MIN_SECRET_CHARS: usize = 32;
+const MAX_SECRET_CHARS: usize = 512;
+const MAX_URL_BYTES: usize = 2048;
+const MAX_DESCRIPTION_CHARS: usize = 1024;
+
+/// Checks a webhook URL: absolute, https (or http when allowed), a host, no user:password.
+///
+/// # Errors
+/// 422 naming `url`.
+pub fn validate_url(url: &str, allow_http: bool) -> Result<String, ApiError> {
+    let bad = |message: &str| ApiError::invalid("url", message);
+    if url.len() > MAX_URL_BYTES {
+        return Err(bad("must be at most 2048 bytes"));
+    }
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|_| bad("must be an absolute URL like https://example.com/hook"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_http => {}
+        Some("http") => {
+            return Err(bad(
+                "must use https (start the daemon with --allow-http to accept http)",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                "must be an absolute https URL like https://example.com/hook",
+            ))
+        }
+    }
+    let authority = uri.authority().ok_or_else(|| bad("must name a host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "must not contain user:password; send credentials in a header instead",
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("must name a host"));
+    }
+    Ok(url.to_owned())
+}
+
+/// Parses the `events` list: non-empty, known public types, or `"*"`.
+///
+/// # Errors
+/// 422 naming `events`.
+pub fn parse_events(names: &[String]) -> Result<EventFilter, ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::invalid(
+            "events",
+            "must list at least one event type, or \"*\"",
+        ));
+    }
+    if names.iter().any(|n| n == "*") {
+        return Ok(EventFilter::All);
+    }
+    let mut types = Vec::new();
+    for name in names {
+        let t = EventType::parse(name)
+            .filter(|t| *t != EventType::WebhookTest)
+            .ok_or_else(|| {
+                let known: Vec<&str> = EventType::PUBLIC.iter().map(|t| t.as_str()).collect();
+                ApiError::invalid(
+                    "events",
+                    format!(
+                        "unknown event type {name:?} (known: {}, or \"*\")",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    Ok(EventFilter::Only(types))
+}
+
+fn validate_secret(secret: &str) -> Result<Secret, ApiError> {
+    let n = secret.chars().count();
+    if n < MIN_SECRET_CHARS {
+        return Err(ApiError::invalid(
+            "secret",
+            "must be at least 32 characters",
+        ));
+    }
+    if n > MAX_SECRET_CHARS {
+        return Err(ApiError::invalid(
+            "secret",
+            "must be at most 512 characters",
+        ));
+    }
+    Ok(Secret(secret.to_owned()))
+}
+
+fn validate_description(description: String) -> Result<String, ApiError> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 1024 characters",
+        ));
+    }
+    Ok(description)
+}
+
+/// Loads a webhook the caller may see, else 404.
+pub(super) async fn visible_webhook(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Webhook, ApiError> {
+    let id: WebhookId = id.parse().map_err(|_| ApiError::not_found("webhook"))?;
+    blocking(&state.store, move |s| s.get_webhook(id))
+        .await?
+        .filter(|w| caller.can_see(&w.organization_id))
+        .ok_or_else(|| ApiError::not_found("webhook"))
+}
+
+/// `POST /api/webhooks` → 201 with the webhook (and the secret, once, if generated).
+pub(super) async fn create_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<WebhookIn>,
+) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
+    let organization_id = caller.acting_for(input.organization_id.as_deref())?;
+    if !is_valid_external_id(&organization_id) {
+        return Err(ApiError::invalid(
+            "organization_id",
+            "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    let url = validate_url(&input.url, state.allow_http)?;
+    let events = parse_events(&input.events)?;
+    let (secret, generated) = match input.secret {
+        Some(s) => (validate_secret(&s)?, false),
+        None => (Secret(format!("whsec_{}", random_hex(32))), true),
+    };
+    let now = clock::now_ms();
+    let webhook = Webhook {
+        id: WebhookId::generate(),
+        organization_id,
+        url,
+        events,
+        secret,
+        active: input.active.unwrap_or(true),
+        description: validate_description(input.description.unwrap_or_default())?,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let stored = webhook.clone();
+    blocking(&state.store, move |s| s.create_webhook(&stored)).await?;
+    tracing::info!(webhook = %webhook.id, organization = %webhook.organization_id, "webhook created");
+    let mut out = WebhookOut::from(&webhook);
+    if generated {
+        out.secret = Some(webhook.secret.0);
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Query of `GET /api/webhooks`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ListWebhooks {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    organization_id: Option<String>,
+}
+
+/// `GET /api/webhooks` → a page in creation order.
+pub(super) async fn list_webhooks(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListWebhooks>,
+) -> Result<Json<Page<WebhookOut>>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let after: Option<WebhookId> = cursor(query.cursor.as_deref())?;
+    let org = match &caller {
+        Caller::Admin => query.organization_id,
+        Caller::Organization(own) => Some(own.clone()),
+    };
+    let webhooks = blocking(&state.store, move |s| {
+        s.list_webhooks(org.as_deref(), after, limit)
+    })
+    .await?;
+    Ok(Json(Page::new(
+        &webhooks,
+        limit,
+        |w| w.id.to_string(),
+        |w| WebhookOut::from(w),
+    )))
+}
+
+/// `GET /api/webhooks/{id}`.
+pub(super) async fn get_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookOut>, ApiError> {
+    Ok(Json(WebhookOut::from(
+        &visible_webhook(&state, &caller, &id).await?,
+    )))
+}
+
+/// `PATCH /api/webhooks/{id}`: any of url, events, secret, active, description.
+pub(super) async fn update_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<WebhookPatch>,
+) -> Result<Json<WebhookOut>, ApiError> {
+    let mut webhook = visible_webhook(&state, &caller, &id).await?;
+    if let Some(url) = patch.url {
+        webhook.url = validate_url(&url, state.allow_http)?;
+    }
+    if let Some(events) = patch.events {
+        webhook.events = parse_events(&events)?;
+    }
+    if let Some(secret) = patch.secret {
+        webhook.secret = validate_secret(&secret)?;
+    }
+    if let Some(active) = patch.active {
+        webhook.active = active;
+    }
+    if let Some(description) = patch.description {
+        webhook.description = validate_description(description)?;
+    }
+    webhook.updated_at_ms = clock::now_ms();
+    let stored = webhook.clone();
+    if !blocking(&state.store, move |s| s.update_webhook(&stored)).await? {
+        return Err(ApiError::not_found("webhook"));
+    }
+    Ok(Json(WebhookOut::from(&webhook)))
+}
+
+/// `DELETE /api/webhooks/{id}` → 204; its unfinished deliveries become `cancelled`.
+pub(super) async fn delete_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    let id = webhook.id;
+    let cancelled = blocking(&state.store, move |s| s.delete_webhook(id, clock::now_ms()))
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    tracing::info!(webhook = %id, cancelled = cancelled.len(), "webhook deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_absolute_https_without_credentials() {
+        assert!(validate_url("https://example.com/hook", false).is_ok());
+        assert!(validate_url("https://[::1]:8443/hook", false).is_ok());
+        assert!(validate_url("http://example.com/hook", false).is_err());
+        assert!(validate_url("http://example.com/hook", true).is_ok());
+        assert!(validate_url("ftp://example.com/", true).is_err());
+        assert!(validate_url("/relative", true).is_err());
+        assert!(validate_url("https://user:pw@example.com/", false).is_err());
+        assert!(validate_url("example.com", false).is_err());
+    }
+
+    #[test]
+    fn events_must_be_known_or_star() {
+        assert_eq!(parse_events(&["*".into()]).unwrap(), EventFilter::All);
+        assert!(parse_events(&[]).is_err());
+        assert!(parse_events(&["ticket.deleted".into()]).is_err());
+        assert!(parse_events(&["webhook.test".into()]).is_err());
+        let only = parse_events(&["ticket.created".into(), "ticket.created".into()]).unwrap();
+        assert_eq!(only, EventFilter::Only(vec![EventType::TicketCreated]));
+    }
+}

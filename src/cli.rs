@@ -1,0 +1,705 @@
+//! The command line: `serve`, and client subcommands that call a running daemon's API.
+//!
+//! Owner's rule: the client speaks only the documented HTTP API (no store access), so what
+//! the CLI can do, a script can do with curl. Tables for people by default, `--json` for
+//! scripts. Errors print the API's `code: message` and exit 1.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+use crate::config::ServeArgs;
+use crate::delivery::build_client;
+
+/// palo-webhooks: durable, signed webhook delivery in one binary and one file.
+#[derive(Debug, Parser)]
+#[command(name = "palo-webhooks", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Manage webhooks (endpoints).
+    Webhooks {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Action.
+        #[command(subcommand)]
+        action: WebhookCommand,
+    },
+    /// Send and inspect events.
+    Events {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Action.
+        #[command(subcommand)]
+        action: EventCommand,
+    },
+    /// Inspect deliveries and redeliver.
+    Deliveries {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Action.
+        #[command(subcommand)]
+        action: DeliveryCommand,
+    },
+    /// Manage organization API keys (admin token only).
+    Keys {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Action.
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
+}
+
+/// How client subcommands reach the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of the daemon's API.
+    #[arg(
+        long,
+        env = "PALO_WEBHOOKS_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token (admin token or organization API key).
+    #[arg(
+        long,
+        env = "PALO_WEBHOOKS_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// File holding the token, used when --token is not given.
+    #[arg(
+        long,
+        env = "PALO_WEBHOOKS_TOKEN_FILE",
+        default_value = "palo-webhooks.redb.admin-token",
+        global = true
+    )]
+    pub token_file: PathBuf,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `webhooks` actions.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Create a webhook; prints the generated secret once if you give none.
+    Create {
+        /// Target URL (https).
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated, or "*".
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// Signing secret (at least 32 characters); generated when absent.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        /// Create it inactive.
+        #[arg(long)]
+        inactive: bool,
+        /// Organization (required with the admin token).
+        #[arg(long)]
+        organization_id: Option<String>,
+    },
+    /// List webhooks.
+    List {
+        /// Only this organization (admin).
+        #[arg(long)]
+        organization_id: Option<String>,
+        /// Page size (1-500).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Cursor from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one webhook.
+    Get {
+        /// Webhook id.
+        id: String,
+    },
+    /// Change a webhook.
+    Update {
+        /// Webhook id.
+        id: String,
+        /// New URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// New event types, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        /// New secret.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Activate (true) or deactivate (false).
+        #[arg(long)]
+        active: Option<bool>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a webhook (its pending deliveries are cancelled).
+    Delete {
+        /// Webhook id.
+        id: String,
+    },
+    /// Send a webhook.test event to it now and show the attempt.
+    Test {
+        /// Webhook id.
+        id: String,
+    },
+}
+
+/// `events` actions.
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Send an event: JSON `{"event_type","organization_id","data",...}` from a file or stdin.
+    Send {
+        /// File to read, or - for stdin.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
+    /// Show an event and its deliveries.
+    Get {
+        /// The event_id.
+        event_id: String,
+        /// Organization (admin, when the id exists in several).
+        #[arg(long)]
+        organization_id: Option<String>,
+    },
+    /// List events, newest first.
+    List {
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only this organization (admin).
+        #[arg(long)]
+        organization_id: Option<String>,
+        /// Page size (1-500).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Cursor from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// `deliveries` actions.
+#[derive(Debug, Subcommand)]
+pub enum DeliveryCommand {
+    /// List a webhook's deliveries, newest first.
+    List {
+        /// Webhook id.
+        #[arg(long)]
+        webhook: String,
+        /// Only this status (pending, retrying, succeeded, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Page size (1-500).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Cursor from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show a delivery and every attempt.
+    Get {
+        /// Delivery id.
+        id: String,
+    },
+    /// Make one manual attempt now and show it.
+    Redeliver {
+        /// Delivery id.
+        id: String,
+    },
+}
+
+/// `keys` actions.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an organization API key; prints the key once.
+    Create {
+        /// The organization it acts for.
+        #[arg(long)]
+        organization_id: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List keys (never the key text).
+    List,
+    /// Delete a key.
+    Delete {
+        /// Key id.
+        id: String,
+    },
+}
+
+/// A minimal API client over the crate's pooled HTTP client.
+pub struct ApiClient {
+    base: String,
+    token: String,
+    client: crate::delivery::HttpsClient,
+}
+
+impl ApiClient {
+    /// Builds a client from the connection options.
+    ///
+    /// # Errors
+    /// When no token is given and the token file cannot be read.
+    pub fn new(args: &ClientArgs) -> Result<ApiClient> {
+        let token = match &args.token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string(&args.token_file)
+                .with_context(|| {
+                    format!(
+                        "no token: set PALO_WEBHOOKS_TOKEN or --token, or point --token-file at the admin token file ({} not readable)",
+                        args.token_file.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        };
+        Ok(ApiClient {
+            base: args.url.trim_end_matches('/').to_owned(),
+            token,
+            client: build_client(Duration::from_secs(10)),
+        })
+    }
+
+    /// Calls the API and returns (status, JSON body or null).
+    ///
+    /// # Errors
+    /// Connection failures and non-JSON answers.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Value)> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("authorization", format!("Bearer {}", self.token));
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).context("the daemon did not answer JSON")?
+        };
+        Ok((status, value))
+    }
+
+    async fn expect_ok(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+        let (status, value) = self.call(method, path, body).await?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let code = value["error"]["code"].as_str().unwrap_or("error");
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or("unexpected answer");
+        bail!("{status} {code}: {message}")
+    }
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode_component(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn encode_component(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs a client subcommand and prints its result.
+///
+/// # Errors
+/// Any API or connection error, as `status code: message`.
+pub async fn run_client(command: Command) -> Result<()> {
+    let (client_args, request) = match command {
+        Command::Serve(_) => bail!("serve is not a client command"),
+        Command::Webhooks { client, action } => (client, webhook_request(action)?),
+        Command::Events { client, action } => (client, event_request(action)?),
+        Command::Deliveries { client, action } => (client, delivery_request(action)),
+        Command::Keys { client, action } => (client, key_request(action)?),
+    };
+    let api = ApiClient::new(&client_args)?;
+    let value = api
+        .expect_ok(request.method, &request.path, request.body)
+        .await?;
+    if client_args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_human(&value, request.columns);
+    }
+    Ok(())
+}
+
+struct Request {
+    method: &'static str,
+    path: String,
+    body: Option<Vec<u8>>,
+    columns: &'static [&'static str],
+}
+
+const WEBHOOK_COLUMNS: &[&str] = &[
+    "id",
+    "organization_id",
+    "url",
+    "events",
+    "active",
+    "description",
+];
+const DELIVERY_COLUMNS: &[&str] = &[
+    "id",
+    "event_type",
+    "event_id",
+    "status",
+    "attempt_count",
+    "next_attempt_at",
+];
+const ATTEMPT_COLUMNS: &[&str] = &[
+    "number",
+    "started_at",
+    "duration_ms",
+    "status_code",
+    "error",
+    "trigger",
+];
+const EVENT_COLUMNS: &[&str] = &[
+    "event_id",
+    "event_type",
+    "organization_id",
+    "timestamp",
+    "received_at",
+];
+const KEY_COLUMNS: &[&str] = &["id", "organization_id", "description", "created_at"];
+
+fn webhook_request(action: WebhookCommand) -> Result<Request> {
+    let (method, path, body) = match action {
+        WebhookCommand::Create {
+            url,
+            events,
+            secret,
+            description,
+            inactive,
+            organization_id,
+        } => {
+            let mut body = json!({"url": url, "events": events, "active": !inactive});
+            if let Some(s) = secret {
+                body["secret"] = json!(s);
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            if let Some(o) = organization_id {
+                body["organization_id"] = json!(o);
+            }
+            ("POST", "/api/webhooks".to_owned(), Some(body))
+        }
+        WebhookCommand::List {
+            organization_id,
+            limit,
+            cursor,
+        } => (
+            "GET",
+            format!(
+                "/api/webhooks{}",
+                query(&[
+                    ("organization_id", organization_id),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor)
+                ])
+            ),
+            None,
+        ),
+        WebhookCommand::Get { id } => (
+            "GET",
+            format!("/api/webhooks/{}", encode_component(&id)),
+            None,
+        ),
+        WebhookCommand::Update {
+            id,
+            url,
+            events,
+            secret,
+            active,
+            description,
+        } => {
+            let mut body = json!({});
+            for (key, value) in [
+                ("url", url.map(Value::from)),
+                ("events", events.map(Value::from)),
+                ("secret", secret.map(Value::from)),
+                ("active", active.map(Value::from)),
+                ("description", description.map(Value::from)),
+            ] {
+                if let Some(v) = value {
+                    body[key] = v;
+                }
+            }
+            (
+                "PATCH",
+                format!("/api/webhooks/{}", encode_component(&id)),
+                Some(body),
+            )
+        }
+        WebhookCommand::Delete { id } => (
+            "DELETE",
+            format!("/api/webhooks/{}", encode_component(&id)),
+            None,
+        ),
+        WebhookCommand::Test { id } => (
+            "POST",
+            format!("/api/webhooks/{}/test", encode_component(&id)),
+            None,
+        ),
+    };
+    Ok(Request {
+        method,
+        path,
+        body: body.map(|b| b.to_string().into_bytes()),
+        columns: WEBHOOK_COLUMNS,
+    })
+}
+
+fn event_request(action: EventCommand) -> Result<Request> {
+    Ok(match action {
+        EventCommand::Send { file } => {
+            let mut bytes = Vec::new();
+            if file.as_os_str() == "-" {
+                std::io::stdin().read_to_end(&mut bytes)?;
+            } else {
+                bytes = std::fs::read(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+            }
+            Request {
+                method: "POST",
+                path: "/api/events".into(),
+                body: Some(bytes),
+                columns: EVENT_COLUMNS,
+            }
+        }
+        EventCommand::Get {
+            event_id,
+            organization_id,
+        } => Request {
+            method: "GET",
+            path: format!(
+                "/api/events/{}{}",
+                encode_component(&event_id),
+                query(&[("organization_id", organization_id)])
+            ),
+            body: None,
+            columns: EVENT_COLUMNS,
+        },
+        EventCommand::List {
+            event_type,
+            organization_id,
+            limit,
+            cursor,
+        } => Request {
+            method: "GET",
+            path: format!(
+                "/api/events{}",
+                query(&[
+                    ("type", event_type),
+                    ("organization_id", organization_id),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor)
+                ])
+            ),
+            body: None,
+            columns: EVENT_COLUMNS,
+        },
+    })
+}
+
+fn delivery_request(action: DeliveryCommand) -> Request {
+    let (method, path) = match action {
+        DeliveryCommand::List {
+            webhook,
+            status,
+            limit,
+            cursor,
+        } => (
+            "GET",
+            format!(
+                "/api/webhooks/{}/deliveries{}",
+                encode_component(&webhook),
+                query(&[
+                    ("status", status),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor)
+                ])
+            ),
+        ),
+        DeliveryCommand::Get { id } => {
+            ("GET", format!("/api/deliveries/{}", encode_component(&id)))
+        }
+        DeliveryCommand::Redeliver { id } => (
+            "POST",
+            format!("/api/deliveries/{}/redeliver", encode_component(&id)),
+        ),
+    };
+    Request {
+        method,
+        path,
+        body: None,
+        columns: DELIVERY_COLUMNS,
+    }
+}
+
+fn key_request(action: KeyCommand) -> Result<Request> {
+    let (method, path, body) = match action {
+        KeyCommand::Create {
+            organization_id,
+            description,
+        } => (
+            "POST",
+            "/api/keys".to_owned(),
+            Some(
+                json!({"organization_id": organization_id, "description": description.unwrap_or_default()}),
+            ),
+        ),
+        KeyCommand::List => ("GET", "/api/keys".to_owned(), None),
+        KeyCommand::Delete { id } => (
+            "DELETE",
+            format!("/api/keys/{}", encode_component(&id)),
+            None,
+        ),
+    };
+    Ok(Request {
+        method,
+        path,
+        body: body.map(|b| b.to_string().into_bytes()),
+        columns: KEY_COLUMNS,
+    })
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(rows: &[Value], columns: &[&str]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |values: Vec<String>| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in cells {
+        line(row);
+    }
+}
+
+fn print_human(value: &Value, columns: &[&str]) {
+    match value {
+        Value::Null => println!("done"),
+        Value::Array(rows) => print_table(rows, columns),
+        Value::Object(map) if map.contains_key("data") && map["data"].is_array() => {
+            print_table(
+                map["data"].as_array().map_or(&[][..], Vec::as_slice),
+                columns,
+            );
+            if let Some(cursor) = map.get("next_cursor").and_then(Value::as_str) {
+                println!("\nnext page: --cursor {cursor}");
+            }
+        }
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("attempts", Value::Array(rows)) => {
+                        println!("attempts:");
+                        print_table(rows, ATTEMPT_COLUMNS);
+                    }
+                    ("deliveries", Value::Array(rows)) => {
+                        println!("deliveries:");
+                        print_table(rows, &["id", "webhook_id", "status"]);
+                    }
+                    (_, Value::Object(_)) => {
+                        println!("{key}: {}", serde_json::to_string(v).unwrap_or_default())
+                    }
+                    _ => println!("{key}: {}", cell(v)),
+                }
+            }
+            if map.contains_key("secret") || map.contains_key("key") {
+                println!("\nStore this secret now: it is shown only once.");
+            }
+        }
+        other => println!("{other}"),
+    }
+}

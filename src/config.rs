@@ -1,0 +1,324 @@
+//! Daemon settings: flags, `PALO_WEBHOOKS_*` environment variables, an optional TOML file,
+//! and defaults, merged once (flags > env > file > defaults) into a validated [`Config`].
+//!
+//! Owner's rule: raw strings are parsed here and nowhere else; the rest of the crate sees
+//! typed values (`Duration`, `SocketAddr`, [`RetrySchedule`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::retry::RetrySchedule;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Text,
+    /// One JSON object per line, for the journal and log collectors.
+    Json,
+}
+
+/// `palo-webhooks serve` options as given on the command line or in the environment.
+/// Every field is optional so the config file and defaults can fill the gaps.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (keys as in packaging/config.toml).
+    #[arg(long, env = "PALO_WEBHOOKS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The redb database file [default: ./palo-webhooks.redb].
+    #[arg(long, env = "PALO_WEBHOOKS_DB")]
+    pub db: Option<PathBuf>,
+    /// Address of the local API [default: 127.0.0.1:8080].
+    #[arg(long, env = "PALO_WEBHOOKS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Allow plain http:// webhook URLs (default: https only, as the spec asks).
+    #[arg(long, env = "PALO_WEBHOOKS_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_http: Option<bool>,
+    /// Delays between attempts, comma-separated [default: 5m,30m,2h,6h].
+    #[arg(long, env = "PALO_WEBHOOKS_RETRY_SCHEDULE")]
+    pub retry_schedule: Option<String>,
+    /// Time limit of one whole attempt [default: 10s].
+    #[arg(long, env = "PALO_WEBHOOKS_ATTEMPT_TIMEOUT")]
+    pub attempt_timeout: Option<String>,
+    /// Largest accepted API request body, in bytes [default: 1048576].
+    #[arg(long, env = "PALO_WEBHOOKS_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Most attempts in flight at once [default: 256].
+    #[arg(long, env = "PALO_WEBHOOKS_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// Most attempts in flight to one webhook [default: 8].
+    #[arg(long, env = "PALO_WEBHOOKS_MAX_IN_FLIGHT_PER_WEBHOOK")]
+    pub max_in_flight_per_webhook: Option<usize>,
+    /// How long SIGTERM waits for in-flight attempts [default: 15s].
+    #[arg(long, env = "PALO_WEBHOOKS_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "PALO_WEBHOOKS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, tracing-subscriber syntax [default: info].
+    #[arg(long, env = "PALO_WEBHOOKS_LOG")]
+    pub log: Option<String>,
+}
+
+/// The config file's keys; all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    db: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    allow_http: Option<bool>,
+    retry_schedule: Option<String>,
+    attempt_timeout: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_in_flight_per_webhook: Option<usize>,
+    shutdown_timeout: Option<String>,
+    log_format: Option<LogFormat>,
+    log: Option<String>,
+}
+
+/// Validated daemon settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The redb database file.
+    pub db_path: PathBuf,
+    /// Address of the local API.
+    pub listen: SocketAddr,
+    /// Whether http:// webhook URLs are accepted.
+    pub allow_http: bool,
+    /// Delays between scheduled attempts.
+    pub retry_schedule: RetrySchedule,
+    /// Time limit of one whole attempt.
+    pub attempt_timeout: Duration,
+    /// Largest accepted API request body, bytes.
+    pub max_body_bytes: usize,
+    /// Most attempts in flight at once.
+    pub max_in_flight: usize,
+    /// Most attempts in flight to one webhook.
+    pub max_in_flight_per_webhook: usize,
+    /// How long shutdown waits for in-flight attempts.
+    pub shutdown_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db_path: PathBuf::from("palo-webhooks.redb"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allow_http: false,
+            retry_schedule: RetrySchedule::default(),
+            attempt_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024 * 1024,
+            max_in_flight: 256,
+            max_in_flight_per_webhook: 8,
+            shutdown_timeout: Duration::from_secs(15),
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+        }
+    }
+}
+
+/// A setting that does not parse or is out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for our keys.
+    #[error("invalid config file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("invalid {key}: {message}")]
+    Value {
+        /// The setting's name.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text).map_err(|e| ConfigError::Value {
+        key,
+        message: format!("{text:?}: {e} (use e.g. 10s, 500ms, 2m)"),
+    })?;
+    if d.is_zero() {
+        return Err(ConfigError::Value {
+            key,
+            message: "must be more than zero".into(),
+        });
+    }
+    Ok(d)
+}
+
+fn positive(key: &'static str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::Value {
+            key,
+            message: "must be at least 1".into(),
+        });
+    }
+    Ok(n)
+}
+
+impl ServeArgs {
+    /// Merges flags and environment (already in `self`) over the config file and defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the setting at fault.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let defaults = Config::default();
+        let schedule_text = self.retry_schedule.or(file.retry_schedule);
+        let retry_schedule = match schedule_text {
+            Some(text) => RetrySchedule::parse(&text).map_err(|e| ConfigError::Value {
+                key: "retry_schedule",
+                message: e.to_string(),
+            })?,
+            None => defaults.retry_schedule,
+        };
+        let attempt_timeout = match self.attempt_timeout.or(file.attempt_timeout) {
+            Some(text) => duration("attempt_timeout", &text)?,
+            None => defaults.attempt_timeout,
+        };
+        let shutdown_timeout = match self.shutdown_timeout.or(file.shutdown_timeout) {
+            Some(text) => duration("shutdown_timeout", &text)?,
+            None => defaults.shutdown_timeout,
+        };
+        Ok(Config {
+            db_path: self.db.or(file.db).unwrap_or(defaults.db_path),
+            listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
+            allow_http: self
+                .allow_http
+                .or(file.allow_http)
+                .unwrap_or(defaults.allow_http),
+            retry_schedule,
+            attempt_timeout,
+            max_body_bytes: positive(
+                "max_body",
+                self.max_body
+                    .or(file.max_body_bytes)
+                    .unwrap_or(defaults.max_body_bytes),
+            )?,
+            max_in_flight: positive(
+                "max_in_flight",
+                self.max_in_flight
+                    .or(file.max_in_flight)
+                    .unwrap_or(defaults.max_in_flight),
+            )?,
+            max_in_flight_per_webhook: positive(
+                "max_in_flight_per_webhook",
+                self.max_in_flight_per_webhook
+                    .or(file.max_in_flight_per_webhook)
+                    .unwrap_or(defaults.max_in_flight_per_webhook),
+            )?,
+            shutdown_timeout,
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(defaults.log_format),
+            log_filter: self.log.or(file.log).unwrap_or(defaults.log_filter),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Where the generated admin token is kept: beside the db file, `<db>.admin-token`.
+pub fn admin_token_path(db_path: &Path) -> PathBuf {
+    let mut name = db_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "palo-webhooks.redb".into());
+    name.push(".admin-token");
+    db_path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "attempt_timeout = \"3s\"\nmax_body_bytes = 10\nretry_schedule = \"1s\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            max_body: Some(20),
+            ..ServeArgs::default()
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!(config.attempt_timeout, Duration::from_secs(3));
+        assert_eq!(config.max_body_bytes, 20);
+        assert_eq!(config.retry_schedule.max_attempts(), 2);
+        assert_eq!(config.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let args = ServeArgs {
+            attempt_timeout: Some("soon".into()),
+            ..ServeArgs::default()
+        };
+        assert!(args
+            .into_config()
+            .unwrap_err()
+            .to_string()
+            .contains("attempt_timeout"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "typo_key = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        assert!(args
+            .into_config()
+            .unwrap_err()
+            .to_string()
+            .contains("typo_key"));
+    }
+
+    #[test]
+    fn admin_token_sits_beside_the_db() {
+        assert_eq!(
+            admin_token_path(Path::new("/var/lib/x/db.redb")),
+            PathBuf::from("/var/lib/x/db.redb.admin-token")
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Wiring of the daemon: open the store, start the scheduler, serve the API, shut down.
+//!
+//! Owner's rule: [`run`] takes a bound listener and any future as its shutdown trigger, so
+//! `main` passes SIGTERM/SIGINT and tests pass their own. Shutdown is bounded: stop
+//! accepting, stop dispatching, wait up to `shutdown_timeout` for attempts in flight (their
+//! results are committed), then return; an unfinished attempt stays in the retry index and
+//! is made again after restart.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::{admin_token_path, Config};
+use crate::delivery::Sender;
+use crate::ids::random_hex;
+use crate::scheduler::{Scheduler, SchedulerSettings};
+use crate::store::{Store, StoreError};
+
+/// Environment variable that sets the admin token instead of the generated file.
+pub const ADMIN_TOKEN_ENV: &str = "PALO_WEBHOOKS_ADMIN_TOKEN";
+
+/// Why the daemon could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The store could not be opened.
+    #[error("cannot open the store {path}: {source}")]
+    Store {
+        /// The db file.
+        path: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The admin token file could not be read or written.
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        /// The token file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Returns the admin token: `PALO_WEBHOOKS_ADMIN_TOKEN` if set, else the one in
+/// `<db>.admin-token`, created on first start (32 random bytes, hex, mode 0600).
+/// Logs where the file is, never the token.
+///
+/// # Errors
+/// [`RunError::AdminToken`] when the file cannot be read or created.
+pub fn admin_token(db_path: &Path) -> Result<String, RunError> {
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+        if !token.trim().is_empty() {
+            tracing::info!("admin token taken from {ADMIN_TOKEN_ENV}");
+            return Ok(token.trim().to_owned());
+        }
+    }
+    let path = admin_token_path(db_path);
+    let err = |source| RunError::AdminToken {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(token.trim().to_owned());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let token = format!("pwa_{}", random_hex(32));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(err)?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .map_err(err)?;
+    file.sync_all().map_err(err)?;
+    tracing::info!(path = %path.display(), "admin token created (mode 0600); read it from this file");
+    Ok(token)
+}
+
+/// Runs the daemon on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// [`RunError`] when the store cannot be opened or serving fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin_token: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let path = config.db_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(|_| RunError::Store {
+            path: config.db_path.display().to_string(),
+            source: StoreError::Interrupted,
+        })?
+        .map_err(|source| RunError::Store {
+            path: config.db_path.display().to_string(),
+            source,
+        })?;
+    let store = Arc::new(store);
+    let pending = store.pending_count().unwrap_or(0);
+    tracing::info!(db = %config.db_path.display(), pending, "store open");
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let scheduler = Scheduler::new(
+        Arc::clone(&store),
+        Sender::new(config.attempt_timeout),
+        SchedulerSettings {
+            schedule: config.retry_schedule.clone(),
+            wheel_capacity: 10_000,
+            max_in_flight: config.max_in_flight,
+            max_in_flight_per_webhook: config.max_in_flight_per_webhook,
+        },
+        tracker.clone(),
+        cancel.clone(),
+    );
+    let scheduler_task = tokio::spawn(scheduler.clone().run());
+
+    let state = AppState {
+        store,
+        scheduler: scheduler.clone(),
+        admin_token_hash: api::token_hash(&admin_token),
+        allow_http: config.allow_http,
+        attempt_timeout: config.attempt_timeout,
+    };
+    let app = api::router(state, config.max_body_bytes);
+    let addr = listener.local_addr().map_err(RunError::Serve)?;
+    tracing::info!("listening on http://{addr}");
+    let stop = cancel.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => {}
+            }
+            tracing::info!("shutting down: no new requests, finishing attempts in flight");
+        })
+        .await;
+    cancel.cancel();
+    let _ = scheduler_task.await;
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = scheduler.in_flight(),
+            "shutdown timeout reached; unfinished attempts stay scheduled and resume after restart"
+        );
+    }
+    tracing::info!("stopped");
+    served.map_err(RunError::Serve)
+}
