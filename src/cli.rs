@@ -106,9 +106,9 @@ pub struct ClientArgs {
 pub enum WebhookCommand {
     /// Create a webhook; prints the generated secret once if you give none.
     Create {
-        /// Target URL (https).
-        #[arg(long)]
-        url: String,
+        /// The webhook's target URL (https).
+        #[arg(value_name = "URL")]
+        target_url: String,
         /// Event types, comma-separated, or "*".
         #[arg(long, value_delimiter = ',', required = true)]
         events: Vec<String>,
@@ -146,9 +146,9 @@ pub enum WebhookCommand {
     Update {
         /// Webhook id.
         id: String,
-        /// New URL.
-        #[arg(long)]
-        url: Option<String>,
+        /// New target URL (`--url` is the daemon's address).
+        #[arg(long = "webhook-url", value_name = "URL")]
+        target_url: Option<String>,
         /// New event types, comma-separated.
         #[arg(long, value_delimiter = ',')]
         events: Option<Vec<String>>,
@@ -427,14 +427,14 @@ const KEY_COLUMNS: &[&str] = &["id", "organization_id", "description", "created_
 fn webhook_request(action: WebhookCommand) -> Result<Request> {
     let (method, path, body) = match action {
         WebhookCommand::Create {
-            url,
+            target_url,
             events,
             secret,
             description,
             inactive,
             organization_id,
         } => {
-            let mut body = json!({"url": url, "events": events, "active": !inactive});
+            let mut body = json!({"url": target_url, "events": events, "active": !inactive});
             if let Some(s) = secret {
                 body["secret"] = json!(s);
             }
@@ -469,7 +469,7 @@ fn webhook_request(action: WebhookCommand) -> Result<Request> {
         ),
         WebhookCommand::Update {
             id,
-            url,
+            target_url,
             events,
             secret,
             active,
@@ -477,7 +477,7 @@ fn webhook_request(action: WebhookCommand) -> Result<Request> {
         } => {
             let mut body = json!({});
             for (key, value) in [
-                ("url", url.map(Value::from)),
+                ("url", target_url.map(Value::from)),
                 ("events", events.map(Value::from)),
                 ("secret", secret.map(Value::from)),
                 ("active", active.map(Value::from)),

@@ -1,0 +1,169 @@
+//! The CLI client against a running daemon, and the example receiver of the README.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{self, Behaviour, Receiver, ADMIN_TOKEN};
+
+fn cli(daemon: &support::Daemon, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(args)
+        .env("PALO_WEBHOOKS_URL", format!("http://{}", daemon.addr))
+        .env("PALO_WEBHOOKS_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_manages_webhooks_sends_events_and_redelivers() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let (code, out, err) = cli(
+        &daemon,
+        &[
+            "webhooks",
+            "create",
+            &receiver.url,
+            "--events",
+            "ticket.created,ticket.resolved",
+            "--organization-id",
+            "org_a",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let webhook: Value = serde_json::from_str(&out).unwrap();
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    assert!(webhook["secret"].as_str().unwrap().starts_with("whsec_"));
+
+    let (code, out, _) = cli(&daemon, &["webhooks", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().starts_with("ID"), "{out}");
+    assert!(
+        out.contains(&id) && out.contains("ticket.created,ticket.resolved"),
+        "{out}"
+    );
+
+    let file = daemon.dir.join("event.json");
+    std::fs::write(&file, r#"{"event_type":"ticket.resolved","organization_id":"org_a","data":{"ticket_id":"T","resolved_by":"u","resolution_time_hours":1}}"#).unwrap();
+    let (code, out, err) = cli(
+        &daemon,
+        &["events", "send", file.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["deliveries"],
+        1
+    );
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    let page = daemon
+        .wait_until(
+            &format!("/api/webhooks/{id}/deliveries"),
+            Duration::from_secs(10),
+            |b| b["data"][0]["attempt_count"] == 1,
+        )
+        .await;
+    let delivery = page["data"][0]["id"].as_str().unwrap().to_owned();
+    let (code, out, _) = cli(&daemon, &["deliveries", "list", "--webhook", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&delivery) && out.contains("retrying"), "{out}");
+
+    receiver.set(Behaviour::Status(200));
+    let (code, out, err) = cli(&daemon, &["deliveries", "redeliver", &delivery]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("succeeded") && out.contains("manual"), "{out}");
+    let (code, out, _) = cli(&daemon, &["deliveries", "get", &delivery]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("attempts:") && out.contains("scheduled") && out.contains("manual"),
+        "{out}"
+    );
+
+    let (code, _, err) = cli(
+        &daemon,
+        &["webhooks", "get", "wh_01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("404 not_found"), "{err}");
+
+    let (code, out, _) = cli(
+        &daemon,
+        &["keys", "create", "--organization-id", "org_a", "--json"],
+    );
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .starts_with("pwk_"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_receiver_verifies_and_deduplicates_real_deliveries() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let mut python = Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/receiver.py"),
+            "--port",
+            "0",
+            "--secret",
+            support::SECRET,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = python.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("receiver output")
+    };
+    let url = next()
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    daemon.create_webhook("org_a", &url, &["*"]).await;
+    let event = serde_json::json!({"event_id": "evt_py", "event_type": "ticket.created", "organization_id": "org_a",
+        "data": {"ticket_id": "TKT-1", "title": "Café ☕", "priority": "p3", "project_id": "p", "created_by": "u"}});
+    let (status, _) = daemon.call("POST", "/api/events", Some(event)).await;
+    assert_eq!(status, 202);
+    let line = next();
+    assert!(line.starts_with("verified ticket.created evt_py"), "{line}");
+    assert!(next().contains("Café ☕"));
+
+    let (_, page) = daemon.call("GET", "/api/events/evt_py", None).await;
+    let delivery = page["deliveries"][0]["id"].as_str().unwrap();
+    let (status, result) = daemon
+        .call(
+            "POST",
+            &format!("/api/deliveries/{delivery}/redeliver"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, result["attempt"]["status_code"].as_u64()),
+        (200, Some(200))
+    );
+    let line = next();
+    assert!(
+        line.starts_with("duplicate ticket.created evt_py") && line.contains("attempt=2"),
+        "{line}"
+    );
+    python.kill().ok();
+    python.wait().ok();
+}

@@ -1,0 +1,438 @@
+//! Signed delivery, retry schedule, attempt log, timeouts, redirects, redelivery.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, python_verifies, Behaviour, Receiver, SECRET};
+
+const FAST: &[&str] = &[
+    "--allow-http",
+    "--retry-schedule",
+    "300ms,300ms,300ms,300ms",
+    "--attempt-timeout",
+    "2s",
+];
+
+fn spec_events() -> Vec<Value> {
+    vec![
+        json!({"event_type": "ticket.created", "organization_id": "org_a", "event_id": "evt_created_1",
+               "timestamp": "2026-02-19T12:30:00+02:00",
+               "data": {"ticket_id": "TKT-00512", "title": "Crème brûlée \"urgente\" 🎉 \\ ok", "priority": "p3",
+                        "project_id": "prj_1", "created_by": "user_1", "big": 12345678901234567890u64}}),
+        json!({"event_type": "ticket.status_changed", "organization_id": "org_a",
+               "data": {"ticket_id": "TKT-00512", "old_status": "open", "new_status": "in_progress", "changed_by": "user_1"}}),
+        json!({"event_type": "ticket.resolved", "organization_id": "org_a",
+               "data": {"ticket_id": "TKT-00512", "resolved_by": "user_1", "resolution_time_hours": 2.5}}),
+        json!({"event_type": "system.incident", "organization_id": "org_a",
+               "data": {"incident_id": "INC-001", "severity": "critical", "affected_services": ["api", "ui"], "status": "investigating"}}),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spec_events_arrive_verbatim_and_signed_for_the_spec_verifier() {
+    let daemon = support::start(FAST);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+
+    // Sent as raw text so the exact bytes of `data` (escapes, spacing, big integer) are known.
+    let raw_data = r#"{ "ticket_id":"TKT-1","title":"Cr\u00e8me \"br\u00fbl\u00e9e\" 🎉 é","priority":"p3","project_id":"p","created_by":"u","n":12345678901234567890,"x":1e400 }"#;
+    let raw_event = format!(
+        r#"{{"event_type":"ticket.created","organization_id":"org_a","event_id":"evt_raw","data":{raw_data}}}"#
+    );
+    let (status, body) = daemon
+        .raw(
+            "POST",
+            "/api/events",
+            Some(support::ADMIN_TOKEN),
+            Some("application/json"),
+            raw_event.into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    for event in spec_events() {
+        let (status, body) = daemon.call("POST", "/api/events", Some(event)).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["deliveries"], 1);
+    }
+    let got = receiver.wait_for(5, Duration::from_secs(10)).await;
+    assert!(
+        python_verifies(&got, SECRET),
+        "the spec's verify_signature must accept every signature"
+    );
+
+    // The raw event holds 1e400, which a double cannot hold: compare text, not values.
+    let raw = got
+        .iter()
+        .find(|r| r.header("x-palo-event-id") == "evt_raw")
+        .unwrap();
+    let text = String::from_utf8(raw.body.to_vec()).unwrap();
+    assert!(
+        text.ends_with(&format!(r#","data":{raw_data}}}"#)),
+        "data must pass byte for byte: {text}"
+    );
+    assert!(
+        text.starts_with(r#"{"event_id":"evt_raw","event_type":"ticket.created","timestamp":""#)
+    );
+    let (status, stored) = daemon
+        .raw_bytes(
+            "GET",
+            "/api/events/evt_raw",
+            Some(support::ADMIN_TOKEN),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&stored).contains(&format!(r#""data":{raw_data}"#)),
+        "GET shows the same data"
+    );
+
+    for r in got
+        .iter()
+        .filter(|r| r.header("x-palo-event-id") != "evt_raw")
+    {
+        let envelope = r.json();
+        let keys: Vec<&String> = envelope.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "data",
+                "event_id",
+                "event_type",
+                "organization_id",
+                "timestamp"
+            ]
+        );
+        assert_eq!(r.header("content-type"), "application/json");
+        assert!(r.header("user-agent").starts_with("palo-webhooks/"));
+        assert_eq!(r.header("x-palo-event"), envelope["event_type"]);
+        assert_eq!(r.header("x-palo-event-id"), envelope["event_id"]);
+        assert!(r.header("x-palo-delivery").starts_with("dlv_"));
+        assert_eq!(r.header("x-palo-attempt"), "1");
+        assert!(envelope["timestamp"].as_str().unwrap().ends_with('Z'));
+
+        // GET /api/events/{id} shows the same envelope.
+        let id = envelope["event_id"].as_str().unwrap();
+        let (status, stored) = daemon.call("GET", &format!("/api/events/{id}"), None).await;
+        assert_eq!(status, 200);
+        for key in [
+            "event_id",
+            "event_type",
+            "timestamp",
+            "organization_id",
+            "data",
+        ] {
+            assert_eq!(stored[key], envelope[key], "{key}");
+        }
+        assert_eq!(stored["deliveries"][0]["status"], "succeeded");
+    }
+    let created = got
+        .iter()
+        .find(|r| r.header("x-palo-event-id") == "evt_created_1")
+        .unwrap()
+        .json();
+    assert_eq!(created["timestamp"], "2026-02-19T10:30:00Z");
+    assert_eq!(created["data"], spec_events()[0]["data"]);
+    assert_eq!(created["data"]["big"].as_u64(), Some(12345678901234567890));
+}
+
+async fn only_delivery(daemon: &support::Daemon, webhook: &str) -> String {
+    let body = daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}/deliveries"),
+            Duration::from_secs(10),
+            |b| b["data"].as_array().is_some_and(|d| d.len() == 1),
+        )
+        .await;
+    body["data"][0]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_attempt_is_retried_at_the_configured_offset_then_succeeds() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "2s,4s",
+        "--attempt-timeout",
+        "2s",
+    ]);
+    let receiver = Receiver::start(Behaviour::Sequence(vec![500, 200])).await;
+    let webhook = daemon
+        .create_webhook("org_a", &receiver.url, &["ticket.created"])
+        .await;
+    let (status, _) = daemon
+        .call("POST", "/api/events", Some(spec_events().remove(0)))
+        .await;
+    assert_eq!(status, 202);
+    let got = receiver.wait_for(2, Duration::from_secs(15)).await;
+    let offset = got[1].at - got[0].at;
+    assert!(
+        offset >= Duration::from_millis(1600) && offset <= Duration::from_millis(2400),
+        "retry came {offset:?} after the failure, expected 2s ±20%"
+    );
+    assert_eq!(got[1].header("x-palo-attempt"), "2");
+    assert_eq!(
+        got[0].body, got[1].body,
+        "every attempt sends the same bytes"
+    );
+    assert_eq!(
+        got[0].header("x-palo-signature"),
+        got[1].header("x-palo-signature")
+    );
+
+    let id = only_delivery(&daemon, &webhook).await;
+    let delivery = daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(5),
+            |b| b["status"] == "succeeded",
+        )
+        .await;
+    assert_eq!(delivery["attempt_count"], 2);
+    assert_eq!(delivery["next_attempt_at"], Value::Null);
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["number"], 1);
+    assert_eq!(attempts[0]["status_code"], 500);
+    assert_eq!(attempts[0]["response_body"], "receiver error");
+    assert_eq!(attempts[0]["trigger"], "scheduled");
+    assert_eq!(attempts[1]["number"], 2);
+    assert_eq!(attempts[1]["status_code"], 200);
+    assert_eq!(attempts[1]["response_body"], "ok");
+    assert!(attempts
+        .iter()
+        .all(|a| a["duration_ms"].is_u64() && a["error"].is_null()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_failed_attempts_mark_failed_then_manual_redelivery_succeeds() {
+    let daemon = support::start(FAST);
+    let receiver = Receiver::start(Behaviour::Status(503)).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(1)))
+        .await;
+    let id = only_delivery(&daemon, &webhook).await;
+    let failed = daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(15),
+            |b| b["status"] == "failed",
+        )
+        .await;
+    assert_eq!(failed["attempt_count"], 5);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        receiver.received().len(),
+        5,
+        "no attempt after the 5th failure"
+    );
+
+    // A failed manual attempt changes nothing else.
+    let (status, result) = daemon
+        .call("POST", &format!("/api/deliveries/{id}/redeliver"), None)
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["attempt"]["number"], 6);
+    assert_eq!(result["attempt"]["trigger"], "manual");
+    assert_eq!(result["delivery"]["status"], "failed");
+
+    receiver.set(Behaviour::Status(200));
+    let (status, result) = daemon
+        .call("POST", &format!("/api/deliveries/{id}/redeliver"), None)
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["attempt"]["number"], 7);
+    assert_eq!(result["attempt"]["status_code"], 200);
+    assert_eq!(result["delivery"]["status"], "succeeded");
+    let (_, delivery) = daemon
+        .call("GET", &format!("/api/deliveries/{id}"), None)
+        .await;
+    let triggers: Vec<&str> = delivery["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        triggers,
+        [
+            "scheduled",
+            "scheduled",
+            "scheduled",
+            "scheduled",
+            "scheduled",
+            "manual",
+            "manual"
+        ]
+    );
+    assert_eq!(
+        receiver.received().last().unwrap().header("x-palo-attempt"),
+        "7"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hanging_receiver_is_logged_as_timeout() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "1s",
+    ]);
+    let receiver = Receiver::start(Behaviour::Hang).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(2)))
+        .await;
+    let id = only_delivery(&daemon, &webhook).await;
+    let delivery = daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(10),
+            |b| b["attempt_count"] == 1,
+        )
+        .await;
+    let attempt = &delivery["attempts"][0];
+    assert_eq!(attempt["error"], "timeout");
+    assert_eq!(attempt["status_code"], Value::Null);
+    let ms = attempt["duration_ms"].as_u64().unwrap();
+    assert!((1000..2000).contains(&ms), "timeout after {ms} ms");
+    assert_eq!(delivery["status"], "retrying");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirect_is_a_failed_attempt_and_is_not_followed() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let receiver = Receiver::start(Behaviour::Redirect).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(3)))
+        .await;
+    let id = only_delivery(&daemon, &webhook).await;
+    let delivery = daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(10),
+            |b| b["attempt_count"] == 1,
+        )
+        .await;
+    assert_eq!(delivery["attempts"][0]["status_code"], 302);
+    assert_eq!(delivery["status"], "retrying");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let paths: Vec<String> = receiver.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/hook"], "the redirect must not be followed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_response_body_is_capped_without_growing_memory() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "5s",
+    ]);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    // Warm up the client, pool and store so the measurement sees only the body.
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(3)))
+        .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = daemon.rss_kib();
+
+    receiver.set(Behaviour::Endless);
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(2)))
+        .await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    let body = daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}/deliveries?status=succeeded"),
+            Duration::from_secs(10),
+            |b| b["data"].as_array().is_some_and(|d| d.len() == 2),
+        )
+        .await;
+    let after = daemon.rss_kib();
+    let id = body["data"][0]["id"].as_str().unwrap();
+    let (_, delivery) = daemon
+        .call("GET", &format!("/api/deliveries/{id}"), None)
+        .await;
+    let attempt = &delivery["attempts"][0];
+    assert_eq!(attempt["status_code"], 200);
+    assert_eq!(attempt["response_body_truncated"], true);
+    assert_eq!(attempt["response_body"].as_str().unwrap().len(), 64 * 1024);
+    let growth_mib = after.saturating_sub(before) as f64 / 1024.0;
+    assert!(
+        growth_mib < 8.0,
+        "RSS grew by {growth_mib:.1} MiB reading a 1 GiB body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_endpoint_makes_an_attempt_now_and_delete_cancels_pending() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let webhook = daemon
+        .create_webhook("org_a", &receiver.url, &["ticket.created"])
+        .await;
+    let (status, result) = daemon
+        .call("POST", &format!("/api/webhooks/{webhook}/test"), None)
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["attempt"]["status_code"], 500);
+    assert_eq!(result["delivery"]["event_type"], "webhook.test");
+    assert_eq!(result["delivery"]["status"], "retrying");
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["data"]["webhook_id"], webhook.as_str());
+
+    let id = result["delivery"]["id"].as_str().unwrap().to_owned();
+    let (status, _) = daemon
+        .call("DELETE", &format!("/api/webhooks/{webhook}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, delivery) = daemon
+        .call("GET", &format!("/api/deliveries/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "the log stays readable");
+    assert_eq!(delivery["status"], "cancelled");
+    assert_eq!(delivery["next_attempt_at"], Value::Null);
+    assert_eq!(delivery["attempts"].as_array().unwrap().len(), 1);
+    let (status, _) = daemon
+        .call("GET", &format!("/api/webhooks/{webhook}"), None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inactive_and_unsubscribed_webhooks_receive_nothing() {
+    let daemon = support::start(FAST);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let subscribed = daemon
+        .create_webhook("org_a", &receiver.url, &["system.incident"])
+        .await;
+    let other = Receiver::start(Behaviour::Status(200)).await;
+    daemon
+        .create_webhook("org_a", &other.url, &["ticket.created"])
+        .await;
+    let (status, _) = daemon
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{subscribed}"),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = daemon
+        .call("POST", "/api/events", Some(spec_events().remove(3)))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(body["deliveries"], 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received().is_empty() && other.received().is_empty());
+}

@@ -1,0 +1,339 @@
+//! Ingest: idempotency on event_id, and bad input answered with the documented JSON errors
+//! while nothing is stored.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{self, Behaviour, Receiver, ADMIN_TOKEN};
+
+fn created(event_id: &str, title: &str) -> serde_json::Value {
+    json!({"event_id": event_id, "event_type": "ticket.created", "organization_id": "org_a",
+           "data": {"ticket_id": "T-1", "title": title, "priority": "p1", "project_id": "p", "created_by": "u"}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_event_id_twice_is_one_event_and_different_content_is_409() {
+    let daemon = support::start(&["--allow-http"]);
+    let a = Receiver::start(Behaviour::Status(200)).await;
+    let b = Receiver::start(Behaviour::Status(200)).await;
+    daemon.create_webhook("org_a", &a.url, &["*"]).await;
+    daemon
+        .create_webhook("org_a", &b.url, &["ticket.created"])
+        .await;
+
+    let (status, first) = daemon
+        .call("POST", "/api/events", Some(created("evt_same", "x")))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(first, json!({"event_id": "evt_same", "deliveries": 2}));
+    let (status, again) = daemon
+        .call("POST", "/api/events", Some(created("evt_same", "x")))
+        .await;
+    assert_eq!(status, 200, "an idempotent replay answers 200");
+    assert_eq!(again, first);
+    let (status, conflict) = daemon
+        .call("POST", "/api/events", Some(created("evt_same", "changed")))
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["error"]["code"], "event_id_conflict");
+
+    a.wait_for(1, Duration::from_secs(10)).await;
+    b.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.received().len(), 1);
+    assert_eq!(b.received().len(), 1);
+    let (_, list) = daemon.call("GET", "/api/events", None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let (_, event) = daemon.call("GET", "/api/events/evt_same", None).await;
+    assert_eq!(event["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(event["data"]["title"], "x");
+
+    // The same event_id in another organization is another event; the admin must then say which.
+    let mut other = created("evt_same", "y");
+    other["organization_id"] = json!("org_b");
+    let (status, _) = daemon.call("POST", "/api/events", Some(other)).await;
+    assert_eq!(status, 202);
+    let (status, body) = daemon.call("GET", "/api/events/evt_same", None).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], "ambiguous_event_id");
+    let (status, body) = daemon
+        .call("GET", "/api/events/evt_same?organization_id=org_b", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["title"], "y");
+}
+
+async fn expect_error(
+    daemon: &support::Daemon,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    let (got, answer) = daemon
+        .raw("POST", path, Some(ADMIN_TOKEN), content_type, body.to_vec())
+        .await;
+    assert_eq!(got, status, "{} -> {answer}", String::from_utf8_lossy(body));
+    assert_eq!(answer["error"]["code"], code, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_the_documented_json_error_and_stores_nothing() {
+    let daemon = support::start(&["--max-body", "4096"]);
+    let json = Some("application/json");
+    let hook = |extra: &str| {
+        format!(
+            r#"{{"url":"https://example.com/h","events":["*"],"organization_id":"org_a"{extra}}}"#
+        )
+    };
+
+    // Webhooks.
+    expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        b"{\"url\": ",
+        400,
+        "invalid_json",
+    )
+    .await;
+    let e = expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        br#"{"url":"https://e.com","events":"ticket.created","organization_id":"o"}"#,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "events");
+    let e = expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        hook(r#","secret":"short""#).as_bytes(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "secret");
+    let e = expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        br#"{"url":"http://example.com/h","events":["*"],"organization_id":"org_a"}"#,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "url");
+    let e = expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        br#"{"url":"https://example.com/h","events":["ticket.deleted"],"organization_id":"org_a"}"#,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "events");
+    expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        hook(r#","url2":1"#).as_bytes(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    expect_error(
+        &daemon,
+        "/api/webhooks",
+        None,
+        hook("").as_bytes(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    expect_error(
+        &daemon,
+        "/api/webhooks",
+        Some("text/plain"),
+        hook("").as_bytes(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+
+    // Events.
+    let event = |data: &str| {
+        format!(r#"{{"event_type":"ticket.resolved","organization_id":"org_a","data":{data}}}"#)
+    };
+    let good = r#"{"ticket_id":"T","resolved_by":"u","resolution_time_hours":2.5}"#;
+    for bad in [
+        event(r#"{"ticket_id":"T","resolved_by":"u","resolution_time_hours":NaN}"#),
+        event(r#"{"ticket_id":"T","resolved_by":"u","resolution_time_hours":Infinity}"#),
+        event(r#"{"ticket_id":"\ud800","resolved_by":"u","resolution_time_hours":1}"#),
+        event(r#"{"ticket_id":"T","ticket_id":"U","resolved_by":"u","resolution_time_hours":1}"#),
+        format!("{} trailing", event(good)),
+    ] {
+        expect_error(
+            &daemon,
+            "/api/events",
+            json,
+            bad.as_bytes(),
+            400,
+            "invalid_json",
+        )
+        .await;
+    }
+    let mut invalid_utf8 = event(good).into_bytes();
+    invalid_utf8.insert(20, 0xff);
+    expect_error(
+        &daemon,
+        "/api/events",
+        json,
+        &invalid_utf8,
+        400,
+        "invalid_json",
+    )
+    .await;
+    let e = expect_error(
+        &daemon,
+        "/api/events",
+        json,
+        br#"{"event_type":"ticket.deleted","organization_id":"org_a","data":{}}"#,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "event_type");
+    let e = expect_error(
+        &daemon,
+        "/api/events",
+        json,
+        event(r#"{"ticket_id":"T","resolved_by":"u"}"#).as_bytes(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "data.resolution_time_hours");
+    let e = expect_error(
+        &daemon,
+        "/api/events",
+        json,
+        event(r#"{"ticket_id":5,"resolved_by":"u","resolution_time_hours":1}"#).as_bytes(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "data.ticket_id");
+    let e = expect_error(&daemon, "/api/events", json, br#"{"event_type":"ticket.created","organization_id":"org_a","data":{},"event_id":"bad id!"}"#, 422, "validation_failed").await;
+    assert_eq!(e["error"]["field"], "event_id");
+    expect_error(&daemon, "/api/events", json, br#"{"event_type":"ticket.created","organization_id":"org_a","timestamp":"yesterday","data":{"ticket_id":"T","title":"t","priority":"p","project_id":"p","created_by":"u"}}"#, 422, "validation_failed").await;
+    let oversized = event(&format!(
+        r#"{{"ticket_id":"{}","resolved_by":"u","resolution_time_hours":1}}"#,
+        "x".repeat(5000)
+    ));
+    expect_error(
+        &daemon,
+        "/api/events",
+        json,
+        oversized.as_bytes(),
+        413,
+        "payload_too_large",
+    )
+    .await;
+
+    // Nothing was stored.
+    let (_, webhooks) = daemon.call("GET", "/api/webhooks", None).await;
+    assert_eq!(webhooks["data"].as_array().unwrap().len(), 0, "{webhooks}");
+    let (_, events) = daemon.call("GET", "/api/events", None).await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 0, "{events}");
+
+    // A leading UTF-8 BOM is ignored; unknown routes and methods answer JSON too.
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(event(good).as_bytes());
+    let (status, _) = daemon
+        .raw("POST", "/api/events", Some(ADMIN_TOKEN), json, bom)
+        .await;
+    assert_eq!(status, 202);
+    let (status, body) = daemon.call("GET", "/api/nope", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = daemon.call("PUT", "/api/events", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (status, body) = daemon.call("GET", "/api/webhooks?limit=9999", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_secret_is_shown_once_and_lists_paginate() {
+    let daemon = support::start(&[]);
+    let (status, created) = daemon
+        .call("POST", "/api/webhooks", Some(json!({"url": "https://example.com/a", "events": ["*"], "organization_id": "org_a"})))
+        .await;
+    assert_eq!(status, 201);
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.len() >= 32);
+    let id = created["id"].as_str().unwrap();
+    let (_, fetched) = daemon
+        .call("GET", &format!("/api/webhooks/{id}"), None)
+        .await;
+    assert!(fetched.get("secret").is_none());
+    assert!(
+        !daemon.log_text().contains(&secret),
+        "the secret must never be logged"
+    );
+    for i in 0..4 {
+        daemon
+            .call("POST", "/api/webhooks", Some(json!({"url": format!("https://example.com/{i}"), "events": ["*"], "organization_id": "org_a", "secret": "s".repeat(32)})))
+            .await;
+    }
+    let (_, page1) = daemon.call("GET", "/api/webhooks?limit=2", None).await;
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = daemon
+        .call(
+            "GET",
+            &format!("/api/webhooks?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    let (_, page3) = daemon
+        .call(
+            "GET",
+            &format!(
+                "/api/webhooks?limit=2&cursor={}",
+                page2["next_cursor"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    let ids: Vec<&str> = [&page1, &page2, &page3]
+        .iter()
+        .flat_map(|p| {
+            p["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["id"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(ids[0], id);
+    assert!(!fetched.to_string().contains(&secret));
+}

@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real `palo-webhooks` binary on 127.0.0.1 with a
+//! temporary db and real HTTP receivers.
+
+mod cli;
+mod delivery;
+mod ingest;
+mod isolation;
+mod recovery;
+mod support;

@@ -1,0 +1,126 @@
+//! Crash and shutdown: nothing accepted is lost.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{self, Behaviour, Receiver};
+
+fn event(i: usize) -> serde_json::Value {
+    json!({"event_id": format!("evt_crash_{i}"), "event_type": "system.incident", "organization_id": "org_a",
+           "data": {"incident_id": format!("INC-{i}"), "severity": "major", "affected_services": ["api"], "status": "investigating"}})
+}
+
+/// The event ids of the requests that arrived after `since`.
+fn event_ids_since(received: &[support::Received], since: Instant) -> HashSet<String> {
+    received
+        .iter()
+        .filter(|r| r.at >= since)
+        .map(|r| r.header("x-palo-event-id"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_pending_retries_and_attempts_in_flight_loses_nothing() {
+    const EVENTS: usize = 20;
+    let flags = [
+        "--allow-http",
+        "--retry-schedule",
+        "3s,3s,3s,3s",
+        "--attempt-timeout",
+        "10s",
+    ];
+    let mut daemon = support::start(&flags);
+    let failing = Receiver::start(Behaviour::Status(500)).await;
+    let hanging = Receiver::start(Behaviour::Hang).await;
+    daemon.create_webhook("org_a", &failing.url, &["*"]).await;
+    daemon
+        .create_webhook("org_a", &hanging.url, &["system.incident"])
+        .await;
+    for i in 0..EVENTS {
+        let (status, body) = daemon.call("POST", "/api/events", Some(event(i))).await;
+        assert_eq!((status, body["deliveries"].as_u64()), (202, Some(2)));
+    }
+    // Every first attempt to `failing` failed (retries pending); attempts to `hanging` are in flight.
+    failing.wait_for(EVENTS, Duration::from_secs(20)).await;
+    hanging.wait_for(1, Duration::from_secs(10)).await;
+    let dir = daemon.dir.clone();
+    daemon.kill9(); // `daemon` keeps owning the temp dir until the end of the test.
+
+    failing.set(Behaviour::Status(200));
+    hanging.set(Behaviour::Status(200));
+    let restarted_at = Instant::now();
+    let restarted = support::start_in(&dir, &flags);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let want: HashSet<String> = (0..EVENTS).map(|i| format!("evt_crash_{i}")).collect();
+    loop {
+        let a = event_ids_since(&failing.received(), restarted_at);
+        let b = event_ids_since(&hanging.received(), restarted_at);
+        if a.is_superset(&want) && b.is_superset(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after restart: {} of {EVENTS} to the failing receiver, {} to the hanging one",
+            a.len(),
+            b.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..EVENTS {
+        let body = restarted
+            .wait_until(
+                &format!("/api/events/evt_crash_{i}"),
+                Duration::from_secs(10),
+                |b| {
+                    b["deliveries"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().all(|d| d["status"] == "succeeded"))
+                },
+            )
+            .await;
+        assert_eq!(body["deliveries"].as_array().unwrap().len(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_attempt_in_flight_logs_it_and_exits_0() {
+    let flags = [
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "2s",
+    ];
+    let mut daemon = support::start(&flags);
+    let receiver = Receiver::start(Behaviour::Hang).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    daemon.call("POST", "/api/events", Some(event(1))).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let started = Instant::now();
+    assert_eq!(daemon.terminate(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let dir = daemon.dir.clone();
+    let _tempdir_owner = daemon;
+
+    let restarted = support::start_in(&dir, &flags);
+    let (_, page) = restarted
+        .call("GET", &format!("/api/webhooks/{webhook}/deliveries"), None)
+        .await;
+    let delivery = &page["data"][0];
+    assert_eq!(
+        delivery["attempt_count"], 1,
+        "the in-flight attempt was finished and logged: {page}"
+    );
+    assert_eq!(delivery["status"], "retrying");
+    let id = delivery["id"].as_str().unwrap();
+    let (_, full) = restarted
+        .call("GET", &format!("/api/deliveries/{id}"), None)
+        .await;
+    assert_eq!(full["attempts"][0]["error"], "timeout");
+}

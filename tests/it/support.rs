@@ -1,0 +1,480 @@
+//! Test support: the real daemon binary on 127.0.0.1 with a temporary db, a JSON client,
+//! and a real HTTP receiver whose behaviour can change mid-test.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+pub const SECRET: &str = "test_secret_that_is_at_least_32_chars_long_é";
+
+/// A running daemon process.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _tempdir: Option<tempfile::TempDir>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    client: palo_webhooks::delivery::HttpsClient,
+}
+
+/// Starts `palo-webhooks serve` with a fresh temp db and the given extra flags.
+pub fn start(extra: &[&str]) -> Daemon {
+    let tempdir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir.path().to_owned();
+    let mut daemon = start_in(&dir, extra);
+    daemon._tempdir = Some(tempdir);
+    daemon
+}
+
+/// Starts the daemon on the db in `dir` (kept by the caller), e.g. to restart after a crash.
+pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
+    let db = dir.join("palo.redb");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args([
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "debug",
+        ])
+        .args(extra)
+        .env("PALO_WEBHOOKS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn palo-webhooks");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("daemon did not start; log: {:?}", log.lock().unwrap()));
+    Daemon {
+        child: Some(child),
+        addr: addr.parse().expect("listen address"),
+        dir: dir.to_owned(),
+        _tempdir: None,
+        log,
+        client: palo_webhooks::delivery::build_client(Duration::from_secs(5)),
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory of the daemon in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// A raw request: returns the status and the JSON body (Null when empty).
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let (status, bytes) = self
+            .raw_bytes(method, path, token, content_type, body)
+            .await;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    /// A raw request: returns the status and the body bytes.
+    pub async fn raw_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Bytes) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    /// A JSON request with the given token.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        self.raw(method, path, Some(token), Some("application/json"), bytes)
+            .await
+    }
+
+    /// A JSON request with the admin token.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    /// Creates a webhook for `org` at `url` subscribed to `events`; returns its id.
+    pub async fn create_webhook(&self, org: &str, url: &str, events: &[&str]) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/webhooks",
+                Some(serde_json::json!({"url": url, "events": events, "secret": SECRET, "organization_id": org})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls `GET path` until `done(body)` or the timeout; returns the last body.
+    pub async fn wait_until(
+        &self,
+        path: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, body) = self.call("GET", path, None).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting on {path}: last {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How the receiver answers.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// This status, body "ok".
+    Status(u16),
+    /// These statuses in order, then the last one forever.
+    Sequence(Vec<u16>),
+    /// Never answer.
+    Hang,
+    /// 302 to /moved.
+    Redirect,
+    /// 200 with an endless (1 GiB) streamed body.
+    Endless,
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+struct ReceiverState {
+    behaviour: Mutex<Behaviour>,
+    served: Mutex<usize>,
+    requests: Mutex<Vec<Received>>,
+    arrived: Notify,
+}
+
+/// A real HTTP/1.1 receiver on 127.0.0.1.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+/// 1 GiB in 64 KiB chunks.
+struct EndlessBody {
+    remaining: u64,
+}
+
+impl Body for EndlessBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(64 * 1024);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n as usize])))))
+    }
+}
+
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+impl Receiver {
+    pub async fn start(behaviour: Behaviour) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ReceiverState {
+            behaviour: Mutex::new(behaviour),
+            served: Mutex::new(0),
+            requests: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+        });
+        let shared = Arc::clone(&state);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(Arc::clone(&state), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            state,
+        }
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.state.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived, or panics after `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.state.arrived.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "receiver got {} of {n} requests in {timeout:?}",
+                got.len()
+            );
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<ReceiverState>,
+    req: Request<Incoming>,
+) -> Result<Response<AnyBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    state.requests.lock().unwrap().push(Received {
+        path,
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    state.arrived.notify_waiters();
+    let behaviour = state.behaviour.lock().unwrap().clone();
+    let full = |status: u16, text: &'static str| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(text)).boxed())
+            .unwrap()
+    };
+    Ok(match behaviour {
+        Behaviour::Status(code) => full(code, "ok"),
+        Behaviour::Sequence(codes) => {
+            let mut served = state.served.lock().unwrap();
+            let code = codes[(*served).min(codes.len() - 1)];
+            *served += 1;
+            full(code, if code < 300 { "ok" } else { "receiver error" })
+        }
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            full(200, "late")
+        }
+        Behaviour::Redirect => Response::builder()
+            .status(302)
+            .header("location", "/moved")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap(),
+        Behaviour::Endless => Response::builder()
+            .status(200)
+            .body(EndlessBody { remaining: 1 << 30 }.boxed())
+            .unwrap(),
+    })
+}
+
+/// The spec's Python `verify_signature`, read from the spec when it is reachable
+/// (../shared/spec beside the repository), else from the verbatim copy in tests/fixtures.
+pub fn spec_verify_signature_code() -> String {
+    let fixture = include_str!("../fixtures/verify_signature.py").to_owned();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/webhooks-spec.fr.md");
+    match std::fs::read_to_string(spec) {
+        Ok(text) => {
+            let start =
+                text.find("```python\n").expect("spec has a python block") + "```python\n".len();
+            let end = start + text[start..].find("```").unwrap();
+            let code = text[start..end].to_owned();
+            assert_eq!(
+                code, fixture,
+                "tests/fixtures/verify_signature.py must be the spec's code, unchanged"
+            );
+            code
+        }
+        Err(_) => fixture,
+    }
+}
+
+/// Runs the spec's `verify_signature` in python3 on each (body, signature) with `secret`.
+pub fn python_verifies(requests: &[Received], secret: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let path = dir.path().join(format!("body{i}"));
+        std::fs::write(&path, &r.body).unwrap();
+        cases.push(serde_json::json!([
+            path.to_str().unwrap(),
+            r.header("x-palo-signature")
+        ]));
+    }
+    let script = format!(
+        "{}\nimport json, sys\ncases = json.loads(sys.argv[1])\nsecret = sys.argv[2]\nok = all(verify_signature(open(p, 'rb').read(), s, secret) for p, s in cases)\nprint('VERIFIED' if ok else 'REJECTED')\nsys.exit(0 if ok else 1)\n",
+        spec_verify_signature_code()
+    );
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            &script,
+            &serde_json::to_string(&cases).unwrap(),
+            secret,
+        ])
+        .output()
+        .expect("python3 must be installed");
+    String::from_utf8_lossy(&output.stdout).contains("VERIFIED") && output.status.success()
+}
