@@ -90,7 +90,7 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::Backend(_) | StoreError::Locked => {
+            StoreError::Backend(_) | StoreError::Locked | StoreError::CommitFailed(_) => {
                 tracing::error!(error = %e, "store write or read failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

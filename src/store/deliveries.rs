@@ -79,7 +79,9 @@ impl Store {
         now_ms: u64,
         first_due_ms: u64,
     ) -> Result<AcceptOutcome, StoreError> {
-        self.write(|txn| {
+        let prepared = prepared.clone();
+        self.write(move |txn| {
+            let prepared = &prepared;
             let org = prepared.organization_id.as_str();
             let existing = txn
                 .open_table(EVENT_IDS)?
@@ -351,7 +353,9 @@ impl Store {
         schedule: &RetrySchedule,
         now_ms: u64,
     ) -> Result<Option<Delivery>, StoreError> {
-        self.write(|txn| {
+        let (attempt, schedule) = (attempt.clone(), schedule.clone());
+        self.write(move |txn| {
+            let (attempt, schedule) = (&attempt, &schedule);
             let mut table = txn.open_table(DELIVERIES)?;
             let Some(mut delivery) = load_delivery(&table, id)? else {
                 return Ok(None);
@@ -396,7 +400,7 @@ impl Store {
         id: WebhookId,
         now_ms: u64,
     ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
-        self.write(|txn| {
+        self.write(move |txn| {
             let Some(bytes) = txn
                 .open_table(WEBHOOKS)?
                 .remove(id.0)?
@@ -555,7 +559,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
-        self.write(|txn| {
+        self.write(move |txn| {
             let mut table = txn.open_table(DELIVERIES)?;
             let Some(mut delivery) = load_delivery(&table, id)? else {
                 return Ok(false);

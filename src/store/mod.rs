@@ -14,6 +14,7 @@
 
 mod deliveries;
 mod records;
+mod writer;
 
 use std::path::Path;
 
@@ -26,6 +27,7 @@ use crate::model::{ApiKey, Webhook};
 use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
 pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut};
+pub use writer::{CommitStats, MAX_BATCH};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const WEBHOOKS: TableDefinition<u128, &[u8]> = TableDefinition::new("webhooks");
@@ -66,6 +68,10 @@ pub enum StoreError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// The commit failed, or another write of the same group transaction failed; nothing of
+    /// the transaction was written.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// The operation's thread panicked or was cancelled; its transaction was not committed.
     #[error("the store operation was interrupted")]
     Interrupted,
@@ -97,7 +103,8 @@ backend_error!(
 
 /// The handle to the open database. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
+    writer: writer::Writer,
 }
 
 impl Store {
@@ -107,8 +114,11 @@ impl Store {
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
-        let store = Store { db };
+        let db = std::sync::Arc::new(Database::create(path)?);
+        let writer = writer::Writer::start(std::sync::Arc::clone(&db)).map_err(|e| {
+            StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
+        })?;
+        let store = Store { db, writer };
         store.write(|txn| {
             let mut meta = txn.open_table(META)?;
             let layout = meta.get("layout")?.map(|v| v.value().to_vec());
@@ -140,16 +150,21 @@ impl Store {
         Ok(store)
     }
 
-    /// Runs `f` in one write transaction and commits it durably (fsync) if `f` succeeds;
-    /// aborts it otherwise. Blocks while another write transaction is open.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write()?;
-        let out = f(&txn)?;
-        txn.commit()?;
-        Ok(out)
+    /// Runs `f` in the writer thread's next transaction (group commit, see [`writer`]) and
+    /// returns once that transaction is durably committed (fsync). Blocks the caller. `f`
+    /// must not return `Err` after a partial write unless the whole batch may be aborted,
+    /// which is what happens: every write of the batch then fails and nothing is written.
+    fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write(f)
+    }
+
+    /// Group-commit counters (transactions, writes, largest batch).
+    pub fn commit_stats(&self) -> &CommitStats {
+        self.writer.stats()
     }
 
     /// Runs `f` on a consistent snapshot.
@@ -166,7 +181,9 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        self.write(|txn| {
+        let webhook = webhook.clone();
+        self.write(move |txn| {
+            let webhook = &webhook;
             txn.open_table(WEBHOOKS)?.insert(
                 webhook.id.0,
                 encode(&WebhookRecord::from_domain(webhook)).as_slice(),
@@ -224,7 +241,9 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn update_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
-        self.write(|txn| {
+        let webhook = webhook.clone();
+        self.write(move |txn| {
+            let webhook = &webhook;
             let mut table = txn.open_table(WEBHOOKS)?;
             if table.get(webhook.id.0)?.is_none() {
                 return Ok(false);
@@ -242,7 +261,9 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        self.write(|txn| {
+        let key = key.clone();
+        self.write(move |txn| {
+            let key = &key;
             txn.open_table(API_KEYS)?
                 .insert(key.id.0, encode(&ApiKeyRecord::from_domain(key)).as_slice())?;
             txn.open_table(API_KEY_HASHES)?
@@ -274,7 +295,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn delete_api_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.write(|txn| {
+        self.write(move |txn| {
             let Some(bytes) = txn
                 .open_table(API_KEYS)?
                 .remove(id.0)?

@@ -146,7 +146,12 @@ async fn example_receiver_verifies_and_deduplicates_real_deliveries() {
     assert!(line.starts_with("verified ticket.created evt_py"), "{line}");
     assert!(next().contains("Café ☕"));
 
-    let (_, page) = daemon.call("GET", "/api/events/evt_py", None).await;
+    // The attempt is logged after the receiver answers: wait for it before redelivering.
+    let page = daemon
+        .wait_until("/api/events/evt_py", Duration::from_secs(10), |b| {
+            b["deliveries"][0]["status"] == "succeeded"
+        })
+        .await;
     let delivery = page["deliveries"][0]["id"].as_str().unwrap();
     let (status, result) = daemon
         .call(

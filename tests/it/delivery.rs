@@ -436,3 +436,47 @@ async fn inactive_and_unsubscribed_webhooks_receive_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(receiver.received().is_empty() && other.received().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_redelivery_while_one_is_in_flight_is_409_and_sends_once() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "2s",
+    ]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(0)))
+        .await;
+    let id = only_delivery(&daemon, &webhook).await;
+    daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(10),
+            |b| b["attempt_count"] == 1,
+        )
+        .await;
+
+    receiver.set(Behaviour::Hang);
+    let path = format!("/api/deliveries/{id}/redeliver");
+    let (first, second) = tokio::join!(daemon.call("POST", &path, None), async {
+        receiver.wait_for(2, Duration::from_secs(5)).await;
+        daemon.call("POST", &path, None).await
+    });
+    assert_eq!(second.0, 409, "{}", second.1);
+    assert_eq!(second.1["error"]["code"], "attempt_in_flight");
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(first.1["attempt"]["error"], "timeout");
+    assert_eq!(
+        first.1["delivery"]["status"], "retrying",
+        "a failed manual attempt changes nothing else"
+    );
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "the refused redelivery sent nothing"
+    );
+}

@@ -1,0 +1,214 @@
+//! Group commit: one thread owns every write transaction.
+//!
+//! Callers hand a closure to [`Writer::write`] and block until the transaction holding it is
+//! committed (fsync). The thread takes the first waiting job, drains up to [`MAX_BATCH`] more
+//! that are already queued, runs them all in one transaction and commits once, so N
+//! concurrent writers cost about one fsync instead of N. A lone job commits at once: there is
+//! no artificial wait. If any job of a batch fails (or panics), the whole transaction is
+//! aborted and every job of the batch gets an error: nothing of a batch is half-written.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+
+use redb::{Database, WriteTransaction};
+
+use super::StoreError;
+
+/// Most jobs committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// Jobs waiting for the writer beyond this block their callers (backpressure).
+const QUEUE_BOUND: usize = 4096;
+
+/// What a job tells its caller once the transaction's fate is known.
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// A write: runs inside the shared transaction (`None` when none could be opened), says
+/// whether it succeeded, and how to answer its caller.
+type Job = Box<dyn FnOnce(Option<&WriteTransaction>) -> (bool, Finish) + Send>;
+
+/// Counters of the group commit, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Transactions committed or aborted.
+    pub batches: AtomicU64,
+    /// Jobs run.
+    pub jobs: AtomicU64,
+    /// Largest batch seen.
+    pub max_batch: AtomicU64,
+}
+
+/// Handle to the writer thread. The thread ends when the last handle is dropped.
+pub struct Writer {
+    jobs: SyncSender<Job>,
+    stats: Arc<CommitStats>,
+}
+
+impl Writer {
+    /// Starts the writer thread over `db`.
+    ///
+    /// # Errors
+    /// The OS error when the thread cannot be spawned.
+    pub fn start(db: Arc<Database>) -> std::io::Result<Writer> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_BOUND);
+        let stats = Arc::new(CommitStats::default());
+        let thread_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("palo-store-writer".into())
+            .spawn(move || run(&db, &queue, &thread_stats))?;
+        Ok(Writer { jobs, stats })
+    }
+
+    /// Runs `f` in the next group transaction and returns its result once that transaction
+    /// is durably committed. Blocks the calling thread (call it from a blocking context).
+    ///
+    /// # Errors
+    /// `f`'s own error; [`StoreError::CommitFailed`] when the commit fails or another job of
+    /// the same batch failed (nothing of the batch was written); [`StoreError::Interrupted`]
+    /// if `f` panicked or the writer is gone.
+    pub fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
+        let job: Job = Box::new(move |txn| {
+            let result = txn.map(|txn| {
+                catch_unwind(AssertUnwindSafe(|| f(txn))).unwrap_or(Err(StoreError::Interrupted))
+            });
+            let ok = matches!(result, Some(Ok(_)));
+            let finish: Finish = Box::new(move |batch_error| {
+                let answer = match (result, batch_error) {
+                    (Some(Err(own)), _) => Err(own),
+                    (_, Some(e)) => Err(StoreError::CommitFailed(e.to_string())),
+                    (Some(Ok(value)), None) => Ok(value),
+                    (None, None) => Err(StoreError::Interrupted),
+                };
+                let _ = reply.send(answer);
+            });
+            (ok, finish)
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Interrupted)?;
+        answer.recv().map_err(|_| StoreError::Interrupted)?
+    }
+
+    /// The group-commit counters.
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+}
+
+fn run(db: &Database, queue: &Receiver<Job>, stats: &CommitStats) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .max_batch
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        commit_batch(db, batch);
+    }
+}
+
+fn commit_batch(db: &Database, batch: Vec<Job>) {
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => {
+            let error = StoreError::from(e);
+            for job in batch {
+                let (_, finish) = job(None);
+                finish(Some(&error));
+            }
+            return;
+        }
+    };
+    let mut finishes = Vec::with_capacity(batch.len());
+    let mut all_ok = true;
+    for job in batch {
+        let (ok, finish) = job(Some(&txn));
+        all_ok &= ok;
+        finishes.push(finish);
+    }
+    let outcome = if all_ok {
+        txn.commit().map_err(StoreError::from).err()
+    } else {
+        drop(txn); // Aborts: nothing of this batch is written.
+        Some(StoreError::CommitFailed(
+            "another write in the same transaction failed".into(),
+        ))
+    };
+    for finish in finishes {
+        finish(outcome.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, TableDefinition};
+
+    const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    fn writer() -> (tempfile::TempDir, Arc<Database>, Arc<Writer>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("w.redb")).unwrap());
+        let writer = Arc::new(Writer::start(Arc::clone(&db)).unwrap());
+        (dir, db, writer)
+    }
+
+    fn count(db: &Database) -> u64 {
+        use redb::ReadableTableMetadata;
+        let txn = db.begin_read().unwrap();
+        txn.open_table(T).map(|t| t.len().unwrap()).unwrap_or(0)
+    }
+
+    #[test]
+    fn concurrent_writes_share_commits() {
+        let (_dir, db, writer) = writer();
+        let threads: Vec<_> = (0..64u64)
+            .map(|i| {
+                let writer = Arc::clone(&writer);
+                std::thread::spawn(move || {
+                    writer.write(move |txn| {
+                        txn.open_table(T)?.insert(i, i)?;
+                        Ok(i)
+                    })
+                })
+            })
+            .collect();
+        for (i, t) in threads.into_iter().enumerate() {
+            assert_eq!(t.join().unwrap().unwrap(), i as u64);
+        }
+        assert_eq!(count(&db), 64);
+        let stats = writer.stats();
+        assert_eq!(stats.jobs.load(Ordering::Relaxed), 64);
+        assert!(stats.batches.load(Ordering::Relaxed) <= 64);
+    }
+
+    #[test]
+    fn a_failing_or_panicking_job_aborts_its_batch_and_the_writer_survives() {
+        let (_dir, db, writer) = writer();
+        let failed = writer.write(|txn| -> Result<(), StoreError> {
+            txn.open_table(T)?.insert(1, 1)?;
+            Err(StoreError::Interrupted)
+        });
+        assert!(matches!(failed, Err(StoreError::Interrupted)));
+        let panicked = writer.write(|_txn| -> Result<(), StoreError> { panic!("boom") });
+        assert!(matches!(panicked, Err(StoreError::Interrupted)));
+        assert_eq!(count(&db), 0, "nothing of a failed batch is written");
+        writer
+            .write(|txn| {
+                txn.open_table(T)?.insert(2, 2)?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(count(&db), 1);
+    }
+}
