@@ -231,9 +231,48 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// An attempt succeeds on any 2xx status (a truncated body does not matter).
+    /// An attempt succeeds on a 2xx status whose exchange completed: a body that timed out
+    /// or broke off after the status is a failure. A body cut at the stored cap (64 KiB) by
+    /// us is not an error, so a truncated 2xx is still a success.
     pub fn succeeded(&self) -> bool {
-        matches!(self.status_code, Some(200..=299))
+        self.error.is_none() && matches!(self.status_code, Some(200..=299))
+    }
+}
+
+/// Changes to a webhook (`PATCH`), already validated; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookChanges {
+    /// New target URL.
+    pub url: Option<String>,
+    /// New subscriptions.
+    pub events: Option<EventFilter>,
+    /// New secret.
+    pub secret: Option<Secret>,
+    /// Activate or deactivate.
+    pub active: Option<bool>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+impl WebhookChanges {
+    /// Applies the changes to `webhook`, stamping `updated_at_ms`.
+    pub fn apply(self, webhook: &mut Webhook, now_ms: u64) {
+        if let Some(url) = self.url {
+            webhook.url = url;
+        }
+        if let Some(events) = self.events {
+            webhook.events = events;
+        }
+        if let Some(secret) = self.secret {
+            webhook.secret = secret;
+        }
+        if let Some(active) = self.active {
+            webhook.active = active;
+        }
+        if let Some(description) = self.description {
+            webhook.description = description;
+        }
+        webhook.updated_at_ms = now_ms;
     }
 }
 

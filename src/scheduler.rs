@@ -281,40 +281,16 @@ impl Inner {
 
     async fn run_scheduled(self: Arc<Self>, claim: Claim) {
         let id = claim.id;
-        let context = match blocking(&self.store, move |s| s.attempt_context(id)).await {
-            Ok(Some(context)) => context,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(delivery = %id, error = %e, "could not load a due delivery; will look again");
-                drop(claim);
-                self.hint(clock::now_ms() + RECHECK_MS, id);
-                return;
-            }
+        // The first read names the webhook whose in-flight limit applies. The delivery and its
+        // webhook are read again once the permits are held: while waiting, the webhook may have
+        // been deleted, deactivated or pointed elsewhere, and the attempt must see that.
+        let Some(context) = self.load_due(id).await else {
+            return;
         };
-        let now = clock::now_ms();
-        let delivery = &context.delivery;
-        if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
-            return; // Stale wheel entry: the index moved on.
-        }
-        let webhook_id = delivery.webhook_id;
-        match &context.webhook {
-            None => return, // Deleted: its deliveries were cancelled in the same commit.
-            Some(webhook) if !webhook.active => {
-                let postponed = blocking(&self.store, move |s| {
-                    s.postpone(id, now, now + INACTIVE_POSTPONE_MS)
-                })
-                .await;
-                drop(claim);
-                match postponed {
-                    Ok(true) => self.hint(now + INACTIVE_POSTPONE_MS, id),
-                    Ok(false) => {}
-                    Err(_) => self.hint(now + RECHECK_MS, id),
-                }
-                return;
-            }
-            Some(_) => {}
-        }
-        let Some(_permits) = self.permits(webhook_id).await else {
+        let Some(_permits) = self.permits(context.delivery.webhook_id).await else {
+            return;
+        };
+        let Some(context) = self.load_due(id).await else {
             return;
         };
         if let Err(e) = Arc::clone(&self)
@@ -324,6 +300,39 @@ impl Inner {
             tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
             self.hint(clock::now_ms() + RECHECK_MS, id);
         }
+    }
+
+    /// Reads a claimed delivery and returns it if an attempt is due now: not final, due, and
+    /// its webhook exists and is active. A stale wheel entry or a deleted webhook yields
+    /// `None`; an inactive webhook postpones the delivery; a read error looks again later.
+    async fn load_due(self: &Arc<Self>, id: DeliveryId) -> Option<AttemptContext> {
+        let context = match blocking(&self.store, move |s| s.attempt_context(id)).await {
+            Ok(context) => context?,
+            Err(e) => {
+                tracing::warn!(delivery = %id, error = %e, "could not load a due delivery; will look again");
+                self.hint(clock::now_ms() + RECHECK_MS, id);
+                return None;
+            }
+        };
+        let now = clock::now_ms();
+        let delivery = &context.delivery;
+        if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
+            return None; // Stale wheel entry: the index moved on.
+        }
+        // A deleted webhook's deliveries were cancelled in the same commit as the deletion.
+        if !context.webhook.as_ref()?.active {
+            let postponed = blocking(&self.store, move |s| {
+                s.postpone(id, now, now + INACTIVE_POSTPONE_MS)
+            })
+            .await;
+            match postponed {
+                Ok(true) => self.hint(now + INACTIVE_POSTPONE_MS, id),
+                Ok(false) => {}
+                Err(_) => self.hint(now + RECHECK_MS, id),
+            }
+            return None;
+        }
+        Some(context)
     }
 
     /// Waits for a per-webhook then a global in-flight permit, or shutdown (`None`).

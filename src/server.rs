@@ -6,7 +6,7 @@
 //! results are committed), then return; an unfinished attempt stays in the retry index and
 //! is made again after restart.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -140,20 +140,36 @@ pub async fn run(
     let app = api::router(state, config.max_body_bytes);
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!("listening on http://{addr}");
-    let stop = cancel.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = stop.cancelled() => {}
-            }
-            tracing::info!("shutting down: no new requests, finishing attempts in flight");
-        })
-        .await;
+    // One deadline bounds the whole drain: open HTTP requests first, then attempts in flight.
+    let stopping_since = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    let (stop, since) = (cancel.clone(), Arc::clone(&stopping_since));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop.cancelled() => {}
+        }
+        since.get_or_init(tokio::time::Instant::now);
+        stop.cancel();
+        tracing::info!("shutting down: no new requests, finishing attempts in flight");
+    });
+    let deadline = || {
+        let started = *stopping_since.get_or_init(tokio::time::Instant::now);
+        started + config.shutdown_timeout
+    };
+    let served = tokio::select! {
+        result = server.into_future() => result,
+        () = async {
+            cancel.cancelled().await;
+            tokio::time::sleep_until(deadline()).await;
+        } => {
+            tracing::warn!("HTTP requests still open at the shutdown timeout were dropped");
+            Ok(())
+        }
+    };
     cancel.cancel();
     let _ = scheduler_task.await;
     tracker.close();
-    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+    if tokio::time::timeout_at(deadline(), tracker.wait())
         .await
         .is_err()
     {

@@ -1,12 +1,12 @@
 //! Deliveries and their log (spec "Logs de livraison"), redelivery, and test deliveries.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::extract::{cursor, page_limit, ApiQuery};
+use super::extract::{cursor, page_limit, ApiPath, ApiQuery};
 use super::types::{AttemptOut, AttemptResultOut, DeliveryOut, Page};
 use super::webhooks::visible_webhook;
 use super::{ApiError, AppState, Caller};
@@ -29,7 +29,7 @@ pub(super) struct ListDeliveries {
 pub(super) async fn list_webhook_deliveries(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     ApiQuery(query): ApiQuery<ListDeliveries>,
 ) -> Result<Json<Page<DeliveryOut>>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
@@ -76,7 +76,7 @@ async fn visible_delivery(
 pub(super) async fn get_delivery(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<DeliveryOut>, ApiError> {
     let (delivery, attempts) = visible_delivery(&state, &caller, &id).await?;
     let mut out = DeliveryOut::from(&delivery);
@@ -106,7 +106,7 @@ fn attempt_error(e: AttemptNowError) -> ApiError {
 pub(super) async fn redeliver(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<AttemptResultOut>, ApiError> {
     let (delivery, _) = visible_delivery(&state, &caller, &id).await?;
     let (delivery, attempt) = state
@@ -126,7 +126,7 @@ pub(super) async fn redeliver(
 pub(super) async fn test_webhook(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<AttemptResultOut>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
     if !webhook.active {

@@ -1,11 +1,11 @@
 //! `/api/events`: durable ingest with idempotency on (organization, `event_id`), lookup, list.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::extract::{cursor, page_limit, ApiQuery, JsonBody};
+use super::extract::{cursor, page_limit, ApiPath, ApiQuery, JsonBody};
 use super::types::{EventAccepted, EventIn, EventOut, Page};
 use super::{ApiError, AppState, Caller};
 use crate::clock;
@@ -80,7 +80,7 @@ pub(super) struct GetEvent {
 pub(super) async fn get_event(
     State(state): State<AppState>,
     caller: Caller,
-    Path(event_id): Path<String>,
+    ApiPath(event_id): ApiPath,
     ApiQuery(query): ApiQuery<GetEvent>,
 ) -> Result<Json<EventOut>, ApiError> {
     let org = match (&caller, query.organization_id) {

@@ -87,8 +87,9 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(unauthorized)?;
         let hash = token_hash(token);
@@ -198,4 +199,19 @@ pub fn cursor<I: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<I>, A
             })
         })
         .transpose()
+}
+
+/// The one `{id}` path parameter of a route. A parameter that is not valid UTF-8 after
+/// percent-decoding cannot name anything we store: 404 in our JSON shape.
+pub struct ApiPath(pub String);
+
+impl FromRequestParts<AppState> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource"))
+    }
 }

@@ -1,11 +1,11 @@
 //! `/api/keys`: organization API keys (admin only). The key text is returned once and
 //! stored only as its SHA-256.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::extract::{token_hash, JsonBody};
+use super::extract::{token_hash, ApiPath, JsonBody};
 use super::types::{KeyIn, KeyOut};
 use super::{ApiError, AppState, Caller};
 use crate::clock;
@@ -63,7 +63,7 @@ pub(super) async fn list_keys(
 pub(super) async fn delete_key(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let id: KeyId = id.parse().map_err(|_| ApiError::not_found("key"))?;

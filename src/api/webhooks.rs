@@ -1,17 +1,17 @@
 //! `/api/webhooks`: create, list, get, update, delete (spec "Créer un webhook").
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::extract::{cursor, page_limit, ApiQuery, JsonBody};
+use super::extract::{cursor, page_limit, ApiPath, ApiQuery, JsonBody};
 use super::types::{Page, WebhookIn, WebhookOut, WebhookPatch};
 use super::{ApiError, AppState, Caller};
 use crate::clock;
 use crate::event::{is_valid_external_id, EventType};
 use crate::ids::{random_hex, WebhookId};
-use crate::model::{EventFilter, Secret, Webhook};
+use crate::model::{EventFilter, Secret, Webhook, WebhookChanges};
 use crate::store::blocking;
 
 /// Shortest accepted secret, in characters (spec: "32 chars min").
@@ -29,6 +29,8 @@ pub fn validate_url(url: &str, allow_http: bool) -> Result<String, ApiError> {
     if url.len() > MAX_URL_BYTES {
         return Err(bad("must be at most 2048 bytes"));
     }
+    // A fragment is never sent in a request: drop it rather than store it.
+    let url = url.split('#').next().unwrap_or_default();
     let uri: axum::http::Uri = url
         .parse()
         .map_err(|_| bad("must be an absolute URL like https://example.com/hook"))?;
@@ -55,6 +57,19 @@ pub fn validate_url(url: &str, allow_http: bool) -> Result<String, ApiError> {
     if authority.host().is_empty() {
         return Err(bad("must name a host"));
     }
+    // `Uri` keeps a port it cannot read as u16 and then reports none: check the text.
+    let after_host = authority
+        .as_str()
+        .rsplit_once(']')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host
+        .rsplit_once(':')
+        .filter(|(_, port)| !port.is_empty())
+    {
+        if port.parse::<u16>().is_ok_and(|p| p == 0) || port.parse::<u16>().is_err() {
+            return Err(bad("port must be between 1 and 65535"));
+        }
+    }
     Ok(url.to_owned())
 }
 
@@ -69,11 +84,8 @@ pub fn parse_events(names: &[String]) -> Result<EventFilter, ApiError> {
             "must list at least one event type, or \"*\"",
         ));
     }
-    if names.iter().any(|n| n == "*") {
-        return Ok(EventFilter::All);
-    }
     let mut types = Vec::new();
-    for name in names {
+    for name in names.iter().filter(|n| *n != "*") {
         let t = EventType::parse(name)
             .filter(|t| *t != EventType::WebhookTest)
             .ok_or_else(|| {
@@ -89,6 +101,9 @@ pub fn parse_events(names: &[String]) -> Result<EventFilter, ApiError> {
         if !types.contains(&t) {
             types.push(t);
         }
+    }
+    if names.iter().any(|n| n == "*") {
+        return Ok(EventFilter::All);
     }
     Ok(EventFilter::Only(types))
 }
@@ -210,7 +225,7 @@ pub(super) async fn list_webhooks(
 pub(super) async fn get_webhook(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<WebhookOut>, ApiError> {
     Ok(Json(WebhookOut::from(
         &visible_webhook(&state, &caller, &id).await?,
@@ -221,38 +236,40 @@ pub(super) async fn get_webhook(
 pub(super) async fn update_webhook(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     JsonBody(patch): JsonBody<WebhookPatch>,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    let mut webhook = visible_webhook(&state, &caller, &id).await?;
-    if let Some(url) = patch.url {
-        webhook.url = validate_url(&url, state.allow_http)?;
-    }
-    if let Some(events) = patch.events {
-        webhook.events = parse_events(&events)?;
-    }
-    if let Some(secret) = patch.secret {
-        webhook.secret = validate_secret(&secret)?;
-    }
-    if let Some(active) = patch.active {
-        webhook.active = active;
-    }
-    if let Some(description) = patch.description {
-        webhook.description = validate_description(description)?;
-    }
-    webhook.updated_at_ms = clock::now_ms();
-    let stored = webhook.clone();
-    if !blocking(&state.store, move |s| s.update_webhook(&stored)).await? {
-        return Err(ApiError::not_found("webhook"));
-    }
-    Ok(Json(WebhookOut::from(&webhook)))
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    let changes = WebhookChanges {
+        url: patch
+            .url
+            .map(|url| validate_url(&url, state.allow_http))
+            .transpose()?,
+        events: patch
+            .events
+            .map(|events| parse_events(&events))
+            .transpose()?,
+        secret: patch
+            .secret
+            .map(|secret| validate_secret(&secret))
+            .transpose()?,
+        active: patch.active,
+        description: patch.description.map(validate_description).transpose()?,
+    };
+    let id = webhook.id;
+    let updated = blocking(&state.store, move |s| {
+        s.update_webhook(id, changes, clock::now_ms())
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("webhook"))?;
+    Ok(Json(WebhookOut::from(&updated)))
 }
 
 /// `DELETE /api/webhooks/{id}` → 204; its unfinished deliveries become `cancelled`.
 pub(super) async fn delete_webhook(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
     let id = webhook.id;
@@ -277,6 +294,12 @@ mod tests {
         assert!(validate_url("/relative", true).is_err());
         assert!(validate_url("https://user:pw@example.com/", false).is_err());
         assert!(validate_url("example.com", false).is_err());
+        assert!(validate_url("https://example.com:99999/", false).is_err());
+        assert!(validate_url("https://example.com:0/", false).is_err());
+        assert_eq!(
+            validate_url("https://example.com/h#frag", false).unwrap(),
+            "https://example.com/h"
+        );
     }
 
     #[test]
@@ -285,6 +308,7 @@ mod tests {
         assert!(parse_events(&[]).is_err());
         assert!(parse_events(&["ticket.deleted".into()]).is_err());
         assert!(parse_events(&["webhook.test".into()]).is_err());
+        assert!(parse_events(&["*".into(), "bogus".into()]).is_err());
         let only = parse_events(&["ticket.created".into(), "ticket.created".into()]).unwrap();
         assert_eq!(only, EventFilter::Only(vec![EventType::TicketCreated]));
     }

@@ -23,7 +23,7 @@ use redb::{
 };
 
 use crate::ids::{KeyId, WebhookId};
-use crate::model::{ApiKey, Webhook};
+use crate::model::{ApiKey, Webhook, WebhookChanges};
 use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
 pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut};
@@ -235,24 +235,29 @@ impl Store {
         })
     }
 
-    /// Replaces a webhook's fields (same id and organization).
-    /// Returns false if it no longer exists.
+    /// Applies `changes` to a webhook inside one transaction (read, change, write), so
+    /// concurrent updates of different fields all survive. Returns the updated webhook, or
+    /// `None` if it does not exist.
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
-    pub fn update_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
-        let webhook = webhook.clone();
+    pub fn update_webhook(
+        &self,
+        id: WebhookId,
+        changes: WebhookChanges,
+        now_ms: u64,
+    ) -> Result<Option<Webhook>, StoreError> {
         self.write(move |txn| {
-            let webhook = &webhook;
             let mut table = txn.open_table(WEBHOOKS)?;
-            if table.get(webhook.id.0)?.is_none() {
-                return Ok(false);
-            }
+            let Some(mut webhook) = get_webhook(&table, id)? else {
+                return Ok(None);
+            };
+            changes.apply(&mut webhook, now_ms);
             table.insert(
-                webhook.id.0,
-                encode(&WebhookRecord::from_domain(webhook)).as_slice(),
+                id.0,
+                encode(&WebhookRecord::from_domain(&webhook)).as_slice(),
             )?;
-            Ok(true)
+            Ok(Some(webhook))
         })
     }
 

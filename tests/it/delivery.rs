@@ -480,3 +480,91 @@ async fn second_redelivery_while_one_is_in_flight_is_409_and_sends_once() {
         "the refused redelivery sent nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2xx_whose_body_breaks_off_is_a_failed_attempt() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let url = support::raw_receiver(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial").await;
+    let webhook = daemon.create_webhook("org_a", &url, &["*"]).await;
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(0)))
+        .await;
+    let id = only_delivery(&daemon, &webhook).await;
+    let delivery = daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(10),
+            |b| b["attempt_count"] == 1,
+        )
+        .await;
+    assert_eq!(delivery["attempts"][0]["status_code"], 200);
+    assert_eq!(delivery["attempts"][0]["error"], "io");
+    assert_eq!(
+        delivery["status"], "retrying",
+        "the exchange did not complete: retry"
+    );
+}
+
+/// Regression: attempts waiting for the per-webhook slot used the webhook as it was before
+/// they waited, so a deleted, deactivated or re-pointed webhook still got them.
+#[tokio::test(flavor = "multi_thread")]
+async fn attempts_waiting_for_a_slot_see_webhook_changes_made_meanwhile() {
+    let flags = [
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "2s",
+        "--max-in-flight-per-webhook",
+        "1",
+    ];
+    let daemon = support::start(&flags);
+    let old = Receiver::start(Behaviour::Hang).await;
+    let new = Receiver::start(Behaviour::Status(200)).await;
+    let webhook = daemon.create_webhook("org_a", &old.url, &["*"]).await;
+    for mut event in spec_events().into_iter().skip(1) {
+        event["event_id"] = json!(format!(
+            "evt_wait_{}",
+            event["event_type"].as_str().unwrap()
+        ));
+        daemon.call("POST", "/api/events", Some(event)).await;
+    }
+    old.wait_for(1, Duration::from_secs(10)).await;
+    let (status, _) = daemon
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{webhook}"),
+            Some(json!({"url": new.url})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    new.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        old.received().len(),
+        1,
+        "only the attempt already in flight went to the old URL"
+    );
+    assert_eq!(new.received().len(), 2);
+}
+
+/// Regression: concurrent PATCHes of different fields each rewrote the whole record, so all
+/// but one change was lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_patches_of_different_fields_all_survive() {
+    let daemon = support::start(&["--allow-http"]);
+    let webhook = daemon
+        .create_webhook("org_a", "http://127.0.0.1:9/hook", &["*"])
+        .await;
+    let path = format!("/api/webhooks/{webhook}");
+    let (a, b, c) = tokio::join!(
+        daemon.call("PATCH", &path, Some(json!({"active": false}))),
+        daemon.call("PATCH", &path, Some(json!({"description": "d"}))),
+        daemon.call("PATCH", &path, Some(json!({"events": ["ticket.created"]}))),
+    );
+    assert_eq!((a.0, b.0, c.0), (200, 200, 200));
+    let (_, got) = daemon.call("GET", &path, None).await;
+    assert_eq!(got["active"], false);
+    assert_eq!(got["description"], "d");
+    assert_eq!(got["events"], json!(["ticket.created"]));
+}

@@ -274,6 +274,11 @@ async fn bad_input_gets_the_documented_json_error_and_stores_nothing() {
         (status, body["error"]["code"].as_str()),
         (405, Some("method_not_allowed"))
     );
+    let (status, body) = daemon.call("GET", "/api/webhooks/%FF", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (status, body) = daemon.call("GET", "/api/webhooks?limit=9999", None).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

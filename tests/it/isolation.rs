@@ -120,6 +120,15 @@ async fn organization_key_cannot_touch_another_organization() {
             (401, Some("unauthorized"))
         );
     }
+    // The scheme is case-insensitive (RFC 7235).
+    let (status, _) = daemon
+        .raw("GET", "/api/webhooks", None, None, Vec::new())
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = daemon
+        .raw_with_header("GET", "/api/webhooks", &format!("bearer {key_a}"))
+        .await;
+    assert_eq!(status, 200);
     // A deleted key stops working.
     let (_, keys) = daemon.call("GET", "/api/keys", None).await;
     assert!(

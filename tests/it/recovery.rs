@@ -124,3 +124,24 @@ async fn sigterm_finishes_the_attempt_in_flight_logs_it_and_exits_0() {
         .await;
     assert_eq!(full["attempts"][0]["error"], "timeout");
 }
+
+/// Regression: SIGTERM waited without limit for a client that never finished its request.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_stuck_client_request_still_exits_within_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut daemon = support::start(&["--shutdown-timeout", "1s"]);
+    let mut stuck = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    stuck
+        .write_all(b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(daemon.terminate(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}

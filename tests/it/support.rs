@@ -184,6 +184,27 @@ impl Daemon {
         )
     }
 
+    /// A GET with a literal `Authorization` header value.
+    pub async fn raw_with_header(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: &str,
+    ) -> (u16, Bytes) {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("authorization", authorization)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+
     /// A JSON request with the given token.
     pub async fn call_as(
         &self,
@@ -319,7 +340,11 @@ impl Body for EndlessBody {
     }
 }
 
-type AnyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn never(e: Infallible) -> std::io::Error {
+    match e {}
+}
 
 impl Receiver {
     pub async fn start(behaviour: Behaviour) -> Receiver {
@@ -403,7 +428,7 @@ async fn handle(
     let full = |status: u16, text: &'static str| {
         Response::builder()
             .status(status)
-            .body(Full::new(Bytes::from(text)).boxed())
+            .body(Full::new(Bytes::from(text)).map_err(never).boxed())
             .unwrap()
     };
     Ok(match behaviour {
@@ -421,11 +446,11 @@ async fn handle(
         Behaviour::Redirect => Response::builder()
             .status(302)
             .header("location", "/moved")
-            .body(Full::new(Bytes::new()).boxed())
+            .body(Full::new(Bytes::new()).map_err(never).boxed())
             .unwrap(),
         Behaviour::Endless => Response::builder()
             .status(200)
-            .body(EndlessBody { remaining: 1 << 30 }.boxed())
+            .body(EndlessBody { remaining: 1 << 30 }.map_err(never).boxed())
             .unwrap(),
     })
 }
@@ -477,4 +502,23 @@ pub fn python_verifies(requests: &[Received], secret: &str) -> bool {
         .output()
         .expect("python3 must be installed");
     String::from_utf8_lossy(&output.stdout).contains("VERIFIED") && output.status.success()
+}
+
+/// A receiver that answers every connection with `reply` written verbatim, then closes it:
+/// for responses no well-behaved HTTP server would send. Returns its URL.
+pub async fn raw_receiver(reply: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
 }
