@@ -109,7 +109,7 @@ async fn cli_manages_webhooks_sends_events_and_redelivers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn example_receiver_verifies_and_deduplicates_real_deliveries() {
     let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
-    let mut python = Command::new("python3")
+    let mut python = KillOnDrop(Command::new("python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/examples/receiver.py"),
             "--port",
@@ -119,9 +119,9 @@ async fn example_receiver_verifies_and_deduplicates_real_deliveries() {
         ])
         .stdout(Stdio::piped())
         .spawn()
-        .expect("python3");
+        .expect("python3"));
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = python.stdout.take().unwrap();
+    let stdout = python.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -169,6 +169,14 @@ async fn example_receiver_verifies_and_deduplicates_real_deliveries() {
         line.starts_with("duplicate ticket.created evt_py") && line.contains("attempt=2"),
         "{line}"
     );
-    python.kill().ok();
-    python.wait().ok();
+}
+
+/// Ends a child process when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
