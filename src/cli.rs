@@ -670,7 +670,7 @@ fn print_human(value: &Value, columns: &[&str]) {
     match value {
         Value::Null => println!("done"),
         Value::Array(rows) => print_table(rows, columns),
-        Value::Object(map) if map.contains_key("data") && map["data"].is_array() => {
+        Value::Object(map) if map.get("data").is_some_and(Value::is_array) => {
             print_table(
                 map["data"].as_array().map_or(&[][..], Vec::as_slice),
                 columns,
@@ -680,26 +680,44 @@ fn print_human(value: &Value, columns: &[&str]) {
             }
         }
         Value::Object(map) => {
-            for (key, v) in map {
-                match (key.as_str(), v) {
-                    ("attempts", Value::Array(rows)) => {
-                        println!("attempts:");
-                        print_table(rows, ATTEMPT_COLUMNS);
-                    }
-                    ("deliveries", Value::Array(rows)) => {
-                        println!("deliveries:");
-                        print_table(rows, &["id", "webhook_id", "status"]);
-                    }
-                    (_, Value::Object(_)) => {
-                        println!("{key}: {}", serde_json::to_string(v).unwrap_or_default())
-                    }
-                    _ => println!("{key}: {}", cell(v)),
-                }
-            }
+            print_object(map, "");
             if map.contains_key("secret") || map.contains_key("key") {
                 println!("\nStore this secret now: it is shown only once.");
             }
         }
         other => println!("{other}"),
+    }
+}
+
+/// Prints an object's scalar fields as `key: value` lines first, then its nested objects
+/// (indented) and lists of objects (as tables).
+fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
+    for (key, v) in map {
+        match v {
+            Value::Object(_) => {}
+            Value::Array(rows) if rows.first().is_some_and(Value::is_object) => {}
+            _ if key == "data" => println!("{indent}{key}: {v}"),
+            _ => println!("{indent}{key}: {}", cell(v)),
+        }
+    }
+    for (key, v) in map {
+        match v {
+            Value::Object(inner) if key == "data" => {
+                println!("{indent}{key}: {}", Value::Object(inner.clone()))
+            }
+            Value::Object(inner) => {
+                println!("{indent}{key}:");
+                print_object(inner, &format!("{indent}  "));
+            }
+            Value::Array(rows) if rows.first().is_some_and(Value::is_object) => {
+                println!("{indent}{key}:");
+                let columns = match key.as_str() {
+                    "attempts" => ATTEMPT_COLUMNS,
+                    _ => &["id", "webhook_id", "status"][..],
+                };
+                print_table(rows, columns);
+            }
+            _ => {}
+        }
     }
 }

@@ -26,7 +26,7 @@ pub enum LogFormat {
 /// Every field is optional so the config file and defaults can fill the gaps.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// TOML config file (keys as in packaging/config.toml).
+    /// TOML config file; packaging/config.toml lists every key with its default.
     #[arg(long, env = "PALO_WEBHOOKS_CONFIG")]
     pub config: Option<PathBuf>,
     /// The redb database file [default: ./palo-webhooks.redb].
@@ -312,6 +312,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("typo_key"));
+    }
+
+    #[test]
+    fn shipped_config_file_sets_every_key_to_its_default() {
+        let file: FileConfig = toml::from_str(include_str!("../packaging/config.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, include_str!("../packaging/config.toml")).unwrap();
+        let config = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .into_config()
+        .unwrap();
+        let defaults = Config::default();
+        assert!(
+            file.listen.is_some() && file.max_in_flight_per_webhook.is_some() && file.log.is_some()
+        );
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.retry_schedule, defaults.retry_schedule);
+        assert_eq!(config.attempt_timeout, defaults.attempt_timeout);
+        assert_eq!(config.max_body_bytes, defaults.max_body_bytes);
+        assert_eq!(config.max_in_flight, defaults.max_in_flight);
+        assert_eq!(
+            config.max_in_flight_per_webhook,
+            defaults.max_in_flight_per_webhook
+        );
+        assert_eq!(config.shutdown_timeout, defaults.shutdown_timeout);
+        assert_eq!(config.log_format, defaults.log_format);
+        assert_eq!(config.log_filter, defaults.log_filter);
+        assert_eq!(config.allow_http, defaults.allow_http);
     }
 
     #[test]

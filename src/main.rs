@@ -38,9 +38,12 @@ fn main() -> ExitCode {
 
 fn init_logs(config: &Config) -> Result<()> {
     let filter = EnvFilter::try_new(&config.log_filter).context("invalid log filter")?;
+    // Colours only for a terminal: the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -109,17 +109,19 @@ async fn cli_manages_webhooks_sends_events_and_redelivers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn example_receiver_verifies_and_deduplicates_real_deliveries() {
     let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
-    let mut python = KillOnDrop(Command::new("python3")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/receiver.py"),
-            "--port",
-            "0",
-            "--secret",
-            support::SECRET,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3"));
+    let mut python = KillOnDrop(
+        Command::new("python3")
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/examples/receiver.py"),
+                "--port",
+                "0",
+                "--secret",
+                support::SECRET,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = python.0.stdout.take().unwrap();
     std::thread::spawn(move || {

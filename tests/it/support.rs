@@ -455,25 +455,30 @@ async fn handle(
     })
 }
 
-/// The spec's Python `verify_signature`, read from the spec when it is reachable
-/// (../shared/spec beside the repository), else from the verbatim copy in tests/fixtures.
+fn python_block(spec: &str) -> String {
+    let start = spec.find("```python\n").expect("spec has a python block") + "```python\n".len();
+    let end = start + spec[start..].find("```").unwrap();
+    spec[start..end].to_owned()
+}
+
+/// The spec's Python `verify_signature`, taken from the spec's copy in docs/. When the
+/// product's master copy (../shared/spec beside the repository) is reachable, the copy in
+/// docs/ must hold the same function, so a spec change cannot go unnoticed.
 pub fn spec_verify_signature_code() -> String {
-    let fixture = include_str!("../fixtures/verify_signature.py").to_owned();
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/webhooks-spec.fr.md");
-    match std::fs::read_to_string(spec) {
-        Ok(text) => {
-            let start =
-                text.find("```python\n").expect("spec has a python block") + "```python\n".len();
-            let end = start + text[start..].find("```").unwrap();
-            let code = text[start..end].to_owned();
-            assert_eq!(
-                code, fixture,
-                "tests/fixtures/verify_signature.py must be the spec's code, unchanged"
-            );
-            code
-        }
-        Err(_) => fixture,
+    let code = python_block(include_str!("../../docs/webhooks-spec.fr.md"));
+    assert!(
+        include_str!("../../examples/receiver.py").contains(&code[code.find("def ").unwrap()..]),
+        "examples/receiver.py must carry the spec's verify_signature unchanged"
+    );
+    let master = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/webhooks-spec.fr.md");
+    if let Ok(text) = std::fs::read_to_string(master) {
+        assert_eq!(
+            python_block(&text),
+            code,
+            "docs/webhooks-spec.fr.md is behind the product spec"
+        );
     }
+    code
 }
 
 /// Runs the spec's `verify_signature` in python3 on each (body, signature) with `secret`.
