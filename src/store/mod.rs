@@ -366,3 +366,16 @@ where
         .await
         .map_err(|_| StoreError::Interrupted)?
 }
+
+/// Encodes a delivery as a stored record and decodes it back: the codec cost per delivery,
+/// for the micro-benchmark (`benches/micro.rs`).
+///
+/// # Errors
+/// [`StoreError::Corrupt`] if the record does not decode (a codec bug).
+#[doc(hidden)]
+pub fn roundtrip_delivery_record(
+    delivery: &crate::model::Delivery,
+) -> Result<crate::model::Delivery, StoreError> {
+    let bytes = encode(&records::DeliveryRecord::from_domain(delivery));
+    decode::<records::DeliveryRecord>("deliveries", &bytes)?.into_domain(delivery.id)
+}
