@@ -37,6 +37,9 @@ const RECHECK_MS: u64 = 1_000;
 /// While its webhook is inactive, a due delivery is postponed by this much (60 s).
 const INACTIVE_POSTPONE_MS: u64 = 60_000;
 
+/// A per-webhook and a global in-flight permit, released when dropped.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
 /// Scheduler limits.
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
@@ -70,6 +73,9 @@ pub enum AttemptNowError {
 struct Wheel {
     entries: BTreeSet<(u64, DeliveryId)>,
     cursor: Option<(u64, DeliveryId)>,
+    /// The index holds entries within the horizon that are not loaded (the last load hit the
+    /// capacity, or a hint did not fit): load again as soon as there is room.
+    behind: bool,
 }
 
 struct Inner {
@@ -129,6 +135,7 @@ impl Scheduler {
                 wheel: Mutex::new(Wheel {
                     entries: BTreeSet::new(),
                     cursor: None,
+                    behind: false,
                 }),
                 wake: Notify::new(),
                 in_flight: Mutex::new(HashSet::new()),
@@ -143,15 +150,25 @@ impl Scheduler {
     /// Runs the loader and dispatcher until shutdown. Spawn it once.
     pub async fn run(self) {
         let inner = &self.inner;
+        let mut next_refill_ms = 0;
         loop {
             let now = clock::now_ms();
-            let refill = Arc::clone(inner);
-            match tokio::task::spawn_blocking(move || refill.refill(now)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not read the retry index; will try again")
+            // New writes reach the wheel as hints, so the index is read only when the horizon
+            // moves on (every REFILL_INTERVAL_MS) or when the wheel fell behind it.
+            let behind = {
+                let wheel = lock(&inner.wheel);
+                wheel.behind && wheel.entries.len() < inner.settings.wheel_capacity / 2
+            };
+            if now >= next_refill_ms || behind {
+                next_refill_ms = now + REFILL_INTERVAL_MS;
+                let refill = Arc::clone(inner);
+                match tokio::task::spawn_blocking(move || refill.refill(now)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not read the retry index; will try again")
+                    }
+                    Err(e) => tracing::error!(error = %e, "retry index loader panicked"),
                 }
-                Err(e) => tracing::error!(error = %e, "retry index loader panicked"),
             }
             let (due, next_wake) = {
                 let mut wheel = lock(&inner.wheel);
@@ -249,6 +266,7 @@ impl Inner {
         }
         if wheel.entries.len() >= self.settings.wheel_capacity * 2 {
             wheel.cursor = Some(predecessor(key));
+            wheel.behind = true;
             return;
         }
         let earliest = wheel.entries.first().is_none_or(|first| key < *first);
@@ -270,8 +288,9 @@ impl Inner {
         }
         let horizon_end = now_ms + HORIZON_MS;
         let loaded = self.store.due_entries(wheel.cursor, horizon_end, room)?;
+        wheel.behind = loaded.len() == room;
         let new_cursor = match loaded.last() {
-            Some(last) if loaded.len() == room => *last,
+            Some(last) if wheel.behind => *last,
             _ => (horizon_end - 1, DeliveryId(u128::MAX)),
         };
         wheel.entries.extend(loaded);
@@ -281,18 +300,21 @@ impl Inner {
 
     async fn run_scheduled(self: Arc<Self>, claim: Claim) {
         let id = claim.id;
-        // The first read names the webhook whose in-flight limit applies. The delivery and its
-        // webhook are read again once the permits are held: while waiting, the webhook may have
-        // been deleted, deactivated or pointed elsewhere, and the attempt must see that.
-        let Some(context) = self.load_due(id).await else {
+        // The first read names the webhook whose in-flight limit applies. If getting a permit
+        // meant waiting, the delivery and its webhook are read again: meanwhile the webhook may
+        // have been deleted, deactivated or pointed elsewhere, and the attempt must see that.
+        let Some(mut context) = self.load_due(id).await else {
             return;
         };
-        let Some(_permits) = self.permits(context.delivery.webhook_id).await else {
+        let Some((_permits, waited)) = self.permits(context.delivery.webhook_id).await else {
             return;
         };
-        let Some(context) = self.load_due(id).await else {
-            return;
-        };
+        if waited {
+            let Some(fresh) = self.load_due(id).await else {
+                return;
+            };
+            context = fresh;
+        }
         if let Err(e) = Arc::clone(&self)
             .attempt(claim, context, Trigger::Scheduled)
             .await
@@ -335,11 +357,9 @@ impl Inner {
         Some(context)
     }
 
-    /// Waits for a per-webhook then a global in-flight permit, or shutdown (`None`).
-    async fn permits(
-        &self,
-        webhook_id: WebhookId,
-    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    /// A per-webhook then a global in-flight permit, and whether getting them meant waiting;
+    /// `None` on shutdown.
+    async fn permits(&self, webhook_id: WebhookId) -> Option<(Permits, bool)> {
         let per_webhook = {
             let mut map = lock(&self.per_webhook);
             let limit = self.settings.max_in_flight_per_webhook.max(1);
@@ -348,11 +368,18 @@ impl Inner {
                     .or_insert_with(|| Arc::new(Semaphore::new(limit))),
             )
         };
+        let now = (
+            Arc::clone(&per_webhook).try_acquire_owned(),
+            Arc::clone(&self.global).try_acquire_owned(),
+        );
+        if let (Ok(own), Ok(global)) = now {
+            return Some(((own, global), false));
+        }
         tokio::select! {
             permits = async {
                 let own = per_webhook.acquire_owned().await.ok()?;
                 let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
-                Some((own, global))
+                Some(((own, global), true))
             } => permits,
             () = self.shutdown.cancelled() => None,
         }

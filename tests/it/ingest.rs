@@ -342,3 +342,58 @@ async fn webhook_secret_is_shown_once_and_lists_paginate() {
     assert_eq!(ids[0], id);
     assert!(!fetched.to_string().contains(&secret));
 }
+
+/// An answer is never sent before its commit: when the disk is full (the daemon may not
+/// grow its db file), ingest answers 503 `store_unavailable`, and every event answered 202
+/// before is there while the refused one is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_answers_503_and_keeps_every_accepted_event() {
+    let daemon =
+        support::start_with_file_limit(3 * 1024, &["--allow-http", "--retry-schedule", "1h"]);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    let big_title = "x".repeat(8 * 1024);
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..2000 {
+        let id = format!("evt_full_{i}");
+        let (status, body) = daemon
+            .call("POST", "/api/events", Some(created(&id, &big_title)))
+            .await;
+        match status {
+            202 => accepted.push(id),
+            503 => {
+                assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+                refused = Some(id);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let refused = refused.expect("the file-size limit must make a commit fail");
+    assert!(!accepted.is_empty());
+    let (status, _) = daemon.call("GET", "/healthz", None).await;
+    assert_eq!(status, 200, "the daemon stays up");
+    let (status, body) = daemon
+        .call("GET", &format!("/api/events/{refused}"), None)
+        .await;
+    assert!(
+        status == 404 || status == 503,
+        "the refused event must not exist: {status} {body}"
+    );
+    // After a restart without the limit, every accepted event is there and the refused one is not.
+    let mut daemon = daemon;
+    daemon.kill9(); // `daemon` keeps owning the temp dir.
+    let restarted = support::start_in(&daemon.dir, &["--allow-http", "--retry-schedule", "1h"]);
+    for id in &accepted {
+        let (status, body) = restarted
+            .call("GET", &format!("/api/events/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{id} was answered 202 and must exist: {body}");
+        assert_eq!(body["deliveries"].as_array().unwrap().len(), 1);
+    }
+    let (status, _) = restarted
+        .call("GET", &format!("/api/events/{refused}"), None)
+        .await;
+    assert_eq!(status, 404, "an event answered 503 was not written");
+}

@@ -45,18 +45,51 @@ pub fn start(extra: &[&str]) -> Daemon {
 
 /// Starts the daemon on the db in `dir` (kept by the caller), e.g. to restart after a crash.
 pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
+    launch(dir, extra, None)
+}
+
+/// Starts the daemon with a fresh temp db whose process may not write files larger than
+/// `limit_kib` KiB (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with EFBIG instead):
+/// a full disk, for one process.
+pub fn start_with_file_limit(limit_kib: u64, extra: &[&str]) -> Daemon {
+    let tempdir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = launch(tempdir.path(), extra, Some(limit_kib));
+    daemon._tempdir = Some(tempdir);
+    daemon
+}
+
+fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>) -> Daemon {
     let db = dir.join("palo.redb");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
-        .args([
-            "serve",
-            "--db",
-            db.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--log",
-            "debug",
-        ])
-        .args(extra)
+    let binary = env!("CARGO_BIN_EXE_palo-webhooks");
+    let mut args: Vec<String> = [
+        "serve",
+        "--db",
+        db.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "debug",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut command = match file_limit_kib {
+        None => Command::new(binary),
+        Some(kib) => {
+            // `ulimit -f` counts 512-byte blocks in POSIX sh.
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                "trap '' XFSZ; ulimit -f \"$0\" && exec \"$@\"",
+                &(kib * 2).to_string(),
+                binary,
+            ]);
+            sh
+        }
+    };
+    let mut child = command
+        .args(&args)
         .env("PALO_WEBHOOKS_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
