@@ -9,6 +9,7 @@
 use std::future::{Future, IntoFuture};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -111,6 +112,7 @@ pub async fn run(
             source,
         })?;
     let store = Arc::new(store);
+    let stats_store = Arc::clone(&store);
     let pending = store.pending_count().unwrap_or(0);
     tracing::info!(db = %config.db_path.display(), pending, "store open");
 
@@ -178,6 +180,17 @@ pub async fn run(
             "shutdown timeout reached; unfinished attempts stay scheduled and resume after restart"
         );
     }
-    tracing::info!("stopped");
+    let stats = stats_store.commit_stats();
+    let (batches, writes) = (
+        stats.batches.load(Ordering::Relaxed),
+        stats.jobs.load(Ordering::Relaxed),
+    );
+    tracing::info!(
+        transactions = batches,
+        writes,
+        mean_batch = format!("{:.1}", writes as f64 / batches.max(1) as f64),
+        max_batch = stats.max_batch.load(Ordering::Relaxed),
+        "stopped; group commit totals"
+    );
     served.map_err(RunError::Serve)
 }
