@@ -101,6 +101,26 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// `--limit` and `--cursor` of list commands.
+#[derive(Debug, Clone, Args)]
+pub struct PageArgs {
+    /// Page size (1-500).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Cursor from a previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+impl PageArgs {
+    fn pairs(self) -> [(&'static str, Option<String>); 2] {
+        [
+            ("limit", self.limit.map(|l| l.to_string())),
+            ("cursor", self.cursor),
+        ]
+    }
+}
+
 /// `webhooks` actions.
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
@@ -130,12 +150,9 @@ pub enum WebhookCommand {
         /// Only this organization (admin).
         #[arg(long)]
         organization_id: Option<String>,
-        /// Page size (1-500).
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Cursor from a previous page.
-        #[arg(long)]
-        cursor: Option<String>,
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show one webhook.
     Get {
@@ -199,12 +216,9 @@ pub enum EventCommand {
         /// Only this organization (admin).
         #[arg(long)]
         organization_id: Option<String>,
-        /// Page size (1-500).
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Cursor from a previous page.
-        #[arg(long)]
-        cursor: Option<String>,
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
     },
 }
 
@@ -219,12 +233,9 @@ pub enum DeliveryCommand {
         /// Only this status (pending, retrying, succeeded, failed, cancelled).
         #[arg(long)]
         status: Option<String>,
-        /// Page size (1-500).
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Cursor from a previous page.
-        #[arg(long)]
-        cursor: Option<String>,
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show a delivery and every attempt.
     Get {
@@ -337,10 +348,10 @@ impl ApiClient {
     }
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+fn query<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<String>)>) -> String {
     let parts: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode_component(v))))
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode_component(&v))))
         .collect();
     if parts.is_empty() {
         String::new()
@@ -448,17 +459,16 @@ fn webhook_request(action: WebhookCommand) -> Result<Request> {
         }
         WebhookCommand::List {
             organization_id,
-            limit,
-            cursor,
+            page,
         } => (
             "GET",
             format!(
                 "/api/webhooks{}",
-                query(&[
-                    ("organization_id", organization_id),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("cursor", cursor)
-                ])
+                query(
+                    [("organization_id", organization_id),]
+                        .into_iter()
+                        .chain(page.pairs())
+                )
             ),
             None,
         ),
@@ -537,7 +547,7 @@ fn event_request(action: EventCommand) -> Result<Request> {
             path: format!(
                 "/api/events/{}{}",
                 encode_component(&event_id),
-                query(&[("organization_id", organization_id)])
+                query([("organization_id", organization_id)])
             ),
             body: None,
             columns: EVENT_COLUMNS,
@@ -545,18 +555,16 @@ fn event_request(action: EventCommand) -> Result<Request> {
         EventCommand::List {
             event_type,
             organization_id,
-            limit,
-            cursor,
+            page,
         } => Request {
             method: "GET",
             path: format!(
                 "/api/events{}",
-                query(&[
-                    ("type", event_type),
-                    ("organization_id", organization_id),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("cursor", cursor)
-                ])
+                query(
+                    [("type", event_type), ("organization_id", organization_id),]
+                        .into_iter()
+                        .chain(page.pairs())
+                )
             ),
             body: None,
             columns: EVENT_COLUMNS,
@@ -569,18 +577,13 @@ fn delivery_request(action: DeliveryCommand) -> Request {
         DeliveryCommand::List {
             webhook,
             status,
-            limit,
-            cursor,
+            page,
         } => (
             "GET",
             format!(
                 "/api/webhooks/{}/deliveries{}",
                 encode_component(&webhook),
-                query(&[
-                    ("status", status),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("cursor", cursor)
-                ])
+                query([("status", status),].into_iter().chain(page.pairs()))
             ),
         ),
         DeliveryCommand::Get { id } => {

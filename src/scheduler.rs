@@ -205,13 +205,7 @@ impl Scheduler {
     /// # Errors
     /// [`AttemptNowError`]: already in flight (409), not found, webhook gone/inactive, store.
     pub async fn redeliver(&self, id: DeliveryId) -> Result<(Delivery, Attempt), AttemptNowError> {
-        let claim = self.inner.claim(id).ok_or(AttemptNowError::InFlight)?;
-        let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
-            .await?
-            .ok_or(AttemptNowError::NotFound)?;
-        Arc::clone(&self.inner)
-            .attempt(claim, context, Trigger::Manual)
-            .await
+        self.attempt_claimed(id, Trigger::Manual).await
     }
 
     /// Makes the first attempt of a just-accepted delivery now, as a scheduled attempt (used
@@ -224,12 +218,20 @@ impl Scheduler {
         &self,
         id: DeliveryId,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
+        self.attempt_claimed(id, Trigger::Scheduled).await
+    }
+
+    async fn attempt_claimed(
+        &self,
+        id: DeliveryId,
+        trigger: Trigger,
+    ) -> Result<(Delivery, Attempt), AttemptNowError> {
         let claim = self.inner.claim(id).ok_or(AttemptNowError::InFlight)?;
         let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
             .await?
             .ok_or(AttemptNowError::NotFound)?;
         Arc::clone(&self.inner)
-            .attempt(claim, context, Trigger::Scheduled)
+            .attempt(claim, context, trigger)
             .await
     }
 

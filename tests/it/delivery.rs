@@ -149,6 +149,21 @@ async fn only_delivery(daemon: &support::Daemon, webhook: &str) -> String {
     body["data"][0]["id"].as_str().unwrap().to_owned()
 }
 
+/// Creates a webhook of org_a at `url`, ingests `event`, and returns the one delivery (with
+/// its attempts) once its first attempt is logged.
+async fn after_first_attempt(daemon: &support::Daemon, url: &str, event: Value) -> Value {
+    let webhook = daemon.create_webhook("org_a", url, &["*"]).await;
+    daemon.call("POST", "/api/events", Some(event)).await;
+    let id = only_delivery(daemon, &webhook).await;
+    daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(10),
+            |b| b["attempt_count"] == 1,
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_attempt_is_retried_at_the_configured_offset_then_succeeds() {
     let daemon = support::start(&[
@@ -283,18 +298,7 @@ async fn hanging_receiver_is_logged_as_timeout() {
         "1s",
     ]);
     let receiver = Receiver::start(Behaviour::Hang).await;
-    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
-    daemon
-        .call("POST", "/api/events", Some(spec_events().remove(2)))
-        .await;
-    let id = only_delivery(&daemon, &webhook).await;
-    let delivery = daemon
-        .wait_until(
-            &format!("/api/deliveries/{id}"),
-            Duration::from_secs(10),
-            |b| b["attempt_count"] == 1,
-        )
-        .await;
+    let delivery = after_first_attempt(&daemon, &receiver.url, spec_events().remove(2)).await;
     let attempt = &delivery["attempts"][0];
     assert_eq!(attempt["error"], "timeout");
     assert_eq!(attempt["status_code"], Value::Null);
@@ -307,18 +311,7 @@ async fn hanging_receiver_is_logged_as_timeout() {
 async fn redirect_is_a_failed_attempt_and_is_not_followed() {
     let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
     let receiver = Receiver::start(Behaviour::Redirect).await;
-    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
-    daemon
-        .call("POST", "/api/events", Some(spec_events().remove(3)))
-        .await;
-    let id = only_delivery(&daemon, &webhook).await;
-    let delivery = daemon
-        .wait_until(
-            &format!("/api/deliveries/{id}"),
-            Duration::from_secs(10),
-            |b| b["attempt_count"] == 1,
-        )
-        .await;
+    let delivery = after_first_attempt(&daemon, &receiver.url, spec_events().remove(3)).await;
     assert_eq!(delivery["attempts"][0]["status_code"], 302);
     assert_eq!(delivery["status"], "retrying");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -485,18 +478,7 @@ async fn second_redelivery_while_one_is_in_flight_is_409_and_sends_once() {
 async fn a_2xx_whose_body_breaks_off_is_a_failed_attempt() {
     let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
     let url = support::raw_receiver(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial").await;
-    let webhook = daemon.create_webhook("org_a", &url, &["*"]).await;
-    daemon
-        .call("POST", "/api/events", Some(spec_events().remove(0)))
-        .await;
-    let id = only_delivery(&daemon, &webhook).await;
-    let delivery = daemon
-        .wait_until(
-            &format!("/api/deliveries/{id}"),
-            Duration::from_secs(10),
-            |b| b["attempt_count"] == 1,
-        )
-        .await;
+    let delivery = after_first_attempt(&daemon, &url, spec_events().remove(0)).await;
     assert_eq!(delivery["attempts"][0]["status_code"], 200);
     assert_eq!(delivery["attempts"][0]["error"], "io");
     assert_eq!(

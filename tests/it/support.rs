@@ -196,41 +196,50 @@ impl Daemon {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> (u16, Bytes) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.addr, path));
+        let mut headers = Vec::new();
         if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
+            headers.push(("authorization", format!("Bearer {token}")));
         }
         if let Some(ct) = content_type {
-            request = request.header("content-type", ct);
+            headers.push(("content-type", ct.to_owned()));
         }
-        let response = self
-            .client
-            .request(request.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (
-            status,
-            response.into_body().collect().await.unwrap().to_bytes(),
-        )
+        self.send(method, path, &headers, body).await
     }
 
-    /// A GET with a literal `Authorization` header value.
+    /// A request with a literal `Authorization` header value and no body.
     pub async fn raw_with_header(
         &self,
         method: &str,
         path: &str,
         authorization: &str,
     ) -> (u16, Bytes) {
-        let request = Request::builder()
+        self.send(
+            method,
+            path,
+            &[("authorization", authorization.to_owned())],
+            Vec::new(),
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> (u16, Bytes) {
+        let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{}{}", self.addr, path))
-            .header("authorization", authorization)
-            .body(Full::new(Bytes::new()))
+            .uri(format!("http://{}{}", self.addr, path));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::from(body))).unwrap())
+            .await
             .unwrap();
-        let response = self.client.request(request).await.unwrap();
         let status = response.status().as_u16();
         (
             status,
