@@ -96,52 +96,12 @@ impl Store {
                     _ => AcceptOutcome::Conflict,
                 });
             }
-            let targets = fan_out_targets(txn, prepared, fan_out)?;
-            let key = EventKey::generate();
-            let deliveries: Vec<Delivery> = targets
+            let targets: Vec<WebhookId> = fan_out_targets(txn, prepared, fan_out)?
                 .iter()
-                .map(|webhook| Delivery {
-                    id: DeliveryId::generate(),
-                    organization_id: org.to_owned(),
-                    webhook_id: webhook.id,
-                    event_key: key,
-                    event_id: prepared.event_id.clone(),
-                    event_type: prepared.event_type,
-                    status: DeliveryStatus::Pending,
-                    attempt_count: 0,
-                    scheduled_attempts: 0,
-                    next_attempt_at_ms: Some(first_due_ms),
-                    created_at_ms: now_ms,
-                    updated_at_ms: now_ms,
-                })
+                .map(|w| w.id)
                 .collect();
-            let event = Event {
-                key,
-                event_id: prepared.event_id.clone(),
-                event_type: prepared.event_type,
-                timestamp: prepared.timestamp.clone(),
-                organization_id: org.to_owned(),
-                received_at_ms: now_ms,
-                body: prepared.body.clone(),
-                content_hash: prepared.content_hash,
-                delivery_ids: deliveries.iter().map(|d| d.id).collect(),
-            };
-            txn.open_table(EVENTS)?
-                .insert(key.0, encode(&EventRecord::from_domain(&event)).as_slice())?;
-            txn.open_table(ORG_EVENTS)?.insert((org, key.0), ())?;
-            txn.open_table(EVENT_IDS)?
-                .insert((prepared.event_id.as_str(), org), key.0)?;
-            let mut table = txn.open_table(DELIVERIES)?;
-            let mut by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
-            let mut index = txn.open_table(RETRY_INDEX)?;
-            for delivery in &deliveries {
-                table.insert(
-                    delivery.id.0,
-                    encode(&DeliveryRecord::from_domain(delivery)).as_slice(),
-                )?;
-                by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
-                index.insert((first_due_ms, delivery.id.0), ())?;
-            }
+            let (event, deliveries) =
+                store_new_event(txn, prepared, &targets, now_ms, first_due_ms)?;
             Ok(AcceptOutcome::Accepted { event, deliveries })
         })
     }
@@ -479,6 +439,64 @@ impl Store {
     }
 }
 
+/// Writes a new event, one delivery per target webhook and their retry-index entries (due at
+/// `first_due_ms`) into `txn`. The caller has checked idempotency.
+fn store_new_event(
+    txn: &WriteTransaction,
+    prepared: &PreparedEvent,
+    targets: &[WebhookId],
+    now_ms: u64,
+    first_due_ms: u64,
+) -> Result<(Event, Vec<Delivery>), StoreError> {
+    let org = prepared.organization_id.as_str();
+    let key = EventKey::generate();
+    let deliveries: Vec<Delivery> = targets
+        .iter()
+        .map(|webhook_id| Delivery {
+            id: DeliveryId::generate(),
+            organization_id: org.to_owned(),
+            webhook_id: *webhook_id,
+            event_key: key,
+            event_id: prepared.event_id.clone(),
+            event_type: prepared.event_type,
+            status: DeliveryStatus::Pending,
+            attempt_count: 0,
+            scheduled_attempts: 0,
+            next_attempt_at_ms: Some(first_due_ms),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        })
+        .collect();
+    let event = Event {
+        key,
+        event_id: prepared.event_id.clone(),
+        event_type: prepared.event_type,
+        timestamp: prepared.timestamp.clone(),
+        organization_id: org.to_owned(),
+        received_at_ms: now_ms,
+        body: prepared.body.clone(),
+        content_hash: prepared.content_hash,
+        delivery_ids: deliveries.iter().map(|d| d.id).collect(),
+    };
+    txn.open_table(EVENTS)?
+        .insert(key.0, encode(&EventRecord::from_domain(&event)).as_slice())?;
+    txn.open_table(ORG_EVENTS)?.insert((org, key.0), ())?;
+    txn.open_table(EVENT_IDS)?
+        .insert((prepared.event_id.as_str(), org), key.0)?;
+    let mut table = txn.open_table(DELIVERIES)?;
+    let mut by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
+    let mut index = txn.open_table(RETRY_INDEX)?;
+    for delivery in &deliveries {
+        table.insert(
+            delivery.id.0,
+            encode(&DeliveryRecord::from_domain(delivery)).as_slice(),
+        )?;
+        by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
+        index.insert((first_due_ms, delivery.id.0), ())?;
+    }
+    Ok((event, deliveries))
+}
+
 fn fan_out_targets(
     txn: &WriteTransaction,
     prepared: &PreparedEvent,
@@ -553,6 +571,28 @@ fn load_delivery(
 }
 
 impl Store {
+    /// Stores prepared events, each with one delivery to `webhook` due at `due_ms`, in one
+    /// durable transaction, without the idempotency check or fan-out: a bulk loader for
+    /// benchmarks that need a large backlog (`benches/e2e`), not for production paths.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    #[doc(hidden)]
+    pub fn bulk_load(
+        &self,
+        events: Vec<PreparedEvent>,
+        webhook: WebhookId,
+        now_ms: u64,
+        due_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            for prepared in &events {
+                store_new_event(txn, prepared, &[webhook], now_ms, due_ms)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Moves a due, unfinished delivery's next attempt to `to_ms` without logging an attempt
     /// (used while its webhook is inactive). Returns false if it was not due or is final.
     ///

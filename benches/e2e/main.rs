@@ -3,8 +3,11 @@
 //! a bare hyper server answering the same ingest requests without storing, raw redb commits
 //! of the same record sizes, and a bare hyper client sending the same signed requests.
 //!
-//! Run: `cargo bench --bench e2e` (about 2 minutes on 2 cores). `E2E_EVENTS` sets the
-//! events per ingest run (default 20000).
+//! Run: `cargo bench --bench e2e` (about 5 minutes on 2 cores). `E2E_EVENTS` sets the
+//! events per ingest run (default 20000), `E2E_BACKLOG` the pending deliveries of the
+//! backlog run (default 1000000; 0 skips it).
+
+mod backlog;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -113,7 +116,22 @@ async fn start_bare_server() -> SocketAddr {
 struct Daemon {
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Resident memory in MiB, from /proc.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
 }
 
 impl Drop for Daemon {
@@ -128,6 +146,12 @@ impl Drop for Daemon {
 
 fn start_daemon() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start_daemon_at(&dir.path().join("bench.redb"));
+    daemon._dir = Some(dir);
+    daemon
+}
+
+fn start_daemon_at(db: &std::path::Path) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
         .args([
             "serve",
@@ -139,7 +163,7 @@ fn start_daemon() -> Daemon {
         ])
         .args([
             "--db",
-            dir.path().join("bench.redb").to_str().unwrap(),
+            db.to_str().unwrap(),
             "--max-in-flight-per-webhook",
             "64",
         ])
@@ -170,7 +194,7 @@ fn start_daemon() -> Daemon {
     Daemon {
         child,
         addr,
-        _dir: dir,
+        _dir: None,
     }
 }
 
@@ -475,6 +499,14 @@ async fn run() {
         );
     }
     drop(daemon);
+
+    let backlog: usize = std::env::var("E2E_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if backlog > 0 {
+        backlog::run(backlog, &mut add).await;
+    }
     println!(
         "\n{} measurements; baselines and daemon ran in this process on this machine.",
         rows.len()
