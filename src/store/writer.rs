@@ -39,10 +39,21 @@ pub struct CommitStats {
     pub max_batch: AtomicU64,
 }
 
-/// Handle to the writer thread. The thread ends when the last handle is dropped.
+/// Handle to the writer thread. Dropping it lets the thread finish the jobs already queued
+/// and waits for it, so the database is closed (its file lock released) when the drop returns.
 pub struct Writer {
-    jobs: SyncSender<Job>,
+    jobs: Option<SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<CommitStats>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Writer {
@@ -54,10 +65,14 @@ impl Writer {
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_BOUND);
         let stats = Arc::new(CommitStats::default());
         let thread_stats = Arc::clone(&stats);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("palo-store-writer".into())
             .spawn(move || run(&db, &queue, &thread_stats))?;
-        Ok(Writer { jobs, stats })
+        Ok(Writer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            stats,
+        })
     }
 
     /// Runs `f` in the next group transaction and returns its result once that transaction
@@ -89,7 +104,8 @@ impl Writer {
             });
             (ok, finish)
         });
-        self.jobs.send(job).map_err(|_| StoreError::Interrupted)?;
+        let jobs = self.jobs.as_ref().ok_or(StoreError::Interrupted)?;
+        jobs.send(job).map_err(|_| StoreError::Interrupted)?;
         answer.recv().map_err(|_| StoreError::Interrupted)?
     }
 
@@ -167,6 +183,17 @@ mod tests {
         use redb::ReadableTableMetadata;
         let txn = db.begin_read().unwrap();
         txn.open_table(T).map(|t| t.len().unwrap()).unwrap_or(0)
+    }
+
+    #[test]
+    fn dropping_the_store_closes_the_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        for _ in 0..20 {
+            let store =
+                crate::store::Store::open(&path).expect("the previous store must be closed");
+            drop(store);
+        }
     }
 
     #[test]
