@@ -48,6 +48,10 @@ pub(crate) const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("
 pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> =
     TableDefinition::new("api_key_hashes");
 
+/// redb's page cache, in bytes (64 MiB). redb's default is 1 GiB, which a draining backlog
+/// fills: the cache is resident memory, while the OS page cache serves misses just as well.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The layout version written in `meta` on creation.
 const LAYOUT_VERSION: &[u8] = b"1";
 
@@ -114,7 +118,7 @@ impl Store {
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = std::sync::Arc::new(Database::create(path)?);
+        let db = std::sync::Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(path)?);
         let writer = writer::Writer::start(std::sync::Arc::clone(&db)).map_err(|e| {
             StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
         })?;
