@@ -9,10 +9,16 @@ use palo_webhooks::config::{Config, LogFormat, ServeArgs};
 use palo_webhooks::server;
 use tracing_subscriber::EnvFilter;
 
+/// Threads for store calls (tokio's blocking pool).
+const BLOCKING_THREADS: usize = 32;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Store calls run on the blocking pool; they are short, and a pool of tokio's default 512
+    // threads only adds stacks and allocator arenas when a backlog drains.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

@@ -118,7 +118,11 @@ impl Store {
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = std::sync::Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(path)?);
+        let db = std::sync::Arc::new(
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)?,
+        );
         let writer = writer::Writer::start(std::sync::Arc::clone(&db)).map_err(|e| {
             StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
         })?;
