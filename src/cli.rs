@@ -632,6 +632,7 @@ fn key_request(action: KeyCommand) -> Result<Request> {
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
+        Value::String(s) if s.is_empty() => "-".to_owned(),
         Value::String(s) => s.clone(),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),

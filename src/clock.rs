@@ -19,18 +19,28 @@ pub fn now_ms() -> u64 {
 
 /// Formats ms since the epoch as RFC 3339 in UTC with millisecond precision,
 /// e.g. `2026-02-19T10:30:00.123Z`.
+/// Always three fraction digits, so times line up in lists.
 pub fn format_ms(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+    let seconds = format_seconds(ms);
+    format!("{}.{:03}Z", seconds.trim_end_matches('Z'), ms % 1000)
 }
 
 /// Formats ms since the epoch as RFC 3339 in UTC truncated to whole seconds,
 /// e.g. `2026-02-19T10:30:00Z` (the spec's envelope `timestamp` form).
 pub fn format_seconds(ms: u64) -> String {
-    format_ms(ms - ms % 1000)
+    let seconds = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    match OffsetDateTime::from_unix_timestamp(seconds) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => "1970-01-01T00:00:00Z".to_owned(),
+    }
 }
 
 /// Parses an RFC 3339 timestamp with any offset and returns it normalized to UTC (`Z`),
@@ -62,7 +72,10 @@ mod tests {
     }
 
     #[test]
-    fn ms_format_keeps_milliseconds() {
+    fn ms_format_keeps_three_fraction_digits() {
         assert_eq!(format_ms(1_771_497_000_123), "2026-02-19T10:30:00.123Z");
+        assert_eq!(format_ms(1_771_497_000_750), "2026-02-19T10:30:00.750Z");
+        assert_eq!(format_ms(1_771_497_000_000), "2026-02-19T10:30:00.000Z");
+        assert_eq!(format_seconds(1_771_497_000_999), "2026-02-19T10:30:00Z");
     }
 }

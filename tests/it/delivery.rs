@@ -98,11 +98,11 @@ async fn spec_events_arrive_verbatim_and_signed_for_the_spec_verifier() {
         assert_eq!(
             keys,
             [
-                "data",
                 "event_id",
                 "event_type",
+                "timestamp",
                 "organization_id",
-                "timestamp"
+                "data"
             ]
         );
         assert_eq!(r.header("content-type"), "application/json");
