@@ -302,24 +302,30 @@ impl Inner {
 
     async fn run_scheduled(self: Arc<Self>, claim: Claim) {
         let id = claim.id;
-        // The first read names the webhook whose in-flight limit applies. If getting a permit
-        // meant waiting, the delivery and its webhook are read again: meanwhile the webhook may
-        // have been deleted, deactivated or pointed elsewhere, and the attempt must see that.
-        let Some(mut context) = self.load_due(id).await else {
+        // The first read names the webhook whose in-flight limit applies. When no slot is free,
+        // the task lets go of what it read (body included) while it waits, so thousands of
+        // waiting tasks stay small, and reads the delivery and its webhook again afterwards:
+        // meanwhile the webhook may have been deleted, deactivated or pointed elsewhere.
+        let Some(context) = self.load_due(id).await else {
             return;
         };
-        let Some((_permits, waited)) = self.permits(context.delivery.webhook_id).await else {
-            return;
+        let webhook_id = context.delivery.webhook_id;
+        let (_permits, context) = match self.try_permits(webhook_id) {
+            Some(permits) => (permits, context),
+            None => {
+                drop(context);
+                let Some(permits) = self.wait_permits(webhook_id).await else {
+                    return;
+                };
+                let Some(context) = self.load_due(id).await else {
+                    return;
+                };
+                (permits, context)
+            }
         };
-        if waited {
-            let Some(fresh) = self.load_due(id).await else {
-                return;
-            };
-            context = fresh;
-        }
-        if let Err(e) = Arc::clone(&self)
-            .attempt(claim, context, Trigger::Scheduled)
-            .await
+        // Boxed: the attempt's (large) state exists only once the attempt starts.
+        if let Err(e) =
+            Box::pin(Arc::clone(&self).attempt(claim, context, Trigger::Scheduled)).await
         {
             tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
             self.hint(clock::now_ms() + RECHECK_MS, id);
@@ -359,29 +365,34 @@ impl Inner {
         Some(context)
     }
 
-    /// A per-webhook then a global in-flight permit, and whether getting them meant waiting;
-    /// `None` on shutdown.
-    async fn permits(&self, webhook_id: WebhookId) -> Option<(Permits, bool)> {
-        let per_webhook = {
-            let mut map = lock(&self.per_webhook);
-            let limit = self.settings.max_in_flight_per_webhook.max(1);
-            Arc::clone(
-                map.entry(webhook_id)
-                    .or_insert_with(|| Arc::new(Semaphore::new(limit))),
-            )
-        };
-        let now = (
-            Arc::clone(&per_webhook).try_acquire_owned(),
-            Arc::clone(&self.global).try_acquire_owned(),
-        );
-        if let (Ok(own), Ok(global)) = now {
-            return Some(((own, global), false));
-        }
+    fn webhook_semaphore(&self, webhook_id: WebhookId) -> Arc<Semaphore> {
+        let mut map = lock(&self.per_webhook);
+        let limit = self.settings.max_in_flight_per_webhook.max(1);
+        Arc::clone(
+            map.entry(webhook_id)
+                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
+        )
+    }
+
+    /// A per-webhook and a global in-flight permit if both are free now.
+    fn try_permits(&self, webhook_id: WebhookId) -> Option<Permits> {
+        let own = self
+            .webhook_semaphore(webhook_id)
+            .try_acquire_owned()
+            .ok()?;
+        let global = Arc::clone(&self.global).try_acquire_owned().ok()?;
+        Some((own, global))
+    }
+
+    /// Waits for a per-webhook then a global in-flight permit (in that order, so a slow
+    /// webhook's waiting attempts never hold global slots); `None` on shutdown.
+    async fn wait_permits(&self, webhook_id: WebhookId) -> Option<Permits> {
+        let per_webhook = self.webhook_semaphore(webhook_id);
         tokio::select! {
             permits = async {
                 let own = per_webhook.acquire_owned().await.ok()?;
                 let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
-                Some(((own, global), true))
+                Some((own, global))
             } => permits,
             () = self.shutdown.cancelled() => None,
         }
