@@ -159,6 +159,21 @@ pub fn is_valid_external_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
+/// Checks a producer-given id (see [`is_valid_external_id`]), naming `field` when it is not.
+///
+/// # Errors
+/// [`EventError`] for `field`.
+pub fn check_external_id(field: &str, id: &str) -> Result<(), EventError> {
+    if is_valid_external_id(id) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
+        ))
+    }
+}
+
 /// Validates a producer's event and builds its envelope.
 ///
 /// `allow_test` admits `webhook.test` (only the test-delivery endpoint sets it).
@@ -181,19 +196,9 @@ pub fn prepare(
             )
         })?;
     if let Some(id) = &input.event_id {
-        if !is_valid_external_id(id) {
-            return Err(invalid(
-                "event_id",
-                "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
-            ));
-        }
+        check_external_id("event_id", id)?;
     }
-    if !is_valid_external_id(&input.organization_id) {
-        return Err(invalid(
-            "organization_id",
-            "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
-        ));
-    }
+    check_external_id("organization_id", &input.organization_id)?;
     let timestamp = match &input.timestamp {
         Some(text) => {
             clock::normalize_rfc3339(text)

@@ -178,6 +178,20 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// Every error kind.
+    pub const ALL: [AttemptError; 5] = [
+        AttemptError::Timeout,
+        AttemptError::Connect,
+        AttemptError::Dns,
+        AttemptError::Tls,
+        AttemptError::Io,
+    ];
+
+    /// Parses an API name.
+    pub fn parse(name: &str) -> Option<AttemptError> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
     /// The API name (`timeout`, `connect`, `dns`, `tls`, `io`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -200,6 +214,13 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// Parses an API name.
+    pub fn parse(name: &str) -> Option<Trigger> {
+        [Trigger::Scheduled, Trigger::Manual]
+            .into_iter()
+            .find(|t| t.as_str() == name)
+    }
+
     /// The API name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -430,7 +430,7 @@ impl Inner {
         let schedule = self.settings.schedule.clone();
         let recorded = log.clone();
         let updated = blocking(&self.store, move |s| {
-            s.record_attempt(id, &recorded, &schedule, clock::now_ms())
+            s.record_attempt(id, recorded, schedule, clock::now_ms())
         })
         .await?
         .ok_or(AttemptNowError::NotFound)?;

@@ -38,13 +38,8 @@ pub(super) async fn list_webhook_deliveries(
     let status = query
         .status
         .map(|s| {
-            DeliveryStatus::parse(&s).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("unknown status {s:?}"),
-                )
-            })
+            DeliveryStatus::parse(&s)
+                .ok_or_else(|| ApiError::bad_query(format!("unknown status {s:?}")))
         })
         .transpose()?;
     let id = webhook.id;
@@ -149,15 +144,14 @@ pub(super) async fn test_webhook(
         },
         now,
         true,
-    )
-    .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    )?;
     // The first attempt runs in this request; the index entry is a lease past its timeout,
     // so the scheduler takes over only if this process dies before logging the attempt.
     let lease =
         now + u64::try_from(state.attempt_timeout.as_millis()).unwrap_or(u64::MAX / 2) + 5_000;
     let target = webhook.id;
     let outcome = blocking(&state.store, move |s| {
-        s.accept_event(&prepared, FanOut::Only(target), now, lease)
+        s.accept_event(prepared, FanOut::Only(target), now, lease)
     })
     .await?;
     let AcceptOutcome::Accepted { deliveries, .. } = outcome else {

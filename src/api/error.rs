@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::event::EventError;
 use crate::store::StoreError;
 
 /// An API failure. `code` is stable (scripts branch on it); `message` is for people.
@@ -55,6 +56,11 @@ impl ApiError {
         )
     }
 
+    /// 400 `invalid_query`: a query string or cursor that does not parse.
+    pub fn bad_query(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+    }
+
     /// 400 `invalid_json`.
     pub fn bad_json(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
@@ -84,6 +90,12 @@ impl IntoResponse for ApiError {
             },
         };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> ApiError {
+        ApiError::invalid(e.field, e.message)
     }
 }
 

@@ -1,5 +1,7 @@
 //! `/api/events`: durable ingest with idempotency on (organization, `event_id`), lookup, list.
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -34,10 +36,9 @@ pub(super) async fn ingest_event(
         },
         now,
         false,
-    )
-    .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    )?;
     let outcome = blocking(&state.store, move |s| {
-        s.accept_event(&prepared, FanOut::Subscribers, now, now)
+        s.accept_event(prepared, FanOut::Subscribers, now, now)
     })
     .await?;
     match outcome {
@@ -135,13 +136,7 @@ fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> 
         .map(|text| {
             clock::normalize_rfc3339(text)
                 .map(|(_, ms)| ms)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_query",
-                        format!("{name} must be an RFC 3339 date-time"),
-                    )
-                })
+                .ok_or_else(|| ApiError::bad_query(format!("{name} must be an RFC 3339 date-time")))
         })
         .transpose()
 }
@@ -157,13 +152,8 @@ pub(super) async fn list_events(
     let event_type = query
         .event_type
         .map(|t| {
-            EventType::parse(&t).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("unknown event type {t:?}"),
-                )
-            })
+            EventType::parse(&t)
+                .ok_or_else(|| ApiError::bad_query(format!("unknown event type {t:?}")))
         })
         .transpose()?;
     let organization_id = match &caller {
@@ -176,21 +166,28 @@ pub(super) async fn list_events(
         since_ms: time_bound("since", query.since.as_deref())?,
         until_ms: time_bound("until", query.until.as_deref())?,
     };
-    let pages = blocking(&state.store, move |s| {
+    let (events, deliveries) = blocking(&state.store, move |s| {
         let events = s.list_events(&filter, before, limit)?;
-        events
-            .into_iter()
-            .map(|e| {
-                let deliveries = s.get_deliveries(&e.delivery_ids)?;
-                Ok((e, deliveries))
-            })
-            .collect::<Result<Vec<_>, _>>()
+        // One read for the whole page's deliveries, not one per event.
+        let ids: Vec<_> = events
+            .iter()
+            .flat_map(|e| e.delivery_ids.iter().copied())
+            .collect();
+        Ok((events, s.get_deliveries(&ids)?))
     })
     .await?;
+    let by_id: HashMap<_, _> = deliveries.into_iter().map(|d| (d.id, d)).collect();
     Ok(Json(Page::new(
-        &pages,
+        &events,
         limit,
-        |(e, _): &(Event, _)| e.key.to_string(),
-        |(e, d)| EventOut::new(e, d),
+        |e: &Event| e.key.to_string(),
+        |e| {
+            let own: Vec<_> = e
+                .delivery_ids
+                .iter()
+                .filter_map(|id| by_id.get(id).cloned())
+                .collect();
+            EventOut::new(e, &own)
+        },
     )))
 }

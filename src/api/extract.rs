@@ -167,7 +167,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| ApiQuery(q))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+            .map_err(|e| ApiError::bad_query(e.body_text()))
     }
 }
 
@@ -179,11 +179,7 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(50),
         Some(n @ 1..=500) => Ok(n),
-        Some(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be between 1 and 500",
-        )),
+        Some(_) => Err(ApiError::bad_query("limit must be between 1 and 500")),
     }
 }
 
@@ -193,11 +189,7 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 /// 400 `invalid_query` when it is not one.
 pub fn cursor<I: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<I>, ApiError> {
     cursor
-        .map(|c| {
-            c.parse().map_err(|_| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "invalid cursor")
-            })
-        })
+        .map(|c| c.parse().map_err(|_| ApiError::bad_query("invalid cursor")))
         .transpose()
 }
 

@@ -9,7 +9,7 @@ use super::extract::{token_hash, ApiPath, JsonBody};
 use super::types::{KeyIn, KeyOut};
 use super::{ApiError, AppState, Caller};
 use crate::clock;
-use crate::event::is_valid_external_id;
+use crate::event::check_external_id;
 use crate::ids::{random_hex, KeyId};
 use crate::model::ApiKey;
 use crate::store::blocking;
@@ -21,12 +21,7 @@ pub(super) async fn create_key(
     JsonBody(input): JsonBody<KeyIn>,
 ) -> Result<(StatusCode, Json<KeyOut>), ApiError> {
     caller.require_admin()?;
-    if !is_valid_external_id(&input.organization_id) {
-        return Err(ApiError::invalid(
-            "organization_id",
-            "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
-        ));
-    }
+    check_external_id("organization_id", &input.organization_id)?;
     let description = input.description.unwrap_or_default();
     if description.chars().count() > 1024 {
         return Err(ApiError::invalid(

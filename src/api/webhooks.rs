@@ -9,7 +9,7 @@ use super::extract::{cursor, page_limit, ApiPath, ApiQuery, JsonBody};
 use super::types::{Page, WebhookIn, WebhookOut, WebhookPatch};
 use super::{ApiError, AppState, Caller};
 use crate::clock;
-use crate::event::{is_valid_external_id, EventType};
+use crate::event::{check_external_id, EventType};
 use crate::ids::{random_hex, WebhookId};
 use crate::model::{EventFilter, Secret, Webhook, WebhookChanges};
 use crate::store::blocking;
@@ -155,12 +155,7 @@ pub(super) async fn create_webhook(
     JsonBody(input): JsonBody<WebhookIn>,
 ) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
     let organization_id = caller.acting_for(input.organization_id.as_deref())?;
-    if !is_valid_external_id(&organization_id) {
-        return Err(ApiError::invalid(
-            "organization_id",
-            "must be 1-128 characters from A-Z a-z 0-9 _ - . :",
-        ));
-    }
+    check_external_id("organization_id", &organization_id)?;
     let url = validate_url(&input.url, state.allow_http)?;
     let events = parse_events(&input.events)?;
     let (secret, generated) = match input.secret {

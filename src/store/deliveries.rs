@@ -74,12 +74,11 @@ impl Store {
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn accept_event(
         &self,
-        prepared: &PreparedEvent,
+        prepared: PreparedEvent,
         fan_out: FanOut,
         now_ms: u64,
         first_due_ms: u64,
     ) -> Result<AcceptOutcome, StoreError> {
-        let prepared = prepared.clone();
         self.write(move |txn| {
             let prepared = &prepared;
             let org = prepared.organization_id.as_str();
@@ -309,11 +308,10 @@ impl Store {
     pub fn record_attempt(
         &self,
         id: DeliveryId,
-        attempt: &Attempt,
-        schedule: &RetrySchedule,
+        attempt: Attempt,
+        schedule: RetrySchedule,
         now_ms: u64,
     ) -> Result<Option<Delivery>, StoreError> {
-        let (attempt, schedule) = (attempt.clone(), schedule.clone());
         self.write(move |txn| {
             let (attempt, schedule) = (&attempt, &schedule);
             let mut table = txn.open_table(DELIVERIES)?;

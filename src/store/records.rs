@@ -244,14 +244,6 @@ pub(super) enum AttemptRecord {
     },
 }
 
-const ATTEMPT_ERRORS: [AttemptError; 5] = [
-    AttemptError::Timeout,
-    AttemptError::Connect,
-    AttemptError::Dns,
-    AttemptError::Tls,
-    AttemptError::Io,
-];
-
 impl AttemptRecord {
     pub(super) fn from_domain(a: &Attempt) -> Self {
         AttemptRecord::V1 {
@@ -277,17 +269,11 @@ impl AttemptRecord {
         } = self;
         let error = match error {
             None => None,
-            Some(name) => Some(
-                ATTEMPT_ERRORS
-                    .into_iter()
-                    .find(|e| e.as_str() == name)
-                    .ok_or_else(|| corrupt("attempts", "error"))?,
-            ),
+            Some(name) => {
+                Some(AttemptError::parse(&name).ok_or_else(|| corrupt("attempts", "error"))?)
+            }
         };
-        let trigger = [Trigger::Scheduled, Trigger::Manual]
-            .into_iter()
-            .find(|t| t.as_str() == trigger)
-            .ok_or_else(|| corrupt("attempts", "trigger"))?;
+        let trigger = Trigger::parse(&trigger).ok_or_else(|| corrupt("attempts", "trigger"))?;
         Ok(Attempt {
             number,
             started_at_ms,
