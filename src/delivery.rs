@@ -9,14 +9,16 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::Request;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -27,12 +29,15 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::clock;
 use crate::event::EventType;
-use crate::ids::DeliveryId;
+use crate::ids::{DeliveryId, EventKey, WebhookId};
 use crate::model::{Attempt, AttemptError, Secret, Trigger};
 use crate::signature::{sign, SIGNATURE_HEADER};
 
 /// How much of a response body is stored (64 KiB); reading stops there.
 pub const MAX_STORED_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How many signatures [`SignatureCache`] keeps (about 250 bytes each, so about 2 MiB).
+pub const SIGNATURE_CACHE_ENTRIES: usize = 8192;
 
 /// The `User-Agent` of every attempt.
 pub const USER_AGENT: &str = concat!("palo-webhooks/", env!("CARGO_PKG_VERSION"));
@@ -46,6 +51,10 @@ pub struct OutgoingAttempt<'a> {
     pub body: Bytes,
     /// The webhook's signing secret.
     pub secret: &'a Secret,
+    /// The event's internal key: with `webhook_id`, names the signed (body, secret) pair.
+    pub event_key: EventKey,
+    /// The target webhook.
+    pub webhook_id: WebhookId,
     /// For `X-Palo-Event`.
     pub event_type: EventType,
     /// For `X-Palo-Event-Id`.
@@ -115,11 +124,72 @@ pub fn build_client(connect_timeout: Duration) -> HttpsClient {
         .build(https)
 }
 
-/// The HTTP sender. Cheap to clone (the pool is shared).
+/// Signatures already computed, by (event, webhook), with the secret they were made with.
+///
+/// An event's body never changes, so a retry or a redelivery reuses the `X-Palo-Signature`
+/// of the first attempt instead of hashing the body again, as long as the webhook's secret
+/// is the same (a changed secret is noticed by comparison and signs anew). Bounded LRU of
+/// [`SIGNATURE_CACHE_ENTRIES`]; in memory only, so after a restart or an eviction the
+/// signature is computed once more (1.7 µs for a 1 KiB body, `cargo bench --bench micro`).
+pub struct SignatureCache {
+    entries: Mutex<lru::LruCache<(EventKey, WebhookId), (Secret, HeaderValue)>>,
+}
+
+impl SignatureCache {
+    /// An empty cache holding at most `capacity` signatures (at least 1).
+    pub fn new(capacity: usize) -> SignatureCache {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        SignatureCache {
+            entries: Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
+    /// The `X-Palo-Signature` value of `body` under `secret`, computed at most once per
+    /// (event, webhook, secret) while it stays cached.
+    pub fn signature(
+        &self,
+        event_key: EventKey,
+        webhook_id: WebhookId,
+        secret: &Secret,
+        body: &[u8],
+    ) -> HeaderValue {
+        let key = (event_key, webhook_id);
+        if let Some((signed_with, value)) = self.lock().get(&key) {
+            if signed_with == secret {
+                return value.clone();
+            }
+        }
+        // Hashing happens outside the lock. `sha256=` + hex is always a valid header value.
+        let value = HeaderValue::try_from(sign(&secret.0, body)).expect("hex is a valid header");
+        self.lock().put(key, (secret.clone(), value.clone()));
+        value
+    }
+
+    /// How many signatures are cached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, lru::LruCache<(EventKey, WebhookId), (Secret, HeaderValue)>>
+    {
+        // The critical sections cannot panic half-way, so a poisoned lock holds sound data.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The HTTP sender. Cheap to clone (the pool and the signature cache are shared).
 #[derive(Clone)]
 pub struct Sender {
     client: HttpsClient,
     timeout: Duration,
+    signatures: Arc<SignatureCache>,
 }
 
 impl Sender {
@@ -128,6 +198,7 @@ impl Sender {
         Sender {
             client: build_client(timeout),
             timeout,
+            signatures: Arc::new(SignatureCache::new(SIGNATURE_CACHE_ENTRIES)),
         }
     }
 
@@ -147,7 +218,13 @@ impl Sender {
             response_body_truncated: false,
             trigger: attempt.trigger,
         };
-        match build_request(&attempt) {
+        let signature = self.signatures.signature(
+            attempt.event_key,
+            attempt.webhook_id,
+            attempt.secret,
+            &attempt.body,
+        );
+        match build_request(&attempt, signature) {
             None => log.error = Some(AttemptError::Connect),
             Some(request) => match timeout_at(deadline, self.client.request(request)).await {
                 Err(_) => log.error = Some(AttemptError::Timeout),
@@ -166,11 +243,14 @@ impl Sender {
     }
 }
 
-fn build_request(attempt: &OutgoingAttempt<'_>) -> Option<Request<Full<Bytes>>> {
+fn build_request(
+    attempt: &OutgoingAttempt<'_>,
+    signature: HeaderValue,
+) -> Option<Request<Full<Bytes>>> {
     Request::post(attempt.url)
         .header("content-type", "application/json")
         .header("user-agent", USER_AGENT)
-        .header(SIGNATURE_HEADER, sign(&attempt.secret.0, &attempt.body))
+        .header(SIGNATURE_HEADER, signature)
         .header("x-palo-event", attempt.event_type.as_str())
         .header("x-palo-event-id", attempt.event_id)
         .header("x-palo-delivery", attempt.delivery_id.to_string())
@@ -247,5 +327,33 @@ fn classify(error: &hyper_util::client::legacy::Error) -> AttemptError {
         AttemptError::Connect
     } else {
         AttemptError::Io
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_cache_reuses_a_signature_until_the_secret_changes() {
+        let cache = SignatureCache::new(2);
+        let (event, webhook) = (EventKey(1), WebhookId(2));
+        let body = br#"{"event_id":"evt_1"}"#;
+        let old = Secret("old-secret".to_owned());
+        let first = cache.signature(event, webhook, &old, body);
+        assert_eq!(first.to_str().unwrap(), sign("old-secret", body));
+        // A retry reuses the cached value: even a different body (which cannot happen for one
+        // event) gets the first signature back, which shows no hashing took place.
+        assert_eq!(cache.signature(event, webhook, &old, b"other"), first);
+        assert_eq!(cache.len(), 1);
+        // A new secret signs anew and replaces the entry.
+        let new = Secret("new-secret".to_owned());
+        let rotated = cache.signature(event, webhook, &new, body);
+        assert_eq!(rotated.to_str().unwrap(), sign("new-secret", body));
+        assert_eq!(cache.len(), 1);
+        // Bounded: a third (event, webhook) pair evicts the least recently used one.
+        cache.signature(EventKey(3), webhook, &old, body);
+        cache.signature(EventKey(4), webhook, &old, body);
+        assert_eq!(cache.len(), 2);
     }
 }

@@ -419,6 +419,8 @@ impl Inner {
                 url: &webhook.url,
                 body: Bytes::from(body),
                 secret: &webhook.secret,
+                event_key: delivery.event_key,
+                webhook_id: webhook.id,
                 event_type: delivery.event_type,
                 event_id: &delivery.event_id,
                 delivery_id: delivery.id,
@@ -428,12 +430,11 @@ impl Inner {
             .await;
         let id = delivery.id;
         let schedule = self.settings.schedule.clone();
-        let recorded = log.clone();
-        let updated = blocking(&self.store, move |s| {
-            s.record_attempt(id, recorded, schedule, clock::now_ms())
-        })
-        .await?
-        .ok_or(AttemptNowError::NotFound)?;
+        let updated = self
+            .store
+            .record_attempt(id, log.clone(), schedule, clock::now_ms())
+            .await?
+            .ok_or(AttemptNowError::NotFound)?;
         drop(claim);
         tracing::debug!(
             delivery = %id,

@@ -150,10 +150,10 @@ pub(super) async fn test_webhook(
     let lease =
         now + u64::try_from(state.attempt_timeout.as_millis()).unwrap_or(u64::MAX / 2) + 5_000;
     let target = webhook.id;
-    let outcome = blocking(&state.store, move |s| {
-        s.accept_event(prepared, FanOut::Only(target), now, lease)
-    })
-    .await?;
+    let outcome = state
+        .store
+        .accept_event(prepared, FanOut::Only(target), now, lease)
+        .await?;
     let AcceptOutcome::Accepted { deliveries, .. } = outcome else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

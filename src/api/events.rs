@@ -37,10 +37,10 @@ pub(super) async fn ingest_event(
         now,
         false,
     )?;
-    let outcome = blocking(&state.store, move |s| {
-        s.accept_event(prepared, FanOut::Subscribers, now, now)
-    })
-    .await?;
+    let outcome = state
+        .store
+        .accept_event(prepared, FanOut::Subscribers, now, now)
+        .await?;
     match outcome {
         AcceptOutcome::Accepted { event, deliveries } => {
             for delivery in &deliveries {

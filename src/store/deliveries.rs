@@ -72,14 +72,14 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
-    pub fn accept_event(
+    pub async fn accept_event(
         &self,
         prepared: PreparedEvent,
         fan_out: FanOut,
         now_ms: u64,
         first_due_ms: u64,
     ) -> Result<AcceptOutcome, StoreError> {
-        self.write(move |txn| {
+        self.write_async(move |txn| {
             let prepared = &prepared;
             let org = prepared.organization_id.as_str();
             let existing = txn
@@ -103,6 +103,7 @@ impl Store {
                 store_new_event(txn, prepared, &targets, now_ms, first_due_ms)?;
             Ok(AcceptOutcome::Accepted { event, deliveries })
         })
+        .await
     }
 
     /// The event of `organization_id` with this `event_id`.
@@ -305,14 +306,14 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
-    pub fn record_attempt(
+    pub async fn record_attempt(
         &self,
         id: DeliveryId,
         attempt: Attempt,
         schedule: RetrySchedule,
         now_ms: u64,
     ) -> Result<Option<Delivery>, StoreError> {
-        self.write(move |txn| {
+        self.write_async(move |txn| {
             let (attempt, schedule) = (&attempt, &schedule);
             let mut table = txn.open_table(DELIVERIES)?;
             let Some(mut delivery) = load_delivery(&table, id)? else {
@@ -346,6 +347,7 @@ impl Store {
             )?;
             Ok(Some(delivery))
         })
+        .await
     }
 
     /// Deletes a webhook and cancels its unfinished deliveries (their log stays).

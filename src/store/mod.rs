@@ -170,6 +170,17 @@ impl Store {
         self.writer.write(f)
     }
 
+    /// [`Store::write`] for async callers on hot paths (ingest, attempt results): the task
+    /// waits for the group commit without holding a blocking-pool thread, so many waiting
+    /// writes share one commit.
+    async fn write_async<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write_async(f).await
+    }
+
     /// Group-commit counters (transactions, writes, largest batch).
     pub fn commit_stats(&self) -> &CommitStats {
         self.writer.stats()

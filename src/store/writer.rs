@@ -1,7 +1,7 @@
 //! Group commit: one thread owns every write transaction.
 //!
-//! Callers hand a closure to [`Writer::write`] and block until the transaction holding it is
-//! committed (fsync). The thread takes the first waiting job, drains up to [`MAX_BATCH`] more
+//! Callers hand a closure to [`Writer::write`] (blocking) or [`Writer::write_async`] and wait
+//! until the transaction holding it is committed (fsync). The thread takes the first waiting job, drains up to [`MAX_BATCH`] more
 //! that are already queued, runs them all in one transaction and commits once, so N
 //! concurrent writers cost about one fsync instead of N. A lone job commits at once: there is
 //! no artificial wait. If any job of a batch fails (or panics), the whole transaction is
@@ -9,7 +9,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use redb::{Database, WriteTransaction};
@@ -88,31 +88,70 @@ impl Writer {
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
-        let job: Job = Box::new(move |txn| {
-            let result = txn.map(|txn| {
-                catch_unwind(AssertUnwindSafe(|| f(txn))).unwrap_or(Err(StoreError::Interrupted))
-            });
-            let ok = matches!(result, Some(Ok(_)));
-            let finish: Finish = Box::new(move |batch_error| {
-                let answer = match (result, batch_error) {
-                    (Some(Err(own)), _) => Err(own),
-                    (_, Some(e)) => Err(StoreError::CommitFailed(e.to_string())),
-                    (Some(Ok(value)), None) => Ok(value),
-                    (None, None) => Err(StoreError::Interrupted),
-                };
-                let _ = reply.send(answer);
-            });
-            (ok, finish)
+        let job = job(f, move |result| {
+            let _ = reply.send(result);
         });
         let jobs = self.jobs.as_ref().ok_or(StoreError::Interrupted)?;
         jobs.send(job).map_err(|_| StoreError::Interrupted)?;
         answer.recv().map_err(|_| StoreError::Interrupted)?
     }
 
+    /// [`Writer::write`] for async callers: the task waits for the commit without holding a
+    /// thread, so the number of writes waiting for one commit (the batch size) is not capped
+    /// by the blocking pool. Same errors as [`Writer::write`].
+    pub async fn write_async<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let job = job(f, move |result| {
+            let _ = reply.send(result);
+        });
+        let jobs = self.jobs.as_ref().ok_or(StoreError::Interrupted)?;
+        match jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Interrupted),
+            // A full queue is backpressure: wait for room on the blocking pool, not here.
+            Err(TrySendError::Full(job)) => {
+                let jobs = jobs.clone();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|_| StoreError::Interrupted)?
+                    .map_err(|_| StoreError::Interrupted)?;
+            }
+        }
+        answer.await.map_err(|_| StoreError::Interrupted)?
+    }
+
     /// The group-commit counters.
     pub fn stats(&self) -> &CommitStats {
         &self.stats
     }
+}
+
+/// Wraps `f` as a job of the shared transaction that answers through `reply` once the
+/// batch's fate is known.
+fn job<T, F>(f: F, reply: impl FnOnce(Result<T, StoreError>) + Send + 'static) -> Job
+where
+    T: Send + 'static,
+    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+{
+    Box::new(move |txn| {
+        let result = txn.map(|txn| {
+            catch_unwind(AssertUnwindSafe(|| f(txn))).unwrap_or(Err(StoreError::Interrupted))
+        });
+        let ok = matches!(result, Some(Ok(_)));
+        let finish: Finish = Box::new(move |batch_error| {
+            reply(match (result, batch_error) {
+                (Some(Err(own)), _) => Err(own),
+                (_, Some(e)) => Err(StoreError::CommitFailed(e.to_string())),
+                (Some(Ok(value)), None) => Ok(value),
+                (None, None) => Err(StoreError::Interrupted),
+            });
+        });
+        (ok, finish)
+    })
 }
 
 fn run(db: &Database, queue: &Receiver<Job>, stats: &CommitStats) {
@@ -217,6 +256,34 @@ mod tests {
         let stats = writer.stats();
         assert_eq!(stats.jobs.load(Ordering::Relaxed), 64);
         assert!(stats.batches.load(Ordering::Relaxed) <= 64);
+    }
+
+    #[test]
+    fn async_writers_are_not_capped_by_a_thread_pool() {
+        let (_dir, db, writer) = writer();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // 200 writes from one thread: only async waiting lets them share commits.
+        let results = runtime.block_on(async {
+            let mut writes = tokio::task::JoinSet::new();
+            for i in 0..200u64 {
+                let writer = Arc::clone(&writer);
+                writes.spawn(async move {
+                    writer
+                        .write_async(move |txn| {
+                            txn.open_table(T)?.insert(i, i)?;
+                            Ok(i)
+                        })
+                        .await
+                });
+            }
+            writes.join_all().await
+        });
+        assert_eq!(results.len(), 200);
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(count(&db), 200);
+        assert!(writer.stats().max_batch.load(Ordering::Relaxed) > 32);
     }
 
     #[test]
