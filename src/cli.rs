@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::config::ServeArgs;
 use crate::delivery::build_client;
+use crate::store::{Store, StoreError};
 
 /// palo-webhooks: durable, signed webhook delivery in one binary and one file.
 #[derive(Debug, Parser)]
@@ -67,6 +68,83 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
+    /// Verify the store's invariants offline (stop the daemon first). Exits 0 when
+    /// consistent, 1 on any violation or error.
+    Check(CheckArgs),
+}
+
+/// Options of `palo-webhooks check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The redb database file to check.
+    #[arg(long, env = "PALO_WEBHOOKS_DB")]
+    pub db: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `palo-webhooks check`: prints a summary (or JSON) and returns whether the store is
+/// consistent.
+///
+/// # Errors
+/// The file is missing, is open in a running daemon (redb's lock), or cannot be read.
+pub fn run_check(args: &CheckArgs) -> Result<bool> {
+    if !args.db.is_file() {
+        bail!("no database file at {}", args.db.display());
+    }
+    let store = match Store::open(&args.db) {
+        Ok(store) => store,
+        Err(StoreError::Locked) => bail!(
+            "{} is open in another process, most likely a running daemon: stop it first \
+             (the check needs a stable file; `palo-webhooks backup` copies a live one)",
+            args.db.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),
+    };
+    let report = store
+        .check()
+        .with_context(|| format!("cannot read {}", args.db.display()))?;
+    if args.json {
+        let json = json!({
+            "ok": report.is_ok(),
+            "webhooks": report.webhooks,
+            "events": report.events,
+            "deliveries": report.deliveries,
+            "deliveries_not_final": report.not_final,
+            "attempts": report.attempts,
+            "retry_index_entries": report.retry_index,
+            "api_keys": report.api_keys,
+            "violation_count": report.violation_count,
+            "violations": report.violations,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("checked {}", args.db.display());
+        println!(
+            "  webhooks {}  events {}  deliveries {} ({} not final)  attempts {}  retry index {}  api keys {}",
+            report.webhooks,
+            report.events,
+            report.deliveries,
+            report.not_final,
+            report.attempts,
+            report.retry_index,
+            report.api_keys
+        );
+        for violation in &report.violations {
+            println!("  violation: {violation}");
+        }
+        let hidden = report.violation_count - report.violations.len() as u64;
+        if hidden > 0 {
+            println!("  ... and {hidden} more");
+        }
+        if report.is_ok() {
+            println!("ok: every invariant holds");
+        } else {
+            println!("FAILED: {} violation(s)", report.violation_count);
+        }
+    }
+    Ok(report.is_ok())
 }
 
 /// How client subcommands reach the daemon.
@@ -377,7 +455,7 @@ fn encode_component(text: &str) -> String {
 /// Any API or connection error, as `status code: message`.
 pub async fn run_client(command: Command) -> Result<()> {
     let (client_args, request) = match command {
-        Command::Serve(_) => bail!("serve is not a client command"),
+        Command::Serve(_) | Command::Check(_) => bail!("not a client command"),
         Command::Webhooks { client, action } => (client, webhook_request(action)?),
         Command::Events { client, action } => (client, event_request(action)?),
         Command::Deliveries { client, action } => (client, delivery_request(action)),

@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Largest accepted API request body, in bytes [default: 1048576].
     #[arg(long, env = "PALO_WEBHOOKS_MAX_BODY")]
     pub max_body: Option<usize>,
-    /// Most attempts in flight at once [default: 256].
+    /// Most attempts in flight at once [default: 1024].
     #[arg(long, env = "PALO_WEBHOOKS_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
     /// Most attempts in flight to one webhook [default: 8].
@@ -117,7 +117,7 @@ impl Default for Config {
             retry_schedule: RetrySchedule::default(),
             attempt_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
-            max_in_flight: 256,
+            max_in_flight: 1024,
             max_in_flight_per_webhook: 8,
             shutdown_timeout: Duration::from_secs(15),
             log_format: LogFormat::Text,

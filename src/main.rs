@@ -14,6 +14,16 @@ const BLOCKING_THREADS: usize = 32;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Check(args) = &cli.command {
+        return match palo_webhooks::cli::run_check(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Store calls run on the blocking pool; they are short, and a pool of tokio's default 512
     // threads only adds stacks and allocator arenas when a backlog drains.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -60,12 +70,32 @@ fn init_logs(config: &Config) -> Result<()> {
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = args.into_config()?;
     init_logs(&config)?;
+    raise_open_file_limit(config.max_in_flight);
     let admin_token = server::admin_token(&config.db_path)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     server::run(config, listener, admin_token, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (as Go's runtime does): every attempt in
+/// flight holds a socket, and systemd's default soft limit of 1024 would cap deliveries below
+/// `--max-in-flight`. Warns when even the hard limit leaves little room.
+fn raise_open_file_limit(max_in_flight: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let wanted = max_in_flight as u64 + 512; // API connections, the db, logs.
+            if limit < wanted {
+                tracing::warn!(
+                    limit,
+                    wanted,
+                    "the open-file limit is low for --max-in-flight; raise LimitNOFILE"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT. A second signal exits at once: whatever was

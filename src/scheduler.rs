@@ -231,7 +231,7 @@ impl Scheduler {
             .await?
             .ok_or(AttemptNowError::NotFound)?;
         Arc::clone(&self.inner)
-            .attempt(claim, context, trigger)
+            .attempt(claim, None, context, trigger)
             .await
     }
 
@@ -310,7 +310,7 @@ impl Inner {
             return;
         };
         let webhook_id = context.delivery.webhook_id;
-        let (_permits, context) = match self.try_permits(webhook_id) {
+        let (permits, context) = match self.try_permits(webhook_id) {
             Some(permits) => (permits, context),
             None => {
                 drop(context);
@@ -325,7 +325,8 @@ impl Inner {
         };
         // Boxed: the attempt's (large) state exists only once the attempt starts.
         if let Err(e) =
-            Box::pin(Arc::clone(&self).attempt(claim, context, Trigger::Scheduled)).await
+            Box::pin(Arc::clone(&self).attempt(claim, Some(permits), context, Trigger::Scheduled))
+                .await
         {
             tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
             self.hint(clock::now_ms() + RECHECK_MS, id);
@@ -398,10 +399,14 @@ impl Inner {
         }
     }
 
-    /// Sends one attempt for a claimed delivery and records it.
+    /// Sends one attempt for a claimed delivery and records it. The in-flight `permits` are
+    /// released as soon as the HTTP exchange ends: they bound requests to receivers, and the
+    /// claim (kept until the attempt is logged) already prevents a second attempt of the same
+    /// delivery, so waiting for the commit does not take a slot from other deliveries.
     async fn attempt(
         self: Arc<Self>,
         claim: Claim,
+        permits: Option<Permits>,
         context: AttemptContext,
         trigger: Trigger,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
@@ -428,6 +433,7 @@ impl Inner {
                 trigger,
             })
             .await;
+        drop(permits);
         let id = delivery.id;
         let schedule = self.settings.schedule.clone();
         let updated = self

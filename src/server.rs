@@ -115,6 +115,15 @@ pub async fn run(
     let stats_store = Arc::clone(&store);
     let pending = store.pending_count().unwrap_or(0);
     tracing::info!(db = %config.db_path.display(), pending, "store open");
+    // The start-up form of `palo-webhooks check`: table lengths only, so it costs no scan.
+    match store.quick_check() {
+        Ok(problems) if problems.is_empty() => {}
+        Ok(problems) => tracing::warn!(
+            problems = %problems.join("; "),
+            "the store's tables disagree; stop the daemon and run `palo-webhooks check --db`"
+        ),
+        Err(e) => tracing::warn!(error = %e, "start-up consistency check failed to read"),
+    }
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();

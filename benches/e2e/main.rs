@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo bench --bench e2e` (about 6 minutes on 2 cores). `E2E_EVENTS` sets the
 //! events per ingest run (default 20000), `E2E_BACKLOG` the pending deliveries of the
-//! backlog run (default 1000000; 0 skips it).
+//! backlog run (default 1000000; 0 skips it); `E2E_ONLY=slow|backlog` runs one section.
 
 mod backlog;
 mod slow;
@@ -399,6 +399,23 @@ async fn run() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!("{:<64} result", "measurement");
+    // `E2E_ONLY=slow` or `E2E_ONLY=backlog` runs one section alone.
+    let only = std::env::var("E2E_ONLY").ok();
+    if let Some(section) = only.as_deref() {
+        let mut offset = 0;
+        match section {
+            "slow" => slow::run(n / 20, &mut offset, &mut add).await,
+            "backlog" => {
+                let pending = std::env::var("E2E_BACKLOG")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1_000_000);
+                backlog::run(pending, &mut add).await;
+            }
+            other => panic!("E2E_ONLY={other}: expected slow or backlog"),
+        }
+        return;
+    }
 
     // Baselines.
     let bare = start_bare_server().await;

@@ -12,6 +12,7 @@
 //! Architecture invariant: a delivery that is not final has exactly one entry in
 //! `retry_index`, keyed `(next_attempt_at_ms, delivery id)`; a final one has none.
 
+mod check;
 mod deliveries;
 mod records;
 mod writer;
@@ -26,6 +27,7 @@ use crate::ids::{KeyId, WebhookId};
 use crate::model::{ApiKey, Webhook, WebhookChanges};
 use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
+pub use check::CheckReport;
 pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut};
 pub use writer::{CommitStats, MAX_BATCH};
 

@@ -7,3 +7,4 @@ mod ingest;
 mod isolation;
 mod recovery;
 mod support;
+mod torture;

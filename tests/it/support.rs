@@ -322,6 +322,10 @@ pub enum Behaviour {
     Redirect,
     /// 200 with an endless (1 GiB) streamed body.
     Endless,
+    /// 500 for about `percent`% of attempts 1 and 2 (decided by a hash of the delivery id
+    /// and attempt number, so the same attempt always gets the same answer), else 200: every
+    /// delivery succeeds by its third attempt.
+    Flaky(u64),
 }
 
 /// One request the receiver got.
@@ -351,6 +355,39 @@ struct ReceiverState {
     served: Mutex<usize>,
     requests: Mutex<Vec<Received>>,
     arrived: Notify,
+}
+
+/// Whether [`Behaviour::Flaky`] answers 500 to the request with these headers.
+pub fn flaky_fails(headers: &HeaderMap, percent: u64) -> bool {
+    let attempt: u32 = headers
+        .get("x-palo-attempt")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let delivery = headers
+        .get("x-palo-delivery")
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    // FNV-1a over (delivery id, attempt).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in delivery.iter().chain(attempt.to_le_bytes().iter()) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    attempt < 3 && hash % 100 < percent
+}
+
+/// Runs `palo-webhooks check --db <dir>/palo.redb`; returns (exit success, stdout + stderr).
+pub fn check(dir: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(["check", "--db", dir.join("palo.redb").to_str().unwrap()])
+        .output()
+        .expect("run palo-webhooks check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
 
 /// A real HTTP/1.1 receiver on 127.0.0.1.
@@ -461,7 +498,7 @@ async fn handle(
         .unwrap_or_default();
     state.requests.lock().unwrap().push(Received {
         path,
-        headers,
+        headers: headers.clone(),
         body,
         at: Instant::now(),
     });
@@ -490,6 +527,13 @@ async fn handle(
             .header("location", "/moved")
             .body(Full::new(Bytes::new()).map_err(never).boxed())
             .unwrap(),
+        Behaviour::Flaky(percent) => {
+            if flaky_fails(&headers, percent) {
+                full(500, "flaky")
+            } else {
+                full(200, "ok")
+            }
+        }
         Behaviour::Endless => Response::builder()
             .status(200)
             .body(EndlessBody { remaining: 1 << 30 }.map_err(never).boxed())

@@ -1,0 +1,531 @@
+//! The consistency check of the store (`palo-webhooks check`, issue 4).
+//!
+//! Owner's rule: read-only, over one read snapshot, and never loads a whole table into
+//! memory: every cross-reference is a point lookup, so a store of millions of deliveries
+//! is checked in one pass per table. It verifies the invariants of docs/ARCHITECTURE.md:
+//!
+//! 1. A delivery that is not final has exactly one `retry_index` entry, at its
+//!    `next_attempt_at_ms`; a final one has none; every index entry names such a delivery.
+//! 2. A delivery's attempts are numbered 1..=`attempt_count` without gaps, and
+//!    `scheduled_attempts <= attempt_count`; every attempt log entry has its delivery.
+//! 3. A delivery's event exists and lists it; a non-final delivery's webhook exists.
+//! 4. Every secondary table (`org_webhooks`, `org_events`, `event_ids`,
+//!    `webhook_deliveries`, `api_key_hashes`) matches its primary table both ways.
+//! 5. Every record decodes.
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+
+use super::records::{
+    decode, ApiKeyRecord, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord,
+};
+use super::{
+    Store, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS,
+    ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES,
+};
+
+/// At most this many violations are described; the rest are only counted.
+pub const MAX_DESCRIBED: usize = 100;
+
+/// What [`Store::check`] found: record counts and every invariant violation.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Webhooks stored.
+    pub webhooks: u64,
+    /// Events stored.
+    pub events: u64,
+    /// Deliveries stored.
+    pub deliveries: u64,
+    /// Deliveries not final (pending or retrying).
+    pub not_final: u64,
+    /// Attempt log entries.
+    pub attempts: u64,
+    /// Retry-index entries.
+    pub retry_index: u64,
+    /// API keys.
+    pub api_keys: u64,
+    /// Violations found (all of them, described or not).
+    pub violation_count: u64,
+    /// The first [`MAX_DESCRIBED`] violations, in words.
+    pub violations: Vec<String>,
+}
+
+impl CheckReport {
+    /// True when no invariant is violated.
+    pub fn is_ok(&self) -> bool {
+        self.violation_count == 0
+    }
+
+    fn violation(&mut self, text: String) {
+        self.violation_count += 1;
+        if self.violations.len() < MAX_DESCRIBED {
+            self.violations.push(text);
+        }
+    }
+}
+
+/// The table sizes that must agree, from each table's stored length (no scan): what the
+/// daemon checks at start-up. Returns the disagreements in words (empty when consistent).
+///
+/// # Errors
+/// [`StoreError`] when a table cannot be read.
+pub(super) fn quick(txn: &ReadTransaction) -> Result<Vec<String>, StoreError> {
+    let len = |n: u64, name: &str| (n, name.to_owned());
+    let pairs = [
+        (
+            len(txn.open_table(WEBHOOKS)?.len()?, "webhooks"),
+            len(txn.open_table(ORG_WEBHOOKS)?.len()?, "org_webhooks"),
+        ),
+        (
+            len(txn.open_table(EVENTS)?.len()?, "events"),
+            len(txn.open_table(ORG_EVENTS)?.len()?, "org_events"),
+        ),
+        (
+            len(txn.open_table(EVENTS)?.len()?, "events"),
+            len(txn.open_table(EVENT_IDS)?.len()?, "event_ids"),
+        ),
+        (
+            len(txn.open_table(DELIVERIES)?.len()?, "deliveries"),
+            len(
+                txn.open_table(WEBHOOK_DELIVERIES)?.len()?,
+                "webhook_deliveries",
+            ),
+        ),
+        (
+            len(txn.open_table(API_KEYS)?.len()?, "api_keys"),
+            len(txn.open_table(API_KEY_HASHES)?.len()?, "api_key_hashes"),
+        ),
+    ];
+    let mut problems: Vec<String> = pairs
+        .iter()
+        .filter(|((a, _), (b, _))| a != b)
+        .map(|((a, an), (b, bn))| format!("{an} has {a} entries but {bn} has {b}"))
+        .collect();
+    let index = txn.open_table(RETRY_INDEX)?.len()?;
+    let deliveries = txn.open_table(DELIVERIES)?.len()?;
+    if index > deliveries {
+        problems.push(format!(
+            "retry_index has {index} entries, more than the {deliveries} deliveries"
+        ));
+    }
+    Ok(problems)
+}
+
+impl Store {
+    /// Verifies every invariant over one snapshot (see the module docs). Takes time linear
+    /// in the store's size; meant for `palo-webhooks check` on a stopped daemon's file.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a table cannot be read. A record that does not decode is a
+    /// violation in the report, not an error.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut report = CheckReport::default();
+        check_webhooks(&txn, &mut report)?;
+        check_events(&txn, &mut report)?;
+        check_deliveries(&txn, &mut report)?;
+        check_index_tables(&txn, &mut report)?;
+        check_api_keys(&txn, &mut report)?;
+        Ok(report)
+    }
+
+    /// The start-up form of [`Store::check`]: compares table lengths only (no scan).
+    /// Returns the disagreements in words; empty when consistent.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a table cannot be read.
+    pub fn quick_check(&self) -> Result<Vec<String>, StoreError> {
+        quick(&self.db.begin_read()?)
+    }
+}
+
+fn check_webhooks(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), StoreError> {
+    let webhooks = txn.open_table(WEBHOOKS)?;
+    let by_org = txn.open_table(ORG_WEBHOOKS)?;
+    for entry in webhooks.iter()? {
+        let (id, bytes) = entry?;
+        let id = WebhookId(id.value());
+        report.webhooks += 1;
+        let webhook = match decode::<WebhookRecord>("webhooks", bytes.value())
+            .and_then(|r| r.into_domain(id))
+        {
+            Ok(w) => w,
+            Err(e) => {
+                report.violation(format!("webhook {id}: {e}"));
+                continue;
+            }
+        };
+        if by_org
+            .get((webhook.organization_id.as_str(), id.0))?
+            .is_none()
+        {
+            report.violation(format!("webhook {id}: missing from org_webhooks"));
+        }
+    }
+    for entry in by_org.iter()? {
+        let (key, _) = entry?;
+        let (org, id) = key.value();
+        if webhooks.get(id)?.is_none() {
+            report.violation(format!(
+                "org_webhooks ({org}, {}) names no webhook",
+                WebhookId(id)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_events(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), StoreError> {
+    let events = txn.open_table(EVENTS)?;
+    let by_org = txn.open_table(ORG_EVENTS)?;
+    let by_event_id = txn.open_table(EVENT_IDS)?;
+    let deliveries = txn.open_table(DELIVERIES)?;
+    for entry in events.iter()? {
+        let (key, bytes) = entry?;
+        let key = EventKey(key.value());
+        report.events += 1;
+        let event =
+            match decode::<EventRecord>("events", bytes.value()).and_then(|r| r.into_domain(key)) {
+                Ok(e) => e,
+                Err(e) => {
+                    report.violation(format!("event {key}: {e}"));
+                    continue;
+                }
+            };
+        let org = event.organization_id.as_str();
+        if by_org.get((org, key.0))?.is_none() {
+            report.violation(format!("event {}: missing from org_events", event.event_id));
+        }
+        match by_event_id.get((event.event_id.as_str(), org))? {
+            Some(k) if k.value() == key.0 => {}
+            _ => report.violation(format!(
+                "event {} of {org}: event_ids does not point to it",
+                event.event_id
+            )),
+        }
+        for id in &event.delivery_ids {
+            if deliveries.get(id.0)?.is_none() {
+                report.violation(format!(
+                    "event {}: lists delivery {id}, which does not exist",
+                    event.event_id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_deliveries(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), StoreError> {
+    let deliveries = txn.open_table(DELIVERIES)?;
+    let events = txn.open_table(EVENTS)?;
+    let webhooks = txn.open_table(WEBHOOKS)?;
+    let by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
+    let attempts = txn.open_table(ATTEMPTS)?;
+    let index = txn.open_table(RETRY_INDEX)?;
+    for entry in deliveries.iter()? {
+        let (id, bytes) = entry?;
+        let id = DeliveryId(id.value());
+        report.deliveries += 1;
+        let delivery = match decode::<DeliveryRecord>("deliveries", bytes.value())
+            .and_then(|r| r.into_domain(id))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                report.violation(format!("delivery {id}: {e}"));
+                continue;
+            }
+        };
+        // Its event exists and lists it.
+        match events.get(delivery.event_key.0)? {
+            None => report.violation(format!("delivery {id}: its event does not exist")),
+            Some(bytes) => match decode::<EventRecord>("events", bytes.value())
+                .and_then(|r| r.into_domain(delivery.event_key))
+            {
+                Ok(event) if !event.delivery_ids.contains(&id) => {
+                    report.violation(format!("delivery {id}: its event does not list it"));
+                }
+                Ok(event) if event.organization_id != delivery.organization_id => {
+                    report.violation(format!(
+                        "delivery {id}: organization differs from its event's"
+                    ));
+                }
+                _ => {} // A corrupt event is reported by check_events.
+            },
+        }
+        if by_webhook.get((delivery.webhook_id.0, id.0))?.is_none() {
+            report.violation(format!("delivery {id}: missing from webhook_deliveries"));
+        }
+        // The retry index: one entry at its due time when not final, none when final.
+        if delivery.status.is_final() {
+            if let Some(due) = delivery.next_attempt_at_ms {
+                report.violation(format!(
+                    "delivery {id}: final ({}) but due at {due}",
+                    delivery.status.as_str()
+                ));
+            }
+        } else {
+            report.not_final += 1;
+            match delivery.next_attempt_at_ms {
+                None => report.violation(format!(
+                    "delivery {id}: {} but has no due time",
+                    delivery.status.as_str()
+                )),
+                Some(due) if index.get((due, id.0))?.is_none() => report.violation(format!(
+                    "delivery {id}: due at {due} but missing from retry_index"
+                )),
+                Some(_) => {}
+            }
+            if webhooks.get(delivery.webhook_id.0)?.is_none() {
+                report.violation(format!(
+                    "delivery {id}: {} but its webhook {} does not exist",
+                    delivery.status.as_str(),
+                    delivery.webhook_id
+                ));
+            }
+        }
+        // Attempts numbered 1..=attempt_count.
+        let mut expected = 1u32;
+        for entry in attempts.range((id.0, 0)..=(id.0, u32::MAX))? {
+            let (key, bytes) = entry?;
+            let number = key.value().1;
+            report.attempts += 1;
+            if number != expected {
+                report.violation(format!(
+                    "delivery {id}: attempt {number} where {expected} was expected"
+                ));
+            }
+            expected = number.saturating_add(1);
+            if let Err(e) = decode::<AttemptRecord>("attempts", bytes.value())
+                .and_then(|r| r.into_domain(number))
+            {
+                report.violation(format!("delivery {id}, attempt {number}: {e}"));
+            }
+        }
+        let logged = expected - 1;
+        if logged != delivery.attempt_count {
+            report.violation(format!(
+                "delivery {id}: attempt_count is {} but {logged} attempts are logged",
+                delivery.attempt_count
+            ));
+        }
+        if delivery.scheduled_attempts > delivery.attempt_count {
+            report.violation(format!(
+                "delivery {id}: {} scheduled attempts of {} in all",
+                delivery.scheduled_attempts, delivery.attempt_count
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_index_tables(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), StoreError> {
+    let deliveries = txn.open_table(DELIVERIES)?;
+    let load = |id: u128| -> Result<Option<crate::model::Delivery>, StoreError> {
+        match deliveries.get(id)? {
+            None => Ok(None),
+            Some(bytes) => Ok(decode::<DeliveryRecord>("deliveries", bytes.value())
+                .and_then(|r| r.into_domain(DeliveryId(id)))
+                .ok()),
+        }
+    };
+    for entry in txn.open_table(RETRY_INDEX)?.iter()? {
+        let (key, _) = entry?;
+        let (due, id) = key.value();
+        report.retry_index += 1;
+        match load(id)? {
+            None => report.violation(format!(
+                "retry_index ({due}, {}) names no delivery",
+                DeliveryId(id)
+            )),
+            Some(d) if d.status.is_final() => report.violation(format!(
+                "retry_index ({due}, {}) names a final delivery",
+                d.id
+            )),
+            Some(d) if d.next_attempt_at_ms != Some(due) => report.violation(format!(
+                "retry_index ({due}, {}) disagrees with the delivery's due time {:?}",
+                d.id, d.next_attempt_at_ms
+            )),
+            Some(_) => {}
+        }
+    }
+    for entry in txn.open_table(WEBHOOK_DELIVERIES)?.iter()? {
+        let (key, _) = entry?;
+        let (webhook, id) = key.value();
+        match load(id)? {
+            Some(d) if d.webhook_id.0 == webhook => {}
+            _ => report.violation(format!(
+                "webhook_deliveries ({}, {}) names no delivery of that webhook",
+                WebhookId(webhook),
+                DeliveryId(id)
+            )),
+        }
+    }
+    for entry in txn.open_table(ATTEMPTS)?.iter()? {
+        let (key, _) = entry?;
+        let (id, number) = key.value();
+        if deliveries.get(id)?.is_none() {
+            report.violation(format!(
+                "attempt {number} of {} has no delivery",
+                DeliveryId(id)
+            ));
+        }
+    }
+    let events = txn.open_table(EVENTS)?;
+    for entry in txn.open_table(ORG_EVENTS)?.iter()? {
+        let (key, _) = entry?;
+        let (org, event) = key.value();
+        if events.get(event)?.is_none() {
+            report.violation(format!(
+                "org_events ({org}, {}) names no event",
+                EventKey(event)
+            ));
+        }
+    }
+    for entry in txn.open_table(EVENT_IDS)?.iter()? {
+        let (key, value) = entry?;
+        let (event_id, org) = key.value();
+        if events.get(value.value())?.is_none() {
+            report.violation(format!("event_ids ({event_id}, {org}) names no event"));
+        }
+    }
+    Ok(())
+}
+
+fn check_api_keys(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), StoreError> {
+    let keys = txn.open_table(API_KEYS)?;
+    let hashes = txn.open_table(API_KEY_HASHES)?;
+    for entry in keys.iter()? {
+        let (id, bytes) = entry?;
+        let id = KeyId(id.value());
+        report.api_keys += 1;
+        match decode::<ApiKeyRecord>("api_keys", bytes.value()) {
+            Err(e) => report.violation(format!("api key {id}: {e}")),
+            Ok(record) => {
+                let key = record.into_domain(id);
+                match hashes.get(key.key_hash.as_slice())? {
+                    Some(v) if v.value() == id.0 => {}
+                    _ => report.violation(format!("api key {id}: missing from api_key_hashes")),
+                }
+            }
+        }
+    }
+    for entry in hashes.iter()? {
+        let (_, id) = entry?;
+        if keys.get(id.value())?.is_none() {
+            report.violation(format!("api_key_hashes names no key {}", KeyId(id.value())));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{self, EventInput};
+    use crate::model::{EventFilter, Secret, Webhook};
+
+    /// A store holding one webhook and `n` events, each with one pending delivery.
+    fn store_with_backlog(n: usize) -> (tempfile::TempDir, Store, WebhookId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.redb")).unwrap();
+        let webhook = Webhook {
+            id: WebhookId::generate(),
+            organization_id: "org_1".into(),
+            url: "https://example.com/hook".into(),
+            events: EventFilter::All,
+            secret: Secret("s".into()),
+            active: true,
+            description: String::new(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        };
+        store.create_webhook(&webhook).unwrap();
+        let data = serde_json::value::RawValue::from_string(
+            r#"{"ticket_id":"T","title":"t","priority":"p3","project_id":"p","created_by":"u"}"#
+                .into(),
+        )
+        .unwrap();
+        let events = (0..n)
+            .map(|i| {
+                event::prepare(
+                    EventInput {
+                        event_id: Some(format!("evt_{i}")),
+                        event_type: "ticket.created".into(),
+                        timestamp: None,
+                        organization_id: "org_1".into(),
+                        data: &data,
+                    },
+                    1_000,
+                    false,
+                )
+                .unwrap()
+            })
+            .collect();
+        store.bulk_load(events, webhook.id, 1_000, 2_000).unwrap();
+        (dir, store, webhook.id)
+    }
+
+    #[test]
+    fn a_consistent_store_passes() {
+        let (_dir, store, _) = store_with_backlog(3);
+        let report = store.check().unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(
+            (
+                report.webhooks,
+                report.events,
+                report.deliveries,
+                report.not_final,
+                report.retry_index
+            ),
+            (1, 3, 3, 3, 3)
+        );
+        assert!(store.quick_check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_broken_invariant_is_reported() {
+        let (_dir, store, webhook) = store_with_backlog(3);
+        let ids: Vec<u128> = store
+            .read(|txn| {
+                let table = txn.open_table(DELIVERIES)?;
+                let ids: Result<Vec<u128>, redb::StorageError> =
+                    table.iter()?.map(|e| e.map(|(k, _)| k.value())).collect();
+                Ok(ids?)
+            })
+            .unwrap();
+        store
+            .write(move |txn| {
+                // A pending delivery loses its index entry; an index entry gains a twin at
+                // another time; an attempt log entry appears with a gap and no count.
+                let mut index = txn.open_table(RETRY_INDEX)?;
+                index.remove((2_000, ids[0]))?;
+                index.insert((9_000, ids[1]), ())?;
+                txn.open_table(ATTEMPTS)?
+                    .insert((ids[2], 2), [0u8].as_slice())?;
+                txn.open_table(WEBHOOK_DELIVERIES)?
+                    .insert((webhook.0, 42), ())?;
+                Ok(())
+            })
+            .unwrap();
+        let report = store.check().unwrap();
+        let all = report.violations.join("\n");
+        assert!(!report.is_ok());
+        assert!(all.contains("missing from retry_index"), "{all}");
+        assert!(
+            all.contains("disagrees with the delivery's due time"),
+            "{all}"
+        );
+        assert!(all.contains("attempt 2 where 1 was expected"), "{all}");
+        assert!(
+            all.contains("attempt_count is 0 but 2 attempts are logged"),
+            "{all}"
+        );
+        assert!(all.contains("names no delivery of that webhook"), "{all}");
+        assert_eq!(
+            store.quick_check().unwrap(),
+            vec!["deliveries has 3 entries but webhook_deliveries has 4".to_owned()]
+        );
+    }
+}
