@@ -217,6 +217,7 @@ impl Sender {
             response_body: String::new(),
             response_body_truncated: false,
             trigger: attempt.trigger,
+            retry_after_ms: None,
         };
         let signature = self.signatures.signature(
             attempt.event_key,
@@ -231,6 +232,14 @@ impl Sender {
                 Ok(Err(e)) => log.error = Some(classify(&e)),
                 Ok(Ok(response)) => {
                     log.status_code = Some(response.status().as_u16());
+                    if matches!(response.status().as_u16(), 429 | 503) {
+                        log.retry_after_ms = response
+                            .headers()
+                            .get(hyper::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    }
                     let read = read_capped(response.into_body(), deadline).await;
                     log.response_body = String::from_utf8_lossy(&read.bytes).into_owned();
                     log.response_body_truncated = read.truncated;
@@ -241,6 +250,18 @@ impl Sender {
         log.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log
     }
+}
+
+/// Parses a `Retry-After` value (RFC 9110 §10.2.3): delta-seconds (`120`) or an HTTP-date
+/// (`Wed, 21 Oct 2026 07:28:00 GMT`, read relative to `now`; a past date is zero). `None` when
+/// it is neither.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn build_request(
@@ -333,6 +354,26 @@ fn classify(error: &hyper_util::client::legacy::Error) -> AttemptError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 21 Oct 2015 07:28:00
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
 
     #[test]
     fn signature_cache_reuses_a_signature_until_the_secret_changes() {

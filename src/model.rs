@@ -249,6 +249,9 @@ pub struct Attempt {
     pub response_body_truncated: bool,
     /// What started it.
     pub trigger: Trigger,
+    /// The delay a 429 or 503 asked for in `Retry-After` (RFC 9110 §10.2.3: delta-seconds
+    /// or an HTTP-date), in ms; `None` otherwise.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Attempt {

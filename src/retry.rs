@@ -57,6 +57,12 @@ impl RetrySchedule {
         u32::try_from(self.delays.len() + 1).unwrap_or(u32::MAX)
     }
 
+    /// The longest delay of the schedule (zero when it has none): the cap on what a
+    /// receiver's `Retry-After` can ask for.
+    pub fn longest(&self) -> Duration {
+        self.delays.iter().max().copied().unwrap_or(Duration::ZERO)
+    }
+
     /// The delay after the `failed_attempts`-th scheduled failure, if another attempt follows.
     pub fn delay_after(&self, failed_attempts: u32) -> Option<Duration> {
         let index = usize::try_from(failed_attempts.checked_sub(1)?).ok()?;
@@ -91,13 +97,16 @@ pub struct ScheduleState {
 /// - Any 2xx: `succeeded`, nothing scheduled (a manual success also cancels a scheduled retry).
 /// - A failed manual attempt changes nothing.
 /// - A failed scheduled attempt: `retrying` with the next delay of the schedule, or `failed`
-///   once the schedule is exhausted.
+///   once the schedule is exhausted. A receiver's `retry_after` (429/503 `Retry-After`)
+///   lengthens that delay: max(scheduled delay, `retry_after`), but never past the schedule's
+///   longest step; it still counts as an attempt, and never shortens the schedule.
 /// - A final delivery (`cancelled`, or `failed`/`succeeded` for a scheduled attempt that
 ///   raced with a change) stays as it is unless a manual attempt succeeds on it.
 pub fn after_attempt(
     state: ScheduleState,
     trigger: Trigger,
     succeeded: bool,
+    retry_after: Option<Duration>,
     schedule: &RetrySchedule,
     now_ms: u64,
 ) -> ScheduleState {
@@ -118,13 +127,19 @@ pub fn after_attempt(
     }
     let failed = state.scheduled_attempts + 1;
     match schedule.delay_after(failed) {
-        Some(delay) if failed < schedule.max_attempts() => ScheduleState {
-            status: DeliveryStatus::Retrying,
-            scheduled_attempts: failed,
-            next_attempt_at_ms: Some(
-                now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
-            ),
-        },
+        Some(delay) if failed < schedule.max_attempts() => {
+            let asked = retry_after
+                .unwrap_or(Duration::ZERO)
+                .min(schedule.longest());
+            let delay = delay.max(asked);
+            ScheduleState {
+                status: DeliveryStatus::Retrying,
+                scheduled_attempts: failed,
+                next_attempt_at_ms: Some(
+                    now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                ),
+            }
+        }
         _ => ScheduleState {
             status: DeliveryStatus::Failed,
             scheduled_attempts: failed,
@@ -153,7 +168,7 @@ mod tests {
         let mut offsets = Vec::new();
         let mut now = 1_000;
         for _ in 0..5 {
-            state = after_attempt(state, Trigger::Scheduled, false, &schedule, now);
+            state = after_attempt(state, Trigger::Scheduled, false, None, &schedule, now);
             if let Some(next) = state.next_attempt_at_ms {
                 offsets.push(next - now);
                 now = next;
@@ -174,10 +189,10 @@ mod tests {
             next_attempt_at_ms: Some(9),
         };
         assert_eq!(
-            after_attempt(retrying, Trigger::Manual, false, &schedule, 5),
+            after_attempt(retrying, Trigger::Manual, false, None, &schedule, 5),
             retrying
         );
-        let done = after_attempt(retrying, Trigger::Manual, true, &schedule, 5);
+        let done = after_attempt(retrying, Trigger::Manual, true, None, &schedule, 5);
         assert_eq!(done.status, DeliveryStatus::Succeeded);
         assert_eq!(done.scheduled_attempts, 2);
         assert_eq!(done.next_attempt_at_ms, None);
@@ -187,7 +202,7 @@ mod tests {
             next_attempt_at_ms: None,
         };
         assert_eq!(
-            after_attempt(failed, Trigger::Manual, true, &schedule, 5).status,
+            after_attempt(failed, Trigger::Manual, true, None, &schedule, 5).status,
             DeliveryStatus::Succeeded
         );
     }
@@ -204,11 +219,50 @@ mod tests {
                 cancelled,
                 Trigger::Manual,
                 true,
+                None,
                 &RetrySchedule::default(),
                 5
             ),
             cancelled
         );
+    }
+
+    #[test]
+    fn retry_after_lengthens_a_delay_up_to_the_longest_step_and_never_shortens_it() {
+        let schedule = RetrySchedule::default(); // 5m,30m,2h,6h
+        let after = |retry_after: Option<Duration>| {
+            after_attempt(
+                pending(),
+                Trigger::Scheduled,
+                false,
+                retry_after,
+                &schedule,
+                0,
+            )
+            .next_attempt_at_ms
+        };
+        assert_eq!(after(None), Some(300_000));
+        assert_eq!(after(Some(Duration::from_secs(10))), Some(300_000));
+        assert_eq!(after(Some(Duration::from_secs(3600))), Some(3_600_000));
+        assert_eq!(
+            after(Some(Duration::from_secs(86_400 * 30))),
+            Some(21_600_000)
+        );
+        // It still counts as an attempt: the fifth failure is final whatever it asked.
+        let last = ScheduleState {
+            status: DeliveryStatus::Retrying,
+            scheduled_attempts: 4,
+            next_attempt_at_ms: Some(0),
+        };
+        let state = after_attempt(
+            last,
+            Trigger::Scheduled,
+            false,
+            Some(Duration::from_secs(60)),
+            &schedule,
+            0,
+        );
+        assert_eq!(state.status, DeliveryStatus::Failed);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! (scheduled or manual), which keeps attempt numbers unique.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,11 +35,52 @@ const HORIZON_MS: u64 = 60_000;
 const REFILL_INTERVAL_MS: u64 = 1_000;
 /// A delivery found busy or unreadable is looked at again after this long (1 s).
 const RECHECK_MS: u64 = 1_000;
+/// A due delivery whose webhook has no free in-flight slot waits this long in the wheel
+/// (parked, with no task and no read) before it is looked at again (250 ms).
+const PARK_MS: u64 = 250;
 /// While its webhook is inactive, a due delivery is postponed by this much (60 s).
 const INACTIVE_POSTPONE_MS: u64 = 60_000;
 
-/// A per-webhook and a global in-flight permit, released when dropped.
-type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// An attempt that takes longer than this (1 s) marks its webhook as not proven fast.
+const SLOW_ATTEMPT_MS: u64 = 1_000;
+
+/// The in-flight permits of one attempt, released when dropped: its webhook's, the webhook's
+/// single-file gate while the webhook is not proven fast, and the global one.
+struct Permits {
+    _own: OwnedSemaphorePermit,
+    _gate: Option<OwnedSemaphorePermit>,
+    _global: OwnedSemaphorePermit,
+}
+
+/// One webhook's in-flight limits. A webhook starts "unproven": its attempts go one at a
+/// time (the gate) until one completes within [`SLOW_ATTEMPT_MS`]; then up to the
+/// per-webhook limit run at once, until an attempt is slow again. So an endpoint that hangs
+/// holds one in-flight slot, not `max_in_flight_per_webhook` of them, and a thousand
+/// hanging endpoints cannot take the global slots the healthy ones need (issue 4).
+struct Lane {
+    permits: Arc<Semaphore>,
+    gate: Arc<Semaphore>,
+    proven: std::sync::atomic::AtomicBool,
+}
+
+impl Lane {
+    /// Whether an attempt could start now (a parked delivery is worth reading again).
+    fn has_room(&self) -> bool {
+        self.permits.available_permits() > 0
+            && (self.proven.load(Ordering::Relaxed) || self.gate.available_permits() > 0)
+    }
+
+    /// The webhook's slot (and its gate while not proven) if free now.
+    fn try_take(&self) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+        let own = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        let gate = if self.proven.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(Arc::clone(&self.gate).try_acquire_owned().ok()?)
+        };
+        Some((own, gate))
+    }
+}
 
 /// Scheduler limits.
 #[derive(Debug, Clone)]
@@ -70,8 +112,19 @@ pub enum AttemptNowError {
     Store(#[from] StoreError),
 }
 
+/// A wheel entry: fire at `fire_at` ms; `index_due` is the delivery's key in the retry index
+/// (the same time, unless the entry is a recheck or a parked delivery); `webhook` is known
+/// for a parked delivery, so it can wait for its webhook's slot without being read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    fire_at: u64,
+    id: DeliveryId,
+    index_due: u64,
+    webhook: Option<WebhookId>,
+}
+
 struct Wheel {
-    entries: BTreeSet<(u64, DeliveryId)>,
+    entries: BTreeSet<Entry>,
     cursor: Option<(u64, DeliveryId)>,
     /// The index holds entries within the horizon that are not loaded (the last load hit the
     /// capacity, or a hint did not fit): load again as soon as there is room.
@@ -86,7 +139,7 @@ struct Inner {
     wake: Notify,
     in_flight: Mutex<HashSet<DeliveryId>>,
     global: Arc<Semaphore>,
-    per_webhook: Mutex<HashMap<WebhookId, Arc<Semaphore>>>,
+    per_webhook: Mutex<HashMap<WebhookId, Arc<Lane>>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -101,11 +154,15 @@ pub struct Scheduler {
 struct Claim {
     inner: Arc<Inner>,
     id: DeliveryId,
+    /// The delivery's retry-index time when it was claimed (what a recheck must rewind to).
+    index_due: u64,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         lock(&self.inner.in_flight).remove(&self.id);
+        // The dispatcher may be waiting for room under its cap of active claims.
+        self.inner.wake.notify_one();
     }
 }
 
@@ -151,39 +208,78 @@ impl Scheduler {
     pub async fn run(self) {
         let inner = &self.inner;
         let mut next_refill_ms = 0;
+        // After a failed index read, the "behind" shortcut waits for the regular interval.
+        let mut refill_failed = false;
         loop {
             let now = clock::now_ms();
             // New writes reach the wheel as hints, so the index is read only when the horizon
             // moves on (every REFILL_INTERVAL_MS) or when the wheel fell behind it.
-            let behind = {
+            let behind = !refill_failed && {
                 let wheel = lock(&inner.wheel);
                 wheel.behind && wheel.entries.len() < inner.settings.wheel_capacity / 2
             };
             if now >= next_refill_ms || behind {
                 next_refill_ms = now + REFILL_INTERVAL_MS;
                 let refill = Arc::clone(inner);
+                refill_failed = true;
                 match tokio::task::spawn_blocking(move || refill.refill(now)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => refill_failed = false,
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "could not read the retry index; will try again")
                     }
                     Err(e) => tracing::error!(error = %e, "retry index loader panicked"),
                 }
             }
-            let (due, next_wake) = {
+            // Dispatch what is due, up to the cap of active claims (so a backlog costs wheel
+            // entries, not tasks). A parked delivery whose webhook is still full is parked
+            // again without a task or a read.
+            let room = inner
+                .max_active()
+                .saturating_sub(lock(&inner.in_flight).len());
+            let mut due = Vec::new();
+            let mut parked = Vec::new();
+            let (next_fire, behind_with_room) = {
                 let mut wheel = lock(&inner.wheel);
-                let mut due = Vec::new();
-                while let Some(first) = wheel.entries.first().copied().filter(|(at, _)| *at <= now)
-                {
+                while due.len() < room {
+                    let Some(first) = wheel.entries.first().copied().filter(|e| e.fire_at <= now)
+                    else {
+                        break;
+                    };
                     wheel.entries.remove(&first);
-                    due.push(first);
+                    match first.webhook {
+                        Some(webhook) if !inner.lane(webhook).has_room() => parked.push(first),
+                        _ => due.push(first),
+                    }
                 }
-                let next = wheel.entries.first().map_or(u64::MAX, |(at, _)| *at);
-                (due, next.min(now + REFILL_INTERVAL_MS))
+                let next = wheel.entries.first().map_or(u64::MAX, |e| e.fire_at);
+                let behind = wheel.behind
+                    && wheel.entries.len() < inner.settings.wheel_capacity / 2
+                    && !refill_failed;
+                (next, behind)
             };
-            for (_, id) in due {
-                self.dispatch(id);
+            for entry in parked {
+                inner.recheck(now + PARK_MS, entry.id, entry.index_due, entry.webhook);
             }
+            let capped = due.len() >= room;
+            for entry in due {
+                self.dispatch(entry);
+            }
+            if !capped && (next_fire <= now || behind_with_room) {
+                // More is due, or the wheel can load more of a backlog: go round again at once,
+                // letting the tasks just spawned run first.
+                tokio::task::yield_now().await;
+                if inner.shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            // At the cap, a finishing attempt wakes the loop (Claim::drop); otherwise the next
+            // entry's time, a hint or the refill interval does.
+            let next_wake = if capped {
+                now + REFILL_INTERVAL_MS
+            } else {
+                next_fire.min(now + REFILL_INTERVAL_MS)
+            };
             let sleep = Duration::from_millis(next_wake.saturating_sub(clock::now_ms()));
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
@@ -226,7 +322,8 @@ impl Scheduler {
         id: DeliveryId,
         trigger: Trigger,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
-        let claim = self.inner.claim(id).ok_or(AttemptNowError::InFlight)?;
+        // A manual attempt is never rechecked by the scheduler, so its index time is moot.
+        let claim = self.inner.claim(id, 0).ok_or(AttemptNowError::InFlight)?;
         let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
             .await?
             .ok_or(AttemptNowError::NotFound)?;
@@ -240,9 +337,15 @@ impl Scheduler {
         lock(&self.inner.in_flight).len()
     }
 
-    fn dispatch(&self, id: DeliveryId) {
-        let Some(claim) = self.inner.claim(id) else {
-            self.inner.hint(clock::now_ms() + RECHECK_MS, id);
+    fn dispatch(&self, entry: Entry) {
+        let Some(claim) = self.inner.claim(entry.id, entry.index_due) else {
+            // Busy (a manual attempt, say): look again later.
+            self.inner.recheck(
+                clock::now_ms() + RECHECK_MS,
+                entry.id,
+                entry.index_due,
+                entry.webhook,
+            );
             return;
         };
         let inner = Arc::clone(&self.inner);
@@ -253,16 +356,31 @@ impl Scheduler {
 }
 
 impl Inner {
-    fn claim(self: &Arc<Self>, id: DeliveryId) -> Option<Claim> {
+    fn claim(self: &Arc<Self>, id: DeliveryId, index_due: u64) -> Option<Claim> {
         lock(&self.in_flight).insert(id).then(|| Claim {
             inner: Arc::clone(self),
             id,
+            index_due,
         })
     }
 
+    /// Most deliveries claimed at once (attempting, or reading before they park): twice the
+    /// global in-flight limit, at least 1024.
+    fn max_active(&self) -> usize {
+        self.settings.max_in_flight.saturating_mul(2).max(1024)
+    }
+
+    /// A committed write put `id` in the retry index at `due_ms`.
     fn hint(&self, due_ms: u64, id: DeliveryId) {
+        self.recheck(due_ms, id, due_ms, None);
+    }
+
+    /// Puts `id` (whose retry-index key is `(index_due, id)`) in the wheel to fire at
+    /// `fire_at`. If its index key is past the cursor, the loader will read it; if the wheel
+    /// is full, the cursor moves back before its index key instead, so nothing is forgotten.
+    fn recheck(&self, fire_at: u64, id: DeliveryId, index_due: u64, webhook: Option<WebhookId>) {
         let mut wheel = lock(&self.wheel);
-        let key = (due_ms, id);
+        let key = (index_due, id);
         if wheel.cursor.is_none_or(|cursor| key > cursor) {
             return;
         }
@@ -271,8 +389,14 @@ impl Inner {
             wheel.behind = true;
             return;
         }
-        let earliest = wheel.entries.first().is_none_or(|first| key < *first);
-        wheel.entries.insert(key);
+        let entry = Entry {
+            fire_at,
+            id,
+            index_due,
+            webhook,
+        };
+        let earliest = wheel.entries.first().is_none_or(|first| entry < *first);
+        wheel.entries.insert(entry);
         if earliest {
             self.wake.notify_one();
         }
@@ -295,33 +419,57 @@ impl Inner {
             Some(last) if wheel.behind => *last,
             _ => (horizon_end - 1, DeliveryId(u128::MAX)),
         };
-        wheel.entries.extend(loaded);
+        wheel
+            .entries
+            .extend(loaded.into_iter().map(|(due, id)| Entry {
+                fire_at: due,
+                id,
+                index_due: due,
+                webhook: None,
+            }));
         wheel.cursor = Some(wheel.cursor.map_or(new_cursor, |c| c.max(new_cursor)));
         Ok(())
     }
 
     async fn run_scheduled(self: Arc<Self>, claim: Claim) {
-        let id = claim.id;
-        // The first read names the webhook whose in-flight limit applies. When no slot is free,
-        // the task lets go of what it read (body included) while it waits, so thousands of
-        // waiting tasks stay small, and reads the delivery and its webhook again afterwards:
-        // meanwhile the webhook may have been deleted, deactivated or pointed elsewhere.
-        let Some(context) = self.load_due(id).await else {
+        let (id, index_due) = (claim.id, claim.index_due);
+        // The read names the webhook whose in-flight limit applies. When the webhook has no
+        // free slot, the delivery parks in the wheel with its webhook id: no task waits and
+        // nothing is read again until the webhook has room (or PARK_MS passes).
+        let Some(context) = self.load_due(&claim).await else {
             return;
         };
         let webhook_id = context.delivery.webhook_id;
-        let (permits, context) = match self.try_permits(webhook_id) {
-            Some(permits) => (permits, context),
-            None => {
+        let lane = self.lane(webhook_id);
+        let Some((own, gate)) = lane.try_take() else {
+            drop(claim);
+            self.recheck(clock::now_ms() + PARK_MS, id, index_due, Some(webhook_id));
+            return;
+        };
+        let (global, context) = match Arc::clone(&self.global).try_acquire_owned() {
+            Ok(global) => (global, context),
+            Err(_) => {
+                // Every global slot is taken: wait for one holding only the webhook's slot
+                // (the body is dropped meanwhile), then read again, since the webhook may
+                // have been deleted, deactivated or pointed elsewhere.
                 drop(context);
-                let Some(permits) = self.wait_permits(webhook_id).await else {
+                let global = tokio::select! {
+                    global = Arc::clone(&self.global).acquire_owned() => match global {
+                        Ok(global) => global,
+                        Err(_) => return,
+                    },
+                    () = self.shutdown.cancelled() => return,
+                };
+                let Some(context) = self.load_due(&claim).await else {
                     return;
                 };
-                let Some(context) = self.load_due(id).await else {
-                    return;
-                };
-                (permits, context)
+                (global, context)
             }
+        };
+        let permits = Permits {
+            _own: own,
+            _gate: gate,
+            _global: global,
         };
         // Boxed: the attempt's (large) state exists only once the attempt starts.
         if let Err(e) =
@@ -329,19 +477,20 @@ impl Inner {
                 .await
         {
             tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
-            self.hint(clock::now_ms() + RECHECK_MS, id);
+            self.recheck(clock::now_ms() + RECHECK_MS, id, index_due, None);
         }
     }
 
     /// Reads a claimed delivery and returns it if an attempt is due now: not final, due, and
     /// its webhook exists and is active. A stale wheel entry or a deleted webhook yields
     /// `None`; an inactive webhook postpones the delivery; a read error looks again later.
-    async fn load_due(self: &Arc<Self>, id: DeliveryId) -> Option<AttemptContext> {
+    async fn load_due(self: &Arc<Self>, claim: &Claim) -> Option<AttemptContext> {
+        let (id, index_due) = (claim.id, claim.index_due);
         let context = match blocking(&self.store, move |s| s.attempt_context(id)).await {
             Ok(context) => context?,
             Err(e) => {
                 tracing::warn!(delivery = %id, error = %e, "could not load a due delivery; will look again");
-                self.hint(clock::now_ms() + RECHECK_MS, id);
+                self.recheck(clock::now_ms() + RECHECK_MS, id, index_due, None);
                 return None;
             }
         };
@@ -359,44 +508,31 @@ impl Inner {
             match postponed {
                 Ok(true) => self.hint(now + INACTIVE_POSTPONE_MS, id),
                 Ok(false) => {}
-                Err(_) => self.hint(now + RECHECK_MS, id),
+                Err(_) => self.recheck(now + RECHECK_MS, id, index_due, None),
             }
             return None;
         }
         Some(context)
     }
 
-    fn webhook_semaphore(&self, webhook_id: WebhookId) -> Arc<Semaphore> {
+    fn lane(&self, webhook_id: WebhookId) -> Arc<Lane> {
         let mut map = lock(&self.per_webhook);
         let limit = self.settings.max_in_flight_per_webhook.max(1);
-        Arc::clone(
-            map.entry(webhook_id)
-                .or_insert_with(|| Arc::new(Semaphore::new(limit))),
-        )
+        Arc::clone(map.entry(webhook_id).or_insert_with(|| {
+            Arc::new(Lane {
+                permits: Arc::new(Semaphore::new(limit)),
+                gate: Arc::new(Semaphore::new(1)),
+                proven: std::sync::atomic::AtomicBool::new(false),
+            })
+        }))
     }
 
-    /// A per-webhook and a global in-flight permit if both are free now.
-    fn try_permits(&self, webhook_id: WebhookId) -> Option<Permits> {
-        let own = self
-            .webhook_semaphore(webhook_id)
-            .try_acquire_owned()
-            .ok()?;
-        let global = Arc::clone(&self.global).try_acquire_owned().ok()?;
-        Some((own, global))
-    }
-
-    /// Waits for a per-webhook then a global in-flight permit (in that order, so a slow
-    /// webhook's waiting attempts never hold global slots); `None` on shutdown.
-    async fn wait_permits(&self, webhook_id: WebhookId) -> Option<Permits> {
-        let per_webhook = self.webhook_semaphore(webhook_id);
-        tokio::select! {
-            permits = async {
-                let own = per_webhook.acquire_owned().await.ok()?;
-                let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
-                Some((own, global))
-            } => permits,
-            () = self.shutdown.cancelled() => None,
-        }
+    /// Records how fast the webhook answered: a quick answer (success or not) proves it,
+    /// a slow one or a timeout puts it back to one attempt at a time.
+    fn note_speed(&self, webhook_id: WebhookId, attempt: &Attempt) {
+        let fast = attempt.duration_ms < SLOW_ATTEMPT_MS
+            && attempt.error != Some(crate::model::AttemptError::Timeout);
+        self.lane(webhook_id).proven.store(fast, Ordering::Relaxed);
     }
 
     /// Sends one attempt for a claimed delivery and records it. The in-flight `permits` are
@@ -434,6 +570,7 @@ impl Inner {
             })
             .await;
         drop(permits);
+        self.note_speed(webhook.id, &log);
         let id = delivery.id;
         let schedule = self.settings.schedule.clone();
         let updated = self

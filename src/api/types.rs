@@ -190,6 +190,8 @@ pub struct AttemptOut {
     pub response_body_truncated: bool,
     /// `scheduled` | `manual`.
     pub trigger: String,
+    /// Seconds the receiver asked to wait (`Retry-After` on a 429 or 503), or null.
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl From<&Attempt> for AttemptOut {
@@ -203,6 +205,7 @@ impl From<&Attempt> for AttemptOut {
             response_body: a.response_body.clone(),
             response_body_truncated: a.response_body_truncated,
             trigger: a.trigger.as_str().to_owned(),
+            retry_after_seconds: a.retry_after_ms.map(|ms| ms.div_ceil(1000)),
         }
     }
 }

@@ -332,6 +332,7 @@ impl Store {
                 before,
                 attempt.trigger,
                 attempt.succeeded(),
+                attempt.retry_after_ms.map(std::time::Duration::from_millis),
                 schedule,
                 now_ms,
             );

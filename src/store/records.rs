@@ -242,11 +242,22 @@ pub(super) enum AttemptRecord {
         response_body_truncated: bool,
         trigger: String,
     },
+    /// V1 plus the receiver's `Retry-After` (issue 4).
+    V2 {
+        started_at_ms: u64,
+        duration_ms: u64,
+        status_code: Option<u16>,
+        error: Option<String>,
+        response_body: String,
+        response_body_truncated: bool,
+        trigger: String,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 impl AttemptRecord {
     pub(super) fn from_domain(a: &Attempt) -> Self {
-        AttemptRecord::V1 {
+        AttemptRecord::V2 {
             started_at_ms: a.started_at_ms,
             duration_ms: a.duration_ms,
             status_code: a.status_code,
@@ -254,11 +265,12 @@ impl AttemptRecord {
             response_body: a.response_body.clone(),
             response_body_truncated: a.response_body_truncated,
             trigger: a.trigger.as_str().to_owned(),
+            retry_after_ms: a.retry_after_ms,
         }
     }
 
     pub(super) fn into_domain(self, number: u32) -> Result<Attempt, StoreError> {
-        let AttemptRecord::V1 {
+        let (
             started_at_ms,
             duration_ms,
             status_code,
@@ -266,7 +278,46 @@ impl AttemptRecord {
             response_body,
             response_body_truncated,
             trigger,
-        } = self;
+            retry_after_ms,
+        ) = match self {
+            AttemptRecord::V1 {
+                started_at_ms,
+                duration_ms,
+                status_code,
+                error,
+                response_body,
+                response_body_truncated,
+                trigger,
+            } => (
+                started_at_ms,
+                duration_ms,
+                status_code,
+                error,
+                response_body,
+                response_body_truncated,
+                trigger,
+                None,
+            ),
+            AttemptRecord::V2 {
+                started_at_ms,
+                duration_ms,
+                status_code,
+                error,
+                response_body,
+                response_body_truncated,
+                trigger,
+                retry_after_ms,
+            } => (
+                started_at_ms,
+                duration_ms,
+                status_code,
+                error,
+                response_body,
+                response_body_truncated,
+                trigger,
+                retry_after_ms,
+            ),
+        };
         let error = match error {
             None => None,
             Some(name) => {
@@ -283,6 +334,7 @@ impl AttemptRecord {
             response_body,
             response_body_truncated,
             trigger,
+            retry_after_ms,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod delivery;
+mod hostile;
 mod ingest;
 mod isolation;
 mod recovery;
