@@ -61,13 +61,42 @@ struct Lane {
     permits: Arc<Semaphore>,
     gate: Arc<Semaphore>,
     proven: std::sync::atomic::AtomicBool,
+    /// Tasks waiting for a slot of this (proven) lane; at most `limit`, so a busy fast
+    /// webhook always has its next attempts read and ready, and the rest stay parked.
+    waiting: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+/// Counts a task in [`Lane::waiting`] until dropped.
+struct Waiting(Arc<Lane>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Lane {
-    /// Whether an attempt could start now (a parked delivery is worth reading again).
+    /// Whether a parked delivery is worth reading again: a slot is free, or (for a proven
+    /// webhook) the queue of tasks waiting for one is not full.
     fn has_room(&self) -> bool {
-        self.permits.available_permits() > 0
-            && (self.proven.load(Ordering::Relaxed) || self.gate.available_permits() > 0)
+        if self.proven.load(Ordering::Relaxed) {
+            self.permits.available_permits() > 0
+                || self.waiting.load(Ordering::Relaxed) < self.limit
+        } else {
+            self.permits.available_permits() > 0 && self.gate.available_permits() > 0
+        }
+    }
+
+    /// A place in the queue of tasks waiting for a slot, if the webhook is proven fast and
+    /// the queue has room.
+    fn join_queue(self: &Arc<Self>) -> Option<Waiting> {
+        if !self.proven.load(Ordering::Relaxed) {
+            return None;
+        }
+        let before = self.waiting.fetch_add(1, Ordering::Relaxed);
+        let place = Waiting(Arc::clone(self));
+        (before < self.limit).then_some(place)
     }
 
     /// The webhook's slot (and its gate while not proven) if free now.
@@ -434,17 +463,37 @@ impl Inner {
     async fn run_scheduled(self: Arc<Self>, claim: Claim) {
         let (id, index_due) = (claim.id, claim.index_due);
         // The read names the webhook whose in-flight limit applies. When the webhook has no
-        // free slot, the delivery parks in the wheel with its webhook id: no task waits and
-        // nothing is read again until the webhook has room (or PARK_MS passes).
+        // free slot (and no room in its short queue), the delivery parks in the wheel with
+        // its webhook id: no task waits and nothing is read again until the webhook has room.
         let Some(context) = self.load_due(&claim).await else {
             return;
         };
         let webhook_id = context.delivery.webhook_id;
         let lane = self.lane(webhook_id);
-        let Some((own, gate)) = lane.try_take() else {
-            drop(claim);
-            self.recheck(clock::now_ms() + PARK_MS, id, index_due, Some(webhook_id));
-            return;
+        let ((own, gate), context) = match lane.try_take() {
+            Some(slot) => (slot, context),
+            None => {
+                let Some(place) = lane.join_queue() else {
+                    drop(claim);
+                    self.recheck(clock::now_ms() + PARK_MS, id, index_due, Some(webhook_id));
+                    return;
+                };
+                // A proven webhook's next attempts wait in a short queue (the body is dropped
+                // meanwhile), then read again: the webhook may have changed.
+                drop(context);
+                let own = tokio::select! {
+                    own = Arc::clone(&lane.permits).acquire_owned() => match own {
+                        Ok(own) => own,
+                        Err(_) => return,
+                    },
+                    () = self.shutdown.cancelled() => return,
+                };
+                drop(place);
+                let Some(context) = self.load_due(&claim).await else {
+                    return;
+                };
+                ((own, None), context)
+            }
         };
         let (global, context) = match Arc::clone(&self.global).try_acquire_owned() {
             Ok(global) => (global, context),
@@ -523,6 +572,8 @@ impl Inner {
                 permits: Arc::new(Semaphore::new(limit)),
                 gate: Arc::new(Semaphore::new(1)),
                 proven: std::sync::atomic::AtomicBool::new(false),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                limit,
             })
         }))
     }

@@ -120,7 +120,7 @@ async fn a_trickling_body_after_2xx_headers_is_a_timeout_not_a_success() {
 async fn resets_before_and_after_the_headers_are_clean_failures() {
     let daemon = quick_daemon();
     let before = scripted(|s| async move {
-        let _ = s.set_linger(Some(Duration::ZERO)); // Close with RST.
+        let _ = s.set_zero_linger(); // Close with RST.
         drop(s);
     })
     .await;
@@ -130,7 +130,7 @@ async fn resets_before_and_after_the_headers_are_clean_failures() {
             .await;
         let _ = s.flush().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = s.set_linger(Some(Duration::ZERO));
+        let _ = s.set_zero_linger();
         drop(s);
     })
     .await;
