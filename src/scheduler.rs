@@ -239,7 +239,30 @@ impl Scheduler {
         let mut next_refill_ms = 0;
         // After a failed index read, the "behind" shortcut waits for the regular interval.
         let mut refill_failed = false;
+        let mut paused = false;
         loop {
+            // A failed commit (disk full, I/O error) pauses delivery: an attempt that cannot
+            // be logged would only be sent again later. Probe every second; resume when the
+            // store commits again (reopened if redb latched the error), without a restart.
+            if !inner.store.is_writable() {
+                if !paused {
+                    paused = true;
+                    tracing::warn!("pausing deliveries: the store cannot log attempts (disk full or I/O error); probing every second");
+                }
+                let store = Arc::clone(&inner.store);
+                let recovered = tokio::task::spawn_blocking(move || store.recover()).await;
+                if !matches!(recovered, Ok(Ok(()))) {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(RECHECK_MS)) => {}
+                        () = inner.shutdown.cancelled() => return,
+                    }
+                    continue;
+                }
+            }
+            if paused {
+                paused = false;
+                tracing::info!("resuming deliveries: the store commits again");
+            }
             let now = clock::now_ms();
             // New writes reach the wheel as hints, so the index is read only when the horizon
             // moves on (every REFILL_INTERVAL_MS) or when the wheel fell behind it.
@@ -351,6 +374,11 @@ impl Scheduler {
         id: DeliveryId,
         trigger: Trigger,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
+        if !self.inner.store.is_writable() {
+            return Err(AttemptNowError::Store(StoreError::CommitFailed(
+                "the store cannot log attempts now (disk full or I/O error)".into(),
+            )));
+        }
         // A manual attempt is never rechecked by the scheduler, so its index time is moot.
         let claim = self.inner.claim(id, 0).ok_or(AttemptNowError::InFlight)?;
         let context = blocking(&self.inner.store, move |s| s.attempt_context(id))

@@ -120,7 +120,7 @@ impl Store {
     /// [`StoreError`] when a table cannot be read. A record that does not decode is a
     /// violation in the report, not an error.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.slot.get()?.begin_read()?;
         let mut report = CheckReport::default();
         check_webhooks(&txn, &mut report)?;
         check_events(&txn, &mut report)?;
@@ -136,7 +136,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when a table cannot be read.
     pub fn quick_check(&self) -> Result<Vec<String>, StoreError> {
-        quick(&self.db.begin_read()?)
+        quick(&self.slot.get()?.begin_read()?)
     }
 }
 

@@ -15,13 +15,12 @@
 mod check;
 mod deliveries;
 mod records;
+mod slot;
 mod writer;
 
 use std::path::Path;
 
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::ids::{KeyId, WebhookId};
 use crate::model::{ApiKey, Webhook, WebhookChanges};
@@ -109,7 +108,7 @@ backend_error!(
 
 /// The handle to the open database. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
-    db: std::sync::Arc<Database>,
+    slot: std::sync::Arc<slot::Slot>,
     writer: writer::Writer,
 }
 
@@ -120,15 +119,11 @@ impl Store {
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = std::sync::Arc::new(
-            Database::builder()
-                .set_cache_size(CACHE_BYTES)
-                .create(path)?,
-        );
-        let writer = writer::Writer::start(std::sync::Arc::clone(&db)).map_err(|e| {
+        let slot = std::sync::Arc::new(slot::Slot::open(path)?);
+        let writer = writer::Writer::start(std::sync::Arc::clone(&slot)).map_err(|e| {
             StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
         })?;
-        let store = Store { db, writer };
+        let store = Store { slot, writer };
         store.write(|txn| {
             let mut meta = txn.open_table(META)?;
             let layout = meta.get("layout")?.map(|v| v.value().to_vec());
@@ -183,6 +178,22 @@ impl Store {
         self.writer.write_async(f).await
     }
 
+    /// False after a commit failed (disk full, I/O error) until [`Store::recover`] succeeds:
+    /// the scheduler sends no attempt it could not log meanwhile.
+    pub fn is_writable(&self) -> bool {
+        self.slot.is_writable()
+    }
+
+    /// After a failed commit: probes the disk with a 256 KiB write and, if redb latched the
+    /// I/O error, closes and reopens the file, so the daemon resumes without a restart.
+    /// Blocks (run it on the blocking pool).
+    ///
+    /// # Errors
+    /// The probe's error while the disk is still full or failing.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        self.writer.recover()
+    }
+
     /// Group-commit counters (transactions, writes, largest batch).
     pub fn commit_stats(&self) -> &CommitStats {
         self.writer.stats()
@@ -193,7 +204,8 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.slot.get()?;
+        let txn = db.begin_read()?;
         f(&txn)
     }
 

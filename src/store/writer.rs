@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use redb::{Database, WriteTransaction};
 
+use super::slot::Slot;
 use super::StoreError;
 
 /// Most jobs committed in one transaction.
@@ -24,9 +25,28 @@ const QUEUE_BOUND: usize = 4096;
 
 /// What a job tells its caller once the transaction's fate is known.
 type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-/// A write: runs inside the shared transaction (`None` when none could be opened), says
-/// whether it succeeded, and how to answer its caller.
-type Job = Box<dyn FnOnce(Option<&WriteTransaction>) -> (bool, Finish) + Send>;
+/// How a job went inside the shared transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobOutcome {
+    Ok,
+    /// Its own error (not found, conflict, ...): the batch aborts, the disk is fine.
+    Failed,
+    /// redb failed under it (an I/O error while writing pages, say): the batch aborts and
+    /// the store is no longer writable.
+    StorageFailed,
+}
+
+/// A write: runs inside the shared transaction (`None` when none could be opened), says how
+/// it went, and how to answer its caller.
+type Job = Box<dyn FnOnce(Option<&WriteTransaction>) -> (JobOutcome, Finish) + Send>;
+
+/// What the writer thread is asked to do.
+enum Message {
+    /// A write of the next group transaction.
+    Job(Job),
+    /// Check whether the store can commit again (and reopen it if needed), answering here.
+    Recover(SyncSender<Result<(), StoreError>>),
+}
 
 /// Counters of the group commit, for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -42,7 +62,7 @@ pub struct CommitStats {
 /// Handle to the writer thread. Dropping it lets the thread finish the jobs already queued
 /// and waits for it, so the database is closed (its file lock released) when the drop returns.
 pub struct Writer {
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<SyncSender<Message>>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<CommitStats>,
 }
@@ -57,17 +77,17 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread over `db`.
+    /// Starts the writer thread over the database in `slot`.
     ///
     /// # Errors
     /// The OS error when the thread cannot be spawned.
-    pub fn start(db: Arc<Database>) -> std::io::Result<Writer> {
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_BOUND);
+    pub(super) fn start(slot: Arc<Slot>) -> std::io::Result<Writer> {
+        let (jobs, queue) = mpsc::sync_channel::<Message>(QUEUE_BOUND);
         let stats = Arc::new(CommitStats::default());
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("palo-store-writer".into())
-            .spawn(move || run(&db, &queue, &thread_stats))?;
+            .spawn(move || run(&slot, &queue, &thread_stats))?;
         Ok(Writer {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -92,7 +112,21 @@ impl Writer {
             let _ = reply.send(result);
         });
         let jobs = self.jobs.as_ref().ok_or(StoreError::Interrupted)?;
-        jobs.send(job).map_err(|_| StoreError::Interrupted)?;
+        jobs.send(Message::Job(job))
+            .map_err(|_| StoreError::Interrupted)?;
+        answer.recv().map_err(|_| StoreError::Interrupted)?
+    }
+
+    /// Asks the writer thread whether the store can commit again after a failure: it
+    /// probes with a small write and reopens the file if redb latched the I/O error. Blocks.
+    ///
+    /// # Errors
+    /// The probe's error while the disk is still full or failing.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let jobs = self.jobs.as_ref().ok_or(StoreError::Interrupted)?;
+        jobs.send(Message::Recover(reply))
+            .map_err(|_| StoreError::Interrupted)?;
         answer.recv().map_err(|_| StoreError::Interrupted)?
     }
 
@@ -109,7 +143,7 @@ impl Writer {
             let _ = reply.send(result);
         });
         let jobs = self.jobs.as_ref().ok_or(StoreError::Interrupted)?;
-        match jobs.try_send(job) {
+        match jobs.try_send(Message::Job(job)) {
             Ok(()) => {}
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Interrupted),
             // A full queue is backpressure: wait for room on the blocking pool, not here.
@@ -141,7 +175,11 @@ where
         let result = txn.map(|txn| {
             catch_unwind(AssertUnwindSafe(|| f(txn))).unwrap_or(Err(StoreError::Interrupted))
         });
-        let ok = matches!(result, Some(Ok(_)));
+        let outcome = match &result {
+            Some(Ok(_)) => JobOutcome::Ok,
+            Some(Err(StoreError::Backend(_))) => JobOutcome::StorageFailed,
+            _ => JobOutcome::Failed,
+        };
         let finish: Finish = Box::new(move |batch_error| {
             reply(match (result, batch_error) {
                 (Some(Err(own)), _) => Err(own),
@@ -150,29 +188,68 @@ where
                 (None, None) => Err(StoreError::Interrupted),
             });
         });
-        (ok, finish)
+        (outcome, finish)
     })
 }
 
-fn run(db: &Database, queue: &Receiver<Job>, stats: &CommitStats) {
+fn run(slot: &Slot, queue: &Receiver<Message>, stats: &CommitStats) {
     while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
+        let mut batch = Vec::new();
+        let mut recoveries = Vec::new();
+        match first {
+            Message::Job(job) => batch.push(job),
+            Message::Recover(reply) => recoveries.push(reply),
+        }
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Message::Job(job)) => batch.push(job),
+                Ok(Message::Recover(reply)) => recoveries.push(reply),
                 Err(_) => break,
             }
         }
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats
-            .max_batch
-            .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(db, batch);
+        if !batch.is_empty() {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats
+                .max_batch
+                .fetch_max(batch.len() as u64, Ordering::Relaxed);
+            match slot.get() {
+                Ok(db) => {
+                    // Only the storage's verdict counts (a batch aborted by a job's own error says
+                    // nothing about the disk), and only a failure: the store becomes writable
+                    // again through a probe (`Slot::recover`), not by a lucky small commit.
+                    if commit_batch(&db, batch) == Some(false) {
+                        slot.set_writable(false);
+                    }
+                }
+                Err(e) => {
+                    for job in batch {
+                        let (_, finish) = job(None);
+                        finish(Some(&e));
+                    }
+                }
+            }
+        }
+        if !recoveries.is_empty() {
+            let outcome = if slot.is_writable() {
+                Ok(())
+            } else {
+                slot.recover()
+            };
+            for reply in recoveries {
+                let _ = reply.send(match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::CommitFailed(e.to_string())),
+                });
+            }
+        }
     }
 }
 
-fn commit_batch(db: &Database, batch: Vec<Job>) {
+/// Runs and commits one batch. Returns `Some(true)` when it committed, `Some(false)` when the
+/// storage failed (begin, a write under a job, or commit), `None` when a job's own error
+/// aborted it.
+fn commit_batch(db: &Database, batch: Vec<Job>) -> Option<bool> {
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
@@ -181,27 +258,36 @@ fn commit_batch(db: &Database, batch: Vec<Job>) {
                 let (_, finish) = job(None);
                 finish(Some(&error));
             }
-            return;
+            return Some(false);
         }
     };
     let mut finishes = Vec::with_capacity(batch.len());
     let mut all_ok = true;
+    let mut storage_failed = false;
     for job in batch {
-        let (ok, finish) = job(Some(&txn));
-        all_ok &= ok;
+        let (outcome, finish) = job(Some(&txn));
+        all_ok &= outcome == JobOutcome::Ok;
+        storage_failed |= outcome == JobOutcome::StorageFailed;
         finishes.push(finish);
     }
-    let outcome = if all_ok {
-        txn.commit().map_err(StoreError::from).err()
+    let (outcome, verdict) = if all_ok {
+        match txn.commit() {
+            Ok(()) => (None, Some(true)),
+            Err(e) => (Some(StoreError::from(e)), Some(false)),
+        }
     } else {
         drop(txn); // Aborts: nothing of this batch is written.
-        Some(StoreError::CommitFailed(
-            "another write in the same transaction failed".into(),
-        ))
+        (
+            Some(StoreError::CommitFailed(
+                "another write in the same transaction failed".into(),
+            )),
+            storage_failed.then_some(false),
+        )
     };
     for finish in finishes {
         finish(outcome.as_ref());
     }
+    verdict
 }
 
 #[cfg(test)]
@@ -211,16 +297,16 @@ mod tests {
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
 
-    fn writer() -> (tempfile::TempDir, Arc<Database>, Arc<Writer>) {
+    fn writer() -> (tempfile::TempDir, Arc<Slot>, Arc<Writer>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("w.redb")).unwrap());
-        let writer = Arc::new(Writer::start(Arc::clone(&db)).unwrap());
-        (dir, db, writer)
+        let slot = Arc::new(Slot::open(&dir.path().join("w.redb")).unwrap());
+        let writer = Arc::new(Writer::start(Arc::clone(&slot)).unwrap());
+        (dir, slot, writer)
     }
 
-    fn count(db: &Database) -> u64 {
+    fn count(slot: &Slot) -> u64 {
         use redb::ReadableTableMetadata;
-        let txn = db.begin_read().unwrap();
+        let txn = slot.get().unwrap().begin_read().unwrap();
         txn.open_table(T).map(|t| t.len().unwrap()).unwrap_or(0)
     }
 

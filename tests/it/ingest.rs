@@ -397,3 +397,89 @@ async fn full_disk_answers_503_and_keeps_every_accepted_event() {
         .await;
     assert_eq!(status, 404, "an event answered 503 was not written");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_pauses_deliveries_then_recovers_without_restart() {
+    let daemon = support::start_with_file_limit(
+        3 * 1024,
+        &["--allow-http", "--retry-schedule", "1s,1s,1s,1s"],
+    );
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    let big_title = "x".repeat(8 * 1024);
+    let mut accepted = Vec::new();
+    for i in 0..2000 {
+        let id = format!("evt_pause_{i}");
+        let (status, body) = daemon
+            .call("POST", "/api/events", Some(created(&id, &big_title)))
+            .await;
+        match status {
+            202 => accepted.push(id),
+            503 => break,
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(!accepted.is_empty());
+    // While the disk is full, delivery pauses: no attempt is sent that cannot be logged.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = receiver.received().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = receiver.received().len();
+    assert!(
+        during <= before + 1,
+        "attempts went on while nothing could be logged: {before} then {during}"
+    );
+    assert!(
+        daemon.log_text().contains("pausing deliveries"),
+        "the pause is logged"
+    );
+
+    // Space returns (the file-size limit is lifted): ingest and delivery resume, no restart.
+    rlimit::prlimit(
+        daemon.pid() as i32,
+        rlimit::Resource::FSIZE,
+        Some((rlimit::INFINITY, rlimit::INFINITY)),
+        None,
+    )
+    .expect("lift the file-size limit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = daemon
+            .call("POST", "/api/events", Some(created("evt_pause_after", "t")))
+            .await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ingest did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    accepted.push("evt_pause_after".to_owned());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: std::collections::HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("x-palo-event-id"))
+            .collect();
+        if accepted.iter().all(|id| got.contains(id)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every accepted event was delivered after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("resuming deliveries"),
+        "the resumption is logged"
+    );
+    for line in log.lines().filter(|l| !l.contains("DEBUG")) {
+        println!("{line}");
+    }
+}

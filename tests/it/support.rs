@@ -77,11 +77,12 @@ fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>) -> Daemon {
     let mut command = match file_limit_kib {
         None => Command::new(binary),
         Some(kib) => {
-            // `ulimit -f` counts 512-byte blocks in POSIX sh.
+            // `ulimit -f` counts 512-byte blocks in POSIX sh. Only the soft limit is set, so
+            // a test can lift it again (prlimit) without privileges: space "returns".
             let mut sh = Command::new("sh");
             sh.args([
                 "-c",
-                "trap '' XFSZ; ulimit -f \"$0\" && exec \"$@\"",
+                "trap '' XFSZ; ulimit -S -f \"$0\" && exec \"$@\"",
                 &(kib * 2).to_string(),
                 binary,
             ]);
