@@ -467,6 +467,15 @@ mod tests {
     }
 
     #[test]
+    fn an_in_memory_store_passes_and_decode_record_refuses_garbage() {
+        let store = Store::open_in_memory().unwrap();
+        assert!(store.check().unwrap().is_ok());
+        for table in ["webhooks", "events", "deliveries", "attempts", "api_keys", "nope"] {
+            assert!(super::super::decode_record(table, &[0xff, 0xff, 0xff]).is_err());
+        }
+    }
+
+    #[test]
     fn a_consistent_store_passes() {
         let (_dir, store, _) = store_with_backlog(3);
         let report = store.check().unwrap();

@@ -119,7 +119,21 @@ impl Store {
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let slot = std::sync::Arc::new(slot::Slot::open(path)?);
+        Store::with_slot(slot::Slot::open(path)?)
+    }
+
+    /// A store in memory (redb's in-memory backend), for fuzzing and tests: same tables,
+    /// same writer, nothing on disk.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    #[doc(hidden)]
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Store::with_slot(slot::Slot::in_memory()?)
+    }
+
+    fn with_slot(slot: slot::Slot) -> Result<Store, StoreError> {
+        let slot = std::sync::Arc::new(slot);
         let writer = writer::Writer::start(std::sync::Arc::clone(&slot)).map_err(|e| {
             StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
         })?;
@@ -398,6 +412,39 @@ where
     tokio::task::spawn_blocking(move || f(&store))
         .await
         .map_err(|_| StoreError::Interrupted)?
+}
+
+/// Decodes `bytes` as a stored record of `table` (`webhooks`, `events`, `deliveries`,
+/// `attempts`, `api_keys`) and converts it to its domain type, the way reads do: for the
+/// record-decoding fuzz target. Never panics on any input.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for bytes that are not such a record, or an unknown table.
+#[doc(hidden)]
+pub fn decode_record(table: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    use crate::ids::{DeliveryId, EventKey};
+    match table {
+        "webhooks" => decode::<WebhookRecord>("webhooks", bytes)?
+            .into_domain(WebhookId(1))
+            .map(drop),
+        "events" => decode::<records::EventRecord>("events", bytes)?
+            .into_domain(EventKey(1))
+            .map(drop),
+        "deliveries" => decode::<records::DeliveryRecord>("deliveries", bytes)?
+            .into_domain(DeliveryId(1))
+            .map(drop),
+        "attempts" => decode::<records::AttemptRecord>("attempts", bytes)?
+            .into_domain(1)
+            .map(drop),
+        "api_keys" => {
+            decode::<ApiKeyRecord>("api_keys", bytes)?.into_domain(KeyId(1));
+            Ok(())
+        }
+        _ => Err(StoreError::Corrupt {
+            table: "unknown",
+            reason: format!("no record type for table {table:?}"),
+        }),
+    }
 }
 
 /// Encodes a delivery as a stored record and decodes it back: the codec cost per delivery,

@@ -22,7 +22,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The current database handle, replaceable after an I/O failure.
 pub(super) struct Slot {
-    path: PathBuf,
+    /// `None` for an in-memory database (fuzzing, tests), which is never reopened.
+    path: Option<PathBuf>,
     current: RwLock<Option<Arc<Database>>>,
     writable: AtomicBool,
 }
@@ -37,10 +38,27 @@ impl Slot {
     /// Opens (or creates) the file at `path`.
     pub(super) fn open(path: &Path) -> Result<Slot, StoreError> {
         Ok(Slot {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             current: RwLock::new(Some(Arc::new(open_database(path)?))),
             writable: AtomicBool::new(true),
         })
+    }
+
+    /// A fresh database in memory (redb's `InMemoryBackend`): for fuzzing and tests.
+    pub(super) fn in_memory() -> Result<Slot, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Ok(Slot {
+            path: None,
+            current: RwLock::new(Some(Arc::new(db))),
+            writable: AtomicBool::new(true),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "(in memory)".to_owned(), |p| p.display().to_string())
     }
 
     /// The current handle, for one operation.
@@ -66,9 +84,9 @@ impl Slot {
     pub(super) fn set_writable(&self, writable: bool) {
         let was = self.writable.swap(writable, Ordering::Relaxed);
         if was && !writable {
-            tracing::warn!(db = %self.path.display(), "a commit failed: the store is not writable (disk full or I/O error)");
+            tracing::warn!(db = %self.describe(), "a commit failed: the store is not writable (disk full or I/O error)");
         } else if !was && writable {
-            tracing::info!(db = %self.path.display(), "the store is writable again");
+            tracing::info!(db = %self.describe(), "the store is writable again");
         }
     }
 
@@ -125,14 +143,19 @@ impl Slot {
                 }
             }
         }
-        let reopened = open_database(&self.path);
+        let Some(path) = &self.path else {
+            return Err(StoreError::CommitFailed(
+                "an in-memory store cannot be reopened".into(),
+            ));
+        };
+        let reopened = open_database(path);
         match reopened {
             Ok(db) => {
                 *self
                     .current
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
-                tracing::debug!(db = %self.path.display(), "reopened the store after an I/O error");
+                tracing::debug!(db = %self.describe(), "reopened the store after an I/O error");
                 Ok(())
             }
             // Nothing is open now: reads answer 503 until a later probe reopens the file.
