@@ -65,6 +65,9 @@ struct Lane {
     /// webhook always has its next attempts read and ready, and the rest stay parked.
     waiting: std::sync::atomic::AtomicUsize,
     limit: usize,
+    /// Bumped when the webhook is changed or deleted through the API: a task that waited
+    /// for a slot reads its delivery again only if this moved meanwhile.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Counts a task in [`Lane::waiting`] until dropped.
@@ -341,6 +344,15 @@ impl Scheduler {
         }
     }
 
+    /// Tells the scheduler that a webhook was changed or deleted (after the commit), so
+    /// attempts waiting for its slots read it again before sending.
+    pub fn webhook_changed(&self, id: WebhookId) {
+        let lane = lock(&self.inner.per_webhook).get(&id).cloned();
+        if let Some(lane) = lane {
+            lane.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
     /// Tells the scheduler that `id` was (re)scheduled at `due_ms` by a committed write.
     /// Call it after the commit; it never blocks on the store.
     pub fn schedule_hint(&self, due_ms: u64, id: DeliveryId) {
@@ -506,9 +518,10 @@ impl Inner {
                     self.recheck(clock::now_ms() + PARK_MS, id, index_due, Some(webhook_id));
                     return;
                 };
-                // A proven webhook's next attempts wait in a short queue (the body is dropped
-                // meanwhile), then read again: the webhook may have changed.
-                drop(context);
+                // A proven webhook's next attempts wait in a short queue (at most the
+                // per-webhook limit, so holding their bodies is bounded), ready to go; they
+                // read again only if the webhook was changed or deleted meanwhile.
+                let generation = lane.generation.load(Ordering::Acquire);
                 let own = tokio::select! {
                     own = Arc::clone(&lane.permits).acquire_owned() => match own {
                         Ok(own) => own,
@@ -517,8 +530,14 @@ impl Inner {
                     () = self.shutdown.cancelled() => return,
                 };
                 drop(place);
-                let Some(context) = self.load_due(&claim).await else {
-                    return;
+                let context = if lane.generation.load(Ordering::Acquire) == generation {
+                    context
+                } else {
+                    drop(context);
+                    let Some(context) = self.load_due(&claim).await else {
+                        return;
+                    };
+                    context
                 };
                 ((own, None), context)
             }
@@ -602,6 +621,7 @@ impl Inner {
                 proven: std::sync::atomic::AtomicBool::new(false),
                 waiting: std::sync::atomic::AtomicUsize::new(0),
                 limit,
+                generation: std::sync::atomic::AtomicU64::new(0),
             })
         }))
     }

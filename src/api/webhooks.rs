@@ -257,6 +257,7 @@ pub(super) async fn update_webhook(
     })
     .await?
     .ok_or_else(|| ApiError::not_found("webhook"))?;
+    state.scheduler.webhook_changed(id);
     Ok(Json(WebhookOut::from(&updated)))
 }
 
@@ -271,6 +272,7 @@ pub(super) async fn delete_webhook(
     let cancelled = blocking(&state.store, move |s| s.delete_webhook(id, clock::now_ms()))
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
+    state.scheduler.webhook_changed(id);
     tracing::info!(webhook = %id, cancelled = cancelled.len(), "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -470,7 +470,14 @@ mod tests {
     fn an_in_memory_store_passes_and_decode_record_refuses_garbage() {
         let store = Store::open_in_memory().unwrap();
         assert!(store.check().unwrap().is_ok());
-        for table in ["webhooks", "events", "deliveries", "attempts", "api_keys", "nope"] {
+        for table in [
+            "webhooks",
+            "events",
+            "deliveries",
+            "attempts",
+            "api_keys",
+            "nope",
+        ] {
             assert!(super::super::decode_record(table, &[0xff, 0xff, 0xff]).is_err());
         }
     }

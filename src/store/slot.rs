@@ -46,8 +46,7 @@ impl Slot {
 
     /// A fresh database in memory (redb's `InMemoryBackend`): for fuzzing and tests.
     pub(super) fn in_memory() -> Result<Slot, StoreError> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
         Ok(Slot {
             path: None,
             current: RwLock::new(Some(Arc::new(db))),

@@ -145,3 +145,128 @@ async fn sigterm_with_a_stuck_client_request_still_exits_within_the_timeout() {
     );
     drop(stuck);
 }
+
+/// Every acknowledged id reached `receiver` (answered 2xx or not) within `timeout`.
+async fn all_arrive(receiver: &Receiver, ids: &[String], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got: HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("x-palo-event-id"))
+            .collect();
+        let missing = ids.iter().filter(|id| !got.contains(*id)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged events never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_exits_0_within_the_timeout_and_loses_nothing() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let flags = [
+        "--allow-http",
+        "--retry-schedule",
+        "1s,1s,1s,1s",
+        "--attempt-timeout",
+        "10s",
+        "--shutdown-timeout",
+        "3s",
+    ];
+    let mut daemon = support::start(&flags);
+    let fast = Receiver::start(Behaviour::Status(200)).await;
+    let hanging = Receiver::start(Behaviour::Hang).await;
+    for receiver in [&fast, &hanging] {
+        daemon.create_webhook("org_t", &receiver.url, &["*"]).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load = tokio::spawn(crate::torture::load(
+        daemon.addr,
+        0,
+        8,
+        Arc::clone(&stop),
+        Arc::clone(&acked),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let code = tokio::task::spawn_blocking(move || {
+        let code = daemon.terminate();
+        (code, daemon)
+    })
+    .await
+    .unwrap();
+    let (code, daemon) = code;
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.await;
+    assert_eq!(code, Some(0), "SIGTERM under load exits 0");
+    assert!(
+        took < Duration::from_secs(6),
+        "shutdown took {took:?} with --shutdown-timeout 3s"
+    );
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+
+    // Attempts abandoned to the hanging receiver resume after restart; nothing is lost.
+    hanging.set(Behaviour::Status(200));
+    let dir = daemon.dir.clone();
+    let restarted = support::start_in(&dir, &flags);
+    all_arrive(&fast, &acked, Duration::from_secs(30)).await;
+    all_arrive(&hanging, &acked, Duration::from_secs(30)).await;
+    drop(restarted);
+    let (ok, report) = support::check(&dir);
+    assert!(ok, "{report}");
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once_and_loses_nothing() {
+    let flags = [
+        "--allow-http",
+        "--retry-schedule",
+        "1s",
+        "--attempt-timeout",
+        "30s",
+        "--shutdown-timeout",
+        "30s",
+    ];
+    let mut daemon = support::start(&flags);
+    let hanging = Receiver::start(Behaviour::Hang).await;
+    daemon.create_webhook("org_a", &hanging.url, &["*"]).await;
+    let (status, _) = daemon.call("POST", "/api/events", Some(event(7))).await;
+    assert_eq!(status, 202);
+    hanging.wait_for(1, Duration::from_secs(10)).await;
+    let pid = daemon.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let code = tokio::task::spawn_blocking(move || {
+        let code = daemon.terminate(); // The second SIGTERM.
+        (code, daemon)
+    })
+    .await
+    .unwrap();
+    let (code, daemon) = code;
+    assert_eq!(code, Some(130), "a second signal exits at once with 130");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    hanging.set(Behaviour::Status(200));
+    let since = Instant::now();
+    let restarted = support::start_in(&daemon.dir, &flags);
+    restarted
+        .wait_until("/api/events/evt_crash_7", Duration::from_secs(20), |b| {
+            b["deliveries"][0]["status"] == "succeeded"
+        })
+        .await;
+    assert!(event_ids_since(&hanging.received(), since).contains("evt_crash_7"));
+}

@@ -41,7 +41,7 @@ fn event(id: &str) -> serde_json::Value {
 
 /// Posts events `evt_<cycle>_<n>` from `workers` connections until `stop`; records the ids
 /// that were answered 202.
-async fn load(
+pub(crate) async fn load(
     addr: std::net::SocketAddr,
     cycle: u64,
     workers: usize,
