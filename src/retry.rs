@@ -101,7 +101,8 @@ pub struct ScheduleState {
 ///   lengthens that delay: max(scheduled delay, `retry_after`), but never past the schedule's
 ///   longest step; it still counts as an attempt, and never shortens the schedule.
 /// - A final delivery (`cancelled`, or `failed`/`succeeded` for a scheduled attempt that
-///   raced with a change) stays as it is unless a manual attempt succeeds on it.
+///   raced with a change) stays as it is unless an attempt succeeds on it (a cancelled one
+///   stays cancelled); such a late success is not counted as a scheduled attempt.
 pub fn after_attempt(
     state: ScheduleState,
     trigger: Trigger,
@@ -114,8 +115,10 @@ pub fn after_attempt(
         return state;
     }
     if succeeded {
-        let scheduled_attempts =
-            state.scheduled_attempts + u32::from(trigger == Trigger::Scheduled);
+        // A scheduled attempt that raced with the delivery becoming final does not count:
+        // the count never passes the schedule's maximum.
+        let counts = trigger == Trigger::Scheduled && !state.status.is_final();
+        let scheduled_attempts = state.scheduled_attempts + u32::from(counts);
         return ScheduleState {
             status: DeliveryStatus::Succeeded,
             scheduled_attempts,
@@ -228,6 +231,21 @@ mod tests {
     }
 
     #[test]
+    fn a_late_scheduled_success_on_a_failed_delivery_is_not_counted() {
+        // Found by the property below: five failures, then a scheduled attempt that raced
+        // with the delivery becoming final succeeds.
+        let failed = ScheduleState {
+            status: DeliveryStatus::Failed,
+            scheduled_attempts: 5,
+            next_attempt_at_ms: None,
+        };
+        let schedule = RetrySchedule::default();
+        let state = after_attempt(failed, Trigger::Scheduled, true, None, &schedule, 9);
+        assert_eq!(state.status, DeliveryStatus::Succeeded);
+        assert_eq!(state.scheduled_attempts, 5);
+    }
+
+    #[test]
     fn retry_after_lengthens_a_delay_up_to_the_longest_step_and_never_shortens_it() {
         let schedule = RetrySchedule::default(); // 5m,30m,2h,6h
         let after = |retry_after: Option<Duration>| {
@@ -272,5 +290,85 @@ mod tests {
         assert_eq!(schedule.to_string(), "1s,2s,500ms");
         assert!(RetrySchedule::parse("soon").is_err());
         assert_eq!(RetrySchedule::parse("").unwrap().max_attempts(), 1);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One attempt's result: (2xx?, manual?, Retry-After in s).
+        fn outcome() -> impl Strategy<Value = (bool, bool, Option<u64>)> {
+            (
+                any::<bool>(),
+                prop::bool::weighted(0.2),
+                proptest::option::of(0u64..200_000),
+            )
+        }
+
+        proptest! {
+            // Failures are shrunk and printed; a case worth keeping becomes a unit test (no
+            // regression files beside the sources).
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any sequence of outcomes follows the schedule: retries wait at least the
+            /// schedule's step and at most its longest step, only scheduled failures count,
+            /// the fifth scheduled failure is final, a success is final, and a final delivery
+            /// has no due time.
+            #[test]
+            fn any_outcome_sequence_follows_the_schedule(
+                outcomes in proptest::collection::vec(outcome(), 0..20)
+            ) {
+                let schedule = RetrySchedule::default();
+                let mut state = ScheduleState {
+                    status: DeliveryStatus::Pending,
+                    scheduled_attempts: 0,
+                    next_attempt_at_ms: Some(0),
+                };
+                let mut now = 1_000_000u64;
+                for (ok, manual, retry_after) in outcomes {
+                    let trigger = if manual { Trigger::Manual } else { Trigger::Scheduled };
+                    let before = state;
+                    state = after_attempt(
+                        state,
+                        trigger,
+                        ok,
+                        retry_after.map(Duration::from_secs),
+                        &schedule,
+                        now,
+                    );
+                    prop_assert!(state.scheduled_attempts <= schedule.max_attempts());
+                    prop_assert_eq!(state.status.is_final(), state.next_attempt_at_ms.is_none());
+                    if before.status.is_final() && !(ok && before.status != DeliveryStatus::Cancelled) {
+                        prop_assert_eq!(state, before, "a final delivery stays as it is");
+                    }
+                    if ok && before.status != DeliveryStatus::Cancelled {
+                        prop_assert_eq!(state.status, DeliveryStatus::Succeeded);
+                    }
+                    if !ok && manual {
+                        prop_assert_eq!(state, before, "a failed manual attempt changes nothing");
+                    }
+                    if !ok && !manual && !before.status.is_final() {
+                        let failed = before.scheduled_attempts + 1;
+                        prop_assert_eq!(state.scheduled_attempts, failed);
+                        match state.next_attempt_at_ms {
+                            None => {
+                                prop_assert_eq!(state.status, DeliveryStatus::Failed);
+                                prop_assert_eq!(failed, schedule.max_attempts());
+                            }
+                            Some(due) => {
+                                let step = schedule.delay_after(failed).unwrap().as_millis() as u64;
+                                let wait = due - now;
+                                prop_assert!(wait >= step);
+                                prop_assert!(wait <= step.max(schedule.longest().as_millis() as u64));
+                                if let Some(asked) = retry_after {
+                                    prop_assert!(wait >= (asked * 1000).min(schedule.longest().as_millis() as u64));
+                                }
+                            }
+                        }
+                    }
+                    now += 1_000;
+                }
+            }
+        }
     }
 }
