@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::address::AddressPolicy;
 use crate::retry::RetrySchedule;
 
 /// Log output format.
@@ -38,6 +39,15 @@ pub struct ServeArgs {
     /// Allow plain http:// webhook URLs (default: https only, as the spec asks).
     #[arg(long, env = "PALO_WEBHOOKS_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true")]
     pub allow_http: Option<bool>,
+    /// A network deliveries may reach although the address policy forbids it (loopback,
+    /// private, link-local, ...), as a CIDR block; repeatable, or comma-separated in the
+    /// environment [default: none].
+    #[arg(
+        long = "allow-network",
+        env = "PALO_WEBHOOKS_ALLOW_NETWORK",
+        value_delimiter = ','
+    )]
+    pub allow_network: Vec<String>,
     /// Delays between attempts, comma-separated [default: 5m,30m,2h,6h].
     #[arg(long, env = "PALO_WEBHOOKS_RETRY_SCHEDULE")]
     pub retry_schedule: Option<String>,
@@ -71,6 +81,7 @@ struct FileConfig {
     db: Option<PathBuf>,
     listen: Option<SocketAddr>,
     allow_http: Option<bool>,
+    allow_network: Option<Vec<String>>,
     retry_schedule: Option<String>,
     attempt_timeout: Option<String>,
     max_body_bytes: Option<usize>,
@@ -90,6 +101,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Whether http:// webhook URLs are accepted.
     pub allow_http: bool,
+    /// Which addresses deliveries may connect to (SSRF policy plus `--allow-network`).
+    pub address_policy: AddressPolicy,
     /// Delays between scheduled attempts.
     pub retry_schedule: RetrySchedule,
     /// Time limit of one whole attempt.
@@ -114,6 +127,7 @@ impl Default for Config {
             db_path: PathBuf::from("palo-webhooks.redb"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allow_http: false,
+            address_policy: AddressPolicy::default(),
             retry_schedule: RetrySchedule::default(),
             attempt_timeout: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
@@ -206,6 +220,18 @@ impl ServeArgs {
             Some(text) => duration("shutdown_timeout", &text)?,
             None => defaults.shutdown_timeout,
         };
+        let networks = if self.allow_network.is_empty() {
+            file.allow_network.unwrap_or_default()
+        } else {
+            self.allow_network
+        };
+        let address_policy =
+            AddressPolicy::new(AddressPolicy::parse_networks(&networks).map_err(|e| {
+                ConfigError::Value {
+                    key: "allow_network",
+                    message: e.to_string(),
+                }
+            })?);
         Ok(Config {
             db_path: self.db.or(file.db).unwrap_or(defaults.db_path),
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
@@ -213,6 +239,7 @@ impl ServeArgs {
                 .allow_http
                 .or(file.allow_http)
                 .unwrap_or(defaults.allow_http),
+            address_policy,
             retry_schedule,
             attempt_timeout,
             max_body_bytes: positive(

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::Request;
+use hyper::{Request, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,6 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{timeout_at, Instant};
 
+use crate::address::{self, AddressPolicy};
 use crate::clock;
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, WebhookId};
@@ -73,40 +74,112 @@ pub struct OutgoingAttempt<'a> {
 #[error("the host name did not resolve")]
 pub struct DnsFailure;
 
-/// Resolves host names with the system resolver (tokio's `lookup_host`).
+/// The address policy refused every address of the host: nothing was connected to. Found in
+/// an error's source chain to classify the attempt as `blocked_address`.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by the outbound address policy: {range}")]
+pub struct BlockedAddress {
+    /// The forbidden range, by name (e.g. `loopback (127.0.0.0/8)`).
+    pub range: &'static str,
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Resolves host names with the system resolver (tokio's `lookup_host`) and, with a policy,
+/// keeps only the addresses it permits: the connector then connects only to those, at every
+/// attempt, so a name that turns private between two attempts is still refused.
 #[derive(Debug, Clone, Default)]
-pub struct Resolver;
+pub struct Resolver {
+    policy: Option<Arc<AddressPolicy>>,
+}
 
 impl tower::Service<Name> for Resolver {
     type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = DnsFailure;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DnsFailure>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DnsFailure>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
+        let policy = self.policy.clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
                 .await
-                .map_err(|_| DnsFailure)?
+                .map_err(|_| Box::new(DnsFailure) as BoxError)?
                 .collect();
             if addrs.is_empty() {
-                return Err(DnsFailure);
+                return Err(Box::new(DnsFailure) as BoxError);
             }
-            Ok(addrs.into_iter())
+            let Some(policy) = policy else {
+                return Ok(addrs.into_iter());
+            };
+            let refused = addrs.iter().find_map(|a| policy.refusal(a.ip()));
+            let permitted: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| policy.permits(a.ip()))
+                .collect();
+            match refused {
+                Some(range) if permitted.is_empty() => {
+                    Err(Box::new(BlockedAddress { range }) as BoxError)
+                }
+                _ => Ok(permitted.into_iter()),
+            }
         })
     }
 }
 
-/// The pooled HTTP(S) client type used for deliveries and by the CLI.
-pub type HttpsClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+/// The TCP connector with the address policy applied to IP-literal hosts too (the resolver
+/// is not asked about those).
+#[derive(Debug, Clone)]
+pub struct GuardedConnector {
+    inner: HttpConnector<Resolver>,
+    policy: Option<Arc<AddressPolicy>>,
+}
 
-/// Builds a pooled client: system resolver, TCP connect bounded by `connect_timeout`, rustls
-/// (ring provider, webpki roots) offering h2 and http/1.1, keep-alive per origin.
+impl tower::Service<Uri> for GuardedConnector {
+    type Response = <HttpConnector<Resolver> as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        tower::Service::<Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        if let (Some(policy), Some(ip)) = (&self.policy, uri.host().and_then(address::literal)) {
+            if let Some(range) = policy.refusal(ip) {
+                return Box::pin(
+                    async move { Err(Box::new(BlockedAddress { range }) as BoxError) },
+                );
+            }
+        }
+        let connecting = tower::Service::<Uri>::call(&mut self.inner, uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// The pooled HTTP(S) client type used for deliveries and by the CLI.
+pub type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
+
+/// Builds a pooled client without an address policy (the CLI, tests and benchmarks talk to
+/// the local daemon): system resolver, TCP connect bounded by `connect_timeout`, rustls (ring
+/// provider, webpki roots) offering h2 and http/1.1, keep-alive per origin.
 pub fn build_client(connect_timeout: Duration) -> HttpsClient {
-    let mut http = HttpConnector::new_with_resolver(Resolver);
+    build(connect_timeout, None)
+}
+
+/// Builds the delivery client: as [`build_client`], and every connection is checked against
+/// `policy` (resolved addresses and IP literals alike) before it is made.
+pub fn build_delivery_client(connect_timeout: Duration, policy: Arc<AddressPolicy>) -> HttpsClient {
+    build(connect_timeout, Some(policy))
+}
+
+fn build(connect_timeout: Duration, policy: Option<Arc<AddressPolicy>>) -> HttpsClient {
+    let mut http = HttpConnector::new_with_resolver(Resolver {
+        policy: policy.clone(),
+    });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
@@ -117,7 +190,10 @@ pub fn build_client(connect_timeout: Duration) -> HttpsClient {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(GuardedConnector {
+            inner: http,
+            policy,
+        });
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
@@ -193,10 +269,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Builds the pooled client. `timeout` bounds each whole attempt.
-    pub fn new(timeout: Duration) -> Sender {
+    /// Builds the pooled client. `timeout` bounds each whole attempt; `policy` says which
+    /// addresses may be connected to.
+    pub fn new(timeout: Duration, policy: Arc<AddressPolicy>) -> Sender {
         Sender {
-            client: build_client(timeout),
+            client: build_delivery_client(timeout, policy),
             timeout,
             signatures: Arc::new(SignatureCache::new(SIGNATURE_CACHE_ENTRIES)),
         }
@@ -328,6 +405,9 @@ fn classify(error: &hyper_util::client::legacy::Error) -> AttemptError {
     while let Some(e) = current {
         if e.is::<DnsFailure>() {
             return AttemptError::Dns;
+        }
+        if e.is::<BlockedAddress>() {
+            return AttemptError::BlockedAddress;
         }
         if e.is::<rustls::Error>() {
             return AttemptError::Tls;

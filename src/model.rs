@@ -175,16 +175,20 @@ pub enum AttemptError {
     Tls,
     /// Any other I/O or protocol error after connecting.
     Io,
+    /// The outbound address policy refused every address of the host (SSRF protection):
+    /// nothing was connected to.
+    BlockedAddress,
 }
 
 impl AttemptError {
     /// Every error kind.
-    pub const ALL: [AttemptError; 5] = [
+    pub const ALL: [AttemptError; 6] = [
         AttemptError::Timeout,
         AttemptError::Connect,
         AttemptError::Dns,
         AttemptError::Tls,
         AttemptError::Io,
+        AttemptError::BlockedAddress,
     ];
 
     /// Parses an API name.
@@ -192,7 +196,7 @@ impl AttemptError {
         Self::ALL.into_iter().find(|e| e.as_str() == name)
     }
 
-    /// The API name (`timeout`, `connect`, `dns`, `tls`, `io`).
+    /// The API name (`timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`).
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptError::Timeout => "timeout",
@@ -200,6 +204,7 @@ impl AttemptError {
             AttemptError::Dns => "dns",
             AttemptError::Tls => "tls",
             AttemptError::Io => "io",
+            AttemptError::BlockedAddress => "blocked_address",
         }
     }
 }

@@ -125,11 +125,20 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "start-up consistency check failed to read"),
     }
 
+    let address_policy = Arc::new(config.address_policy.clone());
+    if !address_policy.allowed().is_empty() {
+        let networks: Vec<String> = address_policy
+            .allowed()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(networks = %networks.join(","), "deliveries may reach these otherwise forbidden networks");
+    }
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let scheduler = Scheduler::new(
         Arc::clone(&store),
-        Sender::new(config.attempt_timeout),
+        Sender::new(config.attempt_timeout, Arc::clone(&address_policy)),
         SchedulerSettings {
             schedule: config.retry_schedule.clone(),
             wheel_capacity: 10_000,
@@ -146,6 +155,7 @@ pub async fn run(
         scheduler: scheduler.clone(),
         admin_token_hash: api::token_hash(&admin_token),
         allow_http: config.allow_http,
+        address_policy,
         attempt_timeout: config.attempt_timeout,
     };
     let app = api::router(state, config.max_body_bytes);

@@ -67,6 +67,30 @@ fn load(db: &std::path::Path, receiver: std::net::SocketAddr, pending: usize) ->
             .expect("bulk load");
         loaded += count;
     }
+    // Where the bytes are: stored keys and values, B-tree metadata, partly filled pages.
+    let mut totals = (0u64, 0u64, 0u64);
+    for t in store.space().expect("space") {
+        if t.entries > 0 {
+            println!(
+                "  (store) {:<20} {:>9} entries  stored {:>6.0} MiB  metadata {:>5.0} MiB  fragmented {:>5.0} MiB",
+                t.table,
+                t.entries,
+                t.stored_bytes as f64 / 1048576.0,
+                t.metadata_bytes as f64 / 1048576.0,
+                t.fragmented_bytes as f64 / 1048576.0
+            );
+        }
+        totals.0 += t.stored_bytes;
+        totals.1 += t.metadata_bytes;
+        totals.2 += t.fragmented_bytes;
+    }
+    println!(
+        "  (store) per pending delivery: stored {:.0} B, metadata {:.0} B, fragmented {:.0} B",
+        totals.0 as f64 / pending as f64,
+        totals.1 as f64 / pending as f64,
+        totals.2 as f64 / pending as f64
+    );
+    drop(store);
     std::fs::metadata(db).map(|m| m.len()).unwrap_or(0)
 }
 

@@ -159,6 +159,8 @@ fn start_daemon_at(db: &std::path::Path) -> Daemon {
             "--listen",
             "127.0.0.1:0",
             "--allow-http",
+            "--allow-network",
+            "127.0.0.0/8",
             "--log",
             "warn,palo_webhooks::server=info",
         ])

@@ -37,6 +37,8 @@ pub struct AppState {
     pub admin_token_hash: [u8; 32],
     /// Whether http:// webhook URLs are accepted.
     pub allow_http: bool,
+    /// The outbound address policy: IP-literal webhook URLs are checked at creation.
+    pub address_policy: Arc<crate::address::AddressPolicy>,
     /// The attempt timeout, to lease a test delivery while its first attempt runs.
     pub attempt_timeout: Duration,
 }

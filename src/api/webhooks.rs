@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::extract::{cursor, page_limit, ApiPath, ApiQuery, JsonBody};
 use super::types::{Page, WebhookIn, WebhookOut, WebhookPatch};
 use super::{ApiError, AppState, Caller};
+use crate::address::{self, AddressPolicy};
 use crate::clock;
 use crate::event::{check_external_id, EventType};
 use crate::ids::{random_hex, WebhookId};
@@ -71,6 +72,31 @@ pub fn validate_url(url: &str, allow_http: bool) -> Result<String, ApiError> {
         }
     }
     Ok(url.to_owned())
+}
+
+/// Refuses a URL whose host is an IP literal in a range the address policy forbids (names
+/// are checked when each attempt resolves them).
+///
+/// # Errors
+/// 422 naming `url`, with the range and how an operator can open it.
+pub fn check_url_address(url: &str, policy: &AddressPolicy) -> Result<(), ApiError> {
+    let host = url
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_owned));
+    let Some(ip) = host.as_deref().and_then(address::literal) else {
+        return Ok(());
+    };
+    match policy.refusal(ip) {
+        None => Ok(()),
+        Some(range) => Err(ApiError::invalid(
+            "url",
+            format!(
+                "points to {ip}, in a range deliveries may not reach: {range} (an operator can \
+                 allow a network with --allow-network)"
+            ),
+        )),
+    }
 }
 
 /// Parses the `events` list: non-empty, known public types, or `"*"`.
@@ -157,6 +183,7 @@ pub(super) async fn create_webhook(
     let organization_id = caller.acting_for(input.organization_id.as_deref())?;
     check_external_id("organization_id", &organization_id)?;
     let url = validate_url(&input.url, state.allow_http)?;
+    check_url_address(&url, &state.address_policy)?;
     let events = parse_events(&input.events)?;
     let (secret, generated) = match input.secret {
         Some(s) => (validate_secret(&s)?, false),
@@ -238,7 +265,11 @@ pub(super) async fn update_webhook(
     let changes = WebhookChanges {
         url: patch
             .url
-            .map(|url| validate_url(&url, state.allow_http))
+            .map(|url| {
+                let url = validate_url(&url, state.allow_http)?;
+                check_url_address(&url, &state.address_policy)?;
+                Ok::<_, ApiError>(url)
+            })
             .transpose()?,
         events: patch
             .events

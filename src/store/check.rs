@@ -112,7 +112,59 @@ pub(super) fn quick(txn: &ReadTransaction) -> Result<Vec<String>, StoreError> {
     Ok(problems)
 }
 
+/// Space used by one table, from redb's statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpace {
+    /// The table's name.
+    pub table: &'static str,
+    /// Entries.
+    pub entries: u64,
+    /// Bytes of keys and values stored.
+    pub stored_bytes: u64,
+    /// Bytes of B-tree branch pages and other metadata.
+    pub metadata_bytes: u64,
+    /// Bytes lost to partly filled pages.
+    pub fragmented_bytes: u64,
+}
+
 impl Store {
+    /// Space used per table (one read snapshot): what a pending delivery costs on disk, for
+    /// the benchmarks and `check`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a table cannot be read.
+    pub fn space(&self) -> Result<Vec<TableSpace>, StoreError> {
+        let txn = self.slot.get()?.begin_read()?;
+        let mut out = Vec::new();
+        macro_rules! measure {
+            ($($def:ident => $name:literal),* $(,)?) => {$(
+                let table = txn.open_table($def)?;
+                let stats = table.stats()?;
+                out.push(TableSpace {
+                    table: $name,
+                    entries: table.len()?,
+                    stored_bytes: stats.stored_bytes(),
+                    metadata_bytes: stats.metadata_bytes(),
+                    fragmented_bytes: stats.fragmented_bytes(),
+                });
+            )*};
+        }
+        measure!(
+            WEBHOOKS => "webhooks",
+            ORG_WEBHOOKS => "org_webhooks",
+            EVENTS => "events",
+            ORG_EVENTS => "org_events",
+            EVENT_IDS => "event_ids",
+            DELIVERIES => "deliveries",
+            WEBHOOK_DELIVERIES => "webhook_deliveries",
+            ATTEMPTS => "attempts",
+            RETRY_INDEX => "retry_index",
+            API_KEYS => "api_keys",
+            API_KEY_HASHES => "api_key_hashes",
+        );
+        Ok(out)
+    }
+
     /// Verifies every invariant over one snapshot (see the module docs). Takes time linear
     /// in the store's size; meant for `palo-webhooks check` on a stopped daemon's file.
     ///

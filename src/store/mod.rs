@@ -26,7 +26,7 @@ use crate::ids::{KeyId, WebhookId};
 use crate::model::{ApiKey, Webhook, WebhookChanges};
 use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
-pub use check::CheckReport;
+pub use check::{CheckReport, TableSpace};
 pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut};
 pub use writer::{CommitStats, MAX_BATCH};
 

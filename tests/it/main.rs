@@ -7,5 +7,6 @@ mod hostile;
 mod ingest;
 mod isolation;
 mod recovery;
+mod security;
 mod support;
 mod torture;

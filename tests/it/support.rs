@@ -45,7 +45,16 @@ pub fn start(extra: &[&str]) -> Daemon {
 
 /// Starts the daemon on the db in `dir` (kept by the caller), e.g. to restart after a crash.
 pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
-    launch(dir, extra, None)
+    launch(dir, extra, None, true)
+}
+
+/// Starts the daemon with a fresh temp db and the default outbound address policy: unlike
+/// the other starters, loopback receivers are NOT allowed (`--allow-network 127.0.0.0/8`).
+pub fn start_strict(extra: &[&str]) -> Daemon {
+    let tempdir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = launch(tempdir.path(), extra, None, false);
+    daemon._tempdir = Some(tempdir);
+    daemon
 }
 
 /// Starts the daemon with a fresh temp db whose process may not write files larger than
@@ -53,12 +62,14 @@ pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
 /// a full disk, for one process.
 pub fn start_with_file_limit(limit_kib: u64, extra: &[&str]) -> Daemon {
     let tempdir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = launch(tempdir.path(), extra, Some(limit_kib));
+    let mut daemon = launch(tempdir.path(), extra, Some(limit_kib), true);
     daemon._tempdir = Some(tempdir);
     daemon
 }
 
-fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>) -> Daemon {
+/// Starts the daemon; `allow_loopback` opens 127.0.0.0/8 to deliveries, since the tests'
+/// receivers listen there (the quick start does the same).
+fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>, allow_loopback: bool) -> Daemon {
     let db = dir.join("palo.redb");
     let binary = env!("CARGO_BIN_EXE_palo-webhooks");
     let mut args: Vec<String> = [
@@ -73,6 +84,9 @@ fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>) -> Daemon {
     .iter()
     .map(|a| a.to_string())
     .collect();
+    if allow_loopback {
+        args.extend(["--allow-network".to_owned(), "127.0.0.0/8".to_owned()]);
+    }
     args.extend(extra.iter().map(|a| a.to_string()));
     let mut command = match file_limit_kib {
         None => Command::new(binary),

@@ -1,0 +1,119 @@
+//! Security (issue 5): the outbound address policy (SSRF) on real sockets.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, Behaviour, Daemon, Receiver, SECRET};
+
+fn event(id: &str) -> Value {
+    json!({"event_id": id, "event_type": "ticket.created", "organization_id": "org_s",
+           "data": {"ticket_id": id, "title": "ssrf", "priority": "p2", "project_id": "prj", "created_by": "u"}})
+}
+
+async fn create(daemon: &Daemon, url: &str) -> (u16, Value) {
+    daemon
+        .call(
+            "POST",
+            "/api/webhooks",
+            Some(
+                json!({"url": url, "events": ["*"], "secret": SECRET, "organization_id": "org_s"}),
+            ),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ip_literals_in_forbidden_ranges_are_refused_at_creation() {
+    let daemon = support::start_strict(&["--allow-http"]);
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://10.0.0.1/hook",
+        "http://172.16.5.4/hook",
+        "http://192.168.1.10/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://100.64.0.1/hook",
+        "http://0.0.0.0/hook",
+        "http://224.0.0.1/hook",
+        "http://255.255.255.255/hook",
+        "http://[::1]:9/hook",
+        "http://[::ffff:127.0.0.1]:9/hook",
+        "http://[::ffff:169.254.169.254]/hook",
+        "http://[fd00::1]/hook",
+        "http://[fe80::1]/hook",
+    ] {
+        let (status, body) = create(&daemon, url).await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert_eq!(body["error"]["field"], "url", "{url}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("--allow-network"), "{url}: {message}");
+    }
+    // A global unicast literal is accepted (nothing is connected at creation).
+    let (status, body) = create(&daemon, "https://93.184.216.34/hook").await;
+    assert_eq!(status, 201, "{body}");
+    let (_, list) = daemon.call("GET", "/api/webhooks?limit=100", None).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "refusals wrote nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_resolving_to_loopback_is_refused_at_connect_and_nothing_connects() {
+    let daemon = support::start_strict(&["--allow-http", "--retry-schedule", "1h"]);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    // `localhost` is a name (checked at every attempt, after resolution), not a literal.
+    let url = receiver.url.replace("127.0.0.1", "localhost");
+    let (status, body) = create(&daemon, &url).await;
+    assert_eq!(status, 201, "{body}");
+    let webhook = body["id"].as_str().unwrap().to_owned();
+    let (status, _) = daemon
+        .call("POST", "/api/events", Some(event("evt_ssrf_1")))
+        .await;
+    assert_eq!(status, 202);
+    let page = daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}/deliveries"),
+            Duration::from_secs(10),
+            |b| b["data"][0]["attempt_count"] == 1,
+        )
+        .await;
+    let id = page["data"][0]["id"].as_str().unwrap();
+    let (_, delivery) = daemon
+        .call("GET", &format!("/api/deliveries/{id}"), None)
+        .await;
+    assert_eq!(
+        delivery["attempts"][0]["error"], "blocked_address",
+        "{delivery}"
+    );
+    assert_eq!(
+        delivery["status"], "retrying",
+        "retried on the schedule, not sooner"
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "nothing may connect to a forbidden address"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_network_opens_loopback_for_names_and_literals() {
+    let daemon = support::start(&["--allow-http"]); // adds --allow-network 127.0.0.0/8
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    for url in [
+        receiver.url.clone(),
+        receiver.url.replace("127.0.0.1", "localhost"),
+    ] {
+        let (status, body) = create(&daemon, &url).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    daemon
+        .call("POST", "/api/events", Some(event("evt_open_1")))
+        .await;
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    // ::1 is not in 127.0.0.0/8: still refused.
+    let (status, _) = create(&daemon, "http://[::1]:9/hook").await;
+    assert_eq!(status, 422);
+}
