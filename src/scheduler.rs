@@ -35,9 +35,6 @@ const HORIZON_MS: u64 = 60_000;
 const REFILL_INTERVAL_MS: u64 = 1_000;
 /// A delivery found busy or unreadable is looked at again after this long (1 s).
 const RECHECK_MS: u64 = 1_000;
-/// A due delivery whose webhook has no free in-flight slot waits this long in the wheel
-/// (parked, with no task and no read) before it is looked at again (250 ms).
-const PARK_MS: u64 = 250;
 /// While its webhook is inactive, a due delivery is postponed by this much (60 s).
 const INACTIVE_POSTPONE_MS: u64 = 60_000;
 
@@ -68,6 +65,9 @@ struct Lane {
     /// Bumped when the webhook is changed or deleted through the API: a task that waited
     /// for a slot reads its delivery again only if this moved meanwhile.
     generation: std::sync::atomic::AtomicU64,
+    /// Due deliveries of this webhook that found no room: no task, no body in memory, just
+    /// the wheel entry, in order. The dispatcher takes them as soon as the lane has room.
+    parked: Mutex<std::collections::VecDeque<Entry>>,
 }
 
 /// Counts a task in [`Lane::waiting`] until dropped.
@@ -80,14 +80,16 @@ impl Drop for Waiting {
 }
 
 impl Lane {
-    /// Whether a parked delivery is worth reading again: a slot is free, or (for a proven
-    /// webhook) the queue of tasks waiting for one is not full.
-    fn has_room(&self) -> bool {
+    /// How many parked deliveries are worth dispatching now: free slots plus, for a proven
+    /// webhook, free places in the queue of tasks waiting for one.
+    fn room(&self) -> usize {
+        let free = self.permits.available_permits();
         if self.proven.load(Ordering::Relaxed) {
-            self.permits.available_permits() > 0
-                || self.waiting.load(Ordering::Relaxed) < self.limit
+            free + self
+                .limit
+                .saturating_sub(self.waiting.load(Ordering::Relaxed))
         } else {
-            self.permits.available_permits() > 0 && self.gate.available_permits() > 0
+            free.min(self.gate.available_permits())
         }
     }
 
@@ -145,14 +147,12 @@ pub enum AttemptNowError {
 }
 
 /// A wheel entry: fire at `fire_at` ms; `index_due` is the delivery's key in the retry index
-/// (the same time, unless the entry is a recheck or a parked delivery); `webhook` is known
-/// for a parked delivery, so it can wait for its webhook's slot without being read again.
+/// (the same time, unless the entry is a recheck).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     fire_at: u64,
     id: DeliveryId,
     index_due: u64,
-    webhook: Option<WebhookId>,
 }
 
 struct Wheel {
@@ -172,6 +172,10 @@ struct Inner {
     in_flight: Mutex<HashSet<DeliveryId>>,
     global: Arc<Semaphore>,
     per_webhook: Mutex<HashMap<WebhookId, Arc<Lane>>>,
+    /// Lanes holding parked deliveries.
+    parked_lanes: Mutex<HashSet<WebhookId>>,
+    /// Parked deliveries in all lanes; they count toward the wheel's capacity.
+    parked_total: std::sync::atomic::AtomicUsize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -230,6 +234,8 @@ impl Scheduler {
                 in_flight: Mutex::new(HashSet::new()),
                 global,
                 per_webhook: Mutex::new(HashMap::new()),
+                parked_lanes: Mutex::new(HashSet::new()),
+                parked_total: std::sync::atomic::AtomicUsize::new(0),
                 tracker,
                 shutdown,
             }),
@@ -271,7 +277,9 @@ impl Scheduler {
             // moves on (every REFILL_INTERVAL_MS) or when the wheel fell behind it.
             let behind = !refill_failed && {
                 let wheel = lock(&inner.wheel);
-                wheel.behind && wheel.entries.len() < inner.settings.wheel_capacity / 2
+                wheel.behind
+                    && wheel.entries.len() + inner.parked_total.load(Ordering::Relaxed)
+                        < inner.settings.wheel_capacity / 2
             };
             if now >= next_refill_ms || behind {
                 next_refill_ms = now + REFILL_INTERVAL_MS;
@@ -286,13 +294,12 @@ impl Scheduler {
                 }
             }
             // Dispatch what is due, up to the cap of active claims (so a backlog costs wheel
-            // entries, not tasks). A parked delivery whose webhook is still full is parked
-            // again without a task or a read.
+            // entries, not tasks): first parked deliveries whose webhook has room again, then
+            // the wheel's due entries.
             let room = inner
                 .max_active()
                 .saturating_sub(lock(&inner.in_flight).len());
-            let mut due = Vec::new();
-            let mut parked = Vec::new();
+            let mut due = inner.unpark(room);
             let (next_fire, behind_with_room) = {
                 let mut wheel = lock(&inner.wheel);
                 while due.len() < room {
@@ -301,20 +308,15 @@ impl Scheduler {
                         break;
                     };
                     wheel.entries.remove(&first);
-                    match first.webhook {
-                        Some(webhook) if !inner.lane(webhook).has_room() => parked.push(first),
-                        _ => due.push(first),
-                    }
+                    due.push(first);
                 }
                 let next = wheel.entries.first().map_or(u64::MAX, |e| e.fire_at);
+                let held = wheel.entries.len() + inner.parked_total.load(Ordering::Relaxed);
                 let behind = wheel.behind
-                    && wheel.entries.len() < inner.settings.wheel_capacity / 2
+                    && held < inner.settings.wheel_capacity / 2
                     && !refill_failed;
                 (next, behind)
             };
-            for entry in parked {
-                inner.recheck(now + PARK_MS, entry.id, entry.index_due, entry.webhook);
-            }
             let capped = due.len() >= room;
             for entry in due {
                 self.dispatch(entry);
@@ -351,6 +353,7 @@ impl Scheduler {
         if let Some(lane) = lane {
             lane.generation.fetch_add(1, Ordering::Release);
         }
+        self.inner.wake.notify_one();
     }
 
     /// Tells the scheduler that `id` was (re)scheduled at `due_ms` by a committed write.
@@ -409,12 +412,8 @@ impl Scheduler {
     fn dispatch(&self, entry: Entry) {
         let Some(claim) = self.inner.claim(entry.id, entry.index_due) else {
             // Busy (a manual attempt, say): look again later.
-            self.inner.recheck(
-                clock::now_ms() + RECHECK_MS,
-                entry.id,
-                entry.index_due,
-                entry.webhook,
-            );
+            self.inner
+                .recheck(clock::now_ms() + RECHECK_MS, entry.id, entry.index_due);
             return;
         };
         let inner = Arc::clone(&self.inner);
@@ -441,19 +440,20 @@ impl Inner {
 
     /// A committed write put `id` in the retry index at `due_ms`.
     fn hint(&self, due_ms: u64, id: DeliveryId) {
-        self.recheck(due_ms, id, due_ms, None);
+        self.recheck(due_ms, id, due_ms);
     }
 
     /// Puts `id` (whose retry-index key is `(index_due, id)`) in the wheel to fire at
     /// `fire_at`. If its index key is past the cursor, the loader will read it; if the wheel
     /// is full, the cursor moves back before its index key instead, so nothing is forgotten.
-    fn recheck(&self, fire_at: u64, id: DeliveryId, index_due: u64, webhook: Option<WebhookId>) {
+    fn recheck(&self, fire_at: u64, id: DeliveryId, index_due: u64) {
         let mut wheel = lock(&self.wheel);
         let key = (index_due, id);
         if wheel.cursor.is_none_or(|cursor| key > cursor) {
             return;
         }
-        if wheel.entries.len() >= self.settings.wheel_capacity * 2 {
+        let held = wheel.entries.len() + self.parked_total.load(Ordering::Relaxed);
+        if held >= self.settings.wheel_capacity * 2 {
             wheel.cursor = Some(predecessor(key));
             wheel.behind = true;
             return;
@@ -462,7 +462,6 @@ impl Inner {
             fire_at,
             id,
             index_due,
-            webhook,
         };
         let earliest = wheel.entries.first().is_none_or(|first| entry < *first);
         wheel.entries.insert(entry);
@@ -474,10 +473,9 @@ impl Inner {
     /// Loads index entries due within the horizon, past the cursor, up to the capacity.
     fn refill(&self, now_ms: u64) -> Result<(), StoreError> {
         let mut wheel = lock(&self.wheel);
-        let room = self
-            .settings
-            .wheel_capacity
-            .saturating_sub(wheel.entries.len());
+        let room = self.settings.wheel_capacity.saturating_sub(
+            wheel.entries.len() + self.parked_total.load(Ordering::Relaxed),
+        );
         if room == 0 {
             return Ok(());
         }
@@ -494,7 +492,6 @@ impl Inner {
                 fire_at: due,
                 id,
                 index_due: due,
-                webhook: None,
             }));
         wheel.cursor = Some(wheel.cursor.map_or(new_cursor, |c| c.max(new_cursor)));
         Ok(())
@@ -503,8 +500,8 @@ impl Inner {
     async fn run_scheduled(self: Arc<Self>, claim: Claim) {
         let (id, index_due) = (claim.id, claim.index_due);
         // The read names the webhook whose in-flight limit applies. When the webhook has no
-        // free slot (and no room in its short queue), the delivery parks in the wheel with
-        // its webhook id: no task waits and nothing is read again until the webhook has room.
+        // free slot (and no room in its short queue), the delivery parks in its lane: no task
+        // waits, and it is dispatched again as soon as the lane has room.
         let Some(context) = self.load_due(&claim).await else {
             return;
         };
@@ -514,8 +511,9 @@ impl Inner {
             Some(slot) => (slot, context),
             None => {
                 let Some(place) = lane.join_queue() else {
+                    drop(context);
+                    self.park(&lane, webhook_id, id, index_due);
                     drop(claim);
-                    self.recheck(clock::now_ms() + PARK_MS, id, index_due, Some(webhook_id));
                     return;
                 };
                 // A proven webhook's next attempts wait in a short queue (at most the
@@ -573,7 +571,7 @@ impl Inner {
                 .await
         {
             tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
-            self.recheck(clock::now_ms() + RECHECK_MS, id, index_due, None);
+            self.recheck(clock::now_ms() + RECHECK_MS, id, index_due);
         }
     }
 
@@ -586,7 +584,7 @@ impl Inner {
             Ok(context) => context?,
             Err(e) => {
                 tracing::warn!(delivery = %id, error = %e, "could not load a due delivery; will look again");
-                self.recheck(clock::now_ms() + RECHECK_MS, id, index_due, None);
+                self.recheck(clock::now_ms() + RECHECK_MS, id, index_due);
                 return None;
             }
         };
@@ -604,11 +602,49 @@ impl Inner {
             match postponed {
                 Ok(true) => self.hint(now + INACTIVE_POSTPONE_MS, id),
                 Ok(false) => {}
-                Err(_) => self.recheck(now + RECHECK_MS, id, index_due, None),
+                Err(_) => self.recheck(now + RECHECK_MS, id, index_due),
             }
             return None;
         }
         Some(context)
+    }
+
+    /// Parks a due delivery in its webhook's lane (no task, no body kept).
+    fn park(&self, lane: &Lane, webhook_id: WebhookId, id: DeliveryId, index_due: u64) {
+        lock(&lane.parked).push_back(Entry {
+            fire_at: 0,
+            id,
+            index_due,
+        });
+        self.parked_total.fetch_add(1, Ordering::Relaxed);
+        lock(&self.parked_lanes).insert(webhook_id);
+    }
+
+    /// Takes up to `room` parked deliveries from lanes that have room now, in each lane's
+    /// order; a lane left empty stops being visited.
+    fn unpark(&self, room: usize) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut lanes = lock(&self.parked_lanes);
+        let ids: Vec<WebhookId> = lanes.iter().copied().collect();
+        for webhook_id in ids {
+            if out.len() >= room {
+                break;
+            }
+            let lane = self.lane(webhook_id);
+            let take = lane.room().min(room - out.len());
+            let mut parked = lock(&lane.parked);
+            for _ in 0..take {
+                let Some(entry) = parked.pop_front() else {
+                    break;
+                };
+                out.push(entry);
+            }
+            if parked.is_empty() {
+                lanes.remove(&webhook_id);
+            }
+        }
+        self.parked_total.fetch_sub(out.len(), Ordering::Relaxed);
+        out
     }
 
     fn lane(&self, webhook_id: WebhookId) -> Arc<Lane> {
@@ -622,6 +658,7 @@ impl Inner {
                 waiting: std::sync::atomic::AtomicUsize::new(0),
                 limit,
                 generation: std::sync::atomic::AtomicU64::new(0),
+                parked: Mutex::new(std::collections::VecDeque::new()),
             })
         }))
     }
@@ -670,6 +707,8 @@ impl Inner {
             .await;
         drop(permits);
         self.note_speed(webhook.id, &log);
+        // A slot is free: parked deliveries of this webhook may go.
+        self.wake.notify_one();
         let id = delivery.id;
         let schedule = self.settings.schedule.clone();
         let updated = self
