@@ -312,9 +312,8 @@ impl Scheduler {
                 }
                 let next = wheel.entries.first().map_or(u64::MAX, |e| e.fire_at);
                 let held = wheel.entries.len() + inner.parked_total.load(Ordering::Relaxed);
-                let behind = wheel.behind
-                    && held < inner.settings.wheel_capacity / 2
-                    && !refill_failed;
+                let behind =
+                    wheel.behind && held < inner.settings.wheel_capacity / 2 && !refill_failed;
                 (next, behind)
             };
             let capped = due.len() >= room;
@@ -473,9 +472,10 @@ impl Inner {
     /// Loads index entries due within the horizon, past the cursor, up to the capacity.
     fn refill(&self, now_ms: u64) -> Result<(), StoreError> {
         let mut wheel = lock(&self.wheel);
-        let room = self.settings.wheel_capacity.saturating_sub(
-            wheel.entries.len() + self.parked_total.load(Ordering::Relaxed),
-        );
+        let room = self
+            .settings
+            .wheel_capacity
+            .saturating_sub(wheel.entries.len() + self.parked_total.load(Ordering::Relaxed));
         if room == 0 {
             return Ok(());
         }

@@ -20,12 +20,22 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// Checks a `sha256=<hex>` header value against `body` and `secret` in constant time.
-/// Returns false for any malformed header. The daemon only signs; this is the receiver's
-/// half, kept here for tests and for Rust receivers.
+/// Returns false for any malformed header, including uppercase hex: like the spec's Python
+/// `verify_signature` (which compares the whole string), only the exact lowercase form
+/// verifies. The daemon only signs; this is the receiver's half, kept here for tests and for
+/// Rust receivers.
 pub fn verify(secret: &str, body: &[u8], header: &str) -> bool {
     let Some(hex_digest) = header.strip_prefix("sha256=") else {
         return false;
     };
+    // Found by the signature_header fuzz target: `hex` also decodes uppercase.
+    if hex_digest.len() != 64
+        || !hex_digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return false;
+    }
     let Ok(expected) = hex::decode(hex_digest) else {
         return false;
     };
@@ -56,5 +66,10 @@ mod tests {
         assert!(!verify("other", body, &header));
         assert!(!verify("s3cret-with-é", b"{}", &header));
         assert!(!verify("s3cret-with-é", body, "sha1=00"));
+        assert!(!verify(
+            "s3cret-with-é",
+            body,
+            &header.to_uppercase().replace("SHA256=", "sha256=")
+        ));
     }
 }
