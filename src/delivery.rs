@@ -32,7 +32,10 @@ use crate::clock;
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, WebhookId};
 use crate::model::{Attempt, AttemptError, Secret, Trigger};
-use crate::signature::{sign, SIGNATURE_HEADER};
+use crate::signature::{
+    sign, standard_signature, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
+};
 
 /// How much of a response body is stored (64 KiB); reading stops there.
 pub const MAX_STORED_RESPONSE_BYTES: usize = 64 * 1024;
@@ -302,7 +305,7 @@ impl Sender {
             attempt.secret,
             &attempt.body,
         );
-        match build_request(&attempt, signature) {
+        match build_request(&attempt, signature, started_at_ms / 1000) {
             None => log.error = Some(AttemptError::Connect),
             Some(request) => match timeout_at(deadline, self.client.request(request)).await {
                 Err(_) => log.error = Some(AttemptError::Timeout),
@@ -344,15 +347,26 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 fn build_request(
     attempt: &OutgoingAttempt<'_>,
     signature: HeaderValue,
+    timestamp: u64,
 ) -> Option<Request<Full<Bytes>>> {
+    let delivery_id = attempt.delivery_id.to_string();
+    let standard = standard_signature(
+        attempt.secret.0.as_bytes(),
+        &delivery_id,
+        timestamp,
+        &attempt.body,
+    );
     Request::post(attempt.url)
         .header("content-type", "application/json")
         .header("user-agent", USER_AGENT)
         .header(SIGNATURE_HEADER, signature)
         .header("x-palo-event", attempt.event_type.as_str())
         .header("x-palo-event-id", attempt.event_id)
-        .header("x-palo-delivery", attempt.delivery_id.to_string())
+        .header("x-palo-delivery", delivery_id.as_str())
         .header("x-palo-attempt", attempt.number.to_string())
+        .header(WEBHOOK_ID_HEADER, delivery_id.as_str())
+        .header(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string())
+        .header(WEBHOOK_SIGNATURE_HEADER, standard)
         .body(Full::new(attempt.body.clone()))
         .ok()
 }

@@ -1,14 +1,54 @@
-//! Webhook signatures (spec "Sécurisation des webhooks").
+//! Webhook signatures (spec "Sécurisation des webhooks", and Standard Webhooks).
 //!
-//! Owner's rule: pure functions over bytes. The header value is
-//! `sha256=<lowercase hex HMAC-SHA256(key = UTF-8 bytes of the secret, message = body)>`,
-//! exactly what the spec's Python `verify_signature` recomputes with `secret.encode()`.
+//! Owner's rule: pure functions over bytes. Two signatures go with every attempt:
+//!
+//! - `X-Palo-Signature: sha256=<lowercase hex HMAC-SHA256(key = UTF-8 bytes of the secret,
+//!   message = body)>`, exactly what the spec's Python `verify_signature` recomputes with
+//!   `secret.encode()`;
+//! - the Standard Webhooks headers (<https://www.standardwebhooks.com>, spec v1):
+//!   `webhook-id` (the delivery id, stable across attempts), `webhook-timestamp` (Unix
+//!   seconds of this attempt) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+//!   "<webhook-id>.<webhook-timestamp>.<body>">`, so a receiver can refuse replays by age.
+//!   The HMAC key is again the UTF-8 bytes of the secret; a Standard Webhooks library takes
+//!   it as `whsec_` + base64(those bytes).
 
+use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "X-Palo-Signature";
+/// Standard Webhooks: the message id (our delivery id).
+pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
+/// Standard Webhooks: Unix seconds of the attempt.
+pub const WEBHOOK_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+/// Standard Webhooks: space-separated `v1,<base64>` signatures, one per active secret.
+pub const WEBHOOK_SIGNATURE_HEADER: &str = "webhook-signature";
+
+/// One Standard Webhooks signature, `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
+/// `key` is the secret's bytes (UTF-8 of a webhook secret; the base64-decoded part after
+/// `whsec_` for a Standard Webhooks secret).
+pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The `whsec_...` form of a webhook secret, for Standard Webhooks libraries: `whsec_` +
+/// base64 of the secret's UTF-8 bytes.
+pub fn standard_secret(secret: &str) -> String {
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(secret.as_bytes())
+    )
+}
 
 /// Computes the `X-Palo-Signature` value for `body` signed with `secret`.
 pub fn sign(secret: &str, body: &[u8]) -> String {
@@ -56,6 +96,26 @@ mod tests {
             sign("Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn standard_webhooks_published_example_verifies() {
+        // The example of the Standard Webhooks specification and its reference libraries'
+        // tests: secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, id msg_p5jXN8AQM9LWM0D4loKWxJek,
+        // timestamp 1614265330, body {"test": 2432232314}.
+        let key = base64::engine::general_purpose::STANDARD
+            .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap();
+        assert_eq!(
+            standard_signature(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(standard_secret("ab"), "whsec_YWI=");
     }
 
     #[test]

@@ -117,3 +117,29 @@ async fn allow_network_opens_loopback_for_names_and_literals() {
     let (status, _) = create(&daemon, "http://[::1]:9/hook").await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standard_webhooks_headers_verify_with_the_reference_python_library() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1s"]);
+    let receiver = Receiver::start(Behaviour::Sequence(vec![500, 200])).await;
+    let (status, body) = create(&daemon, &receiver.url).await;
+    assert_eq!(status, 201, "{body}");
+    daemon
+        .call("POST", "/api/events", Some(event("evt_std_1")))
+        .await;
+    // Two attempts of one delivery: same webhook-id, each its own timestamp and signature.
+    let got = receiver.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    assert_eq!(
+        got[0].header("webhook-id"),
+        got[0].header("x-palo-delivery")
+    );
+    assert!(got[0].header("webhook-signature").starts_with("v1,"));
+    let (ok, output) = support::python_standard_verifies(&got, SECRET);
+    assert!(ok, "standardwebhooks refused our headers: {output}");
+    // A tampered body is refused by the same library (the check is real).
+    let mut tampered = got[0].clone();
+    tampered.body = bytes::Bytes::from_static(b"{}");
+    let (ok, _) = support::python_standard_verifies(&[tampered], SECRET);
+    assert!(!ok);
+}

@@ -610,6 +610,52 @@ pub fn python_verifies(requests: &[Received], secret: &str) -> bool {
     String::from_utf8_lossy(&output.stdout).contains("VERIFIED") && output.status.success()
 }
 
+/// Verifies each request's Standard Webhooks headers with the reference Python library
+/// (PyPI `standardwebhooks`, installed by `.ci/run`), keyed with `whsec_` + base64 of the
+/// secret's UTF-8 bytes. Returns (every request verified, the library's output).
+pub fn python_standard_verifies(requests: &[Received], secret: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let path = dir.path().join(format!("body{i}"));
+        std::fs::write(&path, &r.body).unwrap();
+        cases.push(serde_json::json!({
+            "body": path.to_str().unwrap(),
+            "headers": {
+                "webhook-id": r.header("webhook-id"),
+                "webhook-timestamp": r.header("webhook-timestamp"),
+                "webhook-signature": r.header("webhook-signature"),
+            }
+        }));
+    }
+    let script = "import base64, json, sys
+try:
+    from standardwebhooks.webhooks import Webhook
+except ImportError:
+    print('MISSING: pip install standardwebhooks'); sys.exit(2)
+cases = json.loads(sys.argv[1])
+wh = Webhook('whsec_' + base64.b64encode(sys.argv[2].encode()).decode())
+for c in cases:
+    wh.verify(open(c['body'], 'rb').read(), c['headers'])
+print('VERIFIED')
+";
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &serde_json::to_string(&cases).unwrap(),
+            secret,
+        ])
+        .output()
+        .expect("python3 must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (text.contains("VERIFIED") && output.status.success(), text)
+}
+
 /// A receiver that answers every connection with `reply` written verbatim, then closes it:
 /// for responses no well-behaved HTTP server would send. Returns its URL.
 pub async fn raw_receiver(reply: &'static [u8]) -> String {
