@@ -1,0 +1,79 @@
+//! Untrusted `POST /api/webhooks` bodies: strict JSON validation, serde into the API's own
+//! `WebhookIn`, then the URL check (with and without `--allow-http`) and the events list.
+//!
+//! Properties: nothing panics; an accepted URL validates again to itself, carries no
+//! user:password and no fragment, and is the given URL up to its fragment; https accepted
+//! without `--allow-http` is accepted identically with it; an accepted events list is `"*"`
+//! or a non-empty list of distinct public types.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use palo_webhooks::api::types::WebhookIn;
+use palo_webhooks::api::webhooks::{parse_events, validate_url};
+use palo_webhooks::event::EventType;
+use palo_webhooks::json_strict;
+use palo_webhooks::model::EventFilter;
+
+/// The authority of an absolute URL text: between `://` and the next `/`, `?` or `#`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or_default()
+}
+
+fn check_url(given: &str, allow_http: bool) {
+    let Ok(accepted) = validate_url(given, allow_http) else {
+        return;
+    };
+    assert!(!accepted.contains('#'), "fragment kept: {accepted:?}");
+    assert!(
+        !authority(&accepted).contains('@'),
+        "userinfo kept: {accepted:?}"
+    );
+    assert!(
+        given.starts_with(&accepted),
+        "{accepted:?} is not a prefix of {given:?}"
+    );
+    if let Ok(parsed) = url::Url::parse(&accepted) {
+        assert!(parsed.username().is_empty() && parsed.password().is_none());
+        assert!(parsed.fragment().is_none());
+    }
+    let again = validate_url(&accepted, allow_http)
+        .unwrap_or_else(|e| panic!("{accepted:?} no longer validates: {}", e.message));
+    assert_eq!(again, accepted, "validation is idempotent");
+    if !allow_http {
+        let relaxed = validate_url(given, true).expect("https passes with --allow-http too");
+        assert_eq!(relaxed, accepted);
+    }
+}
+
+fn check_events(names: &[String]) {
+    match parse_events(names) {
+        Ok(EventFilter::All) => assert!(names.iter().any(|n| n == "*")),
+        Ok(EventFilter::Only(types)) => {
+            assert!(!types.is_empty());
+            assert!(!types.contains(&EventType::WebhookTest));
+            for (i, t) in types.iter().enumerate() {
+                assert!(!types[..i].contains(t), "duplicate {t:?}");
+                assert!(names.iter().any(|n| n == t.as_str()));
+            }
+            assert!(names.iter().all(|n| EventType::parse(n).is_some()));
+        }
+        Err(_) => {}
+    }
+}
+
+fuzz_target!(|bytes: &[u8]| {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    if json_strict::validate(text).is_err() {
+        return;
+    }
+    let Ok(input) = serde_json::from_str::<WebhookIn>(text) else {
+        return;
+    };
+    check_url(&input.url, false);
+    check_url(&input.url, true);
+    check_events(&input.events);
+});
