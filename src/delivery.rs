@@ -55,6 +55,8 @@ pub struct OutgoingAttempt<'a> {
     pub body: Bytes,
     /// The webhook's signing secret.
     pub secret: &'a Secret,
+    /// The secret before the last rotation while it still signs (`webhook-signature` only).
+    pub previous_secret: Option<&'a Secret>,
     /// The event's internal key: with `webhook_id`, names the signed (body, secret) pair.
     pub event_key: EventKey,
     /// The target webhook.
@@ -350,12 +352,23 @@ fn build_request(
     timestamp: u64,
 ) -> Option<Request<Full<Bytes>>> {
     let delivery_id = attempt.delivery_id.to_string();
-    let standard = standard_signature(
+    // One `v1,` entry per secret that signs: the current one, then a rotated-out one during
+    // its grace period, so a receiver holding either verifies.
+    let mut standard = standard_signature(
         attempt.secret.0.as_bytes(),
         &delivery_id,
         timestamp,
         &attempt.body,
     );
+    if let Some(previous) = attempt.previous_secret {
+        standard.push(' ');
+        standard.push_str(&standard_signature(
+            previous.0.as_bytes(),
+            &delivery_id,
+            timestamp,
+            &attempt.body,
+        ));
+    }
     Request::post(attempt.url)
         .header("content-type", "application/json")
         .header("user-agent", USER_AGENT)

@@ -50,6 +50,9 @@ pub struct Webhook {
     pub events: EventFilter,
     /// HMAC key, UTF-8.
     pub secret: Secret,
+    /// The secret before the last rotation, which also signs (`webhook-signature`) until it
+    /// expires (`POST /api/webhooks/{id}/rotate-secret`).
+    pub previous_secret: Option<PreviousSecret>,
     /// Inactive webhooks receive nothing and get no new deliveries.
     pub active: bool,
     /// Free text.
@@ -58,6 +61,25 @@ pub struct Webhook {
     pub created_at_ms: u64,
     /// ms since the epoch.
     pub updated_at_ms: u64,
+}
+
+/// A rotated-out secret and when it stops signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// The old secret.
+    pub secret: Secret,
+    /// ms since the epoch; after this, only the new secret signs.
+    pub expires_at_ms: u64,
+}
+
+impl Webhook {
+    /// The previous secret if it still signs at `now_ms`.
+    pub fn previous_secret_at(&self, now_ms: u64) -> Option<&Secret> {
+        self.previous_secret
+            .as_ref()
+            .filter(|p| now_ms < p.expires_at_ms)
+            .map(|p| &p.secret)
+    }
 }
 
 /// A stored event: its envelope bytes and where it went.
@@ -275,8 +297,11 @@ pub struct WebhookChanges {
     pub url: Option<String>,
     /// New subscriptions.
     pub events: Option<EventFilter>,
-    /// New secret.
+    /// New secret, replacing the old one at once (no overlap).
     pub secret: Option<Secret>,
+    /// New secret with overlap: the current one becomes the previous secret and keeps
+    /// signing `webhook-signature` until the given time (ms since the epoch).
+    pub rotate: Option<(Secret, u64)>,
     /// Activate or deactivate.
     pub active: Option<bool>,
     /// New description.
@@ -294,6 +319,14 @@ impl WebhookChanges {
         }
         if let Some(secret) = self.secret {
             webhook.secret = secret;
+            webhook.previous_secret = None;
+        }
+        if let Some((secret, until_ms)) = self.rotate {
+            let old = std::mem::replace(&mut webhook.secret, secret);
+            webhook.previous_secret = (until_ms > now_ms).then_some(PreviousSecret {
+                secret: old,
+                expires_at_ms: until_ms,
+            });
         }
         if let Some(active) = self.active {
             webhook.active = active;

@@ -696,6 +696,7 @@ impl Inner {
                 url: &webhook.url,
                 body: Bytes::from(body),
                 secret: &webhook.secret,
+                previous_secret: webhook.previous_secret_at(clock::now_ms()),
                 event_key: delivery.event_key,
                 webhook_id: webhook.id,
                 event_type: delivery.event_type,

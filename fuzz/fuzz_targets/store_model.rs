@@ -338,6 +338,7 @@ fn create_webhook(
             EventFilter::All
         },
         secret: Secret("s3cret-s3cret-s3cret-s3cret-s3cret".to_owned()),
+        previous_secret: None,
         active,
         description: String::new(),
         created_at_ms: model.now_ms,

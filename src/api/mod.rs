@@ -65,6 +65,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/webhooks/{id}/test", post(deliveries::test_webhook))
         .route(
+            "/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
             "/events",
             post(events::ingest_event).get(events::list_events),
         )

@@ -60,7 +60,10 @@ pub struct WebhookOut {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
-    /// The generated secret, shown once.
+    /// RFC 3339: until then the secret before the last rotation also signs
+    /// `webhook-signature`; null when no old secret signs.
+    pub previous_secret_expires_at: Option<String>,
+    /// The generated or rotated-in secret, shown once (creation, rotation).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub secret: Option<String>,
 }
@@ -79,9 +82,24 @@ impl From<&Webhook> for WebhookOut {
             description: w.description.clone(),
             created_at: format_ms(w.created_at_ms),
             updated_at: format_ms(w.updated_at_ms),
+            previous_secret_expires_at: w
+                .previous_secret_at(crate::clock::now_ms())
+                .and(w.previous_secret.as_ref())
+                .map(|p| format_ms(p.expires_at_ms)),
             secret: None,
         }
     }
+}
+
+/// `POST /api/webhooks/{id}/rotate-secret`: both fields optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecretIn {
+    /// The new secret (at least 32 characters); generated when absent.
+    pub secret: Option<String>,
+    /// How long the old secret keeps signing `webhook-signature`, a duration like `24h`
+    /// (default 24h, at most 7d; `0s` for no overlap).
+    pub grace: Option<String>,
 }
 
 /// `POST /api/events`.

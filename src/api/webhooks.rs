@@ -1,12 +1,14 @@
 //! `/api/webhooks`: create, list, get, update, delete (spec "Créer un webhook").
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
 use super::extract::{cursor, page_limit, ApiPath, ApiQuery, JsonBody};
-use super::types::{Page, WebhookIn, WebhookOut, WebhookPatch};
+use super::types::{Page, RotateSecretIn, WebhookIn, WebhookOut, WebhookPatch};
 use super::{ApiError, AppState, Caller};
 use crate::address::{self, AddressPolicy};
 use crate::clock;
@@ -192,6 +194,7 @@ pub(super) async fn create_webhook(
         url,
         events,
         secret,
+        previous_secret: None,
         active: input.active.unwrap_or(true),
         description: validate_description(input.description.unwrap_or_default())?,
         created_at_ms: now,
@@ -275,6 +278,7 @@ pub(super) async fn update_webhook(
             .secret
             .map(|secret| validate_secret(&secret))
             .transpose()?,
+        rotate: None,
         active: patch.active,
         description: patch.description.map(validate_description).transpose()?,
     };
@@ -286,6 +290,58 @@ pub(super) async fn update_webhook(
     .ok_or_else(|| ApiError::not_found("webhook"))?;
     state.scheduler.webhook_changed(id);
     Ok(Json(WebhookOut::from(&updated)))
+}
+
+/// Default overlap of a rotation (24 h) and its maximum (7 d).
+const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `POST /api/webhooks/{id}/rotate-secret` → 200 with the webhook and the new `secret` (shown
+/// this once). `X-Palo-Signature` uses the new secret from now on; the old one also signs
+/// `webhook-signature` until `previous_secret_expires_at` (issue 5).
+///
+/// # Errors
+/// 422 for a short secret or a bad `grace`; 404 for an unknown webhook.
+pub(super) async fn rotate_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath,
+    body: axum::body::Bytes,
+) -> Result<Json<WebhookOut>, ApiError> {
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    // Both fields are optional, so an empty body is an empty object.
+    let input: RotateSecretIn = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateSecretIn::default()
+    } else {
+        super::extract::parse_json(&body)?
+    };
+    let secret = match input.secret {
+        Some(s) => validate_secret(&s)?,
+        None => Secret(format!("whsec_{}", random_hex(32))),
+    };
+    let grace = match input.grace {
+        None => DEFAULT_GRACE,
+        Some(text) => humantime::parse_duration(text.trim())
+            .map_err(|_| ApiError::invalid("grace", "must be a duration like 24h, 90m or 0s"))?,
+    };
+    if grace > MAX_GRACE {
+        return Err(ApiError::invalid("grace", "must be at most 7d"));
+    }
+    let now = clock::now_ms();
+    let until = now + u64::try_from(grace.as_millis()).unwrap_or(u64::MAX / 2);
+    let changes = WebhookChanges {
+        rotate: Some((secret.clone(), until)),
+        ..WebhookChanges::default()
+    };
+    let id = webhook.id;
+    let updated = blocking(&state.store, move |s| s.update_webhook(id, changes, now))
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    state.scheduler.webhook_changed(id);
+    tracing::info!(webhook = %id, grace_s = grace.as_secs(), "webhook secret rotated");
+    let mut out = WebhookOut::from(&updated);
+    out.secret = Some(secret.0);
+    Ok(Json(out))
 }
 
 /// `DELETE /api/webhooks/{id}` → 204; its unfinished deliveries become `cancelled`.

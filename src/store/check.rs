@@ -487,6 +487,7 @@ mod tests {
             url: "https://example.com/hook".into(),
             events: EventFilter::All,
             secret: Secret("s".into()),
+            previous_secret: None,
             active: true,
             description: String::new(),
             created_at_ms: 1,

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
 use crate::model::{
-    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, Event, EventFilter, Secret, Trigger,
-    Webhook,
+    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, Event, EventFilter, PreviousSecret,
+    Secret, Trigger, Webhook,
 };
 
 use super::StoreError;
@@ -52,11 +52,24 @@ pub(super) enum WebhookRecord {
         created_at_ms: u64,
         updated_at_ms: u64,
     },
+    /// V1 plus the rotated-out secret and its expiry (issue 5).
+    V2 {
+        organization_id: String,
+        url: String,
+        /// `None` is `"*"`.
+        events: Option<Vec<String>>,
+        secret: String,
+        active: bool,
+        description: String,
+        created_at_ms: u64,
+        updated_at_ms: u64,
+        previous_secret: Option<(String, u64)>,
+    },
 }
 
 impl WebhookRecord {
     pub(super) fn from_domain(w: &Webhook) -> Self {
-        WebhookRecord::V1 {
+        WebhookRecord::V2 {
             organization_id: w.organization_id.clone(),
             url: w.url.clone(),
             events: match &w.events {
@@ -70,11 +83,15 @@ impl WebhookRecord {
             description: w.description.clone(),
             created_at_ms: w.created_at_ms,
             updated_at_ms: w.updated_at_ms,
+            previous_secret: w
+                .previous_secret
+                .as_ref()
+                .map(|p| (p.secret.0.clone(), p.expires_at_ms)),
         }
     }
 
     pub(super) fn into_domain(self, id: WebhookId) -> Result<Webhook, StoreError> {
-        let WebhookRecord::V1 {
+        let (
             organization_id,
             url,
             events,
@@ -83,7 +100,50 @@ impl WebhookRecord {
             description,
             created_at_ms,
             updated_at_ms,
-        } = self;
+            previous_secret,
+        ) = match self {
+            WebhookRecord::V1 {
+                organization_id,
+                url,
+                events,
+                secret,
+                active,
+                description,
+                created_at_ms,
+                updated_at_ms,
+            } => (
+                organization_id,
+                url,
+                events,
+                secret,
+                active,
+                description,
+                created_at_ms,
+                updated_at_ms,
+                None,
+            ),
+            WebhookRecord::V2 {
+                organization_id,
+                url,
+                events,
+                secret,
+                active,
+                description,
+                created_at_ms,
+                updated_at_ms,
+                previous_secret,
+            } => (
+                organization_id,
+                url,
+                events,
+                secret,
+                active,
+                description,
+                created_at_ms,
+                updated_at_ms,
+                previous_secret,
+            ),
+        };
         let events = match events {
             None => EventFilter::All,
             Some(names) => EventFilter::Only(
@@ -99,6 +159,10 @@ impl WebhookRecord {
             url,
             events,
             secret: Secret(secret),
+            previous_secret: previous_secret.map(|(secret, expires_at_ms)| PreviousSecret {
+                secret: Secret(secret),
+                expires_at_ms,
+            }),
             active,
             description,
             created_at_ms,

@@ -143,3 +143,75 @@ async fn standard_webhooks_headers_verify_with_the_reference_python_library() {
     let (ok, _) = support::python_standard_verifies(&[tampered], SECRET);
     assert!(!ok);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_rotation_signs_with_both_secrets_during_the_grace_period_only() {
+    const NEW: &str = "new_secret_rotated_in_0123456789abcdef";
+    const NEWER: &str = "newer_secret_rotated_again_0123456789ab";
+    let daemon = support::start(&["--allow-http"]);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let (_, body) = create(&daemon, &receiver.url).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let rotate = |body: Value| {
+        let path = format!("/api/webhooks/{id}/rotate-secret");
+        let daemon = &daemon;
+        async move { daemon.call("POST", &path, Some(body)).await }
+    };
+    // Refusals change nothing.
+    let (status, _) = rotate(json!({"grace": "8d"})).await;
+    assert_eq!(status, 422);
+    let (status, _) = rotate(json!({"secret": "short"})).await;
+    assert_eq!(status, 422);
+
+    let (status, out) = rotate(json!({"secret": NEW, "grace": "1h"})).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["secret"], NEW, "the new secret is shown this once");
+    assert!(out["previous_secret_expires_at"].is_string(), "{out}");
+    let (_, shown) = daemon
+        .call("GET", &format!("/api/webhooks/{id}"), None)
+        .await;
+    assert!(shown.get("secret").is_none(), "{shown}");
+    daemon
+        .call("POST", "/api/events", Some(event("evt_rot_1")))
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    // X-Palo-Signature: the new secret only, as the spec's verify_signature expects.
+    assert!(support::python_verifies(&got, NEW));
+    assert!(!support::python_verifies(&got, SECRET));
+    // webhook-signature: either secret verifies during the grace period.
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+    for secret in [NEW, SECRET] {
+        let (ok, output) = support::python_standard_verifies(&got, secret);
+        assert!(ok, "{secret}: {output}");
+    }
+
+    // Rotate again with a 1 s grace; once it is over only the newest secret signs.
+    let (status, _) = rotate(json!({"secret": NEWER, "grace": "1s"})).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon
+        .call("POST", "/api/events", Some(event("evt_rot_2")))
+        .await;
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let last = &got[1..];
+    assert_eq!(last[0].header("webhook-signature").split(' ').count(), 1);
+    assert!(support::python_verifies(last, NEWER));
+    assert!(support::python_standard_verifies(last, NEWER).0);
+    assert!(!support::python_standard_verifies(last, NEW).0);
+    let (_, shown) = daemon
+        .call("GET", &format!("/api/webhooks/{id}"), None)
+        .await;
+    assert!(shown["previous_secret_expires_at"].is_null(), "{shown}");
+    // An empty body generates the secret and uses the default 24 h grace.
+    let (status, out) = daemon
+        .raw(
+            "POST",
+            &format!("/api/webhooks/{id}/rotate-secret"),
+            Some(support::ADMIN_TOKEN),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert!(out["secret"].as_str().unwrap().starts_with("whsec_"));
+}
