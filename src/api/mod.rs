@@ -11,7 +11,7 @@ mod events;
 mod extract;
 mod keys;
 pub mod types;
-mod webhooks;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
