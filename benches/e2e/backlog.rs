@@ -26,6 +26,7 @@ fn load(db: &std::path::Path, receiver: std::net::SocketAddr, pending: usize) ->
         url: format!("http://{receiver}/hook"),
         events: EventFilter::All,
         secret: Secret(SECRET.into()),
+        previous_secret: None,
         active: true,
         description: "backlog bench".into(),
         created_at_ms: now,
