@@ -76,8 +76,8 @@ pub enum Command {
 /// Options of `palo-webhooks check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// The redb database file to check.
-    #[arg(long, env = "PALO_WEBHOOKS_DB")]
+    /// The redb database file to check [default: ./palo-webhooks.redb, as `serve`].
+    #[arg(long, env = "PALO_WEBHOOKS_DB", default_value = "palo-webhooks.redb")]
     pub db: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
@@ -97,7 +97,7 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
         Ok(store) => store,
         Err(StoreError::Locked) => bail!(
             "{} is open in another process, most likely a running daemon: stop it first \
-             (the check needs a stable file; `palo-webhooks backup` copies a live one)",
+             (the check needs a stable file; stop, copy the file, start again for a backup)",
             args.db.display()
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),

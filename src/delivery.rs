@@ -311,7 +311,17 @@ impl Sender {
             None => log.error = Some(AttemptError::Connect),
             Some(request) => match timeout_at(deadline, self.client.request(request)).await {
                 Err(_) => log.error = Some(AttemptError::Timeout),
-                Ok(Err(e)) => log.error = Some(classify(&e)),
+                Ok(Err(e)) => {
+                    log.error = Some(classify(&e));
+                    if let Some(blocked) = find_cause::<BlockedAddress>(&e) {
+                        tracing::warn!(
+                            delivery = %attempt.delivery_id,
+                            url = attempt.url,
+                            reason = %blocked,
+                            "attempt refused by the outbound address policy (open a network with --allow-network)"
+                        );
+                    }
+                }
                 Ok(Ok(response)) => {
                     log.status_code = Some(response.status().as_u16());
                     if matches!(response.status().as_u16(), 429 | 503) {
@@ -423,6 +433,26 @@ async fn read_capped(mut body: Incoming, deadline: Instant) -> CappedBody {
             }
         }
     }
+}
+
+/// The first cause of type `T` in an error's source chain.
+fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(found) = inner.downcast_ref::<T>() {
+                return Some(found);
+            }
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Classifies a client error by walking its source chain for typed causes

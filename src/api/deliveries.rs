@@ -109,7 +109,13 @@ pub(super) async fn redeliver(
         .redeliver(delivery.id)
         .await
         .map_err(attempt_error)?;
-    tracing::info!(delivery = %delivery.id, attempt = attempt.number, status = ?attempt.status_code, "manual redelivery");
+    tracing::info!(
+        delivery = %delivery.id,
+        attempt = attempt.number,
+        status = attempt.status_code.unwrap_or(0),
+        error = attempt.error.map_or("", |e| e.as_str()),
+        "manual redelivery"
+    );
     Ok(Json(AttemptResultOut {
         attempt: AttemptOut::from(&attempt),
         delivery: DeliveryOut::from(&delivery),

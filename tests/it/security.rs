@@ -95,6 +95,11 @@ async fn a_name_resolving_to_loopback_is_refused_at_connect_and_nothing_connects
         receiver.received().is_empty(),
         "nothing may connect to a forbidden address"
     );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("refused by the outbound address policy") && log.contains("loopback"),
+        "the log says what was refused and why"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
