@@ -220,3 +220,114 @@ async fn secret_rotation_signs_with_both_secrets_during_the_grace_period_only() 
     assert_eq!(status, 200, "{out}");
     assert!(out["secret"].as_str().unwrap().starts_with("whsec_"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_key_or_token_leaks_into_logs_answers_or_errors() {
+    const ROTATED: &str = "rotated_secret_for_the_leak_test_0123456789";
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let failing = Receiver::start(Behaviour::Status(500)).await;
+    let mut answers: Vec<String> = Vec::new();
+    // Creation answers may show what they create: they are the only ones not searched.
+    let (status, key) = daemon
+        .call(
+            "POST",
+            "/api/keys",
+            Some(json!({"organization_id": "org_s", "description": "leak"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let api_key = key["key"].as_str().unwrap().to_owned();
+    let (_, webhook) = create(&daemon, &failing.url).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let (status, _) = daemon
+        .call(
+            "POST",
+            &format!("/api/webhooks/{id}/rotate-secret"),
+            Some(json!({"secret": ROTATED, "grace": "1h"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut record = |status: u16, body: &Value| answers.push(format!("{status} {body}"));
+    // Deliveries that fail, a redelivery, a test event, listings, and errors of every kind.
+    let (s, b) = daemon
+        .call_as(&api_key, "POST", "/api/events", Some(event("evt_leak_1")))
+        .await;
+    record(s, &b);
+    let page = daemon
+        .wait_until(
+            &format!("/api/webhooks/{id}/deliveries"),
+            Duration::from_secs(10),
+            |b| b["data"][0]["attempt_count"] == 1,
+        )
+        .await;
+    record(200, &page);
+    let delivery = page["data"][0]["id"].as_str().unwrap().to_owned();
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/api/deliveries/{delivery}/redeliver"),
+            None,
+        ),
+        ("GET", format!("/api/deliveries/{delivery}"), None),
+        ("POST", format!("/api/webhooks/{id}/test"), None),
+        ("GET", format!("/api/webhooks/{id}"), None),
+        ("GET", "/api/webhooks".to_owned(), None),
+        ("GET", "/api/keys".to_owned(), None),
+        (
+            "GET",
+            "/api/events/evt_leak_1?organization_id=org_s".to_owned(),
+            None,
+        ),
+        (
+            "PATCH",
+            format!("/api/webhooks/{id}"),
+            Some(json!({"secret": "short"})),
+        ),
+        (
+            "PATCH",
+            format!("/api/webhooks/{id}"),
+            Some(json!({"secret": ROTATED, "bogus": 1})),
+        ),
+        (
+            "POST",
+            "/api/webhooks".to_owned(),
+            Some(
+                json!({"url": "ftp://x", "events": ["*"], "secret": ROTATED, "organization_id": "org_s"}),
+            ),
+        ),
+        (
+            "POST",
+            format!("/api/webhooks/{id}/rotate-secret"),
+            Some(json!({"secret": ROTATED, "grace": "99d"})),
+        ),
+    ] {
+        let (s, b) = daemon.call(method, &path, body).await;
+        record(s, &b);
+    }
+    // Wrong tokens, including one that differs from the admin token by one character.
+    let near = format!(
+        "{}x",
+        &support::ADMIN_TOKEN[..support::ADMIN_TOKEN.len() - 1]
+    );
+    for token in [near.as_str(), "nope", api_key.as_str()] {
+        let (s, b) = daemon.call_as(token, "GET", "/api/keys", None).await;
+        record(s, &b);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = daemon.log_text();
+    assert!(log.contains("DEBUG"), "debug logging is on");
+    let haystacks = [
+        ("the daemon's log", log),
+        ("API answers", answers.join("\n")),
+    ];
+    for (what, text) in &haystacks {
+        for (name, secret) in [
+            ("webhook secret", SECRET),
+            ("rotated secret", ROTATED),
+            ("API key", api_key.as_str()),
+            ("admin token", support::ADMIN_TOKEN),
+        ] {
+            assert!(!text.contains(secret), "the {name} appears in {what}");
+        }
+    }
+}
