@@ -71,6 +71,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let config = args.into_config()?;
     init_logs(&config)?;
     raise_open_file_limit(config.max_in_flight);
+    // A file-size limit (RLIMIT_FSIZE) must fail the write (EFBIG, so a 503 and a paused
+    // store) rather than kill the process: handling SIGXFSZ (25 on Linux) replaces its
+    // default action. tokio keeps the handler installed for the life of the process.
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
     let admin_token = server::admin_token(&config.db_path)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

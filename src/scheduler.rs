@@ -35,6 +35,10 @@ const HORIZON_MS: u64 = 60_000;
 const REFILL_INTERVAL_MS: u64 = 1_000;
 /// A delivery found busy or unreadable is looked at again after this long (1 s).
 const RECHECK_MS: u64 = 1_000;
+/// Most deliveries parked in memory for one webhook; beyond, they are postponed in the store.
+const MAX_PARKED_PER_WEBHOOK: usize = 1_000;
+/// How far a delivery beyond a webhook's parked queue is moved in the index (30 s).
+const OVERFLOW_POSTPONE_MS: u64 = 30_000;
 /// While its webhook is inactive, a due delivery is postponed by this much (60 s).
 const INACTIVE_POSTPONE_MS: u64 = 60_000;
 
@@ -512,7 +516,20 @@ impl Inner {
             None => {
                 let Some(place) = lane.join_queue() else {
                     drop(context);
-                    self.park(&lane, webhook_id, id, index_due);
+                    if self.may_park(&lane) {
+                        self.park(&lane, webhook_id, id, index_due);
+                    } else {
+                        // This webhook already has a long queue: move the delivery later in
+                        // the index, so the loader reads past it and the wheel keeps room for
+                        // every other webhook (one slow endpoint must not stall the rest).
+                        let now = clock::now_ms();
+                        let to = now + OVERFLOW_POSTPONE_MS;
+                        match blocking(&self.store, move |s| s.postpone(id, now, to)).await {
+                            Ok(true) => self.hint(to, id),
+                            Ok(false) => {}
+                            Err(_) => self.recheck(now + RECHECK_MS, id, index_due),
+                        }
+                    }
                     drop(claim);
                     return;
                 };
@@ -607,6 +624,14 @@ impl Inner {
             return None;
         }
         Some(context)
+    }
+
+    /// Whether a delivery of `lane` may wait in memory: at most [`MAX_PARKED_PER_WEBHOOK`] per
+    /// webhook and, in all, half the wheel's capacity, so the loader always has room for the
+    /// deliveries of other webhooks.
+    fn may_park(&self, lane: &Lane) -> bool {
+        lock(&lane.parked).len() < MAX_PARKED_PER_WEBHOOK
+            && self.parked_total.load(Ordering::Relaxed) < self.settings.wheel_capacity / 2
     }
 
     /// Parks a due delivery in its webhook's lane (no task, no body kept).

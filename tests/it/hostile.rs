@@ -359,3 +359,67 @@ async fn a_thousand_endpoints_half_hanging_do_not_slow_the_healthy_half() {
         hanging.received().len()
     );
 }
+
+/// Regression (breaker): a hanging webhook with a backlog larger than the wheel (10,000)
+/// filled the wheel with parked deliveries and stalled every other webhook.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_webhook_with_a_large_backlog_does_not_stall_other_webhooks() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "30s",
+    ]);
+    let hanging = Receiver::start(Behaviour::Hang).await;
+    let healthy = Receiver::start(Behaviour::Status(200)).await;
+    daemon
+        .create_webhook("org_slow", &hanging.url, &["*"])
+        .await;
+    daemon.create_webhook("org_h", &healthy.url, &["*"]).await;
+    // 12,000 events for the hanging webhook, sent over 8 connections.
+    let client = palo_webhooks::delivery::build_client(Duration::from_secs(5));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (client, addr) = (client.clone(), daemon.addr);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..1_500 {
+                let body = json!({"event_id": format!("evt_bk_{w}_{n}"), "event_type": "ticket.created", "organization_id": "org_slow",
+                    "data": {"ticket_id": "T", "title": "t", "priority": "p2", "project_id": "p", "created_by": "u"}});
+                let request = hyper::Request::post(format!("http://{addr}/api/events"))
+                    .header("authorization", format!("Bearer {}", support::ADMIN_TOKEN))
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+                    .unwrap();
+                let response = client.request(request).await.unwrap();
+                assert_eq!(response.status(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Give the scheduler time to read through the backlog, then the healthy webhook's events
+    // must still arrive promptly.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..5 {
+        let (status, _) = daemon
+            .call(
+                "POST",
+                "/api/events",
+                Some(
+                    event(&format!("evt_ok_{i}"))
+                        .as_object()
+                        .map(|o| {
+                            let mut o = o.clone();
+                            o.insert("organization_id".into(), json!("org_h"));
+                            Value::Object(o)
+                        })
+                        .unwrap(),
+                ),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    healthy.wait_for(5, Duration::from_secs(15)).await;
+}

@@ -58,8 +58,8 @@ pub fn start_strict(extra: &[&str]) -> Daemon {
 }
 
 /// Starts the daemon with a fresh temp db whose process may not write files larger than
-/// `limit_kib` KiB (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with EFBIG instead):
-/// a full disk, for one process.
+/// `limit_kib` KiB (RLIMIT_FSIZE; the daemon handles SIGXFSZ itself, so writes fail with
+/// EFBIG): a full disk, for one process.
 pub fn start_with_file_limit(limit_kib: u64, extra: &[&str]) -> Daemon {
     let tempdir = tempfile::tempdir().expect("tempdir");
     let mut daemon = launch(tempdir.path(), extra, Some(limit_kib), true);
@@ -96,7 +96,7 @@ fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>, allow_loopbac
             let mut sh = Command::new("sh");
             sh.args([
                 "-c",
-                "trap '' XFSZ; ulimit -S -f \"$0\" && exec \"$@\"",
+                "ulimit -S -f \"$0\" && exec \"$@\"",
                 &(kib * 2).to_string(),
                 binary,
             ]);
