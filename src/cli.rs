@@ -93,6 +93,11 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
     if !args.db.is_file() {
         bail!("no database file at {}", args.db.display());
     }
+    // An empty file would be turned into a fresh, "consistent" store: a lost or truncated
+    // db must fail the check instead.
+    if std::fs::metadata(&args.db).map(|m| m.len()).unwrap_or(0) == 0 {
+        bail!("{} is empty: not a palo-webhooks store", args.db.display());
+    }
     let store = match Store::open(&args.db) {
         Ok(store) => store,
         Err(StoreError::Locked) => bail!(
