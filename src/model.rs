@@ -74,11 +74,10 @@ pub struct PreviousSecret {
 
 impl Webhook {
     /// The previous secret if it still signs at `now_ms`.
-    pub fn previous_secret_at(&self, now_ms: u64) -> Option<&Secret> {
+    pub fn previous_secret_at(&self, now_ms: u64) -> Option<&PreviousSecret> {
         self.previous_secret
             .as_ref()
             .filter(|p| now_ms < p.expires_at_ms)
-            .map(|p| &p.secret)
     }
 }
 

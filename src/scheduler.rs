@@ -649,6 +649,10 @@ impl Inner {
     /// order; a lane left empty stops being visited.
     fn unpark(&self, room: usize) -> Vec<Entry> {
         let mut out = Vec::new();
+        // The dispatcher calls this on every pass; most passes have nothing parked.
+        if room == 0 || self.parked_total.load(Ordering::Relaxed) == 0 {
+            return out;
+        }
         let mut lanes = lock(&self.parked_lanes);
         let ids: Vec<WebhookId> = lanes.iter().copied().collect();
         for webhook_id in ids {
@@ -721,7 +725,9 @@ impl Inner {
                 url: &webhook.url,
                 body: Bytes::from(body),
                 secret: &webhook.secret,
-                previous_secret: webhook.previous_secret_at(clock::now_ms()),
+                previous_secret: webhook
+                    .previous_secret_at(clock::now_ms())
+                    .map(|p| &p.secret),
                 event_key: delivery.event_key,
                 webhook_id: webhook.id,
                 event_type: delivery.event_type,

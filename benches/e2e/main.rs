@@ -328,14 +328,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// Paced ingest at `rate` events/s for `n` events; returns 202 → receiver first byte latencies.
-async fn latency_run(
+/// Paced ingest: `n` events at `rate` events/s (ids `evt_bench_<offset + i>`); returns when
+/// each was answered 202, by event id.
+async fn paced_ingest(
     daemon: &Daemon,
-    arrivals: &Arc<Arrivals>,
     rate: f64,
     n: usize,
     offset: usize,
-) -> Vec<Duration> {
+) -> HashMap<String, Instant> {
     let client = build_client(Duration::from_secs(10));
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = Instant::now();
@@ -363,8 +363,20 @@ async fn latency_run(
     for t in tasks {
         t.await.unwrap();
     }
+    let answered = std::mem::take(&mut *answered.lock().unwrap());
+    answered
+}
+
+/// Paced ingest at `rate` events/s for `n` events; returns 202 → receiver first byte latencies.
+async fn latency_run(
+    daemon: &Daemon,
+    arrivals: &Arc<Arrivals>,
+    rate: f64,
+    n: usize,
+    offset: usize,
+) -> Vec<Duration> {
+    let answered = paced_ingest(daemon, rate, n, offset).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let answered = answered.lock().unwrap();
     let arrived = arrivals.first_byte.lock().unwrap();
     let mut latencies: Vec<Duration> = answered
         .iter()

@@ -3,7 +3,6 @@
 //! (unpaced ingest) and their p99 latency from the 202 to the receiver (paced ingest) are
 //! measured with and without the slow one, in the same process, so the two can be compared.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,12 +15,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use palo_webhooks::delivery::build_client;
 use tokio::net::TcpListener;
 
-use super::{
-    create_webhooks, event_body, ingest_maker, load, percentile, post, start_daemon, TOKEN,
-};
+use super::{create_webhooks, ingest_maker, load, paced_ingest, percentile, start_daemon, Daemon};
 
 /// The fast webhooks per run; the slow run adds one more.
 const FAST: usize = 100;
@@ -69,15 +65,22 @@ async fn start(delay: Duration, recorder: Arc<Recorder>) -> SocketAddr {
     addr
 }
 
-/// Fast deliveries/s for `events` events ingested as fast as 16 clients can, with or without
-/// the slow webhook.
-async fn throughput(events: usize, with_slow: bool, offset: usize) -> f64 {
+/// A daemon with `FAST` webhooks to a fast receiver plus one more, to a receiver answering
+/// after 1 s when `with_slow`, else to the fast one; returns the fast receiver's recorder.
+async fn setup(with_slow: bool) -> (Arc<Recorder>, Daemon) {
     let fast = Arc::new(Recorder::default());
     let fast_addr = start(Duration::ZERO, Arc::clone(&fast)).await;
     let slow_addr = start(Duration::from_secs(1), Arc::default()).await;
     let daemon = start_daemon();
     create_webhooks(&daemon, fast_addr, FAST).await;
     create_webhooks(&daemon, if with_slow { slow_addr } else { fast_addr }, 1).await;
+    (fast, daemon)
+}
+
+/// Fast deliveries/s for `events` events ingested as fast as 16 clients can, with or without
+/// the slow webhook.
+async fn throughput(events: usize, with_slow: bool, offset: usize) -> f64 {
+    let (fast, daemon) = setup(with_slow).await;
     let expected = events * if with_slow { FAST } else { FAST + 1 };
     let started = Instant::now();
     load(events, 16, ingest_maker(daemon.addr, offset), 202).await;
@@ -95,46 +98,14 @@ async fn throughput(events: usize, with_slow: bool, offset: usize) -> f64 {
 /// p50 and p99 (ms) from each event's 202 to each fast delivery's arrival, at `rate`
 /// events/s for `seconds`.
 async fn latency(rate: f64, seconds: u32, with_slow: bool, offset: usize) -> (f64, f64) {
-    let fast = Arc::new(Recorder::default());
-    let fast_addr = start(Duration::ZERO, Arc::clone(&fast)).await;
-    let slow_addr = start(Duration::from_secs(1), Arc::default()).await;
-    let daemon = start_daemon();
-    create_webhooks(&daemon, fast_addr, FAST).await;
-    create_webhooks(&daemon, if with_slow { slow_addr } else { fast_addr }, 1).await;
-    let client = build_client(Duration::from_secs(10));
+    let (fast, daemon) = setup(with_slow).await;
     let count = (rate * f64::from(seconds)) as usize;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let answered = Arc::new(Mutex::new(HashMap::new()));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..count {
-        tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let (client, answered) = (client.clone(), Arc::clone(&answered));
-        let url = format!("http://{}/api/events", daemon.addr);
-        tasks.push(tokio::spawn(async move {
-            let (status, at) = post(
-                &client,
-                &url,
-                event_body(offset + i),
-                &[("authorization", format!("Bearer {TOKEN}"))],
-            )
-            .await;
-            assert_eq!(status, 202);
-            answered
-                .lock()
-                .unwrap()
-                .insert(format!("evt_bench_{}", offset + i), at);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let answered = paced_ingest(&daemon, rate, count, offset).await;
     let expected = count * if with_slow { FAST } else { FAST + 1 };
     let deadline = Instant::now() + Duration::from_secs(60);
     while fast.count.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let answered = answered.lock().unwrap();
     let mut latencies: Vec<Duration> = fast
         .all
         .lock()

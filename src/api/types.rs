@@ -84,7 +84,6 @@ impl From<&Webhook> for WebhookOut {
             updated_at: format_ms(w.updated_at_ms),
             previous_secret_expires_at: w
                 .previous_secret_at(crate::clock::now_ms())
-                .and(w.previous_secret.as_ref())
                 .map(|p| format_ms(p.expires_at_ms)),
             secret: None,
         }

@@ -16,7 +16,9 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+use crate::model::Delivery;
 
+use super::deliveries::{load_delivery, load_event};
 use super::records::{
     decode, ApiKeyRecord, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord,
 };
@@ -125,6 +127,22 @@ pub struct TableSpace {
     pub metadata_bytes: u64,
     /// Bytes lost to partly filled pages.
     pub fragmented_bytes: u64,
+}
+
+/// A point read, with a record that does not decode told apart from a storage error.
+enum Readable<T> {
+    Found(T),
+    Missing,
+    Corrupt,
+}
+
+fn readable<T>(read: Result<Option<T>, StoreError>) -> Result<Readable<T>, StoreError> {
+    match read {
+        Ok(Some(value)) => Ok(Readable::Found(value)),
+        Ok(None) => Ok(Readable::Missing),
+        Err(StoreError::Corrupt { .. }) => Ok(Readable::Corrupt),
+        Err(e) => Err(e),
+    }
 }
 
 impl Store {
@@ -289,21 +307,19 @@ fn check_deliveries(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(
             }
         };
         // Its event exists and lists it.
-        match events.get(delivery.event_key.0)? {
-            None => report.violation(format!("delivery {id}: its event does not exist")),
-            Some(bytes) => match decode::<EventRecord>("events", bytes.value())
-                .and_then(|r| r.into_domain(delivery.event_key))
-            {
-                Ok(event) if !event.delivery_ids.contains(&id) => {
-                    report.violation(format!("delivery {id}: its event does not list it"));
-                }
-                Ok(event) if event.organization_id != delivery.organization_id => {
-                    report.violation(format!(
-                        "delivery {id}: organization differs from its event's"
-                    ));
-                }
-                _ => {} // A corrupt event is reported by check_events.
-            },
+        match readable(load_event(&events, delivery.event_key))? {
+            Readable::Missing => {
+                report.violation(format!("delivery {id}: its event does not exist"));
+            }
+            Readable::Found(event) if !event.delivery_ids.contains(&id) => {
+                report.violation(format!("delivery {id}: its event does not list it"));
+            }
+            Readable::Found(event) if event.organization_id != delivery.organization_id => {
+                report.violation(format!(
+                    "delivery {id}: organization differs from its event's"
+                ));
+            }
+            _ => {} // A corrupt event is reported by check_events.
         }
         if by_webhook.get((delivery.webhook_id.0, id.0))?.is_none() {
             report.violation(format!("delivery {id}: missing from webhook_deliveries"));
@@ -373,13 +389,14 @@ fn check_deliveries(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(
 
 fn check_index_tables(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), StoreError> {
     let deliveries = txn.open_table(DELIVERIES)?;
-    let load = |id: u128| -> Result<Option<crate::model::Delivery>, StoreError> {
-        match deliveries.get(id)? {
-            None => Ok(None),
-            Some(bytes) => Ok(decode::<DeliveryRecord>("deliveries", bytes.value())
-                .and_then(|r| r.into_domain(DeliveryId(id)))
-                .ok()),
-        }
+    // A corrupt delivery is reported by check_deliveries; here it counts as absent.
+    let load = |id: u128| -> Result<Option<Delivery>, StoreError> {
+        Ok(
+            match readable(load_delivery(&deliveries, DeliveryId(id)))? {
+                Readable::Found(delivery) => Some(delivery),
+                Readable::Missing | Readable::Corrupt => None,
+            },
+        )
     };
     for entry in txn.open_table(RETRY_INDEX)?.iter()? {
         let (key, _) = entry?;

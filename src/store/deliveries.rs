@@ -547,7 +547,7 @@ fn move_index_entry(
     Ok(())
 }
 
-fn load_event(
+pub(super) fn load_event(
     table: &impl ReadableTable<u128, &'static [u8]>,
     key: EventKey,
 ) -> Result<Option<Event>, StoreError> {
@@ -559,7 +559,7 @@ fn load_event(
     }
 }
 
-fn load_delivery(
+pub(super) fn load_delivery(
     table: &impl ReadableTable<u128, &'static [u8]>,
     id: DeliveryId,
 ) -> Result<Option<Delivery>, StoreError> {

@@ -138,32 +138,6 @@ async fn spec_events_arrive_verbatim_and_signed_for_the_spec_verifier() {
     assert_eq!(created["data"]["big"].as_u64(), Some(12345678901234567890));
 }
 
-async fn only_delivery(daemon: &support::Daemon, webhook: &str) -> String {
-    let body = daemon
-        .wait_until(
-            &format!("/api/webhooks/{webhook}/deliveries"),
-            Duration::from_secs(10),
-            |b| b["data"].as_array().is_some_and(|d| d.len() == 1),
-        )
-        .await;
-    body["data"][0]["id"].as_str().unwrap().to_owned()
-}
-
-/// Creates a webhook of org_a at `url`, ingests `event`, and returns the one delivery (with
-/// its attempts) once its first attempt is logged.
-async fn after_first_attempt(daemon: &support::Daemon, url: &str, event: Value) -> Value {
-    let webhook = daemon.create_webhook("org_a", url, &["*"]).await;
-    daemon.call("POST", "/api/events", Some(event)).await;
-    let id = only_delivery(daemon, &webhook).await;
-    daemon
-        .wait_until(
-            &format!("/api/deliveries/{id}"),
-            Duration::from_secs(10),
-            |b| b["attempt_count"] == 1,
-        )
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_attempt_is_retried_at_the_configured_offset_then_succeeds() {
     let daemon = support::start(&[
@@ -197,7 +171,7 @@ async fn failed_attempt_is_retried_at_the_configured_offset_then_succeeds() {
         got[1].header("x-palo-signature")
     );
 
-    let id = only_delivery(&daemon, &webhook).await;
+    let id = daemon.only_delivery(&webhook).await;
     let delivery = daemon
         .wait_until(
             &format!("/api/deliveries/{id}"),
@@ -228,7 +202,7 @@ async fn five_failed_attempts_mark_failed_then_manual_redelivery_succeeds() {
     daemon
         .call("POST", "/api/events", Some(spec_events().remove(1)))
         .await;
-    let id = only_delivery(&daemon, &webhook).await;
+    let id = daemon.only_delivery(&webhook).await;
     let failed = daemon
         .wait_until(
             &format!("/api/deliveries/{id}"),
@@ -298,7 +272,9 @@ async fn hanging_receiver_is_logged_as_timeout() {
         "1s",
     ]);
     let receiver = Receiver::start(Behaviour::Hang).await;
-    let delivery = after_first_attempt(&daemon, &receiver.url, spec_events().remove(2)).await;
+    let delivery = daemon
+        .after_first_attempt(&receiver.url, spec_events().remove(2))
+        .await;
     let attempt = &delivery["attempts"][0];
     assert_eq!(attempt["error"], "timeout");
     assert_eq!(attempt["status_code"], Value::Null);
@@ -311,7 +287,9 @@ async fn hanging_receiver_is_logged_as_timeout() {
 async fn redirect_is_a_failed_attempt_and_is_not_followed() {
     let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
     let receiver = Receiver::start(Behaviour::Redirect).await;
-    let delivery = after_first_attempt(&daemon, &receiver.url, spec_events().remove(3)).await;
+    let delivery = daemon
+        .after_first_attempt(&receiver.url, spec_events().remove(3))
+        .await;
     assert_eq!(delivery["attempts"][0]["status_code"], 302);
     assert_eq!(delivery["status"], "retrying");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -444,7 +422,7 @@ async fn second_redelivery_while_one_is_in_flight_is_409_and_sends_once() {
     daemon
         .call("POST", "/api/events", Some(spec_events().remove(0)))
         .await;
-    let id = only_delivery(&daemon, &webhook).await;
+    let id = daemon.only_delivery(&webhook).await;
     daemon
         .wait_until(
             &format!("/api/deliveries/{id}"),
@@ -478,7 +456,9 @@ async fn second_redelivery_while_one_is_in_flight_is_409_and_sends_once() {
 async fn a_2xx_whose_body_breaks_off_is_a_failed_attempt() {
     let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
     let url = support::raw_receiver(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial").await;
-    let delivery = after_first_attempt(&daemon, &url, spec_events().remove(0)).await;
+    let delivery = daemon
+        .after_first_attempt(&url, spec_events().remove(0))
+        .await;
     assert_eq!(delivery["attempts"][0]["status_code"], 200);
     assert_eq!(delivery["attempts"][0]["error"], "io");
     assert_eq!(

@@ -39,28 +39,6 @@ where
     url
 }
 
-/// Posts one event to a fresh webhook at `url` and returns its delivery after attempt 1.
-async fn first_attempt(daemon: &Daemon, url: &str, id: &str) -> Value {
-    let webhook = daemon.create_webhook("org_h", url, &["*"]).await;
-    let (status, _) = daemon.call("POST", "/api/events", Some(event(id))).await;
-    assert_eq!(status, 202);
-    let list = daemon
-        .wait_until(
-            &format!("/api/webhooks/{webhook}/deliveries"),
-            Duration::from_secs(10),
-            |b| b["data"].as_array().is_some_and(|d| !d.is_empty()),
-        )
-        .await;
-    let delivery = list["data"][0]["id"].as_str().unwrap().to_owned();
-    daemon
-        .wait_until(
-            &format!("/api/deliveries/{delivery}"),
-            Duration::from_secs(15),
-            |b| b["attempt_count"] == 1,
-        )
-        .await
-}
-
 fn quick_daemon() -> Daemon {
     support::start(&[
         "--allow-http",
@@ -84,7 +62,9 @@ async fn slow_headers_time_out_within_the_attempt_budget() {
         }
     })
     .await;
-    let delivery = first_attempt(&daemon, &url, "evt_slow_headers").await;
+    let delivery = daemon
+        .after_first_attempt(&url, event("evt_slow_headers"))
+        .await;
     let attempt = &delivery["attempts"][0];
     assert_eq!(attempt["error"], "timeout", "{delivery}");
     let ms = attempt["duration_ms"].as_u64().unwrap();
@@ -107,7 +87,7 @@ async fn a_trickling_body_after_2xx_headers_is_a_timeout_not_a_success() {
         }
     })
     .await;
-    let delivery = first_attempt(&daemon, &url, "evt_trickle").await;
+    let delivery = daemon.after_first_attempt(&url, event("evt_trickle")).await;
     let attempt = &delivery["attempts"][0];
     assert_eq!(attempt["status_code"], 200);
     assert_eq!(attempt["error"], "timeout", "{delivery}");
@@ -134,7 +114,9 @@ async fn resets_before_and_after_the_headers_are_clean_failures() {
         drop(s);
     })
     .await;
-    let d = first_attempt(&daemon, &before, "evt_reset_before").await;
+    let d = daemon
+        .after_first_attempt(&before, event("evt_reset_before"))
+        .await;
     let attempt = &d["attempts"][0];
     assert_eq!(attempt["status_code"], Value::Null, "{d}");
     assert!(
@@ -144,7 +126,9 @@ async fn resets_before_and_after_the_headers_are_clean_failures() {
     assert!(attempt["duration_ms"].as_u64().unwrap() < 2000, "{d}");
     assert_eq!(d["status"], "retrying");
 
-    let d = first_attempt(&daemon, &after, "evt_reset_after").await;
+    let d = daemon
+        .after_first_attempt(&after, event("evt_reset_after"))
+        .await;
     let attempt = &d["attempts"][0];
     assert_eq!(attempt["status_code"], 200, "{d}");
     assert_eq!(attempt["error"], "io", "{d}");

@@ -65,24 +65,7 @@ async fn a_name_resolving_to_loopback_is_refused_at_connect_and_nothing_connects
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     // `localhost` is a name (checked at every attempt, after resolution), not a literal.
     let url = receiver.url.replace("127.0.0.1", "localhost");
-    let (status, body) = create(&daemon, &url).await;
-    assert_eq!(status, 201, "{body}");
-    let webhook = body["id"].as_str().unwrap().to_owned();
-    let (status, _) = daemon
-        .call("POST", "/api/events", Some(event("evt_ssrf_1")))
-        .await;
-    assert_eq!(status, 202);
-    let page = daemon
-        .wait_until(
-            &format!("/api/webhooks/{webhook}/deliveries"),
-            Duration::from_secs(10),
-            |b| b["data"][0]["attempt_count"] == 1,
-        )
-        .await;
-    let id = page["data"][0]["id"].as_str().unwrap();
-    let (_, delivery) = daemon
-        .call("GET", &format!("/api/deliveries/{id}"), None)
-        .await;
+    let delivery = daemon.after_first_attempt(&url, event("evt_ssrf_1")).await;
     assert_eq!(
         delivery["attempts"][0]["error"], "blocked_address",
         "{delivery}"

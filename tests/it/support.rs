@@ -293,6 +293,34 @@ impl Daemon {
         body["id"].as_str().unwrap().to_owned()
     }
 
+    /// The id of `webhook`'s only delivery, once it exists.
+    pub async fn only_delivery(&self, webhook: &str) -> String {
+        let body = self
+            .wait_until(
+                &format!("/api/webhooks/{webhook}/deliveries"),
+                Duration::from_secs(10),
+                |b| b["data"].as_array().is_some_and(|d| d.len() == 1),
+            )
+            .await;
+        body["data"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a webhook at `url` for the event's organization, ingests `event` (202), and
+    /// returns the one delivery (with its attempts) once its first attempt is logged.
+    pub async fn after_first_attempt(&self, url: &str, event: Value) -> Value {
+        let org = event["organization_id"].as_str().unwrap().to_owned();
+        let webhook = self.create_webhook(&org, url, &["*"]).await;
+        let (status, body) = self.call("POST", "/api/events", Some(event)).await;
+        assert_eq!(status, 202, "{body}");
+        let id = self.only_delivery(&webhook).await;
+        self.wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(15),
+            |b| b["attempt_count"] == 1,
+        )
+        .await
+    }
+
     /// Polls `GET path` until `done(body)` or the timeout; returns the last body.
     pub async fn wait_until(
         &self,
