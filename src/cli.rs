@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
@@ -98,18 +98,36 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
     if std::fs::metadata(&args.db).map(|m| m.len()).unwrap_or(0) == 0 {
         bail!("{} is empty: not a palo-webhooks store", args.db.display());
     }
-    let store = match Store::open(&args.db) {
-        Ok(store) => store,
-        Err(StoreError::Locked) => bail!(
+    let locked = || {
+        anyhow!(
             "{} is open in another process, most likely a running daemon: stop it first \
              (the check needs a stable file; stop, copy the file, start again for a backup)",
             args.db.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", args.db.display())),
+        )
     };
-    let report = store
-        .check()
-        .with_context(|| format!("cannot read {}", args.db.display()))?;
+    // Read-only: the check changes nothing in the file. A file left by a crash needs redb's
+    // recovery, which only a read-write open does (the daemon does it at every start).
+    let report = match Store::check_file_read_only(&args.db) {
+        Ok(report) => report,
+        Err(StoreError::Locked) => return Err(locked()),
+        Err(StoreError::NeedsRecovery) => {
+            eprintln!(
+                "{} was not closed cleanly (crash or kill -9): recovering it first, as the daemon does at start (this writes to the file)",
+                args.db.display()
+            );
+            let store = match Store::open(&args.db) {
+                Ok(store) => store,
+                Err(StoreError::Locked) => return Err(locked()),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot open {}", args.db.display()))
+                }
+            };
+            store
+                .check()
+                .with_context(|| format!("cannot read {}", args.db.display()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot check {}", args.db.display())),
+    };
     if args.json {
         let json = json!({
             "ok": report.is_ok(),

@@ -16,11 +16,22 @@ pub struct RetrySchedule {
 
 /// A schedule text that does not parse (`--retry-schedule`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid retry schedule {text:?}: expected comma-separated durations like 5m,30m,2h,6h")]
+#[error("invalid retry schedule {text:?}: {reason} (expected comma-separated durations like 5m,30m,2h,6h, each from 100ms to 30d, at most 100)")]
 pub struct ScheduleParseError {
     /// The text given.
     pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
+
+/// Shortest delay a schedule may hold (100 ms; tests use sub-second schedules): a zero
+/// delay would retry in a loop.
+pub const MIN_DELAY: Duration = Duration::from_millis(100);
+/// Longest delay a schedule may hold (30 days): beyond, retention would purge the delivery
+/// before its next attempt, and absurd values would overflow the due time.
+pub const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most delays in a schedule (100).
+pub const MAX_STEPS: usize = 100;
 
 impl Default for RetrySchedule {
     fn default() -> Self {
@@ -33,17 +44,35 @@ impl RetrySchedule {
     /// no retries: one scheduled attempt only.
     ///
     /// # Errors
-    /// [`ScheduleParseError`] when any part is not a duration.
+    /// [`ScheduleParseError`] when a part is empty or not a duration, a delay is outside
+    /// [`MIN_DELAY`]..=[`MAX_DELAY`], or there are more than [`MAX_STEPS`] delays.
     pub fn parse(text: &str) -> Result<RetrySchedule, ScheduleParseError> {
-        let err = || ScheduleParseError {
+        let err = |reason: String| ScheduleParseError {
             text: text.to_owned(),
+            reason,
         };
-        let delays = text
-            .split(',')
-            .map(str::trim)
-            .filter(|part| !part.is_empty())
-            .map(|part| humantime::parse_duration(part).map_err(|_| err()))
-            .collect::<Result<Vec<_>, _>>()?;
+        if text.trim().is_empty() {
+            return Ok(RetrySchedule { delays: Vec::new() });
+        }
+        let mut delays = Vec::new();
+        for (i, part) in text.split(',').map(str::trim).enumerate() {
+            let n = i + 1;
+            if part.is_empty() {
+                return Err(err(format!("delay {n} is empty")));
+            }
+            let delay = humantime::parse_duration(part)
+                .map_err(|e| err(format!("delay {n} ({part:?}) is not a duration: {e}")))?;
+            if !(MIN_DELAY..=MAX_DELAY).contains(&delay) {
+                return Err(err(format!("delay {n} ({part:?}) is outside 100ms to 30d")));
+            }
+            delays.push(delay);
+        }
+        if delays.len() > MAX_STEPS {
+            return Err(err(format!(
+                "{} delays, more than {MAX_STEPS}",
+                delays.len()
+            )));
+        }
         Ok(RetrySchedule { delays })
     }
 
@@ -290,6 +319,19 @@ mod tests {
         assert_eq!(schedule.to_string(), "1s,2s,500ms");
         assert!(RetrySchedule::parse("soon").is_err());
         assert_eq!(RetrySchedule::parse("").unwrap().max_attempts(), 1);
+        assert_eq!(RetrySchedule::parse("  ").unwrap().max_attempts(), 1);
+        for bad in ["0s", "5m,,30m", "5m,", "50ms", "31d", "5000000000000h"] {
+            let e = RetrySchedule::parse(bad).unwrap_err();
+            assert_eq!(e.text, bad);
+            assert!(!e.reason.is_empty(), "{bad}");
+        }
+        assert!(RetrySchedule::parse(&vec!["1s"; 101].join(",")).is_err());
+        assert_eq!(
+            RetrySchedule::parse(&vec!["1s"; 100].join(","))
+                .unwrap()
+                .max_attempts(),
+            101
+        );
     }
 
     mod properties {

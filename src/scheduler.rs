@@ -39,8 +39,14 @@ const RECHECK_MS: u64 = 1_000;
 const MAX_PARKED_PER_WEBHOOK: usize = 1_000;
 /// How far a delivery beyond a webhook's parked queue is moved in the index (30 s).
 const OVERFLOW_POSTPONE_MS: u64 = 30_000;
-/// While its webhook is inactive, a due delivery is postponed by this much (60 s).
-const INACTIVE_POSTPONE_MS: u64 = 60_000;
+/// While its webhook is inactive, a due delivery is postponed by this much (10 min), so a
+/// held backlog costs one write per delivery per 10 minutes; reactivation brings the held
+/// deliveries back at once ([`Scheduler::webhook_reactivated`]).
+const INACTIVE_POSTPONE_MS: u64 = 600_000;
+
+/// How long a manual attempt (redelivery, test) waits for a free in-flight slot of its
+/// webhook and of the process before giving up with [`AttemptNowError::Busy`] (5 s).
+pub const MANUAL_SLOT_WAIT: Duration = Duration::from_secs(5);
 
 /// An attempt that takes longer than this (1 s) marks its webhook as not proven fast.
 const SLOW_ATTEMPT_MS: u64 = 1_000;
@@ -142,6 +148,10 @@ pub enum AttemptNowError {
     /// The delivery does not exist.
     #[error("no such delivery")]
     NotFound,
+    /// No in-flight slot of the webhook (or of the process) freed within
+    /// [`MANUAL_SLOT_WAIT`]: manual attempts obey the same limits as scheduled ones.
+    #[error("every in-flight slot of this webhook is busy")]
+    Busy,
     /// Its webhook was deleted or is inactive.
     #[error("the delivery's webhook is deleted or inactive")]
     WebhookUnavailable,
@@ -359,6 +369,24 @@ impl Scheduler {
         self.inner.wake.notify_one();
     }
 
+    /// Tells the scheduler that a webhook went from inactive to active: the deliveries held
+    /// back meanwhile (postponed by at most 10 minutes each time) are made due now.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; they are then attempted within 10 minutes.
+    pub async fn webhook_reactivated(&self, id: WebhookId) -> Result<usize, StoreError> {
+        let now = clock::now_ms();
+        let moved = blocking(&self.inner.store, move |s| {
+            s.resume_held(id, now, now + INACTIVE_POSTPONE_MS)
+        })
+        .await?;
+        for delivery in &moved {
+            self.inner.hint(now, *delivery);
+        }
+        self.webhook_changed(id);
+        Ok(moved.len())
+    }
+
     /// Tells the scheduler that `id` was (re)scheduled at `due_ms` by a committed write.
     /// Call it after the commit; it never blocks on the store.
     pub fn schedule_hint(&self, due_ms: u64, id: DeliveryId) {
@@ -402,8 +430,17 @@ impl Scheduler {
         let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
             .await?
             .ok_or(AttemptNowError::NotFound)?;
+        // The same in-flight limits as scheduled attempts: a person clicking "redeliver" on
+        // a hundred deliveries of a hanging endpoint holds its one slot, not a hundred.
+        let lane = self.inner.lane(context.delivery.webhook_id);
+        let permits = tokio::select! {
+            permits = tokio::time::timeout(MANUAL_SLOT_WAIT, self.inner.wait_for_slots(&lane)) => {
+                permits.ok().flatten().ok_or(AttemptNowError::Busy)?
+            }
+            () = self.inner.shutdown.cancelled() => return Err(AttemptNowError::Busy),
+        };
         Arc::clone(&self.inner)
-            .attempt(claim, None, context, trigger)
+            .attempt(claim, Some(permits), context, trigger)
             .await
     }
 
@@ -624,6 +661,24 @@ impl Inner {
             return None;
         }
         Some(context)
+    }
+
+    /// Waits for the webhook's slot, its single-file gate while it is not proven fast, and a
+    /// global slot, in that order (the order every attempt takes them). `None` if a semaphore
+    /// was closed.
+    async fn wait_for_slots(&self, lane: &Lane) -> Option<Permits> {
+        let own = Arc::clone(&lane.permits).acquire_owned().await.ok()?;
+        let gate = if lane.proven.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(Arc::clone(&lane.gate).acquire_owned().await.ok()?)
+        };
+        let global = Arc::clone(&self.global).acquire_owned().await.ok()?;
+        Some(Permits {
+            _own: own,
+            _gate: gate,
+            _global: global,
+        })
     }
 
     /// Whether a delivery of `lane` may wait in memory: at most [`MAX_PARKED_PER_WEBHOOK`] per

@@ -14,7 +14,7 @@ use crate::clock;
 use crate::event::{self, EventInput};
 use crate::ids::DeliveryId;
 use crate::model::{Attempt, Delivery, DeliveryStatus};
-use crate::scheduler::AttemptNowError;
+use crate::scheduler::{AttemptNowError, MANUAL_SLOT_WAIT};
 use crate::store::{blocking, AcceptOutcome, FanOut};
 
 /// Query of `GET /api/webhooks/{id}/deliveries`.
@@ -79,6 +79,9 @@ pub(super) async fn get_delivery(
     Ok(Json(out))
 }
 
+/// `Retry-After` of a manual attempt that found no free slot (s).
+const MANUAL_RETRY_AFTER_S: u64 = 5;
+
 fn attempt_error(e: AttemptNowError) -> ApiError {
     match e {
         AttemptNowError::InFlight => ApiError::new(
@@ -87,6 +90,12 @@ fn attempt_error(e: AttemptNowError) -> ApiError {
             "an attempt of this delivery is in flight; wait for it to finish",
         ),
         AttemptNowError::NotFound => ApiError::not_found("delivery"),
+        AttemptNowError::Busy => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook_busy",
+            "every in-flight slot of this webhook is taken by attempts still running; retry later",
+        )
+        .with_retry_after(MANUAL_RETRY_AFTER_S),
         AttemptNowError::WebhookUnavailable => ApiError::new(
             StatusCode::CONFLICT,
             "webhook_unavailable",
@@ -153,8 +162,10 @@ pub(super) async fn test_webhook(
     )?;
     // The first attempt runs in this request; the index entry is a lease past its timeout,
     // so the scheduler takes over only if this process dies before logging the attempt.
-    let lease =
-        now + u64::try_from(state.attempt_timeout.as_millis()).unwrap_or(u64::MAX / 2) + 5_000;
+    let lease = now
+        + u64::try_from((state.attempt_timeout + MANUAL_SLOT_WAIT).as_millis())
+            .unwrap_or(u64::MAX / 2)
+        + 5_000;
     let target = webhook.id;
     let outcome = state
         .store

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// The offending field for 422s, as a dotted path.
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (429, 503), if any.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -28,7 +30,15 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_s: None,
         }
+    }
+
+    /// The same error with a `Retry-After: <seconds>` header (RFC 9110 §10.2.3).
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_s = Some(seconds);
+        self
     }
 
     /// 422 `validation_failed` naming `field`.
@@ -44,6 +54,7 @@ impl ApiError {
                 format!("{field}: {message}")
             },
             field: (!field.is_empty()).then_some(field),
+            retry_after_s: None,
         }
     }
 
@@ -89,7 +100,14 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 
@@ -98,6 +116,9 @@ impl From<EventError> for ApiError {
         ApiError::invalid(e.field, e.message)
     }
 }
+
+/// `Retry-After` while the store cannot commit (s): the daemon probes it every second.
+const STORE_RETRY_AFTER_S: u64 = 5;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
@@ -109,9 +130,11 @@ impl From<StoreError> for ApiError {
                     "store_unavailable",
                     "the store cannot commit right now; nothing was written, retry later",
                 )
+                .with_retry_after(STORE_RETRY_AFTER_S)
             }
             StoreError::Corrupt { .. }
             | StoreError::Interrupted
+            | StoreError::NeedsRecovery
             | StoreError::UnsupportedLayout(_) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(

@@ -7,10 +7,10 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 use crate::json_strict;
-use crate::store::blocking;
 
 /// Who is calling: the admin token, or an organization API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,10 +93,11 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(unauthorized)?;
         let hash = token_hash(token);
-        if hash == state.admin_token_hash {
+        if bool::from(hash.ct_eq(&state.admin_token_hash)) {
             return Ok(Caller::Admin);
         }
-        let key = blocking(&state.store, move |s| s.find_api_key(&hash)).await?;
+        // Keys are looked up by the SHA-256 of the presented token (answered from memory).
+        let key = state.store.find_api_key(&hash)?;
         key.map(|k| Caller::Organization(k.organization_id))
             .ok_or_else(unauthorized)
     }
@@ -149,12 +150,28 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::bad_json("the body is not valid UTF-8"))?;
     json_strict::validate(text).map_err(|e| ApiError::bad_json(format!("malformed JSON: {e}")))?;
+    // serde's derived structs also accept an array of their fields in order; every body of
+    // this API is an object, and an array is a client's mistake.
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::invalid("", "the body must be a JSON object"));
+    }
     let mut deserializer = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        ApiError::invalid(field, e.into_inner().to_string())
+        let inner = e.into_inner().to_string();
+        let field = if path == "." {
+            missing_field(&inner).unwrap_or_default()
+        } else {
+            path
+        };
+        ApiError::invalid(field, inner)
     })
+}
+
+/// The field named by serde's "missing field `name`" message, which has no path of its own.
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
 }
 
 /// A query string, 400 `invalid_query` when it does not parse.

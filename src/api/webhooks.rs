@@ -288,7 +288,14 @@ pub(super) async fn update_webhook(
     })
     .await?
     .ok_or_else(|| ApiError::not_found("webhook"))?;
-    state.scheduler.webhook_changed(id);
+    if updated.active && !webhook.active {
+        // The change is committed; the held deliveries otherwise go within 10 minutes.
+        if let Err(e) = state.scheduler.webhook_reactivated(id).await {
+            tracing::warn!(webhook = %id, error = %e, "could not bring held deliveries forward; they go within 10 minutes");
+        }
+    } else {
+        state.scheduler.webhook_changed(id);
+    }
     Ok(Json(WebhookOut::from(&updated)))
 }
 

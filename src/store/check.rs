@@ -190,14 +190,24 @@ impl Store {
     /// [`StoreError`] when a table cannot be read. A record that does not decode is a
     /// violation in the report, not an error.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
-        let txn = self.slot.get()?.begin_read()?;
-        let mut report = CheckReport::default();
-        check_webhooks(&txn, &mut report)?;
-        check_events(&txn, &mut report)?;
-        check_deliveries(&txn, &mut report)?;
-        check_index_tables(&txn, &mut report)?;
-        check_api_keys(&txn, &mut report)?;
-        Ok(report)
+        check_snapshot(&self.slot.get()?.begin_read()?)
+    }
+
+    /// [`Store::check`] on a file opened read-only (redb's `ReadOnlyDatabase`): not one byte
+    /// of the file changes. For `palo-webhooks check` on a stopped daemon's file.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] while a daemon has the file open; [`StoreError::NeedsRecovery`]
+    /// when the file was not closed cleanly (a crash): only a read-write open, which the
+    /// daemon does at start, can recover it; [`StoreError::Backend`] for what is not a redb
+    /// file or cannot be read.
+    pub fn check_file_read_only(path: &std::path::Path) -> Result<CheckReport, StoreError> {
+        let db = match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Err(StoreError::NeedsRecovery),
+            Err(e) => return Err(e.into()),
+        };
+        check_snapshot(&db.begin_read()?)
     }
 
     /// The start-up form of [`Store::check`]: compares table lengths only (no scan).
@@ -208,6 +218,17 @@ impl Store {
     pub fn quick_check(&self) -> Result<Vec<String>, StoreError> {
         quick(&self.slot.get()?.begin_read()?)
     }
+}
+
+/// Every invariant over one snapshot.
+fn check_snapshot(txn: &ReadTransaction) -> Result<CheckReport, StoreError> {
+    let mut report = CheckReport::default();
+    check_webhooks(txn, &mut report)?;
+    check_events(txn, &mut report)?;
+    check_deliveries(txn, &mut report)?;
+    check_index_tables(txn, &mut report)?;
+    check_api_keys(txn, &mut report)?;
+    Ok(report)
 }
 
 fn check_webhooks(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), StoreError> {

@@ -620,4 +620,50 @@ impl Store {
             Ok(true)
         })
     }
+
+    /// After a webhook is reactivated: its pending deliveries due at or before `until_ms`
+    /// (those held back while it was inactive, see the scheduler) are made due at `now_ms`.
+    /// Returns them, for the scheduler's hints. Scans the webhook's deliveries in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn resume_held(
+        &self,
+        webhook: WebhookId,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        self.write(move |txn| {
+            let ids: Vec<DeliveryId> = txn
+                .open_table(WEBHOOK_DELIVERIES)?
+                .range((webhook.0, 0)..=(webhook.0, u128::MAX))?
+                .map(|row| row.map(|(k, _)| DeliveryId(k.value().1)))
+                .collect::<Result<_, _>>()?;
+            let mut table = txn.open_table(DELIVERIES)?;
+            let mut moved = Vec::new();
+            for id in ids {
+                let Some(mut delivery) = load_delivery(&table, id)? else {
+                    continue;
+                };
+                let Some(due) = delivery
+                    .next_attempt_at_ms
+                    .filter(|due| *due > now_ms && *due <= until_ms)
+                else {
+                    continue;
+                };
+                if delivery.status.is_final() {
+                    continue;
+                }
+                move_index_entry(txn, id, Some(due), Some(now_ms))?;
+                delivery.next_attempt_at_ms = Some(now_ms);
+                table.insert(
+                    id.0,
+                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+                )?;
+                moved.push(id);
+            }
+            Ok(moved)
+        })
+    }
 }

@@ -80,6 +80,12 @@ pub enum StoreError {
     /// The operation's thread panicked or was cancelled; its transaction was not committed.
     #[error("the store operation was interrupted")]
     Interrupted,
+    /// The file was not closed cleanly (crash, kill -9) and a read-only open cannot repair
+    /// it; opening it read-write (as the daemon does at start) recovers it.
+    #[error(
+        "the database file was not closed cleanly and needs recovery (a read-write open does it)"
+    )]
+    NeedsRecovery,
     /// The file was written by a newer, incompatible layout.
     #[error("unsupported store layout version {0:?}")]
     UnsupportedLayout(String),
@@ -110,6 +116,10 @@ backend_error!(
 pub struct Store {
     slot: std::sync::Arc<slot::Slot>,
     writer: writer::Writer,
+    /// Every API key by its hash, loaded at open and kept in step with each committed
+    /// create/delete: authentication never reads the file, so it answers 401/403 correctly
+    /// even while the store is failing (disk full).
+    keys: std::sync::RwLock<std::collections::HashMap<[u8; 32], ApiKey>>,
 }
 
 impl Store {
@@ -137,7 +147,11 @@ impl Store {
         let writer = writer::Writer::start(std::sync::Arc::clone(&slot)).map_err(|e| {
             StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
         })?;
-        let store = Store { slot, writer };
+        let store = Store {
+            slot,
+            writer,
+            keys: std::sync::RwLock::default(),
+        };
         store.write(|txn| {
             let mut meta = txn.open_table(META)?;
             let layout = meta.get("layout")?.map(|v| v.value().to_vec());
@@ -166,7 +180,17 @@ impl Store {
             txn.open_table(API_KEY_HASHES)?;
             Ok(())
         })?;
+        let keys = store.list_api_keys()?;
+        *store.keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();
         Ok(store)
+    }
+
+    fn keys_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<[u8; 32], ApiKey>> {
+        self.keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `f` in the writer thread's next transaction (group commit, see [`writer`]) and
@@ -313,15 +337,17 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let key = key.clone();
+        let stored = key.clone();
         self.write(move |txn| {
-            let key = &key;
+            let key = &stored;
             txn.open_table(API_KEYS)?
                 .insert(key.id.0, encode(&ApiKeyRecord::from_domain(key)).as_slice())?;
             txn.open_table(API_KEY_HASHES)?
                 .insert(key.key_hash.as_slice(), key.id.0)?;
             Ok(())
-        })
+        })?;
+        self.keys_mut().insert(key.key_hash, key.clone());
+        Ok(())
     }
 
     /// Every API key, in creation order.
@@ -347,7 +373,14 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn delete_api_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.write(move |txn| {
+        // The key stops authenticating before the commit, not a moment after it; it is put
+        // back if the commit fails.
+        let removed = {
+            let mut keys = self.keys_mut();
+            let hash = keys.iter().find(|(_, k)| k.id == id).map(|(h, _)| *h);
+            hash.and_then(|h| keys.remove(&h))
+        };
+        let result = self.write(move |txn| {
             let Some(bytes) = txn
                 .open_table(API_KEYS)?
                 .remove(id.0)?
@@ -359,30 +392,27 @@ impl Store {
             txn.open_table(API_KEY_HASHES)?
                 .remove(key.key_hash.as_slice())?;
             Ok(true)
-        })
+        });
+        if result.is_err() {
+            if let Some(key) = removed {
+                self.keys_mut().insert(key.key_hash, key);
+            }
+        }
+        result
     }
 
-    /// The API key whose SHA-256 is `key_hash`, if any.
+    /// The API key whose SHA-256 is `key_hash`, if any. Answered from memory (kept in step
+    /// with every committed create and delete), so it works while the file cannot be read.
     ///
     /// # Errors
-    /// [`StoreError`] on read or decode failure.
+    /// None today; the signature leaves room for a backend that must ask a server.
     pub fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
-        self.read(|txn| {
-            let Some(id) = txn
-                .open_table(API_KEY_HASHES)?
-                .get(key_hash.as_slice())?
-                .map(|v| v.value())
-            else {
-                return Ok(None);
-            };
-            let keys = txn.open_table(API_KEYS)?;
-            let Some(bytes) = keys.get(id)? else {
-                return Ok(None);
-            };
-            Ok(Some(
-                decode::<ApiKeyRecord>("api_keys", bytes.value())?.into_domain(KeyId(id)),
-            ))
-        })
+        Ok(self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key_hash)
+            .cloned())
     }
 }
 

@@ -530,3 +530,128 @@ async fn concurrent_patches_of_different_fields_all_survive() {
     assert_eq!(got["description"], "d");
     assert_eq!(got["events"], json!(["ticket.created"]));
 }
+
+/// An inactive webhook's due deliveries are held (postponed by 10 minutes at a time, not
+/// every minute), and reactivating it brings them back at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn reactivation_brings_held_deliveries_back_at_once() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "2s,2s"]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    let path = format!("/api/webhooks/{webhook}");
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(0)))
+        .await;
+    let id = daemon.only_delivery(&webhook).await;
+    daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(10),
+            |b| b["attempt_count"] == 1,
+        )
+        .await;
+    let (status, _) = daemon
+        .call("PATCH", &path, Some(json!({"active": false})))
+        .await;
+    assert_eq!(status, 200);
+    // The retry falls due while inactive: held about 10 minutes ahead, nothing sent.
+    let held = daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(10),
+            |b| {
+                b["next_attempt_at"].as_str().is_some_and(|at| {
+                    let at = time::OffsetDateTime::parse(
+                        at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .unwrap();
+                    at - time::OffsetDateTime::now_utc() > time::Duration::seconds(500)
+                })
+            },
+        )
+        .await;
+    assert_eq!(held["attempt_count"], 1, "{held}");
+    assert_eq!(receiver.received().len(), 1);
+
+    receiver.set(Behaviour::Status(200));
+    let (status, _) = daemon
+        .call("PATCH", &path, Some(json!({"active": true})))
+        .await;
+    assert_eq!(status, 200);
+    let done = daemon
+        .wait_until(
+            &format!("/api/deliveries/{id}"),
+            Duration::from_secs(5),
+            |b| b["status"] == "succeeded",
+        )
+        .await;
+    assert_eq!(done["attempt_count"], 2, "{done}");
+}
+
+/// Manual attempts obey the webhook's in-flight limit: while an attempt hangs in the
+/// webhook's one slot, a redelivery of another of its deliveries waits for the slot, then
+/// answers 503 `webhook_busy` with Retry-After, and sends nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_waits_for_the_webhooks_slot_then_answers_busy() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "30s",
+        "--max-in-flight-per-webhook",
+        "1",
+    ]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    let (_, first) = daemon
+        .call("POST", "/api/events", Some(spec_events().remove(0)))
+        .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let page = daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}/deliveries"),
+            Duration::from_secs(10),
+            |b| b["data"][0]["attempt_count"] == 1,
+        )
+        .await;
+    let failed = page["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(first["event_id"].is_string());
+
+    // The next event's attempt hangs and holds the webhook's one slot (30 s timeout).
+    receiver.set(Behaviour::Hang);
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(1)))
+        .await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    let started = std::time::Instant::now();
+    let (status, bytes) = daemon
+        .raw_bytes(
+            "POST",
+            &format!("/api/deliveries/{failed}/redeliver"),
+            Some(support::ADMIN_TOKEN),
+            None,
+            Vec::new(),
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "webhook_busy");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited for the slot"
+    );
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "the refused redelivery sent nothing"
+    );
+    let (_, delivery) = daemon
+        .call("GET", &format!("/api/deliveries/{failed}"), None)
+        .await;
+    assert_eq!(
+        delivery["attempt_count"], 1,
+        "nothing was logged: {delivery}"
+    );
+}

@@ -143,6 +143,34 @@ async fn bad_input_gets_the_documented_json_error_and_stores_nothing() {
     )
     .await;
     assert_eq!(e["error"]["field"], "events");
+    // An array of the fields in order is not an object (serde would read it positionally).
+    let e = expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        br#"["https://example.com/h",["*"],"org_a"]"#,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object"),
+        "{e}"
+    );
+    // A missing field is named in `field`.
+    let e = expect_error(
+        &daemon,
+        "/api/webhooks",
+        json,
+        br#"{"events":["*"],"organization_id":"org_a"}"#,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(e["error"]["field"], "url", "{e}");
     expect_error(
         &daemon,
         "/api/webhooks",
@@ -374,6 +402,11 @@ async fn full_disk_answers_503_and_keeps_every_accepted_event() {
     assert!(!accepted.is_empty());
     let (status, _) = daemon.call("GET", "/healthz", None).await;
     assert_eq!(status, 200, "the daemon stays up");
+    // Authentication does not read the file: a wrong token is still 401, not 503.
+    let (status, body) = daemon
+        .call_as("pwk_wrong", "GET", "/api/webhooks", None)
+        .await;
+    assert_eq!(status, 401, "{body}");
     let (status, body) = daemon
         .call("GET", &format!("/api/events/{refused}"), None)
         .await;

@@ -270,3 +270,41 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
         .await;
     assert!(event_ids_since(&hanging.received(), since).contains("evt_crash_7"));
 }
+
+/// `check` opens the file read-only: on a cleanly closed file it changes no byte. A file
+/// left by kill -9 needs redb's recovery first, which `check` says it does.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_changes_nothing_in_a_cleanly_closed_file() {
+    let mut daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    daemon
+        .create_webhook("org_a", "http://127.0.0.1:9/hook", &["*"])
+        .await;
+    let (status, body) = daemon
+        .call(
+            "POST",
+            "/api/events",
+            Some(
+                serde_json::json!({"event_type": "ticket.resolved", "organization_id": "org_a",
+                "data": {"ticket_id": "T-1", "resolved_by": "u", "resolution_time_hours": 1}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    daemon.kill9();
+    let dir = daemon.dir.clone();
+    let (ok, report) = support::check(&dir);
+    assert!(ok, "{report}");
+    assert!(report.contains("not closed cleanly"), "{report}");
+
+    let file = dir.join("palo.redb");
+    let before = std::fs::read(&file).unwrap();
+    let (ok, report) = support::check(&dir);
+    assert!(ok, "{report}");
+    assert!(!report.contains("not closed cleanly"), "{report}");
+    assert!(report.contains("events 1"), "{report}");
+    assert!(
+        before == std::fs::read(&file).unwrap(),
+        "check wrote to the file"
+    );
+    drop(daemon);
+}
