@@ -72,6 +72,28 @@ pub struct ServeArgs {
     /// Log filter, tracing-subscriber syntax [default: info].
     #[arg(long, env = "PALO_WEBHOOKS_LOG")]
     pub log: Option<String>,
+    /// Time a client has to send a request's head, and then its body; an idle keep-alive
+    /// connection is closed after it too [default: 10s].
+    #[arg(long, env = "PALO_WEBHOOKS_API_READ_TIMEOUT")]
+    pub api_read_timeout: Option<String>,
+    /// Most API connections open at once; more wait in the listen backlog [default: 1024].
+    #[arg(long, env = "PALO_WEBHOOKS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// API requests per second allowed to each key (and to the admin token), with bursts of
+    /// as many; beyond, 429 with Retry-After. 0 turns the limit off [default: 1000].
+    #[arg(long, env = "PALO_WEBHOOKS_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// A PEM file of CA certificates trusted for deliveries besides the webpki roots (an
+    /// internal CA) [default: none].
+    #[arg(long, env = "PALO_WEBHOOKS_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<PathBuf>,
+    /// Also trust the operating system's CA store for deliveries [default: false].
+    #[arg(long, env = "PALO_WEBHOOKS_TLS_SYSTEM_ROOTS", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_system_roots: Option<bool>,
+    /// A file holding the 32-byte key (64 hex characters) that encrypts webhook secrets in
+    /// the db (XChaCha20-Poly1305); keep it outside the db's directory [default: none].
+    #[arg(long, env = "PALO_WEBHOOKS_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// The config file's keys; all optional.
@@ -90,6 +112,12 @@ struct FileConfig {
     shutdown_timeout: Option<String>,
     log_format: Option<LogFormat>,
     log: Option<String>,
+    api_read_timeout: Option<String>,
+    max_connections: Option<usize>,
+    rate_limit: Option<u32>,
+    extra_ca_file: Option<PathBuf>,
+    tls_system_roots: Option<bool>,
+    secrets_key_file: Option<PathBuf>,
 }
 
 /// Validated daemon settings.
@@ -119,6 +147,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_filter: String,
+    /// Time for a request's head, then for its body; also the keep-alive idle limit.
+    pub api_read_timeout: Duration,
+    /// Most API connections open at once.
+    pub max_connections: usize,
+    /// Requests per second per key (burst the same); 0 = no limit.
+    pub rate_limit: u32,
+    /// Extra CA certificates (PEM) trusted for deliveries.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Whether the OS CA store is trusted for deliveries too.
+    pub tls_system_roots: bool,
+    /// Key file encrypting webhook secrets at rest.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -136,6 +176,12 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(15),
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
+            api_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            rate_limit: 1000,
+            extra_ca_file: None,
+            tls_system_roots: false,
+            secrets_key_file: None,
         }
     }
 }
@@ -220,6 +266,10 @@ impl ServeArgs {
             Some(text) => duration("shutdown_timeout", &text)?,
             None => defaults.shutdown_timeout,
         };
+        let api_read_timeout = match self.api_read_timeout.or(file.api_read_timeout) {
+            Some(text) => duration("api_read_timeout", &text)?,
+            None => defaults.api_read_timeout,
+        };
         let networks = if self.allow_network.is_empty() {
             file.allow_network.unwrap_or_default()
         } else {
@@ -266,6 +316,23 @@ impl ServeArgs {
                 .or(file.log_format)
                 .unwrap_or(defaults.log_format),
             log_filter: self.log.or(file.log).unwrap_or(defaults.log_filter),
+            api_read_timeout,
+            max_connections: positive(
+                "max_connections",
+                self.max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(defaults.max_connections),
+            )?,
+            rate_limit: self
+                .rate_limit
+                .or(file.rate_limit)
+                .unwrap_or(defaults.rate_limit),
+            extra_ca_file: self.extra_ca_file.or(file.extra_ca_file),
+            tls_system_roots: self
+                .tls_system_roots
+                .or(file.tls_system_roots)
+                .unwrap_or(defaults.tls_system_roots),
+            secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
         })
     }
 }
@@ -370,6 +437,11 @@ mod tests {
         assert_eq!(config.log_format, defaults.log_format);
         assert_eq!(config.log_filter, defaults.log_filter);
         assert_eq!(config.allow_http, defaults.allow_http);
+        assert_eq!(config.api_read_timeout, defaults.api_read_timeout);
+        assert_eq!(config.max_connections, defaults.max_connections);
+        assert_eq!(config.rate_limit, defaults.rate_limit);
+        assert_eq!(config.tls_system_roots, defaults.tls_system_roots);
+        assert!(file.extra_ca_file.is_none() && file.secrets_key_file.is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! results are committed), then return; an unfinished attempt stays in the retry index and
 //! is made again after restart.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -157,14 +157,17 @@ pub async fn run(
         allow_http: config.allow_http,
         address_policy,
         attempt_timeout: config.attempt_timeout,
+        read_timeout: config.api_read_timeout,
+        max_body_bytes: config.max_body_bytes,
+        rate_limiter: api::guard::rate_limiter(config.rate_limit),
     };
-    let app = api::router(state, config.max_body_bytes);
+    let app = api::router(state);
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!("listening on http://{addr}");
     // One deadline bounds the whole drain: open HTTP requests first, then attempts in flight.
     let stopping_since = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
     let (stop, since) = (cancel.clone(), Arc::clone(&stopping_since));
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         tokio::select! {
             () = shutdown => {}
             () = stop.cancelled() => {}
@@ -177,8 +180,12 @@ pub async fn run(
         let started = *stopping_since.get_or_init(tokio::time::Instant::now);
         started + config.shutdown_timeout
     };
+    let limits = ConnectionLimits {
+        read_timeout: config.api_read_timeout,
+        max_connections: config.max_connections,
+    };
     let served = tokio::select! {
-        result = server.into_future() => result,
+        result = serve_api(listener, app, limits, cancel.clone()) => result,
         () = async {
             cancel.cancelled().await;
             tokio::time::sleep_until(deadline()).await;
@@ -212,4 +219,76 @@ pub async fn run(
         "stopped; group commit totals"
     );
     served.map_err(RunError::Serve)
+}
+
+/// Limits of the API's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time to send a request's head (hyper's header read timeout, which also closes an idle
+    /// keep-alive connection); the body then has as long again (`api::guard`).
+    pub read_timeout: std::time::Duration,
+    /// Most connections served at once; more wait in the kernel's listen backlog.
+    pub max_connections: usize,
+}
+
+/// Largest request head hyper buffers (256 KiB); beyond, it answers a bare 431 and closes.
+/// Smaller limits with JSON answers are checked in `api::guard`.
+const MAX_HEAD_BUFFER: usize = 256 * 1024;
+
+/// Serves `app` over HTTP/1.1 on `listener` until `stop` is cancelled, then waits for the
+/// open connections to finish their requests (the caller bounds that wait). Each connection
+/// holds one of `limits.max_connections` slots; a client that sends its head slower than
+/// `limits.read_timeout` (slowloris) is disconnected, so it cannot hold the API.
+///
+/// # Errors
+/// None today: accept errors (EMFILE, a reset before accept) are logged and the loop goes on.
+pub async fn serve_api(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_buf_size(MAX_HEAD_BUFFER)
+        .keep_alive(true);
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = stop.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE/ENFILE and aborted handshakes: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "API connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

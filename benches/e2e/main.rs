@@ -171,6 +171,8 @@ fn start_daemon_at(db: &std::path::Path) -> Daemon {
             "64",
         ])
         .env("PALO_WEBHOOKS_ADMIN_TOKEN", TOKEN)
+        // The bench measures the daemon at full speed: no per-key rate limit.
+        .env("PALO_WEBHOOKS_RATE_LIMIT", "0")
         .stderr(Stdio::piped())
         .spawn()
         .expect("daemon binary");

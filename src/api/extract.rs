@@ -7,7 +7,6 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 use crate::json_strict;
@@ -75,31 +74,15 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let unauthorized = || {
+    /// The caller that [`super::guard::authenticate`] resolved for this request.
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "missing or invalid bearer token",
             )
-        };
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(unauthorized)?;
-        let hash = token_hash(token);
-        if bool::from(hash.ct_eq(&state.admin_token_hash)) {
-            return Ok(Caller::Admin);
-        }
-        // Keys are looked up by the SHA-256 of the presented token (answered from memory).
-        let key = state.store.find_api_key(&hash)?;
-        key.map(|k| Caller::Organization(k.organization_id))
-            .ok_or_else(unauthorized)
+        })
     }
 }
 

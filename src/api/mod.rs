@@ -9,6 +9,7 @@ mod deliveries;
 mod error;
 mod events;
 mod extract;
+pub mod guard;
 mod keys;
 pub mod types;
 pub mod webhooks;
@@ -41,11 +42,19 @@ pub struct AppState {
     pub address_policy: Arc<crate::address::AddressPolicy>,
     /// The attempt timeout, to lease a test delivery while its first attempt runs.
     pub attempt_timeout: Duration,
+    /// How long a client has to send a request body (408 after it).
+    pub read_timeout: Duration,
+    /// Largest request body, bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Per-key request rate limit (`None`: no limit).
+    pub rate_limiter: Option<Arc<guard::RateLimiter>>,
 }
 
-/// Builds the router with every route, the body limit (`max_body_bytes`, 413 beyond) and
-/// JSON answers for unknown routes, wrong methods and panics.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// Builds the router with every route behind [`guard::authenticate`], the head and body
+/// limits of [`guard::read_request`], and JSON answers for unknown routes, wrong methods and
+/// panics.
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.max_body_bytes;
     let api = Router::new()
         .route("/keys", post(keys::create_key).get(keys::list_keys))
         .route("/keys/{id}", axum::routing::delete(keys::delete_key))
@@ -74,13 +83,21 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/events/{event_id}", get(events::get_event))
         .route("/deliveries/{id}", get(deliveries::get_delivery))
-        .route("/deliveries/{id}/redeliver", post(deliveries::redeliver));
+        .route("/deliveries/{id}/redeliver", post(deliveries::redeliver))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api", api)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::read_request,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))

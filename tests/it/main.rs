@@ -3,6 +3,7 @@
 
 mod cli;
 mod delivery;
+mod hardening;
 mod hostile;
 mod ingest;
 mod isolation;

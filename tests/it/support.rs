@@ -106,6 +106,8 @@ fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>, allow_loopbac
     let mut child = command
         .args(&args)
         .env("PALO_WEBHOOKS_ADMIN_TOKEN", ADMIN_TOKEN)
+        // Load tests would hit the default per-key limit; the limit's own test sets a flag.
+        .env("PALO_WEBHOOKS_RATE_LIMIT", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -260,6 +262,26 @@ impl Daemon {
             status,
             response.into_body().collect().await.unwrap().to_bytes(),
         )
+    }
+
+    /// A bodiless request with the given token: status, headers, body text.
+    pub async fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+    ) -> (u16, HeaderMap, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// A JSON request with the given token.

@@ -1,0 +1,197 @@
+//! What every request passes before a handler (issue 5, item 7): size limits on the request
+//! head and body, a deadline for reading the body, authentication, a per-key rate limit, and
+//! an audit line for every state-changing call.
+//!
+//! Owner's rule: handlers never read the socket themselves. [`read_request`] buffers the body
+//! under the API read timeout (so a client sending one byte a second is cut off with 408 at
+//! the deadline, whatever its pace), and [`authenticate`] resolves the [`Caller`] once, puts it
+//! in the request's extensions, and charges the caller's rate limit. The head's own deadline
+//! and the connection cap are the server's (`server::serve_api`).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use subtle::ConstantTimeEq;
+
+use super::extract::token_hash;
+use super::{ApiError, AppState, Caller};
+
+/// Longest request target (path and query) accepted: 8 KiB; longer gets 414. Past 64 KiB
+/// the `http` crate cannot hold the target and hyper answers a bare 414 itself.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most bytes of request header fields (names and values) accepted: 32 KiB; more gets 431.
+/// A head past the server's read buffer (256 KiB) is refused by hyper itself, with a bare 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Who made an authenticated request, for the rate limit and the audit log: `admin` or
+/// `key:<key id>`. Never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(pub String);
+
+/// Requests per second allowed per principal, with bursts of as many.
+pub type RateLimiter = DefaultKeyedRateLimiter<String>;
+
+/// The per-key limiter for `per_second` requests per second (`None` when 0: no limit).
+pub fn rate_limiter(per_second: u32) -> Option<Arc<RateLimiter>> {
+    NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::hashmap(Quota::per_second(n))))
+}
+
+/// Checks the head's size (414 over [`MAX_URI_BYTES`], 431 over [`MAX_HEADER_BYTES`]) and
+/// reads the whole body within the API read timeout (408 after it) and the body limit (413
+/// over it), so no handler waits on a slow client.
+pub(super) async fn read_request(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().to_string().len() > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is over {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request's header fields are over {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return too_large().into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(
+        state.read_timeout,
+        axum::body::to_bytes(body, state.max_body_bytes),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_big {
+                too_large().into_response()
+            } else {
+                ApiError::bad_json("could not read the request body").into_response()
+            };
+        }
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(state.read_timeout)
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is over the size limit",
+    )
+}
+
+/// Resolves the bearer token to a [`Caller`] (401 when missing or unknown), charges its
+/// rate limit (429 with Retry-After beyond it), runs the handler, and writes an audit line
+/// (target `audit`, level info) for every state-changing call with the principal, the
+/// method, the path and the status. Event ingest is the data path, not administration: it
+/// is logged at debug instead, so a busy producer does not flood the audit log.
+pub(super) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (caller, principal) = resolve(&state, &request)?;
+    if let Some(limiter) = &state.rate_limiter {
+        if let Err(not_until) = limiter.check_key(&principal.0) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            tracing::debug!(principal = %principal.0, "rate limited");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests for this key; retry after the delay in Retry-After",
+            )
+            .with_retry_after(seconds.max(1)));
+        }
+    }
+    let method = request.method().clone();
+    // This layer sits on the router nested under `/api`, which sees paths without it.
+    let path = format!("/api{}", request.uri().path());
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
+    let changes_state = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if changes_state {
+        let status = response.status().as_u16();
+        if path == "/api/events" {
+            tracing::debug!(target: "audit", principal = %principal.0, %method, path, status, "api call");
+        } else {
+            tracing::info!(target: "audit", principal = %principal.0, %method, path, status, "api call");
+        }
+    }
+    Ok(response)
+}
+
+fn resolve(state: &AppState, request: &Request) -> Result<(Caller, Principal), ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token",
+        )
+    };
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(unauthorized)?;
+    let hash = token_hash(token);
+    if bool::from(hash.ct_eq(&state.admin_token_hash)) {
+        return Ok((Caller::Admin, Principal("admin".to_owned())));
+    }
+    // Keys are looked up by the SHA-256 of the presented token, answered from memory.
+    let key = state.store.find_api_key(&hash)?.ok_or_else(unauthorized)?;
+    Ok((
+        Caller::Organization(key.organization_id),
+        Principal(format!("key:{}", key.id)),
+    ))
+}
