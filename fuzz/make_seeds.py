@@ -133,11 +133,15 @@ attempt_v1 = (varint(0) + varint(1_771_497_000_000) + varint(10_000) + option(No
 attempt_v2 = (varint(1) + varint(1_771_497_000_000) + varint(35) + option(varint(429))
               + option(None) + text("slow down") + boolean(True) + text("manual")
               + option(varint(120_000)))
+# V3: V2's fields, then the transport error in words (issue 5).
+attempt_v3 = (varint(2) + varint(1_771_497_000_000) + varint(12) + option(None)
+              + option(text("tls")) + text("") + boolean(False) + text("scheduled")
+              + option(None) + option(text("certificate expired")))
 # V2 (secret rotation): V1's fields, then the previous secret and its expiry, if any.
 webhook_v2 = (varint(1) + webhook[1:] + option(text("p" * 32) + varint(1_771_497_600_000)))
 api_key = varint(0) + text("org_1") + text("ci key") + varint(1_771_497_000_000) + bytes([7] * 32)
 for name, record in [("webhook", webhook), ("webhook-v2", webhook_v2), ("event", event), ("delivery", delivery),
-                     ("attempt-v1", attempt_v1), ("attempt-v2", attempt_v2),
+                     ("attempt-v1", attempt_v1), ("attempt-v2", attempt_v2), ("attempt-v3", attempt_v3),
                      ("api-key", api_key)]:
     write("record_decode", name, record)
 write("record_decode", "huge-length", varint(0) + varint(2**63))

@@ -168,30 +168,118 @@ impl tower::Service<Uri> for GuardedConnector {
 /// The pooled HTTP(S) client type used for deliveries and by the CLI.
 pub type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
+/// Which certificate authorities deliveries trust (issue 5, item 2). The webpki roots
+/// (Mozilla's list, compiled in) always; the operating system's store and an operator's
+/// PEM file on request. There is deliberately no way to skip verification.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// A PEM file with one or more CA certificates (an internal CA), `--extra-ca-file`.
+    pub extra_ca_file: Option<std::path::PathBuf>,
+    /// Whether the OS store (as `rustls-native-certs` finds it) is trusted too.
+    pub system_roots: bool,
+}
+
+/// Why the delivery client's TLS roots could not be set up (the daemon does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The extra CA file could not be read or holds no usable certificate.
+    #[error("extra CA file {path}: {reason}")]
+    ExtraCaFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `tls_system_roots` is on but the OS store yielded no certificate.
+    #[error("the system CA store has no usable certificate: {0}")]
+    SystemRoots(String),
+    /// rustls refused the protocol versions (cannot happen with the ring provider).
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Builds the rustls client configuration for `settings`: its roots, TLS 1.2 and 1.3 with
+/// the ring provider. ALPN (h2, http/1.1) is added by the connector.
+///
+/// # Errors
+/// [`TlsSetupError`] for an unreadable or empty CA file, or an empty system store.
+pub fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, TlsSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if settings.system_roots {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+            return Err(TlsSetupError::SystemRoots(errors.join("; ")));
+        }
+        tracing::info!(
+            certificates = added,
+            "trusting the system CA store for deliveries"
+        );
+    }
+    if let Some(path) = &settings.extra_ca_file {
+        let err = |reason: String| TlsSetupError::ExtraCaFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no PEM certificate in it".to_owned()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
+        }
+        tracing::info!(file = %path.display(), "trusting an extra CA file for deliveries");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Builds a pooled client without an address policy (the CLI, tests and benchmarks talk to
 /// the local daemon): system resolver, TCP connect bounded by `connect_timeout`, rustls (ring
 /// provider, webpki roots) offering h2 and http/1.1, keep-alive per origin.
 pub fn build_client(connect_timeout: Duration) -> HttpsClient {
-    build(connect_timeout, None)
+    let tls = tls_config(&TlsSettings::default()).expect("the webpki roots alone always load");
+    build(connect_timeout, None, tls)
 }
 
-/// Builds the delivery client: as [`build_client`], and every connection is checked against
-/// `policy` (resolved addresses and IP literals alike) before it is made.
-pub fn build_delivery_client(connect_timeout: Duration, policy: Arc<AddressPolicy>) -> HttpsClient {
-    build(connect_timeout, Some(policy))
+/// Builds the delivery client: as [`build_client`] with the roots of `tls`, and every
+/// connection is checked against `policy` (resolved addresses and IP literals alike) before
+/// it is made.
+pub fn build_delivery_client(
+    connect_timeout: Duration,
+    policy: Arc<AddressPolicy>,
+    tls: rustls::ClientConfig,
+) -> HttpsClient {
+    build(connect_timeout, Some(policy), tls)
 }
 
-fn build(connect_timeout: Duration, policy: Option<Arc<AddressPolicy>>) -> HttpsClient {
+fn build(
+    connect_timeout: Duration,
+    policy: Option<Arc<AddressPolicy>>,
+    tls: rustls::ClientConfig,
+) -> HttpsClient {
     let mut http = HttpConnector::new_with_resolver(Resolver {
         policy: policy.clone(),
     });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Both protocols are offered by ALPN, so an h2-only receiver works.
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .expect("the ring provider supports the default TLS versions")
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -275,13 +363,20 @@ pub struct Sender {
 
 impl Sender {
     /// Builds the pooled client. `timeout` bounds each whole attempt; `policy` says which
-    /// addresses may be connected to.
-    pub fn new(timeout: Duration, policy: Arc<AddressPolicy>) -> Sender {
-        Sender {
-            client: build_delivery_client(timeout, policy),
+    /// addresses may be connected to; `tls` which CAs are trusted.
+    ///
+    /// # Errors
+    /// [`TlsSetupError`] when the configured roots cannot be loaded.
+    pub fn new(
+        timeout: Duration,
+        policy: Arc<AddressPolicy>,
+        tls: &TlsSettings,
+    ) -> Result<Sender, TlsSetupError> {
+        Ok(Sender {
+            client: build_delivery_client(timeout, policy, tls_config(tls)?),
             timeout,
             signatures: Arc::new(SignatureCache::new(SIGNATURE_CACHE_ENTRIES)),
-        }
+        })
     }
 
     /// Makes one attempt and returns its log entry. Never fails: every problem becomes the
@@ -300,6 +395,7 @@ impl Sender {
             response_body_truncated: false,
             trigger: attempt.trigger,
             retry_after_ms: None,
+            error_detail: None,
         };
         let signature = self.signatures.signature(
             attempt.event_key,
@@ -308,11 +404,30 @@ impl Sender {
             &attempt.body,
         );
         match build_request(&attempt, signature, started_at_ms / 1000) {
-            None => log.error = Some(AttemptError::Connect),
+            None => {
+                log.error = Some(AttemptError::Connect);
+                log.error_detail = Some("the URL cannot be requested".to_owned());
+            }
             Some(request) => match timeout_at(deadline, self.client.request(request)).await {
-                Err(_) => log.error = Some(AttemptError::Timeout),
+                Err(_) => {
+                    log.error = Some(AttemptError::Timeout);
+                    log.error_detail = Some(format!(
+                        "no response within {}",
+                        humantime::format_duration(self.timeout)
+                    ));
+                }
                 Ok(Err(e)) => {
-                    log.error = Some(classify(&e));
+                    let (kind, detail) = classify(&e);
+                    log.error = Some(kind);
+                    if kind == AttemptError::Tls {
+                        tracing::warn!(
+                            delivery = %attempt.delivery_id,
+                            url = attempt.url,
+                            reason = %detail,
+                            "TLS handshake failed"
+                        );
+                    }
+                    log.error_detail = Some(detail);
                     if let Some(blocked) = find_cause::<BlockedAddress>(&e) {
                         tracing::warn!(
                             delivery = %attempt.delivery_id,
@@ -460,34 +575,73 @@ fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) ->
 
 /// Classifies a client error by walking its source chain for typed causes
 /// (never by matching message text).
-fn classify(error: &hyper_util::client::legacy::Error) -> AttemptError {
+/// Longest [`Attempt::error_detail`] kept (256 bytes).
+const MAX_ERROR_DETAIL: usize = 256;
+
+/// The kind of a failed exchange and a short reason in words: for TLS the certificate
+/// problem (`certificate expired`, `unknown issuer`, `certificate not valid for this host
+/// name`, else rustls's text), otherwise the innermost error's text.
+fn classify(error: &hyper_util::client::legacy::Error) -> (AttemptError, String) {
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut innermost: &(dyn StdError + 'static) = error;
     while let Some(e) = current {
+        innermost = e;
         if e.is::<DnsFailure>() {
-            return AttemptError::Dns;
+            return (AttemptError::Dns, e.to_string());
         }
-        if e.is::<BlockedAddress>() {
-            return AttemptError::BlockedAddress;
+        if let Some(blocked) = e.downcast_ref::<BlockedAddress>() {
+            return (AttemptError::BlockedAddress, blocked.to_string());
         }
-        if e.is::<rustls::Error>() {
-            return AttemptError::Tls;
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return (AttemptError::Tls, tls_reason(tls));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if inner.is::<rustls::Error>() {
-                    return AttemptError::Tls;
-                }
-                if inner.is::<DnsFailure>() {
-                    return AttemptError::Dns;
-                }
+        // `io::Error::source` skips a custom error's own payload, and the TLS connector
+        // wraps tokio-rustls's `io::Error` in another one: look inside each layer.
+        let mut io = e.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io.and_then(std::io::Error::get_ref) {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return (AttemptError::Tls, tls_reason(tls));
             }
+            if inner.is::<DnsFailure>() {
+                return (AttemptError::Dns, inner.to_string());
+            }
+            io = inner.downcast_ref::<std::io::Error>();
         }
         current = e.source();
     }
-    if error.is_connect() {
+    let kind = if error.is_connect() {
         AttemptError::Connect
     } else {
         AttemptError::Io
+    };
+    let mut detail = innermost.to_string();
+    if detail.len() > MAX_ERROR_DETAIL {
+        let mut cut = MAX_ERROR_DETAIL;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+    }
+    (kind, detail)
+}
+
+/// The words for a TLS failure (issue 5: expired, unknown issuer, name mismatch).
+fn tls_reason(error: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match error {
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "certificate expired".to_owned()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "certificate not valid yet".to_owned()
+        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "unknown issuer (add the CA with --extra-ca-file)".to_owned()
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "certificate not valid for this host name".to_owned(),
+        other => other.to_string(),
     }
 }
 

@@ -278,6 +278,10 @@ pub struct Attempt {
     /// The delay a 429 or 503 asked for in `Retry-After` (RFC 9110 §10.2.3: delta-seconds
     /// or an HTTP-date), in ms; `None` otherwise.
     pub retry_after_ms: Option<u64>,
+    /// Why the transport failed, in words (`certificate expired`, `Connection refused (os
+    /// error 111)`, the refused range of `blocked_address`), at most 256 bytes; `None` when
+    /// a response arrived, and for attempts logged before this field existed.
+    pub error_detail: Option<String>,
 }
 
 impl Attempt {

@@ -48,6 +48,9 @@ pub enum RunError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// The delivery client's TLS roots could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::delivery::TlsSetupError),
 }
 
 /// Returns the admin token: `PALO_WEBHOOKS_ADMIN_TOKEN` if set, else the one in
@@ -138,7 +141,14 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let scheduler = Scheduler::new(
         Arc::clone(&store),
-        Sender::new(config.attempt_timeout, Arc::clone(&address_policy)),
+        Sender::new(
+            config.attempt_timeout,
+            Arc::clone(&address_policy),
+            &crate::delivery::TlsSettings {
+                extra_ca_file: config.extra_ca_file.clone(),
+                system_roots: config.tls_system_roots,
+            },
+        )?,
         SchedulerSettings {
             schedule: config.retry_schedule.clone(),
             wheel_capacity: 10_000,

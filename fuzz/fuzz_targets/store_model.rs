@@ -525,6 +525,7 @@ fn record_attempt(store: &Store, model: &mut Model, delivery: u8, outcome: Outco
         response_body_truncated: false,
         trigger,
         retry_after_ms: outcome.retry_after_ms(),
+        error_detail: matches!(outcome, Outcome::Timeout).then(|| "no response within 10s".to_owned()),
     };
     let updated = RUNTIME
         .block_on(store.record_attempt(target.id, attempt, RETRY_SCHEDULE.clone(), now))

@@ -199,7 +199,7 @@ pub struct AttemptOut {
     pub duration_ms: u64,
     /// HTTP status, null when no response.
     pub status_code: Option<u16>,
-    /// `timeout` | `connect` | `dns` | `tls` | `io`, or null.
+    /// `timeout` | `connect` | `dns` | `tls` | `io` | `blocked_address`, or null.
     pub error: Option<String>,
     /// UTF-8 (lossy), at most 64 KiB.
     pub response_body: String,
@@ -209,6 +209,9 @@ pub struct AttemptOut {
     pub trigger: String,
     /// Seconds the receiver asked to wait (`Retry-After` on a 429 or 503), or null.
     pub retry_after_seconds: Option<u64>,
+    /// With `error`: why, in words (`certificate expired`, `unknown issuer (...)`,
+    /// `Connection refused (os error 111)`), at most 256 bytes; null otherwise.
+    pub error_detail: Option<String>,
 }
 
 impl From<&Attempt> for AttemptOut {
@@ -223,6 +226,7 @@ impl From<&Attempt> for AttemptOut {
             response_body_truncated: a.response_body_truncated,
             trigger: a.trigger.as_str().to_owned(),
             retry_after_seconds: a.retry_after_ms.map(|ms| ms.div_ceil(1000)),
+            error_detail: a.error_detail.clone(),
         }
     }
 }

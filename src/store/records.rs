@@ -260,11 +260,13 @@ pub(super) enum AttemptRecord {
     V1(AttemptFields),
     /// V1 plus the receiver's `Retry-After`, ms (issue 4).
     V2(AttemptFields, Option<u64>),
+    /// V2 plus the transport error in words (issue 5: TLS reasons).
+    V3(AttemptFields, Option<u64>, Option<String>),
 }
 
 impl AttemptRecord {
     pub(super) fn from_domain(a: &Attempt) -> Self {
-        AttemptRecord::V2(
+        AttemptRecord::V3(
             AttemptFields {
                 started_at_ms: a.started_at_ms,
                 duration_ms: a.duration_ms,
@@ -275,13 +277,15 @@ impl AttemptRecord {
                 trigger: a.trigger.as_str().to_owned(),
             },
             a.retry_after_ms,
+            a.error_detail.clone(),
         )
     }
 
     pub(super) fn into_domain(self, number: u32) -> Result<Attempt, StoreError> {
-        let (fields, retry_after_ms) = match self {
-            AttemptRecord::V1(fields) => (fields, None),
-            AttemptRecord::V2(fields, retry_after_ms) => (fields, retry_after_ms),
+        let (fields, retry_after_ms, error_detail) = match self {
+            AttemptRecord::V1(fields) => (fields, None, None),
+            AttemptRecord::V2(fields, retry_after_ms) => (fields, retry_after_ms, None),
+            AttemptRecord::V3(fields, retry_after_ms, detail) => (fields, retry_after_ms, detail),
         };
         let error = match fields.error {
             None => None,
@@ -301,6 +305,7 @@ impl AttemptRecord {
             response_body_truncated: fields.response_body_truncated,
             trigger,
             retry_after_ms,
+            error_detail,
         })
     }
 }
@@ -395,8 +400,14 @@ mod tests {
             .unwrap()
             .into_domain(1)
             .unwrap();
-        assert!(attempt.retry_after_ms.is_some());
-        assert_eq!(encode(&AttemptRecord::from_domain(&attempt)), v2);
+        assert!(attempt.retry_after_ms.is_some() && attempt.error_detail.is_none());
+        let v3 = seed("seed-attempt-v3");
+        let attempt = decode::<AttemptRecord>("attempts", &v3)
+            .unwrap()
+            .into_domain(1)
+            .unwrap();
+        assert_eq!(attempt.error_detail.as_deref(), Some("certificate expired"));
+        assert_eq!(encode(&AttemptRecord::from_domain(&attempt)), v3);
     }
 
     #[test]
@@ -430,9 +441,21 @@ mod tests {
                 any::<bool>(),
                 any::<bool>(),
                 proptest::option::of(any::<u64>()),
+                proptest::option::of(".{0,32}"),
             )
                 .prop_map(
-                    |(number, started, duration, status, error, body, cut, manual, after)| {
+                    |(
+                        number,
+                        started,
+                        duration,
+                        status,
+                        error,
+                        body,
+                        cut,
+                        manual,
+                        after,
+                        detail,
+                    )| {
                         Attempt {
                             number,
                             started_at_ms: started,
@@ -447,6 +470,7 @@ mod tests {
                                 Trigger::Scheduled
                             },
                             retry_after_ms: after,
+                            error_detail: detail,
                         }
                     },
                 )
@@ -530,7 +554,7 @@ mod tests {
                     .unwrap()
                     .into_domain(a.number)
                     .unwrap();
-                prop_assert_eq!(back, Attempt { retry_after_ms: None, ..a });
+                prop_assert_eq!(back, Attempt { retry_after_ms: None, error_detail: None, ..a });
             }
 
             #[test]

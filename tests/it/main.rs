@@ -10,4 +10,5 @@ mod isolation;
 mod recovery;
 mod security;
 mod support;
+mod tls;
 mod torture;
