@@ -71,6 +71,40 @@ pub enum Command {
     /// Verify the store's invariants offline (stop the daemon first). Exits 0 when
     /// consistent, 1 on any violation or error.
     Check(CheckArgs),
+    /// Create a key file for `--secrets-key-file`: 32 random bytes as 64 hex characters,
+    /// mode 0600; refuses to overwrite a file.
+    GenKey(GenKeyArgs),
+}
+
+/// Options of `palo-webhooks gen-key`.
+#[derive(Debug, Clone, Args)]
+pub struct GenKeyArgs {
+    /// The key file to create.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `palo-webhooks gen-key`: writes a new secrets key to `--out` (mode 0600, fsynced),
+/// never to the terminal.
+///
+/// # Errors
+/// The file exists or cannot be written.
+pub fn run_gen_key(args: &GenKeyArgs) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    file.write_all(format!("{}\n", crate::store::sealed::SecretsKey::generate_hex()).as_bytes())?;
+    file.sync_all()?;
+    eprintln!(
+        "wrote a new secrets key to {} (mode 0600); back it up apart from the db",
+        args.out.display()
+    );
+    Ok(())
 }
 
 /// Options of `palo-webhooks check`.
@@ -478,7 +512,9 @@ fn encode_component(text: &str) -> String {
 /// Any API or connection error, as `status code: message`.
 pub async fn run_client(command: Command) -> Result<()> {
     let (client_args, request) = match command {
-        Command::Serve(_) | Command::Check(_) => bail!("not a client command"),
+        Command::Serve(_) | Command::Check(_) | Command::GenKey(_) => {
+            bail!("not a client command")
+        }
         Command::Webhooks { client, action } => (client, webhook_request(action)?),
         Command::Events { client, action } => (client, event_request(action)?),
         Command::Deliveries { client, action } => (client, delivery_request(action)),

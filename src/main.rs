@@ -14,6 +14,15 @@ const BLOCKING_THREADS: usize = 32;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenKey(args) = &cli.command {
+        return match palo_webhooks::cli::run_gen_key(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Check(args) = &cli.command {
         return match palo_webhooks::cli::run_check(args) {
             Ok(true) => ExitCode::SUCCESS,

@@ -104,7 +104,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let path = config.db_path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+    let key = match &config.secrets_key_file {
+        Some(file) => Some(
+            crate::store::sealed::SecretsKey::from_file(file).map_err(|e| RunError::Store {
+                path: config.db_path.display().to_string(),
+                source: e.into(),
+            })?,
+        ),
+        None => None,
+    };
+    if key.is_some() {
+        tracing::info!("webhook secrets are sealed at rest with the secrets key file");
+    }
+    let store = tokio::task::spawn_blocking(move || Store::open_with_secrets_key(&path, key))
         .await
         .map_err(|_| RunError::Store {
             path: config.db_path.display().to_string(),

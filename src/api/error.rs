@@ -135,6 +135,8 @@ impl From<StoreError> for ApiError {
             StoreError::Corrupt { .. }
             | StoreError::Interrupted
             | StoreError::NeedsRecovery
+            | StoreError::Sealed(_)
+            | StoreError::SecretsKeyRequired
             | StoreError::UnsupportedLayout(_) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(

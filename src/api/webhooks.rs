@@ -146,6 +146,12 @@ fn validate_secret(secret: &str) -> Result<Secret, ApiError> {
             "must be at most 512 characters",
         ));
     }
+    if crate::store::sealed::is_sealed(secret) {
+        return Err(ApiError::invalid(
+            "secret",
+            "must not start with \"pwenc1:\" (the store's mark of an encrypted secret)",
+        ));
+    }
     Ok(Secret(secret.to_owned()))
 }
 

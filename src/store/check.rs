@@ -239,7 +239,7 @@ fn check_webhooks(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(),
         let id = WebhookId(id.value());
         report.webhooks += 1;
         let webhook = match decode::<WebhookRecord>("webhooks", bytes.value())
-            .and_then(|r| r.into_domain(id))
+            .and_then(|r| r.into_domain(id, None))
         {
             Ok(w) => w,
             Err(e) => {

@@ -95,10 +95,7 @@ impl Store {
                     _ => AcceptOutcome::Conflict,
                 });
             }
-            let targets: Vec<WebhookId> = fan_out_targets(txn, prepared, fan_out)?
-                .iter()
-                .map(|w| w.id)
-                .collect();
+            let targets = fan_out_targets(txn, prepared, fan_out)?;
             let (event, deliveries) =
                 store_new_event(txn, prepared, &targets, now_ms, first_due_ms)?;
             Ok(AcceptOutcome::Accepted { event, deliveries })
@@ -285,7 +282,11 @@ impl Store {
             let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else {
                 return Ok(None);
             };
-            let webhook = get_webhook(&txn.open_table(WEBHOOKS)?, delivery.webhook_id)?;
+            let webhook = get_webhook(
+                &txn.open_table(WEBHOOKS)?,
+                delivery.webhook_id,
+                self.secrets_key(),
+            )?;
             let Some(event) = load_event(&txn.open_table(EVENTS)?, delivery.event_key)? else {
                 return Err(StoreError::Corrupt {
                     table: "events",
@@ -369,7 +370,8 @@ impl Store {
             else {
                 return Ok(None);
             };
-            let webhook = decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id)?;
+            // Only the organization is read: the secret is not opened.
+            let webhook = decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id, None)?;
             txn.open_table(ORG_WEBHOOKS)?
                 .remove((webhook.organization_id.as_str(), id.0))?;
             let ids: Vec<DeliveryId> = txn
@@ -498,17 +500,19 @@ fn store_new_event(
     Ok((event, deliveries))
 }
 
+/// The webhooks an event goes to. Only ids and subscriptions are read: secrets stay sealed.
 fn fan_out_targets(
     txn: &WriteTransaction,
     prepared: &PreparedEvent,
     fan_out: FanOut,
-) -> Result<Vec<Webhook>, StoreError> {
+) -> Result<Vec<WebhookId>, StoreError> {
     let webhooks = txn.open_table(WEBHOOKS)?;
     let org = prepared.organization_id.as_str();
     match fan_out {
-        FanOut::Only(id) => Ok(get_webhook(&webhooks, id)?
+        FanOut::Only(id) => Ok(get_webhook(&webhooks, id, None)?
             .into_iter()
             .filter(|w| w.organization_id == org)
+            .map(|w| w.id)
             .collect()),
         FanOut::Subscribers => {
             let mut targets = Vec::new();
@@ -517,9 +521,9 @@ fn fan_out_targets(
                 .range((org, 0)..=(org, u128::MAX))?
             {
                 let (k, _) = row?;
-                if let Some(webhook) = get_webhook(&webhooks, WebhookId(k.value().1))? {
+                if let Some(webhook) = get_webhook(&webhooks, WebhookId(k.value().1), None)? {
                     if webhook.active && webhook.events.matches(prepared.event_type) {
-                        targets.push(webhook);
+                        targets.push(webhook.id);
                     }
                 }
             }

@@ -15,6 +15,7 @@
 mod check;
 mod deliveries;
 mod records;
+pub mod sealed;
 mod slot;
 mod writer;
 
@@ -86,6 +87,12 @@ pub enum StoreError {
         "the database file was not closed cleanly and needs recovery (a read-write open does it)"
     )]
     NeedsRecovery,
+    /// A secrets key problem: the key file, or a sealed secret that does not open with it.
+    #[error(transparent)]
+    Sealed(#[from] sealed::SealError),
+    /// The file holds sealed webhook secrets but no key was given.
+    #[error("the webhook secrets in this file are encrypted: start with --secrets-key-file (the key they were sealed with)")]
+    SecretsKeyRequired,
     /// The file was written by a newer, incompatible layout.
     #[error("unsupported store layout version {0:?}")]
     UnsupportedLayout(String),
@@ -120,6 +127,8 @@ pub struct Store {
     /// create/delete: authentication never reads the file, so it answers 401/403 correctly
     /// even while the store is failing (disk full).
     keys: std::sync::RwLock<std::collections::HashMap<[u8; 32], ApiKey>>,
+    /// Seals webhook secrets at rest when set (`--secrets-key-file`).
+    secrets_key: Option<std::sync::Arc<sealed::SecretsKey>>,
 }
 
 impl Store {
@@ -129,7 +138,20 @@ impl Store {
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Store::with_slot(slot::Slot::open(path)?)
+        Store::with_slot(slot::Slot::open(path)?, None)
+    }
+
+    /// [`Store::open`] with webhook secrets sealed at rest under `key` (issue 5, item 6).
+    /// Secrets stored in plain text (written before a key was set) are sealed at once.
+    ///
+    /// # Errors
+    /// As [`Store::open`]; [`StoreError::SecretsKeyRequired`] when the file holds sealed
+    /// secrets and `key` is `None`; [`StoreError::Sealed`] when they do not open with `key`.
+    pub fn open_with_secrets_key(
+        path: &Path,
+        key: Option<sealed::SecretsKey>,
+    ) -> Result<Store, StoreError> {
+        Store::with_slot(slot::Slot::open(path)?, key)
     }
 
     /// A store in memory (redb's in-memory backend), for fuzzing and tests: same tables,
@@ -139,10 +161,10 @@ impl Store {
     /// As [`Store::open`].
     #[doc(hidden)]
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        Store::with_slot(slot::Slot::in_memory()?)
+        Store::with_slot(slot::Slot::in_memory()?, None)
     }
 
-    fn with_slot(slot: slot::Slot) -> Result<Store, StoreError> {
+    fn with_slot(slot: slot::Slot, key: Option<sealed::SecretsKey>) -> Result<Store, StoreError> {
         let slot = std::sync::Arc::new(slot);
         let writer = writer::Writer::start(std::sync::Arc::clone(&slot)).map_err(|e| {
             StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
@@ -151,6 +173,7 @@ impl Store {
             slot,
             writer,
             keys: std::sync::RwLock::default(),
+            secrets_key: key.map(std::sync::Arc::new),
         };
         store.write(|txn| {
             let mut meta = txn.open_table(META)?;
@@ -182,7 +205,60 @@ impl Store {
         })?;
         let keys = store.list_api_keys()?;
         *store.keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();
+        store.reconcile_sealing()?;
         Ok(store)
+    }
+
+    /// At open: with a key, every webhook secret must open with it, and plain ones are
+    /// sealed now (one transaction); without a key, no secret may be sealed.
+    fn reconcile_sealing(&self) -> Result<(), StoreError> {
+        let key = self.secrets_key.clone();
+        let sealed = self.write(move |txn| {
+            let mut table = txn.open_table(WEBHOOKS)?;
+            let mut rows = Vec::new();
+            for row in table.iter()? {
+                let (id, bytes) = row?;
+                rows.push((WebhookId(id.value()), bytes.value().to_vec()));
+            }
+            let mut sealed_now = 0usize;
+            for (id, bytes) in rows {
+                let record = decode::<WebhookRecord>("webhooks", &bytes)?;
+                let stored = record.into_domain(id, None)?;
+                let any_sealed = sealed::is_sealed(&stored.secret.0)
+                    || stored
+                        .previous_secret
+                        .as_ref()
+                        .is_some_and(|p| sealed::is_sealed(&p.secret.0));
+                let all_sealed = sealed::is_sealed(&stored.secret.0)
+                    && stored
+                        .previous_secret
+                        .as_ref()
+                        .is_none_or(|p| sealed::is_sealed(&p.secret.0));
+                match key.as_deref() {
+                    None if any_sealed => return Err(StoreError::SecretsKeyRequired),
+                    None => {}
+                    Some(key) => {
+                        let webhook = decode::<WebhookRecord>("webhooks", &bytes)?
+                            .into_domain(id, Some(key))?;
+                        if !all_sealed {
+                            table.insert(
+                                id.0,
+                                encode(&WebhookRecord::from_domain(&webhook, Some(key))).as_slice(),
+                            )?;
+                            sealed_now += 1;
+                        }
+                    }
+                }
+            }
+            Ok(sealed_now)
+        })?;
+        if sealed > 0 {
+            tracing::info!(
+                webhooks = sealed,
+                "sealed plain-text webhook secrets with the secrets key"
+            );
+        }
+        Ok(())
     }
 
     fn keys_mut(
@@ -237,6 +313,10 @@ impl Store {
         self.writer.stats()
     }
 
+    fn secrets_key(&self) -> Option<&sealed::SecretsKey> {
+        self.secrets_key.as_deref()
+    }
+
     /// Runs `f` on a consistent snapshot.
     fn read<T>(
         &self,
@@ -253,11 +333,12 @@ impl Store {
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
         let webhook = webhook.clone();
+        let key = self.secrets_key.clone();
         self.write(move |txn| {
             let webhook = &webhook;
             txn.open_table(WEBHOOKS)?.insert(
                 webhook.id.0,
-                encode(&WebhookRecord::from_domain(webhook)).as_slice(),
+                encode(&WebhookRecord::from_domain(webhook, key.as_deref())).as_slice(),
             )?;
             txn.open_table(ORG_WEBHOOKS)?
                 .insert((webhook.organization_id.as_str(), webhook.id.0), ())?;
@@ -270,7 +351,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on read or decode failure.
     pub fn get_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
-        self.read(|txn| get_webhook(&txn.open_table(WEBHOOKS)?, id))
+        self.read(|txn| get_webhook(&txn.open_table(WEBHOOKS)?, id, self.secrets_key()))
     }
 
     /// Up to `limit` webhooks in creation order, after the cursor `after`, of one organization
@@ -301,7 +382,9 @@ impl Store {
                     .collect::<Result<_, _>>()?,
             };
             ids.into_iter()
-                .filter_map(|id| get_webhook(&webhooks, WebhookId(id)).transpose())
+                .filter_map(|id| {
+                    get_webhook(&webhooks, WebhookId(id), self.secrets_key()).transpose()
+                })
                 .collect()
         })
     }
@@ -318,15 +401,16 @@ impl Store {
         changes: WebhookChanges,
         now_ms: u64,
     ) -> Result<Option<Webhook>, StoreError> {
+        let key = self.secrets_key.clone();
         self.write(move |txn| {
             let mut table = txn.open_table(WEBHOOKS)?;
-            let Some(mut webhook) = get_webhook(&table, id)? else {
+            let Some(mut webhook) = get_webhook(&table, id, key.as_deref())? else {
                 return Ok(None);
             };
             changes.apply(&mut webhook, now_ms);
             table.insert(
                 id.0,
-                encode(&WebhookRecord::from_domain(&webhook)).as_slice(),
+                encode(&WebhookRecord::from_domain(&webhook, key.as_deref())).as_slice(),
             )?;
             Ok(Some(webhook))
         })
@@ -416,14 +500,16 @@ impl Store {
     }
 }
 
+/// The webhook `id` from its table, secrets opened with `key`.
 fn get_webhook(
     table: &impl ReadableTable<u128, &'static [u8]>,
     id: WebhookId,
+    key: Option<&sealed::SecretsKey>,
 ) -> Result<Option<Webhook>, StoreError> {
     match table.get(id.0)? {
         None => Ok(None),
         Some(bytes) => Ok(Some(
-            decode::<WebhookRecord>("webhooks", bytes.value())?.into_domain(id)?,
+            decode::<WebhookRecord>("webhooks", bytes.value())?.into_domain(id, key)?,
         )),
     }
 }
@@ -455,7 +541,7 @@ pub fn decode_record(table: &str, bytes: &[u8]) -> Result<(), StoreError> {
     use crate::ids::{DeliveryId, EventKey};
     match table {
         "webhooks" => decode::<WebhookRecord>("webhooks", bytes)?
-            .into_domain(WebhookId(1))
+            .into_domain(WebhookId(1), None)
             .map(drop),
         "events" => decode::<records::EventRecord>("events", bytes)?
             .into_domain(EventKey(1))

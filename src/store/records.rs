@@ -14,6 +14,7 @@ use crate::model::{
     Secret, Trigger, Webhook,
 };
 
+use super::sealed::{is_sealed, SecretsKey};
 use super::StoreError;
 
 /// Encodes a record. postcard to a Vec cannot fail for these plain types.
@@ -63,7 +64,12 @@ pub(super) enum WebhookRecord {
 }
 
 impl WebhookRecord {
-    pub(super) fn from_domain(w: &Webhook) -> Self {
+    /// The record of `w`; with `key`, its secrets are sealed ([`super::sealed`]).
+    pub(super) fn from_domain(w: &Webhook, key: Option<&SecretsKey>) -> Self {
+        let stored = |secret: &Secret| match key {
+            Some(key) => key.seal(w.id, secret),
+            None => secret.0.clone(),
+        };
         WebhookRecord::V2(
             WebhookFields {
                 organization_id: w.organization_id.clone(),
@@ -74,7 +80,7 @@ impl WebhookRecord {
                         Some(types.iter().map(|t| t.as_str().to_owned()).collect())
                     }
                 },
-                secret: w.secret.0.clone(),
+                secret: stored(&w.secret),
                 active: w.active,
                 description: w.description.clone(),
                 created_at_ms: w.created_at_ms,
@@ -82,11 +88,25 @@ impl WebhookRecord {
             },
             w.previous_secret
                 .as_ref()
-                .map(|p| (p.secret.0.clone(), p.expires_at_ms)),
+                .map(|p| (stored(&p.secret), p.expires_at_ms)),
         )
     }
 
-    pub(super) fn into_domain(self, id: WebhookId) -> Result<Webhook, StoreError> {
+    /// The webhook of this record. With `key`, sealed secrets are opened (an error if one
+    /// does not open); without, a sealed secret stays as stored: only for callers that do
+    /// not use secrets (the checker, deletion), since the store refuses to open a file with
+    /// sealed secrets and no key.
+    pub(super) fn into_domain(
+        self,
+        id: WebhookId,
+        key: Option<&SecretsKey>,
+    ) -> Result<Webhook, StoreError> {
+        let open = |stored: String| -> Result<Secret, StoreError> {
+            match key {
+                Some(key) if is_sealed(&stored) => Ok(key.open(id, &stored)?),
+                _ => Ok(Secret(stored)),
+            }
+        };
         let (fields, previous_secret) = match self {
             WebhookRecord::V1(fields) => (fields, None),
             WebhookRecord::V2(fields, previous_secret) => (fields, previous_secret),
@@ -105,11 +125,15 @@ impl WebhookRecord {
             organization_id: fields.organization_id,
             url: fields.url,
             events,
-            secret: Secret(fields.secret),
-            previous_secret: previous_secret.map(|(secret, expires_at_ms)| PreviousSecret {
-                secret: Secret(secret),
-                expires_at_ms,
-            }),
+            secret: open(fields.secret)?,
+            previous_secret: previous_secret
+                .map(|(secret, expires_at_ms)| {
+                    Ok::<_, StoreError>(PreviousSecret {
+                        secret: open(secret)?,
+                        expires_at_ms,
+                    })
+                })
+                .transpose()?,
             active: fields.active,
             description: fields.description,
             created_at_ms: fields.created_at_ms,
@@ -389,10 +413,10 @@ mod tests {
         let v2 = seed("seed-webhook-v2");
         let webhook = decode::<WebhookRecord>("webhooks", &v2)
             .unwrap()
-            .into_domain(WebhookId(1))
+            .into_domain(WebhookId(1), None)
             .unwrap();
         assert!(webhook.previous_secret.is_some());
-        assert_eq!(encode(&WebhookRecord::from_domain(&webhook)), v2);
+        assert_eq!(encode(&WebhookRecord::from_domain(&webhook, None)), v2);
         let attempt_v1: AttemptRecord = decode("attempts", &seed("seed-attempt-v1")).unwrap();
         assert!(matches!(attempt_v1, AttemptRecord::V1(_)));
         let v2 = seed("seed-attempt-v2");

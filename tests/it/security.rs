@@ -314,3 +314,132 @@ async fn no_secret_key_or_token_leaks_into_logs_answers_or_errors() {
         }
     }
 }
+
+/// Runs `palo-webhooks serve` on `db` with `extra` flags and expects it to refuse to start;
+/// returns its stderr.
+fn refused_start(db: &std::path::Path, extra: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args([
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("PALO_WEBHOOKS_ADMIN_TOKEN", support::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "it started: {stderr}");
+    stderr
+}
+
+/// With `--secrets-key-file`, webhook secrets are sealed in the db file (the file never
+/// holds them in clear, whatever was rotated), deliveries are still signed with them, and
+/// the file cannot be served without the same key. Secrets stored in clear before a key
+/// was set are sealed at the next start with one.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_are_sealed_at_rest_with_the_key_file() {
+    const ROTATED: &str = "rotated_secret_sealed_at_rest_0123456789abc";
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("secrets.key");
+    let key_path = key_file.to_str().unwrap().to_owned();
+    let gen = std::process::Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(["gen-key", "--out", &key_path])
+        .output()
+        .unwrap();
+    assert!(gen.status.success());
+    assert!(gen.stdout.is_empty(), "the key is written to the file only");
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(text.trim().len(), 64);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(["gen-key", "--out", &key_path])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "gen-key never overwrites a key");
+
+    let flags = [
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--secrets-key-file",
+        &key_path,
+    ];
+    let mut daemon = support::start(&flags);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let delivery = daemon
+        .after_first_attempt(&receiver.url, event("evt_sealed_1"))
+        .await;
+    assert_eq!(delivery["status"], "succeeded", "{delivery}");
+    assert!(support::python_verifies(&receiver.received(), SECRET));
+    let webhook = delivery["webhook_id"].as_str().unwrap().to_owned();
+    let (status, _) = daemon
+        .call(
+            "POST",
+            &format!("/api/webhooks/{webhook}/rotate-secret"),
+            Some(json!({"secret": ROTATED, "grace": "1h"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(daemon.terminate(), Some(0));
+    let db = daemon.dir.join("palo.redb");
+    let bytes = std::fs::read(&db).unwrap();
+    for secret in [SECRET, ROTATED] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret is in clear in the db file"
+        );
+    }
+
+    // Restarted with the key: the rotated secret signs, the previous one still verifies.
+    let restarted = support::start_in(&daemon.dir, &flags);
+    let (status, _) = restarted
+        .call("POST", &format!("/api/webhooks/{webhook}/test"), None)
+        .await;
+    assert_eq!(status, 200);
+    let received = receiver.received();
+    assert!(support::python_verifies(&received[1..], ROTATED));
+    drop(restarted);
+
+    // Without the key, or with another one, the daemon refuses the file, saying why.
+    let stderr = refused_start(&db, &[]);
+    assert!(stderr.contains("--secrets-key-file"), "{stderr}");
+    let other = keys.path().join("other.key");
+    std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
+    let stderr = refused_start(&db, &["--secrets-key-file", other.to_str().unwrap()]);
+    assert!(stderr.contains("does not open"), "{stderr}");
+    assert!(
+        !stderr.contains(&"ab".repeat(32)),
+        "the key is never printed"
+    );
+
+    // A db written without a key has its secrets sealed at the first start with one.
+    let mut plain = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let plain_receiver = Receiver::start(Behaviour::Status(200)).await;
+    plain
+        .create_webhook("org_s", &plain_receiver.url, &["*"])
+        .await;
+    assert_eq!(plain.terminate(), Some(0));
+    let sealed = support::start_in(&plain.dir, &flags);
+    assert!(
+        sealed
+            .log_text()
+            .contains("sealed plain-text webhook secrets"),
+        "{}",
+        sealed.log_text()
+    );
+    let (status, _) = sealed
+        .call("POST", "/api/events", Some(event("evt_sealed_2")))
+        .await;
+    assert_eq!(status, 202);
+    plain_receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert!(support::python_verifies(&plain_receiver.received(), SECRET));
+    drop(sealed);
+    drop(plain);
+}
