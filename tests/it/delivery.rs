@@ -537,19 +537,11 @@ async fn concurrent_patches_of_different_fields_all_survive() {
 async fn reactivation_brings_held_deliveries_back_at_once() {
     let daemon = support::start(&["--allow-http", "--retry-schedule", "2s,2s"]);
     let receiver = Receiver::start(Behaviour::Status(500)).await;
-    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
-    let path = format!("/api/webhooks/{webhook}");
-    daemon
-        .call("POST", "/api/events", Some(spec_events().remove(0)))
+    let delivery = daemon
+        .after_first_attempt(&receiver.url, spec_events().remove(0))
         .await;
-    let id = daemon.only_delivery(&webhook).await;
-    daemon
-        .wait_until(
-            &format!("/api/deliveries/{id}"),
-            Duration::from_secs(10),
-            |b| b["attempt_count"] == 1,
-        )
-        .await;
+    let id = delivery["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/webhooks/{}", delivery["webhook_id"].as_str().unwrap());
     let (status, _) = daemon
         .call("PATCH", &path, Some(json!({"active": false})))
         .await;
@@ -604,20 +596,10 @@ async fn a_redelivery_waits_for_the_webhooks_slot_then_answers_busy() {
         "1",
     ]);
     let receiver = Receiver::start(Behaviour::Status(500)).await;
-    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
-    let (_, first) = daemon
-        .call("POST", "/api/events", Some(spec_events().remove(0)))
+    let delivery = daemon
+        .after_first_attempt(&receiver.url, spec_events().remove(0))
         .await;
-    receiver.wait_for(1, Duration::from_secs(10)).await;
-    let page = daemon
-        .wait_until(
-            &format!("/api/webhooks/{webhook}/deliveries"),
-            Duration::from_secs(10),
-            |b| b["data"][0]["attempt_count"] == 1,
-        )
-        .await;
-    let failed = page["data"][0]["id"].as_str().unwrap().to_owned();
-    assert!(first["event_id"].is_string());
+    let failed = delivery["id"].as_str().unwrap().to_owned();
 
     // The next event's attempt hangs and holds the webhook's one slot (30 s timeout).
     receiver.set(Behaviour::Hang);
