@@ -18,6 +18,17 @@ use crate::config::ServeArgs;
 use crate::delivery::build_client;
 use crate::store::{Store, StoreError};
 
+/// `println!` for command output: a closed stdout (`palo-webhooks ... | head`) ends the
+/// program quietly with status 0 instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// palo-webhooks: durable, signed webhook delivery in one binary and one file.
 #[derive(Debug, Parser)]
 #[command(name = "palo-webhooks", version, about)]
@@ -110,7 +121,7 @@ pub fn run_gen_key(args: &GenKeyArgs) -> Result<()> {
 /// Options of `palo-webhooks check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// The redb database file to check [default: ./palo-webhooks.redb, as `serve`].
+    /// The redb database file to check (the same default as `serve`).
     #[arg(long, env = "PALO_WEBHOOKS_DB", default_value = "palo-webhooks.redb")]
     pub db: PathBuf,
     /// Print the report as JSON.
@@ -149,15 +160,14 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
                 "{} was not closed cleanly (crash or kill -9): recovering it first, as the daemon does at start (this writes to the file)",
                 args.db.display()
             );
-            let store = match Store::open(&args.db) {
-                Ok(store) => store,
+            match Store::recover_file(&args.db) {
+                Ok(()) => {}
                 Err(StoreError::Locked) => return Err(locked()),
                 Err(e) => {
-                    return Err(e).with_context(|| format!("cannot open {}", args.db.display()))
+                    return Err(e).with_context(|| format!("cannot recover {}", args.db.display()))
                 }
-            };
-            store
-                .check()
+            }
+            Store::check_file_read_only(&args.db)
                 .with_context(|| format!("cannot read {}", args.db.display()))?
         }
         Err(e) => return Err(e).with_context(|| format!("cannot check {}", args.db.display())),
@@ -175,10 +185,10 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
             "violation_count": report.violation_count,
             "violations": report.violations,
         });
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        out!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        println!("checked {}", args.db.display());
-        println!(
+        out!("checked {}", args.db.display());
+        out!(
             "  webhooks {}  events {}  deliveries {} ({} not final)  attempts {}  retry index {}  api keys {}",
             report.webhooks,
             report.events,
@@ -189,16 +199,16 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
             report.api_keys
         );
         for violation in &report.violations {
-            println!("  violation: {violation}");
+            out!("  violation: {violation}");
         }
         let hidden = report.violation_count - report.violations.len() as u64;
         if hidden > 0 {
-            println!("  ... and {hidden} more");
+            out!("  ... and {hidden} more");
         }
         if report.is_ok() {
-            println!("ok: every invariant holds");
+            out!("ok: every invariant holds");
         } else {
-            println!("FAILED: {} violation(s)", report.violation_count);
+            out!("FAILED: {} violation(s)", report.violation_count);
         }
     }
     Ok(report.is_ok())
@@ -323,6 +333,18 @@ pub enum WebhookCommand {
     Test {
         /// Webhook id.
         id: String,
+    },
+    /// Rotate its secret: the new one signs X-Palo-Signature at once; the old one also signs
+    /// webhook-signature during the grace period. Prints the new secret (shown once).
+    RotateSecret {
+        /// Webhook id.
+        id: String,
+        /// The new secret (at least 32 characters); generated when omitted.
+        #[arg(long)]
+        secret: Option<String>,
+        /// How long the old secret keeps signing, e.g. 24h (default 24h, at most 7d).
+        #[arg(long)]
+        grace: Option<String>,
     },
 }
 
@@ -525,7 +547,7 @@ pub async fn run_client(command: Command) -> Result<()> {
         .expect_ok(request.method, &request.path, request.body)
         .await?;
     if client_args.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        out!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_human(&value, request.columns);
     }
@@ -562,6 +584,7 @@ const ATTEMPT_COLUMNS: &[&str] = &[
     "status_code",
     "error",
     "trigger",
+    "error_detail",
 ];
 const EVENT_COLUMNS: &[&str] = &[
     "event_id",
@@ -650,6 +673,20 @@ fn webhook_request(action: WebhookCommand) -> Result<Request> {
             format!("/api/webhooks/{}/test", encode_component(&id)),
             None,
         ),
+        WebhookCommand::RotateSecret { id, secret, grace } => {
+            let mut body = json!({});
+            if let Some(s) = secret {
+                body["secret"] = json!(s);
+            }
+            if let Some(g) = grace {
+                body["grace"] = json!(g);
+            }
+            (
+                "POST",
+                format!("/api/webhooks/{}/rotate-secret", encode_component(&id)),
+                Some(body),
+            )
+        }
     };
     Ok(Request {
         method,
@@ -799,7 +836,7 @@ fn print_table(rows: &[Value], columns: &[&str]) {
             .zip(&widths)
             .map(|(v, w)| format!("{v:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        out!("{}", padded.join("  ").trim_end());
     };
     line(columns.iter().map(|c| c.to_uppercase()).collect());
     for row in cells {
@@ -809,7 +846,7 @@ fn print_table(rows: &[Value], columns: &[&str]) {
 
 fn print_human(value: &Value, columns: &[&str]) {
     match value {
-        Value::Null => println!("done"),
+        Value::Null => out!("done"),
         Value::Array(rows) => print_table(rows, columns),
         Value::Object(map) if map.get("data").is_some_and(Value::is_array) => {
             print_table(
@@ -817,16 +854,16 @@ fn print_human(value: &Value, columns: &[&str]) {
                 columns,
             );
             if let Some(cursor) = map.get("next_cursor").and_then(Value::as_str) {
-                println!("\nnext page: --cursor {cursor}");
+                out!("\nnext page: --cursor {cursor}");
             }
         }
         Value::Object(map) => {
             print_object(map, "");
             if map.contains_key("secret") || map.contains_key("key") {
-                println!("\nStore this secret now: it is shown only once.");
+                out!("\nStore this secret now: it is shown only once.");
             }
         }
-        other => println!("{other}"),
+        other => out!("{other}"),
     }
 }
 
@@ -837,21 +874,21 @@ fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
         match v {
             Value::Object(_) => {}
             Value::Array(rows) if rows.first().is_some_and(Value::is_object) => {}
-            _ if key == "data" => println!("{indent}{key}: {v}"),
-            _ => println!("{indent}{key}: {}", cell(v)),
+            _ if key == "data" => out!("{indent}{key}: {v}"),
+            _ => out!("{indent}{key}: {}", cell(v)),
         }
     }
     for (key, v) in map {
         match v {
             Value::Object(inner) if key == "data" => {
-                println!("{indent}{key}: {}", Value::Object(inner.clone()))
+                out!("{indent}{key}: {}", Value::Object(inner.clone()))
             }
             Value::Object(inner) => {
-                println!("{indent}{key}:");
+                out!("{indent}{key}:");
                 print_object(inner, &format!("{indent}  "));
             }
             Value::Array(rows) if rows.first().is_some_and(Value::is_object) => {
-                println!("{indent}{key}:");
+                out!("{indent}{key}:");
                 let columns = match key.as_str() {
                     "attempts" => ATTEMPT_COLUMNS,
                     _ => &["id", "webhook_id", "status"][..],

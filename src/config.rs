@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PALO_WEBHOOKS_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Allow plain http:// webhook URLs (default: https only, as the spec asks).
-    #[arg(long, env = "PALO_WEBHOOKS_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "PALO_WEBHOOKS_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_http: Option<bool>,
     /// A network deliveries may reach although the address policy forbids it (loopback,
     /// private, link-local, ...), as a CIDR block; repeatable, or comma-separated in the
@@ -88,7 +88,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PALO_WEBHOOKS_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<PathBuf>,
     /// Also trust the operating system's CA store for deliveries [default: false].
-    #[arg(long, env = "PALO_WEBHOOKS_TLS_SYSTEM_ROOTS", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "PALO_WEBHOOKS_TLS_SYSTEM_ROOTS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub tls_system_roots: Option<bool>,
     /// A file holding the 32-byte key (64 hex characters) that encrypts webhook secrets in
     /// the db (XChaCha20-Poly1305); keep it outside the db's directory [default: none].

@@ -226,14 +226,31 @@ pub fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, TlsSet
             path: path.display().to_string(),
             reason,
         };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
+        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        // A private key has no business in a trust file (and may be the receiver's own).
+        if text
+            .windows(b"PRIVATE KEY-----".len())
+            .any(|w| w == b"PRIVATE KEY-----")
+        {
+            return Err(err(
+                "it holds a private key: give only the CA's certificate".to_owned(),
+            ));
+        }
+        let certs = CertificateDer::pem_slice_iter(&text)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|_| err("malformed PEM (a section is cut short or not base64)".to_owned()))?;
         if certs.is_empty() {
             return Err(err("no PEM certificate in it".to_owned()));
         }
-        for cert in certs {
+        for (n, cert) in certs.into_iter().enumerate() {
+            // webpki takes any certificate as a trust anchor; a leaf (CA:FALSE) put there would
+            // let its key vouch for every host name, so only CA certificates are accepted.
+            if !is_ca_certificate(&cert) {
+                return Err(err(format!(
+                    "certificate {} is not a CA certificate (basicConstraints CA:TRUE); to trust a self-signed receiver, give the CA that signed its certificate",
+                    n + 1
+                )));
+            }
             roots
                 .add(cert)
                 .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
@@ -245,6 +262,29 @@ pub fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, TlsSet
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// The scheme, host and port of a webhook URL, for log lines: paths and query strings often
+/// carry a receiver's token, so they are never logged.
+fn log_origin(url: &str) -> String {
+    url::Url::parse(url).map_or_else(
+        |_| "(unparsable URL)".to_owned(),
+        |u| u.origin().ascii_serialization(),
+    )
+}
+
+/// Whether `cert` says it is a CA (X.509 basicConstraints `cA` true, RFC 5280 §4.2.1.9).
+fn is_ca_certificate(cert: &rustls::pki_types::CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert)
+        .ok()
+        .and_then(|(_, parsed)| {
+            parsed
+                .basic_constraints()
+                .ok()
+                .flatten()
+                .map(|bc| bc.value.ca)
+        })
+        .unwrap_or(false)
 }
 
 /// Builds a pooled client without an address policy (the CLI, tests and benchmarks talk to
@@ -422,7 +462,7 @@ impl Sender {
                     if kind == AttemptError::Tls {
                         tracing::warn!(
                             delivery = %attempt.delivery_id,
-                            url = attempt.url,
+                            origin = %log_origin(attempt.url),
                             reason = %detail,
                             "TLS handshake failed"
                         );
@@ -431,7 +471,7 @@ impl Sender {
                     if let Some(blocked) = find_cause::<BlockedAddress>(&e) {
                         tracing::warn!(
                             delivery = %attempt.delivery_id,
-                            url = attempt.url,
+                            origin = %log_origin(attempt.url),
                             reason = %blocked,
                             "attempt refused by the outbound address policy (open a network with --allow-network)"
                         );
@@ -447,10 +487,22 @@ impl Sender {
                             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
                             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                     }
-                    let read = read_capped(response.into_body(), deadline).await;
+                    // HTTP/1 without Content-Length or chunked: the body ends when the
+                    // connection closes (RFC 9112 §6.3).
+                    let close_delimited = response.version() <= hyper::Version::HTTP_11
+                        && !response
+                            .headers()
+                            .contains_key(hyper::header::CONTENT_LENGTH)
+                        && !response
+                            .headers()
+                            .contains_key(hyper::header::TRANSFER_ENCODING);
+                    let read = read_capped(response.into_body(), deadline, close_delimited).await;
                     log.response_body = String::from_utf8_lossy(&read.bytes).into_owned();
                     log.response_body_truncated = read.truncated;
-                    log.error = read.error;
+                    if let Some((kind, detail)) = read.error {
+                        log.error = Some(kind);
+                        log.error_detail = Some(detail);
+                    }
                 }
             },
         }
@@ -460,18 +512,20 @@ impl Sender {
 }
 
 /// Parses a `Retry-After` value (RFC 9110 §10.2.3): delta-seconds (`120`) or an HTTP-date
-/// (`Wed, 21 Oct 2026 07:28:00 GMT`, read relative to `now`; a past date is zero). `None` when
-/// it is neither.
+/// (`Wed, 21 Oct 2026 07:28:00 GMT`, read relative to `now`; a past date is zero), capped at
+/// 30 days. `None` when it is neither.
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
+    // Anything longer is capped at 30 days, the longest a schedule step may be (a longer
+    // ask could not lengthen a delay further), so what is logged stays a sane number.
+    let cap = crate::retry::MAX_DELAY;
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // Delta-seconds too large for u64 are still "a very long time": the caller caps it.
-        return Some(Duration::from_secs(
-            value.parse::<u64>().unwrap_or(u64::MAX),
-        ));
+        // Delta-seconds too large for u64 are still "a very long time".
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(cap));
     }
     let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO).min(cap))
 }
 
 fn build_request(
@@ -515,12 +569,15 @@ fn build_request(
 struct CappedBody {
     bytes: Vec<u8>,
     truncated: bool,
-    error: Option<AttemptError>,
+    /// What ended the read early, and why in words.
+    error: Option<(AttemptError, String)>,
 }
 
 /// Reads at most [`MAX_STORED_RESPONSE_BYTES`] of a response body before `deadline`, then
-/// stops (dropping the rest closes the connection instead of draining an endless body).
-async fn read_capped(mut body: Incoming, deadline: Instant) -> CappedBody {
+/// stops (dropping the rest closes the connection instead of draining an endless body). A
+/// `close_delimited` body that ends with a TLS connection closed without `close_notify` is
+/// complete: many servers close that way, and the close is how such a body ends.
+async fn read_capped(mut body: Incoming, deadline: Instant, close_delimited: bool) -> CappedBody {
     let mut out = CappedBody {
         bytes: Vec::new(),
         truncated: false,
@@ -529,12 +586,23 @@ async fn read_capped(mut body: Incoming, deadline: Instant) -> CappedBody {
     loop {
         match timeout_at(deadline, body.frame()).await {
             Err(_) => {
-                out.error = Some(AttemptError::Timeout);
+                out.error = Some((
+                    AttemptError::Timeout,
+                    "the response body did not end within the attempt timeout".to_owned(),
+                ));
                 return out;
             }
             Ok(None) => return out,
-            Ok(Some(Err(_))) => {
-                out.error = Some(AttemptError::Io);
+            Ok(Some(Err(e))) => {
+                let eof = find_cause::<std::io::Error>(&e)
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+                if close_delimited && eof {
+                    return out;
+                }
+                out.error = Some((
+                    AttemptError::Io,
+                    format!("the response body broke off: {}", innermost_text(&e)),
+                ));
                 return out;
             }
             Ok(Some(Ok(frame))) => {
@@ -614,15 +682,28 @@ fn classify(error: &hyper_util::client::legacy::Error) -> (AttemptError, String)
     } else {
         AttemptError::Io
     };
-    let mut detail = innermost.to_string();
-    if detail.len() > MAX_ERROR_DETAIL {
+    (kind, bounded(innermost.to_string()))
+}
+
+/// The text of the deepest cause of `error`, at most [`MAX_ERROR_DETAIL`] bytes.
+fn innermost_text(error: &(dyn StdError + 'static)) -> String {
+    let mut innermost = error;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    bounded(innermost.to_string())
+}
+
+/// `text` cut to at most [`MAX_ERROR_DETAIL`] bytes, on a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_ERROR_DETAIL {
         let mut cut = MAX_ERROR_DETAIL;
-        while !detail.is_char_boundary(cut) {
+        while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        detail.truncate(cut);
+        text.truncate(cut);
     }
-    (kind, detail)
+    text
 }
 
 /// The words for a TLS failure (issue 5: expired, unknown issuer, name mismatch).
@@ -641,6 +722,15 @@ fn tls_reason(error: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(
             C::NotValidForName | C::NotValidForNameContext { .. },
         ) => "certificate not valid for this host name".to_owned(),
+        // webpki's own error type arrives wrapped in `Other` and is not re-exported by
+        // rustls, so this one case is recognised by its name.
+        rustls::Error::InvalidCertificate(C::Other(other))
+            if other.to_string().contains("CaUsedAsEndEntity") =>
+        {
+            "the receiver presents a CA certificate as its own (self-signed); give it a certificate signed by a CA, and that CA with --extra-ca-file".to_owned()
+        }
+        rustls::Error::InvalidCertificate(C::BadSignature) => "bad certificate signature".to_owned(),
+        rustls::Error::InvalidCertificate(C::Revoked) => "certificate revoked".to_owned(),
         other => other.to_string(),
     }
 }
@@ -669,7 +759,7 @@ mod tests {
         assert_eq!(parse_retry_after("-5", now), None);
         assert_eq!(
             parse_retry_after("99999999999999999999999", now),
-            Some(Duration::from_secs(u64::MAX))
+            Some(crate::retry::MAX_DELAY)
         );
     }
 

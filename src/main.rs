@@ -28,6 +28,13 @@ fn main() -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
+                if args.json {
+                    // Scripts read stdout: the failure is JSON there too.
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                    );
+                }
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }

@@ -324,7 +324,9 @@ impl WebhookChanges {
             webhook.secret = secret;
             webhook.previous_secret = None;
         }
-        if let Some((secret, until_ms)) = self.rotate {
+        // Rotating to the secret already current is a retried call: it changes nothing, so
+        // the previous secret keeps signing until its own expiry.
+        if let Some((secret, until_ms)) = self.rotate.filter(|(s, _)| *s != webhook.secret) {
             let old = std::mem::replace(&mut webhook.secret, secret);
             webhook.previous_secret = (until_ms > now_ms).then_some(PreviousSecret {
                 secret: old,

@@ -43,6 +43,9 @@ const OVERFLOW_POSTPONE_MS: u64 = 30_000;
 /// held backlog costs one write per delivery per 10 minutes; reactivation brings the held
 /// deliveries back at once ([`Scheduler::webhook_reactivated`]).
 const INACTIVE_POSTPONE_MS: u64 = 600_000;
+/// Most held deliveries remembered per inactive webhook (16 bytes each); beyond, they go
+/// within 10 minutes of reactivation.
+const MAX_HELD_PER_WEBHOOK: usize = 100_000;
 
 /// How long a manual attempt (redelivery, test) waits for a free in-flight slot of its
 /// webhook and of the process before giving up with [`AttemptNowError::Busy`] (5 s).
@@ -50,6 +53,10 @@ pub const MANUAL_SLOT_WAIT: Duration = Duration::from_secs(5);
 
 /// An attempt that takes longer than this (1 s) marks its webhook as not proven fast.
 const SLOW_ATTEMPT_MS: u64 = 1_000;
+
+/// In-flight slots reserved for one manual attempt ([`Scheduler::reserve_slots`]); released
+/// when dropped.
+pub struct Slots(Permits);
 
 /// The in-flight permits of one attempt, released when dropped: its webhook's, the webhook's
 /// single-file gate while the webhook is not proven fast, and the global one.
@@ -186,6 +193,10 @@ struct Inner {
     in_flight: Mutex<HashSet<DeliveryId>>,
     global: Arc<Semaphore>,
     per_webhook: Mutex<HashMap<WebhookId, Arc<Lane>>>,
+    /// Deliveries postponed because their webhook is inactive, with the time they were moved
+    /// to, by webhook (at most [`MAX_HELD_PER_WEBHOOK`] each): reactivation brings exactly
+    /// these back.
+    held: Mutex<HashMap<WebhookId, Vec<(DeliveryId, u64)>>>,
     /// Lanes holding parked deliveries.
     parked_lanes: Mutex<HashSet<WebhookId>>,
     /// Parked deliveries in all lanes; they count toward the wheel's capacity.
@@ -248,6 +259,7 @@ impl Scheduler {
                 in_flight: Mutex::new(HashSet::new()),
                 global,
                 per_webhook: Mutex::new(HashMap::new()),
+                held: Mutex::new(HashMap::new()),
                 parked_lanes: Mutex::new(HashSet::new()),
                 parked_total: std::sync::atomic::AtomicUsize::new(0),
                 tracker,
@@ -369,22 +381,34 @@ impl Scheduler {
         self.inner.wake.notify_one();
     }
 
-    /// Tells the scheduler that a webhook went from inactive to active: the deliveries held
-    /// back meanwhile (postponed by at most 10 minutes each time) are made due now.
+    /// Tells the scheduler that a webhook went from inactive to active: the deliveries this
+    /// process held back meanwhile (postponed 10 minutes at a time) are made due now, unless
+    /// they were rescheduled since. Deliveries due later by their own schedule stay so; ones
+    /// held before a restart go within 10 minutes.
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; they are then attempted within 10 minutes.
     pub async fn webhook_reactivated(&self, id: WebhookId) -> Result<usize, StoreError> {
         let now = clock::now_ms();
-        let moved = blocking(&self.inner.store, move |s| {
-            s.resume_held(id, now, now + INACTIVE_POSTPONE_MS)
-        })
-        .await?;
+        let held = lock(&self.inner.held).remove(&id).unwrap_or_default();
+        if held.is_empty() {
+            self.webhook_changed(id);
+            return Ok(0);
+        }
+        let moved = blocking(&self.inner.store, move |s| s.resume_held(&held, now)).await?;
         for delivery in &moved {
             self.inner.hint(now, *delivery);
         }
         self.webhook_changed(id);
         Ok(moved.len())
+    }
+
+    /// Tells the scheduler that a webhook was deleted (after the commit): as
+    /// [`Scheduler::webhook_changed`], and what it remembered of the webhook's held
+    /// deliveries is dropped.
+    pub fn webhook_deleted(&self, id: WebhookId) {
+        lock(&self.inner.held).remove(&id);
+        self.webhook_changed(id);
     }
 
     /// Tells the scheduler that `id` was (re)scheduled at `due_ms` by a committed write.
@@ -395,52 +419,85 @@ impl Scheduler {
 
     /// Makes one manual attempt of a delivery now (spec: "re-déclencher manuellement une
     /// livraison"), logs it with trigger `manual`, and returns it with the updated delivery.
+    /// It first takes its webhook's in-flight slots like any attempt, waiting up to
+    /// [`MANUAL_SLOT_WAIT`], then reads the delivery and its webhook afresh, so a change or
+    /// deletion made while it waited is honoured.
     ///
     /// # Errors
-    /// [`AttemptNowError`]: already in flight (409), not found, webhook gone/inactive, store.
+    /// [`AttemptNowError`]: already in flight (409), not found, webhook gone/inactive, no
+    /// free slot in time (`Busy`), store.
     pub async fn redeliver(&self, id: DeliveryId) -> Result<(Delivery, Attempt), AttemptNowError> {
-        self.attempt_claimed(id, Trigger::Manual).await
+        self.check_writable()?;
+        // A manual attempt is never rechecked by the scheduler, so its index time is moot.
+        let claim = self.inner.claim(id, 0).ok_or(AttemptNowError::InFlight)?;
+        let webhook = blocking(&self.inner.store, move |s| s.attempt_context(id))
+            .await?
+            .ok_or(AttemptNowError::NotFound)?
+            .delivery
+            .webhook_id;
+        let slots = self.reserve_slots(webhook).await?;
+        self.attempt_with(claim, slots, Trigger::Manual).await
     }
 
-    /// Makes the first attempt of a just-accepted delivery now, as a scheduled attempt (used
-    /// by the test-delivery endpoint). The delivery's index entry must be a lease far enough
-    /// ahead that the loader does not fire it meanwhile; it is moved when the attempt is logged.
+    /// Takes one in-flight slot of `webhook` (its own, its single-file gate while it is not
+    /// proven fast, and a global one), waiting up to [`MANUAL_SLOT_WAIT`]: manual attempts
+    /// obey the same limits as scheduled ones, so a person clicking "redeliver" on a hundred
+    /// deliveries of a hanging endpoint holds its one slot, not a hundred. The test endpoint
+    /// reserves before it writes anything.
     ///
     /// # Errors
-    /// As [`Scheduler::redeliver`].
+    /// [`AttemptNowError::Busy`] when no slot freed in time or the daemon is stopping.
+    pub async fn reserve_slots(&self, webhook: WebhookId) -> Result<Slots, AttemptNowError> {
+        let lane = self.inner.lane(webhook);
+        tokio::select! {
+            permits = tokio::time::timeout(MANUAL_SLOT_WAIT, self.inner.wait_for_slots(&lane)) => {
+                permits.ok().flatten().map(Slots).ok_or(AttemptNowError::Busy)
+            }
+            () = self.inner.shutdown.cancelled() => Err(AttemptNowError::Busy),
+        }
+    }
+
+    /// Makes the first attempt of a just-accepted delivery now, as a scheduled attempt, in
+    /// `slots` reserved before the delivery was written (the test-delivery endpoint). The
+    /// delivery's index entry must be a lease far enough ahead that the loader does not fire
+    /// it meanwhile; it is moved when the attempt is logged.
+    ///
+    /// # Errors
+    /// As [`Scheduler::redeliver`], but never `Busy`.
     pub async fn attempt_now(
         &self,
         id: DeliveryId,
+        slots: Slots,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
-        self.attempt_claimed(id, Trigger::Scheduled).await
+        self.check_writable()?;
+        let claim = self.inner.claim(id, 0).ok_or(AttemptNowError::InFlight)?;
+        self.attempt_with(claim, slots, Trigger::Scheduled).await
     }
 
-    async fn attempt_claimed(
+    fn check_writable(&self) -> Result<(), AttemptNowError> {
+        if self.inner.store.is_writable() {
+            Ok(())
+        } else {
+            Err(AttemptNowError::Store(StoreError::CommitFailed(
+                "the store cannot log attempts now (disk full or I/O error)".into(),
+            )))
+        }
+    }
+
+    /// Reads the claimed delivery and its webhook now (after any wait for slots) and makes
+    /// the attempt.
+    async fn attempt_with(
         &self,
-        id: DeliveryId,
+        claim: Claim,
+        slots: Slots,
         trigger: Trigger,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
-        if !self.inner.store.is_writable() {
-            return Err(AttemptNowError::Store(StoreError::CommitFailed(
-                "the store cannot log attempts now (disk full or I/O error)".into(),
-            )));
-        }
-        // A manual attempt is never rechecked by the scheduler, so its index time is moot.
-        let claim = self.inner.claim(id, 0).ok_or(AttemptNowError::InFlight)?;
+        let id = claim.id;
         let context = blocking(&self.inner.store, move |s| s.attempt_context(id))
             .await?
             .ok_or(AttemptNowError::NotFound)?;
-        // The same in-flight limits as scheduled attempts: a person clicking "redeliver" on
-        // a hundred deliveries of a hanging endpoint holds its one slot, not a hundred.
-        let lane = self.inner.lane(context.delivery.webhook_id);
-        let permits = tokio::select! {
-            permits = tokio::time::timeout(MANUAL_SLOT_WAIT, self.inner.wait_for_slots(&lane)) => {
-                permits.ok().flatten().ok_or(AttemptNowError::Busy)?
-            }
-            () = self.inner.shutdown.cancelled() => return Err(AttemptNowError::Busy),
-        };
         Arc::clone(&self.inner)
-            .attempt(claim, Some(permits), context, trigger)
+            .attempt(claim, Some(slots.0), context, trigger)
             .await
     }
 
@@ -649,12 +706,18 @@ impl Inner {
         }
         // A deleted webhook's deliveries were cancelled in the same commit as the deletion.
         if !context.webhook.as_ref()?.active {
-            let postponed = blocking(&self.store, move |s| {
-                s.postpone(id, now, now + INACTIVE_POSTPONE_MS)
-            })
-            .await;
+            let delivery_webhook = delivery.webhook_id;
+            let until = now + INACTIVE_POSTPONE_MS;
+            let postponed = blocking(&self.store, move |s| s.postpone(id, now, until)).await;
             match postponed {
-                Ok(true) => self.hint(now + INACTIVE_POSTPONE_MS, id),
+                Ok(true) => {
+                    self.hint(until, id);
+                    let mut held = lock(&self.held);
+                    let list = held.entry(delivery_webhook).or_default();
+                    if list.len() < MAX_HELD_PER_WEBHOOK {
+                        list.push((id, until));
+                    }
+                }
                 Ok(false) => {}
                 Err(_) => self.recheck(now + RECHECK_MS, id, index_due),
             }

@@ -30,7 +30,7 @@ pub const ADMIN_TOKEN_ENV: &str = "PALO_WEBHOOKS_ADMIN_TOKEN";
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The store could not be opened.
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {path}")]
     Store {
         /// The db file.
         path: String,
@@ -38,7 +38,7 @@ pub enum RunError {
         source: StoreError,
     },
     /// The admin token file could not be read or written.
-    #[error("admin token file {path}: {source}")]
+    #[error("admin token file {path}")]
     AdminToken {
         /// The token file.
         path: String,
@@ -48,6 +48,9 @@ pub enum RunError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// The secrets key file could not be used.
+    #[error(transparent)]
+    SecretsKey(crate::store::sealed::SealError),
     /// The delivery client's TLS roots could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::delivery::TlsSetupError),
@@ -105,16 +108,21 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let path = config.db_path.clone();
     let key = match &config.secrets_key_file {
-        Some(file) => Some(
-            crate::store::sealed::SecretsKey::from_file(file).map_err(|e| RunError::Store {
-                path: config.db_path.display().to_string(),
-                source: e.into(),
-            })?,
-        ),
+        Some(file) => {
+            Some(crate::store::sealed::SecretsKey::from_file(file).map_err(RunError::SecretsKey)?)
+        }
         None => None,
     };
-    if key.is_some() {
+    if let (Some(_), Some(file)) = (&key, &config.secrets_key_file) {
         tracing::info!("webhook secrets are sealed at rest with the secrets key file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file).map_or(0, |m| m.permissions().mode());
+            if mode & 0o077 != 0 {
+                tracing::warn!(file = %file.display(), mode = format!("{:o}", mode & 0o777), "the secrets key file is readable by other users; chmod 600 it");
+            }
+        }
     }
     let store = tokio::task::spawn_blocking(move || Store::open_with_secrets_key(&path, key))
         .await
@@ -257,6 +265,9 @@ pub struct ConnectionLimits {
 /// Smaller limits with JSON answers are checked in `api::guard`.
 const MAX_HEAD_BUFFER: usize = 256 * 1024;
 
+/// Most header fields hyper parses in one request (256); beyond, it answers a bare 431.
+const MAX_HEADER_FIELDS: usize = 256;
+
 /// Serves `app` over HTTP/1.1 on `listener` until `stop` is cancelled, then waits for the
 /// open connections to finish their requests (the caller bounds that wait). Each connection
 /// holds one of `limits.max_connections` slots; a client that sends its head slower than
@@ -279,6 +290,7 @@ pub async fn serve_api(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout)
         .max_buf_size(MAX_HEAD_BUFFER)
+        .max_headers(MAX_HEADER_FIELDS)
         .keep_alive(true);
     loop {
         let slot = tokio::select! {
@@ -288,9 +300,9 @@ pub async fn serve_api(
             },
             () = stop.cancelled() => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE/ENFILE and aborted handshakes: wait a moment rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -301,7 +313,10 @@ pub async fn serve_api(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(crate::api::guard::PeerAddr(peer))),
+        );
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -14,7 +14,7 @@ use crate::clock;
 use crate::event::{self, EventInput};
 use crate::ids::DeliveryId;
 use crate::model::{Attempt, Delivery, DeliveryStatus};
-use crate::scheduler::{AttemptNowError, MANUAL_SLOT_WAIT};
+use crate::scheduler::AttemptNowError;
 use crate::store::{blocking, AcceptOutcome, FanOut};
 
 /// Query of `GET /api/webhooks/{id}/deliveries`.
@@ -148,6 +148,12 @@ pub(super) async fn test_webhook(
     });
     let data = RawValue::from_string(data.to_string())
         .map_err(|_| ApiError::bad_json("internal test payload"))?;
+    // The slots first: a busy webhook answers 503 with nothing written.
+    let slots = state
+        .scheduler
+        .reserve_slots(webhook.id)
+        .await
+        .map_err(attempt_error)?;
     let now = clock::now_ms();
     let prepared = event::prepare(
         EventInput {
@@ -162,10 +168,8 @@ pub(super) async fn test_webhook(
     )?;
     // The first attempt runs in this request; the index entry is a lease past its timeout,
     // so the scheduler takes over only if this process dies before logging the attempt.
-    let lease = now
-        + u64::try_from((state.attempt_timeout + MANUAL_SLOT_WAIT).as_millis())
-            .unwrap_or(u64::MAX / 2)
-        + 5_000;
+    let lease =
+        now + u64::try_from(state.attempt_timeout.as_millis()).unwrap_or(u64::MAX / 2) + 5_000;
     let target = webhook.id;
     let outcome = state
         .store
@@ -184,7 +188,7 @@ pub(super) async fn test_webhook(
     state.scheduler.schedule_hint(lease, delivery.id);
     let (delivery, attempt) = state
         .scheduler
-        .attempt_now(delivery.id)
+        .attempt_now(delivery.id, slots)
         .await
         .map_err(attempt_error)?;
     Ok(Json(AttemptResultOut {

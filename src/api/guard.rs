@@ -2,11 +2,13 @@
 //! head and body, a deadline for reading the body, authentication, a per-key rate limit, and
 //! an audit line for every state-changing call.
 //!
-//! Owner's rule: handlers never read the socket themselves. [`read_request`] buffers the body
-//! under the API read timeout (so a client sending one byte a second is cut off with 408 at
-//! the deadline, whatever its pace), and [`authenticate`] resolves the [`Caller`] once, puts it
-//! in the request's extensions, and charges the caller's rate limit. The head's own deadline
-//! and the connection cap are the server's (`server::serve_api`).
+//! Owner's rule: handlers never read the socket themselves. In order: [`check_head`] (every
+//! route), [`authenticate`] (resolves the [`Caller`] once into the request's extensions and
+//! charges its rate limit; failed tokens are charged to the client's address), then
+//! [`read_body`] buffers the body under the API read timeout (so a client sending one byte a
+//! second gets 408 at the deadline, whatever its pace; a client without a valid token never
+//! gets a body buffered). The head's own deadline and the connection cap are the server's
+//! (`server::serve_api`).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -35,6 +37,10 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal(pub String);
 
+/// The client's address, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Requests per second allowed per principal, with bursts of as many.
 pub type RateLimiter = DefaultKeyedRateLimiter<String>;
 
@@ -43,14 +49,9 @@ pub fn rate_limiter(per_second: u32) -> Option<Arc<RateLimiter>> {
     NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::hashmap(Quota::per_second(n))))
 }
 
-/// Checks the head's size (414 over [`MAX_URI_BYTES`], 431 over [`MAX_HEADER_BYTES`]) and
-/// reads the whole body within the API read timeout (408 after it) and the body limit (413
-/// over it), so no handler waits on a slow client.
-pub(super) async fn read_request(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Checks the head's size: 414 over [`MAX_URI_BYTES`], 431 over [`MAX_HEADER_BYTES`]. Runs
+/// first, on every route.
+pub(super) async fn check_head(request: Request, next: Next) -> Response {
     if request.uri().to_string().len() > MAX_URI_BYTES {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
@@ -72,6 +73,17 @@ pub(super) async fn read_request(
         )
         .into_response();
     }
+    next.run(request).await
+}
+
+/// Reads the whole body within the API read timeout (408 after it) and the body limit (413
+/// over it), so no handler waits on a slow client. Runs after [`authenticate`], so a client
+/// without a valid token never gets a body buffered.
+pub(super) async fn read_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -136,18 +148,28 @@ pub(super) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let (caller, principal) = resolve(&state, &request)?;
+    let (caller, principal) = match resolve(&state, &request) {
+        Ok(found) => found,
+        Err(unauthorized) => {
+            // Failed tokens are charged to the client's address: past its budget they get
+            // 429 instead of 401, so guessing costs time. Valid keys never share it.
+            let peer = request
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or_else(|| "unknown".to_owned(), |p| p.0.ip().to_string());
+            tracing::info!(target: "audit", peer = %peer, path = %request.uri().path(), "rejected: missing or invalid token");
+            if let Some(limiter) = &state.rate_limiter {
+                if let Err(not_until) = limiter.check_key(&format!("peer:{peer}")) {
+                    return Err(rate_limited(&not_until));
+                }
+            }
+            return Err(unauthorized);
+        }
+    };
     if let Some(limiter) = &state.rate_limiter {
         if let Err(not_until) = limiter.check_key(&principal.0) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             tracing::debug!(principal = %principal.0, "rate limited");
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests for this key; retry after the delay in Retry-After",
-            )
-            .with_retry_after(seconds.max(1)));
+            return Err(rate_limited(&not_until));
         }
     }
     let method = request.method().clone();
@@ -165,6 +187,18 @@ pub(super) async fn authenticate(
         }
     }
     Ok(response)
+}
+
+/// 429 `rate_limited` with the seconds until the bucket has room again (at least 1).
+fn rate_limited(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> ApiError {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests; retry after the delay in Retry-After",
+    )
+    .with_retry_after(seconds.max(1))
 }
 
 fn resolve(state: &AppState, request: &Request) -> Result<(Caller, Principal), ApiError> {

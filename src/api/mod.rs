@@ -50,8 +50,8 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<guard::RateLimiter>>,
 }
 
-/// Builds the router with every route behind [`guard::authenticate`], the head and body
-/// limits of [`guard::read_request`], and JSON answers for unknown routes, wrong methods and
+/// Builds the router: every route behind [`guard::check_head`], the `/api` routes behind
+/// [`guard::authenticate`] then [`guard::read_body`], and JSON answers for unknown routes, wrong methods and
 /// panics.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.max_body_bytes;
@@ -84,6 +84,11 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{event_id}", get(events::get_event))
         .route("/deliveries/{id}", get(deliveries::get_delivery))
         .route("/deliveries/{id}/redeliver", post(deliveries::redeliver))
+        // Outermost last: authenticate, then read the body.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::read_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::authenticate,
@@ -94,10 +99,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::read_request,
-        ))
+        .layer(axum::middleware::from_fn(guard::check_head))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))

@@ -66,6 +66,18 @@ pub struct WebhookOut {
     /// The generated or rotated-in secret, shown once (creation, rotation).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub secret: Option<String>,
+    /// With `secret`: the same secret in the form Standard Webhooks libraries take,
+    /// `whsec_` + base64 of its UTF-8 bytes (see `signature::standard_secret`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub standard_webhooks_secret: Option<String>,
+}
+
+impl WebhookOut {
+    /// Shows `secret` in this answer, in both forms (creation and rotation only).
+    pub fn show_secret(&mut self, secret: &crate::model::Secret) {
+        self.secret = Some(secret.0.clone());
+        self.standard_webhooks_secret = Some(crate::signature::standard_secret(&secret.0));
+    }
 }
 
 impl From<&Webhook> for WebhookOut {
@@ -86,6 +98,7 @@ impl From<&Webhook> for WebhookOut {
                 .previous_secret_at(crate::clock::now_ms())
                 .map(|p| format_ms(p.expires_at_ms)),
             secret: None,
+            standard_webhooks_secret: None,
         }
     }
 }

@@ -191,7 +191,10 @@ pub(super) async fn create_webhook(
     let events = parse_events(&input.events)?;
     let (secret, generated) = match input.secret {
         Some(s) => (validate_secret(&s)?, false),
-        None => (Secret(format!("whsec_{}", random_hex(32))), true),
+        None => (
+            Secret(format!("{GENERATED_SECRET_PREFIX}{}", random_hex(32))),
+            true,
+        ),
     };
     let now = clock::now_ms();
     let webhook = Webhook {
@@ -211,7 +214,7 @@ pub(super) async fn create_webhook(
     tracing::info!(webhook = %webhook.id, organization = %webhook.organization_id, "webhook created");
     let mut out = WebhookOut::from(&webhook);
     if generated {
-        out.secret = Some(webhook.secret.0);
+        out.show_secret(&webhook.secret);
     }
     Ok((StatusCode::CREATED, Json(out)))
 }
@@ -305,6 +308,11 @@ pub(super) async fn update_webhook(
     Ok(Json(WebhookOut::from(&updated)))
 }
 
+/// The prefix of generated secrets. Not `whsec_`: Standard Webhooks libraries read a
+/// `whsec_` secret as base64, while our secret is used as its UTF-8 bytes (the spec's
+/// `verify_signature`); the answer gives the library form as `standard_webhooks_secret`.
+const GENERATED_SECRET_PREFIX: &str = "pwsec_";
+
 /// Default overlap of a rotation (24 h) and its maximum (7 d).
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -319,18 +327,20 @@ pub(super) async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<WebhookOut>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
-    // Both fields are optional, so an empty body is an empty object.
+    // Both fields are optional, so an empty body is an empty object; a body must be JSON.
     let input: RotateSecretIn = if body.iter().all(u8::is_ascii_whitespace) {
         RotateSecretIn::default()
     } else {
+        super::extract::require_json_content_type(&headers)?;
         super::extract::parse_json(&body)?
     };
     let secret = match input.secret {
         Some(s) => validate_secret(&s)?,
-        None => Secret(format!("whsec_{}", random_hex(32))),
+        None => Secret(format!("{GENERATED_SECRET_PREFIX}{}", random_hex(32))),
     };
     let grace = match input.grace {
         None => DEFAULT_GRACE,
@@ -353,7 +363,7 @@ pub(super) async fn rotate_secret(
     state.scheduler.webhook_changed(id);
     tracing::info!(webhook = %id, grace_s = grace.as_secs(), "webhook secret rotated");
     let mut out = WebhookOut::from(&updated);
-    out.secret = Some(secret.0);
+    out.show_secret(&secret);
     Ok(Json(out))
 }
 
@@ -368,7 +378,7 @@ pub(super) async fn delete_webhook(
     let cancelled = blocking(&state.store, move |s| s.delete_webhook(id, clock::now_ms()))
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    state.scheduler.webhook_changed(id);
+    state.scheduler.webhook_deleted(id);
     tracing::info!(webhook = %id, cancelled = cancelled.len(), "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -210,6 +210,18 @@ impl Store {
         check_snapshot(&db.begin_read()?)
     }
 
+    /// Recovers a file that was not closed cleanly (redb's repair, as at every daemon start)
+    /// and closes it again, touching nothing else: no layout write, no key needed for
+    /// sealed secrets. For `palo-webhooks check` after a crash.
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] while a daemon has the file open; [`StoreError::Backend`] when
+    /// redb cannot repair it.
+    pub fn recover_file(path: &std::path::Path) -> Result<(), StoreError> {
+        drop(redb::Database::open(path)?);
+        Ok(())
+    }
+
     /// The start-up form of [`Store::check`]: compares table lengths only (no scan).
     /// Returns the disagreements in words; empty when consistent.
     ///

@@ -625,41 +625,29 @@ impl Store {
         })
     }
 
-    /// After a webhook is reactivated: its pending deliveries due at or before `until_ms`
-    /// (those held back while it was inactive, see the scheduler) are made due at `now_ms`.
-    /// Returns them, for the scheduler's hints. Scans the webhook's deliveries in one
-    /// transaction.
+    /// After a webhook is reactivated: each `(delivery, held_until)` the scheduler postponed
+    /// while it was inactive is made due at `now_ms`, if it is still due exactly then (not
+    /// attempted or rescheduled since). Returns the moved ones, for the scheduler's hints.
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn resume_held(
         &self,
-        webhook: WebhookId,
+        held: &[(DeliveryId, u64)],
         now_ms: u64,
-        until_ms: u64,
     ) -> Result<Vec<DeliveryId>, StoreError> {
+        let held = held.to_vec();
         self.write(move |txn| {
-            let ids: Vec<DeliveryId> = txn
-                .open_table(WEBHOOK_DELIVERIES)?
-                .range((webhook.0, 0)..=(webhook.0, u128::MAX))?
-                .map(|row| row.map(|(k, _)| DeliveryId(k.value().1)))
-                .collect::<Result<_, _>>()?;
             let mut table = txn.open_table(DELIVERIES)?;
             let mut moved = Vec::new();
-            for id in ids {
+            for (id, until) in held {
                 let Some(mut delivery) = load_delivery(&table, id)? else {
                     continue;
                 };
-                let Some(due) = delivery
-                    .next_attempt_at_ms
-                    .filter(|due| *due > now_ms && *due <= until_ms)
-                else {
-                    continue;
-                };
-                if delivery.status.is_final() {
+                if delivery.status.is_final() || delivery.next_attempt_at_ms != Some(until) {
                     continue;
                 }
-                move_index_entry(txn, id, Some(due), Some(now_ms))?;
+                move_index_entry(txn, id, Some(until), Some(now_ms))?;
                 delivery.next_attempt_at_ms = Some(now_ms);
                 table.insert(
                     id.0,

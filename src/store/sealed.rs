@@ -34,7 +34,7 @@ impl std::fmt::Debug for SecretsKey {
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     /// The key file could not be read.
-    #[error("cannot read the secrets key file {path}: {source}")]
+    #[error("cannot read the secrets key file {path}")]
     Read {
         /// The file.
         path: String,

@@ -42,7 +42,7 @@ async fn cli_manages_webhooks_sends_events_and_redelivers() {
     assert_eq!(code, 0, "{err}");
     let webhook: Value = serde_json::from_str(&out).unwrap();
     let id = webhook["id"].as_str().unwrap().to_owned();
-    assert!(webhook["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert!(webhook["secret"].as_str().unwrap().starts_with("pwsec_"));
 
     let (code, out, _) = cli(&daemon, &["webhooks", "list"]);
     assert_eq!(code, 0);
@@ -181,4 +181,28 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Output piped into a reader that goes away (`| head -1`) ends the command quietly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_ends_the_command_without_a_panic() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    for i in 0..30 {
+        daemon
+            .create_webhook("org_a", &format!("http://127.0.0.1:9/h{i}"), &["*"])
+            .await;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(["webhooks", "list", "--limit", "30"])
+        .env("PALO_WEBHOOKS_URL", format!("http://{}", daemon.addr))
+        .env("PALO_WEBHOOKS_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
 }

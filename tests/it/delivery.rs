@@ -636,4 +636,89 @@ async fn a_redelivery_waits_for_the_webhooks_slot_then_answers_busy() {
         delivery["attempt_count"], 1,
         "nothing was logged: {delivery}"
     );
+    // A test event finds the slot taken too: 503, and nothing is written.
+    let webhook = delivery["webhook_id"].as_str().unwrap().to_owned();
+    let (status, body) = daemon
+        .call("POST", &format!("/api/webhooks/{webhook}/test"), None)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let (_, page) = daemon
+        .call("GET", &format!("/api/webhooks/{webhook}/deliveries"), None)
+        .await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2, "{page}");
+}
+
+/// A redelivery that waited for a slot reads its webhook afresh: a URL changed meanwhile is
+/// where it goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_that_waited_goes_to_the_webhooks_current_url() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--attempt-timeout",
+        "2s",
+        "--max-in-flight-per-webhook",
+        "1",
+    ]);
+    let old = Receiver::start(Behaviour::Status(500)).await;
+    let delivery = daemon
+        .after_first_attempt(&old.url, spec_events().remove(0))
+        .await;
+    let failed = delivery["id"].as_str().unwrap().to_owned();
+    let webhook = delivery["webhook_id"].as_str().unwrap().to_owned();
+    old.set(Behaviour::Hang);
+    daemon
+        .call("POST", "/api/events", Some(spec_events().remove(1)))
+        .await;
+    old.wait_for(2, Duration::from_secs(10)).await;
+    let new = Receiver::start(Behaviour::Status(200)).await;
+    let path = format!("/api/deliveries/{failed}/redeliver");
+    let (redelivered, patched) = tokio::join!(daemon.call("POST", &path, None), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        daemon
+            .call(
+                "PATCH",
+                &format!("/api/webhooks/{webhook}"),
+                Some(json!({"url": new.url})),
+            )
+            .await
+    });
+    assert_eq!(patched.0, 200);
+    assert_eq!(redelivered.0, 200, "{}", redelivered.1);
+    assert_eq!(redelivered.1["attempt"]["status_code"], 200);
+    assert_eq!(
+        new.received().len(),
+        1,
+        "the waiting redelivery used the new URL"
+    );
+    assert_eq!(old.received().len(), 2);
+}
+
+/// Turning a webhook off and on again does not pull its scheduled retries forward.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_off_and_on_toggle_keeps_the_retry_schedule() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let delivery = daemon
+        .after_first_attempt(&receiver.url, spec_events().remove(0))
+        .await;
+    let path = format!("/api/webhooks/{}", delivery["webhook_id"].as_str().unwrap());
+    for active in [false, true] {
+        let (status, _) = daemon
+            .call("PATCH", &path, Some(json!({"active": active})))
+            .await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, after) = daemon
+        .call(
+            "GET",
+            &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(after["attempt_count"], 1, "{after}");
+    assert_eq!(after["next_attempt_at"], delivery["next_attempt_at"]);
+    assert_eq!(receiver.received().len(), 1);
 }

@@ -59,6 +59,25 @@ async fn a_slowloris_client_is_cut_off_and_others_are_served() {
     );
 }
 
+/// Without a valid token, a body is never read: a 1 MiB upload announced by a client with a
+/// wrong token is answered 401 at once, before any of it arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_is_not_read_before_the_token_is_checked() {
+    let daemon = support::start(&["--allow-http", "--api-read-timeout", "5s"]);
+    let mut stream = TcpStream::connect(daemon.addr).await.unwrap();
+    let head = "POST /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Type: application/json\r\nContent-Length: 1048000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
 /// A client that sends its head but trickles its body gets 408 at the read timeout.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trickled_body_gets_408_at_the_read_timeout() {
@@ -185,6 +204,19 @@ async fn each_key_is_rate_limited_with_retry_after() {
         .parse()
         .unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // Failed tokens are charged to the client's address, not to any key: past the budget,
+    // guessing gets 429 instead of 401.
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        let (status, _, _) = daemon
+            .request_with_headers("GET", "/api/webhooks", &format!("pwk_guess_{i}"))
+            .await;
+        codes.push(status);
+    }
+    assert!(codes.contains(&401) && codes.contains(&429), "{codes:?}");
+    assert!(daemon
+        .log_text()
+        .contains("rejected: missing or invalid token"));
     // The admin token has its own budget (the key's calls above did not spend it).
     let (status, _) = daemon.call("GET", "/api/webhooks", None).await;
     assert_eq!(status, 200);

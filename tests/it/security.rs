@@ -155,6 +155,31 @@ async fn secret_rotation_signs_with_both_secrets_during_the_grace_period_only() 
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["secret"], NEW, "the new secret is shown this once");
     assert!(out["previous_secret_expires_at"].is_string(), "{out}");
+    assert!(
+        out["standard_webhooks_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_"),
+        "{out}"
+    );
+    // A retried rotation to the same secret changes nothing: the old one keeps signing.
+    let (status, again) = rotate(json!({"secret": NEW, "grace": "1h"})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["previous_secret_expires_at"], out["previous_secret_expires_at"],
+        "{again}"
+    );
+    // A body must be sent as JSON.
+    let (status, _) = daemon
+        .raw(
+            "POST",
+            &format!("/api/webhooks/{id}/rotate-secret"),
+            Some(support::ADMIN_TOKEN),
+            Some("text/plain"),
+            br#"{"secret":"plain_text_secret_0123456789abcdefgh"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(status, 415);
     let (_, shown) = daemon
         .call("GET", &format!("/api/webhooks/{id}"), None)
         .await;
@@ -201,7 +226,7 @@ async fn secret_rotation_signs_with_both_secrets_during_the_grace_period_only() 
         )
         .await;
     assert_eq!(status, 200, "{out}");
-    assert!(out["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert!(out["secret"].as_str().unwrap().starts_with("pwsec_"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,6 +435,11 @@ async fn secrets_are_sealed_at_rest_with_the_key_file() {
     // Without the key, or with another one, the daemon refuses the file, saying why.
     let stderr = refused_start(&db, &[]);
     assert!(stderr.contains("--secrets-key-file"), "{stderr}");
+    assert_eq!(
+        stderr.matches("encrypted").count(),
+        1,
+        "the reason is said once: {stderr}"
+    );
     let other = keys.path().join("other.key");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
     let stderr = refused_start(&db, &["--secrets-key-file", other.to_str().unwrap()]);
@@ -418,6 +448,14 @@ async fn secrets_are_sealed_at_rest_with_the_key_file() {
         !stderr.contains(&"ab".repeat(32)),
         "the key is never printed"
     );
+
+    // `check` needs no key, even on a sealed file left by kill -9.
+    let mut crashed = support::start_in(&daemon.dir, &flags);
+    crashed.kill9();
+    let (ok, report) = support::check(&daemon.dir);
+    assert!(ok, "{report}");
+    assert!(report.contains("not closed cleanly"), "{report}");
+    drop(crashed);
 
     // A db written without a key has its secrets sealed at the first start with one.
     let mut plain = support::start(&["--allow-http", "--retry-schedule", "1h"]);

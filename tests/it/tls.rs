@@ -208,7 +208,24 @@ fn an_unusable_extra_ca_file_stops_the_daemon_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").unwrap();
-    for file in [dir.path().join("missing.pem"), empty] {
+    // A leaf (CA:FALSE) as a trust anchor would let its key vouch for any name; a file with
+    // a private key is a mistake too.
+    let ca = test_ca();
+    let key = KeyPair::generate().unwrap();
+    let leaf_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let leaf = dir.path().join("leaf.pem");
+    std::fs::write(&leaf, leaf_cert.pem()).unwrap();
+    let with_key = dir.path().join("with-key.pem");
+    std::fs::write(&with_key, format!("{}{}", ca.pem(), key.serialize_pem())).unwrap();
+    for (file, reason) in [
+        (dir.path().join("missing.pem"), "extra CA file"),
+        (empty, "no PEM certificate"),
+        (leaf, "not a CA certificate"),
+        (with_key, "private key"),
+    ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
             .args([
                 "serve",
@@ -225,5 +242,75 @@ fn an_unusable_extra_ca_file_stops_the_daemon_at_start() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{stderr}");
         assert!(stderr.contains("extra CA file"), "{stderr}");
+        assert!(stderr.contains(reason), "{reason}: {stderr}");
     }
+}
+
+/// A receiver that answers 200 without Content-Length and ends the body by closing the
+/// connection without a TLS close_notify (as Python's http.server over ssl does) has
+/// received the delivery: the attempt succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_delimited_answer_without_close_notify_is_a_success() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca = test_ca();
+    let (cert, key) = leaf(&ca, &["127.0.0.1"], false);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(0usize));
+    let count = Arc::clone(&got);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = tls.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            *count.lock().unwrap() += 1;
+            let _ = tls
+                .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthanks")
+                .await;
+            let _ = tls.flush().await;
+            // Close the TCP connection under TLS: no close_notify.
+            let (tcp, _) = tls.into_inner();
+            drop(tcp);
+        }
+    });
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca.pem()).unwrap();
+    let daemon = support::start(&[
+        "--retry-schedule",
+        "1h",
+        "--extra-ca-file",
+        ca_file.path().to_str().unwrap(),
+    ]);
+    let delivery = daemon.after_first_attempt(&url, event("evt_eof_1")).await;
+    assert_eq!(delivery["status"], "succeeded", "{delivery}");
+    assert_eq!(delivery["attempts"][0]["response_body"], "thanks");
+    assert_eq!(*got.lock().unwrap(), 1);
 }
