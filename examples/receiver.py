@@ -7,6 +7,9 @@ verify the HMAC signature before anything else, answer 200 at once, deduplicate 
 
     PALO_WEBHOOK_SECRET=<the webhook's secret> python3 examples/receiver.py --port 9000
 
+During a secret rotation, give both secrets, comma-separated (`--secret new,old`): a
+signature that verifies with either is accepted (README, "Secret rotation with overlap").
+
 Prints one line per request: `verified`, `duplicate` or `rejected`, then the event.
 """
 
@@ -31,13 +34,13 @@ SEEN_LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
-    secret = ""
+    secrets = []  # the current secret, and the previous one during a rotation
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
         payload = self.rfile.read(length)
         signature = self.headers.get("X-Palo-Signature", "")
-        if not verify_signature(payload, signature, self.secret):
+        if not any(verify_signature(payload, signature, s) for s in self.secrets):
             self.answer(401)
             print("rejected: bad signature", flush=True)
             return
@@ -68,11 +71,11 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=9000, help="port on 127.0.0.1 (0 picks a free one)")
-    parser.add_argument("--secret", default=os.environ.get("PALO_WEBHOOK_SECRET"), help="the webhook's secret (or PALO_WEBHOOK_SECRET)")
+    parser.add_argument("--secret", default=os.environ.get("PALO_WEBHOOK_SECRET"), help="the webhook's secret, or several comma-separated during a rotation (or PALO_WEBHOOK_SECRET)")
     args = parser.parse_args()
     if not args.secret:
         sys.exit("set PALO_WEBHOOK_SECRET (or --secret) to the webhook's secret")
-    Handler.secret = args.secret
+    Handler.secrets = [s for s in args.secret.split(",") if s]
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"receiver listening on http://127.0.0.1:{server.server_address[1]}/webhook", flush=True)
     try:

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// the db (XChaCha20-Poly1305); keep it outside the db's directory [default: none].
     #[arg(long, env = "PALO_WEBHOOKS_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    /// To replace the secrets key: the old key file. Secrets sealed with it are sealed with
+    /// `--secrets-key-file` at start; afterwards it is no longer needed [default: none].
+    #[arg(long, env = "PALO_WEBHOOKS_PREVIOUS_SECRETS_KEY_FILE")]
+    pub previous_secrets_key_file: Option<PathBuf>,
 }
 
 /// The config file's keys; all optional.
@@ -118,6 +122,7 @@ struct FileConfig {
     extra_ca_file: Option<PathBuf>,
     tls_system_roots: Option<bool>,
     secrets_key_file: Option<PathBuf>,
+    previous_secrets_key_file: Option<PathBuf>,
 }
 
 /// Validated daemon settings.
@@ -159,6 +164,8 @@ pub struct Config {
     pub tls_system_roots: bool,
     /// Key file encrypting webhook secrets at rest.
     pub secrets_key_file: Option<PathBuf>,
+    /// The key file being replaced: its secrets are resealed with `secrets_key_file`.
+    pub previous_secrets_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -182,6 +189,7 @@ impl Default for Config {
             extra_ca_file: None,
             tls_system_roots: false,
             secrets_key_file: None,
+            previous_secrets_key_file: None,
         }
     }
 }
@@ -270,6 +278,15 @@ impl ServeArgs {
             Some(text) => duration("api_read_timeout", &text)?,
             None => defaults.api_read_timeout,
         };
+        if (self.previous_secrets_key_file.is_some() || file.previous_secrets_key_file.is_some())
+            && self.secrets_key_file.is_none()
+            && file.secrets_key_file.is_none()
+        {
+            return Err(ConfigError::Value {
+                key: "previous_secrets_key_file",
+                message: "needs secrets_key_file, the key that replaces it".into(),
+            });
+        }
         let networks = if self.allow_network.is_empty() {
             file.allow_network.unwrap_or_default()
         } else {
@@ -333,6 +350,9 @@ impl ServeArgs {
                 .or(file.tls_system_roots)
                 .unwrap_or(defaults.tls_system_roots),
             secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
+            previous_secrets_key_file: self
+                .previous_secrets_key_file
+                .or(file.previous_secrets_key_file),
         })
     }
 }
@@ -441,7 +461,11 @@ mod tests {
         assert_eq!(config.max_connections, defaults.max_connections);
         assert_eq!(config.rate_limit, defaults.rate_limit);
         assert_eq!(config.tls_system_roots, defaults.tls_system_roots);
-        assert!(file.extra_ca_file.is_none() && file.secrets_key_file.is_none());
+        assert!(
+            file.extra_ca_file.is_none()
+                && file.secrets_key_file.is_none()
+                && file.previous_secrets_key_file.is_none()
+        );
     }
 
     #[test]

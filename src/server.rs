@@ -124,16 +124,23 @@ pub async fn run(
             }
         }
     }
-    let store = tokio::task::spawn_blocking(move || Store::open_with_secrets_key(&path, key))
-        .await
-        .map_err(|_| RunError::Store {
-            path: config.db_path.display().to_string(),
-            source: StoreError::Interrupted,
-        })?
-        .map_err(|source| RunError::Store {
-            path: config.db_path.display().to_string(),
-            source,
-        })?;
+    let previous = match &config.previous_secrets_key_file {
+        Some(file) => {
+            Some(crate::store::sealed::SecretsKey::from_file(file).map_err(RunError::SecretsKey)?)
+        }
+        None => None,
+    };
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_with_secrets_key(&path, key, previous))
+            .await
+            .map_err(|_| RunError::Store {
+                path: config.db_path.display().to_string(),
+                source: StoreError::Interrupted,
+            })?
+            .map_err(|source| RunError::Store {
+                path: config.db_path.display().to_string(),
+                source,
+            })?;
     let store = Arc::new(store);
     let stats_store = Arc::clone(&store);
     let pending = store.pending_count().unwrap_or(0);

@@ -138,20 +138,27 @@ impl Store {
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Store::with_slot(slot::Slot::open(path)?, None)
+        let store = Store::with_slot(slot::Slot::open(path)?, None)?;
+        store.reconcile_sealing(None)?;
+        Ok(store)
     }
 
     /// [`Store::open`] with webhook secrets sealed at rest under `key` (issue 5, item 6).
-    /// Secrets stored in plain text (written before a key was set) are sealed at once.
+    /// Secrets stored in plain text (written before a key was set) are sealed at once, and
+    /// so are secrets sealed with `previous` (a key being replaced), all in one transaction.
     ///
     /// # Errors
     /// As [`Store::open`]; [`StoreError::SecretsKeyRequired`] when the file holds sealed
-    /// secrets and `key` is `None`; [`StoreError::Sealed`] when they do not open with `key`.
+    /// secrets and `key` is `None`; [`StoreError::Sealed`] when one opens with neither
+    /// `key` nor `previous`.
     pub fn open_with_secrets_key(
         path: &Path,
         key: Option<sealed::SecretsKey>,
+        previous: Option<sealed::SecretsKey>,
     ) -> Result<Store, StoreError> {
-        Store::with_slot(slot::Slot::open(path)?, key)
+        let store = Store::with_slot(slot::Slot::open(path)?, key)?;
+        store.reconcile_sealing(previous)?;
+        Ok(store)
     }
 
     /// A store in memory (redb's in-memory backend), for fuzzing and tests: same tables,
@@ -205,13 +212,13 @@ impl Store {
         })?;
         let keys = store.list_api_keys()?;
         *store.keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();
-        store.reconcile_sealing()?;
         Ok(store)
     }
 
-    /// At open: with a key, every webhook secret must open with it, and plain ones are
-    /// sealed now (one transaction); without a key, no secret may be sealed.
-    fn reconcile_sealing(&self) -> Result<(), StoreError> {
+    /// At open: with a key, every webhook secret must open with it or with `previous`, and
+    /// plain ones and those of `previous` are sealed with it now (one transaction); without a
+    /// key, no secret may be sealed.
+    fn reconcile_sealing(&self, previous: Option<sealed::SecretsKey>) -> Result<(), StoreError> {
         let key = self.secrets_key.clone();
         let sealed = self.write(move |txn| {
             let mut table = txn.open_table(WEBHOOKS)?;
@@ -238,9 +245,15 @@ impl Store {
                     None if any_sealed => return Err(StoreError::SecretsKeyRequired),
                     None => {}
                     Some(key) => {
-                        let webhook = decode::<WebhookRecord>("webhooks", &bytes)?
-                            .into_domain(id, Some(key))?;
-                        if !all_sealed {
+                        let record = || decode::<WebhookRecord>("webhooks", &bytes);
+                        let (webhook, with_previous) = match record()?.into_domain(id, Some(key)) {
+                            Ok(webhook) => (webhook, false),
+                            Err(StoreError::Sealed(_)) if previous.is_some() => {
+                                (record()?.into_domain(id, previous.as_ref())?, true)
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        if !all_sealed || with_previous {
                             table.insert(
                                 id.0,
                                 encode(&WebhookRecord::from_domain(&webhook, Some(key))).as_slice(),
@@ -255,7 +268,7 @@ impl Store {
         if sealed > 0 {
             tracing::info!(
                 webhooks = sealed,
-                "sealed plain-text webhook secrets with the secrets key"
+                "sealed webhook secrets (plain, or of the previous key) with the secrets key"
             );
         }
         Ok(())

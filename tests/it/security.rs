@@ -449,8 +449,49 @@ async fn secrets_are_sealed_at_rest_with_the_key_file() {
         "the key is never printed"
     );
 
+    // Replacing the key: one start with the new key and the old one as previous reseals
+    // every secret; from then on the new key alone opens the file, the old one no longer.
+    let new_key = keys.path().join("new.key");
+    std::fs::write(&new_key, format!("{}\n", "cd".repeat(32))).unwrap();
+    let new_path = new_key.to_str().unwrap().to_owned();
+    let rekeyed = support::start_in(
+        &daemon.dir,
+        &[
+            "--allow-http",
+            "--secrets-key-file",
+            &new_path,
+            "--previous-secrets-key-file",
+            &key_path,
+        ],
+    );
+    assert!(
+        rekeyed.log_text().contains("previous key"),
+        "{}",
+        rekeyed.log_text()
+    );
+    drop(rekeyed);
+    let stderr = refused_start(&db, &["--secrets-key-file", &key_path]);
+    assert!(stderr.contains("does not open"), "{stderr}");
+    let after = support::start_in(
+        &daemon.dir,
+        &["--allow-http", "--secrets-key-file", &new_path],
+    );
+    let (status, _) = after
+        .call("POST", &format!("/api/webhooks/{webhook}/test"), None)
+        .await;
+    assert_eq!(status, 200);
+    let received = receiver.received();
+    assert!(support::python_verifies(
+        &received[received.len() - 1..],
+        ROTATED
+    ));
+    drop(after);
+
     // `check` needs no key, even on a sealed file left by kill -9.
-    let mut crashed = support::start_in(&daemon.dir, &flags);
+    let mut crashed = support::start_in(
+        &daemon.dir,
+        &["--allow-http", "--secrets-key-file", &new_path],
+    );
     crashed.kill9();
     let (ok, report) = support::check(&daemon.dir);
     assert!(ok, "{report}");
@@ -468,7 +509,7 @@ async fn secrets_are_sealed_at_rest_with_the_key_file() {
     assert!(
         sealed
             .log_text()
-            .contains("sealed plain-text webhook secrets"),
+            .contains("sealed webhook secrets (plain"),
         "{}",
         sealed.log_text()
     );
