@@ -507,9 +507,7 @@ async fn secrets_are_sealed_at_rest_with_the_key_file() {
     assert_eq!(plain.terminate(), Some(0));
     let sealed = support::start_in(&plain.dir, &flags);
     assert!(
-        sealed
-            .log_text()
-            .contains("sealed webhook secrets (plain"),
+        sealed.log_text().contains("sealed webhook secrets (plain"),
         "{}",
         sealed.log_text()
     );
