@@ -30,7 +30,8 @@ pub struct ServeArgs {
     /// TOML config file; packaging/config.toml lists every key with its default.
     #[arg(long, env = "PALO_WEBHOOKS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The redb database file [default: ./palo-webhooks.redb].
+    /// The redb database file [default: $STATE_DIRECTORY/palo-webhooks.redb under systemd,
+    /// else ./palo-webhooks.redb].
     #[arg(long, env = "PALO_WEBHOOKS_DB")]
     pub db: Option<PathBuf>,
     /// Address of the local API [default: 127.0.0.1:8080].
@@ -300,7 +301,12 @@ impl ServeArgs {
                 }
             })?);
         Ok(Config {
-            db_path: self.db.or(file.db).unwrap_or(defaults.db_path),
+            db_path: self.db.or(file.db).unwrap_or_else(|| {
+                // Under systemd (`StateDirectory=`), the db lives in the state directory.
+                std::env::var_os("STATE_DIRECTORY")
+                    .and_then(|dirs| std::env::split_paths(&dirs).next())
+                    .map_or(defaults.db_path, |dir| dir.join("palo-webhooks.redb"))
+            }),
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
             allow_http: self
                 .allow_http

@@ -203,6 +203,9 @@ struct Inner {
     parked_total: std::sync::atomic::AtomicUsize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Monotonic ms since `started` of the loop's last turn ([`Scheduler::since_last_turn`]).
+    last_turn_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 /// Handle to the scheduler. Cheap to clone.
@@ -264,6 +267,8 @@ impl Scheduler {
                 parked_total: std::sync::atomic::AtomicUsize::new(0),
                 tracker,
                 shutdown,
+                last_turn_ms: std::sync::atomic::AtomicU64::new(0),
+                started: std::time::Instant::now(),
             }),
         }
     }
@@ -276,6 +281,10 @@ impl Scheduler {
         let mut refill_failed = false;
         let mut paused = false;
         loop {
+            inner.last_turn_ms.store(
+                u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             // A failed commit (disk full, I/O error) pauses delivery: an attempt that cannot
             // be logged would only be sent again later. Probe every second; resume when the
             // store commits again (reopened if redb latched the error), without a restart.
@@ -499,6 +508,15 @@ impl Scheduler {
         Arc::clone(&self.inner)
             .attempt(claim, Some(slots.0), context, trigger)
             .await
+    }
+
+    /// How long ago the scheduler loop last turned, by the monotonic clock (since the
+    /// scheduler was created, if it never turned). It turns at least every second while
+    /// running, so a large value means it is stuck (the systemd watchdog is fed only while
+    /// it is small).
+    pub fn since_last_turn(&self) -> Duration {
+        let now = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(now.saturating_sub(self.inner.last_turn_ms.load(Ordering::Relaxed)))
     }
 
     /// Number of attempts in flight now.

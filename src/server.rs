@@ -201,6 +201,7 @@ pub async fn run(
     let app = api::router(state);
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!("listening on http://{addr}");
+    notify_systemd(&scheduler, &cancel);
     // One deadline bounds the whole drain: open HTTP requests first, then attempts in flight.
     let stopping_since = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
     let (stop, since) = (cancel.clone(), Arc::clone(&stopping_since));
@@ -256,6 +257,48 @@ pub async fn run(
         "stopped; group commit totals"
     );
     served.map_err(RunError::Serve)
+}
+
+/// Tells systemd (`Type=notify`) that the daemon is ready: the store is open, the scheduler
+/// runs and the listener is bound. With `WatchdogSec=`, feeds the watchdog at half its
+/// period, but only while the scheduler loop keeps turning, so a stuck scheduler gets the
+/// service restarted. Without `NOTIFY_SOCKET` (not under systemd) this does nothing.
+fn notify_systemd(scheduler: &Scheduler, cancel: &CancellationToken) {
+    use sd_notify::NotifyState;
+    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = std::time::Duration::from_micros(usec);
+    let (scheduler, cancel) = (scheduler.clone(), cancel.clone());
+    tracing::info!(
+        period_ms = period.as_millis(),
+        "feeding the systemd watchdog"
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period / 2);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => {
+                    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+                    return;
+                }
+            }
+            let age = scheduler.since_last_turn();
+            if age < period / 2 {
+                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+            } else {
+                tracing::error!(
+                    age_ms = age.as_millis(),
+                    "the scheduler loop is stuck; not feeding the watchdog"
+                );
+            }
+        }
+    });
 }
 
 /// Limits of the API's connections.

@@ -7,6 +7,7 @@ mod hardening;
 mod hostile;
 mod ingest;
 mod isolation;
+mod operations;
 mod recovery;
 mod security;
 mod support;
