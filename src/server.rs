@@ -198,6 +198,18 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         rate_limiter: api::guard::rate_limiter(config.rate_limit),
     };
+    if let Some(limiter) = state.rate_limiter.clone() {
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => api::guard::forget_idle(&limiter),
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     let app = api::router(state);
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!("listening on http://{addr}");

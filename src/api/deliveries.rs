@@ -148,12 +148,17 @@ pub(super) async fn test_webhook(
     });
     let data = RawValue::from_string(data.to_string())
         .map_err(|_| ApiError::bad_json("internal test payload"))?;
-    // The slots first: a busy webhook answers 503 with nothing written.
+    // The slots first: a busy webhook answers 503 with nothing written. The webhook is read
+    // again after the wait: deleted or deactivated meanwhile, nothing is written either.
     let slots = state
         .scheduler
         .reserve_slots(webhook.id)
         .await
         .map_err(attempt_error)?;
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    if !webhook.active {
+        return Err(attempt_error(AttemptNowError::WebhookUnavailable));
+    }
     let now = clock::now_ms();
     let prepared = event::prepare(
         EventInput {

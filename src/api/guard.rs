@@ -45,8 +45,16 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 pub type RateLimiter = DefaultKeyedRateLimiter<String>;
 
 /// The per-key limiter for `per_second` requests per second (`None` when 0: no limit).
+/// Call [`forget_idle`] now and then: it holds one entry per key and client address seen.
 pub fn rate_limiter(per_second: u32) -> Option<Arc<RateLimiter>> {
     NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::hashmap(Quota::per_second(n))))
+}
+
+/// Drops the limiter's entries whose budget is full again (keys and addresses not seen
+/// lately), so its memory follows the clients of the last second, not all clients ever.
+pub fn forget_idle(limiter: &RateLimiter) {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
 }
 
 /// Checks the head's size: 414 over [`MAX_URI_BYTES`], 431 over [`MAX_HEADER_BYTES`]. Runs
@@ -157,12 +165,16 @@ pub(super) async fn authenticate(
                 .extensions()
                 .get::<PeerAddr>()
                 .map_or_else(|| "unknown".to_owned(), |p| p.0.ip().to_string());
-            tracing::info!(target: "audit", peer = %peer, path = %request.uri().path(), "rejected: missing or invalid token");
+            let path = format!("/api{}", request.uri().path());
             if let Some(limiter) = &state.rate_limiter {
                 if let Err(not_until) = limiter.check_key(&format!("peer:{peer}")) {
+                    // Past the budget, rejections are not logged at info: a flood of bad
+                    // tokens cannot flood the log.
+                    tracing::debug!(target: "audit", peer = %peer, path, "rejected and rate limited");
                     return Err(rate_limited(&not_until));
                 }
             }
+            tracing::info!(target: "audit", peer = %peer, path, "rejected: missing or invalid token");
             return Err(unauthorized);
         }
     };

@@ -342,6 +342,12 @@ pub(super) async fn rotate_secret(
         Some(s) => validate_secret(&s)?,
         None => Secret(format!("{GENERATED_SECRET_PREFIX}{}", random_hex(32))),
     };
+    if secret == webhook.secret {
+        // A retried rotation: nothing changes, not even `updated_at`.
+        let mut out = WebhookOut::from(&webhook);
+        out.show_secret(&secret);
+        return Ok(Json(out));
+    }
     let grace = match input.grace {
         None => DEFAULT_GRACE,
         Some(text) => humantime::parse_duration(text.trim())

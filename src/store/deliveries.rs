@@ -511,7 +511,7 @@ fn fan_out_targets(
     match fan_out {
         FanOut::Only(id) => Ok(get_webhook(&webhooks, id, None)?
             .into_iter()
-            .filter(|w| w.organization_id == org)
+            .filter(|w| w.organization_id == org && w.active)
             .map(|w| w.id)
             .collect()),
         FanOut::Subscribers => {

@@ -169,6 +169,7 @@ async fn secret_rotation_signs_with_both_secrets_during_the_grace_period_only() 
         again["previous_secret_expires_at"], out["previous_secret_expires_at"],
         "{again}"
     );
+    assert_eq!(again["updated_at"], out["updated_at"], "{again}");
     // A body must be sent as JSON.
     let (status, _) = daemon
         .raw(
