@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// `--secrets-key-file` at start; afterwards it is no longer needed [default: none].
     #[arg(long, env = "PALO_WEBHOOKS_PREVIOUS_SECRETS_KEY_FILE")]
     pub previous_secrets_key_file: Option<PathBuf>,
+    /// A bearer token `GET /metrics` requires; prefer the environment or the config file to
+    /// the command line [default: none, /metrics open on the API's address].
+    #[arg(long, env = "PALO_WEBHOOKS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// The config file's keys; all optional.
@@ -124,6 +128,7 @@ struct FileConfig {
     tls_system_roots: Option<bool>,
     secrets_key_file: Option<PathBuf>,
     previous_secrets_key_file: Option<PathBuf>,
+    metrics_token: Option<String>,
 }
 
 /// Validated daemon settings.
@@ -167,6 +172,8 @@ pub struct Config {
     pub secrets_key_file: Option<PathBuf>,
     /// The key file being replaced: its secrets are resealed with `secrets_key_file`.
     pub previous_secrets_key_file: Option<PathBuf>,
+    /// Bearer token for `GET /metrics`, if any.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for Config {
@@ -191,6 +198,7 @@ impl Default for Config {
             tls_system_roots: false,
             secrets_key_file: None,
             previous_secrets_key_file: None,
+            metrics_token: None,
         }
     }
 }
@@ -359,6 +367,10 @@ impl ServeArgs {
             previous_secrets_key_file: self
                 .previous_secrets_key_file
                 .or(file.previous_secrets_key_file),
+            metrics_token: self
+                .metrics_token
+                .or(file.metrics_token)
+                .filter(|t| !t.trim().is_empty()),
         })
     }
 }
@@ -471,6 +483,7 @@ mod tests {
             file.extra_ca_file.is_none()
                 && file.secrets_key_file.is_none()
                 && file.previous_secrets_key_file.is_none()
+                && file.metrics_token.is_none()
         );
     }
 

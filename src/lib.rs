@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod event;
 pub mod ids;
 pub mod json_strict;
+pub mod metrics;
 pub mod model;
 pub mod retry;
 pub mod scheduler;

@@ -885,6 +885,11 @@ impl Inner {
             .await?
             .ok_or(AttemptNowError::NotFound)?;
         drop(claim);
+        crate::metrics::attempt(&log);
+        if updated.status.is_final() {
+            metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "outcome" => updated.status.as_str())
+                .increment(1);
+        }
         tracing::debug!(
             delivery = %id,
             attempt = log.number,

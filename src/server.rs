@@ -106,6 +106,20 @@ pub async fn run(
     admin_token: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // Installed before the store opens, so start-up commits are counted too.
+    let metrics_handle = crate::metrics::install();
+    {
+        // Histograms keep their samples until upkeep folds them in; without the exporter's
+        // own listener nothing else runs it.
+        let handle = metrics_handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let path = config.db_path.clone();
     let key = match &config.secrets_key_file {
         Some(file) => {
@@ -197,6 +211,11 @@ pub async fn run(
         read_timeout: config.api_read_timeout,
         max_body_bytes: config.max_body_bytes,
         rate_limiter: api::guard::rate_limiter(config.rate_limit),
+        metrics: Arc::new(api::MetricsState {
+            handle: metrics_handle,
+            db_path: config.db_path.clone(),
+            token_hash: config.metrics_token.as_deref().map(api::token_hash),
+        }),
     };
     if let Some(limiter) = state.rate_limiter.clone() {
         let stop = cancel.clone();

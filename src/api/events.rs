@@ -43,6 +43,7 @@ pub(super) async fn ingest_event(
         .await?;
     match outcome {
         AcceptOutcome::Accepted { event, deliveries } => {
+            metrics::counter!(crate::metrics::EVENTS_ACCEPTED).increment(1);
             for delivery in &deliveries {
                 state.scheduler.schedule_hint(now, delivery.id);
             }

@@ -48,6 +48,18 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Per-key request rate limit (`None`: no limit).
     pub rate_limiter: Option<Arc<guard::RateLimiter>>,
+    /// What `GET /metrics` renders.
+    pub metrics: Arc<MetricsState>,
+}
+
+/// `GET /metrics`: the recorder's handle, the db file (for its size) and the optional token.
+pub struct MetricsState {
+    /// Renders the recorded metrics.
+    pub handle: metrics_exporter_prometheus::PrometheusHandle,
+    /// The db file.
+    pub db_path: std::path::PathBuf,
+    /// SHA-256 of the bearer token `/metrics` requires, if one is set.
+    pub token_hash: Option<[u8; 32]>,
 }
 
 /// Builds the router: every route behind [`guard::check_head`], the `/api` routes behind
@@ -95,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .nest("/api", api)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -104,6 +117,49 @@ pub fn router(state: AppState) -> Router {
             error::panic_response,
         ))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format (version 0.0.4), every name prefixed
+/// `palo_webhooks_`; with `--metrics-token`, only for `Authorization: Bearer <token>` (401
+/// otherwise).
+async fn metrics_text(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use subtle::ConstantTimeEq;
+    if let Some(expected) = &state.metrics.token_hash {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| token_hash(t.trim()));
+        if !given.is_some_and(|g| bool::from(g.ct_eq(expected))) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid metrics token",
+            ));
+        }
+    }
+    let now = crate::clock::now_ms();
+    let (due_now, scheduled_later, oldest) =
+        crate::store::blocking(&state.store, move |s| s.due_summary(now)).await?;
+    let snapshot = crate::metrics::Snapshot {
+        due_now,
+        scheduled_later,
+        oldest_overdue_seconds: oldest.map_or(0.0, |due| now.saturating_sub(due) as f64 / 1000.0),
+        in_flight: state.scheduler.in_flight() as u64,
+    };
+    let text = crate::metrics::render(&state.metrics.handle, &snapshot, &state.metrics.db_path);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// `GET /healthz`: 200 once the store is open and the scheduler runs (the router is only

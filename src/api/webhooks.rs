@@ -385,6 +385,8 @@ pub(super) async fn delete_webhook(
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     state.scheduler.webhook_deleted(id);
+    metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "outcome" => "cancelled")
+        .increment(cancelled.len() as u64);
     tracing::info!(webhook = %id, cancelled = cancelled.len(), "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }

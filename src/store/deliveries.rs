@@ -440,6 +440,26 @@ impl Store {
     pub fn pending_count(&self) -> Result<u64, StoreError> {
         self.read(|txn| Ok(txn.open_table(RETRY_INDEX)?.len()?))
     }
+
+    /// The backlog for metrics: (deliveries due at or before `now_ms`, deliveries due later,
+    /// the oldest due time if it is past). Counts the due part of the retry index (a scan of
+    /// it), so call it at scrape time, not per request.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn due_summary(&self, now_ms: u64) -> Result<(u64, u64, Option<u64>), StoreError> {
+        self.read(|txn| {
+            let index = txn.open_table(RETRY_INDEX)?;
+            let total = index.len()?;
+            let oldest = index.first()?.map(|(k, _)| k.value().0);
+            let mut due = 0u64;
+            for row in index.range(..=(now_ms, u128::MAX))? {
+                row?;
+                due += 1;
+            }
+            Ok((due, total - due, oldest.filter(|d| *d <= now_ms)))
+        })
+    }
 }
 
 /// Writes a new event, one delivery per target webhook and their retry-index entries (due at

@@ -271,8 +271,15 @@ fn commit_batch(db: &Database, batch: Vec<Job>) -> Option<bool> {
         finishes.push(finish);
     }
     let (outcome, verdict) = if all_ok {
+        let started = std::time::Instant::now();
+        let jobs = finishes.len();
         match txn.commit() {
-            Ok(()) => (None, Some(true)),
+            Ok(()) => {
+                metrics::histogram!(crate::metrics::COMMIT_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!(crate::metrics::COMMIT_BATCH).record(jobs as f64);
+                (None, Some(true))
+            }
             Err(e) => (Some(StoreError::from(e)), Some(false)),
         }
     } else {

@@ -73,3 +73,80 @@ fn under_systemd_it_notifies_ready_feeds_the_watchdog_and_uses_the_state_directo
     wait_for(&socket, "STOPPING=1", Duration::from_secs(10));
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// The value of the first sample line of `name` whose labels contain `labels`.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A scrape after a scenario shows its counts: events accepted (a replay not counted),
+/// attempts by result, final outcomes, the scheduled backlog, and the store's commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_happened_and_can_require_a_token() {
+    let daemon = crate::support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--metrics-token",
+        "metrics_token_0123456789",
+    ]);
+    let ok = crate::support::Receiver::start(crate::support::Behaviour::Status(200)).await;
+    let failing = crate::support::Receiver::start(crate::support::Behaviour::Status(500)).await;
+    daemon.create_webhook("org_m", &ok.url, &["*"]).await;
+    daemon.create_webhook("org_m", &failing.url, &["*"]).await;
+    for i in 0..3 {
+        let event = serde_json::json!({"event_id": format!("evt_m_{i}"), "event_type": "ticket.resolved",
+            "organization_id": "org_m", "data": {"ticket_id": "T", "resolved_by": "u", "resolution_time_hours": 1}});
+        let (status, _) = daemon
+            .call("POST", "/api/events", Some(event.clone()))
+            .await;
+        assert_eq!(status, 202);
+        if i == 0 {
+            let (status, _) = daemon.call("POST", "/api/events", Some(event)).await;
+            assert_eq!(status, 200, "an idempotent replay");
+        }
+    }
+    ok.wait_for(3, Duration::from_secs(10)).await;
+    failing.wait_for(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, _, _) = daemon
+        .request_with_headers("GET", "/metrics", "wrong")
+        .await;
+    assert_eq!(status, 401);
+    let (status, headers, text) = daemon
+        .request_with_headers("GET", "/metrics", "metrics_token_0123456789")
+        .await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let get = |name: &str, labels: &str| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name}{labels} in\n{text}"))
+    };
+    assert_eq!(get("palo_webhooks_events_accepted_total", ""), 3.0);
+    assert_eq!(get("palo_webhooks_attempts_total", "result=\"2xx\""), 3.0);
+    assert_eq!(get("palo_webhooks_attempts_total", "result=\"5xx\""), 3.0);
+    assert_eq!(
+        get(
+            "palo_webhooks_deliveries_finished_total",
+            "outcome=\"succeeded\""
+        ),
+        3.0
+    );
+    assert_eq!(get("palo_webhooks_deliveries_scheduled", ""), 3.0);
+    assert_eq!(get("palo_webhooks_deliveries_due", ""), 0.0);
+    assert_eq!(get("palo_webhooks_attempts_in_flight", ""), 0.0);
+    assert!(get("palo_webhooks_db_size_bytes", "") > 0.0);
+    assert_eq!(get("palo_webhooks_attempt_duration_seconds_count", ""), 6.0);
+    assert!(get("palo_webhooks_store_commit_duration_seconds_count", "") >= 1.0);
+    assert!(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .all(|l| l.starts_with("palo_webhooks_")));
+}
