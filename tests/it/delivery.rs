@@ -581,17 +581,19 @@ async fn reactivation_brings_held_deliveries_back_at_once() {
     assert_eq!(done["attempt_count"], 2, "{done}");
 }
 
-/// Manual attempts obey the webhook's in-flight limit: while an attempt hangs in the
-/// webhook's one slot, a redelivery of another of its deliveries waits for the slot, then
-/// answers 503 `webhook_busy` with Retry-After, and sends nothing.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_redelivery_waits_for_the_webhooks_slot_then_answers_busy() {
+/// A daemon whose webhook may have one attempt in flight, one delivery whose first attempt
+/// failed (500), and a second delivery whose attempt hangs in the webhook's only slot for
+/// `attempt_timeout`. Returns the daemon, the receiver (now hanging), the failed delivery's
+/// id and the webhook's id.
+async fn failed_then_slot_held(
+    attempt_timeout: &str,
+) -> (support::Daemon, Receiver, String, String) {
     let daemon = support::start(&[
         "--allow-http",
         "--retry-schedule",
         "1h",
         "--attempt-timeout",
-        "30s",
+        attempt_timeout,
         "--max-in-flight-per-webhook",
         "1",
     ]);
@@ -600,13 +602,21 @@ async fn a_redelivery_waits_for_the_webhooks_slot_then_answers_busy() {
         .after_first_attempt(&receiver.url, spec_events().remove(0))
         .await;
     let failed = delivery["id"].as_str().unwrap().to_owned();
-
-    // The next event's attempt hangs and holds the webhook's one slot (30 s timeout).
+    let webhook = delivery["webhook_id"].as_str().unwrap().to_owned();
     receiver.set(Behaviour::Hang);
     daemon
         .call("POST", "/api/events", Some(spec_events().remove(1)))
         .await;
     receiver.wait_for(2, Duration::from_secs(10)).await;
+    (daemon, receiver, failed, webhook)
+}
+
+/// Manual attempts obey the webhook's in-flight limit: while an attempt hangs in the
+/// webhook's one slot, a redelivery of another of its deliveries waits for the slot, then
+/// answers 503 `webhook_busy` with Retry-After, and sends nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_waits_for_the_webhooks_slot_then_answers_busy() {
+    let (daemon, receiver, failed, _) = failed_then_slot_held("30s").await;
     let started = std::time::Instant::now();
     let (status, bytes) = daemon
         .raw_bytes(
@@ -652,26 +662,7 @@ async fn a_redelivery_waits_for_the_webhooks_slot_then_answers_busy() {
 /// where it goes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivery_that_waited_goes_to_the_webhooks_current_url() {
-    let daemon = support::start(&[
-        "--allow-http",
-        "--retry-schedule",
-        "1h",
-        "--attempt-timeout",
-        "2s",
-        "--max-in-flight-per-webhook",
-        "1",
-    ]);
-    let old = Receiver::start(Behaviour::Status(500)).await;
-    let delivery = daemon
-        .after_first_attempt(&old.url, spec_events().remove(0))
-        .await;
-    let failed = delivery["id"].as_str().unwrap().to_owned();
-    let webhook = delivery["webhook_id"].as_str().unwrap().to_owned();
-    old.set(Behaviour::Hang);
-    daemon
-        .call("POST", "/api/events", Some(spec_events().remove(1)))
-        .await;
-    old.wait_for(2, Duration::from_secs(10)).await;
+    let (daemon, old, failed, webhook) = failed_then_slot_held("2s").await;
     let new = Receiver::start(Behaviour::Status(200)).await;
     let path = format!("/api/deliveries/{failed}/redeliver");
     let (redelivered, patched) = tokio::join!(daemon.call("POST", &path, None), async {
