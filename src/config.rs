@@ -102,7 +102,7 @@ pub struct ServeArgs {
     /// A bearer token `GET /metrics` requires; prefer the environment or the config file to
     /// the command line [default: none, /metrics open on the API's address].
     #[arg(long, env = "PALO_WEBHOOKS_METRICS_TOKEN", hide_env_values = true)]
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<crate::model::Secret>,
 }
 
 /// The config file's keys; all optional.
@@ -172,8 +172,8 @@ pub struct Config {
     pub secrets_key_file: Option<PathBuf>,
     /// The key file being replaced: its secrets are resealed with `secrets_key_file`.
     pub previous_secrets_key_file: Option<PathBuf>,
-    /// Bearer token for `GET /metrics`, if any.
-    pub metrics_token: Option<String>,
+    /// Bearer token for `GET /metrics`, if any (its `Debug` prints stars).
+    pub metrics_token: Option<crate::model::Secret>,
 }
 
 impl Default for Config {
@@ -369,8 +369,8 @@ impl ServeArgs {
                 .or(file.previous_secrets_key_file),
             metrics_token: self
                 .metrics_token
-                .or(file.metrics_token)
-                .filter(|t| !t.trim().is_empty()),
+                .or(file.metrics_token.map(crate::model::Secret))
+                .filter(|t| !t.0.trim().is_empty()),
         })
     }
 }

@@ -68,24 +68,74 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs(config: &Config) -> Result<()> {
+/// Replaces the log filter of the running process (SIGHUP).
+type LogReload = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logs(config: &Config) -> Result<LogReload> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = EnvFilter::try_new(&config.log_filter).context("invalid log filter")?;
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only for a terminal: the journal and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
+    let format = match config.log_format {
+        LogFormat::Text => format.boxed(),
+        LogFormat::Json => format.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .try_init()
+        .context("cannot install the logger")?;
+    Ok(reload)
+}
+
+/// On each SIGHUP, reads the settings again (flags, environment, config file) and applies
+/// the log filter. The other settings need a restart; an invalid file keeps the old filter.
+fn reload_on_sighup(args: ServeArgs, reload: LogReload) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot install the SIGHUP handler; the log level cannot be changed at run time"
+        );
+        return;
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let filter = args
+                .clone()
+                .into_config()
+                .map_err(anyhow::Error::from)
+                .and_then(|config| {
+                    EnvFilter::try_new(&config.log_filter)
+                        .map(|f| (f, config.log_filter))
+                        .context("invalid log filter")
+                });
+            match filter {
+                Ok((filter, text)) => match reload.reload(filter) {
+                    Ok(()) => {
+                        tracing::info!(log = %text, "SIGHUP: log filter reloaded (other settings need a restart)")
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: cannot replace the log filter"),
+                },
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: settings not reloaded; keeping the current ones"
+                ),
+            }
+        }
+    });
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let config = args.into_config()?;
-    init_logs(&config)?;
+    let config = args.clone().into_config()?;
+    let reload = init_logs(&config)?;
+    reload_on_sighup(args, reload);
     raise_open_file_limit(config.max_in_flight);
     // A file-size limit (RLIMIT_FSIZE) must fail the write (EFBIG, so a 503 and a paused
     // store) rather than kill the process: handling SIGXFSZ (25 on Linux) replaces its

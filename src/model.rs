@@ -18,6 +18,15 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// For command-line and environment values that are secrets (`--metrics-token`).
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 /// Which event types a webhook receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventFilter {

@@ -214,7 +214,10 @@ pub async fn run(
         metrics: Arc::new(api::MetricsState {
             handle: metrics_handle,
             db_path: config.db_path.clone(),
-            token_hash: config.metrics_token.as_deref().map(api::token_hash),
+            token_hash: config
+                .metrics_token
+                .as_ref()
+                .map(|t| api::token_hash(t.0.trim())),
         }),
     };
     if let Some(limiter) = state.rate_limiter.clone() {

@@ -342,12 +342,6 @@ pub(super) async fn rotate_secret(
         Some(s) => validate_secret(&s)?,
         None => Secret(format!("{GENERATED_SECRET_PREFIX}{}", random_hex(32))),
     };
-    if secret == webhook.secret {
-        // A retried rotation: nothing changes, not even `updated_at`.
-        let mut out = WebhookOut::from(&webhook);
-        out.show_secret(&secret);
-        return Ok(Json(out));
-    }
     let grace = match input.grace {
         None => DEFAULT_GRACE,
         Some(text) => humantime::parse_duration(text.trim())
@@ -355,6 +349,12 @@ pub(super) async fn rotate_secret(
     };
     if grace > MAX_GRACE {
         return Err(ApiError::invalid("grace", "must be at most 7d"));
+    }
+    if secret == webhook.secret {
+        // A retried rotation: nothing changes, not even `updated_at`.
+        let mut out = WebhookOut::from(&webhook);
+        out.show_secret(&secret);
+        return Ok(Json(out));
     }
     let now = clock::now_ms();
     let until = now + u64::try_from(grace.as_millis()).unwrap_or(u64::MAX / 2);

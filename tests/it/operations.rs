@@ -150,3 +150,54 @@ async fn metrics_count_what_happened_and_can_require_a_token() {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .all(|l| l.starts_with("palo_webhooks_")));
 }
+
+/// SIGHUP reads the config file again and applies its log level at run time; a broken file
+/// is refused with an error line and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_log_level_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "log = \"info\"\nallow_http = true\n").unwrap();
+    let daemon = crate::support::start_in(dir.path(), &["--config", config.to_str().unwrap()]);
+    let event = |id: &str| {
+        serde_json::json!({"event_id": id, "event_type": "ticket.resolved", "organization_id": "org_h",
+            "data": {"ticket_id": "T", "resolved_by": "u", "resolution_time_hours": 1}})
+    };
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &daemon.pid().to_string()])
+            .status()
+            .unwrap();
+    };
+    let wait_log = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon.log_text().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} in\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (status, _) = daemon
+        .call("POST", "/api/events", Some(event("evt_h_1")))
+        .await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!daemon.log_text().contains("DEBUG"), "info level at start");
+
+    std::fs::write(&config, "log = \"debug\"\nallow_http = true\n").unwrap();
+    hup();
+    wait_log("SIGHUP: log filter reloaded");
+    daemon
+        .call("POST", "/api/events", Some(event("evt_h_2")))
+        .await;
+    wait_log("event accepted");
+
+    std::fs::write(&config, "log = \"debug\"\nno_such_key = 1\n").unwrap();
+    hup();
+    wait_log("SIGHUP: settings not reloaded");
+    let (status, _) = daemon.call("GET", "/healthz", None).await;
+    assert_eq!(status, 200, "the daemon keeps running");
+}

@@ -78,12 +78,15 @@ fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>, allow_loopbac
         db.to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
-        "--log",
-        "debug",
     ]
     .iter()
     .map(|a| a.to_string())
     .collect();
+    // Debug logs unless the test sets the level itself (`--log`, or a config file's `log`
+    // with `--config`, which a flag would override).
+    if !extra.iter().any(|a| *a == "--log" || *a == "--config") {
+        args.extend(["--log".to_owned(), "debug".to_owned()]);
+    }
     if allow_loopback {
         args.extend(["--allow-network".to_owned(), "127.0.0.0/8".to_owned()]);
     }
