@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::ADMIN_TOKEN;
 
+/// Kills the child process when dropped, so a failing assertion leaves no daemon behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Reads notification datagrams until one contains `what` (or panics after `limit`).
 fn wait_for(socket: &UnixDatagram, what: &str, limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
@@ -39,7 +49,7 @@ fn under_systemd_it_notifies_ready_feeds_the_watchdog_and_uses_the_state_directo
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     // systemd sets WATCHDOG_PID to the service's pid: `exec` keeps the shell's.
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args([
             "-c",
             "WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
@@ -56,6 +66,7 @@ fn under_systemd_it_notifies_ready_feeds_the_watchdog_and_uses_the_state_directo
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     wait_for(&socket, "READY=1", Duration::from_secs(30));
     assert!(
         state.join("palo-webhooks.redb").is_file(),
@@ -67,11 +78,11 @@ fn under_systemd_it_notifies_ready_feeds_the_watchdog_and_uses_the_state_directo
     wait_for(&socket, "WATCHDOG=1", Duration::from_secs(5));
     assert!(started.elapsed() < Duration::from_secs(3));
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     wait_for(&socket, "STOPPING=1", Duration::from_secs(10));
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
 }
 
 /// The value of the first sample line of `name` whose labels contain `labels`.
