@@ -60,7 +60,12 @@ pub fn forget_idle(limiter: &RateLimiter) {
 /// Checks the head's size: 414 over [`MAX_URI_BYTES`], 431 over [`MAX_HEADER_BYTES`]. Runs
 /// first, on every route.
 pub(super) async fn check_head(request: Request, next: Next) -> Response {
-    if request.uri().to_string().len() > MAX_URI_BYTES {
+    // The request target as sent (origin form): path and query, no allocation.
+    let target_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URI_BYTES {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
             "uri_too_long",

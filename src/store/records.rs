@@ -288,18 +288,25 @@ pub(super) enum AttemptRecord {
     V3(AttemptFields, Option<u64>, Option<String>),
 }
 
+impl AttemptFields {
+    /// The V1 fields of `a`.
+    pub(super) fn from_domain(a: &Attempt) -> Self {
+        AttemptFields {
+            started_at_ms: a.started_at_ms,
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error.map(|e| e.as_str().to_owned()),
+            response_body: a.response_body.clone(),
+            response_body_truncated: a.response_body_truncated,
+            trigger: a.trigger.as_str().to_owned(),
+        }
+    }
+}
+
 impl AttemptRecord {
     pub(super) fn from_domain(a: &Attempt) -> Self {
         AttemptRecord::V3(
-            AttemptFields {
-                started_at_ms: a.started_at_ms,
-                duration_ms: a.duration_ms,
-                status_code: a.status_code,
-                error: a.error.map(|e| e.as_str().to_owned()),
-                response_body: a.response_body.clone(),
-                response_body_truncated: a.response_body_truncated,
-                trigger: a.trigger.as_str().to_owned(),
-            },
+            AttemptFields::from_domain(a),
             a.retry_after_ms,
             a.error_detail.clone(),
         )
@@ -563,15 +570,7 @@ mod tests {
             /// with no `Retry-After`.
             #[test]
             fn v1_attempts_still_decode(a in attempt()) {
-                let v1 = AttemptRecord::V1(AttemptFields {
-                    started_at_ms: a.started_at_ms,
-                    duration_ms: a.duration_ms,
-                    status_code: a.status_code,
-                    error: a.error.map(|e| e.as_str().to_owned()),
-                    response_body: a.response_body.clone(),
-                    response_body_truncated: a.response_body_truncated,
-                    trigger: a.trigger.as_str().to_owned(),
-                });
+                let v1 = AttemptRecord::V1(AttemptFields::from_domain(&a));
                 let bytes = encode(&v1);
                 prop_assert_eq!(bytes[0], 0, "V1 is variant 0");
                 let back = decode::<AttemptRecord>("attempts", &bytes)
