@@ -297,6 +297,10 @@ pub async fn run(
 /// runs and the listener is bound. With `WatchdogSec=`, feeds the watchdog at half its
 /// period, but only while the scheduler loop keeps turning, so a stuck scheduler gets the
 /// service restarted. Without `NOTIFY_SOCKET` (not under systemd) this does nothing.
+/// How long without a scheduler turn counts as stuck for the watchdog (5 s; the loop turns at
+/// least every second).
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn notify_systemd(scheduler: &Scheduler, cancel: &CancellationToken) {
     use sd_notify::NotifyState;
     if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
@@ -323,7 +327,9 @@ fn notify_systemd(scheduler: &Scheduler, cancel: &CancellationToken) {
                 }
             }
             let age = scheduler.since_last_turn();
-            if age < period / 2 {
+            // The loop turns at least every second (it sleeps at most that long), so a turn
+            // older than STUCK_AFTER means it is stuck, whatever the watchdog's period.
+            if age < STUCK_AFTER {
                 let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
             } else {
                 tracing::error!(
@@ -397,10 +403,15 @@ pub async fn serve_api(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(
-            app.clone()
-                .layer(axum::Extension(crate::api::guard::PeerAddr(peer))),
-        );
+        // The peer's address goes in each request's extensions (for the failed-token budget);
+        // the router itself is shared, not rebuilt per connection.
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(crate::api::guard::PeerAddr(peer));
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
