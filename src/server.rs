@@ -245,6 +245,8 @@ pub async fn run(
             () = stop.cancelled() => {}
         }
         since.get_or_init(tokio::time::Instant::now);
+        // Said before anything stops, so systemd hears it even if the process exits at once.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         stop.cancel();
         tracing::info!("shutting down: no new requests, finishing attempts in flight");
     });
@@ -321,10 +323,7 @@ fn notify_systemd(scheduler: &Scheduler, cancel: &CancellationToken) {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = cancel.cancelled() => {
-                    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
-                    return;
-                }
+                () = cancel.cancelled() => return,
             }
             let age = scheduler.since_last_turn();
             // The loop turns at least every second (it sleeps at most that long), so a turn
