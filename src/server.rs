@@ -235,6 +235,10 @@ pub async fn run(
     let app = api::router(state);
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!("listening on http://{addr}");
+    tracing::info!(
+        "web UI at http://{addr}{} (sign in with an organization API key or the admin token)",
+        api::ui::UI_PATH
+    );
     notify_systemd(&scheduler, &cancel);
     // One deadline bounds the whole drain: open HTTP requests first, then attempts in flight.
     let stopping_since = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());

@@ -659,7 +659,7 @@ fn compare_attempt_logs(store: &Store, model: &Model, deliveries: impl Iterator<
 fn compare_webhooks(store: &Store, model: &Model, webhooks: impl Iterator<Item = usize>) {
     for webhook in webhooks.map(|i| &model.webhooks[i]) {
         let mut listed: Vec<DeliveryId> = store
-            .list_webhook_deliveries(webhook.id, None, None, usize::MAX)
+            .list_webhook_deliveries(webhook.id, None, None, None, usize::MAX)
             .expect("list_webhook_deliveries")
             .iter()
             .map(|d| d.id)

@@ -21,11 +21,13 @@ use crate::store::{blocking, AcceptOutcome, FanOut};
 #[derive(Debug, Deserialize)]
 pub(super) struct ListDeliveries {
     status: Option<String>,
+    event_type: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
 
-/// `GET /api/webhooks/{id}/deliveries` → a page, newest first, optionally by `status`.
+/// `GET /api/webhooks/{id}/deliveries` → a page, newest first, optionally by `status` and
+/// `event_type`; 400 `invalid_query` for an unknown status or event type.
 pub(super) async fn list_webhook_deliveries(
     State(state): State<AppState>,
     caller: Caller,
@@ -42,9 +44,16 @@ pub(super) async fn list_webhook_deliveries(
                 .ok_or_else(|| ApiError::bad_query(format!("unknown status {s:?}")))
         })
         .transpose()?;
+    let event_type = query
+        .event_type
+        .map(|t| {
+            event::EventType::parse(&t)
+                .ok_or_else(|| ApiError::bad_query(format!("unknown event type {t:?}")))
+        })
+        .transpose()?;
     let id = webhook.id;
     let deliveries = blocking(&state.store, move |s| {
-        s.list_webhook_deliveries(id, status, before, limit)
+        s.list_webhook_deliveries(id, status, event_type, before, limit)
     })
     .await?;
     Ok(Json(Page::new(

@@ -11,7 +11,9 @@ mod events;
 mod extract;
 pub mod guard;
 mod keys;
+pub mod stats;
 pub mod types;
+pub mod ui;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -85,6 +87,9 @@ pub fn router(state: AppState) -> Router {
             get(deliveries::list_webhook_deliveries),
         )
         .route("/webhooks/{id}/test", post(deliveries::test_webhook))
+        .route("/webhooks/{id}/stats", get(stats::webhook_stats))
+        .route("/me", get(whoami))
+        .route("/event-types", get(event_types))
         .route(
             "/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
@@ -109,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .nest("/api", api)
+        .merge(ui::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -160,6 +166,30 @@ async fn metrics_text(
         text,
     )
         .into_response())
+}
+
+/// `GET /api/me` → who the token is: `{"principal":"admin"}` or
+/// `{"principal":"organization","organization_id":"…"}` (the web UI's sign-in check).
+async fn whoami(caller: Caller) -> axum::Json<serde_json::Value> {
+    axum::Json(match caller {
+        Caller::Admin => serde_json::json!({"principal": "admin"}),
+        Caller::Organization(org) => {
+            serde_json::json!({"principal": "organization", "organization_id": org})
+        }
+    })
+}
+
+/// `GET /api/event-types` → `{"data":[{"name","required_fields":[…]}]}`: the event types a
+/// webhook may subscribe to (spec "Types d'événements") and the `data` fields each requires.
+async fn event_types(_caller: Caller) -> axum::Json<serde_json::Value> {
+    let data: Vec<serde_json::Value> = crate::event::EventType::PUBLIC
+        .iter()
+        .map(|t| {
+            let fields: Vec<&str> = t.required_fields().iter().map(|(name, _)| *name).collect();
+            serde_json::json!({"name": t.as_str(), "required_fields": fields})
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "data": data }))
 }
 
 /// `GET /healthz`: 200 once the store is open and the scheduler runs (the router is only

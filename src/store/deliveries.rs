@@ -54,6 +54,19 @@ pub struct EventQuery {
     pub until_ms: Option<u64>,
 }
 
+/// The result of [`Store::webhook_activity`].
+#[derive(Debug, Clone)]
+pub struct WebhookActivity {
+    /// Deliveries created in the window, newest first.
+    pub deliveries: Vec<Delivery>,
+    /// Every attempt of those deliveries (manual ones included), in no particular order.
+    pub attempts: Vec<Attempt>,
+    /// The webhook's newest delivery, in the window or not; `None` if it has none.
+    pub last: Option<Delivery>,
+    /// Whether the scan stopped at `cap` deliveries before reaching the window's start.
+    pub truncated: bool,
+}
+
 /// What an attempt needs: the delivery, its webhook (gone if deleted) and the body.
 #[derive(Debug, Clone)]
 pub struct AttemptContext {
@@ -238,7 +251,7 @@ impl Store {
     }
 
     /// Up to `limit` deliveries of a webhook, newest first, strictly older than `before`,
-    /// optionally only those with `status`.
+    /// optionally only those with `status` and only those of `event_type`.
     ///
     /// # Errors
     /// [`StoreError`] on read or decode failure.
@@ -246,6 +259,7 @@ impl Store {
         &self,
         webhook_id: WebhookId,
         status: Option<DeliveryStatus>,
+        event_type: Option<EventType>,
         before: Option<DeliveryId>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
@@ -262,12 +276,72 @@ impl Store {
                 let Some(delivery) = load_delivery(&table, DeliveryId(k.value().1))? else {
                     continue;
                 };
-                if status.is_none_or(|s| s == delivery.status) {
+                if status.is_none_or(|s| s == delivery.status)
+                    && event_type.is_none_or(|t| t == delivery.event_type)
+                {
                     out.push(delivery);
                     if out.len() == limit {
                         break;
                     }
                 }
+            }
+            Ok(out)
+        })
+    }
+
+    /// A webhook's recent activity, from one snapshot: its deliveries created at or after
+    /// `since_ms` (newest first, at most `cap` of them) with their attempts, and its newest
+    /// delivery whenever it was made. What `GET /api/webhooks/{id}/stats` summarizes.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn webhook_activity(
+        &self,
+        webhook_id: WebhookId,
+        since_ms: u64,
+        cap: usize,
+    ) -> Result<WebhookActivity, StoreError> {
+        self.read(|txn| {
+            let deliveries = txn.open_table(DELIVERIES)?;
+            let attempts_table = txn.open_table(ATTEMPTS)?;
+            let index = txn.open_table(WEBHOOK_DELIVERIES)?;
+            let last = match index
+                .range((webhook_id.0, 0)..=(webhook_id.0, u128::MAX))?
+                .next_back()
+            {
+                Some(row) => load_delivery(&deliveries, DeliveryId(row?.0.value().1))?,
+                None => None,
+            };
+            // A delivery id is a ULID whose top 48 bits are its creation time in ms.
+            let low = u128::from(since_ms) << 80;
+            let mut out = WebhookActivity {
+                deliveries: Vec::new(),
+                attempts: Vec::new(),
+                last,
+                truncated: false,
+            };
+            for row in index
+                .range((webhook_id.0, low)..=(webhook_id.0, u128::MAX))?
+                .rev()
+            {
+                let id = DeliveryId(row?.0.value().1);
+                let Some(delivery) = load_delivery(&deliveries, id)? else {
+                    continue;
+                };
+                if delivery.created_at_ms < since_ms {
+                    continue;
+                }
+                if out.deliveries.len() == cap {
+                    out.truncated = true;
+                    break;
+                }
+                for row in attempts_table.range((id.0, 0)..=(id.0, u32::MAX))? {
+                    let (k, v) = row?;
+                    let attempt =
+                        decode::<AttemptRecord>("attempts", v.value())?.into_domain(k.value().1)?;
+                    out.attempts.push(attempt);
+                }
+                out.deliveries.push(delivery);
             }
             Ok(out)
         })

@@ -28,7 +28,7 @@ use crate::model::{ApiKey, Webhook, WebhookChanges};
 use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
 pub use check::{CheckReport, TableSpace};
-pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut};
+pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut, WebhookActivity};
 pub use writer::{CommitStats, MAX_BATCH};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `palo-webhooks` binary on 127.0.0.1 with a
 //! temporary db and real HTTP receivers.
 
+mod browser;
 mod cli;
 mod delivery;
 mod hardening;
@@ -13,3 +14,4 @@ mod security;
 mod support;
 mod tls;
 mod torture;
+mod ui;

@@ -274,12 +274,28 @@ impl Daemon {
         path: &str,
         token: &str,
     ) -> (u16, HeaderMap, String) {
-        let request = Request::builder()
+        self.request_full(
+            method,
+            path,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+    }
+
+    /// A bodiless request with these header fields: status, headers, body text.
+    pub async fn request_full(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, HeaderMap, String) {
+        let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{}{}", self.addr, path))
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+            .uri(format!("http://{}{}", self.addr, path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
         let response = self.client.request(request).await.unwrap();
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -316,6 +332,19 @@ impl Daemon {
             .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an organization API key; returns the key (shown once).
+    pub async fn create_key(&self, org: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/keys",
+                Some(serde_json::json!({"organization_id": org, "description": "test"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["key"].as_str().unwrap().to_owned()
     }
 
     /// The id of `webhook`'s only delivery, once it exists.
@@ -384,6 +413,8 @@ pub enum Behaviour {
     Status(u16),
     /// These statuses in order, then the last one forever.
     Sequence(Vec<u16>),
+    /// This status with this body.
+    Reply(u16, &'static str),
     /// Never answer.
     Hang,
     /// 302 to /moved.
@@ -580,6 +611,7 @@ async fn handle(
     };
     Ok(match behaviour {
         Behaviour::Status(code) => full(code, "ok"),
+        Behaviour::Reply(code, text) => full(code, text),
         Behaviour::Sequence(codes) => {
             let mut served = state.served.lock().unwrap();
             let code = codes[(*served).min(codes.len() - 1)];

@@ -1,0 +1,940 @@
+// palo-webhooks web UI: Settings → Developers → Webhooks (spec "Créer un webhook",
+// "Gestion des livraisons"). Plain script, no framework, no build step; served by the daemon.
+//
+// Rules kept throughout:
+// - Every page is built with createElement and textContent: text from a receiver (response
+//   bodies) or a producer (payloads) is never parsed as HTML.
+// - The token lives in sessionStorage and goes out only as `Authorization: Bearer`; nothing
+//   is sent with ambient credentials, so other sites cannot act for the person (no CSRF).
+// - The CSP forbids inline scripts and styles: colours and sizes live in app.css; the chart
+//   is SVG built with DOM calls, styled by class.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "palo-webhooks.token";
+  const WHO_KEY = "palo-webhooks.who";
+  const LANG_KEY = "palo-webhooks.lang";
+  const LIVE_REFRESH_MS = 5000;
+  const PAGE_SIZE = 25;
+  const STATUSES = ["pending", "retrying", "succeeded", "failed", "cancelled"];
+
+  // ---------------------------------------------------------------- i18n
+  const MESSAGES = {
+    en: {
+      settings: "Settings", developers: "Developers", webhooks: "Webhooks",
+      newWebhook: "New webhook", deliveries: "Deliveries", overview: "Overview",
+      delivery: "Delivery", signIn: "Sign in", signOut: "Sign out",
+      signInTitle: "Sign in to the webhooks console",
+      signInHelp: "Paste an organization API key (you see that organization's webhooks) or the admin token (every organization). It is kept in this tab only and sent to this daemon only.",
+      tokenLabel: "API key or admin token", tokenRequired: "Paste a key or token.",
+      tokenRejected: "This key or token was not accepted.", signedInAdmin: "Admin (all organizations)",
+      signedInOrg: "Organization {org}", language: "Language",
+      url: "URL", events: "Events", active: "Active", inactive: "Inactive", description: "Description",
+      lastDelivery: "Last delivery", successRate: "Success (24 h)", organization: "Organization",
+      none: "none", noWebhooks: "No webhooks yet.", createFirst: "Create a webhook",
+      allEvents: "All event types (*)", secret: "Secret", generateSecret: "Generate a secret (recommended)",
+      ownSecret: "Use my own secret (at least 32 characters)", create: "Create webhook", save: "Save changes",
+      saved: "Saved.", cancel: "Cancel", created: "Webhook created.",
+      secretOnce: "Copy this secret now. It will not be shown again: store it where your receiver reads it, and use it to verify X-Palo-Signature.",
+      swSecret: "Same secret for Standard Webhooks libraries", copy: "Copy", copied: "Copied",
+      goToWebhook: "Open the webhook", fixErrors: "Some fields need attention.",
+      eventsRequired: "Choose at least one event type.", orgRequired: "Name the organization.",
+      edit: "Edit", activate: "Activate", deactivate: "Deactivate", delete: "Delete",
+      deleteTitle: "Delete this webhook?",
+      deleteText: "Its unfinished deliveries are cancelled. Its delivery log stays readable. This cannot be undone.",
+      deleteConfirm: "Delete webhook", deleted: "Webhook deleted.",
+      sendTest: "Send test event", testSent: "Test event sent", last24h: "Last 24 hours",
+      perHour: "Deliveries per hour, by outcome", latency: "Attempt latency (ms)",
+      p50: "p50", p95: "p95", noData: "No deliveries in the last 24 hours.",
+      truncated: "Only the newest {n} deliveries are counted.",
+      status: "Status", eventType: "Event type", eventId: "Event id", attempts: "Attempts",
+      nextAttempt: "Next attempt", createdAt: "Created", allStatuses: "All statuses", allTypes: "All event types",
+      newer: "Newer", older: "Older", newest: "Newest", live: "Live: refreshes every 5 s", updated: "updated {time}",
+      noDeliveries: "No deliveries match.", view: "View",
+      redeliver: "Redeliver", redelivering: "Sending…", attemptN: "Attempt {n}",
+      payload: "Payload", attemptsLog: "Attempts", number: "#", time: "Time", duration: "Duration",
+      result: "Result", trigger: "Trigger", responseBody: "Response body", truncatedBody: "truncated at 64 KiB",
+      emptyBody: "(empty)", noAttempts: "No attempt yet.", webhook: "Webhook", scheduled: "scheduled", manual: "manual",
+      statusNames: { pending: "pending", retrying: "retrying", succeeded: "succeeded", failed: "failed", cancelled: "cancelled" },
+      errorNames: { timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address" },
+      notFound: "Not found.", loading: "Loading…", failedLoad: "Could not load: {msg}",
+      busy: "The webhook is busy: retry in a few seconds.", deletedWebhook: "deleted webhook",
+      retryAfter: "receiver asked to wait {s} s", whenNone: "none scheduled", previous: "Previous page",
+      next: "Next page", required: "required", deliveriesOf: "Deliveries of this webhook",
+    },
+    fr: {
+      settings: "Paramètres", developers: "Développeurs", webhooks: "Webhooks",
+      newWebhook: "Nouveau webhook", deliveries: "Livraisons", overview: "Vue d'ensemble",
+      delivery: "Livraison", signIn: "Se connecter", signOut: "Se déconnecter",
+      signInTitle: "Connexion à la console des webhooks",
+      signInHelp: "Collez une clé d'API d'organisation (vous voyez les webhooks de cette organisation) ou le jeton d'administration (toutes les organisations). Elle reste dans cet onglet et n'est envoyée qu'à ce démon.",
+      tokenLabel: "Clé d'API ou jeton d'administration", tokenRequired: "Collez une clé ou un jeton.",
+      tokenRejected: "Cette clé ou ce jeton n'a pas été accepté.", signedInAdmin: "Administration (toutes les organisations)",
+      signedInOrg: "Organisation {org}", language: "Langue",
+      url: "URL", events: "Événements", active: "Actif", inactive: "Inactif", description: "Description",
+      lastDelivery: "Dernière livraison", successRate: "Réussite (24 h)", organization: "Organisation",
+      none: "aucune", noWebhooks: "Aucun webhook pour l'instant.", createFirst: "Créer un webhook",
+      allEvents: "Tous les types d'événements (*)", secret: "Secret", generateSecret: "Générer un secret (recommandé)",
+      ownSecret: "Utiliser mon propre secret (32 caractères au moins)", create: "Créer le webhook", save: "Enregistrer",
+      saved: "Enregistré.", cancel: "Annuler", created: "Webhook créé.",
+      secretOnce: "Copiez ce secret maintenant. Il ne sera plus affiché : rangez-le là où votre récepteur le lit, pour vérifier X-Palo-Signature.",
+      swSecret: "Le même secret pour les bibliothèques Standard Webhooks", copy: "Copier", copied: "Copié",
+      goToWebhook: "Ouvrir le webhook", fixErrors: "Certains champs sont à corriger.",
+      eventsRequired: "Choisissez au moins un type d'événement.", orgRequired: "Indiquez l'organisation.",
+      edit: "Modifier", activate: "Activer", deactivate: "Désactiver", delete: "Supprimer",
+      deleteTitle: "Supprimer ce webhook ?",
+      deleteText: "Ses livraisons en cours sont annulées. Son journal de livraisons reste consultable. Action définitive.",
+      deleteConfirm: "Supprimer le webhook", deleted: "Webhook supprimé.",
+      sendTest: "Envoyer un événement de test", testSent: "Événement de test envoyé", last24h: "Dernières 24 heures",
+      perHour: "Livraisons par heure, par résultat", latency: "Latence des tentatives (ms)",
+      p50: "p50", p95: "p95", noData: "Aucune livraison ces dernières 24 heures.",
+      truncated: "Seules les {n} livraisons les plus récentes sont comptées.",
+      status: "Statut", eventType: "Type d'événement", eventId: "Identifiant d'événement", attempts: "Tentatives",
+      nextAttempt: "Prochaine tentative", createdAt: "Créée", allStatuses: "Tous les statuts", allTypes: "Tous les types",
+      newer: "Plus récentes", older: "Plus anciennes", newest: "Les plus récentes", live: "En direct : actualisé toutes les 5 s", updated: "mis à jour à {time}",
+      noDeliveries: "Aucune livraison ne correspond.", view: "Voir",
+      redeliver: "Re-déclencher", redelivering: "Envoi…", attemptN: "Tentative {n}",
+      payload: "Contenu (payload)", attemptsLog: "Tentatives", number: "N°", time: "Heure", duration: "Durée",
+      result: "Résultat", trigger: "Origine", responseBody: "Corps de la réponse", truncatedBody: "tronqué à 64 Kio",
+      emptyBody: "(vide)", noAttempts: "Aucune tentative pour l'instant.", webhook: "Webhook", scheduled: "planifiée", manual: "manuelle",
+      statusNames: { pending: "en attente", retrying: "nouvel essai prévu", succeeded: "réussie", failed: "échouée", cancelled: "annulée" },
+      errorNames: { timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée" },
+      notFound: "Introuvable.", loading: "Chargement…", failedLoad: "Chargement impossible : {msg}",
+      busy: "Le webhook est occupé : réessayez dans quelques secondes.", deletedWebhook: "webhook supprimé",
+      retryAfter: "le récepteur demande d'attendre {s} s", whenNone: "aucune prévue", previous: "Page précédente",
+      next: "Page suivante", required: "obligatoire", deliveriesOf: "Livraisons de ce webhook",
+    },
+  };
+
+  let lang = pickLanguage();
+
+  function pickLanguage() {
+    const chosen = localStorage.getItem(LANG_KEY);
+    if (chosen === "fr" || chosen === "en") return chosen;
+    // The server set <html lang> from Accept-Language.
+    return document.documentElement.lang === "fr" ? "fr" : "en";
+  }
+
+  function t(key, vars) {
+    let text = MESSAGES[lang][key];
+    if (text === undefined) text = MESSAGES.en[key] ?? key;
+    if (vars) for (const [k, v] of Object.entries(vars)) text = text.replace(`{${k}}`, String(v));
+    return text;
+  }
+  const statusName = (s) => MESSAGES[lang].statusNames[s] ?? s;
+  const errorName = (e) => MESSAGES[lang].errorNames[e] ?? e;
+
+  // ---------------------------------------------------------------- DOM helpers
+  // h("a", {href: "#/x", class: "btn", onclick: fn}, "text", child…): attributes by
+  // setAttribute, listeners for on*, children as nodes or text nodes (never HTML).
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    setAttrs(el, attrs);
+    append(el, children);
+    return el;
+  }
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  function s(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    setAttrs(el, attrs);
+    append(el, children);
+    return el;
+  }
+  function setAttrs(el, attrs) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+      else if (v === true) el.setAttribute(k, "");
+      else el.setAttribute(k, String(v));
+    }
+  }
+  function append(el, children) {
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+  }
+  function clear(el) {
+    while (el.firstChild) el.removeChild(el.firstChild);
+  }
+  const $ = (id) => document.getElementById(id);
+
+  // Times: shown in the browser's time zone, the UTC value on hover.
+  function absTime(iso) {
+    if (!iso) return "";
+    return new Date(iso).toLocaleString(lang === "fr" ? "fr-FR" : "en-GB", {
+      year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    });
+  }
+  function relTime(iso) {
+    const diff = (new Date(iso).getTime() - Date.now()) / 1000;
+    const rtf = new Intl.RelativeTimeFormat(lang, { numeric: "auto" });
+    const abs = Math.abs(diff);
+    if (abs < 60) return rtf.format(Math.round(diff), "second");
+    if (abs < 3600) return rtf.format(Math.round(diff / 60), "minute");
+    if (abs < 86400) return rtf.format(Math.round(diff / 3600), "hour");
+    return rtf.format(Math.round(diff / 86400), "day");
+  }
+  function timeEl(iso, withRelative) {
+    if (!iso) return h("span", { class: "muted" }, "—");
+    const utc = new Date(iso).toISOString().replace(".000Z", "Z") + " (UTC)";
+    return h("time", { datetime: iso, title: utc },
+      withRelative ? `${relTime(iso)} · ${absTime(iso)}` : absTime(iso));
+  }
+  function badge(status) {
+    return h("span", { class: `badge badge-${status}`, "data-status": status }, statusName(status));
+  }
+  function attemptResult(a) {
+    if (a.status_code !== null && a.status_code !== undefined) {
+      return `HTTP ${a.status_code}`;
+    }
+    return a.error ? errorName(a.error) : "—";
+  }
+  function attemptOk(a) {
+    return a.status_code >= 200 && a.status_code < 300 && !a.error;
+  }
+
+  // ---------------------------------------------------------------- API client
+  class ApiError extends Error {
+    constructor(status, body) {
+      const err = (body && body.error) || {};
+      super(err.message || `HTTP ${status}`);
+      this.status = status;
+      this.code = err.code || "";
+      this.field = err.field || null;
+    }
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const init = { method, headers, credentials: "omit", cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, init);
+    let data = null;
+    if (res.status !== 204) {
+      try { data = await res.json(); } catch (_) { data = null; }
+    }
+    if (res.status === 401 && path !== "/api/me") {
+      signOut(t("tokenRejected"));
+      throw new ApiError(res.status, data);
+    }
+    if (!res.ok) throw new ApiError(res.status, data);
+    return data;
+  }
+
+  function who() {
+    try { return JSON.parse(sessionStorage.getItem(WHO_KEY) || "null"); } catch (_) { return null; }
+  }
+  function isAdmin() {
+    const w = who();
+    return !!w && w.principal === "admin";
+  }
+
+  function signOut(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(WHO_KEY);
+    signOutMessage = message || "";
+    if (location.hash !== "#/signin") location.hash = "#/signin";
+    else route();
+  }
+  let signOutMessage = "";
+
+  // Event types, read once per session from the daemon.
+  let eventTypesCache = null;
+  async function eventTypes() {
+    if (!eventTypesCache) {
+      const res = await api("GET", "/api/event-types");
+      eventTypesCache = res.data.map((e) => e.name);
+    }
+    return eventTypesCache;
+  }
+
+  // ---------------------------------------------------------------- chrome
+  let timers = [];
+  function later(fn, ms) {
+    const id = setInterval(fn, ms);
+    timers.push(id);
+  }
+  function stopTimers() {
+    for (const id of timers) clearInterval(id);
+    timers = [];
+  }
+
+  function crumbs(items) {
+    const nav = $("crumbs");
+    clear(nav);
+    nav.setAttribute("aria-label", lang === "fr" ? "Fil d'Ariane" : "Breadcrumb");
+    const ol = h("ol");
+    items.forEach((item, i) => {
+      const last = i === items.length - 1;
+      ol.append(h("li", {},
+        item.href && !last ? h("a", { href: item.href }, item.label)
+          : h("span", last ? { "aria-current": "page" } : {}, item.label)));
+    });
+    nav.append(ol);
+  }
+  const baseCrumbs = () => [
+    { label: t("settings") }, { label: t("developers") }, { label: t("webhooks"), href: "#/webhooks" },
+  ];
+
+  function account() {
+    const box = $("account");
+    clear(box);
+    const select = h("select", { id: "lang", "aria-label": t("language") },
+      h("option", { value: "fr", selected: lang === "fr" }, "Français"),
+      h("option", { value: "en", selected: lang === "en" }, "English"));
+    select.addEventListener("change", () => {
+      lang = select.value;
+      localStorage.setItem(LANG_KEY, lang);
+      document.documentElement.lang = lang;
+      route();
+    });
+    box.append(select);
+    const w = who();
+    if (w) {
+      box.append(h("span", { class: "who", id: "who" },
+        w.principal === "admin" ? t("signedInAdmin") : t("signedInOrg", { org: w.organization_id })));
+      box.append(h("button", { type: "button", id: "sign-out", class: "btn btn-quiet", onclick: () => signOut() }, t("signOut")));
+    }
+  }
+
+  function page(title, ...content) {
+    const main = $("main");
+    clear(main);
+    main.append(h("h1", {}, title), ...content);
+    document.title = `${title} · palo-webhooks`;
+  }
+  function notice(kind, text) {
+    return h("p", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+  }
+  function failed(err) {
+    if (err.status === 404) return notice("error", t("notFound"));
+    return notice("error", t("failedLoad", { msg: err.message }));
+  }
+  function tableWrap(table) {
+    return h("div", { class: "table-wrap" }, table);
+  }
+
+  // ---------------------------------------------------------------- sign in
+  function signInPage() {
+    crumbs([{ label: t("signIn") }]);
+    const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off", required: true, spellcheck: "false" });
+    const error = h("p", { class: "field-error", id: "token-error", role: "alert" });
+    if (signOutMessage) error.textContent = signOutMessage;
+    const form = h("form", { class: "card narrow", id: "sign-in-form", novalidate: true },
+      h("p", {}, t("signInHelp")),
+      h("label", { for: "token" }, t("tokenLabel")),
+      input, error,
+      h("button", { type: "submit", class: "btn btn-primary", id: "sign-in" }, t("signIn")));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const token = input.value.trim();
+      if (!token) { error.textContent = t("tokenRequired"); input.focus(); return; }
+      sessionStorage.setItem(TOKEN_KEY, token);
+      try {
+        const me = await api("GET", "/api/me");
+        sessionStorage.setItem(WHO_KEY, JSON.stringify(me));
+        signOutMessage = "";
+        // Back to the page asked for (a shared link), or the list.
+        if (location.hash.startsWith("#/") && location.hash !== "#/signin") route();
+        else location.hash = "#/webhooks";
+      } catch (err) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        error.textContent = err.status === 401 ? t("tokenRejected") : err.message;
+        input.select();
+      }
+    });
+    page(t("signInTitle"), form);
+    input.focus();
+  }
+
+  // ---------------------------------------------------------------- webhooks list
+  async function webhooksPage(params) {
+    crumbs(baseCrumbs());
+    const cursor = params.get("cursor");
+    const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (cursor) q.set("cursor", cursor);
+    page(t("webhooks"), h("p", {}, t("loading")));
+    let res;
+    try { res = await api("GET", `/api/webhooks?${q}`); } catch (err) { page(t("webhooks"), failed(err)); return; }
+    const toolbar = h("div", { class: "toolbar" },
+      h("a", { href: "#/webhooks/new", class: "btn btn-primary", id: "new-webhook" }, t("newWebhook")));
+    if (res.data.length === 0 && !cursor) {
+      page(t("webhooks"), toolbar, notice("info", t("noWebhooks")));
+      return;
+    }
+    const admin = isAdmin();
+    const tbody = h("tbody");
+    for (const w of res.data) {
+      const last = h("td", { "data-col": "last" }, "…");
+      const rate = h("td", { "data-col": "rate", class: "num" }, "…");
+      tbody.append(h("tr", { "data-webhook": w.id },
+        h("td", { class: "url" }, h("a", { href: `#/webhooks/${encodeURIComponent(w.id)}` }, w.url)),
+        admin ? h("td", {}, w.organization_id) : null,
+        h("td", {}, w.events.join(", ")),
+        h("td", {}, w.active ? t("active") : h("span", { class: "muted" }, t("inactive"))),
+        h("td", { class: "desc" }, w.description || ""),
+        last, rate));
+      fillStats(w.id, last, rate);
+    }
+    const table = h("table", { id: "webhooks" },
+      h("thead", {}, h("tr", {},
+        h("th", { scope: "col" }, t("url")),
+        admin ? h("th", { scope: "col" }, t("organization")) : null,
+        h("th", { scope: "col" }, t("events")),
+        h("th", { scope: "col" }, t("active")),
+        h("th", { scope: "col" }, t("description")),
+        h("th", { scope: "col" }, t("lastDelivery")),
+        h("th", { scope: "col", class: "num" }, t("successRate")))),
+      tbody);
+    const pager = h("div", { class: "pager" });
+    if (cursor) pager.append(h("a", { href: "#/webhooks", class: "btn" }, t("newest")));
+    if (res.next_cursor) pager.append(h("a", { href: `#/webhooks?cursor=${encodeURIComponent(res.next_cursor)}`, class: "btn" }, t("next")));
+    page(t("webhooks"), toolbar, tableWrap(table), pager);
+  }
+
+  async function fillStats(id, lastCell, rateCell) {
+    try {
+      const st = await api("GET", `/api/webhooks/${encodeURIComponent(id)}/stats?hours=24`);
+      clear(lastCell);
+      clear(rateCell);
+      if (st.last_delivery) {
+        lastCell.append(
+          h("a", { href: `#/deliveries/${encodeURIComponent(st.last_delivery.id)}` }, badge(st.last_delivery.status)),
+          " ", timeEl(st.last_delivery.created_at, true));
+      } else {
+        lastCell.append(h("span", { class: "muted" }, t("none")));
+      }
+      const judged = st.totals.succeeded + st.totals.failed + st.totals.retrying;
+      rateCell.append(st.success_rate === null ? "—"
+        : `${Math.round(st.success_rate * 1000) / 10} % (${st.totals.succeeded}/${judged})`);
+    } catch (_) {
+      lastCell.textContent = "?";
+      rateCell.textContent = "?";
+    }
+  }
+
+  // ---------------------------------------------------------------- webhook form
+  // The form of the spec's fields; `existing` for editing. Calls onDone(answer).
+  async function webhookForm(existing, onDone) {
+    const types = await eventTypes();
+    const form = h("form", { class: "card", id: existing ? "edit-form" : "create-form", novalidate: true });
+    const errors = {};
+    function field(name, label, control, help) {
+      errors[name] = h("p", { class: "field-error", id: `${name}-error`, role: "alert" });
+      control.setAttribute("aria-describedby", `${name}-error`);
+      return h("div", { class: "field", "data-field": name },
+        h("label", { for: control.id }, label), control, help ? h("p", { class: "help" }, help) : null, errors[name]);
+    }
+    const url = h("input", { id: "f-url", name: "url", type: "url", required: true, value: existing ? existing.url : "", placeholder: "https://example.com/webhooks/palo", spellcheck: "false" });
+    form.append(field("url", t("url"), url));
+    let org = null;
+    if (!existing && isAdmin()) {
+      org = h("input", { id: "f-organization_id", name: "organization_id", required: true });
+      form.append(field("organization_id", t("organization"), org));
+    }
+    // Events as checkboxes of the known types, plus "*".
+    const subscribed = new Set(existing ? existing.events : []);
+    const boxes = [];
+    const all = h("input", { type: "checkbox", id: "ev-all", value: "*", checked: subscribed.has("*") });
+    const fieldset = h("fieldset", { class: "field", "data-field": "events", id: "f-events" },
+      h("legend", {}, t("events")),
+      h("label", { class: "check" }, all, " ", t("allEvents")));
+    for (const name of types) {
+      const box = h("input", { type: "checkbox", id: `ev-${name}`, value: name, checked: subscribed.has(name) || subscribed.has("*"), disabled: subscribed.has("*") });
+      boxes.push(box);
+      fieldset.append(h("label", { class: "check" }, box, " ", h("code", {}, name)));
+    }
+    all.addEventListener("change", () => {
+      for (const b of boxes) { b.disabled = all.checked; if (all.checked) b.checked = true; }
+    });
+    errors.events = h("p", { class: "field-error", id: "events-error", role: "alert" });
+    fieldset.append(errors.events);
+    form.append(fieldset);
+    // Secret: generated by default (creation only; rotation is its own action).
+    let own = null, secret = null;
+    if (!existing) {
+      const gen = h("input", { type: "radio", name: "secret-mode", id: "secret-generate", value: "generate", checked: true });
+      own = h("input", { type: "radio", name: "secret-mode", id: "secret-own", value: "own" });
+      secret = h("input", { id: "f-secret", name: "secret", type: "password", autocomplete: "new-password", disabled: true, minlength: 32 });
+      const toggle = () => { secret.disabled = !own.checked; if (own.checked) secret.focus(); };
+      gen.addEventListener("change", toggle);
+      own.addEventListener("change", toggle);
+      errors.secret = h("p", { class: "field-error", id: "secret-error", role: "alert" });
+      secret.setAttribute("aria-describedby", "secret-error");
+      form.append(h("fieldset", { class: "field", "data-field": "secret" },
+        h("legend", {}, t("secret")),
+        h("label", { class: "check" }, gen, " ", t("generateSecret")),
+        h("label", { class: "check" }, own, " ", t("ownSecret")),
+        secret, errors.secret));
+    }
+    const active = h("input", { type: "checkbox", id: "f-active", checked: existing ? existing.active : true });
+    form.append(h("div", { class: "field" }, h("label", { class: "check" }, active, " ", t("active"))));
+    const desc = h("textarea", { id: "f-description", name: "description", rows: "2" });
+    desc.value = existing ? existing.description : "";
+    form.append(field("description", t("description"), desc));
+    const top = h("p", { class: "notice notice-error hidden", role: "alert", id: "form-error" });
+    const submit = h("button", { type: "submit", class: "btn btn-primary", id: existing ? "save" : "create" }, existing ? t("save") : t("create"));
+    const status = h("span", { class: "form-status", role: "status" });
+    form.prepend(top);
+    form.append(h("div", { class: "actions" }, submit, status));
+
+    function showError(name, text) {
+      const el = errors[name] || null;
+      if (el) {
+        el.textContent = text;
+        const ctl = form.querySelector(`[data-field="${name}"] input, [data-field="${name}"] textarea`);
+        if (ctl) ctl.setAttribute("aria-invalid", "true");
+      }
+      top.textContent = el ? t("fixErrors") : text;
+      top.classList.remove("hidden");
+    }
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      for (const el of Object.values(errors)) el.textContent = "";
+      for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+      top.classList.add("hidden");
+      status.textContent = "";
+      const events = all.checked ? ["*"] : boxes.filter((b) => b.checked).map((b) => b.value);
+      if (events.length === 0) { showError("events", t("eventsRequired")); return; }
+      if (org && !org.value.trim()) { showError("organization_id", t("orgRequired")); return; }
+      const body = { url: url.value.trim(), events, active: active.checked, description: desc.value };
+      if (org) body.organization_id = org.value.trim();
+      if (own && own.checked) body.secret = secret.value;
+      submit.disabled = true;
+      try {
+        const res = existing
+          ? await api("PATCH", `/api/webhooks/${encodeURIComponent(existing.id)}`, body)
+          : await api("POST", "/api/webhooks", body);
+        status.textContent = existing ? t("saved") : t("created");
+        onDone(res);
+      } catch (err) {
+        if (err.code === "validation_failed" && err.field) {
+          const name = err.field.split(".")[0].split("[")[0];
+          showError(errors[name] ? name : "", err.message);
+        } else {
+          showError("", err.message);
+        }
+      } finally {
+        submit.disabled = false;
+      }
+    });
+    return form;
+  }
+
+  async function newWebhookPage() {
+    crumbs([...baseCrumbs(), { label: t("newWebhook") }]);
+    let form;
+    try {
+      form = await webhookForm(null, (created) => {
+        const done = h("section", { class: "card", id: "created" }, notice("ok", t("created")));
+        if (created.secret) {
+          done.append(
+            h("p", { class: "warning", role: "alert" }, t("secretOnce")),
+            copyable("new-secret", t("secret"), created.secret),
+            copyable("new-sw-secret", t("swSecret"), created.standard_webhooks_secret));
+        }
+        done.append(h("p", {}, h("a", { class: "btn btn-primary", href: `#/webhooks/${encodeURIComponent(created.id)}`, id: "open-webhook" }, t("goToWebhook"))));
+        page(t("newWebhook"), done);
+      });
+    } catch (err) { page(t("newWebhook"), failed(err)); return; }
+    page(t("newWebhook"), form);
+    $("f-url").focus();
+  }
+
+  function copyable(id, label, value) {
+    const input = h("input", { id, readonly: true, class: "mono", value, spellcheck: "false" });
+    const button = h("button", { type: "button", class: "btn", id: `${id}-copy` }, t("copy"));
+    button.addEventListener("click", async () => {
+      input.select();
+      try { await navigator.clipboard.writeText(value); } catch (_) { document.execCommand && document.execCommand("copy"); }
+      button.textContent = t("copied");
+    });
+    return h("div", { class: "field" }, h("label", { for: id }, label), h("div", { class: "copy-row" }, input, button));
+  }
+
+  // ---------------------------------------------------------------- webhook page
+  function webhookTabs(id, current) {
+    const tab = (key, href) => h("a", { href, class: current === key ? "tab current" : "tab", "aria-current": current === key ? "page" : null, id: `tab-${key}` }, t(key));
+    return h("nav", { class: "tabs", "aria-label": t("webhook") },
+      tab("overview", `#/webhooks/${encodeURIComponent(id)}`),
+      tab("deliveries", `#/webhooks/${encodeURIComponent(id)}/deliveries`));
+  }
+
+  async function webhookPage(id) {
+    crumbs([...baseCrumbs(), { label: "…" }]);
+    page(t("webhook"), h("p", {}, t("loading")));
+    let w;
+    try { w = await api("GET", `/api/webhooks/${encodeURIComponent(id)}`); } catch (err) { page(t("webhook"), failed(err)); return; }
+    crumbs([...baseCrumbs(), { label: w.url }]);
+    const chart = h("section", { class: "card", id: "chart" }, h("h2", {}, t("last24h")), h("p", {}, t("loading")));
+    const testResult = h("div", { id: "test-result", "aria-live": "polite" });
+    const testBtn = h("button", { type: "button", class: "btn", id: "send-test" }, t("sendTest"));
+    testBtn.addEventListener("click", async () => {
+      testBtn.disabled = true;
+      clear(testResult);
+      testResult.append(h("p", {}, t("redelivering")));
+      try {
+        const res = await api("POST", `/api/webhooks/${encodeURIComponent(w.id)}/test`);
+        clear(testResult);
+        testResult.append(attemptSummary(res.attempt, t("testSent")),
+          h("p", {}, h("a", { href: `#/deliveries/${encodeURIComponent(res.delivery.id)}` }, t("delivery"), " ", res.delivery.id)));
+        loadChart(w.id, chart);
+      } catch (err) {
+        clear(testResult);
+        testResult.append(notice("error", err.code === "webhook_busy" ? t("busy") : err.message));
+      } finally { testBtn.disabled = false; }
+    });
+    const toggle = h("button", { type: "button", class: "btn", id: "toggle-active" }, w.active ? t("deactivate") : t("activate"));
+    toggle.addEventListener("click", async () => {
+      toggle.disabled = true;
+      try { await api("PATCH", `/api/webhooks/${encodeURIComponent(w.id)}`, { active: !w.active }); webhookPage(id); }
+      catch (err) { toggle.disabled = false; testResult.append(notice("error", err.message)); }
+    });
+    const del = h("button", { type: "button", class: "btn btn-danger", id: "delete" }, t("delete"));
+    del.addEventListener("click", () => confirmDelete(w));
+    const facts = h("dl", { class: "facts" },
+      h("dt", {}, "ID"), h("dd", { class: "mono" }, w.id),
+      h("dt", {}, t("organization")), h("dd", {}, w.organization_id),
+      h("dt", {}, t("status")), h("dd", { id: "active-state" }, w.active ? t("active") : t("inactive")),
+      h("dt", {}, t("events")), h("dd", {}, w.events.join(", ")),
+      h("dt", {}, t("createdAt")), h("dd", {}, timeEl(w.created_at)));
+    const editSection = h("details", { class: "card", id: "edit" }, h("summary", {}, t("edit")));
+    const form = await webhookForm(w, () => webhookPage(id));
+    editSection.append(form);
+    page(w.url,
+      webhookTabs(w.id, "overview"),
+      h("section", { class: "card" }, facts, h("div", { class: "actions" }, testBtn, toggle, del), testResult),
+      chart, editSection);
+    loadChart(w.id, chart);
+  }
+
+  function confirmDelete(w) {
+    const dialog = h("dialog", { id: "confirm-delete", "aria-labelledby": "confirm-title" });
+    const yes = h("button", { type: "button", class: "btn btn-danger", id: "confirm-delete-yes" }, t("deleteConfirm"));
+    const no = h("button", { type: "button", class: "btn", id: "confirm-delete-no" }, t("cancel"));
+    dialog.append(h("h2", { id: "confirm-title" }, t("deleteTitle")), h("p", {}, w.url), h("p", {}, t("deleteText")), h("div", { class: "actions" }, no, yes));
+    document.body.append(dialog);
+    no.addEventListener("click", () => { dialog.close(); });
+    dialog.addEventListener("close", () => dialog.remove());
+    yes.addEventListener("click", async () => {
+      yes.disabled = true;
+      try {
+        await api("DELETE", `/api/webhooks/${encodeURIComponent(w.id)}`);
+        dialog.close();
+        location.hash = "#/webhooks";
+      } catch (err) {
+        yes.disabled = false;
+        dialog.append(notice("error", err.message));
+      }
+    });
+    dialog.showModal();
+    no.focus();
+  }
+
+  async function loadChart(id, section) {
+    let st;
+    try { st = await api("GET", `/api/webhooks/${encodeURIComponent(id)}/stats?hours=24`); } catch (err) {
+      clear(section); section.append(h("h2", {}, t("last24h")), failed(err)); return;
+    }
+    clear(section);
+    section.append(h("h2", {}, t("last24h")));
+    const judged = st.totals.succeeded + st.totals.failed + st.totals.retrying;
+    section.append(h("p", { class: "summary", id: "stats-summary" },
+      `${t("successRate")}: `, st.success_rate === null ? "—" : `${Math.round(st.success_rate * 1000) / 10} % (${st.totals.succeeded}/${judged})`,
+      ` · ${t("attempts")}: ${st.attempts}`));
+    if (st.truncated) section.append(notice("info", t("truncated", { n: "20 000" })));
+    const any = st.buckets.some((b) => STATUSES.some((k) => b[k] > 0) || b.attempts > 0);
+    if (!any) { section.append(notice("info", t("noData"))); return; }
+    section.append(h("h3", {}, t("perHour")), barChart(st.buckets), legend(),
+      h("h3", {}, t("latency")), latencyChart(st.buckets),
+      h("ul", { class: "legend" },
+        h("li", {}, h("span", { class: "swatch swatch-p50" }), t("p50")),
+        h("li", {}, h("span", { class: "swatch swatch-p95" }), t("p95"))));
+  }
+
+  const CHART_W = 720, CHART_H = 180, PAD_L = 44, PAD_B = 22, PAD_T = 8;
+
+  function axes(svg, max, buckets, unit) {
+    const plotH = CHART_H - PAD_B - PAD_T;
+    for (const frac of [0, 0.5, 1]) {
+      const y = PAD_T + plotH * (1 - frac);
+      svg.append(s("line", { x1: PAD_L, x2: CHART_W, y1: y, y2: y, class: "grid" }));
+      svg.append(s("text", { x: PAD_L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, `${Math.round(max * frac)}${unit}`));
+    }
+    const step = (CHART_W - PAD_L) / buckets.length;
+    buckets.forEach((b, i) => {
+      if (i % 6 === 0 || i === buckets.length - 1) {
+        const d = new Date(b.start);
+        const label = d.toLocaleTimeString(lang === "fr" ? "fr-FR" : "en-GB", { hour: "2-digit", minute: "2-digit" });
+        svg.append(s("text", { x: PAD_L + step * i + step / 2, y: CHART_H - 6, class: "axis", "text-anchor": "middle" }, label));
+      }
+    });
+    return { plotH, step };
+  }
+
+  function barChart(buckets) {
+    const order = ["succeeded", "retrying", "pending", "failed", "cancelled"];
+    const max = Math.max(1, ...buckets.map((b) => order.reduce((n, k) => n + b[k], 0)));
+    const svg = s("svg", { viewBox: `0 0 ${CHART_W} ${CHART_H}`, class: "chart", role: "img", id: "chart-deliveries",
+      "aria-label": t("perHour") });
+    const { plotH, step } = axes(svg, max, buckets, "");
+    buckets.forEach((b, i) => {
+      let y = PAD_T + plotH;
+      const x = PAD_L + step * i + 1;
+      const hour = absTime(b.start);
+      for (const k of order) {
+        if (!b[k]) continue;
+        const hgt = (b[k] / max) * plotH;
+        y -= hgt;
+        svg.append(s("rect", { x, y, width: Math.max(1, step - 2), height: hgt, class: `bar bar-${k}` },
+          s("title", {}, `${hour}: ${b[k]} ${statusName(k)}`)));
+      }
+    });
+    return svg;
+  }
+
+  function latencyChart(buckets) {
+    const max = Math.max(1, ...buckets.map((b) => b.latency_p95_ms || 0));
+    const svg = s("svg", { viewBox: `0 0 ${CHART_W} ${CHART_H}`, class: "chart", role: "img", id: "chart-latency",
+      "aria-label": t("latency") });
+    const { plotH, step } = axes(svg, max, buckets, " ms");
+    for (const key of ["latency_p50_ms", "latency_p95_ms"]) {
+      const pts = [];
+      buckets.forEach((b, i) => {
+        if (b[key] === null || b[key] === undefined) return;
+        const x = PAD_L + step * i + step / 2;
+        const y = PAD_T + plotH * (1 - b[key] / max);
+        pts.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+        svg.append(s("circle", { cx: x, cy: y, r: 3, class: `dot ${key === "latency_p50_ms" ? "line-p50" : "line-p95"}` },
+          s("title", {}, `${absTime(b.start)}: ${key === "latency_p50_ms" ? "p50" : "p95"} ${b[key]} ms (${b.attempts})`)));
+      });
+      if (pts.length > 1) svg.append(s("polyline", { points: pts.join(" "), class: `line ${key === "latency_p50_ms" ? "line-p50" : "line-p95"}` }));
+    }
+    return svg;
+  }
+
+  function legend() {
+    return h("ul", { class: "legend" }, ["succeeded", "retrying", "pending", "failed", "cancelled"].map((k) =>
+      h("li", {}, h("span", { class: `swatch bar-${k}` }), statusName(k))));
+  }
+
+  // ---------------------------------------------------------------- deliveries tab
+  async function deliveriesPage(id, params) {
+    let w;
+    try { w = await api("GET", `/api/webhooks/${encodeURIComponent(id)}`); } catch (err) {
+      crumbs(baseCrumbs()); page(t("deliveries"), failed(err)); return;
+    }
+    crumbs([...baseCrumbs(), { label: w.url, href: `#/webhooks/${encodeURIComponent(id)}` }, { label: t("deliveries") }]);
+    const types = await eventTypes();
+    const status = params.get("status") || "";
+    const type = params.get("event_type") || "";
+    const cursor = params.get("cursor") || "";
+    const trail = (params.get("trail") || "").split(",").filter(Boolean);
+    const link = (p) => {
+      const q = new URLSearchParams();
+      for (const [k, v] of Object.entries(p)) if (v) q.set(k, v);
+      const qs = q.toString();
+      return `#/webhooks/${encodeURIComponent(id)}/deliveries${qs ? `?${qs}` : ""}`;
+    };
+    const statusSel = h("select", { id: "filter-status", "aria-label": t("status") },
+      h("option", { value: "" }, t("allStatuses")),
+      STATUSES.map((k) => h("option", { value: k, selected: k === status }, statusName(k))));
+    const typeSel = h("select", { id: "filter-type", "aria-label": t("eventType") },
+      h("option", { value: "" }, t("allTypes")),
+      ["webhook.test", ...types].map((k) => h("option", { value: k, selected: k === type }, k)));
+    const onFilter = () => { location.hash = link({ status: statusSel.value, event_type: typeSel.value }); };
+    statusSel.addEventListener("change", onFilter);
+    typeSel.addEventListener("change", onFilter);
+    const liveNote = h("span", { class: "live", id: "live" }, t("live"));
+    const body = h("div", { id: "deliveries-body" }, h("p", {}, t("loading")));
+    page(w.url, webhookTabs(id, "deliveries"),
+      h("div", { class: "toolbar" },
+        h("label", { class: "inline" }, `${t("status")} `, statusSel),
+        h("label", { class: "inline" }, `${t("eventType")} `, typeSel), liveNote),
+      body);
+
+    async function load() {
+      const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      if (status) q.set("status", status);
+      if (type) q.set("event_type", type);
+      if (cursor) q.set("cursor", cursor);
+      let res;
+      try { res = await api("GET", `/api/webhooks/${encodeURIComponent(id)}/deliveries?${q}`); } catch (err) {
+        clear(body); body.append(failed(err)); return;
+      }
+      // Keep focus and scroll: only the table's content changes.
+      clear(body);
+      if (res.data.length === 0) {
+        body.append(notice("info", t("noDeliveries")));
+      } else {
+        const tbody = h("tbody");
+        for (const d of res.data) {
+          tbody.append(h("tr", { "data-delivery": d.id },
+            h("td", {}, timeEl(d.created_at)),
+            h("td", {}, h("code", {}, d.event_type)),
+            h("td", { class: "mono" }, d.event_id),
+            h("td", {}, badge(d.status)),
+            h("td", { class: "num" }, String(d.attempt_count)),
+            h("td", {}, d.next_attempt_at ? timeEl(d.next_attempt_at, true) : h("span", { class: "muted" }, t("whenNone"))),
+            h("td", {}, h("a", { href: `#/deliveries/${encodeURIComponent(d.id)}`, class: "btn btn-small", "aria-label": `${t("view")} ${d.id}` }, t("view")))));
+        }
+        body.append(tableWrap(h("table", { id: "deliveries" },
+          h("thead", {}, h("tr", {},
+            h("th", { scope: "col" }, t("createdAt")), h("th", { scope: "col" }, t("eventType")),
+            h("th", { scope: "col" }, t("eventId")), h("th", { scope: "col" }, t("status")),
+            h("th", { scope: "col", class: "num" }, t("attempts")), h("th", { scope: "col" }, t("nextAttempt")),
+            h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("view"))))),
+          tbody)));
+      }
+      const pager = h("div", { class: "pager" });
+      if (cursor) {
+        const back = trail.slice(0, -1);
+        pager.append(h("a", { class: "btn", id: "newer", href: link({ status, event_type: type, cursor: trail[trail.length - 1] || "", trail: back.join(",") }) }, t("newer")));
+      }
+      if (res.next_cursor) {
+        pager.append(h("a", { class: "btn", id: "older", href: link({ status, event_type: type, cursor: res.next_cursor, trail: [...trail, cursor].join(",") }) }, t("older")));
+      }
+      body.append(pager);
+      liveNote.textContent = `${t("live")} · ${t("updated", { time: new Date().toLocaleTimeString(lang === "fr" ? "fr-FR" : "en-GB") })}`;
+    }
+    await load();
+    later(() => { if (document.visibilityState === "visible") load(); }, LIVE_REFRESH_MS);
+  }
+
+  // ---------------------------------------------------------------- delivery page
+  function attemptSummary(a, prefix) {
+    const ok = attemptOk(a);
+    return h("p", { class: `notice ${ok ? "notice-ok" : "notice-error"}`, role: "status", id: "attempt-result" },
+      `${prefix}: ${attemptResult(a)} · ${a.duration_ms} ms`,
+      a.error_detail ? ` · ${a.error_detail}` : "");
+  }
+
+  async function deliveryPage(id) {
+    crumbs([...baseCrumbs(), { label: "…" }]);
+    page(t("delivery"), h("p", {}, t("loading")));
+    let d;
+    try { d = await api("GET", `/api/deliveries/${encodeURIComponent(id)}`); } catch (err) {
+      page(t("delivery"), failed(err)); return;
+    }
+    let w = null;
+    try { w = await api("GET", `/api/webhooks/${encodeURIComponent(d.webhook_id)}`); } catch (_) { w = null; }
+    const whHref = `#/webhooks/${encodeURIComponent(d.webhook_id)}`;
+    crumbs([...baseCrumbs(),
+      { label: w ? w.url : t("deletedWebhook"), href: w ? whHref : null },
+      { label: t("deliveries"), href: w ? `${whHref}/deliveries` : null },
+      { label: d.id }]);
+
+    const summary = h("section", { class: "card", id: "delivery-summary" });
+    const attemptsBox = h("section", { class: "card", id: "attempts" });
+    const resultBox = h("div", { id: "redeliver-result", "aria-live": "polite" });
+    const button = h("button", { type: "button", class: "btn btn-primary", id: "redeliver" }, t("redeliver"));
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      button.textContent = t("redelivering");
+      clear(resultBox);
+      try {
+        const res = await api("POST", `/api/deliveries/${encodeURIComponent(d.id)}/redeliver`);
+        resultBox.append(attemptSummary(res.attempt, t("attemptN", { n: res.attempt.number })));
+        const fresh = await api("GET", `/api/deliveries/${encodeURIComponent(d.id)}`);
+        renderSummary(fresh);
+        renderAttempts(fresh);
+      } catch (err) {
+        resultBox.append(notice("error", err.code === "webhook_busy" ? t("busy") : err.message));
+      } finally {
+        button.disabled = false;
+        button.textContent = t("redeliver");
+      }
+    });
+
+    function renderSummary(cur) {
+      clear(summary);
+      summary.append(h("dl", { class: "facts" },
+        h("dt", {}, t("status")), h("dd", { id: "delivery-status" }, badge(cur.status)),
+        h("dt", {}, t("webhook")), h("dd", {}, w ? h("a", { href: whHref }, w.url) : h("span", { class: "muted" }, t("deletedWebhook"))),
+        h("dt", {}, t("eventType")), h("dd", {}, h("code", {}, cur.event_type)),
+        h("dt", {}, t("eventId")), h("dd", { class: "mono" }, cur.event_id),
+        h("dt", {}, t("attempts")), h("dd", { id: "attempt-count" }, String(cur.attempt_count)),
+        h("dt", {}, t("nextAttempt")), h("dd", {}, cur.next_attempt_at ? timeEl(cur.next_attempt_at, true) : h("span", { class: "muted" }, t("whenNone"))),
+        h("dt", {}, t("createdAt")), h("dd", {}, timeEl(cur.created_at))),
+      h("div", { class: "actions" }, button), resultBox);
+    }
+
+    function renderAttempts(cur) {
+      clear(attemptsBox);
+      attemptsBox.append(h("h2", {}, t("attemptsLog")));
+      if (!cur.attempts || cur.attempts.length === 0) { attemptsBox.append(h("p", {}, t("noAttempts"))); return; }
+      const list = h("ol", { class: "attempts", reversed: true });
+      for (const a of [...cur.attempts].reverse()) {
+        const ok = attemptOk(a);
+        const bodyText = a.response_body === "" ? t("emptyBody") : a.response_body;
+        list.append(h("li", { class: `attempt ${ok ? "ok" : "ko"}`, "data-attempt": a.number },
+          h("div", { class: "attempt-head" },
+            h("strong", {}, `${t("number")}${a.number}`),
+            h("span", { class: `result ${ok ? "ok" : "ko"}`, "data-result": "" }, attemptResult(a)),
+            timeEl(a.started_at),
+            h("span", {}, `${a.duration_ms} ms`),
+            h("span", { class: "muted" }, t(a.trigger))),
+          a.error_detail ? h("p", { class: "detail" }, a.error_detail) : null,
+          a.retry_after_seconds !== null && a.retry_after_seconds !== undefined ? h("p", { class: "detail" }, t("retryAfter", { s: a.retry_after_seconds })) : null,
+          h("details", { class: "body", open: cur.attempts.length <= 3 || a.number === cur.attempts.length },
+            h("summary", {}, t("responseBody"), a.response_body_truncated ? h("span", { class: "trunc" }, ` (${t("truncatedBody")})`) : null),
+            h("pre", { class: "response-body" }, bodyText),
+            a.response_body_truncated ? h("p", { class: "trunc" }, `… ${t("truncatedBody")}`) : null)));
+      }
+      attemptsBox.append(list);
+    }
+
+    const payloadBox = h("section", { class: "card", id: "payload" }, h("h2", {}, t("payload")), h("p", {}, t("loading")));
+    renderSummary(d);
+    renderAttempts(d);
+    page(`${t("delivery")} ${d.id}`, summary, payloadBox, attemptsBox);
+    try {
+      const q = isAdmin() ? `?organization_id=${encodeURIComponent(d.organization_id)}` : "";
+      const ev = await api("GET", `/api/events/${encodeURIComponent(d.event_id)}${q}`);
+      const envelope = { event_id: ev.event_id, event_type: ev.event_type, timestamp: ev.timestamp, organization_id: ev.organization_id, data: ev.data };
+      clear(payloadBox);
+      payloadBox.append(h("h2", {}, t("payload")), h("pre", { class: "payload", id: "payload-json" }, JSON.stringify(envelope, null, 2)));
+    } catch (err) {
+      clear(payloadBox);
+      payloadBox.append(h("h2", {}, t("payload")), failed(err));
+    }
+  }
+
+  // ---------------------------------------------------------------- router
+  async function route() {
+    stopTimers();
+    account();
+    const hash = location.hash || "#/webhooks";
+    if (!hash.startsWith("#/")) return; // in-page anchors (skip link)
+    const [path, query] = hash.slice(1).split("?");
+    const params = new URLSearchParams(query || "");
+    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    if (!sessionStorage.getItem(TOKEN_KEY)) { signInPage(); return; }
+    if (parts[0] === "signin") { location.hash = "#/webhooks"; return; }
+    try {
+      if (parts[0] === "webhooks" && parts.length === 1) await webhooksPage(params);
+      else if (parts[0] === "webhooks" && parts[1] === "new") await newWebhookPage();
+      else if (parts[0] === "webhooks" && parts.length === 2) await webhookPage(parts[1]);
+      else if (parts[0] === "webhooks" && parts[2] === "deliveries") await deliveriesPage(parts[1], params);
+      else if (parts[0] === "deliveries" && parts.length === 2) await deliveryPage(parts[1]);
+      else { crumbs(baseCrumbs()); page(t("notFound")); }
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) return; // signed out already
+      page(t("webhooks"), failed(err));
+    }
+    const main = $("main");
+    if (document.activeElement === document.body) main.focus({ preventScroll: true });
+  }
+
+  window.addEventListener("hashchange", route);
+  document.addEventListener("DOMContentLoaded", () => {
+    if (!location.hash) location.replace("#/webhooks");
+    route();
+  });
+})();

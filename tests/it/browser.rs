@@ -1,0 +1,525 @@
+//! The web UI in a real browser: headless Chromium driven over WebDriver (chromedriver) by
+//! fantoccini, against the real daemon and real receivers on 127.0.0.1.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them; `CHROMIUM` and
+//! `CHROMEDRIVER` override the paths). Without them these tests fail and say what to install,
+//! unless `PALO_WEBHOOKS_SKIP_BROWSER=1` is set. `PALO_WEBHOOKS_SCREENSHOTS=DIR` saves the
+//! README's screenshots (docs/img/) there.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::key::Key;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::support::{self, Behaviour, Daemon, Receiver};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A headless Chromium session, with the chromedriver that runs it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    base: String,
+    _profile: tempfile::TempDir,
+}
+
+fn tool(env: &str, default: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.to_owned()));
+    path.exists().then_some(path)
+}
+
+impl Browser {
+    /// Starts chromedriver and a 1280×800 headless Chromium on `daemon`'s UI, in English.
+    /// `None` only when the browser is missing and `PALO_WEBHOOKS_SKIP_BROWSER=1`.
+    async fn start(daemon: &Daemon) -> Option<Browser> {
+        let (Some(chromium), Some(chromedriver)) = (
+            tool("CHROMIUM", "/usr/bin/chromium"),
+            tool("CHROMEDRIVER", "/usr/bin/chromedriver"),
+        ) else {
+            if std::env::var("PALO_WEBHOOKS_SKIP_BROWSER").as_deref() == Ok("1") {
+                eprintln!("browser test skipped: PALO_WEBHOOKS_SKIP_BROWSER=1 and no chromium");
+                return None;
+            }
+            panic!(
+                "the browser tests need Chromium and ChromeDriver: \
+                 `apt-get install chromium chromium-driver` (or set CHROMIUM and CHROMEDRIVER, \
+                 or PALO_WEBHOOKS_SKIP_BROWSER=1 to skip them)"
+            );
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(chromedriver);
+        command
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its own process group, so the browser it starts goes with it (see Drop).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let driver = command.spawn().expect("start chromedriver");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--lang=en-US",
+            "--accept-lang=en-US",
+            "--window-size=1280,800",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": args,
+                "prefs": {"intl.accept_languages": "en-US"},
+            },
+        });
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities.as_object().unwrap().clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("WebDriver session");
+        Some(Browser {
+            client,
+            driver,
+            base: format!("http://{}", daemon.addr),
+            _profile: profile,
+        })
+    }
+
+    async fn goto(&self, fragment: &str) {
+        self.client
+            .goto(&format!("{}/ui/{fragment}", self.base))
+            .await
+            .unwrap();
+    }
+
+    /// The first element matching `css`, waiting for it.
+    async fn find(&self, css: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css:?} on the page: {e}"))
+    }
+
+    async fn all(&self, css: &str) -> Vec<Element> {
+        self.client.find_all(Locator::Css(css)).await.unwrap()
+    }
+
+    /// Waits until the text of the first `css` element satisfies `ok`; returns it.
+    async fn text_until(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await {
+                if let Ok(text) = element.text().await {
+                    if ok(&text) {
+                        return text;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{css:?} says {text:?}, still not what the test waits for"
+                    );
+                }
+            }
+            assert!(Instant::now() < deadline, "no {css:?} on the page");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `count(css)` is `n`.
+    async fn count_until(&self, css: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.all(css).await.len();
+            if got == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{got} of {css:?}, want {n}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
+    /// Signs in with `token`, typed and submitted with the Enter key.
+    async fn sign_in(&self, token: &str) {
+        self.goto("#/webhooks").await;
+        let input = self.find("#token").await;
+        input
+            .send_keys(&format!("{token}{}", char::from(Key::Enter)))
+            .await
+            .unwrap();
+        self.find("#sign-out").await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        if let Ok(dir) = std::env::var("PALO_WEBHOOKS_SCREENSHOTS") {
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::write(PathBuf::from(dir).join(name), png).unwrap();
+        }
+    }
+
+    /// Whether the page is wider than the window (a phone would scroll sideways).
+    async fn overflows(&self) -> bool {
+        self.js("return document.documentElement.scrollWidth > window.innerWidth + 1")
+            .await
+            .as_bool()
+            .unwrap()
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // After a failed assertion: end chromedriver and the browser it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.driver.wait();
+    }
+}
+
+fn ticket(event_id: &str, org: &str, title: &str) -> Value {
+    json!({"event_id": event_id, "event_type": "ticket.created", "organization_id": org,
+           "data": {"ticket_id": "TKT-00512", "title": title, "priority": "p1",
+                    "project_id": "proj_1", "created_by": "user_1"}})
+}
+
+/// The issue's scenario: sign in with an organization key, create a webhook through the form,
+/// see the failed attempts of an event with their response bodies, redeliver to the healed
+/// receiver and see `succeeded`, all without reloading the page.
+#[tokio::test]
+async fn a_person_creates_a_webhook_reads_failed_attempts_and_redelivers_from_the_ui() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1s"]);
+    let receiver = Receiver::start(Behaviour::Reply(500, "receiver exploded: <b>oops</b>")).await;
+    let key = daemon.create_key("acme").await;
+    let Some(browser) = Browser::start(&daemon).await else {
+        return;
+    };
+    browser.sign_in(&key).await;
+    assert_eq!(
+        browser.find("#who").await.text().await.unwrap(),
+        "Organization acme"
+    );
+    // The spec's path is the navigation.
+    let crumbs = browser.find("#crumbs").await.text().await.unwrap();
+    assert!(
+        crumbs.contains("Settings") && crumbs.contains("Developers") && crumbs.contains("Webhooks"),
+        "{crumbs}"
+    );
+    // The token is in no URL and no cookie.
+    assert!(!browser
+        .client
+        .current_url()
+        .await
+        .unwrap()
+        .as_str()
+        .contains(&key));
+    assert_eq!(browser.js("return document.cookie").await, json!(""));
+
+    // New webhook: a field error first, in words, next to the field.
+    browser.find("#new-webhook").await.click().await.unwrap();
+    browser
+        .find("#f-url")
+        .await
+        .send_keys("ftp://example.com/x")
+        .await
+        .unwrap();
+    browser
+        .find("[id='ev-ticket.created']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#create").await.click().await.unwrap();
+    let error = browser.text_until("#url-error", |t| !t.is_empty()).await;
+    assert!(error.to_lowercase().contains("url"), "{error}");
+    let url = browser.find("#f-url").await;
+    url.clear().await.unwrap();
+    url.send_keys(&receiver.url).await.unwrap();
+    browser
+        .find("#f-description")
+        .await
+        .send_keys("Ops receiver")
+        .await
+        .unwrap();
+    browser.find("#create").await.click().await.unwrap();
+    // The generated secret is shown once, with a copy button and a warning.
+    let secret = browser
+        .find("#new-secret")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(secret.starts_with("pwsec_"), "{secret}");
+    browser.find("#new-secret-copy").await;
+    let warning = browser
+        .find("#created .warning")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(warning.contains("will not be shown again"), "{warning}");
+    browser.find("#open-webhook").await.click().await.unwrap();
+    browser.find("#send-test").await;
+
+    // The platform sends an event; the receiver fails both scheduled attempts.
+    let (status, _) = daemon
+        .call(
+            "POST",
+            "/api/events",
+            Some(ticket("evt_ui_1", "acme", "Server down")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    receiver.wait_for(2, WAIT).await;
+    browser.find("#tab-deliveries").await.click().await.unwrap();
+    // The live refresh shows the delivery as failed without a reload.
+    browser
+        .find("tr[data-delivery] .badge[data-status='failed']")
+        .await;
+    let row = browser
+        .find("tr[data-delivery]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        row.contains("ticket.created") && row.contains("evt_ui_1"),
+        "{row}"
+    );
+    browser
+        .find("tr[data-delivery] a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.count_until("#attempts li[data-attempt]", 2).await;
+    // Response bodies are shown as text: the receiver's markup is not markup here.
+    let bodies = browser.all(".response-body").await;
+    assert_eq!(bodies.len(), 2);
+    for body in &bodies {
+        assert_eq!(body.text().await.unwrap(), "receiver exploded: <b>oops</b>");
+    }
+    assert!(browser.all(".response-body b").await.is_empty());
+    let payload = browser
+        .text_until("#payload-json", |t| t.contains("evt_ui_1"))
+        .await;
+    assert!(payload.contains("\"title\": \"Server down\""), "{payload}");
+    let result = browser
+        .find("[data-attempt='2'] [data-result]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(result, "HTTP 500");
+    browser.screenshot("delivery-failed.png").await;
+
+    // The receiver is fixed; Redeliver makes one attempt and shows it without a reload.
+    receiver.set(Behaviour::Status(200));
+    browser
+        .js("window.__sameDocument = true; return null")
+        .await;
+    browser.find("#redeliver").await.click().await.unwrap();
+    let outcome = browser
+        .text_until("#attempt-result", |t| t.contains("HTTP"))
+        .await;
+    assert!(
+        outcome.contains("Attempt 3") && outcome.contains("HTTP 200"),
+        "{outcome}"
+    );
+    browser
+        .find("#delivery-status .badge[data-status='succeeded']")
+        .await;
+    browser.count_until("#attempts li[data-attempt]", 3).await;
+    assert_eq!(
+        browser.js("return window.__sameDocument === true").await,
+        json!(true)
+    );
+    browser.screenshot("delivery.png").await;
+
+    // The webhook page: its chart of the last 24 hours.
+    browser
+        .find("#crumbs li:nth-child(4) a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#chart-deliveries rect.bar-succeeded").await;
+    browser.find("#chart-latency").await;
+    let summary = browser
+        .text_until("#stats-summary", |t| t.contains('%'))
+        .await;
+    assert!(summary.contains("100 % (1/1)"), "{summary}");
+    browser.screenshot("webhook.png").await;
+    // The list: last delivery and success rate.
+    browser.goto("#/webhooks").await;
+    browser
+        .find("tr[data-webhook] td[data-col='last'] .badge[data-status='succeeded']")
+        .await;
+    browser
+        .text_until("td[data-col='rate']", |t| t.contains('%'))
+        .await;
+    browser.screenshot("webhooks.png").await;
+
+    // Phone width: readable without sideways scrolling (tables scroll in their own box).
+    browser.client.set_window_size(390, 844).await.unwrap();
+    assert!(
+        !browser.overflows().await,
+        "the list overflows a phone-width screen"
+    );
+    browser
+        .find("tr[data-webhook] a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#chart-deliveries").await;
+    assert!(
+        !browser.overflows().await,
+        "the webhook page overflows a phone-width screen"
+    );
+    browser.close().await;
+}
+
+/// Organization B sees none of A's webhooks or deliveries; producer and receiver text is
+/// shown as text; sign-out forgets the key; French follows the switch with the spec's labels.
+#[tokio::test]
+async fn the_ui_shows_one_organizations_data_as_text_and_speaks_french() {
+    let daemon = support::start(&["--allow-http"]);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let key_a = daemon.create_key("org_a").await;
+    let key_b = daemon.create_key("org_b").await;
+    let (status, webhook) = daemon
+        .call(
+            "POST",
+            "/api/webhooks",
+            Some(
+                json!({"url": receiver.url, "events": ["*"], "organization_id": "org_a",
+                        "description": "<img src=x id=injected-description>"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let hook = webhook["id"].as_str().unwrap().to_owned();
+    let hostile = "<script>window.__pwned = 1</script><img src=x id=injected-payload>";
+    let (status, _) = daemon
+        .call(
+            "POST",
+            "/api/events",
+            Some(ticket("evt_xss", "org_a", hostile)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let delivery = daemon.only_delivery(&hook).await;
+    let Some(browser) = Browser::start(&daemon).await else {
+        return;
+    };
+
+    // B: an empty list, and A's pages are "not found", even by their address.
+    browser.sign_in(&key_b).await;
+    browser.find("#new-webhook").await;
+    assert!(browser.all("tr[data-webhook]").await.is_empty());
+    browser.goto(&format!("#/webhooks/{hook}")).await;
+    browser
+        .text_until("main .notice-error", |t| t == "Not found.")
+        .await;
+    browser.goto(&format!("#/deliveries/{delivery}")).await;
+    browser
+        .text_until("main .notice-error", |t| t == "Not found.")
+        .await;
+    browser.goto(&format!("#/webhooks/{hook}/deliveries")).await;
+    browser
+        .text_until("main .notice-error", |t| t == "Not found.")
+        .await;
+    // Sign-out forgets the key.
+    browser.find("#sign-out").await.click().await.unwrap();
+    browser.find("#token").await;
+    assert_eq!(browser.js("return sessionStorage.length").await, json!(0));
+
+    // A: the description and the payload are text, nothing of them runs or renders.
+    browser.sign_in(&key_a).await;
+    let row = browser.find("tr[data-webhook]").await.text().await.unwrap();
+    assert!(row.contains("<img src=x id=injected-description>"), "{row}");
+    browser.goto(&format!("#/deliveries/{delivery}")).await;
+    let payload = browser
+        .text_until("#payload-json", |t| t.contains("evt_xss"))
+        .await;
+    assert!(
+        payload.contains(&serde_json::to_string(hostile).unwrap()),
+        "{payload}"
+    );
+    for probe in [
+        "return document.getElementById('injected-description') === null",
+        "return document.getElementById('injected-payload') === null",
+        "return window.__pwned === undefined",
+        "return document.scripts.length === 1",
+    ] {
+        assert_eq!(browser.js(probe).await, json!(true), "{probe}");
+    }
+
+    // French: the switch, the spec's labels.
+    browser
+        .find("#lang")
+        .await
+        .select_by_value("fr")
+        .await
+        .unwrap();
+    let crumbs = browser
+        .text_until("#crumbs", |t| t.contains("Paramètres"))
+        .await;
+    assert!(crumbs.contains("Développeurs"), "{crumbs}");
+    assert_eq!(
+        browser.find("#redeliver").await.text().await.unwrap(),
+        "Re-déclencher"
+    );
+    browser.goto(&format!("#/webhooks/{hook}")).await;
+    assert_eq!(
+        browser.find("#tab-deliveries").await.text().await.unwrap(),
+        "Livraisons"
+    );
+    browser.goto("#/webhooks").await;
+    assert_eq!(
+        browser.find("#new-webhook").await.text().await.unwrap(),
+        "Nouveau webhook"
+    );
+    // Times: local time shown, UTC on hover.
+    let title = browser
+        .find("tr[data-webhook] td[data-col='last'] time")
+        .await
+        .attr("title")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(title.ends_with("Z (UTC)"), "{title}");
+    browser.close().await;
+}
