@@ -48,7 +48,7 @@
       p50: "p50", p95: "p95", noData: "No deliveries in the last 24 hours.",
       truncated: "Only the newest {n} deliveries are counted.",
       status: "Status", eventType: "Event type", eventId: "Event id", attempts: "Attempts",
-      nextAttempt: "Next attempt", createdAt: "Created", allStatuses: "All statuses", allTypes: "All event types",
+      nextAttempt: "Next attempt", lastResult: "Last attempt", createdAt: "Created", allStatuses: "All statuses", allTypes: "All event types",
       newer: "Newer", older: "Older", newest: "Newest", live: "Live: refreshes every 5 s", updated: "updated {time}",
       noDeliveries: "No deliveries match.", view: "View",
       redeliver: "Redeliver", redelivering: "Sending…", attemptN: "Attempt {n}",
@@ -90,7 +90,7 @@
       p50: "p50", p95: "p95", noData: "Aucune livraison ces dernières 24 heures.",
       truncated: "Seules les {n} livraisons les plus récentes sont comptées.",
       status: "Statut", eventType: "Type d'événement", eventId: "Identifiant d'événement", attempts: "Tentatives",
-      nextAttempt: "Prochaine tentative", createdAt: "Créée", allStatuses: "Tous les statuts", allTypes: "Tous les types",
+      nextAttempt: "Prochaine tentative", lastResult: "Dernière tentative", createdAt: "Créée", allStatuses: "Tous les statuts", allTypes: "Tous les types",
       newer: "Plus récentes", older: "Plus anciennes", newest: "Les plus récentes", live: "En direct : actualisé toutes les 5 s", updated: "mis à jour à {time}",
       noDeliveries: "Aucune livraison ne correspond.", view: "Voir",
       redeliver: "Re-déclencher", redelivering: "Envoi…", attemptN: "Tentative {n}",
@@ -658,14 +658,22 @@
         h("li", {}, h("span", { class: "swatch swatch-p95" }), t("p95"))));
   }
 
-  const CHART_W = 720, CHART_H = 180, PAD_L = 44, PAD_B = 22, PAD_T = 8;
+  const CHART_W = 1000, CHART_H = 180, PAD_L = 58, PAD_B = 22, PAD_T = 10;
+
+  // The smallest 1, 2 or 5 × 10^k at or above `max`: the axis top, halved cleanly.
+  function niceMax(max) {
+    const p = Math.pow(10, Math.floor(Math.log10(Math.max(1, max))));
+    for (const m of [1, 2, 5, 10]) if (m * p >= max) return m * p;
+    return 10 * p;
+  }
 
   function axes(svg, max, buckets, unit) {
     const plotH = CHART_H - PAD_B - PAD_T;
-    for (const frac of [0, 0.5, 1]) {
+    const fracs = max >= 2 ? [0, 0.5, 1] : [0, 1];
+    for (const frac of fracs) {
       const y = PAD_T + plotH * (1 - frac);
       svg.append(s("line", { x1: PAD_L, x2: CHART_W, y1: y, y2: y, class: "grid" }));
-      svg.append(s("text", { x: PAD_L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, `${Math.round(max * frac)}${unit}`));
+      svg.append(s("text", { x: PAD_L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, `${max * frac}${unit}`));
     }
     const step = (CHART_W - PAD_L) / buckets.length;
     buckets.forEach((b, i) => {
@@ -680,7 +688,7 @@
 
   function barChart(buckets) {
     const order = ["succeeded", "retrying", "pending", "failed", "cancelled"];
-    const max = Math.max(1, ...buckets.map((b) => order.reduce((n, k) => n + b[k], 0)));
+    const max = niceMax(Math.max(1, ...buckets.map((b) => order.reduce((n, k) => n + b[k], 0))));
     const svg = s("svg", { viewBox: `0 0 ${CHART_W} ${CHART_H}`, class: "chart", role: "img", id: "chart-deliveries",
       "aria-label": t("perHour") });
     const { plotH, step } = axes(svg, max, buckets, "");
@@ -700,7 +708,7 @@
   }
 
   function latencyChart(buckets) {
-    const max = Math.max(1, ...buckets.map((b) => b.latency_p95_ms || 0));
+    const max = niceMax(Math.max(1, ...buckets.map((b) => b.latency_p95_ms || 0)));
     const svg = s("svg", { viewBox: `0 0 ${CHART_W} ${CHART_H}`, class: "chart", role: "img", id: "chart-latency",
       "aria-label": t("latency") });
     const { plotH, step } = axes(svg, max, buckets, " ms");
@@ -860,9 +868,21 @@
         h("dt", {}, t("eventType")), h("dd", {}, h("code", {}, cur.event_type)),
         h("dt", {}, t("eventId")), h("dd", { class: "mono" }, cur.event_id),
         h("dt", {}, t("attempts")), h("dd", { id: "attempt-count" }, String(cur.attempt_count)),
+        lastAttemptFacts(cur),
         h("dt", {}, t("nextAttempt")), h("dd", {}, cur.next_attempt_at ? timeEl(cur.next_attempt_at, true) : h("span", { class: "muted" }, t("whenNone"))),
         h("dt", {}, t("createdAt")), h("dd", {}, timeEl(cur.created_at))),
       h("div", { class: "actions" }, button), resultBox);
+    }
+
+    // The newest attempt's verdict, first thing a person looks for: "why did it fail?".
+    function lastAttemptFacts(cur) {
+      const last = cur.attempts && cur.attempts[cur.attempts.length - 1];
+      if (!last) return null;
+      const ok = attemptOk(last);
+      const why = last.error_detail || (!ok && last.response_body ? last.response_body.slice(0, 160) : "");
+      return [h("dt", {}, t("lastResult")),
+        h("dd", { id: "last-result" }, h("span", { class: `result ${ok ? "ok" : "ko"}` }, attemptResult(last)),
+          why ? h("span", { class: "muted" }, ` · ${why}${why.length === 160 ? "…" : ""}`) : null)];
     }
 
     function renderAttempts(cur) {

@@ -176,8 +176,11 @@ impl Browser {
 
     async fn screenshot(&self, name: &str) {
         if let Ok(dir) = std::env::var("PALO_WEBHOOKS_SCREENSHOTS") {
+            // Taller than 1280×800 so a page fits in one picture.
+            self.client.set_window_size(1280, 1100).await.unwrap();
             let png = self.client.screenshot().await.unwrap();
             std::fs::write(PathBuf::from(dir).join(name), png).unwrap();
+            self.client.set_window_size(1280, 800).await.unwrap();
         }
     }
 
