@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight attempts [default: 15s].
     #[arg(long, env = "PALO_WEBHOOKS_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// How long finished events, deliveries and attempt logs are kept; also the idempotency
+    /// window of `event_id`. `0s` keeps everything [default: 30d].
+    #[arg(long, env = "PALO_WEBHOOKS_RETENTION")]
+    pub retention: Option<String>,
     /// Log format [default: text].
     #[arg(long, env = "PALO_WEBHOOKS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -119,6 +123,7 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     max_in_flight_per_webhook: Option<usize>,
     shutdown_timeout: Option<String>,
+    retention: Option<String>,
     log_format: Option<LogFormat>,
     log: Option<String>,
     api_read_timeout: Option<String>,
@@ -154,6 +159,8 @@ pub struct Config {
     pub max_in_flight_per_webhook: usize,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_timeout: Duration,
+    /// How long final records are kept (`None`: for ever); the idempotency window.
+    pub retention: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -189,6 +196,7 @@ impl Default for Config {
             max_in_flight: 1024,
             max_in_flight_per_webhook: 8,
             shutdown_timeout: Duration::from_secs(15),
+            retention: Some(Duration::from_secs(30 * 86_400)),
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             api_read_timeout: Duration::from_secs(10),
@@ -283,6 +291,11 @@ impl ServeArgs {
             Some(text) => duration("shutdown_timeout", &text)?,
             None => defaults.shutdown_timeout,
         };
+        let retention = match self.retention.or(file.retention) {
+            Some(text) if text.trim() == "0" || text.trim() == "0s" => None,
+            Some(text) => Some(duration("retention", &text)?),
+            None => defaults.retention,
+        };
         let api_read_timeout = match self.api_read_timeout.or(file.api_read_timeout) {
             Some(text) => duration("api_read_timeout", &text)?,
             None => defaults.api_read_timeout,
@@ -342,6 +355,7 @@ impl ServeArgs {
                     .unwrap_or(defaults.max_in_flight_per_webhook),
             )?,
             shutdown_timeout,
+            retention,
             log_format: self
                 .log_format
                 .or(file.log_format)

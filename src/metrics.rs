@@ -25,6 +25,9 @@ pub const COMMIT_SECONDS: &str = "palo_webhooks_store_commit_duration_seconds";
 /// Writes per group commit.
 pub const COMMIT_BATCH: &str = "palo_webhooks_store_commit_batch_size";
 
+/// Records purged by retention, by `kind` (events, deliveries, attempts).
+pub const PURGED: &str = "palo_webhooks_purged_total";
+
 /// Installs the process-wide recorder and returns the handle that renders it. A second call
 /// (another daemon in the same process, in tests) gets a handle of its own that the global
 /// facade does not feed.

@@ -200,6 +200,9 @@ pub async fn run(
         cancel.clone(),
     );
     let scheduler_task = tokio::spawn(scheduler.clone().run());
+    if let Some(retention) = config.retention {
+        tokio::spawn(purge_loop(Arc::clone(&store), retention, cancel.clone()));
+    }
 
     let state = AppState {
         store,
@@ -426,4 +429,70 @@ pub async fn serve_api(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Events purged per transaction: small, so ingest and attempt commits interleave.
+const PURGE_BATCH: usize = 500;
+
+/// Retention: every `retention / 10` (1 s to 60 s), deletes events older than `retention`
+/// whose deliveries are all final, [`PURGE_BATCH`] per transaction, until none is left.
+/// A failed pass (disk full, I/O error) is logged and tried again at the next tick.
+async fn purge_loop(
+    store: Arc<crate::store::Store>,
+    retention: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    let period = (retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let cutoff = crate::clock::now_ms().saturating_sub(retention.as_millis() as u64);
+        let mut after = None;
+        let mut total = crate::store::PurgeReport::default();
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let report = match crate::store::blocking(&store, move |s| {
+                s.purge_expired(cutoff, after, PURGE_BATCH)
+            })
+            .await
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: purge failed; retrying at the next pass");
+                    break;
+                }
+            };
+            total.events += report.events;
+            total.deliveries += report.deliveries;
+            total.attempts += report.attempts;
+            total.kept += report.kept;
+            metrics::counter!(crate::metrics::PURGED, "kind" => "events").increment(report.events);
+            metrics::counter!(crate::metrics::PURGED, "kind" => "deliveries")
+                .increment(report.deliveries);
+            metrics::counter!(crate::metrics::PURGED, "kind" => "attempts")
+                .increment(report.attempts);
+            match report.resume_after {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        if total.events > 0 {
+            tracing::info!(
+                events = total.events,
+                deliveries = total.deliveries,
+                attempts = total.attempts,
+                kept_unfinished = total.kept,
+                "retention: purged final records older than the retention"
+            );
+        }
+    }
 }

@@ -15,6 +15,7 @@
 mod check;
 mod deliveries;
 mod records;
+mod retention;
 pub mod sealed;
 mod slot;
 mod writer;
@@ -29,6 +30,7 @@ use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
 pub use check::{CheckReport, TableSpace};
 pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut, WebhookActivity};
+pub use retention::PurgeReport;
 pub use writer::{CommitStats, MAX_BATCH};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

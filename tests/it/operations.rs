@@ -212,3 +212,87 @@ async fn sighup_reloads_the_log_level_from_the_config_file() {
     let (status, _) = daemon.call("GET", "/healthz", None).await;
     assert_eq!(status, 200, "the daemon keeps running");
 }
+
+/// Retention: with a short `--retention`, old final records go (event, deliveries, attempts,
+/// the idempotency key), an old delivery still retrying stays with its event, the purge is
+/// counted in /metrics, and the store passes `check` afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_purges_old_final_records_and_keeps_unfinished_ones() {
+    let mut daemon = crate::support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--retention",
+        "3s",
+    ]);
+    let ok = crate::support::Receiver::start(crate::support::Behaviour::Status(200)).await;
+    let failing = crate::support::Receiver::start(crate::support::Behaviour::Status(500)).await;
+    let ok_hook = daemon
+        .create_webhook("org_r", &ok.url, &["ticket.created"])
+        .await;
+    let failing_hook = daemon
+        .create_webhook("org_r", &failing.url, &["system.incident"])
+        .await;
+    let ticket = serde_json::json!({"event_id": "evt_old_done", "event_type": "ticket.created",
+        "organization_id": "org_r", "data": {"ticket_id": "T", "title": "t", "priority": "p1",
+        "project_id": "p", "created_by": "u"}});
+    let incident = serde_json::json!({"event_id": "evt_old_retrying", "event_type": "system.incident",
+        "organization_id": "org_r", "data": {"incident_id": "I", "severity": "high",
+        "affected_services": ["api"], "status": "open"}});
+    for event in [&ticket, &incident] {
+        let (status, _) = daemon
+            .call("POST", "/api/events", Some(event.clone()))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let done = daemon.only_delivery(&ok_hook).await;
+    let retrying = daemon.only_delivery(&failing_hook).await;
+    ok.wait_for(1, Duration::from_secs(10)).await;
+    failing.wait_for(1, Duration::from_secs(10)).await;
+
+    // After the retention (3 s) and a pass (every 1 s here), the finished one is gone.
+    daemon
+        .wait_until(
+            "/api/events/evt_old_done?organization_id=org_r",
+            Duration::from_secs(15),
+            |b| b["error"]["code"] == "not_found",
+        )
+        .await;
+    let (status, _) = daemon
+        .call("GET", &format!("/api/deliveries/{done}"), None)
+        .await;
+    assert_eq!(status, 404);
+    let (_, page) = daemon
+        .call("GET", &format!("/api/webhooks/{ok_hook}/deliveries"), None)
+        .await;
+    assert_eq!(page["data"], serde_json::json!([]));
+    // The retrying one stays, with its attempt log and its event.
+    let (status, delivery) = daemon
+        .call("GET", &format!("/api/deliveries/{retrying}"), None)
+        .await;
+    assert_eq!(
+        (status, delivery["status"].as_str()),
+        (200, Some("retrying"))
+    );
+    assert_eq!(delivery["attempts"].as_array().unwrap().len(), 1);
+    let (status, _) = daemon
+        .call(
+            "GET",
+            "/api/events/evt_old_retrying?organization_id=org_r",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The idempotency window is the retention: the same event_id is a new event now.
+    let (status, _) = daemon.call("POST", "/api/events", Some(ticket)).await;
+    assert_eq!(status, 202, "accepted anew, not a replay");
+    ok.wait_for(2, Duration::from_secs(10)).await;
+
+    let (_, _, text) = daemon.request_with_headers("GET", "/metrics", "").await;
+    assert!(sample(&text, "palo_webhooks_purged_total", "kind=\"events\"").unwrap() >= 1.0);
+    assert!(sample(&text, "palo_webhooks_purged_total", "kind=\"attempts\"").unwrap() >= 1.0);
+    assert!(daemon.log_text().contains("retention: purged"));
+    assert_eq!(daemon.terminate(), Some(0));
+    let (ok_check, report) = crate::support::check(&daemon.dir);
+    assert!(ok_check, "{report}");
+}
