@@ -82,6 +82,23 @@ pub enum Command {
     /// Verify the store's invariants offline (stop the daemon first). Exits 0 when
     /// consistent, 1 on any violation or error.
     Check(CheckArgs),
+    /// Take a consistent backup of the running daemon's store (admin token) into a new
+    /// file, then check it. Restore: start the daemon with `--db` on the copy.
+    Backup {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The file to create (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show the running daemon's state (admin token): version, uptime, db size, deliveries
+    /// by status, the due backlog, the oldest overdue delivery, failing webhooks.
+    Status {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Create a key file for `--secrets-key-file`: 32 random bytes as 64 hex characters,
     /// mode 0600; refuses to overwrite a file.
     GenKey(GenKeyArgs),
@@ -528,6 +545,95 @@ fn encode_component(text: &str) -> String {
         .collect()
 }
 
+/// `palo-webhooks backup --out FILE`: downloads `GET /api/admin/backup` into `FILE.partial`
+/// (created new), checks its length, fsyncs it, renames it to `FILE`, then runs the
+/// read-only consistency check on it and prints what it holds.
+///
+/// # Errors
+/// `FILE` exists; the daemon refuses (403 for an organization key); the download breaks off
+/// or is short (the partial file is removed); the copy fails its check.
+async fn backup(args: &ClientArgs, out: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    if out.exists() {
+        bail!("{} exists: choose a new file", out.display());
+    }
+    let api = ApiClient::new(args)?;
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let request = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("{}/api/admin/backup", api.base))
+        .header("authorization", format!("Bearer {}", api.token))
+        .body(Full::new(Bytes::new()))?;
+    let response = api
+        .client
+        .request(request)
+        .await
+        .with_context(|| format!("cannot reach {}", api.base))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        bail!(
+            "{status} {}: {}",
+            value["error"]["code"].as_str().unwrap_or("error"),
+            value["error"]["message"].as_str().unwrap_or("unexpected answer")
+        );
+    }
+    let expected: Option<u64> = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let written = async {
+        let mut body = response.into_body();
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                file.write_all(&data)?;
+                written += data.len() as u64;
+            }
+        }
+        file.sync_all()?;
+        anyhow::Ok(written)
+    }
+    .await;
+    let written = match written {
+        Ok(n) if expected.is_none_or(|e| e == n) => n,
+        Ok(n) => {
+            let _ = std::fs::remove_file(&partial);
+            bail!("the backup broke off: {n} of {expected:?} bytes");
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.context("the backup download failed"));
+        }
+    };
+    std::fs::rename(&partial, out)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    let report = crate::store::Store::check_file_read_only(out)
+        .with_context(|| format!("{} does not open as a store", out.display()))?;
+    if !report.is_ok() {
+        bail!("{} fails its check: {}", out.display(), report.violations.join("; "));
+    }
+    out!(
+        "backup written: {} ({written} bytes; {} events, {} deliveries, {} webhooks); check: consistent",
+        out.display(),
+        report.events,
+        report.deliveries,
+        report.webhooks
+    );
+    Ok(())
+}
+
 /// Runs a client subcommand and prints its result.
 ///
 /// # Errors
@@ -541,6 +647,16 @@ pub async fn run_client(command: Command) -> Result<()> {
         Command::Events { client, action } => (client, event_request(action)?),
         Command::Deliveries { client, action } => (client, delivery_request(action)),
         Command::Keys { client, action } => (client, key_request(action)?),
+        Command::Backup { client, out } => return backup(&client, &out).await,
+        Command::Status { client } => (
+            client,
+            Request {
+                method: "GET",
+                path: "/api/admin/status".to_owned(),
+                body: None,
+                columns: &["webhook_id", "organization_id", "streak", "url"],
+            },
+        ),
     };
     let api = ApiClient::new(&client_args)?;
     let value = api

@@ -214,6 +214,7 @@ pub async fn run(
         read_timeout: config.api_read_timeout,
         max_body_bytes: config.max_body_bytes,
         rate_limiter: api::guard::rate_limiter(config.rate_limit),
+        started: std::time::Instant::now(),
         metrics: Arc::new(api::MetricsState {
             handle: metrics_handle,
             db_path: config.db_path.clone(),

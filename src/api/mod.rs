@@ -5,6 +5,7 @@
 //! scheduler, and maps every failure to `{"error":{"code","message"}}` with the right status.
 //! Architecture invariant: a resource of another organization is answered 404, never 403.
 
+mod admin;
 mod deliveries;
 mod error;
 mod events;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<guard::RateLimiter>>,
     /// What `GET /metrics` renders.
     pub metrics: Arc<MetricsState>,
+    /// When the daemon started (uptime in `GET /api/admin/status`).
+    pub started: std::time::Instant,
 }
 
 /// `GET /metrics`: the recorder's handle, the db file (for its size) and the optional token.
@@ -89,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/{id}/test", post(deliveries::test_webhook))
         .route("/webhooks/{id}/stats", get(stats::webhook_stats))
         .route("/me", get(whoami))
+        .route("/admin/backup", get(admin::backup))
+        .route("/admin/status", get(admin::status))
         .route("/event-types", get(event_types))
         .route(
             "/webhooks/{id}/rotate-secret",

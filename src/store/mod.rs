@@ -12,12 +12,14 @@
 //! Architecture invariant: a delivery that is not final has exactly one entry in
 //! `retry_index`, keyed `(next_attempt_at_ms, delivery id)`; a final one has none.
 
+mod backup;
 mod check;
 mod deliveries;
 mod records;
 mod retention;
 pub mod sealed;
 mod slot;
+mod status;
 mod writer;
 
 use std::path::Path;
@@ -28,9 +30,11 @@ use crate::ids::{KeyId, WebhookId};
 use crate::model::{ApiKey, Webhook, WebhookChanges};
 use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
+pub use backup::BackupReport;
 pub use check::{CheckReport, TableSpace};
 pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut, WebhookActivity};
 pub use retention::PurgeReport;
+pub use status::{FailureStreak, StatusSummary, MAX_STREAK};
 pub use writer::{CommitStats, MAX_BATCH};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

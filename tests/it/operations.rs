@@ -296,3 +296,151 @@ async fn retention_purges_old_final_records_and_keeps_unfinished_ones() {
     let (ok_check, report) = crate::support::check(&daemon.dir);
     assert!(ok_check, "{report}");
 }
+
+fn cli_as(daemon: &crate::support::Daemon, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(args)
+        .env("PALO_WEBHOOKS_URL", format!("http://{}", daemon.addr))
+        .env("PALO_WEBHOOKS_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Online backup under ingest load: every event acknowledged before the backup started is in
+/// the copy, a second daemon serves the copy, and the copy passes `check`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_online_backup_under_load_holds_every_acknowledged_event() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let daemon = Arc::new(crate::support::start(&["--allow-http"]));
+    let receiver = crate::support::Receiver::start(crate::support::Behaviour::Status(200)).await;
+    daemon.create_webhook("org_bk", &receiver.url, &["*"]).await;
+    // (event id, when its 202 arrived)
+    let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (daemon, acked, stop) = (Arc::clone(&daemon), Arc::clone(&acked), Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("evt_bk_{w}_{i}");
+                let event = serde_json::json!({"event_id": id, "event_type": "ticket.created",
+                    "organization_id": "org_bk", "data": {"ticket_id": "T", "title": "t",
+                    "priority": "p1", "project_id": "p", "created_by": "u"}});
+                let (status, _) = daemon.call("POST", "/api/events", Some(event)).await;
+                assert_eq!(status, 202);
+                acked.lock().unwrap().push((id, Instant::now()));
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = copy_dir.path().join("palo.redb");
+    let started = Instant::now();
+    let (code, out, err) = {
+        let (daemon, copy) = (Arc::clone(&daemon), copy.clone());
+        tokio::task::spawn_blocking(move || {
+            cli_as(&daemon, ADMIN_TOKEN, &["backup", "--out", copy.to_str().unwrap()])
+        })
+        .await
+        .unwrap()
+    };
+    // Load goes on a little after the backup, then stops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(code, 0, "backup failed: {out} {err}");
+    assert!(out.contains("check: consistent"), "{out}");
+    let before: Vec<String> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, at)| *at < started)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let total = acked.lock().unwrap().len();
+    assert!(before.len() >= 50, "only {} events before the backup", before.len());
+    assert!(total > before.len(), "no load during the backup");
+    // An organization key may not take backups.
+    let key = daemon.create_key("org_bk").await;
+    let (code, _, err) = cli_as(
+        &daemon,
+        &key,
+        &["backup", "--out", copy_dir.path().join("other").to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("403"), "{err}");
+    // An existing file is never overwritten.
+    let (code, _, err) = cli_as(&daemon, ADMIN_TOKEN, &["backup", "--out", copy.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists"), "{err}");
+
+    // Restore: a second daemon on the copy has every event acknowledged before the backup.
+    let mut second = crate::support::start_in(copy_dir.path(), &["--allow-http"]);
+    for id in &before {
+        let (status, body) = second
+            .call("GET", &format!("/api/events/{id}?organization_id=org_bk"), None)
+            .await;
+        assert_eq!(status, 200, "{id} acknowledged before the backup is missing: {body}");
+    }
+    assert_eq!(second.terminate(), Some(0));
+    let (ok, report) = crate::support::check(copy_dir.path());
+    assert!(ok, "{report}");
+    eprintln!(
+        "backup under load: {} events acknowledged before it, {total} in all",
+        before.len()
+    );
+}
+
+/// `palo-webhooks status`: version, deliveries by status, the backlog, failing webhooks.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reports_counts_backlog_and_failure_streaks() {
+    let daemon = crate::support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let failing = crate::support::Receiver::start(crate::support::Behaviour::Status(500)).await;
+    let ok = crate::support::Receiver::start(crate::support::Behaviour::Status(200)).await;
+    let bad_hook = daemon
+        .create_webhook("org_s", &failing.url, &["ticket.created"])
+        .await;
+    daemon
+        .create_webhook("org_s", &ok.url, &["ticket.created"])
+        .await;
+    for i in 0..3 {
+        let event = serde_json::json!({"event_id": format!("evt_s_{i}"), "event_type": "ticket.created",
+            "organization_id": "org_s", "data": {"ticket_id": "T", "title": "t", "priority": "p1",
+            "project_id": "p", "created_by": "u"}});
+        let (status, _) = daemon.call("POST", "/api/events", Some(event)).await;
+        assert_eq!(status, 202);
+    }
+    failing.wait_for(3, Duration::from_secs(10)).await;
+    ok.wait_for(3, Duration::from_secs(10)).await;
+    let status = daemon
+        .wait_until("/api/admin/status", Duration::from_secs(10), |b| {
+            b["deliveries"]["retrying"] == 3 && b["deliveries"]["succeeded"] == 3
+        })
+        .await;
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["scheduled_later"], 3);
+    assert_eq!(status["due_now"], 0);
+    assert!(status["db_size_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        status["failure_streaks"],
+        serde_json::json!([{"webhook_id": bad_hook, "organization_id": "org_s",
+                            "url": failing.url, "streak": 3}])
+    );
+    let (code, out, err) = cli_as(&daemon, ADMIN_TOKEN, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("uptime_seconds") && out.contains(&bad_hook), "{out}");
+    let key = daemon.create_key("org_s").await;
+    let (status, _) = daemon.call_as(&key, "GET", "/api/admin/status", None).await;
+    assert_eq!(status, 403);
+}
