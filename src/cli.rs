@@ -578,7 +578,9 @@ async fn backup(args: &ClientArgs, out: &std::path::Path) -> Result<()> {
         bail!(
             "{status} {}: {}",
             value["error"]["code"].as_str().unwrap_or("error"),
-            value["error"]["message"].as_str().unwrap_or("unexpected answer")
+            value["error"]["message"]
+                .as_str()
+                .unwrap_or("unexpected answer")
         );
     }
     let expected: Option<u64> = response
@@ -622,7 +624,11 @@ async fn backup(args: &ClientArgs, out: &std::path::Path) -> Result<()> {
     let report = crate::store::Store::check_file_read_only(out)
         .with_context(|| format!("{} does not open as a store", out.display()))?;
     if !report.is_ok() {
-        bail!("{} fails its check: {}", out.display(), report.violations.join("; "));
+        bail!(
+            "{} fails its check: {}",
+            out.display(),
+            report.violations.join("; ")
+        );
     }
     out!(
         "backup written: {} ({written} bytes; {} events, {} deliveries, {} webhooks); check: consistent",

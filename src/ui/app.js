@@ -48,7 +48,15 @@
       p50: "p50", p95: "p95", noData: "No deliveries in the last 24 hours.",
       truncated: "Only the newest {n} deliveries are counted.",
       status: "Status", eventType: "Event type", eventId: "Event id", attempts: "Attempts",
-      nextAttempt: "Next attempt", lastResult: "Last attempt", createdAt: "Created", allStatuses: "All statuses", allTypes: "All event types",
+      nextAttempt: "Next attempt", lastResult: "Last attempt", createdM: "Created", colon: ": ", signedOut: "You are signed out.", lastActivity: "Last activity",
+      scheduledLong: "automatic (retry schedule)", manualLong: "manual (redelivery or test)",
+      againHint: "Already delivered: redelivering sends it again, with the same event_id.",
+      urlInvalid: "Enter an absolute URL, for example https://example.com/webhooks/palo.",
+      urlScheme: "The URL must start with https:// (http:// only if the operator allows it).",
+      urlBlocked: "This URL points to an internal address that deliveries may not reach.",
+      urlCredentials: "The URL must not contain a user name or password.",
+      secretShort: "The secret must be at least 32 characters long.",
+      refused: "Refused: {msg}", createdAt: "Created", allStatuses: "All statuses", allTypes: "All event types",
       newer: "Newer", older: "Older", newest: "Newest", live: "Live: refreshes every 5 s", updated: "updated {time}",
       noDeliveries: "No deliveries match.", view: "View",
       redeliver: "Redeliver", redelivering: "Sending…", attemptN: "Attempt {n}",
@@ -90,7 +98,15 @@
       p50: "p50", p95: "p95", noData: "Aucune livraison ces dernières 24 heures.",
       truncated: "Seules les {n} livraisons les plus récentes sont comptées.",
       status: "Statut", eventType: "Type d'événement", eventId: "Identifiant d'événement", attempts: "Tentatives",
-      nextAttempt: "Prochaine tentative", lastResult: "Dernière tentative", createdAt: "Créée", allStatuses: "Tous les statuts", allTypes: "Tous les types",
+      nextAttempt: "Prochaine tentative", lastResult: "Dernière tentative", createdM: "Créé", colon: " : ", signedOut: "Vous êtes déconnecté.", lastActivity: "Dernière activité",
+      scheduledLong: "automatique (calendrier de nouvelles tentatives)", manualLong: "manuelle (re-déclenchement ou test)",
+      againHint: "Déjà livrée : la re-déclencher l'envoie une nouvelle fois, avec le même event_id.",
+      urlInvalid: "Saisissez une URL absolue, par exemple https://exemple.com/webhooks/palo.",
+      urlScheme: "L'URL doit commencer par https:// (http:// seulement si l'opérateur l'autorise).",
+      urlBlocked: "Cette URL désigne une adresse interne que les livraisons ne peuvent pas atteindre.",
+      urlCredentials: "L'URL ne doit contenir ni nom d'utilisateur ni mot de passe.",
+      secretShort: "Le secret doit compter au moins 32 caractères.",
+      refused: "Refusé : {msg}", createdAt: "Créée", allStatuses: "Tous les statuts", allTypes: "Tous les types",
       newer: "Plus récentes", older: "Plus anciennes", newest: "Les plus récentes", live: "En direct : actualisé toutes les 5 s", updated: "mis à jour à {time}",
       noDeliveries: "Aucune livraison ne correspond.", view: "Voir",
       redeliver: "Re-déclencher", redelivering: "Envoi…", attemptN: "Tentative {n}",
@@ -121,6 +137,8 @@
     if (vars) for (const [k, v] of Object.entries(vars)) text = text.replace(`{${k}}`, String(v));
     return text;
   }
+  const num = (n) => Number(n).toLocaleString(lang === "fr" ? "fr-FR" : "en-GB");
+  const pct = (rate) => `${num(Math.round(rate * 1000) / 10)} %`;
   const statusName = (s) => MESSAGES[lang].statusNames[s] ?? s;
   const errorName = (e) => MESSAGES[lang].errorNames[e] ?? e;
 
@@ -299,7 +317,7 @@
     if (w) {
       box.append(h("span", { class: "who", id: "who" },
         w.principal === "admin" ? t("signedInAdmin") : t("signedInOrg", { org: w.organization_id })));
-      box.append(h("button", { type: "button", id: "sign-out", class: "btn btn-quiet", onclick: () => signOut() }, t("signOut")));
+      box.append(h("button", { type: "button", id: "sign-out", class: "btn btn-quiet", onclick: () => signOut(t("signedOut")) }, t("signOut")));
     }
   }
 
@@ -325,9 +343,10 @@
     crumbs([{ label: t("signIn") }]);
     const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off", required: true, spellcheck: "false" });
     const error = h("p", { class: "field-error", id: "token-error", role: "alert" });
-    if (signOutMessage) error.textContent = signOutMessage;
+    const info = h("p", { class: "notice notice-info", id: "signed-out", role: "status" }, signOutMessage);
+    if (signOutMessage !== t("signedOut")) { info.hidden = true; if (signOutMessage) error.textContent = signOutMessage; }
     const form = h("form", { class: "card narrow", id: "sign-in-form", novalidate: true },
-      h("p", {}, t("signInHelp")),
+      info, h("p", {}, t("signInHelp")),
       h("label", { for: "token" }, t("tokenLabel")),
       input, error,
       h("button", { type: "submit", class: "btn btn-primary", id: "sign-in" }, t("signIn")));
@@ -371,14 +390,14 @@
     const admin = isAdmin();
     const tbody = h("tbody");
     for (const w of res.data) {
-      const last = h("td", { "data-col": "last" }, "…");
-      const rate = h("td", { "data-col": "rate", class: "num" }, "…");
+      const last = h("td", { "data-col": "last", "data-label": t("lastDelivery") }, "…");
+      const rate = h("td", { "data-col": "rate", class: "num", "data-label": t("successRate") }, "…");
       tbody.append(h("tr", { "data-webhook": w.id },
-        h("td", { class: "url" }, h("a", { href: `#/webhooks/${encodeURIComponent(w.id)}` }, w.url)),
-        admin ? h("td", {}, w.organization_id) : null,
-        h("td", {}, w.events.join(", ")),
-        h("td", {}, w.active ? t("active") : h("span", { class: "muted" }, t("inactive"))),
-        h("td", { class: "desc" }, w.description || ""),
+        h("td", { class: "url", "data-label": t("url") }, h("a", { href: `#/webhooks/${encodeURIComponent(w.id)}` }, w.url)),
+        admin ? h("td", { "data-label": t("organization") }, w.organization_id) : null,
+        h("td", { "data-label": t("events") }, w.events.join(", ")),
+        h("td", { "data-label": t("active") }, w.active ? t("active") : h("span", { class: "muted" }, t("inactive"))),
+        h("td", { class: "desc", "data-label": t("description") }, w.description || ""),
         last, rate));
       fillStats(w.id, last, rate);
     }
@@ -405,14 +424,13 @@
       clear(rateCell);
       if (st.last_delivery) {
         lastCell.append(
-          h("a", { href: `#/deliveries/${encodeURIComponent(st.last_delivery.id)}` }, badge(st.last_delivery.status)),
-          " ", timeEl(st.last_delivery.created_at, true));
+          h("a", { href: `#/deliveries/${encodeURIComponent(st.last_delivery.id)}`, class: "badge-link", title: t("view") }, badge(st.last_delivery.status)),
+          " ", timeEl(st.last_delivery.updated_at, true));
       } else {
         lastCell.append(h("span", { class: "muted" }, t("none")));
       }
       const judged = st.totals.succeeded + st.totals.failed + st.totals.retrying;
-      rateCell.append(st.success_rate === null ? "—"
-        : `${Math.round(st.success_rate * 1000) / 10} % (${st.totals.succeeded}/${judged})`);
+      rateCell.append(st.success_rate === null ? "—" : `${pct(st.success_rate)} (${st.totals.succeeded}/${judged})`);
     } catch (_) {
       lastCell.textContent = "?";
       rateCell.textContent = "?";
@@ -462,7 +480,8 @@
       const gen = h("input", { type: "radio", name: "secret-mode", id: "secret-generate", value: "generate", checked: true });
       own = h("input", { type: "radio", name: "secret-mode", id: "secret-own", value: "own" });
       secret = h("input", { id: "f-secret", name: "secret", type: "password", autocomplete: "new-password", disabled: true, minlength: 32 });
-      const toggle = () => { secret.disabled = !own.checked; if (own.checked) secret.focus(); };
+      secret.hidden = true;
+      const toggle = () => { secret.disabled = !own.checked; secret.hidden = !own.checked; if (own.checked) secret.focus(); };
       gen.addEventListener("change", toggle);
       own.addEventListener("change", toggle);
       errors.secret = h("p", { class: "field-error", id: "secret-error", role: "alert" });
@@ -488,21 +507,55 @@
       const el = errors[name] || null;
       if (el) {
         el.textContent = text;
-        const ctl = form.querySelector(`[data-field="${name}"] input, [data-field="${name}"] textarea`);
+        const ctl = form.querySelector(`[data-field="${name}"] input:not([disabled]), [data-field="${name}"] textarea`);
         if (ctl) ctl.setAttribute("aria-invalid", "true");
       }
       top.textContent = el ? t("fixErrors") : text;
       top.classList.remove("hidden");
     }
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
+    function clearErrors() {
       for (const el of Object.values(errors)) el.textContent = "";
       for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
       top.classList.add("hidden");
+    }
+    // The first field in error gets the focus, so a keyboard user lands on it.
+    function focusFirstError() {
+      const bad = form.querySelector("[aria-invalid='true']") || top;
+      if (bad === top) top.setAttribute("tabindex", "-1");
+      bad.focus();
+    }
+    function checkUrl(text) {
+      let u;
+      try { u = new URL(text); } catch (_) { return t("urlInvalid"); }
+      if (u.protocol !== "https:" && u.protocol !== "http:") return t("urlScheme");
+      if (u.username || u.password) return t("urlCredentials");
+      return null;
+    }
+    // The server's validation message, in the person's language when we know its meaning.
+    function serverMessage(field, message) {
+      const m = message.replace(/^[a-z_.[\]0-9]+: /, "");
+      if (field === "url") {
+        if (/absolute URL/i.test(m)) return t("urlInvalid");
+        if (/https/i.test(m) && /must/i.test(m)) return t("urlScheme");
+        if (/may not reach|blocked|forbidden/i.test(m)) return t("urlBlocked");
+        if (/user:password|credentials/i.test(m)) return t("urlCredentials");
+      }
+      if (field === "secret" && /32/.test(m)) return t("secretShort");
+      return t("refused", { msg: m });
+    }
+    if (own) own.addEventListener("change", clearErrors);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      clearErrors();
       status.textContent = "";
       const events = all.checked ? ["*"] : boxes.filter((b) => b.checked).map((b) => b.value);
-      if (events.length === 0) { showError("events", t("eventsRequired")); return; }
-      if (org && !org.value.trim()) { showError("organization_id", t("orgRequired")); return; }
+      let invalid = false;
+      const urlProblem = checkUrl(url.value.trim());
+      if (urlProblem) { showError("url", urlProblem); invalid = true; }
+      if (org && !org.value.trim()) { showError("organization_id", t("orgRequired")); invalid = true; }
+      if (events.length === 0) { showError("events", t("eventsRequired")); invalid = true; }
+      if (own && own.checked && secret.value.length < 32) { showError("secret", t("secretShort")); invalid = true; }
+      if (invalid) { focusFirstError(); return; }
       const body = { url: url.value.trim(), events, active: active.checked, description: desc.value };
       if (org) body.organization_id = org.value.trim();
       if (own && own.checked) body.secret = secret.value;
@@ -516,10 +569,11 @@
       } catch (err) {
         if (err.code === "validation_failed" && err.field) {
           const name = err.field.split(".")[0].split("[")[0];
-          showError(errors[name] ? name : "", err.message);
+          showError(errors[name] ? name : "", serverMessage(name, err.message));
         } else {
           showError("", err.message);
         }
+        focusFirstError();
       } finally {
         submit.disabled = false;
       }
@@ -603,11 +657,13 @@
       h("dt", {}, t("organization")), h("dd", {}, w.organization_id),
       h("dt", {}, t("status")), h("dd", { id: "active-state" }, w.active ? t("active") : t("inactive")),
       h("dt", {}, t("events")), h("dd", {}, w.events.join(", ")),
-      h("dt", {}, t("createdAt")), h("dd", {}, timeEl(w.created_at)));
+      h("dt", {}, t("description")), h("dd", { id: "webhook-description" }, w.description || h("span", { class: "muted" }, "—")),
+      h("dt", {}, t("createdM")), h("dd", {}, timeEl(w.created_at)));
     const editSection = h("details", { class: "card", id: "edit" }, h("summary", {}, t("edit")));
     const form = await webhookForm(w, () => webhookPage(id));
     editSection.append(form);
     page(w.url,
+      w.description ? h("p", { class: "subtitle" }, w.description) : null,
       webhookTabs(w.id, "overview"),
       h("section", { class: "card" }, facts, h("div", { class: "actions" }, testBtn, toggle, del), testResult),
       chart, editSection);
@@ -646,8 +702,8 @@
     section.append(h("h2", {}, t("last24h")));
     const judged = st.totals.succeeded + st.totals.failed + st.totals.retrying;
     section.append(h("p", { class: "summary", id: "stats-summary" },
-      `${t("successRate")}: `, st.success_rate === null ? "—" : `${Math.round(st.success_rate * 1000) / 10} % (${st.totals.succeeded}/${judged})`,
-      ` · ${t("attempts")}: ${st.attempts}`));
+      `${t("successRate")}${t("colon")}`, st.success_rate === null ? "—" : `${pct(st.success_rate)} (${st.totals.succeeded}/${judged})`,
+      ` · ${t("attempts")}${t("colon")}${num(st.attempts)}`));
     if (st.truncated) section.append(notice("info", t("truncated", { n: "20 000" })));
     const any = st.buckets.some((b) => STATUSES.some((k) => b[k] > 0) || b.attempts > 0);
     if (!any) { section.append(notice("info", t("noData"))); return; }
@@ -673,7 +729,7 @@
     for (const frac of fracs) {
       const y = PAD_T + plotH * (1 - frac);
       svg.append(s("line", { x1: PAD_L, x2: CHART_W, y1: y, y2: y, class: "grid" }));
-      svg.append(s("text", { x: PAD_L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, `${max * frac}${unit}`));
+      svg.append(s("text", { x: PAD_L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, `${num(max * frac)}${unit}`));
     }
     const step = (CHART_W - PAD_L) / buckets.length;
     buckets.forEach((b, i) => {
@@ -776,7 +832,13 @@
       try { res = await api("GET", `/api/webhooks/${encodeURIComponent(id)}/deliveries?${q}`); } catch (err) {
         clear(body); body.append(failed(err)); return;
       }
-      // Keep focus and scroll: only the table's content changes.
+      // A refresh that changed nothing redraws nothing (focus and screen readers stay put);
+      // one that did keeps the focus on the same control when it is still there.
+      const signature = JSON.stringify(res);
+      const stamp = `${t("live")} · ${t("updated", { time: new Date().toLocaleTimeString(lang === "fr" ? "fr-FR" : "en-GB") })}`;
+      if (signature === lastSignature) { liveNote.textContent = stamp; return; }
+      lastSignature = signature;
+      const focusedId = body.contains(document.activeElement) ? document.activeElement.id : "";
       clear(body);
       if (res.data.length === 0) {
         body.append(notice("info", t("noDeliveries")));
@@ -784,13 +846,13 @@
         const tbody = h("tbody");
         for (const d of res.data) {
           tbody.append(h("tr", { "data-delivery": d.id },
-            h("td", {}, timeEl(d.created_at)),
-            h("td", {}, h("code", {}, d.event_type)),
-            h("td", { class: "mono" }, d.event_id),
-            h("td", {}, badge(d.status)),
-            h("td", { class: "num" }, String(d.attempt_count)),
-            h("td", {}, d.next_attempt_at ? timeEl(d.next_attempt_at, true) : h("span", { class: "muted" }, t("whenNone"))),
-            h("td", {}, h("a", { href: `#/deliveries/${encodeURIComponent(d.id)}`, class: "btn btn-small", "aria-label": `${t("view")} ${d.id}` }, t("view")))));
+            h("td", { "data-label": t("createdAt") }, timeEl(d.created_at)),
+            h("td", { "data-label": t("eventType") }, h("code", {}, d.event_type)),
+            h("td", { class: "mono", "data-label": t("eventId") }, d.event_id),
+            h("td", { "data-label": t("status") }, badge(d.status)),
+            h("td", { class: "num", "data-label": t("attempts") }, String(d.attempt_count)),
+            h("td", { "data-label": t("nextAttempt") }, d.next_attempt_at ? timeEl(d.next_attempt_at, true) : h("span", { class: "muted" }, t("whenNone"))),
+            h("td", {}, h("a", { href: `#/deliveries/${encodeURIComponent(d.id)}`, class: "btn btn-small", id: `view-${d.id}`, "aria-label": `${t("view")} ${d.id}` }, t("view")))));
         }
         body.append(tableWrap(h("table", { id: "deliveries" },
           h("thead", {}, h("tr", {},
@@ -803,14 +865,16 @@
       const pager = h("div", { class: "pager" });
       if (cursor) {
         const back = trail.slice(0, -1);
-        pager.append(h("a", { class: "btn", id: "newer", href: link({ status, event_type: type, cursor: trail[trail.length - 1] || "", trail: back.join(",") }) }, t("newer")));
+        pager.append(h("a", { class: "btn", id: "newer-page", href: link({ status, event_type: type, cursor: trail[trail.length - 1] || "", trail: back.join(",") }) }, t("newer")));
       }
       if (res.next_cursor) {
-        pager.append(h("a", { class: "btn", id: "older", href: link({ status, event_type: type, cursor: res.next_cursor, trail: [...trail, cursor].join(",") }) }, t("older")));
+        pager.append(h("a", { class: "btn", id: "older-page", href: link({ status, event_type: type, cursor: res.next_cursor, trail: [...trail, cursor].join(",") }) }, t("older")));
       }
       body.append(pager);
-      liveNote.textContent = `${t("live")} · ${t("updated", { time: new Date().toLocaleTimeString(lang === "fr" ? "fr-FR" : "en-GB") })}`;
+      liveNote.textContent = stamp;
+      if (focusedId && $(focusedId)) $(focusedId).focus({ preventScroll: true });
     }
+    let lastSignature = "";
     await load();
     later(() => { if (document.visibilityState === "visible") load(); }, LIVE_REFRESH_MS);
   }
@@ -857,6 +921,7 @@
       } finally {
         button.disabled = false;
         button.textContent = t("redeliver");
+        button.focus({ preventScroll: true });
       }
     });
 
@@ -871,7 +936,8 @@
         lastAttemptFacts(cur),
         h("dt", {}, t("nextAttempt")), h("dd", {}, cur.next_attempt_at ? timeEl(cur.next_attempt_at, true) : h("span", { class: "muted" }, t("whenNone"))),
         h("dt", {}, t("createdAt")), h("dd", {}, timeEl(cur.created_at))),
-      h("div", { class: "actions" }, button), resultBox);
+      h("div", { class: "actions" }, button,
+        cur.status === "succeeded" ? h("span", { class: "muted", id: "again-hint" }, t("againHint")) : null), resultBox);
     }
 
     // The newest attempt's verdict, first thing a person looks for: "why did it fail?".
@@ -899,7 +965,7 @@
             h("span", { class: `result ${ok ? "ok" : "ko"}`, "data-result": "" }, attemptResult(a)),
             timeEl(a.started_at),
             h("span", {}, `${a.duration_ms} ms`),
-            h("span", { class: "muted" }, t(a.trigger))),
+            h("span", { class: "muted" }, a.trigger === "manual" ? t("manualLong") : t("scheduledLong"))),
           a.error_detail ? h("p", { class: "detail" }, a.error_detail) : null,
           a.retry_after_seconds !== null && a.retry_after_seconds !== undefined ? h("p", { class: "detail" }, t("retryAfter", { s: a.retry_after_seconds })) : null,
           h("details", { class: "body", open: cur.attempts.length <= 3 || a.number === cur.attempts.length },

@@ -320,6 +320,22 @@ async fn a_person_creates_a_webhook_reads_failed_attempts_and_redelivers_from_th
         row.contains("ticket.created") && row.contains("evt_ui_1"),
         "{row}"
     );
+    // The live refresh (every 5 s) keeps the keyboard focus where it was.
+    let delivery_id = browser
+        .find("tr[data-delivery]")
+        .await
+        .attr("data-delivery")
+        .await
+        .unwrap()
+        .unwrap();
+    browser
+        .js("document.querySelector('tr[data-delivery] a').focus(); return null")
+        .await;
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    assert_eq!(
+        browser.js("return document.activeElement.id").await,
+        json!(format!("view-{delivery_id}"))
+    );
     browser
         .find("tr[data-delivery] a")
         .await
@@ -368,6 +384,10 @@ async fn a_person_creates_a_webhook_reads_failed_attempts_and_redelivers_from_th
         browser.js("return window.__sameDocument === true").await,
         json!(true)
     );
+    assert_eq!(
+        browser.js("return document.activeElement.id").await,
+        json!("redeliver")
+    );
     browser.screenshot("delivery.png").await;
 
     // The webhook page: its chart of the last 24 hours.
@@ -410,6 +430,12 @@ async fn a_person_creates_a_webhook_reads_failed_attempts_and_redelivers_from_th
     assert!(
         !browser.overflows().await,
         "the webhook page overflows a phone-width screen"
+    );
+    browser.find("#tab-deliveries").await.click().await.unwrap();
+    browser.find("tr[data-delivery]").await;
+    assert!(
+        !browser.overflows().await,
+        "the deliveries tab overflows a phone-width screen"
     );
     browser.close().await;
 }

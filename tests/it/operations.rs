@@ -348,7 +348,11 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
     let (code, out, err) = {
         let (daemon, copy) = (Arc::clone(&daemon), copy.clone());
         tokio::task::spawn_blocking(move || {
-            cli_as(&daemon, ADMIN_TOKEN, &["backup", "--out", copy.to_str().unwrap()])
+            cli_as(
+                &daemon,
+                ADMIN_TOKEN,
+                &["backup", "--out", copy.to_str().unwrap()],
+            )
         })
         .await
         .unwrap()
@@ -369,19 +373,31 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
         .map(|(id, _)| id.clone())
         .collect();
     let total = acked.lock().unwrap().len();
-    assert!(before.len() >= 50, "only {} events before the backup", before.len());
+    assert!(
+        before.len() >= 50,
+        "only {} events before the backup",
+        before.len()
+    );
     assert!(total > before.len(), "no load during the backup");
     // An organization key may not take backups.
     let key = daemon.create_key("org_bk").await;
     let (code, _, err) = cli_as(
         &daemon,
         &key,
-        &["backup", "--out", copy_dir.path().join("other").to_str().unwrap()],
+        &[
+            "backup",
+            "--out",
+            copy_dir.path().join("other").to_str().unwrap(),
+        ],
     );
     assert_ne!(code, 0);
     assert!(err.contains("403"), "{err}");
     // An existing file is never overwritten.
-    let (code, _, err) = cli_as(&daemon, ADMIN_TOKEN, &["backup", "--out", copy.to_str().unwrap()]);
+    let (code, _, err) = cli_as(
+        &daemon,
+        ADMIN_TOKEN,
+        &["backup", "--out", copy.to_str().unwrap()],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("exists"), "{err}");
 
@@ -389,9 +405,16 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
     let mut second = crate::support::start_in(copy_dir.path(), &["--allow-http"]);
     for id in &before {
         let (status, body) = second
-            .call("GET", &format!("/api/events/{id}?organization_id=org_bk"), None)
+            .call(
+                "GET",
+                &format!("/api/events/{id}?organization_id=org_bk"),
+                None,
+            )
             .await;
-        assert_eq!(status, 200, "{id} acknowledged before the backup is missing: {body}");
+        assert_eq!(
+            status, 200,
+            "{id} acknowledged before the backup is missing: {body}"
+        );
     }
     assert_eq!(second.terminate(), Some(0));
     let (ok, report) = crate::support::check(copy_dir.path());
@@ -439,7 +462,10 @@ async fn status_reports_counts_backlog_and_failure_streaks() {
     );
     let (code, out, err) = cli_as(&daemon, ADMIN_TOKEN, &["status"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("uptime_seconds") && out.contains(&bad_hook), "{out}");
+    assert!(
+        out.contains("uptime_seconds") && out.contains(&bad_hook),
+        "{out}"
+    );
     let key = daemon.create_key("org_s").await;
     let (status, _) = daemon.call_as(&key, "GET", "/api/admin/status", None).await;
     assert_eq!(status, 403);
