@@ -86,7 +86,7 @@ impl Store {
                     });
                 }
             }
-            summary.streaks.sort_by(|a, b| b.streak.cmp(&a.streak));
+            summary.streaks.sort_by_key(|s| std::cmp::Reverse(s.streak));
             Ok(summary)
         })
     }
