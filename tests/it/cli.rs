@@ -9,17 +9,7 @@ use serde_json::Value;
 use crate::support::{self, Behaviour, Receiver, ADMIN_TOKEN};
 
 fn cli(daemon: &support::Daemon, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
-        .args(args)
-        .env("PALO_WEBHOOKS_URL", format!("http://{}", daemon.addr))
-        .env("PALO_WEBHOOKS_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    support::cli_as(daemon, ADMIN_TOKEN, args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -297,20 +297,6 @@ async fn retention_purges_old_final_records_and_keeps_unfinished_ones() {
     assert!(ok_check, "{report}");
 }
 
-fn cli_as(daemon: &crate::support::Daemon, token: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
-        .args(args)
-        .env("PALO_WEBHOOKS_URL", format!("http://{}", daemon.addr))
-        .env("PALO_WEBHOOKS_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// Online backup under ingest load: every event acknowledged before the backup started is in
 /// the copy, a second daemon serves the copy, and the copy passes `check`.
 #[tokio::test(flavor = "multi_thread")]
@@ -348,7 +334,7 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
     let (code, out, err) = {
         let (daemon, copy) = (Arc::clone(&daemon), copy.clone());
         tokio::task::spawn_blocking(move || {
-            cli_as(
+            crate::support::cli_as(
                 &daemon,
                 ADMIN_TOKEN,
                 &["backup", "--out", copy.to_str().unwrap()],
@@ -381,7 +367,7 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
     assert!(total > before.len(), "no load during the backup");
     // An organization key may not take backups.
     let key = daemon.create_key("org_bk").await;
-    let (code, _, err) = cli_as(
+    let (code, _, err) = crate::support::cli_as(
         &daemon,
         &key,
         &[
@@ -393,7 +379,7 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
     assert_ne!(code, 0);
     assert!(err.contains("403"), "{err}");
     // An existing file is never overwritten.
-    let (code, _, err) = cli_as(
+    let (code, _, err) = crate::support::cli_as(
         &daemon,
         ADMIN_TOKEN,
         &["backup", "--out", copy.to_str().unwrap()],
@@ -460,7 +446,7 @@ async fn status_reports_counts_backlog_and_failure_streaks() {
         serde_json::json!([{"webhook_id": bad_hook, "organization_id": "org_s",
                             "url": failing.url, "streak": 3}])
     );
-    let (code, out, err) = cli_as(&daemon, ADMIN_TOKEN, &["status"]);
+    let (code, out, err) = crate::support::cli_as(&daemon, ADMIN_TOKEN, &["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("uptime_seconds") && out.contains(&bad_hook),

@@ -759,3 +759,18 @@ pub async fn raw_receiver(reply: &'static [u8]) -> String {
     });
     url
 }
+
+/// Runs the CLI against `daemon` with `token`: (exit code, stdout, stderr).
+pub fn cli_as(daemon: &Daemon, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(args)
+        .env("PALO_WEBHOOKS_URL", format!("http://{}", daemon.addr))
+        .env("PALO_WEBHOOKS_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
