@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))
+        .layer(axum::middleware::map_response(ui::baseline_headers))
         .with_state(state)
 }
 

@@ -76,6 +76,24 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+/// Headers for every answer of the daemon (API JSON, redirects, errors): nothing it serves
+/// may be sniffed into another type or framed. UI pages set their own, stricter policy.
+pub async fn baseline_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    response
+}
+
 /// The headers every UI answer carries.
 fn protect(response: &mut Response) {
     let headers = response.headers_mut();

@@ -41,7 +41,7 @@
       eventsRequired: "Choose at least one event type.", orgRequired: "Name the organization.",
       edit: "Edit", activate: "Activate", deactivate: "Deactivate", delete: "Delete",
       deleteTitle: "Delete this webhook?",
-      deleteText: "Its unfinished deliveries are cancelled. Its delivery log stays readable. This cannot be undone.",
+      deleteText: "Its unfinished deliveries are cancelled, and it leaves this console with its deliveries list (each delivery stays readable from a link to it). This cannot be undone.",
       deleteConfirm: "Delete webhook", deleted: "Webhook deleted.",
       sendTest: "Send test event", testSent: "Test event sent", last24h: "Last 24 hours",
       perHour: "Deliveries per hour, by outcome", latency: "Attempt latency (ms)",
@@ -58,7 +58,7 @@
       secretShort: "The secret must be at least 32 characters long.",
       refused: "Refused: {msg}", createdAt: "Created", allStatuses: "All statuses", allTypes: "All event types",
       newer: "Newer", older: "Older", newest: "Newest", live: "Live: refreshes every 5 s", updated: "updated {time}",
-      noDeliveries: "No deliveries match.", view: "View",
+      noDeliveries: "No deliveries match.", noOlder: "No older deliveries.", badToken: "A key or token holds only printable ASCII characters.", view: "View",
       redeliver: "Redeliver", redelivering: "Sending…", attemptN: "Attempt {n}",
       payload: "Payload", attemptsLog: "Attempts", number: "#", time: "Time", duration: "Duration",
       result: "Result", trigger: "Trigger", responseBody: "Response body", truncatedBody: "truncated at 64 KiB",
@@ -91,7 +91,7 @@
       eventsRequired: "Choisissez au moins un type d'événement.", orgRequired: "Indiquez l'organisation.",
       edit: "Modifier", activate: "Activer", deactivate: "Désactiver", delete: "Supprimer",
       deleteTitle: "Supprimer ce webhook ?",
-      deleteText: "Ses livraisons en cours sont annulées. Son journal de livraisons reste consultable. Action définitive.",
+      deleteText: "Ses livraisons en cours sont annulées, et il disparaît de cette console avec sa liste de livraisons (chaque livraison reste consultable par un lien direct). Action définitive.",
       deleteConfirm: "Supprimer le webhook", deleted: "Webhook supprimé.",
       sendTest: "Envoyer un événement de test", testSent: "Événement de test envoyé", last24h: "Dernières 24 heures",
       perHour: "Livraisons par heure, par résultat", latency: "Latence des tentatives (ms)",
@@ -108,7 +108,7 @@
       secretShort: "Le secret doit compter au moins 32 caractères.",
       refused: "Refusé : {msg}", createdAt: "Créée", allStatuses: "Tous les statuts", allTypes: "Tous les types",
       newer: "Plus récentes", older: "Plus anciennes", newest: "Les plus récentes", live: "En direct : actualisé toutes les 5 s", updated: "mis à jour à {time}",
-      noDeliveries: "Aucune livraison ne correspond.", view: "Voir",
+      noDeliveries: "Aucune livraison ne correspond.", noOlder: "Aucune livraison plus ancienne.", badToken: "Une clé ou un jeton ne contient que des caractères ASCII imprimables.", view: "Voir",
       redeliver: "Re-déclencher", redelivering: "Envoi…", attemptN: "Tentative {n}",
       payload: "Contenu (payload)", attemptsLog: "Tentatives", number: "N°", time: "Heure", duration: "Durée",
       result: "Résultat", trigger: "Origine", responseBody: "Corps de la réponse", truncatedBody: "tronqué à 64 Kio",
@@ -166,10 +166,14 @@
       else el.setAttribute(k, String(v));
     }
   }
+  // Bidirectional controls (U+202A-202E, U+2066-2069) in data could make text read
+  // backwards; they are shown as their code instead.
+  const BIDI = /[\u202a-\u202e\u2066-\u2069]/g;
+  const visible = (text) => text.replace(BIDI, (ch) => `<U+${ch.charCodeAt(0).toString(16).toUpperCase()}>`);
   function append(el, children) {
     for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined || c === false) continue;
-      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+      el.append(c instanceof Node ? c : document.createTextNode(visible(String(c))));
     }
   }
   function clear(el) {
@@ -245,6 +249,78 @@
     return data;
   }
 
+  // GET returning the body text (for JSON whose numbers must not go through JSON.parse).
+  async function apiText(path) {
+    const res = await fetch(path, { headers: { Accept: "application/json", Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` }, credentials: "omit", cache: "no-store" });
+    const text = await res.text();
+    if (!res.ok) {
+      let body = null;
+      try { body = JSON.parse(text); } catch (_) { body = null; }
+      throw new ApiError(res.status, body);
+    }
+    return text;
+  }
+
+  // JSON tokens of `text`: strings, numbers and literals as their exact source text.
+  function* jsonTokens(text) {
+    let i = 0;
+    while (i < text.length) {
+      const c = text[i];
+      if (" \t\r\n".includes(c)) { i += 1; continue; }
+      if ("{}[]:,".includes(c)) { yield { kind: c, text: c }; i += 1; continue; }
+      let j = i + 1;
+      if (c === '"') {
+        while (j < text.length && text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+        j += 1;
+      } else {
+        while (j < text.length && !" \t\r\n{}[]:,".includes(text[j])) j += 1;
+      }
+      yield { kind: "v", text: text.slice(i, j) };
+      i = j;
+    }
+  }
+
+  // The top-level object's members: key → the value's source text, unchanged.
+  function topLevelFields(text) {
+    const out = {};
+    let depth = 0, key = null, expectKey = false, start = -1, parts = [];
+    for (const tok of jsonTokens(text)) {
+      if (depth === 1 && tok.kind === "v" && expectKey) { key = JSON.parse(tok.text); expectKey = false; continue; }
+      if (depth === 1 && tok.kind === ":") { start = 0; parts = []; continue; }
+      if (depth === 1 && (tok.kind === "," || tok.kind === "}")) {
+        if (key !== null) out[key] = parts.join(" ");
+        key = null; expectKey = true; start = -1;
+        if (tok.kind === "}") depth -= 1;
+        continue;
+      }
+      if (tok.kind === "{" || tok.kind === "[") depth += 1;
+      if (depth === 1 && tok.kind === "{") { expectKey = true; continue; }
+      if (tok.kind === "}" || tok.kind === "]") depth -= 1;
+      if (start >= 0) parts.push(tok.text);
+    }
+    return out;
+  }
+
+  // Indents JSON text two spaces per level, keeping every value's source text.
+  function prettyJson(text) {
+    let out = "", depth = 0, pendingEmpty = null;
+    const nl = () => "\n" + "  ".repeat(depth);
+    for (const tok of jsonTokens(text)) {
+      if (pendingEmpty !== null) {
+        if ((pendingEmpty === "{" && tok.kind === "}") || (pendingEmpty === "[" && tok.kind === "]")) {
+          out += tok.text; depth -= 1; pendingEmpty = null; continue;
+        }
+        out += nl(); pendingEmpty = null;
+      }
+      if (tok.kind === "{" || tok.kind === "[") { out += tok.text; depth += 1; pendingEmpty = tok.kind; }
+      else if (tok.kind === "}" || tok.kind === "]") { depth -= 1; out += nl() + tok.text; }
+      else if (tok.kind === ",") out += "," + nl();
+      else if (tok.kind === ":") out += ": ";
+      else out += tok.text;
+    }
+    return out;
+  }
+
   function who() {
     try { return JSON.parse(sessionStorage.getItem(WHO_KEY) || "null"); } catch (_) { return null; }
   }
@@ -273,13 +349,18 @@
   }
 
   // ---------------------------------------------------------------- chrome
+  // Each navigation starts a new generation; a page still loading for an older one renders
+  // nothing and schedules nothing (its answers arrive after the person left it).
+  let generation = 0;
+  const current = (gen) => gen === generation;
   let timers = [];
-  function later(fn, ms) {
-    const id = setInterval(fn, ms);
+  function later(fn, ms, gen) {
+    if (!current(gen)) return;
+    const id = setTimeout(() => { timers = timers.filter((t) => t !== id); if (current(gen)) fn(); }, ms);
     timers.push(id);
   }
   function stopTimers() {
-    for (const id of timers) clearInterval(id);
+    for (const id of timers) clearTimeout(id);
     timers = [];
   }
 
@@ -354,6 +435,7 @@
       ev.preventDefault();
       const token = input.value.trim();
       if (!token) { error.textContent = t("tokenRequired"); input.focus(); return; }
+      if (!/^[\x21-\x7e]+$/.test(token)) { error.textContent = t("badToken"); input.select(); return; }
       sessionStorage.setItem(TOKEN_KEY, token);
       try {
         const me = await api("GET", "/api/me");
@@ -373,14 +455,15 @@
   }
 
   // ---------------------------------------------------------------- webhooks list
-  async function webhooksPage(params) {
+  async function webhooksPage(params, gen) {
     crumbs(baseCrumbs());
     const cursor = params.get("cursor");
     const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
     if (cursor) q.set("cursor", cursor);
     page(t("webhooks"), h("p", {}, t("loading")));
     let res;
-    try { res = await api("GET", `/api/webhooks?${q}`); } catch (err) { page(t("webhooks"), failed(err)); return; }
+    try { res = await api("GET", `/api/webhooks?${q}`); } catch (err) { if (current(gen)) page(t("webhooks"), failed(err)); return; }
+    if (!current(gen)) return;
     const toolbar = h("div", { class: "toolbar" },
       h("a", { href: "#/webhooks/new", class: "btn btn-primary", id: "new-webhook" }, t("newWebhook")));
     if (res.data.length === 0 && !cursor) {
@@ -556,9 +639,16 @@
       if (events.length === 0) { showError("events", t("eventsRequired")); invalid = true; }
       if (own && own.checked && secret.value.length < 32) { showError("secret", t("secretShort")); invalid = true; }
       if (invalid) { focusFirstError(); return; }
-      const body = { url: url.value.trim(), events, active: active.checked, description: desc.value };
+      let body = { url: url.value.trim(), events, active: active.checked, description: desc.value };
       if (org) body.organization_id = org.value.trim();
       if (own && own.checked) body.secret = secret.value;
+      if (existing) {
+        // Only what the person changed here: a field changed elsewhere meanwhile (say, the
+        // webhook deactivated by a colleague) is not put back to what this page loaded.
+        const same = (k) => JSON.stringify(body[k]) === JSON.stringify(existing[k]);
+        body = Object.fromEntries(Object.entries(body).filter(([k]) => !same(k)));
+        if (Object.keys(body).length === 0) { status.textContent = t("saved"); return; }
+      }
       submit.disabled = true;
       try {
         const res = existing
@@ -581,7 +671,7 @@
     return form;
   }
 
-  async function newWebhookPage() {
+  async function newWebhookPage(gen) {
     crumbs([...baseCrumbs(), { label: t("newWebhook") }]);
     let form;
     try {
@@ -596,7 +686,8 @@
         done.append(h("p", {}, h("a", { class: "btn btn-primary", href: `#/webhooks/${encodeURIComponent(created.id)}`, id: "open-webhook" }, t("goToWebhook"))));
         page(t("newWebhook"), done);
       });
-    } catch (err) { page(t("newWebhook"), failed(err)); return; }
+    } catch (err) { if (current(gen)) page(t("newWebhook"), failed(err)); return; }
+    if (!current(gen)) return;
     page(t("newWebhook"), form);
     $("f-url").focus();
   }
@@ -620,11 +711,12 @@
       tab("deliveries", `#/webhooks/${encodeURIComponent(id)}/deliveries`));
   }
 
-  async function webhookPage(id) {
+  async function webhookPage(id, gen) {
     crumbs([...baseCrumbs(), { label: "…" }]);
     page(t("webhook"), h("p", {}, t("loading")));
     let w;
-    try { w = await api("GET", `/api/webhooks/${encodeURIComponent(id)}`); } catch (err) { page(t("webhook"), failed(err)); return; }
+    try { w = await api("GET", `/api/webhooks/${encodeURIComponent(id)}`); } catch (err) { if (current(gen)) page(t("webhook"), failed(err)); return; }
+    if (!current(gen)) return;
     crumbs([...baseCrumbs(), { label: w.url }]);
     const chart = h("section", { class: "card", id: "chart" }, h("h2", {}, t("last24h")), h("p", {}, t("loading")));
     const testResult = h("div", { id: "test-result", "aria-live": "polite" });
@@ -647,7 +739,7 @@
     const toggle = h("button", { type: "button", class: "btn", id: "toggle-active" }, w.active ? t("deactivate") : t("activate"));
     toggle.addEventListener("click", async () => {
       toggle.disabled = true;
-      try { await api("PATCH", `/api/webhooks/${encodeURIComponent(w.id)}`, { active: !w.active }); webhookPage(id); }
+      try { await api("PATCH", `/api/webhooks/${encodeURIComponent(w.id)}`, { active: !w.active }); if (current(gen)) webhookPage(id, gen); }
       catch (err) { toggle.disabled = false; testResult.append(notice("error", err.message)); }
     });
     const del = h("button", { type: "button", class: "btn btn-danger", id: "delete" }, t("delete"));
@@ -660,7 +752,8 @@
       h("dt", {}, t("description")), h("dd", { id: "webhook-description" }, w.description || h("span", { class: "muted" }, "—")),
       h("dt", {}, t("createdM")), h("dd", {}, timeEl(w.created_at)));
     const editSection = h("details", { class: "card", id: "edit" }, h("summary", {}, t("edit")));
-    const form = await webhookForm(w, () => webhookPage(id));
+    const form = await webhookForm(w, () => { if (current(gen)) webhookPage(id, gen); });
+    if (!current(gen)) return;
     editSection.append(form);
     page(w.url,
       w.description ? h("p", { class: "subtitle" }, w.description) : null,
@@ -681,7 +774,9 @@
     yes.addEventListener("click", async () => {
       yes.disabled = true;
       try {
-        await api("DELETE", `/api/webhooks/${encodeURIComponent(w.id)}`);
+        await api("DELETE", `/api/webhooks/${encodeURIComponent(w.id)}`).catch((err) => {
+          if (err.status !== 404) throw err; // already deleted: the wish is granted
+        });
         dialog.close();
         location.hash = "#/webhooks";
       } catch (err) {
@@ -789,13 +884,16 @@
   }
 
   // ---------------------------------------------------------------- deliveries tab
-  async function deliveriesPage(id, params) {
+  async function deliveriesPage(id, params, gen) {
     let w;
     try { w = await api("GET", `/api/webhooks/${encodeURIComponent(id)}`); } catch (err) {
-      crumbs(baseCrumbs()); page(t("deliveries"), failed(err)); return;
+      if (current(gen)) { crumbs(baseCrumbs()); page(t("deliveries"), failed(err)); }
+      return;
     }
+    if (!current(gen)) return;
     crumbs([...baseCrumbs(), { label: w.url, href: `#/webhooks/${encodeURIComponent(id)}` }, { label: t("deliveries") }]);
     const types = await eventTypes();
+    if (!current(gen)) return;
     const status = params.get("status") || "";
     const type = params.get("event_type") || "";
     const cursor = params.get("cursor") || "";
@@ -830,18 +928,24 @@
       if (cursor) q.set("cursor", cursor);
       let res;
       try { res = await api("GET", `/api/webhooks/${encodeURIComponent(id)}/deliveries?${q}`); } catch (err) {
-        clear(body); body.append(failed(err)); return;
+        if (!current(gen)) return;
+        clear(body); body.append(failed(err));
+        lastSignature = "";
+        // Gone (deleted meanwhile): stop refreshing; other errors: try again later.
+        if (err.status !== 404) schedule();
+        return;
       }
+      if (!current(gen)) return;
       // A refresh that changed nothing redraws nothing (focus and screen readers stay put);
       // one that did keeps the focus on the same control when it is still there.
       const signature = JSON.stringify(res);
       const stamp = `${t("live")} · ${t("updated", { time: new Date().toLocaleTimeString(lang === "fr" ? "fr-FR" : "en-GB") })}`;
-      if (signature === lastSignature) { liveNote.textContent = stamp; return; }
+      if (signature === lastSignature) { liveNote.textContent = stamp; schedule(); return; }
       lastSignature = signature;
       const focusedId = body.contains(document.activeElement) ? document.activeElement.id : "";
       clear(body);
       if (res.data.length === 0) {
-        body.append(notice("info", t("noDeliveries")));
+        body.append(notice("info", cursor ? t("noOlder") : t("noDeliveries")));
       } else {
         const tbody = h("tbody");
         for (const d of res.data) {
@@ -873,10 +977,14 @@
       body.append(pager);
       liveNote.textContent = stamp;
       if (focusedId && $(focusedId)) $(focusedId).focus({ preventScroll: true });
+      schedule();
     }
     let lastSignature = "";
+    // The next refresh is armed when this one has finished, so slow answers never pile up.
+    function schedule() {
+      later(() => { if (document.visibilityState === "visible") load(); else schedule(); }, LIVE_REFRESH_MS, gen);
+    }
     await load();
-    later(() => { if (document.visibilityState === "visible") load(); }, LIVE_REFRESH_MS);
   }
 
   // ---------------------------------------------------------------- delivery page
@@ -887,15 +995,17 @@
       a.error_detail ? ` · ${a.error_detail}` : "");
   }
 
-  async function deliveryPage(id) {
+  async function deliveryPage(id, gen) {
     crumbs([...baseCrumbs(), { label: "…" }]);
     page(t("delivery"), h("p", {}, t("loading")));
     let d;
     try { d = await api("GET", `/api/deliveries/${encodeURIComponent(id)}`); } catch (err) {
-      page(t("delivery"), failed(err)); return;
+      if (current(gen)) page(t("delivery"), failed(err));
+      return;
     }
     let w = null;
     try { w = await api("GET", `/api/webhooks/${encodeURIComponent(d.webhook_id)}`); } catch (_) { w = null; }
+    if (!current(gen)) return;
     const whHref = `#/webhooks/${encodeURIComponent(d.webhook_id)}`;
     crumbs([...baseCrumbs(),
       { label: w ? w.url : t("deletedWebhook"), href: w ? whHref : null },
@@ -982,11 +1092,17 @@
     page(`${t("delivery")} ${d.id}`, summary, payloadBox, attemptsBox);
     try {
       const q = isAdmin() ? `?organization_id=${encodeURIComponent(d.organization_id)}` : "";
-      const ev = await api("GET", `/api/events/${encodeURIComponent(d.event_id)}${q}`);
-      const envelope = { event_id: ev.event_id, event_type: ev.event_type, timestamp: ev.timestamp, organization_id: ev.organization_id, data: ev.data };
+      const raw = await apiText(`/api/events/${encodeURIComponent(d.event_id)}${q}`);
+      if (!current(gen)) return;
+      // The envelope's fields as the daemon returned them, byte for byte (numbers are never
+      // re-encoded by the browser: 9007199254740993 stays 9007199254740993).
+      const fields = topLevelFields(raw);
+      const envelope = "{" + ["event_id", "event_type", "timestamp", "organization_id", "data"]
+        .filter((k) => k in fields).map((k) => `${JSON.stringify(k)}:${fields[k]}`).join(",") + "}";
       clear(payloadBox);
-      payloadBox.append(h("h2", {}, t("payload")), h("pre", { class: "payload", id: "payload-json" }, JSON.stringify(envelope, null, 2)));
+      payloadBox.append(h("h2", {}, t("payload")), h("pre", { class: "payload", id: "payload-json" }, prettyJson(envelope)));
     } catch (err) {
+      if (!current(gen)) return;
       clear(payloadBox);
       payloadBox.append(h("h2", {}, t("payload")), failed(err));
     }
@@ -994,7 +1110,10 @@
 
   // ---------------------------------------------------------------- router
   async function route() {
+    generation += 1;
     stopTimers();
+    // A dialog belongs to the page it was opened on.
+    for (const d of document.querySelectorAll("dialog")) d.remove();
     account();
     const hash = location.hash || "#/webhooks";
     if (!hash.startsWith("#/")) return; // in-page anchors (skip link)
@@ -1004,11 +1123,12 @@
     if (!sessionStorage.getItem(TOKEN_KEY)) { signInPage(); return; }
     if (parts[0] === "signin") { location.hash = "#/webhooks"; return; }
     try {
-      if (parts[0] === "webhooks" && parts.length === 1) await webhooksPage(params);
-      else if (parts[0] === "webhooks" && parts[1] === "new") await newWebhookPage();
-      else if (parts[0] === "webhooks" && parts.length === 2) await webhookPage(parts[1]);
-      else if (parts[0] === "webhooks" && parts[2] === "deliveries") await deliveriesPage(parts[1], params);
-      else if (parts[0] === "deliveries" && parts.length === 2) await deliveryPage(parts[1]);
+      const gen = generation;
+      if (parts[0] === "webhooks" && parts.length === 1) await webhooksPage(params, gen);
+      else if (parts[0] === "webhooks" && parts[1] === "new") await newWebhookPage(gen);
+      else if (parts[0] === "webhooks" && parts.length === 2) await webhookPage(parts[1], gen);
+      else if (parts[0] === "webhooks" && parts[2] === "deliveries") await deliveriesPage(parts[1], params, gen);
+      else if (parts[0] === "deliveries" && parts.length === 2) await deliveryPage(parts[1], gen);
       else { crumbs(baseCrumbs()); page(t("notFound")); }
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return; // signed out already

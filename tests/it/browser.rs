@@ -25,6 +25,8 @@ struct Browser {
     driver: Child,
     base: String,
     _profile: tempfile::TempDir,
+    /// Set by [`Browser::close`]: the session ended normally and chromedriver is reaped.
+    closed: bool,
 }
 
 fn tool(env: &str, default: &str) -> Option<PathBuf> {
@@ -102,6 +104,7 @@ impl Browser {
             driver,
             base: format!("http://{}", daemon.addr),
             _profile: profile,
+            closed: false,
         })
     }
 
@@ -196,14 +199,20 @@ impl Browser {
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        self.closed = true;
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // After a failed assertion: end chromedriver and the browser it started.
+        // After a failed assertion: end chromedriver and the browser it started (its process
+        // group, while chromedriver is not yet reaped, so the group id is still its own).
+        if self.closed {
+            return;
+        }
+        // `-s KILL -- -PGID`: procps reads a bare `-KILL -PGID` differently.
         let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.driver.id())])
+            .args(["-s", "KILL", "--", &format!("-{}", self.driver.id())])
             .stderr(Stdio::null())
             .status();
         let _ = self.driver.wait();
@@ -461,13 +470,11 @@ async fn the_ui_shows_one_organizations_data_as_text_and_speaks_french() {
     assert_eq!(status, 201);
     let hook = webhook["id"].as_str().unwrap().to_owned();
     let hostile = "<script>window.__pwned = 1</script><img src=x id=injected-payload>";
-    let (status, _) = daemon
-        .call(
-            "POST",
-            "/api/events",
-            Some(ticket("evt_xss", "org_a", hostile)),
-        )
-        .await;
+    let mut event = ticket("evt_xss", "org_a", hostile);
+    // A 64-bit id past JavaScript's exact integers, and a right-to-left override.
+    event["data"]["id64"] = json!(9_007_199_254_740_993u64);
+    event["data"]["note"] = json!("invoice\u{202E}fdp.exe");
+    let (status, _) = daemon.call("POST", "/api/events", Some(event)).await;
     assert_eq!(status, 202);
     let delivery = daemon.only_delivery(&hook).await;
     let Some(browser) = Browser::start(&daemon).await else {
@@ -507,6 +514,9 @@ async fn the_ui_shows_one_organizations_data_as_text_and_speaks_french() {
         payload.contains(&serde_json::to_string(hostile).unwrap()),
         "{payload}"
     );
+    // The payload as delivered: numbers keep their digits, bidi controls are shown.
+    assert!(payload.contains("\"id64\": 9007199254740993"), "{payload}");
+    assert!(payload.contains("invoice<U+202E>fdp.exe"), "{payload}");
     for probe in [
         "return document.getElementById('injected-description') === null",
         "return document.getElementById('injected-payload') === null",
@@ -516,7 +526,34 @@ async fn the_ui_shows_one_organizations_data_as_text_and_speaks_french() {
         assert_eq!(browser.js(probe).await, json!(true), "{probe}");
     }
 
+    // Saving the edit form sends only what was changed there: a webhook deactivated
+    // elsewhere meanwhile stays deactivated.
+    browser.goto(&format!("#/webhooks/{hook}")).await;
+    browser.find("#edit summary").await.click().await.unwrap();
+    let (status, _) = daemon
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{hook}"),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let description = browser.find("#f-description").await;
+    description.clear().await.unwrap();
+    description.send_keys("Renamed in the UI").await.unwrap();
+    browser.find("#save").await.click().await.unwrap();
+    browser
+        .text_until("#webhook-description", |t| t == "Renamed in the UI")
+        .await;
+    let (_, after) = daemon
+        .call("GET", &format!("/api/webhooks/{hook}"), None)
+        .await;
+    assert_eq!(after["active"], false, "{after}");
+    assert_eq!(after["description"], "Renamed in the UI");
+
     // French: the switch, the spec's labels.
+    browser.goto(&format!("#/deliveries/{delivery}")).await;
+    browser.find("#redeliver").await;
     browser
         .find("#lang")
         .await

@@ -76,6 +76,19 @@ async fn the_ui_is_served_from_the_binary_with_a_strict_policy_and_the_browsers_
         .to_str()
         .unwrap()
         .starts_with("text/css"));
+    // Every other answer (redirects, errors, API JSON) may not be sniffed or framed either.
+    for path in ["/", "/ui", "/ui/nope", "/nope", "/api/me"] {
+        let (_, headers, _) = daemon.request_full("GET", path, &[]).await;
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+    }
     // The start-up log says where the UI is.
     let addr = daemon.addr;
     assert!(daemon
