@@ -21,6 +21,39 @@ pub struct AddressPolicy {
     allowed: Vec<IpNet>,
 }
 
+/// The policy in force, shared by the API (URL checks at creation) and the delivery client
+/// (every connection), and replaced as a whole when SIGHUP reloads `allow_network`: a
+/// connection checks the policy current when it is made.
+#[derive(Debug, Default)]
+pub struct PolicyCell(std::sync::RwLock<std::sync::Arc<AddressPolicy>>);
+
+impl PolicyCell {
+    /// A cell holding `policy`.
+    pub fn new(policy: AddressPolicy) -> PolicyCell {
+        PolicyCell(std::sync::RwLock::new(std::sync::Arc::new(policy)))
+    }
+
+    /// The policy in force now.
+    pub fn load(&self) -> std::sync::Arc<AddressPolicy> {
+        match self.0.read() {
+            Ok(guard) => std::sync::Arc::clone(&guard),
+            Err(poisoned) => std::sync::Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts `policy` in force for every check from now on; returns whether it differs from
+    /// the one it replaces.
+    pub fn replace(&self, policy: AddressPolicy) -> bool {
+        let mut guard = match self.0.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let changed = **guard != policy;
+        *guard = std::sync::Arc::new(policy);
+        changed
+    }
+}
+
 /// A `--allow-network` value that is not a CIDR block.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid network {0:?}: expected a CIDR block like 10.0.0.0/8 or fd00::/8")]

@@ -27,7 +27,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{timeout_at, Instant};
 
-use crate::address::{self, AddressPolicy};
+use crate::address::{self, PolicyCell};
 use crate::clock;
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, WebhookId};
@@ -95,7 +95,7 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// attempt, so a name that turns private between two attempts is still refused.
 #[derive(Debug, Clone, Default)]
 pub struct Resolver {
-    policy: Option<Arc<AddressPolicy>>,
+    policy: Option<Arc<PolicyCell>>,
 }
 
 impl tower::Service<Name> for Resolver {
@@ -108,7 +108,7 @@ impl tower::Service<Name> for Resolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.policy.clone();
+        let policy = self.policy.as_ref().map(|cell| cell.load());
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
                 .await
@@ -140,7 +140,7 @@ impl tower::Service<Name> for Resolver {
 #[derive(Debug, Clone)]
 pub struct GuardedConnector {
     inner: HttpConnector<Resolver>,
-    policy: Option<Arc<AddressPolicy>>,
+    policy: Option<Arc<PolicyCell>>,
 }
 
 impl tower::Service<Uri> for GuardedConnector {
@@ -153,7 +153,10 @@ impl tower::Service<Uri> for GuardedConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        if let (Some(policy), Some(ip)) = (&self.policy, uri.host().and_then(address::literal)) {
+        if let (Some(policy), Some(ip)) = (
+            self.policy.as_ref().map(|cell| cell.load()),
+            uri.host().and_then(address::literal),
+        ) {
             if let Some(range) = policy.refusal(ip) {
                 return Box::pin(
                     async move { Err(Box::new(BlockedAddress { range }) as BoxError) },
@@ -300,7 +303,7 @@ pub fn build_client(connect_timeout: Duration) -> HttpsClient {
 /// it is made.
 pub fn build_delivery_client(
     connect_timeout: Duration,
-    policy: Arc<AddressPolicy>,
+    policy: Arc<PolicyCell>,
     tls: rustls::ClientConfig,
 ) -> HttpsClient {
     build(connect_timeout, Some(policy), tls)
@@ -308,7 +311,7 @@ pub fn build_delivery_client(
 
 fn build(
     connect_timeout: Duration,
-    policy: Option<Arc<AddressPolicy>>,
+    policy: Option<Arc<PolicyCell>>,
     tls: rustls::ClientConfig,
 ) -> HttpsClient {
     let mut http = HttpConnector::new_with_resolver(Resolver {
@@ -409,7 +412,7 @@ impl Sender {
     /// [`TlsSetupError`] when the configured roots cannot be loaded.
     pub fn new(
         timeout: Duration,
-        policy: Arc<AddressPolicy>,
+        policy: Arc<PolicyCell>,
         tls: &TlsSettings,
     ) -> Result<Sender, TlsSetupError> {
         Ok(Sender {

@@ -95,9 +95,15 @@ fn init_logs(config: &Config) -> Result<LogReload> {
     Ok(reload)
 }
 
-/// On each SIGHUP, reads the settings again (flags, environment, config file) and applies
-/// the log filter. The other settings need a restart; an invalid file keeps the old filter.
-fn reload_on_sighup(args: ServeArgs, reload: LogReload) {
+/// On each SIGHUP, reads the settings again (flags, environment, config file), applies the
+/// log filter and hands the settings to the server, which applies the allowed networks and
+/// the rate limit (`server::run`). The other settings need a restart; an invalid file
+/// changes nothing.
+fn reload_on_sighup(
+    args: ServeArgs,
+    reload: LogReload,
+    settings: tokio::sync::watch::Sender<Option<std::sync::Arc<palo_webhooks::config::Config>>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::warn!(
@@ -113,13 +119,14 @@ fn reload_on_sighup(args: ServeArgs, reload: LogReload) {
                 .map_err(anyhow::Error::from)
                 .and_then(|config| {
                     EnvFilter::try_new(&config.log_filter)
-                        .map(|f| (f, config.log_filter))
+                        .map(|f| (f, config))
                         .context("invalid log filter")
                 });
             match filter {
-                Ok((filter, text)) => match reload.reload(filter) {
+                Ok((filter, config)) => match reload.reload(filter) {
                     Ok(()) => {
-                        tracing::info!(log = %text, "SIGHUP: log filter reloaded (other settings need a restart)")
+                        tracing::info!(log = %config.log_filter, "SIGHUP: log filter reloaded (allowed networks and rate limit follow; other settings need a restart)");
+                        settings.send_replace(Some(std::sync::Arc::new(config)));
                     }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: cannot replace the log filter"),
                 },
@@ -135,7 +142,8 @@ fn reload_on_sighup(args: ServeArgs, reload: LogReload) {
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = args.clone().into_config()?;
     let reload = init_logs(&config)?;
-    reload_on_sighup(args, reload);
+    let (reloads_tx, reloads) = tokio::sync::watch::channel(None);
+    reload_on_sighup(args, reload, reloads_tx);
     raise_open_file_limit(config.max_in_flight);
     // A file-size limit (RLIMIT_FSIZE) must fail the write (EFBIG, so a 503 and a paused
     // store) rather than kill the process: handling SIGXFSZ (25 on Linux) replaces its
@@ -146,7 +154,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    server::run(config, listener, admin_token, shutdown_signal()).await?;
+    server::run(config, listener, admin_token, shutdown_signal(), reloads).await?;
     Ok(())
 }
 

@@ -105,6 +105,7 @@ pub async fn run(
     listener: TcpListener,
     admin_token: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: tokio::sync::watch::Receiver<Option<Arc<Config>>>,
 ) -> Result<(), RunError> {
     // Installed before the store opens, so start-up commits are counted too.
     let metrics_handle = crate::metrics::install();
@@ -169,15 +170,10 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "start-up consistency check failed to read"),
     }
 
-    let address_policy = Arc::new(config.address_policy.clone());
-    if !address_policy.allowed().is_empty() {
-        let networks: Vec<String> = address_policy
-            .allowed()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        tracing::info!(networks = %networks.join(","), "deliveries may reach these otherwise forbidden networks");
-    }
+    let address_policy = Arc::new(crate::address::PolicyCell::new(
+        config.address_policy.clone(),
+    ));
+    log_allowed_networks(&config.address_policy);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let scheduler = Scheduler::new(
@@ -213,7 +209,7 @@ pub async fn run(
         attempt_timeout: config.attempt_timeout,
         read_timeout: config.api_read_timeout,
         max_body_bytes: config.max_body_bytes,
-        rate_limiter: api::guard::rate_limiter(config.rate_limit),
+        rate_limit: Arc::new(api::guard::RateLimit::new(config.rate_limit)),
         started: std::time::Instant::now(),
         metrics: Arc::new(api::MetricsState {
             handle: metrics_handle,
@@ -224,18 +220,28 @@ pub async fn run(
                 .map(|t| api::token_hash(t.0.trim())),
         }),
     };
-    if let Some(limiter) = state.rate_limiter.clone() {
-        let stop = cancel.clone();
+    {
+        let (rate_limit, stop) = (Arc::clone(&state.rate_limit), cancel.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => api::guard::forget_idle(&limiter),
+                    _ = tick.tick() => {
+                        if let Some(limiter) = rate_limit.limiter() {
+                            api::guard::forget_idle(&limiter);
+                        }
+                    }
                     () = stop.cancelled() => return,
                 }
             }
         });
     }
+    tokio::spawn(apply_reloads(
+        reloads,
+        Arc::clone(&state.address_policy),
+        Arc::clone(&state.rate_limit),
+        cancel.clone(),
+    ));
     let app = api::router(state);
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!("listening on http://{addr}");
@@ -493,6 +499,43 @@ async fn purge_loop(
                 attempts = total.attempts,
                 kept_unfinished = total.kept,
                 "retention: purged final records older than the retention"
+            );
+        }
+    }
+}
+
+fn log_allowed_networks(policy: &crate::address::AddressPolicy) {
+    if !policy.allowed().is_empty() {
+        let networks: Vec<String> = policy.allowed().iter().map(ToString::to_string).collect();
+        tracing::info!(networks = %networks.join(","), "deliveries may reach these otherwise forbidden networks");
+    }
+}
+
+/// Applies the settings SIGHUP re-read (`main::reload_on_sighup` sends them): the allowed
+/// networks (`allow_network`, checked at every new connection and URL check) and the per-key
+/// rate limit (`rate_limit`). Every other setting needs a restart.
+async fn apply_reloads(
+    mut reloads: tokio::sync::watch::Receiver<Option<Arc<Config>>>,
+    policy: Arc<crate::address::PolicyCell>,
+    rate_limit: Arc<api::guard::RateLimit>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = reloads.changed() => if changed.is_err() { return },
+            () = cancel.cancelled() => return,
+        }
+        let Some(config) = reloads.borrow_and_update().clone() else {
+            continue;
+        };
+        if policy.replace(config.address_policy.clone()) {
+            tracing::info!("SIGHUP: allowed networks reloaded");
+            log_allowed_networks(&config.address_policy);
+        }
+        if rate_limit.set(config.rate_limit) {
+            tracing::info!(
+                rate_limit = config.rate_limit,
+                "SIGHUP: rate limit reloaded"
             );
         }
     }

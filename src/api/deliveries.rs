@@ -53,7 +53,7 @@ pub(super) async fn list_webhook_deliveries(
         .transpose()?;
     let id = webhook.id;
     let deliveries = blocking(&state.store, move |s| {
-        s.list_webhook_deliveries(id, status, event_type, before, limit)
+        s.list_webhook_deliveries(id, status, event_type, before, limit + 1)
     })
     .await?;
     Ok(Json(Page::new(

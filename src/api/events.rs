@@ -168,7 +168,7 @@ pub(super) async fn list_events(
         until_ms: time_bound("until", query.until.as_deref())?,
     };
     let (events, deliveries) = blocking(&state.store, move |s| {
-        let events = s.list_events(&filter, before, limit)?;
+        let events = s.list_events(&filter, before, limit + 1)?;
         // One read for the whole page's deliveries, not one per event.
         let ids: Vec<_> = events
             .iter()

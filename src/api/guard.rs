@@ -50,6 +50,43 @@ pub fn rate_limiter(per_second: u32) -> Option<Arc<RateLimiter>> {
     NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::hashmap(Quota::per_second(n))))
 }
 
+/// The per-key rate limit in force, replaced when SIGHUP reloads `rate_limit` (the new
+/// limiter starts with full budgets).
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    current: std::sync::RwLock<(u32, Option<Arc<RateLimiter>>)>,
+}
+
+impl RateLimit {
+    /// `per_second` requests per second per key (0: no limit).
+    pub fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            current: std::sync::RwLock::new((per_second, rate_limiter(per_second))),
+        }
+    }
+
+    /// The limiter in force, `None` when there is no limit.
+    pub fn limiter(&self) -> Option<Arc<RateLimiter>> {
+        match self.current.read() {
+            Ok(guard) => guard.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// Puts `per_second` in force (0: no limit); returns whether it changed.
+    pub fn set(&self, per_second: u32) -> bool {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.0 == per_second {
+            return false;
+        }
+        *guard = (per_second, rate_limiter(per_second));
+        true
+    }
+}
+
 /// Drops the limiter's entries whose budget is full again (keys and addresses not seen
 /// lately), so its memory follows the clients of the last second, not all clients ever.
 pub fn forget_idle(limiter: &RateLimiter) {
@@ -171,7 +208,7 @@ pub(super) async fn authenticate(
                 .get::<PeerAddr>()
                 .map_or_else(|| "unknown".to_owned(), |p| p.0.ip().to_string());
             let path = format!("/api{}", request.uri().path());
-            if let Some(limiter) = &state.rate_limiter {
+            if let Some(limiter) = state.rate_limit.limiter() {
                 if let Err(not_until) = limiter.check_key(&format!("peer:{peer}")) {
                     // Past the budget, rejections are not logged at info: a flood of bad
                     // tokens cannot flood the log.
@@ -183,7 +220,7 @@ pub(super) async fn authenticate(
             return Err(unauthorized);
         }
     };
-    if let Some(limiter) = &state.rate_limiter {
+    if let Some(limiter) = state.rate_limit.limiter() {
         if let Err(not_until) = limiter.check_key(&principal.0) {
             tracing::debug!(principal = %principal.0, "rate limited");
             return Err(rate_limited(&not_until));
@@ -245,4 +282,26 @@ fn resolve(state: &AppState, request: &Request) -> Result<(Caller, Principal), A
         Caller::Organization(key.organization_id),
         Principal(format!("key:{}", key.id)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn a_reloaded_rate_limit_replaces_the_limiter() {
+        let limit = RateLimit::new(0);
+        assert!(limit.limiter().is_none());
+        assert!(!limit.set(0));
+        assert!(limit.set(1));
+        let limiter = limit.limiter().expect("a limit of 1/s");
+        assert!(limiter.check_key(&"k".to_owned()).is_ok());
+        assert!(
+            limiter.check_key(&"k".to_owned()).is_err(),
+            "second call within the second"
+        );
+        assert!(!limit.set(1), "same value: unchanged");
+        assert!(limit.set(0));
+        assert!(limit.limiter().is_none());
+    }
 }

@@ -42,15 +42,15 @@ pub struct AppState {
     /// Whether http:// webhook URLs are accepted.
     pub allow_http: bool,
     /// The outbound address policy: IP-literal webhook URLs are checked at creation.
-    pub address_policy: Arc<crate::address::AddressPolicy>,
+    pub address_policy: Arc<crate::address::PolicyCell>,
     /// The attempt timeout, to lease a test delivery while its first attempt runs.
     pub attempt_timeout: Duration,
     /// How long a client has to send a request body (408 after it).
     pub read_timeout: Duration,
     /// Largest request body, bytes (413 beyond).
     pub max_body_bytes: usize,
-    /// Per-key request rate limit (`None`: no limit).
-    pub rate_limiter: Option<Arc<guard::RateLimiter>>,
+    /// Per-key request rate limit (reloadable).
+    pub rate_limit: Arc<guard::RateLimit>,
     /// What `GET /metrics` renders.
     pub metrics: Arc<MetricsState>,
     /// When the daemon started (uptime in `GET /api/admin/status`).

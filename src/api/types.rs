@@ -347,18 +347,21 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
-    /// A page of `items` (converted), with a cursor when the page is full.
+    /// A page of the first `limit` of `items` (converted). Callers read `limit + 1` items:
+    /// the cursor is given only when one more exists, so the last page has none, even when
+    /// it is full.
     pub fn new<S>(
         items: &[S],
         limit: usize,
         cursor_of: impl Fn(&S) -> String,
         convert: impl Fn(&S) -> T,
     ) -> Page<T> {
-        let next_cursor = (items.len() == limit)
-            .then(|| items.last().map(&cursor_of))
+        let shown = &items[..items.len().min(limit)];
+        let next_cursor = (items.len() > limit)
+            .then(|| shown.last().map(&cursor_of))
             .flatten();
         Page {
-            data: items.iter().map(convert).collect(),
+            data: shown.iter().map(convert).collect(),
             next_cursor,
         }
     }

@@ -187,7 +187,7 @@ pub(super) async fn create_webhook(
     let organization_id = caller.acting_for(input.organization_id.as_deref())?;
     check_external_id("organization_id", &organization_id)?;
     let url = validate_url(&input.url, state.allow_http)?;
-    check_url_address(&url, &state.address_policy)?;
+    check_url_address(&url, &state.address_policy.load())?;
     let events = parse_events(&input.events)?;
     let (secret, generated) = match input.secret {
         Some(s) => (validate_secret(&s)?, false),
@@ -240,7 +240,7 @@ pub(super) async fn list_webhooks(
         Caller::Organization(own) => Some(own.clone()),
     };
     let webhooks = blocking(&state.store, move |s| {
-        s.list_webhooks(org.as_deref(), after, limit)
+        s.list_webhooks(org.as_deref(), after, limit + 1)
     })
     .await?;
     Ok(Json(Page::new(
@@ -275,7 +275,7 @@ pub(super) async fn update_webhook(
             .url
             .map(|url| {
                 let url = validate_url(&url, state.allow_http)?;
-                check_url_address(&url, &state.address_policy)?;
+                check_url_address(&url, &state.address_policy.load())?;
                 Ok::<_, ApiError>(url)
             })
             .transpose()?,

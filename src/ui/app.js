@@ -66,7 +66,7 @@
       statusNames: { pending: "pending", retrying: "retrying", succeeded: "succeeded", failed: "failed", cancelled: "cancelled" },
       errorNames: { timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address" },
       notFound: "Not found.", loading: "Loading…", failedLoad: "Could not load: {msg}",
-      busy: "The webhook is busy: retry in a few seconds.", deletedWebhook: "deleted webhook",
+      busy: "The webhook is busy: retry in a few seconds.", unavailable: "The webhook is inactive or deleted: activate it first.", inFlight: "An attempt of this delivery is running: wait for its result.", storeDown: "The daemon cannot write right now (disk full or I/O error): retry later.", rateLimited: "Too many requests: retry in a moment.", deletedWebhook: "deleted webhook",
       retryAfter: "receiver asked to wait {s} s", whenNone: "none scheduled", previous: "Previous page",
       next: "Next page", required: "required", deliveriesOf: "Deliveries of this webhook",
     },
@@ -116,7 +116,7 @@
       statusNames: { pending: "en attente", retrying: "nouvel essai prévu", succeeded: "réussie", failed: "échouée", cancelled: "annulée" },
       errorNames: { timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée" },
       notFound: "Introuvable.", loading: "Chargement…", failedLoad: "Chargement impossible : {msg}",
-      busy: "Le webhook est occupé : réessayez dans quelques secondes.", deletedWebhook: "webhook supprimé",
+      busy: "Le webhook est occupé : réessayez dans quelques secondes.", unavailable: "Le webhook est inactif ou supprimé : activez-le d'abord.", inFlight: "Une tentative de cette livraison est en cours : attendez son résultat.", storeDown: "Le démon ne peut pas écrire pour l'instant (disque plein ou erreur d'E/S) : réessayez plus tard.", rateLimited: "Trop de requêtes : réessayez dans un instant.", deletedWebhook: "webhook supprimé",
       retryAfter: "le récepteur demande d'attendre {s} s", whenNone: "aucune prévue", previous: "Page précédente",
       next: "Page suivante", required: "obligatoire", deliveriesOf: "Livraisons de ce webhook",
     },
@@ -411,9 +411,15 @@
   function notice(kind, text) {
     return h("p", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status" }, text);
   }
+  // An API error in the person's language when its code is known.
+  function errorText(err) {
+    const known = { not_found: "notFound", webhook_busy: "busy", webhook_unavailable: "unavailable",
+      attempt_in_flight: "inFlight", store_unavailable: "storeDown", rate_limited: "rateLimited" };
+    return known[err.code] ? t(known[err.code]) : err.message;
+  }
   function failed(err) {
     if (err.status === 404) return notice("error", t("notFound"));
-    return notice("error", t("failedLoad", { msg: err.message }));
+    return notice("error", t("failedLoad", { msg: errorText(err) }));
   }
   function tableWrap(table) {
     return h("div", { class: "table-wrap" }, table);
@@ -733,14 +739,14 @@
         loadChart(w.id, chart);
       } catch (err) {
         clear(testResult);
-        testResult.append(notice("error", err.code === "webhook_busy" ? t("busy") : err.message));
+        testResult.append(notice("error", errorText(err)));
       } finally { testBtn.disabled = false; }
     });
     const toggle = h("button", { type: "button", class: "btn", id: "toggle-active" }, w.active ? t("deactivate") : t("activate"));
     toggle.addEventListener("click", async () => {
       toggle.disabled = true;
       try { await api("PATCH", `/api/webhooks/${encodeURIComponent(w.id)}`, { active: !w.active }); if (current(gen)) webhookPage(id, gen); }
-      catch (err) { toggle.disabled = false; testResult.append(notice("error", err.message)); }
+      catch (err) { toggle.disabled = false; testResult.append(notice("error", errorText(err))); }
     });
     const del = h("button", { type: "button", class: "btn btn-danger", id: "delete" }, t("delete"));
     del.addEventListener("click", () => confirmDelete(w));
@@ -781,7 +787,7 @@
         location.hash = "#/webhooks";
       } catch (err) {
         yes.disabled = false;
-        dialog.append(notice("error", err.message));
+        dialog.append(notice("error", errorText(err)));
       }
     });
     dialog.showModal();
@@ -1027,7 +1033,7 @@
         renderSummary(fresh);
         renderAttempts(fresh);
       } catch (err) {
-        resultBox.append(notice("error", err.code === "webhook_busy" ? t("busy") : err.message));
+        resultBox.append(notice("error", errorText(err)));
       } finally {
         button.disabled = false;
         button.textContent = t("redeliver");

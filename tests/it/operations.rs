@@ -160,6 +160,22 @@ async fn metrics_count_what_happened_and_can_require_a_token() {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .all(|l| l.starts_with("palo_webhooks_")));
+    // Every metric the Grafana dashboard queries is one this scrape exposes (the purge
+    // counter appears once retention has purged something: checked by name in src).
+    let dashboard = include_str!("../../packaging/grafana/palo-webhooks-dashboard.json");
+    for name in dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("palo_webhooks_"))
+    {
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")) || family == palo_webhooks::metrics::PURGED,
+            "the dashboard queries {name}, which /metrics does not expose"
+        );
+    }
 }
 
 /// SIGHUP reads the config file again and applies its log level at run time; a broken file
@@ -455,4 +471,46 @@ async fn status_reports_counts_backlog_and_failure_streaks() {
     let key = daemon.create_key("org_s").await;
     let (status, _) = daemon.call_as(&key, "GET", "/api/admin/status", None).await;
     assert_eq!(status, 403);
+}
+
+/// SIGHUP also reloads the allowed networks: a loopback receiver refused at first is
+/// accepted and reached once `allow_network` names it in the config file.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_allowed_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "allow_http = true\n").unwrap();
+    let daemon = crate::support::start_strict(&["--config", config.to_str().unwrap()]);
+    let receiver = crate::support::Receiver::start(crate::support::Behaviour::Status(200)).await;
+    let webhook =
+        serde_json::json!({"url": receiver.url, "events": ["*"], "organization_id": "org_n"});
+    let (status, body) = daemon
+        .call("POST", "/api/webhooks", Some(webhook.clone()))
+        .await;
+    assert_eq!(status, 422, "loopback is refused by default: {body}");
+
+    std::fs::write(
+        &config,
+        "allow_http = true\nallow_network = [\"127.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon
+        .log_text()
+        .contains("SIGHUP: allowed networks reloaded")
+    {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = daemon.call("POST", "/api/webhooks", Some(webhook)).await;
+    assert_eq!(status, 201, "{body}");
+    let event = serde_json::json!({"event_type": "ticket.resolved", "organization_id": "org_n",
+        "data": {"ticket_id": "T", "resolved_by": "u", "resolution_time_hours": 1}});
+    let (status, _) = daemon.call("POST", "/api/events", Some(event)).await;
+    assert_eq!(status, 202);
+    receiver.wait_for(1, Duration::from_secs(10)).await;
 }
