@@ -160,6 +160,7 @@ pub async fn run(
     let stats_store = Arc::clone(&store);
     let pending = store.pending_count().unwrap_or(0);
     tracing::info!(db = %config.db_path.display(), pending, "store open");
+    remove_stale_backup_copies(&config.db_path);
     // The start-up form of `palo-webhooks check`: table lengths only, so it costs no scan.
     match store.quick_check() {
         Ok(problems) if problems.is_empty() => {}
@@ -537,6 +538,36 @@ async fn apply_reloads(
                 rate_limit = config.rate_limit,
                 "SIGHUP: rate limit reloaded"
             );
+        }
+    }
+}
+
+/// Removes `<db>.backup-*.tmp` files beside the db: copies of an online backup that a crash
+/// (kill -9, power loss) interrupted before they were streamed and unlinked. Only this
+/// process writes them, and it has just started, so none is in use.
+fn remove_stale_backup_copies(db: &Path) {
+    let (Some(dir), Some(name)) = (db.parent(), db.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{name}.backup-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if file.starts_with(&prefix) && file.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file, "removed the copy of an interrupted backup"),
+                Err(e) => {
+                    tracing::warn!(file, error = %e, "cannot remove the copy of an interrupted backup")
+                }
+            }
         }
     }
 }

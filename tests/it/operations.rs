@@ -514,3 +514,21 @@ async fn sighup_reloads_the_allowed_networks() {
     assert_eq!(status, 202);
     receiver.wait_for(1, Duration::from_secs(10)).await;
 }
+
+/// The copy of a backup interrupted by a crash is removed at the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_backups_copy_is_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir
+        .path()
+        .join("palo.redb.backup-01JZZZZZZZZZZZZZZZZZZZZZZZ.tmp");
+    let unrelated = dir.path().join("palo.redb.keep");
+    std::fs::write(&stale, b"half a copy").unwrap();
+    std::fs::write(&unrelated, b"not ours").unwrap();
+    let daemon = crate::support::start_in(dir.path(), &[]);
+    assert!(!stale.exists(), "the stale copy is still there");
+    assert!(unrelated.exists());
+    assert!(daemon
+        .log_text()
+        .contains("removed the copy of an interrupted backup"));
+}
