@@ -163,7 +163,7 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
     let locked = || {
         anyhow!(
             "{} is open in another process, most likely a running daemon: stop it first \
-             (the check needs a stable file; stop, copy the file, start again for a backup)",
+             (the check needs a stable file: check a copy made with `palo-webhooks backup --out FILE`)",
             args.db.display()
         )
     };
@@ -588,9 +588,12 @@ async fn backup(args: &ClientArgs, out: &std::path::Path) -> Result<()> {
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    // 0600 like the db: the copy holds every webhook secret (sealed only with a key file).
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
         .open(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
     let written = async {
@@ -996,6 +999,9 @@ fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
         match v {
             Value::Object(_) => {}
             Value::Array(rows) if rows.first().is_some_and(Value::is_object) => {}
+            Value::Array(rows) if rows.is_empty() && key == "failure_streaks" => {
+                out!("{indent}{key}: none")
+            }
             _ if key == "data" => out!("{indent}{key}: {v}"),
             _ => out!("{indent}{key}: {}", cell(v)),
         }
@@ -1013,6 +1019,7 @@ fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
                 out!("{indent}{key}:");
                 let columns = match key.as_str() {
                     "attempts" => ATTEMPT_COLUMNS,
+                    "failure_streaks" => &["webhook_id", "organization_id", "streak", "url"][..],
                     _ => &["id", "webhook_id", "status"][..],
                 };
                 print_table(rows, columns);

@@ -59,6 +59,28 @@ pub fn install() -> PrometheusHandle {
     if metrics::set_global_recorder(recorder).is_err() {
         tracing::debug!("a metrics recorder is already installed in this process");
     }
+    // `# HELP` lines for what is recorded where it happens (the gauges get theirs in render).
+    metrics::describe_counter!(
+        EVENTS_ACCEPTED,
+        "Events accepted (202; idempotent replays not counted)."
+    );
+    metrics::describe_counter!(
+        DELIVERIES_FINISHED,
+        "Deliveries reaching a final status, by outcome."
+    );
+    metrics::describe_counter!(ATTEMPTS, "Attempts by result class.");
+    metrics::describe_histogram!(
+        ATTEMPT_SECONDS,
+        metrics::Unit::Seconds,
+        "Whole exchange of one attempt."
+    );
+    metrics::describe_histogram!(
+        COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "One group commit of the store, fsync included."
+    );
+    metrics::describe_histogram!(COMMIT_BATCH, "Writes per group commit.");
+    metrics::describe_counter!(PURGED, "Records deleted by retention, by kind.");
     handle
 }
 

@@ -886,7 +886,9 @@ impl Inner {
             .ok_or(AttemptNowError::NotFound)?;
         drop(claim);
         crate::metrics::attempt(&log);
-        if updated.status.is_final() {
+        // A transition into a final status, once: redelivering a delivery that had already
+        // succeeded does not count it again.
+        if updated.status.is_final() && updated.status != delivery.status {
             metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "outcome" => updated.status.as_str())
                 .increment(1);
         }

@@ -134,8 +134,11 @@ pub async fn run(
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(file).map_or(0, |m| m.permissions().mode());
-            if mode & 0o077 != 0 {
-                tracing::warn!(file = %file.display(), mode = format!("{:o}", mode & 0o777), "the secrets key file is readable by other users; chmod 600 it");
+            // Group read is how a root-owned key reaches the service user (0640, group
+            // palo-webhooks, as the package lays it out); anything for others, or group
+            // write, is too much.
+            if mode & 0o027 != 0 {
+                tracing::warn!(file = %file.display(), mode = format!("{:o}", mode & 0o777), "the secrets key file is writable by its group or readable by other users; chmod 640 (root-owned, the service's group) or 600 it");
             }
         }
     }

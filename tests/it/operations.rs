@@ -367,6 +367,11 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
     }
     assert_eq!(code, 0, "backup failed: {out} {err}");
     assert!(out.contains("check: consistent"), "{out}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the copy holds secrets: owner only");
+    }
     let before: Vec<String> = acked
         .lock()
         .unwrap()
@@ -468,6 +473,9 @@ async fn status_reports_counts_backlog_and_failure_streaks() {
         out.contains("uptime_seconds") && out.contains(&bad_hook),
         "{out}"
     );
+    // The streaks table names the streak and the URL.
+    let row = out.lines().find(|l| l.contains(&bad_hook)).unwrap();
+    assert!(row.contains(" 3 ") && row.contains(&failing.url), "{row}");
     let key = daemon.create_key("org_s").await;
     let (status, _) = daemon.call_as(&key, "GET", "/api/admin/status", None).await;
     assert_eq!(status, 403);
