@@ -493,6 +493,40 @@ mod tests {
         assert_eq!(config.max_connections, defaults.max_connections);
         assert_eq!(config.rate_limit, defaults.rate_limit);
         assert_eq!(config.tls_system_roots, defaults.tls_system_roots);
+        assert_eq!(config.retention, defaults.retention);
+        // Every key is there, set or commented out, and the file ends whole (a cut-off
+        // last line once hid `metrics_token` and swallowed keys appended after it).
+        let text = include_str!("../packaging/config.toml");
+        assert!(text.ends_with('\n'));
+        for key in [
+            "db",
+            "listen",
+            "allow_http",
+            "allow_network",
+            "retry_schedule",
+            "attempt_timeout",
+            "max_body_bytes",
+            "max_in_flight",
+            "max_in_flight_per_webhook",
+            "shutdown_timeout",
+            "retention",
+            "log_format",
+            "log",
+            "api_read_timeout",
+            "max_connections",
+            "rate_limit",
+            "extra_ca_file",
+            "tls_system_roots",
+            "secrets_key_file",
+            "previous_secrets_key_file",
+            "metrics_token",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))
+                    || l.starts_with(&format!("# {key} = "))),
+                "packaging/config.toml lacks {key}"
+            );
+        }
         assert!(
             file.extra_ca_file.is_none()
                 && file.secrets_key_file.is_none()
