@@ -144,7 +144,7 @@ fn main() {
     let mut after = None;
     let mut purged = 0;
     loop {
-        let report = store.purge_expired(cutoff, after, 500).unwrap();
+        let report = store.purge_expired(cutoff, after, 500, |_| false).unwrap();
         purged += report.events;
         match report.resume_after {
             Some(key) => after = Some(key),

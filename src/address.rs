@@ -25,12 +25,24 @@ pub struct AddressPolicy {
 /// (every connection), and replaced as a whole when SIGHUP reloads `allow_network`: a
 /// connection checks the policy current when it is made.
 #[derive(Debug, Default)]
-pub struct PolicyCell(std::sync::RwLock<std::sync::Arc<AddressPolicy>>);
+pub struct PolicyCell(
+    std::sync::RwLock<std::sync::Arc<AddressPolicy>>,
+    std::sync::atomic::AtomicU64,
+);
 
 impl PolicyCell {
     /// A cell holding `policy`.
     pub fn new(policy: AddressPolicy) -> PolicyCell {
-        PolicyCell(std::sync::RwLock::new(std::sync::Arc::new(policy)))
+        PolicyCell(
+            std::sync::RwLock::new(std::sync::Arc::new(policy)),
+            std::sync::atomic::AtomicU64::new(0),
+        )
+    }
+
+    /// Counts the changes: a holder of pooled connections made under an older version
+    /// drops them (a narrowed list must not ride on connections opened before it).
+    pub fn version(&self) -> u64 {
+        self.1.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The policy in force now.
@@ -50,6 +62,9 @@ impl PolicyCell {
         };
         let changed = **guard != policy;
         *guard = std::sync::Arc::new(policy);
+        if changed {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         changed
     }
 }

@@ -545,9 +545,10 @@ fn encode_component(text: &str) -> String {
         .collect()
 }
 
-/// `palo-webhooks backup --out FILE`: downloads `GET /api/admin/backup` into `FILE.partial`
-/// (created new), checks its length, fsyncs it, renames it to `FILE`, then runs the
-/// read-only consistency check on it and prints what it holds.
+/// `palo-webhooks backup --out FILE`: creates `FILE.partial` (new, 0600), downloads `GET
+/// /api/admin/backup` into it, checks its length, fsyncs it, links it as `FILE` (never
+/// replacing a file), then runs the read-only consistency check on it and prints what it
+/// holds.
 ///
 /// # Errors
 /// `FILE` exists; the daemon refuses (403 for an organization key); the download breaks off
@@ -561,34 +562,9 @@ async fn backup(args: &ClientArgs, out: &std::path::Path) -> Result<()> {
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    let request = hyper::Request::builder()
-        .method("GET")
-        .uri(format!("{}/api/admin/backup", api.base))
-        .header("authorization", format!("Bearer {}", api.token))
-        .body(Full::new(Bytes::new()))?;
-    let response = api
-        .client
-        .request(request)
-        .await
-        .with_context(|| format!("cannot reach {}", api.base))?;
-    let status = response.status().as_u16();
-    if status != 200 {
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        bail!(
-            "{status} {}: {}",
-            value["error"]["code"].as_str().unwrap_or("error"),
-            value["error"]["message"]
-                .as_str()
-                .unwrap_or("unexpected answer")
-        );
-    }
-    let expected: Option<u64> = response
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    // 0600 like the db: the copy holds every webhook secret (sealed only with a key file).
+    // Created before asking the daemon: a path that cannot be written fails now, not after
+    // the daemon has made its copy. 0600 like the db: the copy holds every webhook secret
+    // (sealed only with a key file).
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -596,31 +572,60 @@ async fn backup(args: &ClientArgs, out: &std::path::Path) -> Result<()> {
     let mut file = options
         .open(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    let written = async {
+    let downloaded = async {
+        let request = hyper::Request::builder()
+            .method("GET")
+            .uri(format!("{}/api/admin/backup", api.base))
+            .header("authorization", format!("Bearer {}", api.token))
+            .body(Full::new(Bytes::new()))?;
+        let response = api
+            .client
+            .request(request)
+            .await
+            .with_context(|| format!("cannot reach {}", api.base))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let bytes = response.into_body().collect().await?.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            bail!(
+                "{status} {}: {}",
+                value["error"]["code"].as_str().unwrap_or("error"),
+                value["error"]["message"]
+                    .as_str()
+                    .unwrap_or("unexpected answer")
+            );
+        }
+        let expected: Option<u64> = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let mut body = response.into_body();
         let mut written = 0u64;
         while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
+            let frame = frame.context("the backup download failed")?;
+            if let Ok(data) = frame.into_data() {
                 file.write_all(&data)?;
                 written += data.len() as u64;
             }
         }
+        if expected.is_some_and(|e| e != written) {
+            bail!("the backup broke off: {written} of {expected:?} bytes");
+        }
         file.sync_all()?;
+        // A hard link, not a rename: it fails if `out` appeared meanwhile, so nothing is
+        // ever replaced.
+        std::fs::hard_link(&partial, out).with_context(|| {
+            format!(
+                "{} appeared during the backup: choose a new file",
+                out.display()
+            )
+        })?;
         anyhow::Ok(written)
     }
     .await;
-    let written = match written {
-        Ok(n) if expected.is_none_or(|e| e == n) => n,
-        Ok(n) => {
-            let _ = std::fs::remove_file(&partial);
-            bail!("the backup broke off: {n} of {expected:?} bytes");
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e.context("the backup download failed"));
-        }
-    };
-    std::fs::rename(&partial, out)?;
+    let _ = std::fs::remove_file(&partial);
+    let written = downloaded?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;
     }

@@ -399,7 +399,10 @@ impl SignatureCache {
 /// The HTTP sender. Cheap to clone (the pool and the signature cache are shared).
 #[derive(Clone)]
 pub struct Sender {
-    client: HttpsClient,
+    /// The pooled client and the policy version it was built under.
+    client: Arc<std::sync::RwLock<(u64, HttpsClient)>>,
+    policy: Arc<PolicyCell>,
+    tls: rustls::ClientConfig,
     timeout: Duration,
     signatures: Arc<SignatureCache>,
 }
@@ -415,11 +418,44 @@ impl Sender {
         policy: Arc<PolicyCell>,
         tls: &TlsSettings,
     ) -> Result<Sender, TlsSetupError> {
+        let tls = tls_config(tls)?;
         Ok(Sender {
-            client: build_delivery_client(timeout, policy, tls_config(tls)?),
+            client: Arc::new(std::sync::RwLock::new((
+                policy.version(),
+                build_delivery_client(timeout, Arc::clone(&policy), tls.clone()),
+            ))),
+            policy,
+            tls,
             timeout,
             signatures: Arc::new(SignatureCache::new(SIGNATURE_CACHE_ENTRIES)),
         })
+    }
+
+    /// The client to use now: rebuilt, with an empty connection pool, when the address
+    /// policy changed since it was built (SIGHUP), so no attempt reuses a connection to a
+    /// network the new policy forbids. Attempts in flight finish on the old one.
+    fn client(&self) -> HttpsClient {
+        let version = self.policy.version();
+        {
+            let current = match self.client.read() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if current.0 == version {
+                return current.1.clone();
+            }
+        }
+        let mut current = match self.client.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.0 != version {
+            *current = (
+                version,
+                build_delivery_client(self.timeout, Arc::clone(&self.policy), self.tls.clone()),
+            );
+        }
+        current.1.clone()
     }
 
     /// Makes one attempt and returns its log entry. Never fails: every problem becomes the
@@ -451,7 +487,7 @@ impl Sender {
                 log.error = Some(AttemptError::Connect);
                 log.error_detail = Some("the URL cannot be requested".to_owned());
             }
-            Some(request) => match timeout_at(deadline, self.client.request(request)).await {
+            Some(request) => match timeout_at(deadline, self.client().request(request)).await {
                 Err(_) => {
                     log.error = Some(AttemptError::Timeout);
                     log.error_detail = Some(format!(

@@ -524,6 +524,12 @@ impl Scheduler {
         lock(&self.inner.in_flight).len()
     }
 
+    /// Whether an attempt of `id` is claimed now (running, or about to): retention leaves
+    /// such a delivery alone, so an attempt is never sent for a delivery it then deletes.
+    pub fn is_claimed(&self, id: DeliveryId) -> bool {
+        lock(&self.inner.in_flight).contains(&id)
+    }
+
     fn dispatch(&self, entry: Entry) {
         let Some(claim) = self.inner.claim(entry.id, entry.index_due) else {
             // Busy (a manual attempt, say): look again later.

@@ -201,7 +201,12 @@ pub async fn run(
     );
     let scheduler_task = tokio::spawn(scheduler.clone().run());
     if let Some(retention) = config.retention {
-        tokio::spawn(purge_loop(Arc::clone(&store), retention, cancel.clone()));
+        tokio::spawn(purge_loop(
+            Arc::clone(&store),
+            scheduler.clone(),
+            retention,
+            cancel.clone(),
+        ));
     }
 
     let state = AppState {
@@ -450,6 +455,7 @@ const PURGE_BATCH: usize = 500;
 /// A failed pass (disk full, I/O error) is logged and tried again at the next tick.
 async fn purge_loop(
     store: Arc<crate::store::Store>,
+    scheduler: Scheduler,
     retention: std::time::Duration,
     cancel: CancellationToken,
 ) {
@@ -471,8 +477,9 @@ async fn purge_loop(
             if cancel.is_cancelled() {
                 return;
             }
+            let claims = scheduler.clone();
             let report = match crate::store::blocking(&store, move |s| {
-                s.purge_expired(cutoff, after, PURGE_BATCH)
+                s.purge_expired(cutoff, after, PURGE_BATCH, move |id| claims.is_claimed(id))
             })
             .await
             {

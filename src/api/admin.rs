@@ -89,10 +89,8 @@ pub(super) async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
     let now = clock::now_ms();
-    let (summary, (due_now, later, oldest)) = blocking(&state.store, move |s| {
-        Ok((s.status_summary()?, s.due_summary(now)?))
-    })
-    .await?;
+    let summary = blocking(&state.store, move |s| s.status_summary(now)).await?;
+    let (due_now, later, oldest) = summary.due;
     let by_status: serde_json::Map<String, serde_json::Value> = DeliveryStatus::ALL
         .iter()
         .zip(summary.by_status)

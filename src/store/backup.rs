@@ -2,13 +2,15 @@
 //! file while the daemon runs.
 //!
 //! Owner's rule: the copy is read from ONE read transaction, so it is the state after some
-//! commit and before the next (never a torn copy), whatever is written meanwhile; the new file
-//! is written in one transaction and committed with fsync before the call returns. Sealed
+//! commit and before the next (never a torn copy), whatever is written meanwhile; every write
+//! to the new file is committed with fsync before the call returns. Sealed
 //! secrets are copied sealed: the backup needs the same `--secrets-key-file` to be served.
+//! The new file is written in transactions of [`ROWS_PER_COMMIT`] rows with a small cache, so
+//! a backup's memory does not grow with the store; it is complete once `backup_to` returns.
 
 use std::path::Path;
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
     Store, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, META,
@@ -44,10 +46,18 @@ pub struct BackupReport {
     pub bytes: u64,
 }
 
-/// Copies every row of `table` from the snapshot into the new file's transaction.
+/// Rows per transaction of the new file: the copy commits as it goes, so its dirty pages
+/// never pile up in memory (a whole-store transaction held about the copy's size).
+const ROWS_PER_COMMIT: u64 = 50_000;
+
+/// redb's page cache for the new file: small, the copy is written once and not read.
+const COPY_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Copies every row of `table` from the snapshot into the new file, committing every
+/// [`ROWS_PER_COMMIT`] rows. The new file is only used once the last commit is done.
 fn copy<K, V>(
     from: &redb::ReadTransaction,
-    to: &redb::WriteTransaction,
+    to: &redb::Database,
     table: TableDefinition<K, V>,
 ) -> Result<u64, StoreError>
 where
@@ -55,19 +65,29 @@ where
     V: redb::Value + 'static,
 {
     let source = from.open_table(table)?;
-    let mut target = to.open_table(table)?;
     let mut rows = 0;
+    let mut txn = to.begin_write()?;
+    let mut target = txn.open_table(table)?;
     for row in source.iter()? {
         let (k, v) = row?;
         target.insert(k.value(), v.value())?;
         rows += 1;
+        if rows % ROWS_PER_COMMIT == 0 {
+            drop(target);
+            txn.commit()?;
+            txn = to.begin_write()?;
+            target = txn.open_table(table)?;
+        }
     }
+    drop(target);
+    txn.commit()?;
     Ok(rows)
 }
 
 impl Store {
     /// Writes a consistent copy of the whole store to a new redb file at `path` (which must
-    /// not exist), from one read transaction, committed with fsync. Meanwhile ingest and
+    /// not exist), from one read transaction, committed with fsync (in batches of rows: the
+    /// file is a usable copy only once this returns `Ok`). Meanwhile ingest and
     /// attempts go on: they commit after the snapshot and are not in the copy.
     ///
     /// # Errors
@@ -91,24 +111,24 @@ impl Store {
                 )));
             }
         }
-        let target = redb::Database::create(path)?;
-        let txn = target.begin_write()?;
+        let target = redb::Database::builder()
+            .set_cache_size(COPY_CACHE_BYTES)
+            .create(path)?;
         let mut report = BackupReport::default();
-        report.rows += copy(&snapshot, &txn, META)?;
-        report.rows += copy(&snapshot, &txn, WEBHOOKS)?;
-        report.rows += copy(&snapshot, &txn, ORG_WEBHOOKS)?;
-        report.rows += copy(&snapshot, &txn, EVENTS)?;
-        report.rows += copy(&snapshot, &txn, ORG_EVENTS)?;
-        report.rows += copy(&snapshot, &txn, EVENT_IDS)?;
-        report.rows += copy(&snapshot, &txn, DELIVERIES)?;
-        report.rows += copy(&snapshot, &txn, WEBHOOK_DELIVERIES)?;
-        report.rows += copy(&snapshot, &txn, ATTEMPTS)?;
-        report.rows += copy(&snapshot, &txn, RETRY_INDEX)?;
-        report.rows += copy(&snapshot, &txn, API_KEYS)?;
-        report.rows += copy(&snapshot, &txn, API_KEY_HASHES)?;
-        report.events = txn.open_table(EVENTS)?.len()?;
-        report.deliveries = txn.open_table(DELIVERIES)?.len()?;
-        txn.commit()?;
+        report.rows += copy(&snapshot, &target, META)?;
+        report.rows += copy(&snapshot, &target, WEBHOOKS)?;
+        report.rows += copy(&snapshot, &target, ORG_WEBHOOKS)?;
+        report.events = copy(&snapshot, &target, EVENTS)?;
+        report.rows += report.events;
+        report.rows += copy(&snapshot, &target, ORG_EVENTS)?;
+        report.rows += copy(&snapshot, &target, EVENT_IDS)?;
+        report.deliveries = copy(&snapshot, &target, DELIVERIES)?;
+        report.rows += report.deliveries;
+        report.rows += copy(&snapshot, &target, WEBHOOK_DELIVERIES)?;
+        report.rows += copy(&snapshot, &target, ATTEMPTS)?;
+        report.rows += copy(&snapshot, &target, RETRY_INDEX)?;
+        report.rows += copy(&snapshot, &target, API_KEYS)?;
+        report.rows += copy(&snapshot, &target, API_KEY_HASHES)?;
         drop(target);
         report.bytes = std::fs::metadata(path).map_err(io)?.len();
         Ok(report)

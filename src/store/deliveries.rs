@@ -522,17 +522,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on read failure.
     pub fn due_summary(&self, now_ms: u64) -> Result<(u64, u64, Option<u64>), StoreError> {
-        self.read(|txn| {
-            let index = txn.open_table(RETRY_INDEX)?;
-            let total = index.len()?;
-            let oldest = index.first()?.map(|(k, _)| k.value().0);
-            let mut due = 0u64;
-            for row in index.range(..=(now_ms, u128::MAX))? {
-                row?;
-                due += 1;
-            }
-            Ok((due, total - due, oldest.filter(|d| *d <= now_ms)))
-        })
+        self.read(|txn| due_in(txn, now_ms))
     }
 }
 
@@ -752,4 +742,20 @@ impl Store {
             Ok(moved)
         })
     }
+}
+
+/// [`Store::due_summary`] within `txn`.
+pub(super) fn due_in(
+    txn: &redb::ReadTransaction,
+    now_ms: u64,
+) -> Result<(u64, u64, Option<u64>), StoreError> {
+    let index = txn.open_table(RETRY_INDEX)?;
+    let total = index.len()?;
+    let oldest = index.first()?.map(|(k, _)| k.value().0);
+    let mut due = 0u64;
+    for row in index.range(..=(now_ms, u128::MAX))? {
+        row?;
+        due += 1;
+    }
+    Ok((due, total - due, oldest.filter(|d| *d <= now_ms)))
 }

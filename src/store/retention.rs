@@ -13,7 +13,7 @@ use super::deliveries::{load_delivery, load_event};
 use super::{
     Store, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS, WEBHOOK_DELIVERIES,
 };
-use crate::ids::EventKey;
+use crate::ids::{DeliveryId, EventKey};
 
 /// What one [`Store::purge_expired`] call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,9 @@ impl Store {
     /// whose deliveries are all final and last changed before `cutoff_ms`, with their
     /// deliveries, attempts and the `org_events`, `event_ids` and `webhook_deliveries`
     /// entries, in one durable transaction. Looks at events after `after` (a previous
-    /// report's `resume_after`) and at most `4 × max_events` of them.
+    /// report's `resume_after`) and at most `4 × max_events` of them. An event with a delivery
+    /// for which `in_use` is true (an attempt claimed in this process) is kept, and checked
+    /// inside the transaction, so a claim taken before it runs is always seen.
     ///
     /// # Errors
     /// [`StoreError`] when the read or the commit fails; nothing is deleted then.
@@ -46,6 +48,7 @@ impl Store {
         cutoff_ms: u64,
         after: Option<EventKey>,
         max_events: usize,
+        in_use: impl Fn(DeliveryId) -> bool + Send + 'static,
     ) -> Result<PurgeReport, StoreError> {
         // An event key is a ULID whose top 48 bits are the time of ingest in ms.
         let end = u128::from(cutoff_ms) << 80;
@@ -89,7 +92,11 @@ impl Store {
                 let mut keep = false;
                 for id in &event.delivery_ids {
                     match load_delivery(&deliveries, *id)? {
-                        Some(d) if !d.status.is_final() || d.updated_at_ms >= cutoff_ms => {
+                        Some(d)
+                            if !d.status.is_final()
+                                || d.updated_at_ms >= cutoff_ms
+                                || in_use(d.id) =>
+                        {
                             keep = true;
                             break;
                         }
@@ -133,12 +140,101 @@ mod tests {
     use crate::ids::EventKey;
     use crate::store::Store;
 
+    /// One event with one delivery to a new webhook, its attempt logged as a success.
+    fn one_finished_delivery(store: &Store) -> crate::ids::DeliveryId {
+        use crate::model::{Attempt, EventFilter, Secret, Trigger, Webhook};
+        let now = crate::clock::now_ms();
+        let webhook = Webhook {
+            id: crate::ids::WebhookId::generate(),
+            organization_id: "org".into(),
+            url: "https://example.com/hook".into(),
+            events: EventFilter::All,
+            secret: Secret("a_secret_of_at_least_thirty_two_chars".into()),
+            previous_secret: None,
+            active: true,
+            description: String::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        store.create_webhook(&webhook).unwrap();
+        let data = serde_json::value::RawValue::from_string(
+            r#"{"incident_id":"I","severity":"high","affected_services":["api"],"status":"open"}"#
+                .to_owned(),
+        )
+        .unwrap();
+        let prepared = crate::event::prepare(
+            crate::event::EventInput {
+                event_id: Some("evt_r".into()),
+                event_type: "system.incident".into(),
+                timestamp: None,
+                organization_id: "org".into(),
+                data: &data,
+            },
+            now,
+            false,
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let crate::store::AcceptOutcome::Accepted { deliveries, .. } = store
+                .accept_event(prepared, crate::store::FanOut::Only(webhook.id), now, now)
+                .await
+                .unwrap()
+            else {
+                panic!("not accepted")
+            };
+            let id = deliveries[0].id;
+            let attempt = Attempt {
+                number: 1,
+                started_at_ms: now,
+                duration_ms: 5,
+                status_code: Some(200),
+                error: None,
+                response_body: String::new(),
+                response_body_truncated: false,
+                trigger: Trigger::Scheduled,
+                retry_after_ms: None,
+                error_detail: None,
+            };
+            store
+                .record_attempt(id, attempt, crate::retry::RetrySchedule::default(), now)
+                .await
+                .unwrap();
+            id
+        })
+    }
+
+    #[test]
+    fn a_delivery_with_an_attempt_claimed_is_kept_then_purged_once_free() {
+        let store = Store::open_in_memory().unwrap();
+        let id = one_finished_delivery(&store);
+        let cutoff = crate::clock::now_ms() + 1_000;
+        let report = store
+            .purge_expired(cutoff, None, 10, move |d| d == id)
+            .unwrap();
+        assert_eq!((report.events, report.kept), (0, 1));
+        assert!(store.get_delivery_with_attempts(id).unwrap().is_some());
+        let report = store.purge_expired(cutoff, None, 10, |_| false).unwrap();
+        assert_eq!(
+            (report.events, report.deliveries, report.attempts),
+            (1, 1, 1)
+        );
+        assert!(store.get_delivery_with_attempts(id).unwrap().is_none());
+        assert!(store.check().unwrap().is_ok());
+    }
+
     #[test]
     fn an_empty_store_or_window_purges_nothing() {
         let store = Store::open_in_memory().unwrap();
-        let report = store.purge_expired(u64::MAX >> 16, None, 10).unwrap();
+        let report = store
+            .purge_expired(u64::MAX >> 16, None, 10, |_| false)
+            .unwrap();
         assert_eq!(report, super::PurgeReport::default());
-        let report = store.purge_expired(0, Some(EventKey(5)), 10).unwrap();
+        let report = store
+            .purge_expired(0, Some(EventKey(5)), 10, |_| false)
+            .unwrap();
         assert_eq!(report, super::PurgeReport::default());
     }
 }

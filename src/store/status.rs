@@ -29,20 +29,27 @@ pub struct FailureStreak {
 pub struct StatusSummary {
     /// Deliveries by status, in [`DeliveryStatus::ALL`] order.
     pub by_status: [u64; 5],
+    /// Deliveries due at or before `now_ms`, due later, and the oldest due time if past
+    /// (as [`Store::due_summary`]), from the same snapshot.
+    pub due: (u64, u64, Option<u64>),
     /// Webhooks with a streak of at least one, longest first.
     pub streaks: Vec<FailureStreak>,
 }
 
 impl Store {
-    /// Deliveries by status (one pass over the deliveries table) and, per webhook, how many
-    /// of its newest deliveries in a row failed or are retrying, from one snapshot.
+    /// Deliveries by status (one pass over the deliveries table), the due backlog at `now_ms`
+    /// and, per webhook, how many of its newest deliveries in a row failed or are retrying,
+    /// all from one snapshot, so the counts agree.
     ///
     /// # Errors
     /// [`StoreError`] on read or decode failure.
-    pub fn status_summary(&self) -> Result<StatusSummary, StoreError> {
+    pub fn status_summary(&self, now_ms: u64) -> Result<StatusSummary, StoreError> {
         self.read(|txn| {
             let deliveries = txn.open_table(DELIVERIES)?;
-            let mut summary = StatusSummary::default();
+            let mut summary = StatusSummary {
+                due: super::deliveries::due_in(txn, now_ms)?,
+                ..StatusSummary::default()
+            };
             for row in deliveries.iter()? {
                 let (id, _) = row?;
                 if let Some(d) = load_delivery(&deliveries, crate::ids::DeliveryId(id.value()))? {

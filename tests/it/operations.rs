@@ -518,9 +518,52 @@ async fn sighup_reloads_the_allowed_networks() {
     assert_eq!(status, 201, "{body}");
     let event = serde_json::json!({"event_type": "ticket.resolved", "organization_id": "org_n",
         "data": {"ticket_id": "T", "resolved_by": "u", "resolution_time_hours": 1}});
-    let (status, _) = daemon.call("POST", "/api/events", Some(event)).await;
+    let (status, _) = daemon
+        .call("POST", "/api/events", Some(event.clone()))
+        .await;
     assert_eq!(status, 202);
     receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    // Narrowed again: the next attempt is blocked, although a pooled connection to the
+    // receiver is still open from the delivery above.
+    std::fs::write(&config, "allow_http = true\nallow_network = []\n").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon
+        .log_text()
+        .matches("SIGHUP: allowed networks reloaded")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = daemon.call("POST", "/api/events", Some(event)).await;
+    assert_eq!(status, 202);
+    let event_id = answer["event_id"].as_str().unwrap().to_owned();
+    let event = daemon
+        .wait_until(
+            &format!("/api/events/{event_id}?organization_id=org_n"),
+            Duration::from_secs(10),
+            |b| b["deliveries"][0]["status"] == "retrying",
+        )
+        .await;
+    let delivery = event["deliveries"][0]["id"].as_str().unwrap();
+    let (_, delivery) = daemon
+        .call("GET", &format!("/api/deliveries/{delivery}"), None)
+        .await;
+    assert_eq!(
+        delivery["attempts"][0]["error"], "blocked_address",
+        "{delivery}"
+    );
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "nothing more reached the receiver"
+    );
 }
 
 /// The copy of a backup interrupted by a crash is removed at the next start.
