@@ -29,9 +29,19 @@ pub(super) struct Slot {
 }
 
 fn open_database(path: &Path) -> Result<Database, StoreError> {
-    Ok(Database::builder()
+    let new = !path.exists();
+    let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
-        .create(path)?)
+        .create(path)?;
+    // A new db is the owner's only (0600), whatever the umask: it holds webhook secrets,
+    // in clear without a secrets key. An existing file keeps the mode its operator gave it.
+    #[cfg(unix)]
+    if new {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Backend(Box::new(redb::Error::Io(e))))?;
+    }
+    Ok(db)
 }
 
 impl Slot {

@@ -579,6 +579,15 @@ async fn a_crashed_backups_copy_is_removed_at_start() {
     let daemon = crate::support::start_in(dir.path(), &[]);
     assert!(!stale.exists(), "the stale copy is still there");
     assert!(unrelated.exists());
+    // A new db is the owner's only, whatever the umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("palo.redb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     assert!(daemon
         .log_text()
         .contains("removed the copy of an interrupted backup"));
