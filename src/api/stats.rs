@@ -112,9 +112,14 @@ fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
     sorted.get(rank - 1).copied()
 }
 
+/// Start of a window of `hours` UTC hours ending with the hour that holds `now_ms`, ms.
+fn window_start(now_ms: u64, hours: u64) -> u64 {
+    (now_ms / HOUR_MS + 1).saturating_sub(hours) * HOUR_MS
+}
+
 /// Summarizes `activity` over `hours` hours ending with the hour that holds `now_ms`.
 pub fn summarize(activity: &WebhookActivity, hours: u64, now_ms: u64) -> StatsOut {
-    let first_hour = (now_ms / HOUR_MS + 1).saturating_sub(hours) * HOUR_MS;
+    let first_hour = window_start(now_ms, hours);
     let slot = |ms: u64| -> Option<usize> {
         (ms >= first_hour)
             .then(|| ((ms - first_hour) / HOUR_MS) as usize)
@@ -182,7 +187,7 @@ pub(super) async fn webhook_stats(
     }
     let webhook = visible_webhook(&state, &caller, &id).await?;
     let now = clock::now_ms();
-    let since = (now / HOUR_MS + 1).saturating_sub(hours) * HOUR_MS;
+    let since = window_start(now, hours);
     let id = webhook.id;
     let activity = blocking(&state.store, move |s| {
         s.webhook_activity(id, since, SCAN_CAP)

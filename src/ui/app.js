@@ -227,7 +227,10 @@
     }
   }
 
-  async function api(method, path, body) {
+  // One request to the API with the person's token. Answers the parsed JSON, or with
+  // `{ raw: true }` the body text (JSON whose numbers must not go through JSON.parse).
+  // A 401 signs the person out; any other failure throws an ApiError.
+  async function api(method, path, body, { raw = false } = {}) {
     const headers = { Accept: "application/json" };
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = `Bearer ${token}`;
@@ -237,28 +240,15 @@
       init.body = JSON.stringify(body);
     }
     const res = await fetch(path, init);
+    const text = res.status === 204 ? "" : await res.text();
     let data = null;
-    if (res.status !== 204) {
-      try { data = await res.json(); } catch (_) { data = null; }
-    }
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
     if (res.status === 401 && path !== "/api/me") {
       signOut(t("tokenRejected"));
       throw new ApiError(res.status, data);
     }
     if (!res.ok) throw new ApiError(res.status, data);
-    return data;
-  }
-
-  // GET returning the body text (for JSON whose numbers must not go through JSON.parse).
-  async function apiText(path) {
-    const res = await fetch(path, { headers: { Accept: "application/json", Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` }, credentials: "omit", cache: "no-store" });
-    const text = await res.text();
-    if (!res.ok) {
-      let body = null;
-      try { body = JSON.parse(text); } catch (_) { body = null; }
-      throw new ApiError(res.status, body);
-    }
-    return text;
+    return raw ? text : data;
   }
 
   // JSON tokens of `text`: strings, numbers and literals as their exact source text.
@@ -1098,7 +1088,7 @@
     page(`${t("delivery")} ${d.id}`, summary, payloadBox, attemptsBox);
     try {
       const q = isAdmin() ? `?organization_id=${encodeURIComponent(d.organization_id)}` : "";
-      const raw = await apiText(`/api/events/${encodeURIComponent(d.event_id)}${q}`);
+      const raw = await api("GET", `/api/events/${encodeURIComponent(d.event_id)}${q}`, undefined, { raw: true });
       if (!current(gen)) return;
       // The envelope's fields as the daemon returned them, byte for byte (numbers are never
       // re-encoded by the browser: 9007199254740993 stays 9007199254740993).
