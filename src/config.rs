@@ -85,7 +85,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PALO_WEBHOOKS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// API requests per second allowed to each key (and to the admin token), with bursts of
-    /// as many; beyond, 429 with Retry-After. 0 turns the limit off [default: 1000].
+    /// as many; beyond, 429 with Retry-After. 0 turns the limit off [default: 0, off; failed
+    /// tokens are always limited to 10/s per client address].
     #[arg(long, env = "PALO_WEBHOOKS_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
     /// A PEM file of CA certificates trusted for deliveries besides the webpki roots (an
@@ -201,7 +202,7 @@ impl Default for Config {
             log_filter: "info".to_owned(),
             api_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
-            rate_limit: 1000,
+            rate_limit: 0,
             extra_ca_file: None,
             tls_system_roots: false,
             secrets_key_file: None,

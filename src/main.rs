@@ -150,11 +150,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // default action. tokio keeps the handler installed for the life of the process.
     let _file_size_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
-    let admin_token = server::admin_token(&config.db_path)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    server::run(config, listener, admin_token, shutdown_signal(), reloads).await?;
+    // The admin token is read or created by `run` once the store is open: a start refused
+    // because another daemon holds the file leaves every file as it was.
+    server::run(config, listener, None, shutdown_signal(), reloads).await?;
     Ok(())
 }
 

@@ -96,14 +96,16 @@ pub fn admin_token(db_path: &Path) -> Result<String, RunError> {
     Ok(token)
 }
 
-/// Runs the daemon on `listener` until `shutdown` completes.
+/// Runs the daemon on `listener` until `shutdown` completes. `admin_token`: the token to
+/// accept, or `None` to take it from [`admin_token`] once the store is open (so a start
+/// refused because the file is locked writes nothing).
 ///
 /// # Errors
 /// [`RunError`] when the store cannot be opened or serving fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    admin_token: String,
+    admin_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     reloads: tokio::sync::watch::Receiver<Option<Arc<Config>>>,
 ) -> Result<(), RunError> {
@@ -160,6 +162,10 @@ pub async fn run(
                 source,
             })?;
     let store = Arc::new(store);
+    let admin_token = match admin_token {
+        Some(token) => token,
+        None => self::admin_token(&config.db_path)?,
+    };
     let stats_store = Arc::clone(&store);
     let pending = store.pending_count().unwrap_or(0);
     tracing::info!(db = %config.db_path.display(), pending, "store open");
@@ -192,13 +198,17 @@ pub async fn run(
         )?,
         SchedulerSettings {
             schedule: config.retry_schedule.clone(),
-            wheel_capacity: 10_000,
             max_in_flight: config.max_in_flight,
             max_in_flight_per_webhook: config.max_in_flight_per_webhook,
+            max_body_bytes: config.max_body_bytes,
         },
         tracker.clone(),
         cancel.clone(),
-    );
+    )
+    .map_err(|source| RunError::Store {
+        path: config.db_path.display().to_string(),
+        source,
+    })?;
     let scheduler_task = tokio::spawn(scheduler.clone().run());
     if let Some(retention) = config.retention {
         tokio::spawn(purge_loop(
@@ -239,6 +249,7 @@ pub async fn run(
                         if let Some(limiter) = rate_limit.limiter() {
                             api::guard::forget_idle(&limiter);
                         }
+                        api::guard::forget_idle(&rate_limit.failed_tokens());
                     }
                     () = stop.cancelled() => return,
                 }

@@ -199,7 +199,6 @@ pub(super) async fn test_webhook(
     let delivery = deliveries
         .first()
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    state.scheduler.schedule_hint(lease, delivery.id);
     let (delivery, attempt) = state
         .scheduler
         .attempt_now(delivery.id, slots)

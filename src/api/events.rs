@@ -44,9 +44,6 @@ pub(super) async fn ingest_event(
     match outcome {
         AcceptOutcome::Accepted { event, deliveries } => {
             metrics::counter!(crate::metrics::EVENTS_ACCEPTED).increment(1);
-            for delivery in &deliveries {
-                state.scheduler.schedule_hint(now, delivery.id);
-            }
             tracing::debug!(event_id = %event.event_id, deliveries = deliveries.len(), "event accepted");
             Ok((
                 StatusCode::ACCEPTED,

@@ -50,19 +50,39 @@ pub fn rate_limiter(per_second: u32) -> Option<Arc<RateLimiter>> {
     NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::hashmap(Quota::per_second(n))))
 }
 
+/// Requests with a missing or invalid token allowed per second per client address, with
+/// bursts of as many (10), whatever `rate_limit` says: guessing keys costs time even when
+/// valid keys are not limited.
+pub const FAILED_TOKENS_PER_SECOND: u32 = 10;
+
 /// The per-key rate limit in force, replaced when SIGHUP reloads `rate_limit` (the new
-/// limiter starts with full budgets).
-#[derive(Debug, Default)]
+/// limiter starts with full budgets), and the fixed limit on failed tokens per address.
+#[derive(Debug)]
 pub struct RateLimit {
     current: std::sync::RwLock<(u32, Option<Arc<RateLimiter>>)>,
+    failed_tokens: Arc<RateLimiter>,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        RateLimit::new(0)
+    }
 }
 
 impl RateLimit {
-    /// `per_second` requests per second per key (0: no limit).
+    /// `per_second` requests per second per key (0: no limit, the default since issue 13).
     pub fn new(per_second: u32) -> RateLimit {
         RateLimit {
             current: std::sync::RwLock::new((per_second, rate_limiter(per_second))),
+            failed_tokens: Arc::new(RateLimiter::hashmap(Quota::per_second(
+                NonZeroU32::new(FAILED_TOKENS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+            ))),
         }
+    }
+
+    /// The limiter of failed tokens, keyed by client address ([`FAILED_TOKENS_PER_SECOND`]).
+    pub fn failed_tokens(&self) -> Arc<RateLimiter> {
+        Arc::clone(&self.failed_tokens)
     }
 
     /// The limiter in force, `None` when there is no limit.
@@ -208,13 +228,15 @@ pub(super) async fn authenticate(
                 .get::<PeerAddr>()
                 .map_or_else(|| "unknown".to_owned(), |p| p.0.ip().to_string());
             let path = format!("/api{}", request.uri().path());
-            if let Some(limiter) = state.rate_limit.limiter() {
-                if let Err(not_until) = limiter.check_key(&format!("peer:{peer}")) {
-                    // Past the budget, rejections are not logged at info: a flood of bad
-                    // tokens cannot flood the log.
-                    tracing::debug!(target: "audit", peer = %peer, path, "rejected and rate limited");
-                    return Err(rate_limited(&not_until));
-                }
+            if let Err(not_until) = state
+                .rate_limit
+                .failed_tokens()
+                .check_key(&format!("peer:{peer}"))
+            {
+                // Past the budget, rejections are not logged at info: a flood of bad
+                // tokens cannot flood the log.
+                tracing::debug!(target: "audit", peer = %peer, path, "rejected and rate limited");
+                return Err(rate_limited(&not_until));
             }
             tracing::info!(target: "audit", peer = %peer, path, "rejected: missing or invalid token");
             return Err(unauthorized);

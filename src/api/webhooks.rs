@@ -297,14 +297,8 @@ pub(super) async fn update_webhook(
     })
     .await?
     .ok_or_else(|| ApiError::not_found("webhook"))?;
-    if updated.active && !webhook.active {
-        // The change is committed; the held deliveries otherwise go within 10 minutes.
-        if let Err(e) = state.scheduler.webhook_reactivated(id).await {
-            tracing::warn!(webhook = %id, error = %e, "could not bring held deliveries forward; they go within 10 minutes");
-        }
-    } else {
-        state.scheduler.webhook_changed(id);
-    }
+    // The store told the scheduler (issue 13, item 5): a reactivated webhook's held
+    // deliveries come back at once.
     Ok(Json(WebhookOut::from(&updated)))
 }
 
@@ -366,7 +360,6 @@ pub(super) async fn rotate_secret(
     let updated = blocking(&state.store, move |s| s.update_webhook(id, changes, now))
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    state.scheduler.webhook_changed(id);
     tracing::info!(webhook = %id, grace_s = grace.as_secs(), "webhook secret rotated");
     let mut out = WebhookOut::from(&updated);
     out.show_secret(&secret);
@@ -384,7 +377,6 @@ pub(super) async fn delete_webhook(
     let cancelled = blocking(&state.store, move |s| s.delete_webhook(id, clock::now_ms()))
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    state.scheduler.webhook_deleted(id);
     metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "outcome" => "cancelled")
         .increment(cancelled.len() as u64);
     tracing::info!(webhook = %id, cancelled = cancelled.len(), "webhook deleted");

@@ -14,7 +14,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
     Store, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, META,
-    ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES,
+    ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// Every table of the layout, by name; [`Store::backup_to`] copies each.
@@ -127,6 +127,7 @@ impl Store {
         report.rows += copy(&snapshot, &target, WEBHOOK_DELIVERIES)?;
         report.rows += copy(&snapshot, &target, ATTEMPTS)?;
         report.rows += copy(&snapshot, &target, RETRY_INDEX)?;
+        report.rows += copy(&snapshot, &target, WEBHOOK_DUE)?;
         report.rows += copy(&snapshot, &target, API_KEYS)?;
         report.rows += copy(&snapshot, &target, API_KEY_HASHES)?;
         drop(target);

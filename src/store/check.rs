@@ -24,7 +24,7 @@ use super::records::{
 };
 use super::{
     Store, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS,
-    ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES,
+    ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// At most this many violations are described; the rest are only counted.
@@ -105,6 +105,12 @@ pub(super) fn quick(txn: &ReadTransaction) -> Result<Vec<String>, StoreError> {
         .map(|((a, an), (b, bn))| format!("{an} has {a} entries but {bn} has {b}"))
         .collect();
     let index = txn.open_table(RETRY_INDEX)?.len()?;
+    let by_webhook = txn.open_table(WEBHOOK_DUE)?.len()?;
+    if index != by_webhook {
+        problems.push(format!(
+            "retry_index has {index} entries but webhook_due has {by_webhook}"
+        ));
+    }
     let deliveries = txn.open_table(DELIVERIES)?.len()?;
     if index > deliveries {
         problems.push(format!(
@@ -177,6 +183,7 @@ impl Store {
             WEBHOOK_DELIVERIES => "webhook_deliveries",
             ATTEMPTS => "attempts",
             RETRY_INDEX => "retry_index",
+            WEBHOOK_DUE => "webhook_due",
             API_KEYS => "api_keys",
             API_KEY_HASHES => "api_key_hashes",
         );
@@ -326,6 +333,7 @@ fn check_deliveries(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(
     let by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
     let attempts = txn.open_table(ATTEMPTS)?;
     let index = txn.open_table(RETRY_INDEX)?;
+    let due_by_webhook = txn.open_table(WEBHOOK_DUE)?;
     for entry in deliveries.iter()? {
         let (id, bytes) = entry?;
         let id = DeliveryId(id.value());
@@ -375,6 +383,15 @@ fn check_deliveries(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(
                 Some(due) if index.get((due, id.0))?.is_none() => report.violation(format!(
                     "delivery {id}: due at {due} but missing from retry_index"
                 )),
+                Some(due)
+                    if due_by_webhook
+                        .get((delivery.webhook_id.0, due, id.0))?
+                        .is_none() =>
+                {
+                    report.violation(format!(
+                        "delivery {id}: due at {due} but missing from webhook_due"
+                    ));
+                }
                 Some(_) => {}
             }
             if webhooks.get(delivery.webhook_id.0)?.is_none() {
@@ -449,6 +466,18 @@ fn check_index_tables(txn: &ReadTransaction, report: &mut CheckReport) -> Result
                 d.id, d.next_attempt_at_ms
             )),
             Some(_) => {}
+        }
+    }
+    for entry in txn.open_table(WEBHOOK_DUE)?.iter()? {
+        let (key, _) = entry?;
+        let (webhook, due, id) = key.value();
+        match load(id)? {
+            Some(d) if d.webhook_id.0 == webhook && d.next_attempt_at_ms == Some(due) => {}
+            _ => report.violation(format!(
+                "webhook_due ({}, {due}, {}) disagrees with the delivery",
+                crate::ids::WebhookId(webhook),
+                DeliveryId(id)
+            )),
         }
     }
     for entry in txn.open_table(WEBHOOK_DELIVERIES)?.iter()? {

@@ -2,10 +2,12 @@
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use super::writer::{Change, Txn};
+
 use super::records::{decode, encode, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord};
 use super::{
     get_webhook, Store, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS,
-    ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES,
+    ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 use crate::event::{EventType, PreparedEvent};
 use crate::ids::{DeliveryId, EventKey, WebhookId};
@@ -411,7 +413,13 @@ impl Store {
                 schedule,
                 now_ms,
             );
-            move_index_entry(txn, id, before.next_attempt_at_ms, after.next_attempt_at_ms)?;
+            move_index_entry(
+                txn,
+                delivery.webhook_id,
+                id,
+                before.next_attempt_at_ms,
+                after.next_attempt_at_ms,
+            )?;
             delivery.status = after.status;
             delivery.scheduled_attempts = after.scheduled_attempts;
             delivery.next_attempt_at_ms = after.next_attempt_at_ms;
@@ -448,6 +456,7 @@ impl Store {
             let webhook = decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id, None)?;
             txn.open_table(ORG_WEBHOOKS)?
                 .remove((webhook.organization_id.as_str(), id.0))?;
+            txn.publish(Change::Webhook { id, webhook: None });
             let ids: Vec<DeliveryId> = txn
                 .open_table(WEBHOOK_DELIVERIES)?
                 .range((id.0, 0)..=(id.0, u128::MAX))?
@@ -462,7 +471,7 @@ impl Store {
                 if delivery.status.is_final() {
                     continue;
                 }
-                move_index_entry(txn, delivery_id, delivery.next_attempt_at_ms, None)?;
+                move_index_entry(txn, id, delivery_id, delivery.next_attempt_at_ms, None)?;
                 delivery.status = DeliveryStatus::Cancelled;
                 delivery.next_attempt_at_ms = None;
                 delivery.updated_at_ms = now_ms;
@@ -507,6 +516,114 @@ impl Store {
         })
     }
 
+    /// Up to `limit` entries `(due ms, delivery)` of one webhook's due index, in due order,
+    /// strictly after `after` (from the start when `None`), whatever their due time: what
+    /// the scheduler's per-webhook queue is refilled from.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn webhook_due_entries(
+        &self,
+        webhook: WebhookId,
+        after: Option<(u64, DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOK_DUE)?;
+            let w = webhook.0;
+            let start = match after {
+                None => (w, 0, 0),
+                Some((due, id)) if id.0 == u128::MAX => (w, due.saturating_add(1), 0),
+                Some((due, id)) => (w, due, id.0 + 1),
+            };
+            let mut out = Vec::new();
+            if start.1 == u64::MAX && after.is_some_and(|(_, id)| id.0 == u128::MAX) {
+                return Ok(out);
+            }
+            for row in table.range(start..=(w, u64::MAX, u128::MAX))? {
+                let (k, _) = row?;
+                let (_, due, id) = k.value();
+                out.push((due, DeliveryId(id)));
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The earliest due-index entry of every webhook that has one: `(webhook, due ms,
+    /// delivery)`, one seek per webhook. What the scheduler starts from.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn webhook_due_heads(&self) -> Result<Vec<(WebhookId, u64, DeliveryId)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOK_DUE)?;
+            let mut out = Vec::new();
+            let mut from = 0u128;
+            loop {
+                let Some(row) = table.range((from, 0, 0)..)?.next() else {
+                    break;
+                };
+                let (k, _) = row?;
+                let (webhook, due, id) = k.value();
+                out.push((WebhookId(webhook), due, DeliveryId(id)));
+                match webhook.checked_add(1) {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every webhook, secrets opened: what the scheduler's webhook cache starts from.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn all_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOKS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (id, _) = row?;
+                if let Some(webhook) = get_webhook(&table, WebhookId(id.value()), self.secrets_key())? {
+                    out.push(webhook);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// A delivery and its event's body, unless `body_known`: what an attempt needs beyond
+    /// the cached webhook. `None` if the delivery does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure; [`StoreError::Corrupt`] when its event is
+    /// missing.
+    pub fn delivery_for_attempt(
+        &self,
+        id: DeliveryId,
+        body_known: impl FnOnce(EventKey) -> bool,
+    ) -> Result<Option<(Delivery, Option<Vec<u8>>)>, StoreError> {
+        self.read(|txn| {
+            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else {
+                return Ok(None);
+            };
+            if body_known(delivery.event_key) {
+                return Ok(Some((delivery, None)));
+            }
+            let Some(event) = load_event(&txn.open_table(EVENTS)?, delivery.event_key)? else {
+                return Err(StoreError::Corrupt {
+                    table: "events",
+                    reason: format!("missing event of {id}"),
+                });
+            };
+            Ok(Some((delivery, Some(event.body))))
+        })
+    }
+
     /// Counts of deliveries that are not final (entries in the retry index).
     ///
     /// # Errors
@@ -529,7 +646,7 @@ impl Store {
 /// Writes a new event, one delivery per target webhook and their retry-index entries (due at
 /// `first_due_ms`) into `txn`. The caller has checked idempotency.
 fn store_new_event(
-    txn: &WriteTransaction,
+    txn: &Txn<'_>,
     prepared: &PreparedEvent,
     targets: &[WebhookId],
     now_ms: u64,
@@ -573,6 +690,13 @@ fn store_new_event(
     let mut table = txn.open_table(DELIVERIES)?;
     let mut by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
     let mut index = txn.open_table(RETRY_INDEX)?;
+    let mut due_by_webhook = txn.open_table(WEBHOOK_DUE)?;
+    if !deliveries.is_empty() {
+        txn.publish(Change::Accepted {
+            event: key,
+            body: bytes::Bytes::from(event.body.clone()),
+        });
+    }
     for delivery in &deliveries {
         table.insert(
             delivery.id.0,
@@ -580,6 +704,13 @@ fn store_new_event(
         )?;
         by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
         index.insert((first_due_ms, delivery.id.0), ())?;
+        due_by_webhook.insert((delivery.webhook_id.0, first_due_ms, delivery.id.0), ())?;
+        txn.publish(Change::Index {
+            webhook: delivery.webhook_id,
+            delivery: delivery.id,
+            from: None,
+            to: Some(first_due_ms),
+        });
     }
     Ok((event, deliveries))
 }
@@ -616,8 +747,11 @@ fn fan_out_targets(
     }
 }
 
-fn move_index_entry(
-    txn: &WriteTransaction,
+/// Moves a delivery's entry in the retry index and in the per-webhook due index (`None`: no
+/// entry), and publishes the move for the scheduler.
+pub(super) fn move_index_entry(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
     id: DeliveryId,
     from: Option<u64>,
     to: Option<u64>,
@@ -626,12 +760,21 @@ fn move_index_entry(
         return Ok(());
     }
     let mut index = txn.open_table(RETRY_INDEX)?;
+    let mut by_webhook = txn.open_table(WEBHOOK_DUE)?;
     if let Some(due) = from {
         index.remove((due, id.0))?;
+        by_webhook.remove((webhook.0, due, id.0))?;
     }
     if let Some(due) = to {
         index.insert((due, id.0), ())?;
+        by_webhook.insert((webhook.0, due, id.0), ())?;
     }
+    txn.publish(Change::Index {
+        webhook,
+        delivery: id,
+        from,
+        to,
+    });
     Ok(())
 }
 
@@ -699,7 +842,7 @@ impl Store {
             if delivery.status.is_final() {
                 return Ok(false);
             }
-            move_index_entry(txn, id, Some(due), Some(to_ms))?;
+            move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to_ms))?;
             delivery.next_attempt_at_ms = Some(to_ms);
             table.insert(
                 id.0,
@@ -731,7 +874,7 @@ impl Store {
                 if delivery.status.is_final() || delivery.next_attempt_at_ms != Some(until) {
                     continue;
                 }
-                move_index_entry(txn, id, Some(until), Some(now_ms))?;
+                move_index_entry(txn, delivery.webhook_id, id, Some(until), Some(now_ms))?;
                 delivery.next_attempt_at_ms = Some(now_ms);
                 table.insert(
                     id.0,

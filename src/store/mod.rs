@@ -24,7 +24,7 @@ mod writer;
 
 use std::path::Path;
 
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::ids::{KeyId, WebhookId};
 use crate::model::{ApiKey, Webhook, WebhookChanges};
@@ -35,7 +35,7 @@ pub use check::{CheckReport, TableSpace};
 pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut, WebhookActivity};
 pub use retention::PurgeReport;
 pub use status::{FailureStreak, StatusSummary, MAX_STREAK};
-pub use writer::{CommitStats, MAX_BATCH};
+pub use writer::{Change, CommitStats, Subscriber, Txn, MAX_BATCH};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const WEBHOOKS: TableDefinition<u128, &[u8]> = TableDefinition::new("webhooks");
@@ -52,6 +52,11 @@ pub(crate) const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition
 /// `(due ms since the epoch, delivery id)`: what the scheduler must attempt, in due order.
 pub(crate) const RETRY_INDEX: TableDefinition<(u64, u128), ()> =
     TableDefinition::new("retry_index");
+/// `(webhook, due ms since the epoch, delivery id)`: the retry index again, per webhook, so
+/// the scheduler reads each webhook's due work in due order from where it stopped (issue 13).
+/// Same entries as [`RETRY_INDEX`], written and removed in the same transactions.
+pub(crate) const WEBHOOK_DUE: TableDefinition<(u128, u64, u128), ()> =
+    TableDefinition::new("webhook_due");
 pub(crate) const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
 pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> =
     TableDefinition::new("api_key_hashes");
@@ -214,7 +219,7 @@ impl Store {
             txn.open_table(RETRY_INDEX)?;
             txn.open_table(API_KEYS)?;
             txn.open_table(API_KEY_HASHES)?;
-            Ok(())
+            build_webhook_due(txn)
         })?;
         let keys = store.list_api_keys()?;
         *store.keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();
@@ -295,7 +300,7 @@ impl Store {
     fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.write(f)
     }
@@ -306,7 +311,7 @@ impl Store {
     async fn write_async<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.write_async(f).await
     }
@@ -325,6 +330,13 @@ impl Store {
     /// The probe's error while the disk is still full or failing.
     pub fn recover(&self) -> Result<(), StoreError> {
         self.writer.recover()
+    }
+
+    /// Sets the one subscriber of committed changes ([`Change`]): it is called on the writer
+    /// thread after each commit that changed the retry index or a webhook, before the writers
+    /// are answered, and must only update memory. Returns false if one was set already.
+    pub fn subscribe(&self, subscriber: Subscriber) -> bool {
+        self.writer.subscribe(subscriber)
     }
 
     /// Group-commit counters (transactions, writes, largest batch).
@@ -361,6 +373,10 @@ impl Store {
             )?;
             txn.open_table(ORG_WEBHOOKS)?
                 .insert((webhook.organization_id.as_str(), webhook.id.0), ())?;
+            txn.publish(Change::Webhook {
+                id: webhook.id,
+                webhook: Some(std::sync::Arc::new(webhook.clone())),
+            });
             Ok(())
         })
     }
@@ -431,6 +447,10 @@ impl Store {
                 id.0,
                 encode(&WebhookRecord::from_domain(&webhook, key.as_deref())).as_slice(),
             )?;
+            txn.publish(Change::Webhook {
+                id,
+                webhook: Some(std::sync::Arc::new(webhook.clone())),
+            });
             Ok(Some(webhook))
         })
     }
@@ -517,6 +537,30 @@ impl Store {
             .get(key_hash)
             .cloned())
     }
+}
+
+/// Fills `webhook_due` from the retry index when it is empty and the index is not: a file
+/// written before issue 13 gets the per-webhook index at its first open.
+fn build_webhook_due(txn: &Txn<'_>) -> Result<(), StoreError> {
+    let mut by_webhook = txn.open_table(WEBHOOK_DUE)?;
+    let index = txn.open_table(RETRY_INDEX)?;
+    if !by_webhook.is_empty()? || index.is_empty()? {
+        return Ok(());
+    }
+    let deliveries = txn.open_table(DELIVERIES)?;
+    let mut built = 0u64;
+    for row in index.iter()? {
+        let (key, _) = row?;
+        let (due, id) = key.value();
+        if let Some(delivery) =
+            deliveries::load_delivery(&deliveries, crate::ids::DeliveryId(id))?
+        {
+            by_webhook.insert((delivery.webhook_id.0, due, id), ())?;
+            built += 1;
+        }
+    }
+    tracing::info!(entries = built, "built the per-webhook due index from the retry index");
+    Ok(())
 }
 
 /// The webhook `id` from its table, secrets opened with `key`.

@@ -6,11 +6,18 @@
 //! concurrent writers cost about one fsync instead of N. A lone job commits at once: there is
 //! no artificial wait. If any job of a batch fails (or panics), the whole transaction is
 //! aborted and every job of the batch gets an error: nothing of a batch is half-written.
+//!
+//! Jobs write through a [`Txn`], which records what they changed in the retry index and in
+//! the webhooks ([`Change`]); once the batch is committed, and before any caller is answered,
+//! the thread hands the batch's changes to the subscriber ([`Writer::subscribe`], the
+//! scheduler). A write therefore never has to remember to tell the scheduler, and nothing a
+//! caller was told about can be missing from the scheduler's view.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 
 use redb::{Database, WriteTransaction};
 
@@ -25,6 +32,63 @@ const QUEUE_BOUND: usize = 4096;
 
 /// What a job tells its caller once the transaction's fate is known.
 type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// A committed change the scheduler must hear about (issue 13, item 5).
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A delivery's retry-index entry appeared (`from: None`), moved, or went away
+    /// (`to: None`). Times are ms since the epoch.
+    Index {
+        /// The delivery's webhook.
+        webhook: crate::ids::WebhookId,
+        /// The delivery.
+        delivery: crate::ids::DeliveryId,
+        /// Its previous due time, if it had an entry.
+        from: Option<u64>,
+        /// Its new due time, if it has an entry now.
+        to: Option<u64>,
+    },
+    /// An event was accepted: its envelope bytes (shared, not copied), for the first
+    /// attempts of its deliveries. Published before the deliveries' `Index` changes.
+    Accepted {
+        /// The event.
+        event: crate::ids::EventKey,
+        /// The envelope bytes as stored.
+        body: bytes::Bytes,
+    },
+    /// A webhook was created, changed (`Some`, as stored now, secrets opened) or deleted.
+    Webhook {
+        /// The webhook.
+        id: crate::ids::WebhookId,
+        /// Its new state; `None` once deleted.
+        webhook: Option<Arc<crate::model::Webhook>>,
+    },
+}
+
+/// Receives each committed batch's changes, on the writer thread: it must only update memory.
+pub type Subscriber = Box<dyn Fn(Vec<Change>) + Send + Sync>;
+
+/// A job's view of the shared write transaction: the transaction itself (by `Deref`) and the
+/// changes the job made, published only if the batch commits.
+pub struct Txn<'a> {
+    inner: &'a WriteTransaction,
+    changes: RefCell<Vec<Change>>,
+}
+
+impl std::ops::Deref for Txn<'_> {
+    type Target = WriteTransaction;
+
+    fn deref(&self) -> &WriteTransaction {
+        self.inner
+    }
+}
+
+impl Txn<'_> {
+    /// Records a change made in this transaction, to be published after the commit.
+    pub(crate) fn publish(&self, change: Change) {
+        self.changes.borrow_mut().push(change);
+    }
+}
 /// How a job went inside the shared transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobOutcome {
@@ -37,8 +101,9 @@ enum JobOutcome {
 }
 
 /// A write: runs inside the shared transaction (`None` when none could be opened), says how
-/// it went, and how to answer its caller.
-type Job = Box<dyn FnOnce(Option<&WriteTransaction>) -> (JobOutcome, Finish) + Send>;
+/// it went, what it changed, and how to answer its caller.
+type Job =
+    Box<dyn FnOnce(Option<&WriteTransaction>) -> (JobOutcome, Finish, Vec<Change>) + Send>;
 
 /// What the writer thread is asked to do.
 enum Message {
@@ -65,6 +130,7 @@ pub struct Writer {
     jobs: Option<SyncSender<Message>>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<CommitStats>,
+    subscriber: Arc<OnceLock<Subscriber>>,
 }
 
 impl Drop for Writer {
@@ -85,14 +151,22 @@ impl Writer {
         let (jobs, queue) = mpsc::sync_channel::<Message>(QUEUE_BOUND);
         let stats = Arc::new(CommitStats::default());
         let thread_stats = Arc::clone(&stats);
+        let subscriber = Arc::new(OnceLock::new());
+        let thread_subscriber = Arc::clone(&subscriber);
         let thread = std::thread::Builder::new()
             .name("palo-store-writer".into())
-            .spawn(move || run(&slot, &queue, &thread_stats))?;
+            .spawn(move || run(&slot, &queue, &thread_stats, &thread_subscriber))?;
         Ok(Writer {
             jobs: Some(jobs),
             thread: Some(thread),
             stats,
+            subscriber,
         })
+    }
+
+    /// Sets the one subscriber of committed changes. Returns false if one was already set.
+    pub fn subscribe(&self, subscriber: Subscriber) -> bool {
+        self.subscriber.set(subscriber).is_ok()
     }
 
     /// Runs `f` in the next group transaction and returns its result once that transaction
@@ -105,7 +179,7 @@ impl Writer {
     pub fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel::<Result<T, StoreError>>(1);
         let job = job(f, move |result| {
@@ -136,7 +210,7 @@ impl Writer {
     pub async fn write_async<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let job = job(f, move |result| {
@@ -169,11 +243,19 @@ impl Writer {
 fn job<T, F>(f: F, reply: impl FnOnce(Result<T, StoreError>) + Send + 'static) -> Job
 where
     T: Send + 'static,
-    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
 {
     Box::new(move |txn| {
+        let mut changes = Vec::new();
         let result = txn.map(|txn| {
-            catch_unwind(AssertUnwindSafe(|| f(txn))).unwrap_or(Err(StoreError::Interrupted))
+            let txn = Txn {
+                inner: txn,
+                changes: RefCell::new(Vec::new()),
+            };
+            let result =
+                catch_unwind(AssertUnwindSafe(|| f(&txn))).unwrap_or(Err(StoreError::Interrupted));
+            changes = txn.changes.into_inner();
+            result
         });
         let outcome = match &result {
             Some(Ok(_)) => JobOutcome::Ok,
@@ -188,11 +270,16 @@ where
                 (None, None) => Err(StoreError::Interrupted),
             });
         });
-        (outcome, finish)
+        (outcome, finish, changes)
     })
 }
 
-fn run(slot: &Slot, queue: &Receiver<Message>, stats: &CommitStats) {
+fn run(
+    slot: &Slot,
+    queue: &Receiver<Message>,
+    stats: &CommitStats,
+    subscriber: &OnceLock<Subscriber>,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::new();
         let mut recoveries = Vec::new();
@@ -218,13 +305,13 @@ fn run(slot: &Slot, queue: &Receiver<Message>, stats: &CommitStats) {
                     // Only the storage's verdict counts (a batch aborted by a job's own error says
                     // nothing about the disk), and only a failure: the store becomes writable
                     // again through a probe (`Slot::recover`), not by a lucky small commit.
-                    if commit_batch(&db, batch) == Some(false) {
+                    if commit_batch(&db, batch, subscriber.get()) == Some(false) {
                         slot.set_writable(false);
                     }
                 }
                 Err(e) => {
                     for job in batch {
-                        let (_, finish) = job(None);
+                        let (_, finish, _) = job(None);
                         finish(Some(&e));
                     }
                 }
@@ -249,13 +336,13 @@ fn run(slot: &Slot, queue: &Receiver<Message>, stats: &CommitStats) {
 /// Runs and commits one batch. Returns `Some(true)` when it committed, `Some(false)` when the
 /// storage failed (begin, a write under a job, or commit), `None` when a job's own error
 /// aborted it.
-fn commit_batch(db: &Database, batch: Vec<Job>) -> Option<bool> {
+fn commit_batch(db: &Database, batch: Vec<Job>, subscriber: Option<&Subscriber>) -> Option<bool> {
     let txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => {
             let error = StoreError::from(e);
             for job in batch {
-                let (_, finish) = job(None);
+                let (_, finish, _) = job(None);
                 finish(Some(&error));
             }
             return Some(false);
@@ -264,11 +351,13 @@ fn commit_batch(db: &Database, batch: Vec<Job>) -> Option<bool> {
     let mut finishes = Vec::with_capacity(batch.len());
     let mut all_ok = true;
     let mut storage_failed = false;
+    let mut changes = Vec::new();
     for job in batch {
-        let (outcome, finish) = job(Some(&txn));
+        let (outcome, finish, job_changes) = job(Some(&txn));
         all_ok &= outcome == JobOutcome::Ok;
         storage_failed |= outcome == JobOutcome::StorageFailed;
         finishes.push(finish);
+        changes.extend(job_changes);
     }
     let (outcome, verdict) = if all_ok {
         let started = std::time::Instant::now();
@@ -278,6 +367,10 @@ fn commit_batch(db: &Database, batch: Vec<Job>) -> Option<bool> {
                 metrics::histogram!(crate::metrics::COMMIT_SECONDS)
                     .record(started.elapsed().as_secs_f64());
                 metrics::histogram!(crate::metrics::COMMIT_BATCH).record(jobs as f64);
+                // Published before any caller hears of the commit.
+                if let (Some(subscriber), false) = (subscriber, changes.is_empty()) {
+                    subscriber(changes);
+                }
                 (None, Some(true))
             }
             Err(e) => (Some(StoreError::from(e)), Some(false)),
