@@ -110,6 +110,26 @@ impl std::fmt::Display for RetrySchedule {
     }
 }
 
+/// The longest a delivery may wait for its next attempt, in ms, after `scheduled_attempts`
+/// failed scheduled attempts, the last of which asked for `retry_after_ms` (`Retry-After`):
+/// the schedule's next step, lengthened by `Retry-After` up to the schedule's longest step,
+/// as [`after_attempt`] computes it; 0 before the first attempt. A due time further ahead
+/// than this was scheduled by a clock that has since been set back (issue 13, item 9).
+pub fn longest_wait(
+    schedule: &RetrySchedule,
+    scheduled_attempts: u32,
+    retry_after_ms: Option<u64>,
+) -> u64 {
+    if scheduled_attempts == 0 {
+        return 0;
+    }
+    let step = schedule
+        .delay_after(scheduled_attempts)
+        .unwrap_or(Duration::ZERO);
+    let asked = Duration::from_millis(retry_after_ms.unwrap_or(0)).min(schedule.longest());
+    u64::try_from(step.max(asked).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The scheduling state of a delivery that an attempt result changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScheduleState {
@@ -190,6 +210,18 @@ mod tests {
             scheduled_attempts: 0,
             next_attempt_at_ms: Some(0),
         }
+    }
+
+    #[test]
+    fn longest_wait_is_the_next_step_or_a_capped_retry_after() {
+        let schedule = RetrySchedule::default();
+        assert_eq!(longest_wait(&schedule, 0, None), 0);
+        assert_eq!(longest_wait(&schedule, 1, None), 5 * 60_000);
+        assert_eq!(longest_wait(&schedule, 1, Some(3_600_000)), 3_600_000);
+        assert_eq!(
+            longest_wait(&schedule, 2, Some(99 * 3_600_000)),
+            6 * 3_600_000
+        );
     }
 
     #[test]

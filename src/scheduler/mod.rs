@@ -68,6 +68,38 @@ pub const MANUAL_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// An attempt that takes longer than this (1 s) marks its webhook as not proven fast.
 const SLOW_ATTEMPT_MS: u64 = 1_000;
 
+/// Due times this close to now are never taken for a clock's leftovers (11 min): an inactive
+/// webhook's hold (10 min) and a test attempt's lease stay as they are.
+const CLAMP_SLACK_MS: u64 = INACTIVE_POSTPONE_MS + 60_000;
+/// A wall-clock step back larger than this (1 s), seen against the monotonic clock, makes
+/// the scheduler bring back due times the old clock put too far ahead.
+const CLOCK_STEP_MS: i64 = 1_000;
+
+/// Watches the wall clock against the monotonic one: a step back shows as a drop of their
+/// difference (issue 13, item 9). Pure: it is given both readings.
+#[derive(Debug)]
+pub struct ClockWatch {
+    offset_ms: i64,
+}
+
+impl ClockWatch {
+    /// Starts from one reading of both clocks, in ms.
+    pub fn new(wall_ms: u64, monotonic_ms: u64) -> ClockWatch {
+        ClockWatch {
+            offset_ms: wall_ms as i64 - monotonic_ms as i64,
+        }
+    }
+
+    /// A new reading; returns how far the wall clock stepped back since the last one (ms),
+    /// if more than [`CLOCK_STEP_MS`].
+    pub fn observe(&mut self, wall_ms: u64, monotonic_ms: u64) -> Option<u64> {
+        let offset = wall_ms as i64 - monotonic_ms as i64;
+        let change = offset - self.offset_ms;
+        self.offset_ms = offset;
+        (change < -CLOCK_STEP_MS).then(|| change.unsigned_abs())
+    }
+}
+
 /// Scheduler limits.
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
@@ -269,6 +301,7 @@ impl Scheduler {
                 inner.on_commit(changes);
             }
         }));
+        clamp_far_due(&store, &inner.settings.schedule, "at start")?;
         let webhooks = store.all_webhooks()?;
         {
             let mut cache = inner.webhooks.write().unwrap_or_else(|e| e.into_inner());
@@ -289,11 +322,26 @@ impl Scheduler {
     pub async fn run(self) {
         let inner = &self.inner;
         let mut paused = false;
+        let monotonic_ms =
+            || u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut clock_watch = ClockWatch::new(clock::now_ms(), monotonic_ms());
         loop {
-            inner.last_turn_ms.store(
-                u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+            inner.last_turn_ms.store(monotonic_ms(), Ordering::Relaxed);
+            if let Some(back) = clock_watch.observe(clock::now_ms(), monotonic_ms()) {
+                tracing::warn!(
+                    stepped_back_ms = back,
+                    "the wall clock stepped back; bringing back due times it put too far ahead"
+                );
+                let store = Arc::clone(&inner.store);
+                let schedule = inner.settings.schedule.clone();
+                let clamped = tokio::task::spawn_blocking(move || {
+                    clamp_far_due(&store, &schedule, "after a clock step")
+                })
+                .await;
+                if !matches!(clamped, Ok(Ok(()))) {
+                    tracing::warn!("could not bring back far due times; they stay as they are");
+                }
+            }
             // A failed commit (disk full, I/O error) pauses delivery: an attempt that cannot
             // be logged would only be sent again later. Probe every second; resume when the
             // store commits again (reopened if redb latched the error), without a restart.
@@ -486,6 +534,19 @@ impl Scheduler {
     pub fn is_claimed(&self, id: DeliveryId) -> bool {
         lock(&self.inner.in_flight).contains(&id)
     }
+}
+
+/// Runs [`Store::clamp_far_due`] at the wall clock's now and logs what moved.
+fn clamp_far_due(store: &Store, schedule: &RetrySchedule, when: &str) -> Result<(), StoreError> {
+    let report = store.clamp_far_due(clock::now_ms(), schedule, CLAMP_SLACK_MS)?;
+    if report.moved > 0 {
+        tracing::warn!(
+            moved = report.moved,
+            max_shift_s = report.max_shift_ms / 1000,
+            "{when}: brought back due times further ahead than their retry step (the clock was ahead when they were scheduled)"
+        );
+    }
+    Ok(())
 }
 
 impl Inner {
@@ -826,5 +887,23 @@ impl Inner {
             tracing::info!(delivery = %id, status = updated.status.as_str(), attempts = updated.attempt_count, "delivery finished");
         }
         Ok((updated, log))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClockWatch;
+
+    #[test]
+    fn a_wall_clock_step_back_is_seen_against_the_monotonic_clock() {
+        let year = 365 * 24 * 3_600_000;
+        let mut watch = ClockWatch::new(year + 1_000, 0);
+        assert_eq!(watch.observe(year + 2_000, 1_000), None, "time passing");
+        assert_eq!(watch.observe(year + 2_500, 1_500), None);
+        // NTP corrects a clock that was a year ahead.
+        assert_eq!(watch.observe(3_000, 2_000), Some(year));
+        assert_eq!(watch.observe(4_000, 3_000), None);
+        // A forward step is not a step back.
+        assert_eq!(watch.observe(year, 4_000), None);
     }
 }

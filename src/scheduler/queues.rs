@@ -375,7 +375,11 @@ impl Queues {
 
     /// Counts for status and tests: (entries in windows, attempts in flight, webhooks known).
     pub fn counts(&self) -> (usize, usize, usize) {
-        (self.windowed + self.deferred, self.in_flight, self.queues.len())
+        (
+            self.windowed + self.deferred,
+            self.in_flight,
+            self.queues.len(),
+        )
     }
 
     /// Moves timer entries due at `now` into the ring, and deferred keys back into windows.
@@ -455,9 +459,7 @@ impl Queues {
         let Some(q) = self.queues.get(&webhook) else {
             return;
         };
-        if q.loaded_through != END
-            && q.reading.is_none()
-            && q.window.len() < self.limits.window / 2
+        if q.loaded_through != END && q.reading.is_none() && q.window.len() < self.limits.window / 2
         {
             self.want_refill(webhook);
         }
@@ -621,7 +623,10 @@ mod tests {
         q.apply(A, None, Some(key(1, 3)));
         q.refilled(refill, &[key(1, 2)]);
         let due: Vec<Key> = drain(&mut q, 10).into_iter().map(|(_, k)| k).collect();
-        assert!(!due.contains(&key(1, 2)), "a removed entry came back: {due:?}");
+        assert!(
+            !due.contains(&key(1, 2)),
+            "a removed entry came back: {due:?}"
+        );
         // The read hit its limit only if it returned `limit` entries; with 1 < limit it was
         // the end, so entry 3 is known without another read.
         let mut all = due;

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Every table of the layout, by name; [`Store::backup_to`] copies each.
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "meta",
     "webhooks",
     "org_webhooks",
@@ -29,6 +29,7 @@ const TABLES: [&str; 12] = [
     "webhook_deliveries",
     "attempts",
     "retry_index",
+    "webhook_due",
     "api_keys",
     "api_key_hashes",
 ];

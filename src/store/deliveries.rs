@@ -1,7 +1,8 @@
 //! Store operations on events, deliveries, attempts and the retry index.
 
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
+use super::due::move_index_entry;
 use super::writer::{Change, Txn};
 
 use super::records::{decode, encode, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord};
@@ -11,7 +12,7 @@ use super::{
 };
 use crate::event::{EventType, PreparedEvent};
 use crate::ids::{DeliveryId, EventKey, WebhookId};
-use crate::model::{Attempt, Delivery, DeliveryStatus, Event, Webhook};
+use crate::model::{Attempt, Delivery, DeliveryStatus, Event};
 use crate::retry::{after_attempt, RetrySchedule, ScheduleState};
 
 /// Which webhooks an accepted event fans out to.
@@ -69,16 +70,8 @@ pub struct WebhookActivity {
     pub truncated: bool,
 }
 
-/// What an attempt needs: the delivery, its webhook (gone if deleted) and the body.
-#[derive(Debug, Clone)]
-pub struct AttemptContext {
-    /// The delivery as stored now.
-    pub delivery: Delivery,
-    /// Its webhook, `None` if it was deleted.
-    pub webhook: Option<Webhook>,
-    /// The envelope bytes.
-    pub body: Vec<u8>,
-}
+/// A delivery and, unless it was known to the caller, its event's body (the envelope bytes).
+pub type DeliveryForAttempt = (Delivery, Option<Vec<u8>>);
 
 impl Store {
     /// Accepts an event: checks idempotency on (organization, `event_id`), fans it out and
@@ -349,31 +342,31 @@ impl Store {
         })
     }
 
-    /// Everything an attempt of this delivery needs, from one snapshot.
+    /// A delivery and its event's body, unless `body_known`: what an attempt needs beyond
+    /// the cached webhook. `None` if the delivery does not exist.
     ///
     /// # Errors
-    /// [`StoreError`] on read or decode failure.
-    pub fn attempt_context(&self, id: DeliveryId) -> Result<Option<AttemptContext>, StoreError> {
+    /// [`StoreError`] on read or decode failure; [`StoreError::Corrupt`] when its event is
+    /// missing.
+    pub fn delivery_for_attempt(
+        &self,
+        id: DeliveryId,
+        body_known: impl FnOnce(EventKey) -> bool,
+    ) -> Result<Option<DeliveryForAttempt>, StoreError> {
         self.read(|txn| {
             let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else {
                 return Ok(None);
             };
-            let webhook = get_webhook(
-                &txn.open_table(WEBHOOKS)?,
-                delivery.webhook_id,
-                self.secrets_key(),
-            )?;
+            if body_known(delivery.event_key) {
+                return Ok(Some((delivery, None)));
+            }
             let Some(event) = load_event(&txn.open_table(EVENTS)?, delivery.event_key)? else {
                 return Err(StoreError::Corrupt {
                     table: "events",
                     reason: format!("missing event of {id}"),
                 });
             };
-            Ok(Some(AttemptContext {
-                delivery,
-                webhook,
-                body: event.body,
-            }))
+            Ok(Some((delivery, Some(event.body))))
         })
     }
 
@@ -484,163 +477,6 @@ impl Store {
             Ok(Some(cancelled))
         })
     }
-
-    /// Up to `limit` retry-index entries `(due ms, delivery)` in due order, strictly after the
-    /// cursor `after` and due strictly before `due_before_ms`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
-    pub fn due_entries(
-        &self,
-        after: Option<(u64, DeliveryId)>,
-        due_before_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(RETRY_INDEX)?;
-            let start = match after {
-                None => (0, 0),
-                Some((due, id)) if id.0 == u128::MAX => (due.saturating_add(1), 0),
-                Some((due, id)) => (due, id.0 + 1),
-            };
-            let mut out = Vec::new();
-            for row in table.range(start..(due_before_ms, 0))? {
-                let (k, _) = row?;
-                let (due, id) = k.value();
-                out.push((due, DeliveryId(id)));
-                if out.len() == limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    /// Up to `limit` entries `(due ms, delivery)` of one webhook's due index, in due order,
-    /// strictly after `after` (from the start when `None`), whatever their due time: what
-    /// the scheduler's per-webhook queue is refilled from.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
-    pub fn webhook_due_entries(
-        &self,
-        webhook: WebhookId,
-        after: Option<(u64, DeliveryId)>,
-        limit: usize,
-    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(WEBHOOK_DUE)?;
-            let w = webhook.0;
-            let start = match after {
-                None => (w, 0, 0),
-                Some((due, id)) if id.0 == u128::MAX => (w, due.saturating_add(1), 0),
-                Some((due, id)) => (w, due, id.0 + 1),
-            };
-            let mut out = Vec::new();
-            if start.1 == u64::MAX && after.is_some_and(|(_, id)| id.0 == u128::MAX) {
-                return Ok(out);
-            }
-            for row in table.range(start..=(w, u64::MAX, u128::MAX))? {
-                let (k, _) = row?;
-                let (_, due, id) = k.value();
-                out.push((due, DeliveryId(id)));
-                if out.len() == limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    /// The earliest due-index entry of every webhook that has one: `(webhook, due ms,
-    /// delivery)`, one seek per webhook. What the scheduler starts from.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
-    pub fn webhook_due_heads(&self) -> Result<Vec<(WebhookId, u64, DeliveryId)>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(WEBHOOK_DUE)?;
-            let mut out = Vec::new();
-            let mut from = 0u128;
-            loop {
-                let Some(row) = table.range((from, 0, 0)..)?.next() else {
-                    break;
-                };
-                let (k, _) = row?;
-                let (webhook, due, id) = k.value();
-                out.push((WebhookId(webhook), due, DeliveryId(id)));
-                match webhook.checked_add(1) {
-                    Some(next) => from = next,
-                    None => break,
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    /// Every webhook, secrets opened: what the scheduler's webhook cache starts from.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
-    pub fn all_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(WEBHOOKS)?;
-            let mut out = Vec::new();
-            for row in table.iter()? {
-                let (id, _) = row?;
-                if let Some(webhook) = get_webhook(&table, WebhookId(id.value()), self.secrets_key())? {
-                    out.push(webhook);
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    /// A delivery and its event's body, unless `body_known`: what an attempt needs beyond
-    /// the cached webhook. `None` if the delivery does not exist.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure; [`StoreError::Corrupt`] when its event is
-    /// missing.
-    pub fn delivery_for_attempt(
-        &self,
-        id: DeliveryId,
-        body_known: impl FnOnce(EventKey) -> bool,
-    ) -> Result<Option<(Delivery, Option<Vec<u8>>)>, StoreError> {
-        self.read(|txn| {
-            let Some(delivery) = load_delivery(&txn.open_table(DELIVERIES)?, id)? else {
-                return Ok(None);
-            };
-            if body_known(delivery.event_key) {
-                return Ok(Some((delivery, None)));
-            }
-            let Some(event) = load_event(&txn.open_table(EVENTS)?, delivery.event_key)? else {
-                return Err(StoreError::Corrupt {
-                    table: "events",
-                    reason: format!("missing event of {id}"),
-                });
-            };
-            Ok(Some((delivery, Some(event.body))))
-        })
-    }
-
-    /// Counts of deliveries that are not final (entries in the retry index).
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
-    pub fn pending_count(&self) -> Result<u64, StoreError> {
-        self.read(|txn| Ok(txn.open_table(RETRY_INDEX)?.len()?))
-    }
-
-    /// The backlog for metrics: (deliveries due at or before `now_ms`, deliveries due later,
-    /// the oldest due time if it is past). Counts the due part of the retry index (a scan of
-    /// it), so call it at scrape time, not per request.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
-    pub fn due_summary(&self, now_ms: u64) -> Result<(u64, u64, Option<u64>), StoreError> {
-        self.read(|txn| due_in(txn, now_ms))
-    }
 }
 
 /// Writes a new event, one delivery per target webhook and their retry-index entries (due at
@@ -747,37 +583,6 @@ fn fan_out_targets(
     }
 }
 
-/// Moves a delivery's entry in the retry index and in the per-webhook due index (`None`: no
-/// entry), and publishes the move for the scheduler.
-pub(super) fn move_index_entry(
-    txn: &Txn<'_>,
-    webhook: WebhookId,
-    id: DeliveryId,
-    from: Option<u64>,
-    to: Option<u64>,
-) -> Result<(), StoreError> {
-    if from == to {
-        return Ok(());
-    }
-    let mut index = txn.open_table(RETRY_INDEX)?;
-    let mut by_webhook = txn.open_table(WEBHOOK_DUE)?;
-    if let Some(due) = from {
-        index.remove((due, id.0))?;
-        by_webhook.remove((webhook.0, due, id.0))?;
-    }
-    if let Some(due) = to {
-        index.insert((due, id.0), ())?;
-        by_webhook.insert((webhook.0, due, id.0), ())?;
-    }
-    txn.publish(Change::Index {
-        webhook,
-        delivery: id,
-        from,
-        to,
-    });
-    Ok(())
-}
-
 pub(super) fn load_event(
     table: &impl ReadableTable<u128, &'static [u8]>,
     key: EventKey,
@@ -824,81 +629,4 @@ impl Store {
             Ok(())
         })
     }
-
-    /// Moves a due, unfinished delivery's next attempt to `to_ms` without logging an attempt
-    /// (used while its webhook is inactive). Returns false if it was not due or is final.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
-    pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
-        self.write(move |txn| {
-            let mut table = txn.open_table(DELIVERIES)?;
-            let Some(mut delivery) = load_delivery(&table, id)? else {
-                return Ok(false);
-            };
-            let Some(due) = delivery.next_attempt_at_ms.filter(|due| *due <= now_ms) else {
-                return Ok(false);
-            };
-            if delivery.status.is_final() {
-                return Ok(false);
-            }
-            move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to_ms))?;
-            delivery.next_attempt_at_ms = Some(to_ms);
-            table.insert(
-                id.0,
-                encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-            )?;
-            Ok(true)
-        })
-    }
-
-    /// After a webhook is reactivated: each `(delivery, held_until)` the scheduler postponed
-    /// while it was inactive is made due at `now_ms`, if it is still due exactly then (not
-    /// attempted or rescheduled since). Returns the moved ones, for the scheduler's hints.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
-    pub fn resume_held(
-        &self,
-        held: &[(DeliveryId, u64)],
-        now_ms: u64,
-    ) -> Result<Vec<DeliveryId>, StoreError> {
-        let held = held.to_vec();
-        self.write(move |txn| {
-            let mut table = txn.open_table(DELIVERIES)?;
-            let mut moved = Vec::new();
-            for (id, until) in held {
-                let Some(mut delivery) = load_delivery(&table, id)? else {
-                    continue;
-                };
-                if delivery.status.is_final() || delivery.next_attempt_at_ms != Some(until) {
-                    continue;
-                }
-                move_index_entry(txn, delivery.webhook_id, id, Some(until), Some(now_ms))?;
-                delivery.next_attempt_at_ms = Some(now_ms);
-                table.insert(
-                    id.0,
-                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-                )?;
-                moved.push(id);
-            }
-            Ok(moved)
-        })
-    }
-}
-
-/// [`Store::due_summary`] within `txn`.
-pub(super) fn due_in(
-    txn: &redb::ReadTransaction,
-    now_ms: u64,
-) -> Result<(u64, u64, Option<u64>), StoreError> {
-    let index = txn.open_table(RETRY_INDEX)?;
-    let total = index.len()?;
-    let oldest = index.first()?.map(|(k, _)| k.value().0);
-    let mut due = 0u64;
-    for row in index.range(..=(now_ms, u128::MAX))? {
-        row?;
-        due += 1;
-    }
-    Ok((due, total - due, oldest.filter(|d| *d <= now_ms)))
 }

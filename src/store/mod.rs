@@ -15,6 +15,7 @@
 mod backup;
 mod check;
 mod deliveries;
+mod due;
 mod records;
 mod retention;
 pub mod sealed;
@@ -24,7 +25,9 @@ mod writer;
 
 use std::path::Path;
 
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use crate::ids::{KeyId, WebhookId};
 use crate::model::{ApiKey, Webhook, WebhookChanges};
@@ -32,7 +35,8 @@ use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 
 pub use backup::BackupReport;
 pub use check::{CheckReport, TableSpace};
-pub use deliveries::{AcceptOutcome, AttemptContext, EventQuery, FanOut, WebhookActivity};
+pub use deliveries::{AcceptOutcome, DeliveryForAttempt, EventQuery, FanOut, WebhookActivity};
+pub use due::ClampReport;
 pub use retention::PurgeReport;
 pub use status::{FailureStreak, StatusSummary, MAX_STREAK};
 pub use writer::{Change, CommitStats, Subscriber, Txn, MAX_BATCH};
@@ -424,6 +428,26 @@ impl Store {
         })
     }
 
+    /// Every webhook, secrets opened: what the scheduler's webhook cache starts from.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn all_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOKS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (id, _) = row?;
+                if let Some(webhook) =
+                    get_webhook(&table, WebhookId(id.value()), self.secrets_key())?
+                {
+                    out.push(webhook);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Applies `changes` to a webhook inside one transaction (read, change, write), so
     /// concurrent updates of different fields all survive. Returns the updated webhook, or
     /// `None` if it does not exist.
@@ -552,14 +576,16 @@ fn build_webhook_due(txn: &Txn<'_>) -> Result<(), StoreError> {
     for row in index.iter()? {
         let (key, _) = row?;
         let (due, id) = key.value();
-        if let Some(delivery) =
-            deliveries::load_delivery(&deliveries, crate::ids::DeliveryId(id))?
+        if let Some(delivery) = deliveries::load_delivery(&deliveries, crate::ids::DeliveryId(id))?
         {
             by_webhook.insert((delivery.webhook_id.0, due, id), ())?;
             built += 1;
         }
     }
-    tracing::info!(entries = built, "built the per-webhook due index from the retry index");
+    tracing::info!(
+        entries = built,
+        "built the per-webhook due index from the retry index"
+    );
     Ok(())
 }
 

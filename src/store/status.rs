@@ -47,7 +47,7 @@ impl Store {
         self.read(|txn| {
             let deliveries = txn.open_table(DELIVERIES)?;
             let mut summary = StatusSummary {
-                due: super::deliveries::due_in(txn, now_ms)?,
+                due: super::due::due_in(txn, now_ms)?,
                 ..StatusSummary::default()
             };
             for row in deliveries.iter()? {

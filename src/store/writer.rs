@@ -13,10 +13,10 @@
 //! scheduler). A write therefore never has to remember to tell the scheduler, and nothing a
 //! caller was told about can be missing from the scheduler's view.
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use redb::{Database, WriteTransaction};
@@ -102,8 +102,7 @@ enum JobOutcome {
 
 /// A write: runs inside the shared transaction (`None` when none could be opened), says how
 /// it went, what it changed, and how to answer its caller.
-type Job =
-    Box<dyn FnOnce(Option<&WriteTransaction>) -> (JobOutcome, Finish, Vec<Change>) + Send>;
+type Job = Box<dyn FnOnce(Option<&WriteTransaction>) -> (JobOutcome, Finish, Vec<Change>) + Send>;
 
 /// What the writer thread is asked to do.
 enum Message {

@@ -4,6 +4,7 @@
 mod browser;
 mod cli;
 mod delivery;
+mod engine;
 mod hardening;
 mod hostile;
 mod ingest;

@@ -48,6 +48,11 @@ pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
     launch(dir, extra, None, true)
 }
 
+/// [`start_in`] with extra environment variables (`LD_PRELOAD` of libfaketime, say).
+pub fn start_in_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    launch_with_env(dir, extra, None, true, env)
+}
+
 /// Starts the daemon with a fresh temp db and the default outbound address policy: unlike
 /// the other starters, loopback receivers are NOT allowed (`--allow-network 127.0.0.0/8`).
 pub fn start_strict(extra: &[&str]) -> Daemon {
@@ -70,6 +75,16 @@ pub fn start_with_file_limit(limit_kib: u64, extra: &[&str]) -> Daemon {
 /// Starts the daemon; `allow_loopback` opens 127.0.0.0/8 to deliveries, since the tests'
 /// receivers listen there (the quick start does the same).
 fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>, allow_loopback: bool) -> Daemon {
+    launch_with_env(dir, extra, file_limit_kib, allow_loopback, &[])
+}
+
+fn launch_with_env(
+    dir: &Path,
+    extra: &[&str],
+    file_limit_kib: Option<u64>,
+    allow_loopback: bool,
+    env: &[(&str, &str)],
+) -> Daemon {
     let db = dir.join("palo.redb");
     let binary = env!("CARGO_BIN_EXE_palo-webhooks");
     let mut args: Vec<String> = [
@@ -111,6 +126,7 @@ fn launch(dir: &Path, extra: &[&str], file_limit_kib: Option<u64>, allow_loopbac
         .env("PALO_WEBHOOKS_ADMIN_TOKEN", ADMIN_TOKEN)
         // Load tests would hit the default per-key limit; the limit's own test sets a flag.
         .env("PALO_WEBHOOKS_RATE_LIMIT", "0")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,0 +1,308 @@
+//! Store operations on the due indexes: the retry index `(due, delivery)` and its
+//! per-webhook twin `webhook_due` `(webhook, due, delivery)`, which move together in one
+//! transaction ([`move_index_entry`]) and are published to the scheduler after the commit.
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use super::deliveries::load_delivery;
+use super::records::{decode, encode, AttemptRecord, DeliveryRecord};
+use super::writer::{Change, Txn};
+use super::{Store, StoreError, ATTEMPTS, DELIVERIES, RETRY_INDEX, WEBHOOK_DUE};
+use crate::ids::{DeliveryId, WebhookId};
+use crate::retry::RetrySchedule;
+
+/// What [`Store::clamp_far_due`] moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClampReport {
+    /// Deliveries whose due time was brought back.
+    pub moved: u64,
+    /// The largest distance one was brought back by, in ms.
+    pub max_shift_ms: u64,
+}
+
+impl Store {
+    /// Brings back every due time that lies further ahead of `now_ms` than the step that
+    /// produced it (issue 13, item 9: a clock that was ahead when it was scheduled, then
+    /// corrected). A delivery's step is [`crate::retry::longest_wait`] of its scheduled
+    /// attempts and last `Retry-After`; due times within `slack_ms` of now are never moved
+    /// (holds and test leases). A moved delivery becomes due at `now_ms` + its step. One
+    /// transaction; costs one read of the index's last key when nothing is that far ahead.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is moved then.
+    pub fn clamp_far_due(
+        &self,
+        now_ms: u64,
+        schedule: &RetrySchedule,
+        slack_ms: u64,
+    ) -> Result<ClampReport, StoreError> {
+        let floor = now_ms.saturating_add(slack_ms);
+        let furthest = self.read(|txn| {
+            Ok(txn
+                .open_table(RETRY_INDEX)?
+                .last()?
+                .map(|(k, _)| k.value().0))
+        })?;
+        if furthest.is_none_or(|due| due <= floor) {
+            return Ok(ClampReport::default());
+        }
+        let schedule = schedule.clone();
+        self.write(move |txn| {
+            let candidates: Vec<(u64, u128)> = txn
+                .open_table(RETRY_INDEX)?
+                .range((floor, u128::MAX)..)?
+                .map(|row| row.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            let mut deliveries = txn.open_table(DELIVERIES)?;
+            let attempts = txn.open_table(ATTEMPTS)?;
+            let mut report = ClampReport::default();
+            for (due, id) in candidates {
+                let id = DeliveryId(id);
+                let Some(mut delivery) = load_delivery(&deliveries, id)? else {
+                    continue;
+                };
+                let retry_after = match attempts.get((id.0, delivery.attempt_count))? {
+                    Some(bytes) => {
+                        decode::<AttemptRecord>("attempts", bytes.value())?
+                            .into_domain(delivery.attempt_count)?
+                            .retry_after_ms
+                    }
+                    None => None,
+                };
+                let step =
+                    crate::retry::longest_wait(&schedule, delivery.scheduled_attempts, retry_after);
+                let to = now_ms.saturating_add(step);
+                if due <= to.max(floor) || delivery.status.is_final() {
+                    continue;
+                }
+                move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to))?;
+                delivery.next_attempt_at_ms = Some(to);
+                deliveries.insert(
+                    id.0,
+                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+                )?;
+                report.moved += 1;
+                report.max_shift_ms = report.max_shift_ms.max(due - to);
+            }
+            Ok(report)
+        })
+    }
+
+    /// Up to `limit` retry-index entries `(due ms, delivery)` in due order, strictly after the
+    /// cursor `after` and due strictly before `due_before_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn due_entries(
+        &self,
+        after: Option<(u64, DeliveryId)>,
+        due_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(RETRY_INDEX)?;
+            let start = match after {
+                None => (0, 0),
+                Some((due, id)) if id.0 == u128::MAX => (due.saturating_add(1), 0),
+                Some((due, id)) => (due, id.0 + 1),
+            };
+            let mut out = Vec::new();
+            for row in table.range(start..(due_before_ms, 0))? {
+                let (k, _) = row?;
+                let (due, id) = k.value();
+                out.push((due, DeliveryId(id)));
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Up to `limit` entries `(due ms, delivery)` of one webhook's due index, in due order,
+    /// strictly after `after` (from the start when `None`), whatever their due time: what
+    /// the scheduler's per-webhook queue is refilled from.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn webhook_due_entries(
+        &self,
+        webhook: WebhookId,
+        after: Option<(u64, DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOK_DUE)?;
+            let w = webhook.0;
+            let start = match after {
+                None => (w, 0, 0),
+                Some((due, id)) if id.0 == u128::MAX => (w, due.saturating_add(1), 0),
+                Some((due, id)) => (w, due, id.0 + 1),
+            };
+            let mut out = Vec::new();
+            if start.1 == u64::MAX && after.is_some_and(|(_, id)| id.0 == u128::MAX) {
+                return Ok(out);
+            }
+            for row in table.range(start..=(w, u64::MAX, u128::MAX))? {
+                let (k, _) = row?;
+                let (_, due, id) = k.value();
+                out.push((due, DeliveryId(id)));
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The earliest due-index entry of every webhook that has one: `(webhook, due ms,
+    /// delivery)`, one seek per webhook. What the scheduler starts from.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn webhook_due_heads(&self) -> Result<Vec<(WebhookId, u64, DeliveryId)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOK_DUE)?;
+            let mut out = Vec::new();
+            let mut from = 0u128;
+            loop {
+                let Some(row) = table.range((from, 0, 0)..)?.next() else {
+                    break;
+                };
+                let (k, _) = row?;
+                let (webhook, due, id) = k.value();
+                out.push((WebhookId(webhook), due, DeliveryId(id)));
+                match webhook.checked_add(1) {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Counts of deliveries that are not final (entries in the retry index).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        self.read(|txn| Ok(txn.open_table(RETRY_INDEX)?.len()?))
+    }
+
+    /// The backlog for metrics: (deliveries due at or before `now_ms`, deliveries due later,
+    /// the oldest due time if it is past). Counts the due part of the retry index (a scan of
+    /// it), so call it at scrape time, not per request.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn due_summary(&self, now_ms: u64) -> Result<(u64, u64, Option<u64>), StoreError> {
+        self.read(|txn| due_in(txn, now_ms))
+    }
+    /// Moves a due, unfinished delivery's next attempt to `to_ms` without logging an attempt
+    /// (used while its webhook is inactive). Returns false if it was not due or is final.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
+        self.write(move |txn| {
+            let mut table = txn.open_table(DELIVERIES)?;
+            let Some(mut delivery) = load_delivery(&table, id)? else {
+                return Ok(false);
+            };
+            let Some(due) = delivery.next_attempt_at_ms.filter(|due| *due <= now_ms) else {
+                return Ok(false);
+            };
+            if delivery.status.is_final() {
+                return Ok(false);
+            }
+            move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to_ms))?;
+            delivery.next_attempt_at_ms = Some(to_ms);
+            table.insert(
+                id.0,
+                encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// After a webhook is reactivated: each `(delivery, held_until)` the scheduler postponed
+    /// while it was inactive is made due at `now_ms`, if it is still due exactly then (not
+    /// attempted or rescheduled since). Returns the moved ones, for the scheduler's hints.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn resume_held(
+        &self,
+        held: &[(DeliveryId, u64)],
+        now_ms: u64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let held = held.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(DELIVERIES)?;
+            let mut moved = Vec::new();
+            for (id, until) in held {
+                let Some(mut delivery) = load_delivery(&table, id)? else {
+                    continue;
+                };
+                if delivery.status.is_final() || delivery.next_attempt_at_ms != Some(until) {
+                    continue;
+                }
+                move_index_entry(txn, delivery.webhook_id, id, Some(until), Some(now_ms))?;
+                delivery.next_attempt_at_ms = Some(now_ms);
+                table.insert(
+                    id.0,
+                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+                )?;
+                moved.push(id);
+            }
+            Ok(moved)
+        })
+    }
+}
+
+/// [`Store::due_summary`] within `txn`.
+pub(super) fn due_in(
+    txn: &redb::ReadTransaction,
+    now_ms: u64,
+) -> Result<(u64, u64, Option<u64>), StoreError> {
+    let index = txn.open_table(RETRY_INDEX)?;
+    let total = index.len()?;
+    let oldest = index.first()?.map(|(k, _)| k.value().0);
+    let mut due = 0u64;
+    for row in index.range(..=(now_ms, u128::MAX))? {
+        row?;
+        due += 1;
+    }
+    Ok((due, total - due, oldest.filter(|d| *d <= now_ms)))
+}
+
+/// Moves a delivery's entry in the retry index and in the per-webhook due index (`None`: no
+/// entry), and publishes the move for the scheduler.
+pub(super) fn move_index_entry(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+    id: DeliveryId,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> Result<(), StoreError> {
+    if from == to {
+        return Ok(());
+    }
+    let mut index = txn.open_table(RETRY_INDEX)?;
+    let mut by_webhook = txn.open_table(WEBHOOK_DUE)?;
+    if let Some(due) = from {
+        index.remove((due, id.0))?;
+        by_webhook.remove((webhook.0, due, id.0))?;
+    }
+    if let Some(due) = to {
+        index.insert((due, id.0), ())?;
+        by_webhook.insert((webhook.0, due, id.0), ())?;
+    }
+    txn.publish(Change::Index {
+        webhook,
+        delivery: id,
+        from,
+        to,
+    });
+    Ok(())
+}
