@@ -21,6 +21,9 @@ use tokio::net::TcpListener;
 
 use crate::support::{self, Behaviour, Receiver};
 
+/// The tests of this module measure seconds and load the machine: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A receiver that keeps no bodies: it counts requests, records when each event id first
 /// arrived, and can answer after `delay_ms`.
 #[derive(Default)]
@@ -150,7 +153,8 @@ async fn ingest(daemon: &Arc<support::Daemon>, org: &str, count: usize, clients:
 /// the rest by 30 s, so the receiver saw waves with silent gaps of ~29 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_20000_events_to_one_webhook_arrives_with_no_silent_second() {
-    let daemon = Arc::new(support::start(&[]));
+    let _serial = SERIAL.lock().await;
+    let daemon = Arc::new(support::start(&["--allow-http"]));
     let (counter, url) = Counter::start().await;
     daemon.create_webhook("org_burst", &url, &["*"]).await;
     ingest(&daemon, "org_burst", 20_000, 32).await;
@@ -168,7 +172,8 @@ async fn a_burst_of_20000_events_to_one_webhook_arrives_with_no_silent_second() 
 /// `palo_webhooks_oldest_overdue_seconds` 0, so alerts on overdue work never fired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overdue_figures_are_non_zero_while_a_backlog_waits() {
-    let daemon = Arc::new(support::start(&["--max-in-flight", "4"]));
+    let _serial = SERIAL.lock().await;
+    let daemon = Arc::new(support::start(&["--allow-http", "--max-in-flight", "4"]));
     let hanging = Receiver::start(Behaviour::Hang).await;
     daemon
         .create_webhook("org_late", &hanging.url, &["*"])
@@ -210,7 +215,8 @@ async fn overdue_figures_are_non_zero_while_a_backlog_waits() {
 /// 50 MB to 1.86 GB, one copy of the body per attempt claimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_900_kb_event_to_2000_webhooks_keeps_rss_within_100_mib_of_idle() {
-    let daemon = Arc::new(support::start(&[]));
+    let _serial = SERIAL.lock().await;
+    let daemon = Arc::new(support::start(&["--allow-http"]));
     let (counter, url) = Counter::start().await;
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in 0..8 {
@@ -253,7 +259,8 @@ async fn a_900_kb_event_to_2000_webhooks_keeps_rss_within_100_mib_of_idle() {
 /// endpoint's events waited for their timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_hanging_endpoints_do_not_delay_a_healthy_one_by_more_than_a_second() {
-    let daemon = Arc::new(support::start(&["--max-in-flight", "32"]));
+    let _serial = SERIAL.lock().await;
+    let daemon = Arc::new(support::start(&["--allow-http", "--max-in-flight", "32"]));
     let hanging = Receiver::start(Behaviour::Hang).await;
     let (healthy, url) = Counter::start().await;
     daemon.create_webhook("org_healthy", &url, &["*"]).await;
@@ -289,7 +296,8 @@ async fn fifty_hanging_endpoints_do_not_delay_a_healthy_one_by_more_than_a_secon
 /// event by at most a turn of the ring, not by the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_20000_backlog_does_not_delay_another_webhooks_fresh_event_by_a_second() {
-    let daemon = Arc::new(support::start(&[]));
+    let _serial = SERIAL.lock().await;
+    let daemon = Arc::new(support::start(&["--allow-http"]));
     let (busy, busy_url) = Counter::start().await;
     // 20 ms per request, 8 at a time: the backlog takes about 50 s to drain.
     busy.delay_ms.store(20, Ordering::Relaxed);
@@ -336,7 +344,8 @@ async fn a_20000_backlog_does_not_delay_another_webhooks_fresh_event_by_a_second
 /// event is due now, before all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_due_before_the_queues_position_is_delivered_at_once() {
-    let daemon = Arc::new(support::start(&["--retry-schedule", "1h"]));
+    let _serial = SERIAL.lock().await;
+    let daemon = Arc::new(support::start(&["--allow-http", "--retry-schedule", "1h"]));
     let receiver = Receiver::start(Behaviour::Status(500)).await;
     daemon
         .create_webhook("org_early", &receiver.url, &["*"])
@@ -360,7 +369,8 @@ async fn a_write_due_before_the_queues_position_is_delivered_at_once() {
 /// token file that would not match the running daemon's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_serve_on_a_locked_db_leaves_every_file_as_it_was() {
-    let daemon = support::start(&[]);
+    let _serial = SERIAL.lock().await;
+    let daemon = support::start(&["--allow-http"]);
     let listing = |dir: &std::path::Path| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -403,7 +413,7 @@ fn libfaketime() -> std::path::PathBuf {
 fn start_with_clock(dir: &std::path::Path, offset_file: &std::path::Path) -> support::Daemon {
     support::start_in_with_env(
         dir,
-        &["--retry-schedule", "2s,2s,2s,2s"],
+        &["--allow-http", "--retry-schedule", "2s,2s,2s,2s"],
         &[
             ("LD_PRELOAD", libfaketime().to_str().unwrap()),
             ("FAKETIME_TIMESTAMP_FILE", offset_file.to_str().unwrap()),
@@ -417,6 +427,7 @@ fn start_with_clock(dir: &std::path::Path, offset_file: &std::path::Path) -> sup
 /// stayed due a year later after NTP corrected it, and status called them not overdue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_scheduled_by_a_clock_a_year_ahead_is_sent_within_its_step_once_corrected() {
+    let _serial = SERIAL.lock().await;
     for restart in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let offset = dir.path().join("faketime");
