@@ -8,6 +8,7 @@
 //! backlog run (default 1000000; 0 skips it); `E2E_ONLY=slow|backlog` runs one section.
 
 mod backlog;
+mod engine;
 mod slow;
 
 use std::collections::HashMap;
@@ -37,24 +38,46 @@ type MakeRequest =
 const SECRET: &str = "bench_secret_that_is_at_least_32_characters";
 
 fn event_body(i: usize) -> Vec<u8> {
-    // About 1 KiB of data, like a real ticket event.
+    event_body_for("org_bench", &format!("evt_bench_{i}"))
+}
+
+/// About 1 KiB of data, like a real ticket event, for `org` with this `event_id`.
+fn event_body_for(org: &str, event_id: &str) -> Vec<u8> {
     let filler = "x".repeat(800);
     format!(
-        r#"{{"event_id":"evt_bench_{i}","event_type":"ticket.created","organization_id":"org_bench","data":{{"ticket_id":"TKT-{i}","title":"{filler}","priority":"p3","project_id":"prj","created_by":"user"}}}}"#
+        r#"{{"event_id":"{event_id}","event_type":"ticket.created","organization_id":"{org}","data":{{"ticket_id":"TKT-{event_id}","title":"{filler}","priority":"p3","project_id":"prj","created_by":"user"}}}}"#
     )
     .into_bytes()
 }
 
-/// Arrival times (by `X-Palo-Event-Id`) and a request count.
-#[derive(Default)]
+/// Arrival times (by `X-Palo-Event-Id`), a request count, and requests per second since the
+/// receiver started.
 struct Arrivals {
     count: AtomicUsize,
     first_byte: Mutex<HashMap<String, Instant>>,
+    per_second: Mutex<std::collections::BTreeMap<u64, usize>>,
+    epoch: Instant,
+}
+
+impl Default for Arrivals {
+    fn default() -> Arrivals {
+        Arrivals {
+            count: AtomicUsize::new(0),
+            first_byte: Mutex::new(HashMap::new()),
+            per_second: Mutex::new(std::collections::BTreeMap::new()),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// A fast receiver: answers 200 at once and records when each event first arrived.
 async fn start_receiver(arrivals: Arc<Arrivals>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_receiver_on("127.0.0.1:0".parse().unwrap(), arrivals).await
+}
+
+/// [`start_receiver`] on a given address (a port that refused connections until now).
+async fn start_receiver_on(addr: SocketAddr, arrivals: Arc<Arrivals>) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -77,6 +100,12 @@ async fn start_receiver(arrivals: Arc<Arrivals>) -> SocketAddr {
                                 .or_insert(at);
                         }
                         let _ = req.into_body().collect().await;
+                        *arrivals
+                            .per_second
+                            .lock()
+                            .unwrap()
+                            .entry(at.duration_since(arrivals.epoch).as_secs())
+                            .or_default() += 1;
                         arrivals.count.fetch_add(1, Ordering::Relaxed);
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
@@ -146,13 +175,18 @@ impl Drop for Daemon {
 }
 
 fn start_daemon() -> Daemon {
+    start_daemon_with(&["--max-in-flight-per-webhook", "64"])
+}
+
+/// A daemon on a fresh db with `extra` flags (none: the default settings).
+fn start_daemon_with(extra: &[&str]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start_daemon_at(&dir.path().join("bench.redb"));
+    let mut daemon = start_daemon_at(&dir.path().join("bench.redb"), extra);
     daemon._dir = Some(dir);
     daemon
 }
 
-fn start_daemon_at(db: &std::path::Path) -> Daemon {
+fn start_daemon_at(db: &std::path::Path, extra: &[&str]) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
         .args([
             "serve",
@@ -164,12 +198,8 @@ fn start_daemon_at(db: &std::path::Path) -> Daemon {
             "--log",
             "warn,palo_webhooks::server=info",
         ])
-        .args([
-            "--db",
-            db.to_str().unwrap(),
-            "--max-in-flight-per-webhook",
-            "64",
-        ])
+        .args(["--db", db.to_str().unwrap()])
+        .args(extra)
         .env("PALO_WEBHOOKS_ADMIN_TOKEN", TOKEN)
         // The bench measures the daemon at full speed: no per-key rate limit.
         .env("PALO_WEBHOOKS_RATE_LIMIT", "0")
@@ -260,10 +290,14 @@ async fn load(n: usize, concurrency: usize, make: MakeRequest, expect: u16) -> (
 }
 
 async fn create_webhooks(daemon: &Daemon, receiver: SocketAddr, count: usize) {
+    create_webhooks_for(daemon, receiver, count, "org_bench").await;
+}
+
+async fn create_webhooks_for(daemon: &Daemon, receiver: SocketAddr, count: usize, org: &str) {
     let client = build_client(Duration::from_secs(10));
     for _ in 0..count {
         let body = format!(
-            r#"{{"url":"http://{receiver}/hook","events":["*"],"secret":"{SECRET}","organization_id":"org_bench"}}"#
+            r#"{{"url":"http://{receiver}/hook","events":["*"],"secret":"{SECRET}","organization_id":"{org}"}}"#
         );
         let (status, _) = post(
             &client,
@@ -401,154 +435,72 @@ fn main() {
 }
 
 async fn run() {
-    let n: usize = std::env::var("E2E_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut add = |name: &str, value: String| {
-        println!("{name:<64} {value}");
-        rows.push((name.to_owned(), value));
-    };
     println!(
-        "palo-webhooks e2e benchmark: {n} events per ingest run, {} cores",
+        "palo-webhooks e2e benchmark, {} cores",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("{:<64} result", "measurement");
-    // `E2E_ONLY=slow` or `E2E_ONLY=backlog` runs one section alone.
-    let only = std::env::var("E2E_ONLY").ok();
-    if let Some(section) = only.as_deref() {
-        let mut offset = 0;
-        match section {
-            "slow" => slow::run(n / 20, &mut offset, &mut add).await,
-            "backlog" => {
-                let pending = std::env::var("E2E_BACKLOG")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1_000_000);
-                backlog::run(pending, &mut add).await;
-            }
-            other => panic!("E2E_ONLY={other}: expected slow or backlog"),
+    println!("{:<72} result", "measurement");
+    let mut rows = 0usize;
+    let mut add = |name: &str, value: String| {
+        println!("{name:<72} {value}");
+        rows += 1;
+    };
+    // `E2E_ONLY=a,c` runs those sections (baselines always run: every ratio needs them).
+    // Sections: a b c d e f (issue 13), ingest (durable ingest by clients and webhooks),
+    // slow (one slow webhook among 100, issue 3).
+    let only = std::env::var("E2E_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,ingest".to_owned());
+    let wants = |s: &str| only.split(',').any(|w| w.trim() == s);
+    let seconds = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let base = engine::baselines(&mut add).await;
+    let mut a_rate = None;
+    if wants("a") {
+        a_rate =
+            Some(engine::burst(&base, 1, seconds("E2E_BURST_SECONDS", 30), "(a)", &mut add).await);
+    }
+    if wants("b") {
+        for webhooks in [10, 100] {
+            engine::burst(
+                &base,
+                webhooks,
+                seconds("E2E_B_SECONDS", 10),
+                "(b)",
+                &mut add,
+            )
+            .await;
         }
-        return;
     }
-
-    // Baselines.
-    let bare = start_bare_server().await;
-    let make_bare: MakeRequest =
-        Arc::new(move |i| (format!("http://{bare}/api/events"), event_body(i), vec![]));
-    for c in [16, 64] {
-        let (rate, _) = load(n, c, Arc::clone(&make_bare), 202).await;
-        add(
-            &format!("baseline: bare hyper server, {c} clients (req/s)"),
-            format!("{rate:.0}"),
-        );
-    }
-    for batch in [1, 64] {
-        let total = if batch == 1 { 2_000 } else { 64_000 };
-        let rate = tokio::task::spawn_blocking(move || raw_redb_records_per_second(total, batch))
-            .await
-            .unwrap();
-        add(
-            &format!("baseline: raw redb durable commits, {batch} records/txn (records/s)"),
-            format!("{rate:.0}"),
-        );
-    }
-    let arrivals = Arc::new(Arrivals::default());
-    let receiver = start_receiver(Arc::clone(&arrivals)).await;
-    let make_signed: MakeRequest = Arc::new(move |i| {
-        let body = event_body(i);
-        let signature = sign(SECRET, &body);
-        (
-            format!("http://{receiver}/hook"),
-            body,
-            vec![
-                ("x-palo-signature", signature),
-                ("x-palo-event-id", format!("base_{i}")),
-            ],
+    if wants("c") {
+        engine::outage(
+            &base,
+            seconds("E2E_OUTAGE_EVENTS", 100_000) as usize,
+            &mut add,
         )
-    });
-    let (rate, _) = load(n, 64, make_signed, 200).await;
-    add(
-        "baseline: bare hyper client, signed POSTs, 64 in flight (req/s)",
-        format!("{rate:.0}"),
-    );
-
-    // The daemon: durable ingest with fan-out to 1 and 10 webhooks.
-    let mut offset = 0;
-    let mut max_one_webhook = 0.0f64;
-    for webhooks in [0usize, 1, 10] {
-        for c in [16usize, 64] {
-            let daemon = start_daemon();
-            create_webhooks(&daemon, receiver, webhooks).await;
-            let start_count = arrivals.count.load(Ordering::Relaxed);
-            let events = if webhooks == 10 { n / 4 } else { n };
-            let started = Instant::now();
-            let (rate, _) = load(events, c, ingest_maker(daemon.addr, offset), 202).await;
-            offset += events;
-            add(
-                &format!(
-                    "palo-webhooks: durable ingest, {c} clients, {webhooks} webhook(s) (events/s)"
-                ),
-                format!("{rate:.0}"),
-            );
-            if webhooks > 0 {
-                let finished = wait_for(
-                    &arrivals,
-                    start_count + events * webhooks,
-                    Duration::from_secs(300),
-                )
-                .await;
-                let deliveries =
-                    (events * webhooks) as f64 / finished.duration_since(started).as_secs_f64();
-                if webhooks == 1 {
-                    max_one_webhook = max_one_webhook.max(deliveries);
-                }
-                add(
-                    "palo-webhooks: deliveries/s during that run (ingest start → last delivery)",
-                    format!("{deliveries:.0}"),
-                );
-            }
-            drop(daemon);
-        }
+        .await;
     }
-
-    // Latency 202 → receiver's first byte, paced.
-    let daemon = start_daemon();
-    create_webhooks(&daemon, receiver, 1).await;
-    // At 1k events/s, and at half the measured maximum with one webhook (events delivered/s).
-    let half = (max_one_webhook / 2.0).round();
-    for (rate, label) in [
-        (1_000.0, "1k events/s".to_owned()),
-        (half, format!("{half:.0} events/s (50% of max)")),
-    ] {
-        let count = (rate as usize) * 5;
-        let latencies = latency_run(&daemon, &arrivals, rate, count, offset).await;
-        offset += count;
-        add(
-            &format!("palo-webhooks: 202 → receiver first byte at {label} (p50/p99/p999 ms)"),
-            format!(
-                "{:.2} / {:.2} / {:.2} ({} of {count} matched)",
-                percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-                percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-                percentile(&latencies, 0.999).as_secs_f64() * 1e3,
-                latencies.len()
-            ),
-        );
+    if wants("d") {
+        engine::restart_backlog(&base, seconds("E2E_BACKLOG", 1_000_000) as usize, &mut add).await;
     }
-    drop(daemon);
-
-    slow::run(n / 20, &mut offset, &mut add).await;
-
-    let backlog: usize = std::env::var("E2E_BACKLOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    if backlog > 0 {
-        backlog::run(backlog, &mut add).await;
+    if wants("e") {
+        engine::fairness(seconds("E2E_FAIRNESS_BACKLOG", 500_000) as usize, &mut add).await;
     }
-    println!(
-        "\n{} measurements; baselines and daemon ran in this process on this machine.",
-        rows.len()
-    );
+    if wants("f") {
+        let rate = match a_rate {
+            Some(rate) => rate,
+            None => engine::burst(&base, 1, 10, "(f: max rate)", &mut add).await,
+        };
+        engine::steady(rate, &mut add).await;
+    }
+    if wants("ingest") {
+        engine::ingest_rows(&base, &mut add).await;
+    }
+    if wants("slow") {
+        let mut offset = 0;
+        slow::run(1_000, &mut offset, &mut add).await;
+    }
+    println!("\n{rows} measurements; baselines and daemon ran in this process on this machine.");
 }
