@@ -3,9 +3,10 @@
 //! a bare hyper server answering the same ingest requests without storing, raw redb commits
 //! of the same record sizes, and a bare hyper client sending the same signed requests.
 //!
-//! Run: `cargo bench --bench e2e` (about 6 minutes on 2 cores). `E2E_EVENTS` sets the
-//! events per ingest run (default 20000), `E2E_BACKLOG` the pending deliveries of the
-//! backlog run (default 1000000; 0 skips it); `E2E_ONLY=slow|backlog` runs one section.
+//! Run: `cargo bench --bench e2e` (sections (a)-(f) of issue 13 and ingest, see
+//! `engine.rs`; about 12 minutes on 2 cores). `E2E_ONLY=a,c,...` runs some sections (`a` `b`
+//! `c` `d` `e` `f` `ingest`, and `slow`, not run by default); `E2E_BURST_SECONDS`,
+//! `E2E_B_SECONDS`, `E2E_OUTAGE_EVENTS`, `E2E_BACKLOG`, `E2E_FAIRNESS_BACKLOG` size them.
 
 mod backlog;
 mod engine;
@@ -27,7 +28,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use palo_webhooks::delivery::{build_client, HttpsClient};
-use palo_webhooks::signature::sign;
 use tokio::net::TcpListener;
 
 const TOKEN: &str = "bench-admin-token";
@@ -147,21 +147,6 @@ struct Daemon {
     child: Child,
     addr: SocketAddr,
     _dir: Option<tempfile::TempDir>,
-}
-
-impl Daemon {
-    /// Resident memory in MiB, from /proc.
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
-    }
 }
 
 impl Drop for Daemon {
@@ -401,29 +386,6 @@ async fn paced_ingest(
     }
     let answered = std::mem::take(&mut *answered.lock().unwrap());
     answered
-}
-
-/// Paced ingest at `rate` events/s for `n` events; returns 202 → receiver first byte latencies.
-async fn latency_run(
-    daemon: &Daemon,
-    arrivals: &Arc<Arrivals>,
-    rate: f64,
-    n: usize,
-    offset: usize,
-) -> Vec<Duration> {
-    let answered = paced_ingest(daemon, rate, n, offset).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let arrived = arrivals.first_byte.lock().unwrap();
-    let mut latencies: Vec<Duration> = answered
-        .iter()
-        .filter_map(|(id, ok)| {
-            arrived
-                .get(id)
-                .map(|first| first.saturating_duration_since(*ok))
-        })
-        .collect();
-    latencies.sort();
-    latencies
 }
 
 fn main() {

@@ -57,7 +57,10 @@ const REFILL_BATCH: usize = 64;
 pub const BODY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// Bodies of just-accepted events kept for their first attempts (16 MiB, within the
 /// budget); beyond, the attempt reads the body from the store.
-const FRESH_BODY_BYTES: usize = 16 * 1024 * 1024;
+const FRESH_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Most just-accepted deliveries kept for their first attempts (about 200 bytes each, so
+/// about 13 MiB at most); beyond, the attempt reads the delivery.
+const FRESH_DELIVERIES: usize = 65_536;
 /// The budget's unit (1 KiB).
 const BUDGET_UNIT: usize = 1024;
 
@@ -179,6 +182,9 @@ impl AsRef<[u8]> for SharedBody {
 #[derive(Default)]
 struct Bodies {
     live: HashMap<EventKey, Weak<Body>>,
+    /// `live`'s size at which dropped bodies are next swept out (twice the size after the
+    /// last sweep, at least 4,096), so sweeping costs O(1) per insert.
+    sweep_at: usize,
     fresh: VecDeque<(EventKey, Arc<Body>)>,
     fresh_bytes: usize,
 }
@@ -189,8 +195,9 @@ impl Bodies {
     }
 
     fn insert(&mut self, event: EventKey, body: &Arc<Body>) {
-        if self.live.len() >= 4096 && self.live.len().is_power_of_two() {
+        if self.live.len() >= self.sweep_at.max(4096) {
             self.live.retain(|_, weak| weak.strong_count() > 0);
+            self.sweep_at = self.live.len() * 2;
         }
         self.live.insert(event, Arc::downgrade(body));
     }
@@ -215,6 +222,9 @@ struct Inner {
     /// Every webhook, as last committed (kept in step by [`Change::Webhook`]).
     webhooks: RwLock<HashMap<WebhookId, Arc<Webhook>>>,
     bodies: Mutex<Bodies>,
+    /// Deliveries as accepted, until their first attempt starts or a change moves them
+    /// (at most [`FRESH_DELIVERIES`]): present means unchanged since the commit.
+    fresh: Mutex<HashMap<DeliveryId, Delivery>>,
     /// [`BODY_BUDGET_BYTES`] in [`BUDGET_UNIT`]s.
     body_budget: Arc<Semaphore>,
     /// Rung when the loop may have work: a change, a released slot, a finished read.
@@ -284,6 +294,7 @@ impl Scheduler {
             queues: Mutex::new(Queues::new(limits)),
             webhooks: RwLock::new(HashMap::new()),
             bodies: Mutex::new(Bodies::default()),
+            fresh: Mutex::new(HashMap::new()),
             body_budget: Arc::new(Semaphore::new(BODY_BUDGET_BYTES / BUDGET_UNIT)),
             wake: Notify::new(),
             slot_freed: Notify::new(),
@@ -560,12 +571,30 @@ impl Inner {
                     delivery,
                     from,
                     to,
-                } => queues.apply(
-                    webhook,
-                    from.map(|due| (due, delivery)),
-                    to.map(|due| (due, delivery)),
-                ),
-                Change::Accepted { event, body } => {
+                } => {
+                    if from.is_some() {
+                        lock(&self.fresh).remove(&delivery);
+                    }
+                    queues.apply(
+                        webhook,
+                        from.map(|due| (due, delivery)),
+                        to.map(|due| (due, delivery)),
+                    );
+                }
+                Change::Accepted {
+                    event,
+                    body,
+                    deliveries,
+                } => {
+                    {
+                        let mut fresh = lock(&self.fresh);
+                        for delivery in deliveries {
+                            if fresh.len() >= FRESH_DELIVERIES {
+                                break;
+                            }
+                            fresh.insert(delivery.id, delivery);
+                        }
+                    }
                     let units = body.len().div_ceil(BUDGET_UNIT).max(1);
                     let Ok(permit) = u32::try_from(units).map_err(drop).and_then(|units| {
                         Arc::clone(&self.body_budget)
@@ -784,7 +813,17 @@ impl Inner {
             self.hold(claim, webhook_id, key).await;
             return;
         }
-        let (delivery, body) = match self.read_delivery(id, false).await {
+        let fresh = lock(&self.fresh)
+            .remove(&id)
+            .filter(|d| d.next_attempt_at_ms == Some(key.0));
+        let shared = fresh
+            .as_ref()
+            .and_then(|d| lock(&self.bodies).get(d.event_key));
+        let read = match (fresh, shared) {
+            (Some(delivery), Some(body)) => Ok(Some((delivery, Bytes::from_owner(SharedBody(body))))),
+            _ => self.read_delivery(id, false).await,
+        };
+        let (delivery, body) = match read {
             Ok(Some(read)) => read,
             Ok(None) => return,
             Err(e) => {
@@ -839,6 +878,8 @@ impl Inner {
         body: Bytes,
         trigger: Trigger,
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
+        // Its attempt count moves now: a kept copy of the delivery would be stale.
+        lock(&self.fresh).remove(&delivery.id);
         let log = self
             .sender
             .send(OutgoingAttempt {

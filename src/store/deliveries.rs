@@ -531,6 +531,7 @@ fn store_new_event(
         txn.publish(Change::Accepted {
             event: key,
             body: bytes::Bytes::from(event.body.clone()),
+            deliveries: deliveries.clone(),
         });
     }
     for delivery in &deliveries {

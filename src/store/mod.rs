@@ -67,7 +67,7 @@ pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> =
 
 /// redb's page cache, in bytes (64 MiB). redb's default is 1 GiB, which a draining backlog
 /// fills: the cache is resident memory, while the OS page cache serves misses just as well.
-pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The layout version written in `meta` on creation.
 const LAYOUT_VERSION: &[u8] = b"1";

@@ -48,13 +48,16 @@ pub enum Change {
         /// Its new due time, if it has an entry now.
         to: Option<u64>,
     },
-    /// An event was accepted: its envelope bytes (shared, not copied), for the first
-    /// attempts of its deliveries. Published before the deliveries' `Index` changes.
+    /// An event was accepted: its envelope bytes (shared, not copied) and its deliveries as
+    /// stored, so their first attempts need no read. Published before the deliveries'
+    /// `Index` changes.
     Accepted {
         /// The event.
         event: crate::ids::EventKey,
         /// The envelope bytes as stored.
         body: bytes::Bytes,
+        /// Its new deliveries, as stored.
+        deliveries: Vec<crate::model::Delivery>,
     },
     /// A webhook was created, changed (`Some`, as stored now, secrets opened) or deleted.
     Webhook {
