@@ -58,9 +58,9 @@ pub const BODY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// Bodies of just-accepted events kept for their first attempts (16 MiB, within the
 /// budget); beyond, the attempt reads the body from the store.
 const FRESH_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// Most just-accepted deliveries kept for their first attempts (about 200 bytes each, so
-/// about 13 MiB at most); beyond, the attempt reads the delivery.
-const FRESH_DELIVERIES: usize = 65_536;
+/// Most just-accepted deliveries kept for their first attempts (about 250 bytes each, so
+/// about 2 MiB at most); beyond, the attempt reads the delivery.
+const FRESH_DELIVERIES: usize = 8_192;
 /// The budget's unit (1 KiB).
 const BUDGET_UNIT: usize = 1024;
 
@@ -820,7 +820,9 @@ impl Inner {
             .as_ref()
             .and_then(|d| lock(&self.bodies).get(d.event_key));
         let read = match (fresh, shared) {
-            (Some(delivery), Some(body)) => Ok(Some((delivery, Bytes::from_owner(SharedBody(body))))),
+            (Some(delivery), Some(body)) => {
+                Ok(Some((delivery, Bytes::from_owner(SharedBody(body)))))
+            }
             _ => self.read_delivery(id, false).await,
         };
         let (delivery, body) = match read {
