@@ -262,7 +262,13 @@ pub async fn outage(base: &Baselines, events: usize, add: &mut impl FnMut(&str, 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = port.local_addr().unwrap();
     drop(port); // Nothing listens: connections are refused.
-    let daemon = start_daemon_with(&["--retry-schedule", "5s,5s,5s,5s,5s,5s,5s,5s,5s,5s,5s,5s"]);
+                // 64 in flight to the webhook, as the bare client baseline has.
+    let daemon = start_daemon_with(&[
+        "--retry-schedule",
+        "5s,5s,5s,5s,5s,5s,5s,5s,5s,5s,5s,5s",
+        "--max-in-flight-per-webhook",
+        "64",
+    ]);
     create_webhooks(&daemon, addr, 1).await;
     let rss = RssWatch::start(&daemon);
     let (_, answered) = load(events, 64, ingest_maker(daemon.addr, 0), 202).await;
@@ -306,7 +312,7 @@ pub async fn restart_backlog(base: &Baselines, pending: usize, add: &mut impl Fn
     })
     .await
     .unwrap();
-    let name = format!("(d) restart with {pending} due");
+    let name = format!("(d) restart with {pending} due to one webhook, 64 in flight to it");
     add(
         &format!("{name}: bulk-load time (s); db size (MiB)"),
         format!(
@@ -316,7 +322,7 @@ pub async fn restart_backlog(base: &Baselines, pending: usize, add: &mut impl Fn
         ),
     );
     let started = Instant::now();
-    let daemon = start_daemon_at(&db, &[]);
+    let daemon = start_daemon_at(&db, &["--max-in-flight-per-webhook", "64"]);
     let ready = wait_ready(&daemon).await;
     let rss = RssWatch::start(&daemon);
     add(

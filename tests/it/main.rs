@@ -9,6 +9,7 @@ mod hardening;
 mod hostile;
 mod ingest;
 mod isolation;
+mod layout;
 mod operations;
 mod recovery;
 mod security;
