@@ -657,9 +657,10 @@ impl Inner {
     /// Reads the refills the queues want (up to [`REFILL_BATCH`], in one blocking call).
     /// Returns whether any was read.
     async fn refill(self: Arc<Self>) -> bool {
+        let now = clock::now_ms();
         let wanted: Vec<Refill> = {
             let mut queues = lock(&self.queues);
-            std::iter::from_fn(|| queues.take_refill())
+            std::iter::from_fn(|| queues.take_refill(now))
                 .take(REFILL_BATCH)
                 .collect()
         };

@@ -30,6 +30,11 @@ pub type Key = (u64, DeliveryId);
 /// The key after every other key: "the whole index is in memory".
 const END: Key = (u64::MAX, DeliveryId(u128::MAX));
 
+/// How far ahead of now a window needs to know its entries (60 s): a webhook whose window
+/// already reaches past this is not refilled, and when memory is full, entries past it are
+/// the ones given back to the disk.
+pub const HORIZON_MS: u64 = 60_000;
+
 /// Bounds of the queues and slots.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -314,24 +319,49 @@ impl Queues {
         self.timer.insert((at, webhook));
     }
 
-    /// The next refill to read, if a window runs low and there is room for more entries.
-    pub fn take_refill(&mut self) -> Option<Refill> {
-        let room = self.limits.total_window.saturating_sub(self.windowed);
-        if room == 0 {
-            return None;
-        }
+    /// The next refill to read at `now`: a webhook whose window runs low and does not
+    /// already reach [`HORIZON_MS`] ahead. When the windows hold [`Limits::total_window`]
+    /// entries, entries further ahead than that are given back to the disk first, so due
+    /// work always finds room; a webhook with an empty window may always read one entry (its
+    /// head), so the overshoot is at most one entry per webhook.
+    pub fn take_refill(&mut self, now: u64) -> Option<Refill> {
+        let horizon = now.saturating_add(HORIZON_MS);
+        let mut evicted = false;
         while let Some(webhook) = self.refills.pop_front() {
+            let Some(q) = self.queues.get(&webhook) else {
+                continue;
+            };
+            if q.reading.is_some()
+                || q.loaded_through == END
+                || q.window.last().is_some_and(|(due, _)| *due > horizon)
+            {
+                if let Some(q) = self.queues.get_mut(&webhook) {
+                    q.wants_refill = false;
+                }
+                continue;
+            }
+            let mut room = self.limits.total_window.saturating_sub(self.windowed);
+            if room == 0 && !evicted {
+                self.evict_beyond(horizon);
+                evicted = true;
+                room = self.limits.total_window.saturating_sub(self.windowed);
+            }
             let Some(q) = self.queues.get_mut(&webhook) else {
                 continue;
             };
-            q.wants_refill = false;
-            if q.reading.is_some() || q.loaded_through == END {
-                continue;
-            }
-            let limit = self.limits.window.saturating_sub(q.window.len()).min(room);
+            let floor = usize::from(q.window.is_empty());
+            let limit = self
+                .limits
+                .window
+                .saturating_sub(q.window.len())
+                .min(room)
+                .max(floor);
             if limit == 0 {
-                continue;
+                // No room now: asked again when entries leave memory.
+                self.refills.push_front(webhook);
+                return None;
             }
+            q.wants_refill = false;
             q.reading = Some(Vec::new());
             return Some(Refill {
                 webhook,
@@ -340,6 +370,22 @@ impl Queues {
             });
         }
         None
+    }
+
+    /// Gives back to the disk every window entry due after `horizon` (keeping each window's
+    /// head, for the timer); windows being read are left alone.
+    fn evict_beyond(&mut self, horizon: u64) {
+        for q in self.queues.values_mut() {
+            if q.reading.is_some() {
+                continue;
+            }
+            while q.window.len() > 1 && q.window.last().is_some_and(|(due, _)| *due > horizon) {
+                if let Some(last) = q.window.pop_last() {
+                    q.loaded_through = predecessor(last);
+                    self.windowed -= 1;
+                }
+            }
+        }
     }
 
     /// The result of a refill read: `entries` in key order, at most `refill.limit`.
@@ -594,7 +640,9 @@ mod tests {
                 sent.push(k);
                 q.release(slot, Some(true));
             }
-            let Some(refill) = q.take_refill() else { break };
+            let Some(refill) = q.take_refill(10) else {
+                break;
+            };
             let read: Vec<Key> = disk
                 .iter()
                 .copied()
@@ -616,7 +664,7 @@ mod tests {
             panic!("nothing dispatched")
         };
         q.release(slot, Some(true));
-        let refill = q.take_refill().expect("a refill");
+        let refill = q.take_refill(10).expect("a refill");
         // While the read is out: entry 2 (which the read will return) is removed, and entry
         // 3 appears at a key the read did not reach.
         q.apply(A, Some(key(1, 2)), None);
@@ -630,7 +678,7 @@ mod tests {
         // The read hit its limit only if it returned `limit` entries; with 1 < limit it was
         // the end, so entry 3 is known without another read.
         let mut all = due;
-        while let Some(r) = q.take_refill() {
+        while let Some(r) = q.take_refill(10) {
             q.refilled(r, &[]);
             while let Next::Dispatch(slot, k) = q.next(10) {
                 all.push(k);
@@ -706,6 +754,48 @@ mod tests {
     }
 
     #[test]
+    fn due_work_finds_room_when_memory_is_full_of_later_retries() {
+        let mut q = Queues::new(Limits {
+            total_window: 50,
+            ..limits()
+        });
+        let hour = 3_600_000;
+        // 20 webhooks with retries due in an hour fill memory (8 each, past the total).
+        for w in 10..30u128 {
+            for i in 0..8 {
+                q.apply(WebhookId(w), None, Some(key(hour, w * 100 + i)));
+            }
+        }
+        assert!(q.counts().0 >= 50);
+        // A healthy webhook's due work is on disk, past its (empty) window.
+        q.seed(A, key(1, 1));
+        q.set_proven(A, true);
+        let disk: Vec<Key> = (1..=20).map(|i| key(1, i)).collect();
+        let mut sent = Vec::new();
+        for _ in 0..100 {
+            while let Next::Dispatch(slot, k) = q.next(10) {
+                if slot.webhook == A {
+                    sent.push(k);
+                }
+                q.release(slot, Some(true));
+            }
+            let Some(r) = q.take_refill(10) else { break };
+            assert_eq!(r.webhook, A, "only the webhook with due work reads");
+            let read: Vec<Key> = disk
+                .iter()
+                .copied()
+                .filter(|k| *k > r.after)
+                .take(r.limit)
+                .collect();
+            q.refilled(r, &read);
+        }
+        assert_eq!(
+            sent, disk,
+            "every due entry, in order, despite the full memory"
+        );
+    }
+
+    #[test]
     fn memory_stays_bounded_with_many_webhooks() {
         let mut q = Queues::new(Limits {
             total_window: 50,
@@ -718,7 +808,7 @@ mod tests {
         assert_eq!(q.counts().0, 100);
         // Refills stop once the total is reached.
         let mut reads = 0;
-        while let Some(r) = q.take_refill() {
+        while let Some(r) = q.take_refill(10) {
             let entries: Vec<Key> = (1..=r.limit as u128)
                 .map(|i| key(1, r.webhook.0 * 1000 + i))
                 .collect();
