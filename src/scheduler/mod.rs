@@ -55,8 +55,8 @@ const REFILL_BATCH: usize = 64;
 /// already in memory waits for room before reading it. A body shared by many attempts
 /// counts once.
 pub const BODY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
-/// Bodies of just-accepted events kept for their first attempts (16 MiB, within the
-/// budget); beyond, the attempt reads the body from the store.
+/// Bodies of just-accepted events kept for their first attempts (4 MiB, within the budget);
+/// beyond, the attempt reads the body from the store.
 const FRESH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Most just-accepted deliveries kept for their first attempts (about 250 bytes each, so
 /// about 2 MiB at most); beyond, the attempt reads the delivery.
@@ -71,9 +71,6 @@ pub const MANUAL_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// An attempt that takes longer than this (1 s) marks its webhook as not proven fast.
 const SLOW_ATTEMPT_MS: u64 = 1_000;
 
-/// Due times this close to now are never taken for a clock's leftovers (11 min): an inactive
-/// webhook's hold (10 min) and a test attempt's lease stay as they are.
-const CLAMP_SLACK_MS: u64 = INACTIVE_POSTPONE_MS + 60_000;
 /// A wall-clock step back larger than this (1 s), seen against the monotonic clock, makes
 /// the scheduler bring back due times the old clock put too far ahead.
 const CLOCK_STEP_MS: i64 = 1_000;
@@ -312,7 +309,6 @@ impl Scheduler {
                 inner.on_commit(changes);
             }
         }));
-        clamp_far_due(&store, &inner.settings.schedule, "at start")?;
         let webhooks = store.all_webhooks()?;
         {
             let mut cache = inner.webhooks.write().unwrap_or_else(|e| e.into_inner());
@@ -336,6 +332,17 @@ impl Scheduler {
         let monotonic_ms =
             || u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut clock_watch = ClockWatch::new(clock::now_ms(), monotonic_ms());
+        // At start, off the path to readiness: a clock corrected while the daemon was down.
+        {
+            let store = Arc::clone(&inner.store);
+            let schedule = inner.settings.schedule.clone();
+            let clamped =
+                tokio::task::spawn_blocking(move || clamp_far_due(&store, &schedule, "at start"))
+                    .await;
+            if !matches!(clamped, Ok(Ok(()))) {
+                tracing::warn!("could not check for due times a corrected clock left far ahead");
+            }
+        }
         loop {
             inner.last_turn_ms.store(monotonic_ms(), Ordering::Relaxed);
             if let Some(back) = clock_watch.observe(clock::now_ms(), monotonic_ms()) {
@@ -547,9 +554,17 @@ impl Scheduler {
     }
 }
 
-/// Runs [`Store::clamp_far_due`] at the wall clock's now and logs what moved.
+/// Runs [`Store::clamp_far_due`] at the wall clock's now and logs what moved. Only entries
+/// further ahead than the schedule's shortest step are looked at: no retry can be wrong by
+/// less (a test attempt's lease or an inactive webhook's hold brought back is harmless: the
+/// claim and the hold apply again).
 fn clamp_far_due(store: &Store, schedule: &RetrySchedule, when: &str) -> Result<(), StoreError> {
-    let report = store.clamp_far_due(clock::now_ms(), schedule, CLAMP_SLACK_MS)?;
+    let shortest = schedule
+        .delays()
+        .iter()
+        .min()
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let report = store.clamp_far_due(clock::now_ms(), schedule, shortest)?;
     if report.moved > 0 {
         tracing::warn!(
             moved = report.moved,

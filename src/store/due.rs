@@ -24,41 +24,34 @@ impl Store {
     /// Brings back every due time that lies further ahead of `now_ms` than the step that
     /// produced it (issue 13, item 9: a clock that was ahead when it was scheduled, then
     /// corrected). A delivery's step is [`crate::retry::longest_wait`] of its scheduled
-    /// attempts and last `Retry-After`; due times within `slack_ms` of now are never moved
-    /// (holds and test leases). A moved delivery becomes due at `now_ms` + its step. One
-    /// transaction; costs one read of the index's last key when nothing is that far ahead.
+    /// attempts and last `Retry-After`; a moved delivery becomes due at `now_ms` + its step.
+    /// Only entries due after `now_ms` + `floor_ms` are looked at (the schedule's shortest
+    /// step: no retry can be wrong by less). Costs one read of the index's last key when
+    /// nothing is that far ahead, else a read scan of those entries, then one transaction
+    /// for the ones that move.
     ///
     /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is moved then.
+    /// [`StoreError`] on a read failure, or when the commit fails (nothing is moved then).
     pub fn clamp_far_due(
         &self,
         now_ms: u64,
         schedule: &RetrySchedule,
-        slack_ms: u64,
+        floor_ms: u64,
     ) -> Result<ClampReport, StoreError> {
-        let floor = now_ms.saturating_add(slack_ms);
-        let furthest = self.read(|txn| {
-            Ok(txn
-                .open_table(RETRY_INDEX)?
-                .last()?
-                .map(|(k, _)| k.value().0))
-        })?;
-        if furthest.is_none_or(|due| due <= floor) {
-            return Ok(ClampReport::default());
-        }
-        let schedule = schedule.clone();
-        self.write(move |txn| {
-            let candidates: Vec<(u64, u128)> = txn
-                .open_table(RETRY_INDEX)?
-                .range((floor, u128::MAX)..)?
-                .map(|row| row.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()?;
-            let mut deliveries = txn.open_table(DELIVERIES)?;
+        let floor = now_ms.saturating_add(floor_ms);
+        let moves: Vec<(DeliveryId, u64, u64)> = self.read(|txn| {
+            let index = txn.open_table(RETRY_INDEX)?;
+            if index.last()?.is_none_or(|(k, _)| k.value().0 <= floor) {
+                return Ok(Vec::new());
+            }
+            let deliveries = txn.open_table(DELIVERIES)?;
             let attempts = txn.open_table(ATTEMPTS)?;
-            let mut report = ClampReport::default();
-            for (due, id) in candidates {
+            let mut moves = Vec::new();
+            for row in index.range((floor, u128::MAX)..)? {
+                let (key, _) = row?;
+                let (due, id) = key.value();
                 let id = DeliveryId(id);
-                let Some(mut delivery) = load_delivery(&deliveries, id)? else {
+                let Some(delivery) = load_delivery(&deliveries, id)? else {
                     continue;
                 };
                 let retry_after = match attempts.get((id.0, delivery.attempt_count))? {
@@ -70,9 +63,26 @@ impl Store {
                     None => None,
                 };
                 let step =
-                    crate::retry::longest_wait(&schedule, delivery.scheduled_attempts, retry_after);
+                    crate::retry::longest_wait(schedule, delivery.scheduled_attempts, retry_after);
                 let to = now_ms.saturating_add(step);
-                if due <= to.max(floor) || delivery.status.is_final() {
+                if due > to && !delivery.status.is_final() {
+                    moves.push((id, due, to));
+                }
+            }
+            Ok(moves)
+        })?;
+        if moves.is_empty() {
+            return Ok(ClampReport::default());
+        }
+        self.write(move |txn| {
+            let mut deliveries = txn.open_table(DELIVERIES)?;
+            let mut report = ClampReport::default();
+            for (id, due, to) in moves {
+                let Some(mut delivery) = load_delivery(&deliveries, id)? else {
+                    continue;
+                };
+                // Moved or finished since the scan: its new time is its own.
+                if delivery.next_attempt_at_ms != Some(due) || delivery.status.is_final() {
                     continue;
                 }
                 move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to))?;
