@@ -133,6 +133,23 @@ fn per_second(arrivals: &Arrivals, from: Instant) -> (String, usize) {
     (row.join(" "), silent)
 }
 
+/// Reports the seconds without a delivery from `from` to the last delivery and the peak RSS,
+/// and prints the receiver's per-second counts.
+fn report_stalls(
+    name: &str,
+    arrivals: &Arrivals,
+    from: Instant,
+    rss: &RssWatch,
+    add: &mut impl FnMut(&str, String),
+) {
+    let (counts, silent) = per_second(arrivals, from);
+    add(
+        &format!("{name}: seconds without a delivery while due; peak RSS (MiB)"),
+        format!("{silent}; {:.1}", rss.peak_mib()),
+    );
+    println!("  receiver per second: {counts}");
+}
+
 /// Sends requests made by `make` over `concurrency` connections for `duration`; returns how
 /// many were answered `expect` and when each was answered, by index.
 async fn load_for(
@@ -247,12 +264,7 @@ pub async fn burst(
             ms(percentile(&lat, 0.99))
         ),
     );
-    let (counts, silent) = per_second(&arrivals, started);
-    add(
-        &format!("{name}: seconds without a delivery while due; peak RSS (MiB)"),
-        format!("{silent}; {:.1}", rss.peak_mib()),
-    );
-    println!("  receiver per second: {counts}");
+    report_stalls(&name, &arrivals, started, &rss, add);
     e2e
 }
 
@@ -291,12 +303,7 @@ pub async fn outage(base: &Baselines, events: usize, add: &mut impl FnMut(&str, 
         &format!("{name}: drain, first to last delivery (deliveries/s; ratio to bare client)"),
         format!("{drain:.0} ({:.2})", drain / base.client),
     );
-    let (counts, silent) = per_second(&arrivals, first);
-    add(
-        &format!("{name}: seconds without a delivery while due; peak RSS (MiB)"),
-        format!("{silent}; {:.1}", rss.peak_mib()),
-    );
-    println!("  receiver per second: {counts}");
+    report_stalls(&name, &arrivals, first, &rss, add);
 }
 
 /// (d): `pending` deliveries due at restart.
@@ -335,12 +342,7 @@ pub async fn restart_backlog(base: &Baselines, pending: usize, add: &mut impl Fn
         &format!("{name}: drain, ready to last delivery (deliveries/s; ratio to bare client)"),
         format!("{drain:.0} ({:.2})", drain / base.client),
     );
-    let (counts, silent) = per_second(&arrivals, ready);
-    add(
-        &format!("{name}: seconds without a delivery while due; peak RSS (MiB)"),
-        format!("{silent}; {:.1}", rss.peak_mib()),
-    );
-    println!("  receiver per second: {counts}");
+    report_stalls(&name, &arrivals, ready, &rss, add);
 }
 
 async fn wait_ready(daemon: &Daemon) -> Instant {
