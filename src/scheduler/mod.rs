@@ -816,8 +816,11 @@ impl Inner {
             return;
         };
         // Already claimed: a manual attempt, or a duplicate window entry of an attempt in
-        // flight; the attempt that holds the claim moves the index entry when it is logged.
+        // flight. Look again in a second: a failed manual attempt leaves the schedule as it
+        // was, so no change would bring this entry back (regression: it stayed due, unsent,
+        // until a restart).
         let Some(claim) = self.claim(id) else {
+            lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
             return;
         };
         // A deleted webhook's deliveries were cancelled in the same commit as the deletion.
@@ -871,10 +874,29 @@ impl Inner {
         let until = now + INACTIVE_POSTPONE_MS;
         match blocking(&self.store, move |s| s.postpone(id, now, until)).await {
             Ok(true) => {
-                let mut held = lock(&self.held);
-                let list = held.entry(webhook_id).or_default();
-                if list.len() < MAX_HELD_PER_WEBHOOK {
-                    list.push((id, until));
+                {
+                    let mut held = lock(&self.held);
+                    let list = held.entry(webhook_id).or_default();
+                    if list.len() < MAX_HELD_PER_WEBHOOK {
+                        list.push((id, until));
+                    }
+                }
+                // Reactivated while the hold was being written: the reactivation may have
+                // taken the held list already, so bring this one back itself (regression:
+                // a quick off/on left some deliveries held for 10 minutes).
+                if self.webhook(webhook_id).is_some_and(|w| w.active) {
+                    let mine = lock(&self.held).get_mut(&webhook_id).and_then(|list| {
+                        let at = list.iter().position(|(held, _)| *held == id)?;
+                        Some(list.swap_remove(at))
+                    });
+                    if let Some(held) = mine {
+                        let now = clock::now_ms();
+                        if let Err(e) =
+                            blocking(&self.store, move |s| s.resume_held(&[held], now)).await
+                        {
+                            tracing::warn!(delivery = %id, error = %e, "could not bring a held delivery forward; it goes within 10 minutes");
+                        }
+                    }
                 }
             }
             Ok(false) => {}
@@ -898,24 +920,33 @@ impl Inner {
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
         // Its attempt count moves now: a kept copy of the delivery would be stale.
         lock(&self.fresh).remove(&delivery.id);
-        let log = self
-            .sender
-            .send(OutgoingAttempt {
-                url: &webhook.url,
-                body,
-                secret: &webhook.secret,
-                previous_secret: webhook
-                    .previous_secret_at(clock::now_ms())
-                    .map(|p| &p.secret),
-                event_key: delivery.event_key,
-                webhook_id: webhook.id,
-                event_type: delivery.event_type,
-                event_id: &delivery.event_id,
-                delivery_id: delivery.id,
-                number: delivery.attempt_count + 1,
-                trigger,
-            })
-            .await;
+        let mut slots = slots;
+        let send = self.sender.send(OutgoingAttempt {
+            url: &webhook.url,
+            body,
+            secret: &webhook.secret,
+            previous_secret: webhook
+                .previous_secret_at(clock::now_ms())
+                .map(|p| &p.secret),
+            event_key: delivery.event_key,
+            webhook_id: webhook.id,
+            event_type: delivery.event_type,
+            event_id: &delivery.event_id,
+            delivery_id: delivery.id,
+            number: delivery.attempt_count + 1,
+            trigger,
+        });
+        tokio::pin!(send);
+        let log = tokio::select! {
+            log = &mut send => log,
+            () = tokio::time::sleep(Duration::from_millis(SLOW_ATTEMPT_MS)) => {
+                // Still waiting after a second: the webhook is slow now, whatever it was.
+                if let Some(slot) = slots.slot.as_mut() {
+                    lock(&self.queues).slowed(slot);
+                }
+                send.await
+            }
+        };
         let fast = log.duration_ms < SLOW_ATTEMPT_MS
             && log.error != Some(crate::model::AttemptError::Timeout);
         slots.finish(Some(fast));

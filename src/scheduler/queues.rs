@@ -228,14 +228,15 @@ impl Queues {
     pub fn next(&mut self, now: u64) -> Next {
         self.fire_timer(now);
         loop {
-            if self.in_flight >= self.limits.max_in_flight {
+            // Nothing can go when not even a proven webhook could.
+            if !self.fast_room() {
                 return Next::Full;
             }
             let Some(webhook) = self.ring.pop_front() else {
                 return Next::Idle(self.timer.first().map(|(due, _)| *due));
             };
             let limits = self.limits;
-            let share_full = self.unproven_in_flight >= limits.unproven_share;
+            let share_full = !self.slow_room();
             let Some(q) = self.queues.get_mut(&webhook) else {
                 continue;
             };
@@ -276,10 +277,10 @@ impl Queues {
 
     /// Takes a slot of `webhook` outside the queues (a manual attempt), if one is free now.
     pub fn try_take(&mut self, webhook: WebhookId) -> Option<Slot> {
-        if self.in_flight >= self.limits.max_in_flight {
+        if !self.fast_room() {
             return None;
         }
-        let share_full = self.unproven_in_flight >= self.limits.unproven_share;
+        let share_full = !self.slow_room();
         let limits = self.limits;
         let q = queue_mut(&mut self.queues, &self.proven, webhook);
         if q.in_flight >= q.limit(&limits) || (!q.proven && share_full) {
@@ -300,12 +301,12 @@ impl Queues {
         self.in_flight -= 1;
         if slot.unproven {
             self.unproven_in_flight -= 1;
-            for waiter in std::mem::take(&mut self.share_waiters) {
-                if let Some(q) = self.queues.get_mut(&waiter) {
-                    q.blocked = false;
-                }
-                self.place(waiter);
+        }
+        for waiter in std::mem::take(&mut self.share_waiters) {
+            if let Some(q) = self.queues.get_mut(&waiter) {
+                q.blocked = false;
             }
+            self.place(waiter);
         }
         if let Some(fast) = fast {
             self.set_proven(slot.webhook, fast);
@@ -315,6 +316,32 @@ impl Queues {
             q.blocked = false;
         }
         self.place(slot.webhook);
+    }
+
+    /// An attempt in `slot` has been running for long (over 1 s): its webhook is no longer
+    /// proven, and the slot now counts in the not-proven share, so endpoints that answered
+    /// fast and then hang hold at most that share of what the others see.
+    pub fn slowed(&mut self, slot: &mut Slot) {
+        if !slot.unproven {
+            slot.unproven = true;
+            self.unproven_in_flight += 1;
+        }
+        self.set_proven(slot.webhook, false);
+    }
+
+    /// Whether a proven webhook may start an attempt: slow attempts beyond the not-proven
+    /// share do not count against the global limit for it (so the global number of requests
+    /// may exceed `max_in_flight` by at most that many, for as long as they hang).
+    fn fast_room(&self) -> bool {
+        let slow = self.unproven_in_flight;
+        let fast = self.in_flight - slow;
+        fast + slow.min(self.limits.unproven_share) < self.limits.max_in_flight
+    }
+
+    /// Whether a webhook that is not proven may start an attempt.
+    fn slow_room(&self) -> bool {
+        self.unproven_in_flight < self.limits.unproven_share
+            && self.in_flight < self.limits.max_in_flight
     }
 
     /// Puts a claimed key back (its attempt could not be made or logged): it is due again at
@@ -737,6 +764,50 @@ mod tests {
         // A not-proven slot frees: a waiting not-proven webhook goes.
         q.release(slots[0], Some(false));
         assert!(matches!(q.next(10), Next::Dispatch(s, _) if s.webhook != A));
+    }
+
+    /// Regression (issue 13 adversarial pass): webhooks that answered fast, then hung, kept
+    /// every global slot until their timeouts.
+    #[test]
+    fn proven_webhooks_that_start_hanging_keep_only_the_share() {
+        let mut q = Queues::new(Limits {
+            max_in_flight: 4,
+            per_webhook: 4,
+            unproven_share: 2,
+            ..limits()
+        });
+        q.set_proven(A, true);
+        q.set_proven(B, true);
+        for i in 0..4 {
+            q.apply(A, None, Some(key(1, i)));
+        }
+        let mut hanging = Vec::new();
+        while let Next::Dispatch(slot, _) = q.next(10) {
+            hanging.push(slot);
+        }
+        assert_eq!(hanging.len(), 4);
+        assert_eq!(q.next(10), Next::Full);
+        // A second later they are all still running: slow.
+        for slot in &mut hanging {
+            q.slowed(slot);
+        }
+        q.apply(B, None, Some(key(20, 100)));
+        q.apply(B, None, Some(key(20, 101)));
+        q.apply(B, None, Some(key(20, 102)));
+        let healthy: Vec<Slot> = std::iter::from_fn(|| match q.next(20) {
+            Next::Dispatch(slot, _) => Some(slot),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(
+            healthy.len(),
+            2,
+            "the healthy webhook gets max - share slots"
+        );
+        assert!(healthy.iter().all(|s| s.webhook == B));
+        // A, no longer proven, starts nothing more.
+        q.apply(A, None, Some(key(20, 9)));
+        assert_eq!(q.next(20), Next::Full);
     }
 
     #[test]

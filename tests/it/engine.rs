@@ -470,3 +470,79 @@ async fn a_retry_scheduled_by_a_clock_a_year_ahead_is_sent_within_its_step_once_
         );
     }
 }
+
+/// A receiver whose n-th request (from 0) answers `script[n]` (status, delay in ms); past the
+/// script, 200 at once. Returns its URL and the count of requests.
+async fn scripted_receiver(script: Vec<(u16, u64)>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let (shared, script) = (Arc::clone(&count), Arc::new(script));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (count, script) = (Arc::clone(&shared), Arc::clone(&script));
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (count, script) = (Arc::clone(&count), Arc::clone(&script));
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        let (status, delay) = script.get(n).copied().unwrap_or((200, 0));
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"x")));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/hook"), count)
+}
+
+/// Regression (issue 13 adversarial pass): a scheduled retry that fell due while a manual
+/// redelivery of the same delivery was in flight was skipped, and a failed manual attempt
+/// changes no schedule, so the retry stayed due and unsent until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_due_during_a_manual_redelivery_is_still_sent() {
+    let _serial = SERIAL.lock().await;
+    let daemon = Arc::new(support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "3s,3s",
+    ]));
+    // Attempt 1 fails at once; the manual attempt takes 4 s and fails; then 200.
+    let (url, count) = scripted_receiver(vec![(500, 0), (500, 4_000)]).await;
+    let webhook = daemon.create_webhook("org_manual", &url, &["*"]).await;
+    let (status, _) = daemon
+        .call("POST", "/api/events", Some(event("org_manual", 0, 10)))
+        .await;
+    assert_eq!(status, 202);
+    let delivery = daemon.only_delivery(&webhook).await;
+    let sent = Instant::now();
+    while count.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The manual attempt runs across the retry's due time (3 s after attempt 1).
+    let (status, body) = daemon
+        .call(
+            "POST",
+            &format!("/api/deliveries/{delivery}/redeliver"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = daemon
+        .wait_until(
+            &format!("/api/deliveries/{delivery}"),
+            Duration::from_secs(15),
+            |b| b["status"] == "succeeded",
+        )
+        .await;
+    assert_eq!(done["attempt_count"], 3, "{done}");
+    assert!(sent.elapsed() < Duration::from_secs(12));
+}
