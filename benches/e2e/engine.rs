@@ -294,7 +294,7 @@ pub async fn outage(base: &Baselines, events: usize, add: &mut impl FnMut(&str, 
     let first = *arrivals.first_byte.lock().unwrap().values().min().unwrap();
     let drain = events as f64 / last.duration_since(first).as_secs_f64();
     let name =
-        format!("(c) outage: {events} events accepted while the receiver refused connections");
+        format!("(c) outage: {events} events accepted while the receiver refused connections, 64 in flight to it");
     add(
         &format!("{name}: receiver up → zero due (s)"),
         format!("{:.1}", last.duration_since(up).as_secs_f64()),
