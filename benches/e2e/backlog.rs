@@ -112,3 +112,45 @@ pub fn load(
     drop(store);
     std::fs::metadata(db).map(|m| m.len()).unwrap_or(0)
 }
+
+/// Creates a db at `db` with `webhooks` webhooks (organization `org_many`, at `receiver`),
+/// each with `each` deliveries due a minute ago. Returns the file size.
+pub fn load_many(
+    db: &std::path::Path,
+    receiver: std::net::SocketAddr,
+    webhooks: usize,
+    each: usize,
+) -> u64 {
+    let store = Store::open(db).expect("open store");
+    let now = palo_webhooks::clock::now_ms();
+    let filler = "x".repeat(800);
+    for w in 0..webhooks {
+        let webhook = webhook("org_many", receiver, now);
+        store.create_webhook(&webhook).expect("webhook");
+        let events = (0..each)
+            .map(|i| {
+                let data = RawValue::from_string(format!(
+                    r#"{{"ticket_id":"TKT-{w}-{i}","title":"{filler}","priority":"p3","project_id":"prj","created_by":"user"}}"#
+                ))
+                .unwrap();
+                event::prepare(
+                    EventInput {
+                        event_id: Some(format!("evt_many_{w}_{i}")),
+                        event_type: "ticket.created".into(),
+                        timestamp: None,
+                        organization_id: "org_many".into(),
+                        data: &data,
+                    },
+                    now,
+                    false,
+                )
+                .unwrap()
+            })
+            .collect();
+        store
+            .bulk_load(events, webhook.id, now, now - 60_000)
+            .expect("bulk load");
+    }
+    drop(store);
+    std::fs::metadata(db).map(|m| m.len()).unwrap_or(0)
+}

@@ -345,6 +345,48 @@ pub async fn restart_backlog(base: &Baselines, pending: usize, add: &mut impl Fn
     report_stalls(&name, &arrivals, ready, &rss, add);
 }
 
+/// (g): `webhooks` webhooks with `each` deliveries due at restart (memory must not grow with
+/// the number of webhooks with work).
+pub async fn many_webhooks(
+    base: &Baselines,
+    webhooks: usize,
+    each: usize,
+    add: &mut impl FnMut(&str, String),
+) {
+    let arrivals = Arc::new(Arrivals::default());
+    let receiver = start_receiver(Arc::clone(&arrivals)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("many.redb");
+    let load_db = db.clone();
+    let loading = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        super::backlog::load_many(&load_db, receiver, webhooks, each)
+    })
+    .await
+    .unwrap();
+    let name = format!("(g) restart with {webhooks} webhooks × {each} due, default settings");
+    add(
+        &format!("{name}: bulk-load time (s)"),
+        format!("{:.0}", loading.elapsed().as_secs_f64()),
+    );
+    let started = Instant::now();
+    let daemon = start_daemon_at(&db, &[]);
+    let ready = wait_ready(&daemon).await;
+    let rss = RssWatch::start(&daemon);
+    add(
+        &format!("{name}: restart-to-ready (ms)"),
+        format!("{:.0}", ms(ready.duration_since(started))),
+    );
+    let total = webhooks * each;
+    let last = wait_for(&arrivals, total, Duration::from_secs(900)).await;
+    let drain = total as f64 / last.duration_since(ready).as_secs_f64();
+    add(
+        &format!("{name}: drain (deliveries/s; ratio to bare client)"),
+        format!("{drain:.0} ({:.2})", drain / base.client),
+    );
+    report_stalls(&name, &arrivals, ready, &rss, add);
+}
+
 async fn wait_ready(daemon: &Daemon) -> Instant {
     let client = build_client(Duration::from_secs(5));
     loop {

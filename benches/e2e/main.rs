@@ -408,9 +408,9 @@ async fn run() {
         rows += 1;
     };
     // `E2E_ONLY=a,c` runs those sections (baselines always run: every ratio needs them).
-    // Sections: a b c d e f (issue 13), ingest (durable ingest by clients and webhooks),
-    // slow (one slow webhook among 100, issue 3).
-    let only = std::env::var("E2E_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,ingest".to_owned());
+    // Sections: a b c d e f (issue 13), g (10,000 webhooks × 100 due at restart), ingest
+    // (durable ingest by clients and webhooks), slow (one slow webhook among 100, issue 3).
+    let only = std::env::var("E2E_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,g,ingest".to_owned());
     let wants = |s: &str| only.split(',').any(|w| w.trim() == s);
     let seconds = |name: &str, default: u64| -> u64 {
         std::env::var(name)
@@ -456,6 +456,15 @@ async fn run() {
             None => engine::burst(&base, 1, 10, "(f: max rate)", &mut add).await,
         };
         engine::steady(rate, &mut add).await;
+    }
+    if wants("g") {
+        engine::many_webhooks(
+            &base,
+            seconds("E2E_MANY_WEBHOOKS", 10_000) as usize,
+            100,
+            &mut add,
+        )
+        .await;
     }
     if wants("ingest") {
         engine::ingest_rows(&base, &mut add).await;
