@@ -4,7 +4,7 @@
 //! Owner's rule: the store's index is the source of truth; memory holds a bounded window of
 //! each webhook's due entries ([`queues`], pure, unit-tested with explicit times). The store
 //! publishes every committed change of the index and of the webhooks ([`Change`]) to
-//! [`Scheduler::on_commit`] before the writer's callers are answered, so no API handler has
+//! `Inner::on_commit` before the writer's callers are answered, so no API handler has
 //! to tell the scheduler anything, and no write can leave a due entry unseen. This module
 //! reads (refills, a delivery before its attempt) on the blocking pool and sends through
 //! [`Sender`]; it never opens the database itself.
@@ -14,26 +14,37 @@
 //! webhook's queue (memory or disk), never postponed for lack of room; an event's body is in
 //! memory once however many attempts use it, and the bodies held for attempts are bounded in
 //! bytes ([`BODY_BUDGET_BYTES`]).
+//!
+//! Files: this one holds the loop, dispatch, manual attempts and the applying of changes;
+//! `queues.rs` the pure queues and slots; `attempt.rs` one scheduled attempt from claim to
+//! log; `bodies.rs` the shared bodies and their budget; `clock_step.rs` wall-clock steps.
 
+mod attempt;
+mod bodies;
+mod clock_step;
 pub mod queues;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+pub use bodies::BODY_BUDGET_BYTES;
+use bodies::{Bodies, Body, SharedBody, BUDGET_UNIT};
+use clock_step::clamp_far_due;
+pub use clock_step::ClockWatch;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock;
-use crate::delivery::{OutgoingAttempt, Sender};
-use crate::ids::{DeliveryId, EventKey, WebhookId};
+use crate::delivery::Sender;
+use crate::ids::{DeliveryId, WebhookId};
 use crate::model::{Attempt, Delivery, Trigger, Webhook};
 use crate::retry::RetrySchedule;
 use crate::store::{blocking, Change, Store, StoreError};
-use queues::{Key, Limits, Next, Queues, Refill, Slot};
+use queues::{Limits, Next, Queues, Refill, Slot};
 
 /// The loop turns at least this often, even when nothing is due (1 s).
 const TURN_INTERVAL_MS: u64 = 1_000;
@@ -51,18 +62,9 @@ const DISPATCH_BATCH: usize = 512;
 /// Most refill reads done in one blocking call.
 const REFILL_BATCH: usize = 64;
 
-/// Bytes of event bodies held in memory for attempts (64 MiB): an attempt whose body is not
-/// already in memory waits for room before reading it. A body shared by many attempts
-/// counts once.
-pub const BODY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
-/// Bodies of just-accepted events kept for their first attempts (4 MiB, within the budget);
-/// beyond, the attempt reads the body from the store.
-const FRESH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Most just-accepted deliveries kept for their first attempts (about 250 bytes each, so
 /// about 2 MiB at most); beyond, the attempt reads the delivery.
 const FRESH_DELIVERIES: usize = 8_192;
-/// The budget's unit (1 KiB).
-const BUDGET_UNIT: usize = 1024;
 
 /// How long a manual attempt (redelivery, test) waits for a free in-flight slot of its
 /// webhook and of the process before giving up with [`AttemptNowError::Busy`] (5 s).
@@ -70,35 +72,6 @@ pub const MANUAL_SLOT_WAIT: Duration = Duration::from_secs(5);
 
 /// An attempt that takes longer than this (1 s) marks its webhook as not proven fast.
 const SLOW_ATTEMPT_MS: u64 = 1_000;
-
-/// A wall-clock step back larger than this (1 s), seen against the monotonic clock, makes
-/// the scheduler bring back due times the old clock put too far ahead.
-const CLOCK_STEP_MS: i64 = 1_000;
-
-/// Watches the wall clock against the monotonic one: a step back shows as a drop of their
-/// difference (issue 13, item 9). Pure: it is given both readings.
-#[derive(Debug)]
-pub struct ClockWatch {
-    offset_ms: i64,
-}
-
-impl ClockWatch {
-    /// Starts from one reading of both clocks, in ms.
-    pub fn new(wall_ms: u64, monotonic_ms: u64) -> ClockWatch {
-        ClockWatch {
-            offset_ms: wall_ms as i64 - monotonic_ms as i64,
-        }
-    }
-
-    /// A new reading; returns how far the wall clock stepped back since the last one (ms),
-    /// if more than [`CLOCK_STEP_MS`].
-    pub fn observe(&mut self, wall_ms: u64, monotonic_ms: u64) -> Option<u64> {
-        let offset = wall_ms as i64 - monotonic_ms as i64;
-        let change = offset - self.offset_ms;
-        self.offset_ms = offset;
-        (change < -CLOCK_STEP_MS).then(|| change.unsigned_abs())
-    }
-}
 
 /// Scheduler limits.
 #[derive(Debug, Clone)]
@@ -154,59 +127,6 @@ impl Drop for Slots {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             self.inner.release(slot, None);
-        }
-    }
-}
-
-/// An event body shared by every attempt that uses it; its budget is given back when the
-/// last one drops it.
-struct Body {
-    bytes: Bytes,
-    _budget: Option<OwnedSemaphorePermit>,
-}
-
-/// Lets `Bytes` share a [`Body`] without copying it.
-struct SharedBody(Arc<Body>);
-
-impl AsRef<[u8]> for SharedBody {
-    fn as_ref(&self) -> &[u8] {
-        &self.0.bytes
-    }
-}
-
-/// The bodies in memory: every live one by event (weak), and the newest accepted ones (strong,
-/// at most [`FRESH_BODY_BYTES`]) for their first attempts.
-#[derive(Default)]
-struct Bodies {
-    live: HashMap<EventKey, Weak<Body>>,
-    /// `live`'s size at which dropped bodies are next swept out (twice the size after the
-    /// last sweep, at least 4,096), so sweeping costs O(1) per insert.
-    sweep_at: usize,
-    fresh: VecDeque<(EventKey, Arc<Body>)>,
-    fresh_bytes: usize,
-}
-
-impl Bodies {
-    fn get(&self, event: EventKey) -> Option<Arc<Body>> {
-        self.live.get(&event).and_then(Weak::upgrade)
-    }
-
-    fn insert(&mut self, event: EventKey, body: &Arc<Body>) {
-        if self.live.len() >= self.sweep_at.max(4096) {
-            self.live.retain(|_, weak| weak.strong_count() > 0);
-            self.sweep_at = self.live.len() * 2;
-        }
-        self.live.insert(event, Arc::downgrade(body));
-    }
-
-    fn keep_fresh(&mut self, event: EventKey, body: Arc<Body>) {
-        self.fresh_bytes += body.bytes.len();
-        self.fresh.push_back((event, body));
-        while self.fresh_bytes > FRESH_BODY_BYTES {
-            let Some((_, old)) = self.fresh.pop_front() else {
-                break;
-            };
-            self.fresh_bytes -= old.bytes.len();
         }
     }
 }
@@ -554,27 +474,6 @@ impl Scheduler {
     }
 }
 
-/// Runs [`Store::clamp_far_due`] at the wall clock's now and logs what moved. Only entries
-/// further ahead than the schedule's shortest step are looked at: no retry can be wrong by
-/// less (a test attempt's lease or an inactive webhook's hold brought back is harmless: the
-/// claim and the hold apply again).
-fn clamp_far_due(store: &Store, schedule: &RetrySchedule, when: &str) -> Result<(), StoreError> {
-    let shortest = schedule
-        .delays()
-        .iter()
-        .min()
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let report = store.clamp_far_due(clock::now_ms(), schedule, shortest)?;
-    if report.moved > 0 {
-        tracing::warn!(
-            moved = report.moved,
-            max_shift_s = report.max_shift_ms / 1000,
-            "{when}: brought back due times further ahead than their retry step (the clock was ahead when they were scheduled)"
-        );
-    }
-    Ok(())
-}
-
 impl Inner {
     /// Applies a committed batch's changes (on the store's writer thread: memory only).
     fn on_commit(&self, changes: Vec<Change>) {
@@ -729,271 +628,5 @@ impl Inner {
                 }
             });
         }
-    }
-
-    /// Reads a delivery and its event's body: from memory when it is there, else from the
-    /// store, within the body budget (room for the largest body is reserved before a body is
-    /// read, and cut to the body's size after). `skip_body`: the delivery only.
-    async fn read_delivery(
-        self: &Arc<Self>,
-        id: DeliveryId,
-        skip_body: bool,
-    ) -> Result<Option<(Delivery, Bytes)>, StoreError> {
-        let largest = u32::try_from(
-            self.settings
-                .max_body_bytes
-                .min(BODY_BUDGET_BYTES)
-                .div_ceil(BUDGET_UNIT)
-                .max(1),
-        )
-        .unwrap_or(u32::MAX);
-        let mut reserved = if skip_body {
-            None
-        } else {
-            Arc::clone(&self.body_budget)
-                .try_acquire_many_owned(largest)
-                .ok()
-        };
-        let may_read_body = reserved.is_some();
-        let inner = Arc::clone(self);
-        let read = blocking(&self.store, move |s| {
-            s.delivery_for_attempt(id, |event| {
-                !may_read_body || lock(&inner.bodies).get(event).is_some()
-            })
-        })
-        .await?;
-        let Some((delivery, mut body)) = read else {
-            return Ok(None);
-        };
-        if skip_body {
-            return Ok(Some((delivery, Bytes::new())));
-        }
-        let event = delivery.event_key;
-        loop {
-            if let Some(shared) = lock(&self.bodies).get(event) {
-                return Ok(Some((delivery, Bytes::from_owner(SharedBody(shared)))));
-            }
-            if let (Some(bytes), Some(mut permit)) = (body.take(), reserved.take()) {
-                let units =
-                    u32::try_from(bytes.len().div_ceil(BUDGET_UNIT).max(1)).unwrap_or(largest);
-                // The rest of the reservation goes back when `permit` drops.
-                let exact = permit.split(units.min(largest) as usize);
-                let mut bodies = lock(&self.bodies);
-                // Another attempt may have loaded it meanwhile: share that one.
-                let shared = match bodies.get(event) {
-                    Some(shared) => shared,
-                    None => {
-                        let shared = Arc::new(Body {
-                            bytes: Bytes::from(bytes),
-                            _budget: exact,
-                        });
-                        bodies.insert(event, &shared);
-                        shared
-                    }
-                };
-                return Ok(Some((delivery, Bytes::from_owner(SharedBody(shared)))));
-            }
-            // The body was in memory when the read began and left since, or the budget was
-            // full: wait for room, then read it.
-            if reserved.is_none() {
-                reserved = tokio::select! {
-                    permit = Arc::clone(&self.body_budget).acquire_many_owned(largest) => permit.ok(),
-                    () = self.shutdown.cancelled() => return Err(StoreError::Interrupted),
-                };
-            }
-            body = match blocking(&self.store, move |s| s.delivery_for_attempt(id, |_| false))
-                .await?
-            {
-                Some((_, Some(bytes))) => Some(bytes),
-                _ => return Ok(None),
-            };
-        }
-    }
-
-    async fn run_scheduled(self: Arc<Self>, slots: Slots, key: Key) {
-        let id = key.1;
-        let Some(webhook_id) = slots.slot.map(|s| s.webhook) else {
-            return;
-        };
-        // Already claimed: a manual attempt, or a duplicate window entry of an attempt in
-        // flight. Look again in a second: a failed manual attempt leaves the schedule as it
-        // was, so no change would bring this entry back (regression: it stayed due, unsent,
-        // until a restart).
-        let Some(claim) = self.claim(id) else {
-            lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
-            return;
-        };
-        // A deleted webhook's deliveries were cancelled in the same commit as the deletion.
-        let Some(webhook) = self.webhook(webhook_id) else {
-            return;
-        };
-        if !webhook.active {
-            drop(slots);
-            self.hold(claim, webhook_id, key).await;
-            return;
-        }
-        let fresh = lock(&self.fresh)
-            .remove(&id)
-            .filter(|d| d.next_attempt_at_ms == Some(key.0));
-        let shared = fresh
-            .as_ref()
-            .and_then(|d| lock(&self.bodies).get(d.event_key));
-        let read = match (fresh, shared) {
-            (Some(delivery), Some(body)) => {
-                Ok(Some((delivery, Bytes::from_owner(SharedBody(body)))))
-            }
-            _ => self.read_delivery(id, false).await,
-        };
-        let (delivery, body) = match read {
-            Ok(Some(read)) => read,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(delivery = %id, error = %e, "could not load a due delivery; will look again");
-                lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
-                return;
-            }
-        };
-        let now = clock::now_ms();
-        if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
-            return; // Stale entry: the index moved on.
-        }
-        if let Err(e) = Arc::clone(&self)
-            .attempt(claim, slots, delivery, &webhook, body, Trigger::Scheduled)
-            .await
-        {
-            tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
-            lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
-        }
-    }
-
-    /// Postpones a due delivery of an inactive webhook by [`INACTIVE_POSTPONE_MS`] and
-    /// remembers it, so reactivation brings it back at once.
-    async fn hold(&self, claim: Claim, webhook_id: WebhookId, key: Key) {
-        let id = claim.id;
-        let now = clock::now_ms();
-        let until = now + INACTIVE_POSTPONE_MS;
-        match blocking(&self.store, move |s| s.postpone(id, now, until)).await {
-            Ok(true) => {
-                {
-                    let mut held = lock(&self.held);
-                    let list = held.entry(webhook_id).or_default();
-                    if list.len() < MAX_HELD_PER_WEBHOOK {
-                        list.push((id, until));
-                    }
-                }
-                // Reactivated while the hold was being written: the reactivation may have
-                // taken the held list already, so bring this one back itself (regression:
-                // a quick off/on left some deliveries held for 10 minutes).
-                if self.webhook(webhook_id).is_some_and(|w| w.active) {
-                    let mine = lock(&self.held).get_mut(&webhook_id).and_then(|list| {
-                        let at = list.iter().position(|(held, _)| *held == id)?;
-                        Some(list.swap_remove(at))
-                    });
-                    if let Some(held) = mine {
-                        let now = clock::now_ms();
-                        if let Err(e) =
-                            blocking(&self.store, move |s| s.resume_held(&[held], now)).await
-                        {
-                            tracing::warn!(delivery = %id, error = %e, "could not bring a held delivery forward; it goes within 10 minutes");
-                        }
-                    }
-                }
-            }
-            Ok(false) => {}
-            Err(_) => lock(&self.queues).defer(webhook_id, key, now + RECHECK_MS),
-        }
-        drop(claim);
-    }
-
-    /// Sends one attempt for a claimed delivery and records it. The in-flight slot is
-    /// released as soon as the HTTP exchange ends: it bounds requests to receivers, and the
-    /// claim (kept until the attempt is logged) already prevents a second attempt of the same
-    /// delivery, so waiting for the commit does not take a slot from other deliveries.
-    async fn attempt(
-        self: Arc<Self>,
-        claim: Claim,
-        slots: Slots,
-        delivery: Delivery,
-        webhook: &Webhook,
-        body: Bytes,
-        trigger: Trigger,
-    ) -> Result<(Delivery, Attempt), AttemptNowError> {
-        // Its attempt count moves now: a kept copy of the delivery would be stale.
-        lock(&self.fresh).remove(&delivery.id);
-        let mut slots = slots;
-        let send = self.sender.send(OutgoingAttempt {
-            url: &webhook.url,
-            body,
-            secret: &webhook.secret,
-            previous_secret: webhook
-                .previous_secret_at(clock::now_ms())
-                .map(|p| &p.secret),
-            event_key: delivery.event_key,
-            webhook_id: webhook.id,
-            event_type: delivery.event_type,
-            event_id: &delivery.event_id,
-            delivery_id: delivery.id,
-            number: delivery.attempt_count + 1,
-            trigger,
-        });
-        tokio::pin!(send);
-        let log = tokio::select! {
-            log = &mut send => log,
-            () = tokio::time::sleep(Duration::from_millis(SLOW_ATTEMPT_MS)) => {
-                // Still waiting after a second: the webhook is slow now, whatever it was.
-                if let Some(slot) = slots.slot.as_mut() {
-                    lock(&self.queues).slowed(slot);
-                }
-                send.await
-            }
-        };
-        let fast = log.duration_ms < SLOW_ATTEMPT_MS
-            && log.error != Some(crate::model::AttemptError::Timeout);
-        slots.finish(Some(fast));
-        let id = delivery.id;
-        let schedule = self.settings.schedule.clone();
-        let updated = self
-            .store
-            .record_attempt(id, log.clone(), schedule, clock::now_ms())
-            .await?
-            .ok_or(AttemptNowError::NotFound)?;
-        drop(claim);
-        crate::metrics::attempt(&log);
-        // A transition into a final status, once: redelivering a delivery that had already
-        // succeeded does not count it again.
-        if updated.status.is_final() && updated.status != delivery.status {
-            metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "outcome" => updated.status.as_str())
-                .increment(1);
-        }
-        tracing::debug!(
-            delivery = %id,
-            attempt = log.number,
-            status = ?log.status_code,
-            error = log.error.map(|e| e.as_str()),
-            duration_ms = log.duration_ms,
-            "attempt logged"
-        );
-        if updated.status.is_final() && trigger == Trigger::Scheduled {
-            tracing::info!(delivery = %id, status = updated.status.as_str(), attempts = updated.attempt_count, "delivery finished");
-        }
-        Ok((updated, log))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ClockWatch;
-
-    #[test]
-    fn a_wall_clock_step_back_is_seen_against_the_monotonic_clock() {
-        let year = 365 * 24 * 3_600_000;
-        let mut watch = ClockWatch::new(year + 1_000, 0);
-        assert_eq!(watch.observe(year + 2_000, 1_000), None, "time passing");
-        assert_eq!(watch.observe(year + 2_500, 1_500), None);
-        // NTP corrects a clock that was a year ahead.
-        assert_eq!(watch.observe(3_000, 2_000), Some(year));
-        assert_eq!(watch.observe(4_000, 3_000), None);
-        // A forward step is not a step back.
-        assert_eq!(watch.observe(year, 4_000), None);
     }
 }

@@ -1,0 +1,189 @@
+//! One scheduled attempt, from the claim to the logged result: read what is not in memory,
+//! send, note the webhook's speed, record; and the hold of an inactive webhook's delivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::queues::Key;
+use super::{
+    lock, AttemptNowError, Claim, Inner, SharedBody, Slots, INACTIVE_POSTPONE_MS,
+    MAX_HELD_PER_WEBHOOK, RECHECK_MS, SLOW_ATTEMPT_MS,
+};
+use crate::clock;
+use crate::delivery::OutgoingAttempt;
+use crate::ids::WebhookId;
+use crate::model::{Attempt, Delivery, Trigger, Webhook};
+use crate::store::blocking;
+
+impl Inner {
+    pub(super) async fn run_scheduled(self: Arc<Self>, slots: Slots, key: Key) {
+        let id = key.1;
+        let Some(webhook_id) = slots.slot.map(|s| s.webhook) else {
+            return;
+        };
+        // Already claimed: a manual attempt, or a duplicate window entry of an attempt in
+        // flight. Look again in a second: a failed manual attempt leaves the schedule as it
+        // was, so no change would bring this entry back (regression: it stayed due, unsent,
+        // until a restart).
+        let Some(claim) = self.claim(id) else {
+            lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
+            return;
+        };
+        // A deleted webhook's deliveries were cancelled in the same commit as the deletion.
+        let Some(webhook) = self.webhook(webhook_id) else {
+            return;
+        };
+        if !webhook.active {
+            drop(slots);
+            self.hold(claim, webhook_id, key).await;
+            return;
+        }
+        let fresh = lock(&self.fresh)
+            .remove(&id)
+            .filter(|d| d.next_attempt_at_ms == Some(key.0));
+        let shared = fresh
+            .as_ref()
+            .and_then(|d| lock(&self.bodies).get(d.event_key));
+        let read = match (fresh, shared) {
+            (Some(delivery), Some(body)) => {
+                Ok(Some((delivery, Bytes::from_owner(SharedBody(body)))))
+            }
+            _ => self.read_delivery(id, false).await,
+        };
+        let (delivery, body) = match read {
+            Ok(Some(read)) => read,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(delivery = %id, error = %e, "could not load a due delivery; will look again");
+                lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
+                return;
+            }
+        };
+        let now = clock::now_ms();
+        if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
+            return; // Stale entry: the index moved on.
+        }
+        if let Err(e) = Arc::clone(&self)
+            .attempt(claim, slots, delivery, &webhook, body, Trigger::Scheduled)
+            .await
+        {
+            tracing::warn!(delivery = %id, error = %e, "scheduled attempt not recorded; will try again");
+            lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
+        }
+    }
+
+    /// Postpones a due delivery of an inactive webhook by [`INACTIVE_POSTPONE_MS`] and
+    /// remembers it, so reactivation brings it back at once.
+    async fn hold(&self, claim: Claim, webhook_id: WebhookId, key: Key) {
+        let id = claim.id;
+        let now = clock::now_ms();
+        let until = now + INACTIVE_POSTPONE_MS;
+        match blocking(&self.store, move |s| s.postpone(id, now, until)).await {
+            Ok(true) => {
+                {
+                    let mut held = lock(&self.held);
+                    let list = held.entry(webhook_id).or_default();
+                    if list.len() < MAX_HELD_PER_WEBHOOK {
+                        list.push((id, until));
+                    }
+                }
+                // Reactivated while the hold was being written: the reactivation may have
+                // taken the held list already, so bring this one back itself (regression:
+                // a quick off/on left some deliveries held for 10 minutes).
+                if self.webhook(webhook_id).is_some_and(|w| w.active) {
+                    let mine = lock(&self.held).get_mut(&webhook_id).and_then(|list| {
+                        let at = list.iter().position(|(held, _)| *held == id)?;
+                        Some(list.swap_remove(at))
+                    });
+                    if let Some(held) = mine {
+                        let now = clock::now_ms();
+                        if let Err(e) =
+                            blocking(&self.store, move |s| s.resume_held(&[held], now)).await
+                        {
+                            tracing::warn!(delivery = %id, error = %e, "could not bring a held delivery forward; it goes within 10 minutes");
+                        }
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(_) => lock(&self.queues).defer(webhook_id, key, now + RECHECK_MS),
+        }
+        drop(claim);
+    }
+
+    /// Sends one attempt for a claimed delivery and records it. The in-flight slot is
+    /// released as soon as the HTTP exchange ends: it bounds requests to receivers, and the
+    /// claim (kept until the attempt is logged) already prevents a second attempt of the same
+    /// delivery, so waiting for the commit does not take a slot from other deliveries.
+    pub(super) async fn attempt(
+        self: Arc<Self>,
+        claim: Claim,
+        slots: Slots,
+        delivery: Delivery,
+        webhook: &Webhook,
+        body: Bytes,
+        trigger: Trigger,
+    ) -> Result<(Delivery, Attempt), AttemptNowError> {
+        // Its attempt count moves now: a kept copy of the delivery would be stale.
+        lock(&self.fresh).remove(&delivery.id);
+        let mut slots = slots;
+        let send = self.sender.send(OutgoingAttempt {
+            url: &webhook.url,
+            body,
+            secret: &webhook.secret,
+            previous_secret: webhook
+                .previous_secret_at(clock::now_ms())
+                .map(|p| &p.secret),
+            event_key: delivery.event_key,
+            webhook_id: webhook.id,
+            event_type: delivery.event_type,
+            event_id: &delivery.event_id,
+            delivery_id: delivery.id,
+            number: delivery.attempt_count + 1,
+            trigger,
+        });
+        tokio::pin!(send);
+        let log = tokio::select! {
+            log = &mut send => log,
+            () = tokio::time::sleep(Duration::from_millis(SLOW_ATTEMPT_MS)) => {
+                // Still waiting after a second: the webhook is slow now, whatever it was.
+                if let Some(slot) = slots.slot.as_mut() {
+                    lock(&self.queues).slowed(slot);
+                }
+                send.await
+            }
+        };
+        let fast = log.duration_ms < SLOW_ATTEMPT_MS
+            && log.error != Some(crate::model::AttemptError::Timeout);
+        slots.finish(Some(fast));
+        let id = delivery.id;
+        let schedule = self.settings.schedule.clone();
+        let updated = self
+            .store
+            .record_attempt(id, log.clone(), schedule, clock::now_ms())
+            .await?
+            .ok_or(AttemptNowError::NotFound)?;
+        drop(claim);
+        crate::metrics::attempt(&log);
+        // A transition into a final status, once: redelivering a delivery that had already
+        // succeeded does not count it again.
+        if updated.status.is_final() && updated.status != delivery.status {
+            metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "outcome" => updated.status.as_str())
+                .increment(1);
+        }
+        tracing::debug!(
+            delivery = %id,
+            attempt = log.number,
+            status = ?log.status_code,
+            error = log.error.map(|e| e.as_str()),
+            duration_ms = log.duration_ms,
+            "attempt logged"
+        );
+        if updated.status.is_final() && trigger == Trigger::Scheduled {
+            tracing::info!(delivery = %id, status = updated.status.as_str(), attempts = updated.attempt_count, "delivery finished");
+        }
+        Ok((updated, log))
+    }
+}

@@ -1,0 +1,157 @@
+//! Event bodies in memory: one shared copy per event, however many attempts use it, within
+//! a byte budget; the newest accepted ones kept for their first attempts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{lock, Inner};
+use crate::ids::{DeliveryId, EventKey};
+use crate::model::Delivery;
+use crate::store::{blocking, StoreError};
+
+/// Bytes of event bodies held in memory for attempts (64 MiB): an attempt whose body is not
+/// already in memory waits for room before reading it. A body shared by many attempts
+/// counts once.
+pub const BODY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Bodies of just-accepted events kept for their first attempts (4 MiB, within the budget);
+/// beyond, the attempt reads the body from the store.
+const FRESH_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The budget's unit (1 KiB).
+pub(super) const BUDGET_UNIT: usize = 1024;
+
+/// An event body shared by every attempt that uses it; its budget is given back when the
+/// last one drops it.
+pub(super) struct Body {
+    pub(super) bytes: Bytes,
+    pub(super) _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Lets `Bytes` share a [`Body`] without copying it.
+pub(super) struct SharedBody(pub(super) Arc<Body>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.bytes
+    }
+}
+
+/// The bodies in memory: every live one by event (weak), and the newest accepted ones (strong,
+/// at most [`FRESH_BODY_BYTES`]) for their first attempts.
+#[derive(Default)]
+pub(super) struct Bodies {
+    live: HashMap<EventKey, Weak<Body>>,
+    /// `live`'s size at which dropped bodies are next swept out (twice the size after the
+    /// last sweep, at least 4,096), so sweeping costs O(1) per insert.
+    sweep_at: usize,
+    fresh: VecDeque<(EventKey, Arc<Body>)>,
+    fresh_bytes: usize,
+}
+
+impl Bodies {
+    pub(super) fn get(&self, event: EventKey) -> Option<Arc<Body>> {
+        self.live.get(&event).and_then(Weak::upgrade)
+    }
+
+    pub(super) fn insert(&mut self, event: EventKey, body: &Arc<Body>) {
+        if self.live.len() >= self.sweep_at.max(4096) {
+            self.live.retain(|_, weak| weak.strong_count() > 0);
+            self.sweep_at = self.live.len() * 2;
+        }
+        self.live.insert(event, Arc::downgrade(body));
+    }
+
+    pub(super) fn keep_fresh(&mut self, event: EventKey, body: Arc<Body>) {
+        self.fresh_bytes += body.bytes.len();
+        self.fresh.push_back((event, body));
+        while self.fresh_bytes > FRESH_BODY_BYTES {
+            let Some((_, old)) = self.fresh.pop_front() else {
+                break;
+            };
+            self.fresh_bytes -= old.bytes.len();
+        }
+    }
+}
+
+impl Inner {
+    /// Reads a delivery and its event's body: from memory when it is there, else from the
+    /// store, within the body budget (room for the largest body is reserved before a body is
+    /// read, and cut to the body's size after). `skip_body`: the delivery only.
+    pub(super) async fn read_delivery(
+        self: &Arc<Self>,
+        id: DeliveryId,
+        skip_body: bool,
+    ) -> Result<Option<(Delivery, Bytes)>, StoreError> {
+        let largest = u32::try_from(
+            self.settings
+                .max_body_bytes
+                .min(BODY_BUDGET_BYTES)
+                .div_ceil(BUDGET_UNIT)
+                .max(1),
+        )
+        .unwrap_or(u32::MAX);
+        let mut reserved = if skip_body {
+            None
+        } else {
+            Arc::clone(&self.body_budget)
+                .try_acquire_many_owned(largest)
+                .ok()
+        };
+        let may_read_body = reserved.is_some();
+        let inner = Arc::clone(self);
+        let read = blocking(&self.store, move |s| {
+            s.delivery_for_attempt(id, |event| {
+                !may_read_body || lock(&inner.bodies).get(event).is_some()
+            })
+        })
+        .await?;
+        let Some((delivery, mut body)) = read else {
+            return Ok(None);
+        };
+        if skip_body {
+            return Ok(Some((delivery, Bytes::new())));
+        }
+        let event = delivery.event_key;
+        loop {
+            if let Some(shared) = lock(&self.bodies).get(event) {
+                return Ok(Some((delivery, Bytes::from_owner(SharedBody(shared)))));
+            }
+            if let (Some(bytes), Some(mut permit)) = (body.take(), reserved.take()) {
+                let units =
+                    u32::try_from(bytes.len().div_ceil(BUDGET_UNIT).max(1)).unwrap_or(largest);
+                // The rest of the reservation goes back when `permit` drops.
+                let exact = permit.split(units.min(largest) as usize);
+                let mut bodies = lock(&self.bodies);
+                // Another attempt may have loaded it meanwhile: share that one.
+                let shared = match bodies.get(event) {
+                    Some(shared) => shared,
+                    None => {
+                        let shared = Arc::new(Body {
+                            bytes: Bytes::from(bytes),
+                            _budget: exact,
+                        });
+                        bodies.insert(event, &shared);
+                        shared
+                    }
+                };
+                return Ok(Some((delivery, Bytes::from_owner(SharedBody(shared)))));
+            }
+            // The body was in memory when the read began and left since, or the budget was
+            // full: wait for room, then read it.
+            if reserved.is_none() {
+                reserved = tokio::select! {
+                    permit = Arc::clone(&self.body_budget).acquire_many_owned(largest) => permit.ok(),
+                    () = self.shutdown.cancelled() => return Err(StoreError::Interrupted),
+                };
+            }
+            body = match blocking(&self.store, move |s| s.delivery_for_attempt(id, |_| false))
+                .await?
+            {
+                Some((_, Some(bytes))) => Some(bytes),
+                _ => return Ok(None),
+            };
+        }
+    }
+}
