@@ -13,6 +13,32 @@ use super::SECRET;
 /// Events per bulk-load transaction.
 const CHUNK: usize = 5_000;
 
+/// A `ticket.created` event of `org` with this id and about 1 KiB of data, prepared for the
+/// store.
+fn ticket(
+    org: &str,
+    event_id: &str,
+    filler: &str,
+    now: u64,
+) -> palo_webhooks::event::PreparedEvent {
+    let data = RawValue::from_string(format!(
+        r#"{{"ticket_id":"TKT-{event_id}","title":"{filler}","priority":"p3","project_id":"prj","created_by":"user"}}"#
+    ))
+    .unwrap();
+    event::prepare(
+        EventInput {
+            event_id: Some(event_id.to_owned()),
+            event_type: "ticket.created".into(),
+            timestamp: None,
+            organization_id: org.into(),
+            data: &data,
+        },
+        now,
+        false,
+    )
+    .unwrap()
+}
+
 fn webhook(org: &str, receiver: std::net::SocketAddr, now: u64) -> Webhook {
     Webhook {
         id: WebhookId::generate(),
@@ -56,24 +82,7 @@ pub fn load(
     while loaded < pending {
         let count = CHUNK.min(pending - loaded);
         let events = (loaded..loaded + count)
-            .map(|i| {
-                let data = RawValue::from_string(format!(
-                    r#"{{"ticket_id":"TKT-{i}","title":"{filler}","priority":"p3","project_id":"prj","created_by":"user"}}"#
-                ))
-                .unwrap();
-                event::prepare(
-                    EventInput {
-                        event_id: Some(format!("evt_backlog_{i}")),
-                        event_type: "ticket.created".into(),
-                        timestamp: None,
-                        organization_id: "org_backlog".into(),
-                        data: &data,
-                    },
-                    now,
-                    false,
-                )
-                .unwrap()
-            })
+            .map(|i| ticket("org_backlog", &format!("evt_backlog_{i}"), &filler, now))
             .collect();
         // Due times in ascending order, all in the past: everything is overdue at restart.
         store
@@ -128,24 +137,7 @@ pub fn load_many(
         let webhook = webhook("org_many", receiver, now);
         store.create_webhook(&webhook).expect("webhook");
         let events = (0..each)
-            .map(|i| {
-                let data = RawValue::from_string(format!(
-                    r#"{{"ticket_id":"TKT-{w}-{i}","title":"{filler}","priority":"p3","project_id":"prj","created_by":"user"}}"#
-                ))
-                .unwrap();
-                event::prepare(
-                    EventInput {
-                        event_id: Some(format!("evt_many_{w}_{i}")),
-                        event_type: "ticket.created".into(),
-                        timestamp: None,
-                        organization_id: "org_many".into(),
-                        data: &data,
-                    },
-                    now,
-                    false,
-                )
-                .unwrap()
-            })
+            .map(|i| ticket("org_many", &format!("evt_many_{w}_{i}"), &filler, now))
             .collect();
         store
             .bulk_load(events, webhook.id, now, now - 60_000)
