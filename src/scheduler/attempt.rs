@@ -50,7 +50,7 @@ impl Inner {
             (Some(delivery), Some(body)) => {
                 Ok(Some((delivery, Bytes::from_owner(SharedBody(body)))))
             }
-            _ => self.read_delivery(id, false).await,
+            _ => self.read_delivery(id).await,
         };
         let (delivery, body) = match read {
             Ok(Some(read)) => read,

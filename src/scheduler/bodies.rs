@@ -20,7 +20,7 @@ pub const BODY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// beyond, the attempt reads the body from the store.
 const FRESH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The budget's unit (1 KiB).
-pub(super) const BUDGET_UNIT: usize = 1024;
+const BUDGET_UNIT: usize = 1024;
 
 /// An event body shared by every attempt that uses it; its budget is given back when the
 /// last one drops it.
@@ -75,30 +75,23 @@ impl Bodies {
     }
 }
 
+/// The budget units (KiB, at least 1) a body of `len` bytes takes.
+pub(super) fn budget_units(len: usize) -> u32 {
+    u32::try_from(len.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX)
+}
+
 impl Inner {
     /// Reads a delivery and its event's body: from memory when it is there, else from the
     /// store, within the body budget (room for the largest body is reserved before a body is
-    /// read, and cut to the body's size after). `skip_body`: the delivery only.
+    /// read, and cut to the body's size after).
     pub(super) async fn read_delivery(
         self: &Arc<Self>,
         id: DeliveryId,
-        skip_body: bool,
     ) -> Result<Option<(Delivery, Bytes)>, StoreError> {
-        let largest = u32::try_from(
-            self.settings
-                .max_body_bytes
-                .min(BODY_BUDGET_BYTES)
-                .div_ceil(BUDGET_UNIT)
-                .max(1),
-        )
-        .unwrap_or(u32::MAX);
-        let mut reserved = if skip_body {
-            None
-        } else {
-            Arc::clone(&self.body_budget)
-                .try_acquire_many_owned(largest)
-                .ok()
-        };
+        let largest = budget_units(self.settings.max_body_bytes.min(BODY_BUDGET_BYTES));
+        let mut reserved = Arc::clone(&self.body_budget)
+            .try_acquire_many_owned(largest)
+            .ok();
         let may_read_body = reserved.is_some();
         let inner = Arc::clone(self);
         let read = blocking(&self.store, move |s| {
@@ -110,19 +103,14 @@ impl Inner {
         let Some((delivery, mut body)) = read else {
             return Ok(None);
         };
-        if skip_body {
-            return Ok(Some((delivery, Bytes::new())));
-        }
         let event = delivery.event_key;
         loop {
             if let Some(shared) = lock(&self.bodies).get(event) {
                 return Ok(Some((delivery, Bytes::from_owner(SharedBody(shared)))));
             }
             if let (Some(bytes), Some(mut permit)) = (body.take(), reserved.take()) {
-                let units =
-                    u32::try_from(bytes.len().div_ceil(BUDGET_UNIT).max(1)).unwrap_or(largest);
                 // The rest of the reservation goes back when `permit` drops.
-                let exact = permit.split(units.min(largest) as usize);
+                let exact = permit.split(budget_units(bytes.len()).min(largest) as usize);
                 let mut bodies = lock(&self.bodies);
                 // Another attempt may have loaded it meanwhile: share that one.
                 let shared = match bodies.get(event) {

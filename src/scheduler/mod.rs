@@ -25,7 +25,7 @@ mod clock_step;
 pub mod queues;
 
 pub use bodies::BODY_BUDGET_BYTES;
-use bodies::{Bodies, Body, SharedBody, BUDGET_UNIT};
+use bodies::{budget_units, Bodies, Body, SharedBody};
 use clock_step::clamp_far_due;
 pub use clock_step::ClockWatch;
 
@@ -142,7 +142,7 @@ struct Inner {
     /// Deliveries as accepted, until their first attempt starts or a change moves them
     /// (at most [`FRESH_DELIVERIES`]): present means unchanged since the commit.
     fresh: Mutex<HashMap<DeliveryId, Delivery>>,
-    /// [`BODY_BUDGET_BYTES`] in [`BUDGET_UNIT`]s.
+    /// [`BODY_BUDGET_BYTES`] in 1 KiB units ([`budget_units`]).
     body_budget: Arc<Semaphore>,
     /// Rung when the loop may have work: a change, a released slot, a finished read.
     wake: Notify,
@@ -212,7 +212,7 @@ impl Scheduler {
             webhooks: RwLock::new(HashMap::new()),
             bodies: Mutex::new(Bodies::default()),
             fresh: Mutex::new(HashMap::new()),
-            body_budget: Arc::new(Semaphore::new(BODY_BUDGET_BYTES / BUDGET_UNIT)),
+            body_budget: Arc::new(Semaphore::new(budget_units(BODY_BUDGET_BYTES) as usize)),
             wake: Notify::new(),
             slot_freed: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
@@ -365,12 +365,12 @@ impl Scheduler {
     pub async fn redeliver(&self, id: DeliveryId) -> Result<(Delivery, Attempt), AttemptNowError> {
         self.check_writable()?;
         let claim = self.inner.claim(id).ok_or(AttemptNowError::InFlight)?;
-        let (delivery, _) = self
-            .inner
-            .read_delivery(id, true)
+        let webhook = blocking(&self.inner.store, move |s| s.get_deliveries(&[id]))
             .await?
+            .first()
+            .map(|d| d.webhook_id)
             .ok_or(AttemptNowError::NotFound)?;
-        let slots = self.reserve_slots(delivery.webhook_id).await?;
+        let slots = self.reserve_slots(webhook).await?;
         self.attempt_with(claim, slots, Trigger::Manual).await
     }
 
@@ -435,7 +435,7 @@ impl Scheduler {
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
         let (delivery, body) = self
             .inner
-            .read_delivery(claim.id, false)
+            .read_delivery(claim.id)
             .await?
             .ok_or(AttemptNowError::NotFound)?;
         let webhook = self
@@ -509,12 +509,9 @@ impl Inner {
                             fresh.insert(delivery.id, delivery);
                         }
                     }
-                    let units = body.len().div_ceil(BUDGET_UNIT).max(1);
-                    let Ok(permit) = u32::try_from(units).map_err(drop).and_then(|units| {
-                        Arc::clone(&self.body_budget)
-                            .try_acquire_many_owned(units)
-                            .map_err(drop)
-                    }) else {
+                    let Ok(permit) = Arc::clone(&self.body_budget)
+                        .try_acquire_many_owned(budget_units(body.len()))
+                    else {
                         continue; // No room: the first attempt reads it.
                     };
                     let body = Arc::new(Body {
@@ -581,28 +578,20 @@ impl Inner {
         if wanted.is_empty() {
             return false;
         }
-        let store = Arc::clone(&self.store);
-        let asks = wanted.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            asks.iter()
-                .map(|r| store.webhook_due_entries(r.webhook, Some(r.after), r.limit))
-                .collect::<Vec<_>>()
-        })
-        .await;
+        let asks: Vec<_> = wanted
+            .iter()
+            .map(|r| (r.webhook, Some(r.after), r.limit))
+            .collect();
+        let read = blocking(&self.store, move |s| s.webhook_due_entries(&asks)).await;
         let mut queues = lock(&self.queues);
         match read {
-            Ok(results) => {
-                for (refill, result) in wanted.into_iter().zip(results) {
-                    match result {
-                        Ok(entries) => queues.refilled(refill, &entries),
-                        Err(e) => {
-                            tracing::warn!(webhook = %refill.webhook, error = %e, "could not read the due index; will try again");
-                            queues.refill_failed(refill);
-                        }
-                    }
+            Ok(answers) => {
+                for (refill, entries) in wanted.into_iter().zip(answers) {
+                    queues.refilled(refill, &entries);
                 }
             }
-            Err(_) => {
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the due index; will try again");
                 for refill in wanted {
                     queues.refill_failed(refill);
                 }

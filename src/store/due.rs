@@ -11,6 +11,10 @@ use super::{Store, StoreError, ATTEMPTS, DELIVERIES, RETRY_INDEX, WEBHOOK_DUE};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::retry::RetrySchedule;
 
+/// One read of [`Store::webhook_due_entries`]: (webhook, read strictly after this
+/// `(due ms, delivery)` key or from the start, at most this many entries).
+pub type DueRead = (WebhookId, Option<(u64, DeliveryId)>, usize);
+
 /// What [`Store::clamp_far_due`] moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClampReport {
@@ -78,21 +82,11 @@ impl Store {
             let mut deliveries = txn.open_table(DELIVERIES)?;
             let mut report = ClampReport::default();
             for (id, due, to) in moves {
-                let Some(mut delivery) = load_delivery(&deliveries, id)? else {
-                    continue;
-                };
                 // Moved or finished since the scan: its new time is its own.
-                if delivery.next_attempt_at_ms != Some(due) || delivery.status.is_final() {
-                    continue;
+                if reschedule(txn, &mut deliveries, id, to, |current| current == due)?.is_some() {
+                    report.moved += 1;
+                    report.max_shift_ms = report.max_shift_ms.max(due - to);
                 }
-                move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to))?;
-                delivery.next_attempt_at_ms = Some(to);
-                deliveries.insert(
-                    id.0,
-                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-                )?;
-                report.moved += 1;
-                report.max_shift_ms = report.max_shift_ms.max(due - to);
             }
             Ok(report)
         })
@@ -129,39 +123,40 @@ impl Store {
         })
     }
 
-    /// Up to `limit` entries `(due ms, delivery)` of one webhook's due index, in due order,
-    /// strictly after `after` (from the start when `None`), whatever their due time: what
-    /// the scheduler's per-webhook queue is refilled from.
+    /// For each `(webhook, after, limit)`: up to `limit` entries `(due ms, delivery)` of that
+    /// webhook's due index, in due order, strictly after `after` (from the start when
+    /// `None`), whatever their due time. What the scheduler's per-webhook queues are refilled
+    /// from, all from one read transaction.
     ///
     /// # Errors
     /// [`StoreError`] on read failure.
     pub fn webhook_due_entries(
         &self,
-        webhook: WebhookId,
-        after: Option<(u64, DeliveryId)>,
-        limit: usize,
-    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        asks: &[DueRead],
+    ) -> Result<Vec<Vec<(u64, DeliveryId)>>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(WEBHOOK_DUE)?;
-            let w = webhook.0;
-            let start = match after {
-                None => (w, 0, 0),
-                Some((due, id)) if id.0 == u128::MAX => (w, due.saturating_add(1), 0),
-                Some((due, id)) => (w, due, id.0 + 1),
-            };
-            let mut out = Vec::new();
-            if start.1 == u64::MAX && after.is_some_and(|(_, id)| id.0 == u128::MAX) {
-                return Ok(out);
-            }
-            for row in table.range(start..=(w, u64::MAX, u128::MAX))? {
-                let (k, _) = row?;
-                let (_, due, id) = k.value();
-                out.push((due, DeliveryId(id)));
-                if out.len() == limit {
-                    break;
+            let mut answers = Vec::with_capacity(asks.len());
+            for &(webhook, after, limit) in asks {
+                let w = webhook.0;
+                let start = match after {
+                    None => (w, 0, 0),
+                    // Nothing follows the last possible key.
+                    Some((u64::MAX, DeliveryId(u128::MAX))) => {
+                        answers.push(Vec::new());
+                        continue;
+                    }
+                    Some((due, id)) if id.0 == u128::MAX => (w, due + 1, 0),
+                    Some((due, id)) => (w, due, id.0 + 1),
+                };
+                let mut out = Vec::new();
+                for row in table.range(start..=(w, u64::MAX, u128::MAX))?.take(limit) {
+                    let (_, due, id) = row?.0.value();
+                    out.push((due, DeliveryId(id)));
                 }
+                answers.push(out);
             }
-            Ok(out)
+            Ok(answers)
         })
     }
 
@@ -216,22 +211,7 @@ impl Store {
     pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
         self.write(move |txn| {
             let mut table = txn.open_table(DELIVERIES)?;
-            let Some(mut delivery) = load_delivery(&table, id)? else {
-                return Ok(false);
-            };
-            let Some(due) = delivery.next_attempt_at_ms.filter(|due| *due <= now_ms) else {
-                return Ok(false);
-            };
-            if delivery.status.is_final() {
-                return Ok(false);
-            }
-            move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to_ms))?;
-            delivery.next_attempt_at_ms = Some(to_ms);
-            table.insert(
-                id.0,
-                encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-            )?;
-            Ok(true)
+            Ok(reschedule(txn, &mut table, id, to_ms, |due| due <= now_ms)?.is_some())
         })
     }
 
@@ -251,19 +231,9 @@ impl Store {
             let mut table = txn.open_table(DELIVERIES)?;
             let mut moved = Vec::new();
             for (id, until) in held {
-                let Some(mut delivery) = load_delivery(&table, id)? else {
-                    continue;
-                };
-                if delivery.status.is_final() || delivery.next_attempt_at_ms != Some(until) {
-                    continue;
+                if reschedule(txn, &mut table, id, now_ms, |due| due == until)?.is_some() {
+                    moved.push(id);
                 }
-                move_index_entry(txn, delivery.webhook_id, id, Some(until), Some(now_ms))?;
-                delivery.next_attempt_at_ms = Some(now_ms);
-                table.insert(
-                    id.0,
-                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-                )?;
-                moved.push(id);
             }
             Ok(moved)
         })
@@ -284,6 +254,34 @@ pub(super) fn due_in(
         due += 1;
     }
     Ok((due, total - due, oldest.filter(|d| *d <= now_ms)))
+}
+
+/// Moves the next attempt of delivery `id` to `to_ms` (index entries and record) if it is not
+/// final and `is_current(its due time)` holds. Returns the due time it had, or `None` when
+/// nothing moved (missing, final, not scheduled, or not current).
+fn reschedule(
+    txn: &Txn<'_>,
+    table: &mut redb::Table<'_, u128, &'static [u8]>,
+    id: DeliveryId,
+    to_ms: u64,
+    is_current: impl FnOnce(u64) -> bool,
+) -> Result<Option<u64>, StoreError> {
+    let Some(mut delivery) = load_delivery(table, id)? else {
+        return Ok(None);
+    };
+    let Some(due) = delivery.next_attempt_at_ms.filter(|due| is_current(*due)) else {
+        return Ok(None);
+    };
+    if delivery.status.is_final() {
+        return Ok(None);
+    }
+    move_index_entry(txn, delivery.webhook_id, id, Some(due), Some(to_ms))?;
+    delivery.next_attempt_at_ms = Some(to_ms);
+    table.insert(
+        id.0,
+        encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+    )?;
+    Ok(Some(due))
 }
 
 /// Moves a delivery's entry in the retry index and in the per-webhook due index (`None`: no

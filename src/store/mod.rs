@@ -36,7 +36,7 @@ use records::{decode, encode, ApiKeyRecord, WebhookRecord};
 pub use backup::BackupReport;
 pub use check::{CheckReport, TableSpace};
 pub use deliveries::{AcceptOutcome, DeliveryForAttempt, EventQuery, FanOut, WebhookActivity};
-pub use due::ClampReport;
+pub use due::{ClampReport, DueRead};
 pub use retention::PurgeReport;
 pub use status::{FailureStreak, StatusSummary, MAX_STREAK};
 pub use writer::{Change, CommitStats, Subscriber, Txn, MAX_BATCH};
