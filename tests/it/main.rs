@@ -4,7 +4,6 @@
 mod browser;
 mod cli;
 mod delivery;
-mod engine;
 mod hardening;
 mod hostile;
 mod ingest;

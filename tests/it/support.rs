@@ -48,7 +48,9 @@ pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
     launch(dir, extra, None, true)
 }
 
-/// [`start_in`] with extra environment variables (`LD_PRELOAD` of libfaketime, say).
+/// [`start_in`] with extra environment variables (`LD_PRELOAD` of libfaketime, say). Used
+/// by the `engine` test binary, which shares this module.
+#[allow(dead_code)]
 pub fn start_in_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     launch_with_env(dir, extra, None, true, env)
 }

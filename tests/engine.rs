@@ -19,7 +19,14 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::support::{self, Behaviour, Receiver};
+// Its own test binary (not a module of `tests/it`): cargo runs test binaries one after
+// another, so these loads never run beside the timing-sensitive tests of `tests/it`
+// (a redelivery test there once missed its 5 s wait while a 20,000-event burst ran).
+#[allow(dead_code)]
+#[path = "it/support.rs"]
+mod support;
+
+use support::{Behaviour, Receiver};
 
 /// The tests of this module measure seconds and load the machine: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
