@@ -141,6 +141,13 @@ pub struct CheckArgs {
     /// The redb database file to check (the same default as `serve`).
     #[arg(long, env = "PALO_WEBHOOKS_DB", default_value = "palo-webhooks.redb")]
     pub db: PathBuf,
+    /// Check this PostgreSQL store instead (`postgres://user@host:port/database`, as
+    /// `serve --store`); it may be checked while daemons run (one snapshot).
+    #[arg(long, env = "PALO_WEBHOOKS_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL password; or set PALO_WEBHOOKS_STORE_PASSWORD.
+    #[arg(long, env = "PALO_WEBHOOKS_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -152,6 +159,15 @@ pub struct CheckArgs {
 /// # Errors
 /// The file is missing, is open in a running daemon (redb's lock), or cannot be read.
 pub fn run_check(args: &CheckArgs) -> Result<bool> {
+    if let Some(url) = &args.store {
+        let options = pg_options(url, args.store_password_file.as_deref())?;
+        let store = Store::open_postgres_for_tools(&options)
+            .with_context(|| format!("cannot open {}", options.describe()))?;
+        let report = store
+            .check()
+            .with_context(|| format!("cannot check {}", options.describe()))?;
+        return Ok(print_check(&report, &options.describe(), args.json)?);
+    }
     if !args.db.is_file() {
         bail!("no database file at {}", args.db.display());
     }
@@ -189,7 +205,16 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot check {}", args.db.display())),
     };
-    if args.json {
+    print_check(&report, &args.db.display().to_string(), args.json)
+}
+
+/// Prints a check report (as JSON with `json`) for the store named `what`; returns whether
+/// every invariant holds.
+///
+/// # Errors
+/// Writing to stdout failed.
+fn print_check(report: &crate::store::CheckReport, what: &str, json: bool) -> Result<bool> {
+    if json {
         let json = json!({
             "ok": report.is_ok(),
             "webhooks": report.webhooks,
@@ -204,7 +229,7 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
         });
         out!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        out!("checked {}", args.db.display());
+        out!("checked {what}");
         out!(
             "  webhooks {}  events {}  deliveries {} ({} not final)  attempts {}  retry index {}  api keys {}",
             report.webhooks,
@@ -229,6 +254,33 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
         }
     }
     Ok(report.is_ok())
+}
+
+/// PostgreSQL options for a tool: the URL and the password from `password_file` or
+/// PALO_WEBHOOKS_STORE_PASSWORD.
+///
+/// # Errors
+/// The URL is not a postgres:// one, or the password file cannot be read.
+fn pg_options(
+    url: &str,
+    password_file: Option<&std::path::Path>,
+) -> Result<crate::store::postgres::PgOptions> {
+    if !crate::store::postgres::PgOptions::is_postgres_url(url) {
+        bail!("--store expects a postgres:// URL");
+    }
+    let mut options = crate::store::postgres::PgOptions::new(url);
+    options.password = match password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        ),
+        None => std::env::var("PALO_WEBHOOKS_STORE_PASSWORD").ok(),
+    };
+    Ok(options)
 }
 
 /// How client subcommands reach the daemon.

@@ -34,6 +34,16 @@ pub struct ServeArgs {
     /// else ./palo-webhooks.redb].
     #[arg(long, env = "PALO_WEBHOOKS_DB")]
     pub db: Option<PathBuf>,
+    /// Store everything in PostgreSQL instead of the redb file: a URL
+    /// `postgres://user@host:port/database`, which several daemons may share (README,
+    /// PostgreSQL). Put the password in `--store-password-file`, not in the URL
+    /// [default: none, the redb file].
+    #[arg(long, env = "PALO_WEBHOOKS_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// A file holding the PostgreSQL password (its first line); or set
+    /// PALO_WEBHOOKS_STORE_PASSWORD [default: none, the URL's or none].
+    #[arg(long, env = "PALO_WEBHOOKS_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
     /// Address of the local API [default: 127.0.0.1:8080].
     #[arg(long, env = "PALO_WEBHOOKS_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -115,6 +125,8 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     db: Option<PathBuf>,
+    store: Option<String>,
+    store_password_file: Option<PathBuf>,
     listen: Option<SocketAddr>,
     allow_http: Option<bool>,
     allow_network: Option<Vec<String>>,
@@ -140,8 +152,10 @@ struct FileConfig {
 /// Validated daemon settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The redb database file.
+    /// The redb database file (with PostgreSQL: only where the generated admin token goes).
     pub db_path: PathBuf,
+    /// The PostgreSQL store, when one is configured instead of the redb file.
+    pub postgres: Option<crate::store::postgres::PgOptions>,
     /// Address of the local API.
     pub listen: SocketAddr,
     /// Whether http:// webhook URLs are accepted.
@@ -188,6 +202,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             db_path: PathBuf::from("palo-webhooks.redb"),
+            postgres: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allow_http: false,
             address_policy: AddressPolicy::default(),
@@ -322,7 +337,36 @@ impl ServeArgs {
                     message: e.to_string(),
                 }
             })?);
+        let postgres = match self.store.or(file.store) {
+            None => None,
+            Some(url) if crate::store::postgres::PgOptions::is_postgres_url(&url) => {
+                let mut options = crate::store::postgres::PgOptions::new(url);
+                let password_file = self.store_password_file.or(file.store_password_file);
+                options.password = match password_file {
+                    Some(path) => Some(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| ConfigError::Value {
+                                key: "store_password_file",
+                                message: format!("cannot read {}: {e}", path.display()),
+                            })?
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_owned(),
+                    ),
+                    None => std::env::var("PALO_WEBHOOKS_STORE_PASSWORD").ok(),
+                };
+                Some(options)
+            }
+            Some(_) => {
+                return Err(ConfigError::Value {
+                    key: "store",
+                    message: "expected a postgres:// URL (leave it unset for the redb file)".into(),
+                })
+            }
+        };
         Ok(Config {
+            postgres,
             db_path: self.db.or(file.db).unwrap_or_else(|| {
                 // Under systemd (`StateDirectory=`), the db lives in the state directory.
                 std::env::var_os("STATE_DIRECTORY")

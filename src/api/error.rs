@@ -132,6 +132,9 @@ impl From<StoreError> for ApiError {
                 )
                 .with_retry_after(STORE_RETRY_AFTER_S)
             }
+            StoreError::Unsupported(what) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_supported", what)
+            }
             StoreError::Corrupt { .. }
             | StoreError::Interrupted
             | StoreError::NeedsRecovery

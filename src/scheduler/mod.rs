@@ -522,6 +522,8 @@ impl Inner {
                     bodies.insert(event, &body);
                     bodies.keep_fresh(event, body);
                 }
+                // The store keeps its own keys; nothing here depends on them.
+                Change::Keys => {}
                 Change::Webhook { id, webhook } => {
                     let mut cache = self.webhooks.write().unwrap_or_else(|e| e.into_inner());
                     let was_active = cache.get(&id).is_some_and(|w| w.active);

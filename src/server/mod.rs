@@ -156,25 +156,45 @@ async fn open(config: Config, admin_token: Option<String>) -> Result<Opened, Run
     }
     let previous = read_secrets_key(config.previous_secrets_key_file.as_deref())?;
     let path = config.db_path.clone();
+    let location = match &config.postgres {
+        Some(options) => options.describe(),
+        None => config.db_path.display().to_string(),
+    };
     let store_error = |source| RunError::Store {
-        path: config.db_path.display().to_string(),
+        path: location.clone(),
         source,
     };
-    let store =
-        tokio::task::spawn_blocking(move || Store::open_with_secrets_key(&path, key, previous))
-            .await
-            .map_err(|_| store_error(StoreError::Interrupted))?
-            .map_err(store_error)?;
+    let postgres = config.postgres.clone();
+    let store = tokio::task::spawn_blocking(move || match postgres {
+        Some(options) => Store::open_postgres(&options, key, previous),
+        None => Store::open_with_secrets_key(&path, key, previous),
+    })
+    .await
+    .map_err(|_| store_error(StoreError::Interrupted))?
+    .map_err(store_error)?;
     let store = Arc::new(store);
     let admin_token = match admin_token {
         Some(token) => token,
         None => self::admin_token(&config.db_path)?,
     };
-    let pending = store.pending_count().unwrap_or(0);
-    tracing::info!(db = %config.db_path.display(), pending, "store open");
-    background::remove_stale_backup_copies(&config.db_path);
+    let pending = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || store.pending_count().unwrap_or(0))
+            .await
+            .unwrap_or(0)
+    };
+    tracing::info!(store = %location, backend = store.backend_name(), pending, "store open");
+    if config.postgres.is_none() {
+        background::remove_stale_backup_copies(&config.db_path);
+    }
     // The start-up form of `palo-webhooks check`: table lengths only, so it costs no scan.
-    match store.quick_check() {
+    let quick = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || store.quick_check())
+            .await
+            .unwrap_or(Err(StoreError::Interrupted))
+    };
+    match quick {
         Ok(problems) if problems.is_empty() => {}
         Ok(problems) => tracing::warn!(
             problems = %problems.join("; "),

@@ -1,76 +1,41 @@
-//! The store: every piece of state in one redb file.
+//! The store: every piece of state, behind one interface with two backends.
 //!
-//! Owner's rule: this is the only module that imports redb. It offers domain operations
-//! (`accept_event`, `record_attempt`, `due_entries`, ...), never tables. Every call is
-//! synchronous and may block on disk or on another write transaction: async callers run it
-//! on a blocking thread (`tokio::task::spawn_blocking`). Every write is one transaction
-//! committed with `Durability::Immediate` (fsync) before the call returns, so an answer
-//! given after a write never speaks of data that a crash could lose.
+//! Owner's rule: callers (the API, the scheduler, the CLI) use [`Store`]'s domain operations
+//! (`accept_event`, `record_attempt`, `webhook_due_entries`, ...), never tables, and never
+//! know which backend answers. [`file`] keeps everything in one redb file (the default: one
+//! box, nothing else to run); [`postgres`] keeps it in a PostgreSQL database that several
+//! daemons share (issue 14). Only `store::file` imports redb and only `store::postgres`
+//! imports the PostgreSQL client (checked by `tests/it/layout.rs`).
 //!
-//! Layout (see docs/ARCHITECTURE.md): records are postcard-encoded versioned enums
-//! ([`records`]); ids are the ULID's `u128`, so every id-keyed table is in creation order.
-//! Architecture invariant: a delivery that is not final has exactly one entry in
-//! `retry_index`, keyed `(next_attempt_at_ms, delivery id)`; a final one has none.
+//! Every call is synchronous and may block on the disk, the network or another write
+//! transaction, except `accept_event` and `record_attempt` (async, group-committed): async
+//! callers run the others on a blocking thread ([`blocking`]). Every write is durable
+//! (fsync, or PostgreSQL's commit with `synchronous_commit` on) before the call returns, so
+//! an answer given after a write never speaks of data that a crash could lose.
+//!
+//! Invariants, on both backends (`palo-webhooks check` verifies them): a delivery that is
+//! not final has exactly one retry-index entry, at its `next_attempt_at_ms`; a final one has
+//! none; a delivery's attempts are numbered 1..=`attempt_count`; its event exists and lists
+//! it. See docs/ARCHITECTURE.md.
 
-mod backup;
-mod check;
-mod deliveries;
-mod due;
-mod records;
-mod retention;
+pub mod file;
+pub mod postgres;
 pub mod sealed;
-mod slot;
-mod status;
-mod writer;
 
 use std::path::Path;
 
-use redb::{
-    ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+use crate::event::{EventType, PreparedEvent};
+use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+use crate::model::{ApiKey, Attempt, Delivery, DeliveryStatus, Event, Webhook, WebhookChanges};
+use crate::retry::RetrySchedule;
+
+use file::FileStore;
+pub use file::{
+    decode_record, roundtrip_delivery_record, AcceptOutcome, BackupReport, Change, CheckReport,
+    ClampReport, CommitStats, DeliveryForAttempt, DueRead, EventQuery, FailureStreak, FanOut,
+    PurgeReport, StatusSummary, Subscriber, TableSpace, WebhookActivity, MAX_BATCH, MAX_STREAK,
 };
-
-use crate::ids::{KeyId, WebhookId};
-use crate::model::{ApiKey, Webhook, WebhookChanges};
-use records::{decode, encode, ApiKeyRecord, WebhookRecord};
-
-pub use backup::BackupReport;
-pub use check::{CheckReport, TableSpace};
-pub use deliveries::{AcceptOutcome, DeliveryForAttempt, EventQuery, FanOut, WebhookActivity};
-pub use due::{ClampReport, DueRead};
-pub use retention::PurgeReport;
-pub use status::{FailureStreak, StatusSummary, MAX_STREAK};
-pub use writer::{Change, CommitStats, Subscriber, Txn, MAX_BATCH};
-
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(crate) const WEBHOOKS: TableDefinition<u128, &[u8]> = TableDefinition::new("webhooks");
-pub(crate) const ORG_WEBHOOKS: TableDefinition<(&str, u128), ()> =
-    TableDefinition::new("org_webhooks");
-pub(crate) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
-pub(crate) const ORG_EVENTS: TableDefinition<(&str, u128), ()> = TableDefinition::new("org_events");
-/// `(event_id, organization_id) -> event key`: idempotency and lookup by `event_id`.
-pub(crate) const EVENT_IDS: TableDefinition<(&str, &str), u128> = TableDefinition::new("event_ids");
-pub(crate) const DELIVERIES: TableDefinition<u128, &[u8]> = TableDefinition::new("deliveries");
-pub(crate) const WEBHOOK_DELIVERIES: TableDefinition<(u128, u128), ()> =
-    TableDefinition::new("webhook_deliveries");
-pub(crate) const ATTEMPTS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("attempts");
-/// `(due ms since the epoch, delivery id)`: what the scheduler must attempt, in due order.
-pub(crate) const RETRY_INDEX: TableDefinition<(u64, u128), ()> =
-    TableDefinition::new("retry_index");
-/// `(webhook, due ms since the epoch, delivery id)`: the retry index again, per webhook, so
-/// the scheduler reads each webhook's due work in due order from where it stopped (issue 13).
-/// Same entries as [`RETRY_INDEX`], written and removed in the same transactions.
-pub(crate) const WEBHOOK_DUE: TableDefinition<(u128, u64, u128), ()> =
-    TableDefinition::new("webhook_due");
-pub(crate) const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
-pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> =
-    TableDefinition::new("api_key_hashes");
-
-/// redb's page cache, in bytes (64 MiB). redb's default is 1 GiB, which a draining backlog
-/// fills: the cache is resident memory, while the OS page cache serves misses just as well.
-pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The layout version written in `meta` on creation.
-const LAYOUT_VERSION: &[u8] = b"1";
+use postgres::PgStore;
 
 /// Errors of store operations. Callers branch on the variant; none carries secret data.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +43,10 @@ pub enum StoreError {
     /// Another process holds the database file open (redb's file lock).
     #[error("the database file is already open in another process (is a daemon running on it?)")]
     Locked,
-    /// redb failed: I/O error, full disk, corruption detected by redb.
+    /// The backend failed: an I/O error, a full disk or corruption detected by redb; a lost
+    /// connection or a server error from PostgreSQL. The text never holds credentials.
     #[error("storage error: {0}")]
-    Backend(Box<redb::Error>),
+    Backend(String),
     /// A record could not be decoded.
     #[error("corrupt record in table {table}: {reason}")]
     Corrupt {
@@ -108,54 +74,34 @@ pub enum StoreError {
     /// The file holds sealed webhook secrets but no key was given.
     #[error("the webhook secrets in this file are encrypted: start with --secrets-key-file (the key they were sealed with)")]
     SecretsKeyRequired,
+    /// The operation exists only on the other backend (the online backup of the file
+    /// backend, say); the text says what to do instead.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The file was written by a newer, incompatible layout.
     #[error("unsupported store layout version {0:?}")]
     UnsupportedLayout(String),
 }
 
-macro_rules! backend_error {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                match redb::Error::from(e) {
-                    redb::Error::DatabaseAlreadyOpen => StoreError::Locked,
-                    other => StoreError::Backend(Box::new(other)),
-                }
-            }
-        }
-    )*};
-}
-backend_error!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
-/// The handle to the open database. Cheap to share behind an `Arc`; all methods take `&self`.
+/// The handle to the open store, whichever its backend. Cheap to share behind an `Arc`; all
+/// methods take `&self`.
 pub struct Store {
-    slot: std::sync::Arc<slot::Slot>,
-    writer: writer::Writer,
-    /// Every API key by its hash, loaded at open and kept in step with each committed
-    /// create/delete: authentication never reads the file, so it answers 401/403 correctly
-    /// even while the store is failing (disk full).
-    keys: std::sync::RwLock<std::collections::HashMap<[u8; 32], ApiKey>>,
-    /// Seals webhook secrets at rest when set (`--secrets-key-file`).
-    secrets_key: Option<std::sync::Arc<sealed::SecretsKey>>,
+    backend: Backend,
+}
+
+enum Backend {
+    File(FileStore),
+    Postgres(PgStore),
 }
 
 impl Store {
-    /// Opens the database at `path`, creating it and its tables if missing.
+    /// Opens the redb file at `path`, creating it and its tables if missing.
     ///
     /// # Errors
     /// [`StoreError::Locked`] if another process has it open; [`StoreError::Backend`] on I/O
     /// errors; [`StoreError::UnsupportedLayout`] for a file of a newer layout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let store = Store::with_slot(slot::Slot::open(path)?, None)?;
-        store.reconcile_sealing(None)?;
-        Ok(store)
+        Ok(Store::from(FileStore::open(path)?))
     }
 
     /// [`Store::open`] with webhook secrets sealed at rest under `key` (issue 5, item 6).
@@ -171,9 +117,9 @@ impl Store {
         key: Option<sealed::SecretsKey>,
         previous: Option<sealed::SecretsKey>,
     ) -> Result<Store, StoreError> {
-        let store = Store::with_slot(slot::Slot::open(path)?, key)?;
-        store.reconcile_sealing(previous)?;
-        Ok(store)
+        Ok(Store::from(FileStore::open_with_secrets_key(
+            path, key, previous,
+        )?))
     }
 
     /// A store in memory (redb's in-memory backend), for fuzzing and tests: same tables,
@@ -183,147 +129,459 @@ impl Store {
     /// As [`Store::open`].
     #[doc(hidden)]
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        Store::with_slot(slot::Slot::in_memory()?, None)
+        Ok(Store::from(FileStore::open_in_memory()?))
     }
 
-    fn with_slot(slot: slot::Slot, key: Option<sealed::SecretsKey>) -> Result<Store, StoreError> {
-        let slot = std::sync::Arc::new(slot);
-        let writer = writer::Writer::start(std::sync::Arc::clone(&slot)).map_err(|e| {
-            StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
-        })?;
-        let store = Store {
-            slot,
-            writer,
-            keys: std::sync::RwLock::default(),
-            secrets_key: key.map(std::sync::Arc::new),
-        };
-        store.write(|txn| {
-            let mut meta = txn.open_table(META)?;
-            let layout = meta.get("layout")?.map(|v| v.value().to_vec());
-            match layout {
-                None => {
-                    meta.insert("layout", LAYOUT_VERSION)?;
-                }
-                Some(v) if v == LAYOUT_VERSION => {}
-                Some(v) => {
-                    return Err(StoreError::UnsupportedLayout(
-                        String::from_utf8_lossy(&v).into_owned(),
-                    ))
-                }
-            }
-            drop(meta);
-            txn.open_table(WEBHOOKS)?;
-            txn.open_table(ORG_WEBHOOKS)?;
-            txn.open_table(EVENTS)?;
-            txn.open_table(ORG_EVENTS)?;
-            txn.open_table(EVENT_IDS)?;
-            txn.open_table(DELIVERIES)?;
-            txn.open_table(WEBHOOK_DELIVERIES)?;
-            txn.open_table(ATTEMPTS)?;
-            txn.open_table(RETRY_INDEX)?;
-            txn.open_table(API_KEYS)?;
-            txn.open_table(API_KEY_HASHES)?;
-            build_webhook_due(txn)
-        })?;
-        let keys = store.list_api_keys()?;
-        *store.keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();
-        Ok(store)
+    /// Connects to the PostgreSQL database of `options` (`--store postgres://…`), runs the
+    /// embedded schema migrations that are missing, and loads the API keys; secrets are
+    /// sealed and opened with `key` as on the file backend (`previous`: a key being replaced).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the server cannot be reached or refuses the login (the
+    /// message names the host and database, never the password); [`StoreError::Sealed`] /
+    /// [`StoreError::SecretsKeyRequired`] as [`Store::open_with_secrets_key`].
+    pub fn open_postgres(
+        options: &postgres::PgOptions,
+        key: Option<sealed::SecretsKey>,
+        previous: Option<sealed::SecretsKey>,
+    ) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Postgres(PgStore::open(options, key, previous)?),
+        })
     }
 
-    /// At open: with a key, every webhook secret must open with it or with `previous`, and
-    /// plain ones and those of `previous` are sealed with it now (one transaction); without a
-    /// key, no secret may be sealed.
-    fn reconcile_sealing(&self, previous: Option<sealed::SecretsKey>) -> Result<(), StoreError> {
-        let key = self.secrets_key.clone();
-        let sealed = self.write(move |txn| {
-            let mut table = txn.open_table(WEBHOOKS)?;
-            let mut rows = Vec::new();
-            for row in table.iter()? {
-                let (id, bytes) = row?;
-                rows.push((WebhookId(id.value()), bytes.value().to_vec()));
-            }
-            let mut sealed_now = 0usize;
-            for (id, bytes) in rows {
-                let record = decode::<WebhookRecord>("webhooks", &bytes)?;
-                let stored = record.into_domain(id, None)?;
-                let any_sealed = sealed::is_sealed(&stored.secret.0)
-                    || stored
-                        .previous_secret
-                        .as_ref()
-                        .is_some_and(|p| sealed::is_sealed(&p.secret.0));
-                let all_sealed = sealed::is_sealed(&stored.secret.0)
-                    && stored
-                        .previous_secret
-                        .as_ref()
-                        .is_none_or(|p| sealed::is_sealed(&p.secret.0));
-                match key.as_deref() {
-                    None if any_sealed => return Err(StoreError::SecretsKeyRequired),
-                    None => {}
-                    Some(key) => {
-                        let record = || decode::<WebhookRecord>("webhooks", &bytes);
-                        let (webhook, with_previous) = match record()?.into_domain(id, Some(key)) {
-                            Ok(webhook) => (webhook, false),
-                            Err(StoreError::Sealed(_)) if previous.is_some() => {
-                                (record()?.into_domain(id, previous.as_ref())?, true)
-                            }
-                            Err(e) => return Err(e),
-                        };
-                        if !all_sealed || with_previous {
-                            table.insert(
-                                id.0,
-                                encode(&WebhookRecord::from_domain(&webhook, Some(key))).as_slice(),
-                            )?;
-                            sealed_now += 1;
-                        }
-                    }
-                }
-            }
-            Ok(sealed_now)
-        })?;
-        if sealed > 0 {
-            tracing::info!(
-                webhooks = sealed,
-                "sealed webhook secrets (plain, or of the previous key) with the secrets key"
-            );
+    /// [`Store::open_postgres`] for tools (`check`, `migrate`): no secrets key, and secrets
+    /// are left as stored (sealed or not), never opened nor resealed.
+    ///
+    /// # Errors
+    /// As [`Store::open_postgres`].
+    pub fn open_postgres_for_tools(options: &postgres::PgOptions) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Postgres(PgStore::open_with(options, None, None, false)?),
+        })
+    }
+
+    /// [`Store::check`] on a redb file opened read-only (redb's `ReadOnlyDatabase`): not one
+    /// byte of the file is written, so it runs beside a daemon or on a copy.
+    ///
+    /// # Errors
+    /// [`StoreError::NeedsRecovery`] when the file was not closed cleanly;
+    /// [`StoreError::Backend`] for what is not a redb file.
+    pub fn check_file_read_only(path: &Path) -> Result<CheckReport, StoreError> {
+        FileStore::check_file_read_only(path)
+    }
+
+    /// Repairs a redb file that was not closed cleanly (opens it read-write and closes it).
+    ///
+    /// # Errors
+    /// [`StoreError::Locked`] while a daemon has the file open; [`StoreError::Backend`] when
+    /// the file cannot be repaired.
+    pub fn recover_file(path: &Path) -> Result<(), StoreError> {
+        FileStore::recover_file(path)
+    }
+
+    /// The backend's name for logs and status: `file` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::File(_) => "file",
+            Backend::Postgres(_) => "postgres",
         }
-        Ok(())
     }
 
-    fn keys_mut(
+    /// The PostgreSQL backend, when this store is one (cluster status, `migrate`).
+    pub fn as_postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::File(_) => None,
+            Backend::Postgres(s) => Some(s),
+        }
+    }
+    /// Writes a consistent copy of the whole store to a new redb file at `path` (which must
+    /// not exist), from one read transaction, committed with fsync (in batches of rows: the
+    /// file is a usable copy only once this returns `Ok`). Meanwhile ingest and
+    /// attempts go on: they commit after the snapshot and are not in the copy.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when `path` exists or cannot be created, or on a read or write
+    /// failure (a partial file may then be left at `path`; the caller removes it).
+    pub fn backup_to(&self, path: &Path) -> Result<BackupReport, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.backup_to(path),
+            Backend::Postgres(s) => s.backup_to(path),
+        }
+    }
+
+    /// Space used per table (one read snapshot): what a pending delivery costs on disk, for
+    /// the benchmarks and `check`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a table cannot be read.
+    pub fn space(&self) -> Result<Vec<TableSpace>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.space(),
+            Backend::Postgres(s) => s.space(),
+        }
+    }
+
+    /// Verifies every invariant over one snapshot (see the module docs). Takes time linear
+    /// in the store's size; meant for `palo-webhooks check` on a stopped daemon's file.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a table cannot be read. A record that does not decode is a
+    /// violation in the report, not an error.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.check(),
+            Backend::Postgres(s) => s.check(),
+        }
+    }
+
+    /// The start-up form of [`FileStore::check`]: compares table lengths only (no scan).
+    /// Returns the disagreements in words; empty when consistent.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a table cannot be read.
+    pub fn quick_check(&self) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.quick_check(),
+            Backend::Postgres(s) => s.quick_check(),
+        }
+    }
+
+    /// Accepts an event: checks idempotency on (organization, `event_id`), fans it out and
+    /// stores the event, its deliveries and their retry-index entries (due at `first_due_ms`)
+    /// in one durable commit.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub async fn accept_event(
         &self,
-    ) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<[u8; 32], ApiKey>> {
-        self.keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        prepared: PreparedEvent,
+        fan_out: FanOut,
+        now_ms: u64,
+        first_due_ms: u64,
+    ) -> Result<AcceptOutcome, StoreError> {
+        match &self.backend {
+            Backend::File(s) => {
+                s.accept_event(prepared, fan_out, now_ms, first_due_ms)
+                    .await
+            }
+            Backend::Postgres(s) => {
+                s.accept_event(prepared, fan_out, now_ms, first_due_ms)
+                    .await
+            }
+        }
     }
 
-    /// Runs `f` in the writer thread's next transaction (group commit, see [`writer`]) and
-    /// returns once that transaction is durably committed (fsync). Blocks the caller. `f`
-    /// must not return `Err` after a partial write unless the whole batch may be aborted,
-    /// which is what happens: every write of the batch then fails and nothing is written.
-    fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.writer.write(f)
+    /// The event of `organization_id` with this `event_id`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_event(
+        &self,
+        organization_id: &str,
+        event_id: &str,
+    ) -> Result<Option<Event>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.get_event(organization_id, event_id),
+            Backend::Postgres(s) => s.get_event(organization_id, event_id),
+        }
     }
 
-    /// [`Store::write`] for async callers on hot paths (ingest, attempt results): the task
-    /// waits for the group commit without holding a blocking-pool thread, so many waiting
-    /// writes share one commit.
-    async fn write_async<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.writer.write_async(f).await
+    /// The organizations that have an event with this `event_id` (for the admin, who may
+    /// not name one).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn organizations_with_event_id(&self, event_id: &str) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.organizations_with_event_id(event_id),
+            Backend::Postgres(s) => s.organizations_with_event_id(event_id),
+        }
     }
 
-    /// False after a commit failed (disk full, I/O error) until [`Store::recover`] succeeds:
+    /// Up to `limit` events, newest first, strictly older than the cursor `before`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn list_events(
+        &self,
+        query: &EventQuery,
+        before: Option<EventKey>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.list_events(query, before, limit),
+            Backend::Postgres(s) => s.list_events(query, before, limit),
+        }
+    }
+
+    /// The deliveries with these ids that still exist, in the given order.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<Delivery>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.get_deliveries(ids),
+            Backend::Postgres(s) => s.get_deliveries(ids),
+        }
+    }
+
+    /// A delivery and all its attempts in ascending `number`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_delivery_with_attempts(
+        &self,
+        id: DeliveryId,
+    ) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.get_delivery_with_attempts(id),
+            Backend::Postgres(s) => s.get_delivery_with_attempts(id),
+        }
+    }
+
+    /// Up to `limit` deliveries of a webhook, newest first, strictly older than `before`,
+    /// optionally only those with `status` and only those of `event_type`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn list_webhook_deliveries(
+        &self,
+        webhook_id: WebhookId,
+        status: Option<DeliveryStatus>,
+        event_type: Option<EventType>,
+        before: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => {
+                s.list_webhook_deliveries(webhook_id, status, event_type, before, limit)
+            }
+            Backend::Postgres(s) => {
+                s.list_webhook_deliveries(webhook_id, status, event_type, before, limit)
+            }
+        }
+    }
+
+    /// A webhook's recent activity, from one snapshot: its deliveries created at or after
+    /// `since_ms` (newest first, at most `cap` of them) with their attempts, and its newest
+    /// delivery whenever it was made. What `GET /api/webhooks/{id}/stats` summarizes.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn webhook_activity(
+        &self,
+        webhook_id: WebhookId,
+        since_ms: u64,
+        cap: usize,
+    ) -> Result<WebhookActivity, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.webhook_activity(webhook_id, since_ms, cap),
+            Backend::Postgres(s) => s.webhook_activity(webhook_id, since_ms, cap),
+        }
+    }
+
+    /// A delivery and its event's body, unless `body_known`: what an attempt needs beyond
+    /// the cached webhook. `None` if the delivery does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure; [`StoreError::Corrupt`] when its event is
+    /// missing.
+    pub fn delivery_for_attempt(
+        &self,
+        id: DeliveryId,
+        body_known: impl FnOnce(EventKey) -> bool,
+    ) -> Result<Option<DeliveryForAttempt>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.delivery_for_attempt(id, body_known),
+            Backend::Postgres(s) => s.delivery_for_attempt(id, body_known),
+        }
+    }
+
+    /// Logs an attempt and applies the retry policy in one durable commit: moves the
+    /// delivery's retry-index entry to its next due time, or removes it when final.
+    /// Returns the delivery as updated, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub async fn record_attempt(
+        &self,
+        id: DeliveryId,
+        attempt: Attempt,
+        schedule: RetrySchedule,
+        now_ms: u64,
+    ) -> Result<Option<Delivery>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.record_attempt(id, attempt, schedule, now_ms).await,
+            Backend::Postgres(s) => s.record_attempt(id, attempt, schedule, now_ms).await,
+        }
+    }
+
+    /// Deletes a webhook and cancels its unfinished deliveries (their log stays).
+    /// Returns the cancelled delivery ids, or `None` if the webhook did not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn delete_webhook(
+        &self,
+        id: WebhookId,
+        now_ms: u64,
+    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.delete_webhook(id, now_ms),
+            Backend::Postgres(s) => s.delete_webhook(id, now_ms),
+        }
+    }
+
+    /// Stores prepared events, each with one delivery to `webhook` due at `due_ms`, in one
+    /// durable transaction, without the idempotency check or fan-out: a bulk loader for
+    /// benchmarks that need a large backlog (`benches/e2e`), not for production paths.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    #[doc(hidden)]
+    pub fn bulk_load(
+        &self,
+        events: Vec<PreparedEvent>,
+        webhook: WebhookId,
+        now_ms: u64,
+        due_ms: u64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.bulk_load(events, webhook, now_ms, due_ms),
+            Backend::Postgres(s) => s.bulk_load(events, webhook, now_ms, due_ms),
+        }
+    }
+
+    /// Brings back every due time that lies further ahead of `now_ms` than the step that
+    /// produced it (issue 13, item 9: a clock that was ahead when it was scheduled, then
+    /// corrected). A delivery's step is [`crate::retry::longest_wait`] of its scheduled
+    /// attempts and last `Retry-After`; a moved delivery becomes due at `now_ms` + its step.
+    /// Only entries due after `now_ms` + `floor_ms` are looked at (the schedule's shortest
+    /// step: no retry can be wrong by less). Costs one read of the index's last key when
+    /// nothing is that far ahead, else a read scan of those entries, then one transaction
+    /// for the ones that move.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure, or when the commit fails (nothing is moved then).
+    pub fn clamp_far_due(
+        &self,
+        now_ms: u64,
+        schedule: &RetrySchedule,
+        floor_ms: u64,
+    ) -> Result<ClampReport, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.clamp_far_due(now_ms, schedule, floor_ms),
+            Backend::Postgres(s) => s.clamp_far_due(now_ms, schedule, floor_ms),
+        }
+    }
+
+    /// Up to `limit` retry-index entries `(due ms, delivery)` in due order, strictly after the
+    /// cursor `after` and due strictly before `due_before_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn due_entries(
+        &self,
+        after: Option<(u64, DeliveryId)>,
+        due_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.due_entries(after, due_before_ms, limit),
+            Backend::Postgres(s) => s.due_entries(after, due_before_ms, limit),
+        }
+    }
+
+    /// For each `(webhook, after, limit)`: up to `limit` entries `(due ms, delivery)` of that
+    /// webhook's due index, in due order, strictly after `after` (from the start when
+    /// `None`), whatever their due time. What the scheduler's per-webhook queues are refilled
+    /// from, all from one read transaction.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn webhook_due_entries(
+        &self,
+        asks: &[DueRead],
+    ) -> Result<Vec<Vec<(u64, DeliveryId)>>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.webhook_due_entries(asks),
+            Backend::Postgres(s) => s.webhook_due_entries(asks),
+        }
+    }
+
+    /// The earliest due-index entry of every webhook that has one: `(webhook, due ms,
+    /// delivery)`, one seek per webhook. What the scheduler starts from.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn webhook_due_heads(&self) -> Result<Vec<(WebhookId, u64, DeliveryId)>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.webhook_due_heads(),
+            Backend::Postgres(s) => s.webhook_due_heads(),
+        }
+    }
+
+    /// Counts of deliveries that are not final (entries in the retry index).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.pending_count(),
+            Backend::Postgres(s) => s.pending_count(),
+        }
+    }
+
+    /// The backlog for metrics: (deliveries due at or before `now_ms`, deliveries due later,
+    /// the oldest due time if it is past). Counts the due part of the retry index (a scan of
+    /// it), so call it at scrape time, not per request.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn due_summary(&self, now_ms: u64) -> Result<(u64, u64, Option<u64>), StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.due_summary(now_ms),
+            Backend::Postgres(s) => s.due_summary(now_ms),
+        }
+    }
+
+    /// Moves a due, unfinished delivery's next attempt to `to_ms` without logging an attempt
+    /// (used while its webhook is inactive). Returns false if it was not due or is final.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.postpone(id, now_ms, to_ms),
+            Backend::Postgres(s) => s.postpone(id, now_ms, to_ms),
+        }
+    }
+
+    /// After a webhook is reactivated: each `(delivery, held_until)` the scheduler postponed
+    /// while it was inactive is made due at `now_ms`, if it is still due exactly then (not
+    /// attempted or rescheduled since). Returns the moved ones, for the scheduler's hints.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn resume_held(
+        &self,
+        held: &[(DeliveryId, u64)],
+        now_ms: u64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.resume_held(held, now_ms),
+            Backend::Postgres(s) => s.resume_held(held, now_ms),
+        }
+    }
+
+    /// False after a commit failed (disk full, I/O error) until [`FileStore::recover`] succeeds:
     /// the scheduler sends no attempt it could not log meanwhile.
     pub fn is_writable(&self) -> bool {
-        self.slot.is_writable()
+        match &self.backend {
+            Backend::File(s) => s.is_writable(),
+            Backend::Postgres(s) => s.is_writable(),
+        }
     }
 
     /// After a failed commit: probes the disk with a 256 KiB write and, if redb latched the
@@ -333,33 +591,28 @@ impl Store {
     /// # Errors
     /// The probe's error while the disk is still full or failing.
     pub fn recover(&self) -> Result<(), StoreError> {
-        self.writer.recover()
+        match &self.backend {
+            Backend::File(s) => s.recover(),
+            Backend::Postgres(s) => s.recover(),
+        }
     }
 
     /// Sets the one subscriber of committed changes ([`Change`]): it is called on the writer
     /// thread after each commit that changed the retry index or a webhook, before the writers
     /// are answered, and must only update memory. Returns false if one was set already.
     pub fn subscribe(&self, subscriber: Subscriber) -> bool {
-        self.writer.subscribe(subscriber)
+        match &self.backend {
+            Backend::File(s) => s.subscribe(subscriber),
+            Backend::Postgres(s) => s.subscribe(subscriber),
+        }
     }
 
     /// Group-commit counters (transactions, writes, largest batch).
     pub fn commit_stats(&self) -> &CommitStats {
-        self.writer.stats()
-    }
-
-    fn secrets_key(&self) -> Option<&sealed::SecretsKey> {
-        self.secrets_key.as_deref()
-    }
-
-    /// Runs `f` on a consistent snapshot.
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let db = self.slot.get()?;
-        let txn = db.begin_read()?;
-        f(&txn)
+        match &self.backend {
+            Backend::File(s) => s.commit_stats(),
+            Backend::Postgres(s) => s.commit_stats(),
+        }
     }
 
     /// Stores a new webhook.
@@ -367,22 +620,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        let webhook = webhook.clone();
-        let key = self.secrets_key.clone();
-        self.write(move |txn| {
-            let webhook = &webhook;
-            txn.open_table(WEBHOOKS)?.insert(
-                webhook.id.0,
-                encode(&WebhookRecord::from_domain(webhook, key.as_deref())).as_slice(),
-            )?;
-            txn.open_table(ORG_WEBHOOKS)?
-                .insert((webhook.organization_id.as_str(), webhook.id.0), ())?;
-            txn.publish(Change::Webhook {
-                id: webhook.id,
-                webhook: Some(std::sync::Arc::new(webhook.clone())),
-            });
-            Ok(())
-        })
+        match &self.backend {
+            Backend::File(s) => s.create_webhook(webhook),
+            Backend::Postgres(s) => s.create_webhook(webhook),
+        }
     }
 
     /// The webhook with this id, if it exists.
@@ -390,7 +631,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on read or decode failure.
     pub fn get_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
-        self.read(|txn| get_webhook(&txn.open_table(WEBHOOKS)?, id, self.secrets_key()))
+        match &self.backend {
+            Backend::File(s) => s.get_webhook(id),
+            Backend::Postgres(s) => s.get_webhook(id),
+        }
     }
 
     /// Up to `limit` webhooks in creation order, after the cursor `after`, of one organization
@@ -404,28 +648,10 @@ impl Store {
         after: Option<WebhookId>,
         limit: usize,
     ) -> Result<Vec<Webhook>, StoreError> {
-        let start = after.map_or(0, |id| id.0.saturating_add(1));
-        self.read(|txn| {
-            let webhooks = txn.open_table(WEBHOOKS)?;
-            let ids: Vec<u128> = match organization_id {
-                Some(org) => txn
-                    .open_table(ORG_WEBHOOKS)?
-                    .range((org, start)..=(org, u128::MAX))?
-                    .take(limit)
-                    .map(|row| row.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?,
-                None => webhooks
-                    .range(start..)?
-                    .take(limit)
-                    .map(|row| row.map(|(k, _)| k.value()))
-                    .collect::<Result<_, _>>()?,
-            };
-            ids.into_iter()
-                .filter_map(|id| {
-                    get_webhook(&webhooks, WebhookId(id), self.secrets_key()).transpose()
-                })
-                .collect()
-        })
+        match &self.backend {
+            Backend::File(s) => s.list_webhooks(organization_id, after, limit),
+            Backend::Postgres(s) => s.list_webhooks(organization_id, after, limit),
+        }
     }
 
     /// Every webhook, secrets opened: what the scheduler's webhook cache starts from.
@@ -433,19 +659,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on read or decode failure.
     pub fn all_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(WEBHOOKS)?;
-            let mut out = Vec::new();
-            for row in table.iter()? {
-                let (id, _) = row?;
-                if let Some(webhook) =
-                    get_webhook(&table, WebhookId(id.value()), self.secrets_key())?
-                {
-                    out.push(webhook);
-                }
-            }
-            Ok(out)
-        })
+        match &self.backend {
+            Backend::File(s) => s.all_webhooks(),
+            Backend::Postgres(s) => s.all_webhooks(),
+        }
     }
 
     /// Applies `changes` to a webhook inside one transaction (read, change, write), so
@@ -460,23 +677,10 @@ impl Store {
         changes: WebhookChanges,
         now_ms: u64,
     ) -> Result<Option<Webhook>, StoreError> {
-        let key = self.secrets_key.clone();
-        self.write(move |txn| {
-            let mut table = txn.open_table(WEBHOOKS)?;
-            let Some(mut webhook) = get_webhook(&table, id, key.as_deref())? else {
-                return Ok(None);
-            };
-            changes.apply(&mut webhook, now_ms);
-            table.insert(
-                id.0,
-                encode(&WebhookRecord::from_domain(&webhook, key.as_deref())).as_slice(),
-            )?;
-            txn.publish(Change::Webhook {
-                id,
-                webhook: Some(std::sync::Arc::new(webhook.clone())),
-            });
-            Ok(Some(webhook))
-        })
+        match &self.backend {
+            Backend::File(s) => s.update_webhook(id, changes, now_ms),
+            Backend::Postgres(s) => s.update_webhook(id, changes, now_ms),
+        }
     }
 
     /// Stores a new organization API key (its hash only).
@@ -484,17 +688,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let stored = key.clone();
-        self.write(move |txn| {
-            let key = &stored;
-            txn.open_table(API_KEYS)?
-                .insert(key.id.0, encode(&ApiKeyRecord::from_domain(key)).as_slice())?;
-            txn.open_table(API_KEY_HASHES)?
-                .insert(key.key_hash.as_slice(), key.id.0)?;
-            Ok(())
-        })?;
-        self.keys_mut().insert(key.key_hash, key.clone());
-        Ok(())
+        match &self.backend {
+            Backend::File(s) => s.create_api_key(key),
+            Backend::Postgres(s) => s.create_api_key(key),
+        }
     }
 
     /// Every API key, in creation order.
@@ -502,17 +699,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on read or decode failure.
     pub fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(API_KEYS)?;
-            let mut keys = Vec::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                keys.push(
-                    decode::<ApiKeyRecord>("api_keys", v.value())?.into_domain(KeyId(k.value())),
-                );
-            }
-            Ok(keys)
-        })
+        match &self.backend {
+            Backend::File(s) => s.list_api_keys(),
+            Backend::Postgres(s) => s.list_api_keys(),
+        }
     }
 
     /// Deletes an API key. Returns false if it did not exist.
@@ -520,32 +710,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
     pub fn delete_api_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        // The key stops authenticating before the commit, not a moment after it; it is put
-        // back if the commit fails.
-        let removed = {
-            let mut keys = self.keys_mut();
-            let hash = keys.iter().find(|(_, k)| k.id == id).map(|(h, _)| *h);
-            hash.and_then(|h| keys.remove(&h))
-        };
-        let result = self.write(move |txn| {
-            let Some(bytes) = txn
-                .open_table(API_KEYS)?
-                .remove(id.0)?
-                .map(|v| v.value().to_vec())
-            else {
-                return Ok(false);
-            };
-            let key = decode::<ApiKeyRecord>("api_keys", &bytes)?.into_domain(id);
-            txn.open_table(API_KEY_HASHES)?
-                .remove(key.key_hash.as_slice())?;
-            Ok(true)
-        });
-        if result.is_err() {
-            if let Some(key) = removed {
-                self.keys_mut().insert(key.key_hash, key);
-            }
+        match &self.backend {
+            Backend::File(s) => s.delete_api_key(id),
+            Backend::Postgres(s) => s.delete_api_key(id),
         }
-        result
     }
 
     /// The API key whose SHA-256 is `key_hash`, if any. Answered from memory (kept in step
@@ -554,57 +722,59 @@ impl Store {
     /// # Errors
     /// None today; the signature leaves room for a backend that must ask a server.
     pub fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
-        Ok(self
-            .keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key_hash)
-            .cloned())
-    }
-}
-
-/// Fills `webhook_due` from the retry index when it is empty and the index is not: a file
-/// written before issue 13 gets the per-webhook index at its first open.
-fn build_webhook_due(txn: &Txn<'_>) -> Result<(), StoreError> {
-    let mut by_webhook = txn.open_table(WEBHOOK_DUE)?;
-    let index = txn.open_table(RETRY_INDEX)?;
-    if !by_webhook.is_empty()? || index.is_empty()? {
-        return Ok(());
-    }
-    let deliveries = txn.open_table(DELIVERIES)?;
-    let mut built = 0u64;
-    for row in index.iter()? {
-        let (key, _) = row?;
-        let (due, id) = key.value();
-        if let Some(delivery) = deliveries::load_delivery(&deliveries, crate::ids::DeliveryId(id))?
-        {
-            by_webhook.insert((delivery.webhook_id.0, due, id), ())?;
-            built += 1;
+        match &self.backend {
+            Backend::File(s) => s.find_api_key(key_hash),
+            Backend::Postgres(s) => s.find_api_key(key_hash),
         }
     }
-    tracing::info!(
-        entries = built,
-        "built the per-webhook due index from the retry index"
-    );
-    Ok(())
-}
 
-/// The webhook `id` from its table, secrets opened with `key`.
-fn get_webhook(
-    table: &impl ReadableTable<u128, &'static [u8]>,
-    id: WebhookId,
-    key: Option<&sealed::SecretsKey>,
-) -> Result<Option<Webhook>, StoreError> {
-    match table.get(id.0)? {
-        None => Ok(None),
-        Some(bytes) => Ok(Some(
-            decode::<WebhookRecord>("webhooks", bytes.value())?.into_domain(id, key)?,
-        )),
+    /// Deletes up to `max_events` events received before `cutoff_ms` (ms since the epoch)
+    /// whose deliveries are all final and last changed before `cutoff_ms`, with their
+    /// deliveries, attempts and the `org_events`, `event_ids` and `webhook_deliveries`
+    /// entries, in one durable transaction. Looks at events after `after` (a previous
+    /// report's `resume_after`) and at most `4 × max_events` of them. An event with a delivery
+    /// for which `in_use` is true (an attempt claimed in this process) is kept, and checked
+    /// inside the transaction, so a claim taken before it runs is always seen.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the read or the commit fails; nothing is deleted then.
+    pub fn purge_expired(
+        &self,
+        cutoff_ms: u64,
+        after: Option<EventKey>,
+        max_events: usize,
+        in_use: impl Fn(DeliveryId) -> bool + Send + 'static,
+    ) -> Result<PurgeReport, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.purge_expired(cutoff_ms, after, max_events, in_use),
+            Backend::Postgres(s) => s.purge_expired(cutoff_ms, after, max_events, in_use),
+        }
+    }
+
+    /// Deliveries by status (one pass over the deliveries table), the due backlog at `now_ms`
+    /// and, per webhook, how many of its newest deliveries in a row failed or are retrying,
+    /// all from one snapshot, so the counts agree.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn status_summary(&self, now_ms: u64) -> Result<StatusSummary, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.status_summary(now_ms),
+            Backend::Postgres(s) => s.status_summary(now_ms),
+        }
     }
 }
 
-/// Runs a store operation on tokio's blocking pool, so a redb call (which may wait on the
-/// disk or on another write transaction) never stalls an async worker thread.
+impl From<FileStore> for Store {
+    fn from(store: FileStore) -> Store {
+        Store {
+            backend: Backend::File(store),
+        }
+    }
+}
+
+/// Runs a store operation on tokio's blocking pool, so a store call (which may wait on the
+/// disk, the network or another write transaction) never stalls an async worker thread.
 ///
 /// # Errors
 /// The operation's own [`StoreError`], or [`StoreError::Interrupted`] if it panicked.
@@ -617,50 +787,4 @@ where
     tokio::task::spawn_blocking(move || f(&store))
         .await
         .map_err(|_| StoreError::Interrupted)?
-}
-
-/// Decodes `bytes` as a stored record of `table` (`webhooks`, `events`, `deliveries`,
-/// `attempts`, `api_keys`) and converts it to its domain type, the way reads do: for the
-/// record-decoding fuzz target. Never panics on any input.
-///
-/// # Errors
-/// [`StoreError::Corrupt`] for bytes that are not such a record, or an unknown table.
-#[doc(hidden)]
-pub fn decode_record(table: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    use crate::ids::{DeliveryId, EventKey};
-    match table {
-        "webhooks" => decode::<WebhookRecord>("webhooks", bytes)?
-            .into_domain(WebhookId(1), None)
-            .map(drop),
-        "events" => decode::<records::EventRecord>("events", bytes)?
-            .into_domain(EventKey(1))
-            .map(drop),
-        "deliveries" => decode::<records::DeliveryRecord>("deliveries", bytes)?
-            .into_domain(DeliveryId(1))
-            .map(drop),
-        "attempts" => decode::<records::AttemptRecord>("attempts", bytes)?
-            .into_domain(1)
-            .map(drop),
-        "api_keys" => {
-            decode::<ApiKeyRecord>("api_keys", bytes)?.into_domain(KeyId(1));
-            Ok(())
-        }
-        _ => Err(StoreError::Corrupt {
-            table: "unknown",
-            reason: format!("no record type for table {table:?}"),
-        }),
-    }
-}
-
-/// Encodes a delivery as a stored record and decodes it back: the codec cost per delivery,
-/// for the micro-benchmark (`benches/micro.rs`).
-///
-/// # Errors
-/// [`StoreError::Corrupt`] if the record does not decode (a codec bug).
-#[doc(hidden)]
-pub fn roundtrip_delivery_record(
-    delivery: &crate::model::Delivery,
-) -> Result<crate::model::Delivery, StoreError> {
-    let bytes = encode(&records::DeliveryRecord::from_domain(delivery));
-    decode::<records::DeliveryRecord>("deliveries", &bytes)?.into_domain(delivery.id)
 }

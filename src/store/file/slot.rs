@@ -39,7 +39,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     if new {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| StoreError::Backend(Box::new(redb::Error::Io(e))))?;
+            .map_err(|e| StoreError::Backend(redb::Error::Io(e).to_string()))?;
     }
     Ok(db)
 }

@@ -1,4 +1,4 @@
-//! Store operations on events, deliveries, attempts and the retry index.
+//! FileStore operations on events, deliveries, attempts and the retry index.
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -7,7 +7,7 @@ use super::writer::{Change, Txn};
 
 use super::records::{decode, encode, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord};
 use super::{
-    get_webhook, Store, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS,
+    get_webhook, FileStore, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS,
     ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 use crate::event::{EventType, PreparedEvent};
@@ -24,7 +24,7 @@ pub enum FanOut {
     Only(WebhookId),
 }
 
-/// The result of [`Store::accept_event`].
+/// The result of [`FileStore::accept_event`].
 #[derive(Debug)]
 pub enum AcceptOutcome {
     /// New event stored with its deliveries (possibly none).
@@ -44,7 +44,7 @@ pub enum AcceptOutcome {
     Conflict,
 }
 
-/// Filters of [`Store::list_events`]; bounds compare against the time of ingest.
+/// Filters of [`FileStore::list_events`]; bounds compare against the time of ingest.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
     /// Only this organization's events.
@@ -57,7 +57,7 @@ pub struct EventQuery {
     pub until_ms: Option<u64>,
 }
 
-/// The result of [`Store::webhook_activity`].
+/// The result of [`FileStore::webhook_activity`].
 #[derive(Debug, Clone)]
 pub struct WebhookActivity {
     /// Deliveries created in the window, newest first.
@@ -73,13 +73,8 @@ pub struct WebhookActivity {
 /// A delivery and, unless it was known to the caller, its event's body (the envelope bytes).
 pub type DeliveryForAttempt = (Delivery, Option<Vec<u8>>);
 
-impl Store {
-    /// Accepts an event: checks idempotency on (organization, `event_id`), fans it out and
-    /// stores the event, its deliveries and their retry-index entries (due at `first_due_ms`)
-    /// in one durable commit.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
+impl FileStore {
+    /// See [`Store::accept_event`](crate::store::Store::accept_event).
     pub async fn accept_event(
         &self,
         prepared: PreparedEvent,
@@ -111,10 +106,7 @@ impl Store {
         .await
     }
 
-    /// The event of `organization_id` with this `event_id`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
+    /// See [`Store::get_event`](crate::store::Store::get_event).
     pub fn get_event(
         &self,
         organization_id: &str,
@@ -132,11 +124,7 @@ impl Store {
         })
     }
 
-    /// The organizations that have an event with this `event_id` (for the admin, who may
-    /// not name one).
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
+    /// See [`Store::organizations_with_event_id`](crate::store::Store::organizations_with_event_id).
     pub fn organizations_with_event_id(&self, event_id: &str) -> Result<Vec<String>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(EVENT_IDS)?;
@@ -153,10 +141,7 @@ impl Store {
         })
     }
 
-    /// Up to `limit` events, newest first, strictly older than the cursor `before`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
+    /// See [`Store::list_events`](crate::store::Store::list_events).
     pub fn list_events(
         &self,
         query: &EventQuery,
@@ -206,10 +191,7 @@ impl Store {
         })
     }
 
-    /// The deliveries with these ids that still exist, in the given order.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
+    /// See [`Store::get_deliveries`](crate::store::Store::get_deliveries).
     pub fn get_deliveries(&self, ids: &[DeliveryId]) -> Result<Vec<Delivery>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(DELIVERIES)?;
@@ -219,10 +201,7 @@ impl Store {
         })
     }
 
-    /// A delivery and all its attempts in ascending `number`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
+    /// See [`Store::get_delivery_with_attempts`](crate::store::Store::get_delivery_with_attempts).
     pub fn get_delivery_with_attempts(
         &self,
         id: DeliveryId,
@@ -245,11 +224,7 @@ impl Store {
         })
     }
 
-    /// Up to `limit` deliveries of a webhook, newest first, strictly older than `before`,
-    /// optionally only those with `status` and only those of `event_type`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
+    /// See [`Store::list_webhook_deliveries`](crate::store::Store::list_webhook_deliveries).
     pub fn list_webhook_deliveries(
         &self,
         webhook_id: WebhookId,
@@ -284,12 +259,7 @@ impl Store {
         })
     }
 
-    /// A webhook's recent activity, from one snapshot: its deliveries created at or after
-    /// `since_ms` (newest first, at most `cap` of them) with their attempts, and its newest
-    /// delivery whenever it was made. What `GET /api/webhooks/{id}/stats` summarizes.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
+    /// See [`Store::webhook_activity`](crate::store::Store::webhook_activity).
     pub fn webhook_activity(
         &self,
         webhook_id: WebhookId,
@@ -342,12 +312,7 @@ impl Store {
         })
     }
 
-    /// A delivery and its event's body, unless `body_known`: what an attempt needs beyond
-    /// the cached webhook. `None` if the delivery does not exist.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure; [`StoreError::Corrupt`] when its event is
-    /// missing.
+    /// See [`Store::delivery_for_attempt`](crate::store::Store::delivery_for_attempt).
     pub fn delivery_for_attempt(
         &self,
         id: DeliveryId,
@@ -370,12 +335,7 @@ impl Store {
         })
     }
 
-    /// Logs an attempt and applies the retry policy in one durable commit: moves the
-    /// delivery's retry-index entry to its next due time, or removes it when final.
-    /// Returns the delivery as updated, or `None` if it does not exist.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
+    /// See [`Store::record_attempt`](crate::store::Store::record_attempt).
     pub async fn record_attempt(
         &self,
         id: DeliveryId,
@@ -427,11 +387,7 @@ impl Store {
         .await
     }
 
-    /// Deletes a webhook and cancels its unfinished deliveries (their log stays).
-    /// Returns the cancelled delivery ids, or `None` if the webhook did not exist.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
+    /// See [`Store::delete_webhook`](crate::store::Store::delete_webhook).
     pub fn delete_webhook(
         &self,
         id: WebhookId,
@@ -608,13 +564,8 @@ pub(super) fn load_delivery(
     }
 }
 
-impl Store {
-    /// Stores prepared events, each with one delivery to `webhook` due at `due_ms`, in one
-    /// durable transaction, without the idempotency check or fan-out: a bulk loader for
-    /// benchmarks that need a large backlog (`benches/e2e`), not for production paths.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
+impl FileStore {
+    /// See [`Store::bulk_load`](crate::store::Store::bulk_load).
     #[doc(hidden)]
     pub fn bulk_load(
         &self,

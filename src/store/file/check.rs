@@ -23,14 +23,14 @@ use super::records::{
     decode, ApiKeyRecord, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord,
 };
 use super::{
-    Store, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS,
+    FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS,
     ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// At most this many violations are described; the rest are only counted.
 pub const MAX_DESCRIBED: usize = 100;
 
-/// What [`Store::check`] found: record counts and every invariant violation.
+/// What [`FileStore::check`] found: record counts and every invariant violation.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CheckReport {
     /// Webhooks stored.
@@ -59,7 +59,7 @@ impl CheckReport {
         self.violation_count == 0
     }
 
-    fn violation(&mut self, text: String) {
+    pub(crate) fn violation(&mut self, text: String) {
         self.violation_count += 1;
         if self.violations.len() < MAX_DESCRIBED {
             self.violations.push(text);
@@ -151,12 +151,8 @@ fn readable<T>(read: Result<Option<T>, StoreError>) -> Result<Readable<T>, Store
     }
 }
 
-impl Store {
-    /// Space used per table (one read snapshot): what a pending delivery costs on disk, for
-    /// the benchmarks and `check`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when a table cannot be read.
+impl FileStore {
+    /// See [`Store::space`](crate::store::Store::space).
     pub fn space(&self) -> Result<Vec<TableSpace>, StoreError> {
         let txn = self.slot.get()?.begin_read()?;
         let mut out = Vec::new();
@@ -190,17 +186,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Verifies every invariant over one snapshot (see the module docs). Takes time linear
-    /// in the store's size; meant for `palo-webhooks check` on a stopped daemon's file.
-    ///
-    /// # Errors
-    /// [`StoreError`] when a table cannot be read. A record that does not decode is a
-    /// violation in the report, not an error.
+    /// See [`Store::check`](crate::store::Store::check).
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         check_snapshot(&self.slot.get()?.begin_read()?)
     }
 
-    /// [`Store::check`] on a file opened read-only (redb's `ReadOnlyDatabase`): not one byte
+    /// [`FileStore::check`] on a file opened read-only (redb's `ReadOnlyDatabase`): not one byte
     /// of the file changes. For `palo-webhooks check` on a stopped daemon's file.
     ///
     /// # Errors
@@ -229,11 +220,7 @@ impl Store {
         Ok(())
     }
 
-    /// The start-up form of [`Store::check`]: compares table lengths only (no scan).
-    /// Returns the disagreements in words; empty when consistent.
-    ///
-    /// # Errors
-    /// [`StoreError`] when a table cannot be read.
+    /// See [`Store::quick_check`](crate::store::Store::quick_check).
     pub fn quick_check(&self) -> Result<Vec<String>, StoreError> {
         quick(&self.slot.get()?.begin_read()?)
     }
@@ -557,9 +544,9 @@ mod tests {
     use crate::model::{EventFilter, Secret, Webhook};
 
     /// A store holding one webhook and `n` events, each with one pending delivery.
-    fn store_with_backlog(n: usize) -> (tempfile::TempDir, Store, WebhookId) {
+    fn store_with_backlog(n: usize) -> (tempfile::TempDir, FileStore, WebhookId) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("c.redb")).unwrap();
+        let store = FileStore::open(&dir.path().join("c.redb")).unwrap();
         let webhook = Webhook {
             id: WebhookId::generate(),
             organization_id: "org_1".into(),
@@ -600,7 +587,7 @@ mod tests {
 
     #[test]
     fn an_in_memory_store_passes_and_decode_record_refuses_garbage() {
-        let store = Store::open_in_memory().unwrap();
+        let store = FileStore::open_in_memory().unwrap();
         assert!(store.check().unwrap().is_ok());
         for table in [
             "webhooks",

@@ -4,7 +4,7 @@
 use redb::ReadableTable;
 
 use super::deliveries::load_delivery;
-use super::{Store, StoreError, DELIVERIES, WEBHOOKS, WEBHOOK_DELIVERIES};
+use super::{FileStore, StoreError, DELIVERIES, WEBHOOKS, WEBHOOK_DELIVERIES};
 use crate::ids::WebhookId;
 use crate::model::DeliveryStatus;
 
@@ -24,25 +24,20 @@ pub struct FailureStreak {
     pub streak: u64,
 }
 
-/// Counts of [`Store::status_summary`].
+/// Counts of [`FileStore::status_summary`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusSummary {
     /// Deliveries by status, in [`DeliveryStatus::ALL`] order.
     pub by_status: [u64; 5],
     /// Deliveries due at or before `now_ms`, due later, and the oldest due time if past
-    /// (as [`Store::due_summary`]), from the same snapshot.
+    /// (as [`FileStore::due_summary`]), from the same snapshot.
     pub due: (u64, u64, Option<u64>),
     /// Webhooks with a streak of at least one, longest first.
     pub streaks: Vec<FailureStreak>,
 }
 
-impl Store {
-    /// Deliveries by status (one pass over the deliveries table), the due backlog at `now_ms`
-    /// and, per webhook, how many of its newest deliveries in a row failed or are retrying,
-    /// all from one snapshot, so the counts agree.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read or decode failure.
+impl FileStore {
+    /// See [`Store::status_summary`](crate::store::Store::status_summary).
     pub fn status_summary(&self, now_ms: u64) -> Result<StatusSummary, StoreError> {
         self.read(|txn| {
             let deliveries = txn.open_table(DELIVERIES)?;

@@ -1,4 +1,4 @@
-//! Store operations on the due indexes: the retry index `(due, delivery)` and its
+//! FileStore operations on the due indexes: the retry index `(due, delivery)` and its
 //! per-webhook twin `webhook_due` `(webhook, due, delivery)`, which move together in one
 //! transaction ([`move_index_entry`]) and are published to the scheduler after the commit.
 
@@ -7,15 +7,15 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use super::deliveries::load_delivery;
 use super::records::{decode, encode, AttemptRecord, DeliveryRecord};
 use super::writer::{Change, Txn};
-use super::{Store, StoreError, ATTEMPTS, DELIVERIES, RETRY_INDEX, WEBHOOK_DUE};
+use super::{FileStore, StoreError, ATTEMPTS, DELIVERIES, RETRY_INDEX, WEBHOOK_DUE};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::retry::RetrySchedule;
 
-/// One read of [`Store::webhook_due_entries`]: (webhook, read strictly after this
+/// One read of [`FileStore::webhook_due_entries`]: (webhook, read strictly after this
 /// `(due ms, delivery)` key or from the start, at most this many entries).
 pub type DueRead = (WebhookId, Option<(u64, DeliveryId)>, usize);
 
-/// What [`Store::clamp_far_due`] moved.
+/// What [`FileStore::clamp_far_due`] moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClampReport {
     /// Deliveries whose due time was brought back.
@@ -24,18 +24,8 @@ pub struct ClampReport {
     pub max_shift_ms: u64,
 }
 
-impl Store {
-    /// Brings back every due time that lies further ahead of `now_ms` than the step that
-    /// produced it (issue 13, item 9: a clock that was ahead when it was scheduled, then
-    /// corrected). A delivery's step is [`crate::retry::longest_wait`] of its scheduled
-    /// attempts and last `Retry-After`; a moved delivery becomes due at `now_ms` + its step.
-    /// Only entries due after `now_ms` + `floor_ms` are looked at (the schedule's shortest
-    /// step: no retry can be wrong by less). Costs one read of the index's last key when
-    /// nothing is that far ahead, else a read scan of those entries, then one transaction
-    /// for the ones that move.
-    ///
-    /// # Errors
-    /// [`StoreError`] on a read failure, or when the commit fails (nothing is moved then).
+impl FileStore {
+    /// See [`Store::clamp_far_due`](crate::store::Store::clamp_far_due).
     pub fn clamp_far_due(
         &self,
         now_ms: u64,
@@ -92,11 +82,7 @@ impl Store {
         })
     }
 
-    /// Up to `limit` retry-index entries `(due ms, delivery)` in due order, strictly after the
-    /// cursor `after` and due strictly before `due_before_ms`.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
+    /// See [`Store::due_entries`](crate::store::Store::due_entries).
     pub fn due_entries(
         &self,
         after: Option<(u64, DeliveryId)>,
@@ -123,13 +109,7 @@ impl Store {
         })
     }
 
-    /// For each `(webhook, after, limit)`: up to `limit` entries `(due ms, delivery)` of that
-    /// webhook's due index, in due order, strictly after `after` (from the start when
-    /// `None`), whatever their due time. What the scheduler's per-webhook queues are refilled
-    /// from, all from one read transaction.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
+    /// See [`Store::webhook_due_entries`](crate::store::Store::webhook_due_entries).
     pub fn webhook_due_entries(
         &self,
         asks: &[DueRead],
@@ -160,11 +140,7 @@ impl Store {
         })
     }
 
-    /// The earliest due-index entry of every webhook that has one: `(webhook, due ms,
-    /// delivery)`, one seek per webhook. What the scheduler starts from.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
+    /// See [`Store::webhook_due_heads`](crate::store::Store::webhook_due_heads).
     pub fn webhook_due_heads(&self) -> Result<Vec<(WebhookId, u64, DeliveryId)>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(WEBHOOK_DUE)?;
@@ -186,28 +162,16 @@ impl Store {
         })
     }
 
-    /// Counts of deliveries that are not final (entries in the retry index).
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
+    /// See [`Store::pending_count`](crate::store::Store::pending_count).
     pub fn pending_count(&self) -> Result<u64, StoreError> {
         self.read(|txn| Ok(txn.open_table(RETRY_INDEX)?.len()?))
     }
 
-    /// The backlog for metrics: (deliveries due at or before `now_ms`, deliveries due later,
-    /// the oldest due time if it is past). Counts the due part of the retry index (a scan of
-    /// it), so call it at scrape time, not per request.
-    ///
-    /// # Errors
-    /// [`StoreError`] on read failure.
+    /// See [`Store::due_summary`](crate::store::Store::due_summary).
     pub fn due_summary(&self, now_ms: u64) -> Result<(u64, u64, Option<u64>), StoreError> {
         self.read(|txn| due_in(txn, now_ms))
     }
-    /// Moves a due, unfinished delivery's next attempt to `to_ms` without logging an attempt
-    /// (used while its webhook is inactive). Returns false if it was not due or is final.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
+    /// See [`Store::postpone`](crate::store::Store::postpone).
     pub fn postpone(&self, id: DeliveryId, now_ms: u64, to_ms: u64) -> Result<bool, StoreError> {
         self.write(move |txn| {
             let mut table = txn.open_table(DELIVERIES)?;
@@ -215,12 +179,7 @@ impl Store {
         })
     }
 
-    /// After a webhook is reactivated: each `(delivery, held_until)` the scheduler postponed
-    /// while it was inactive is made due at `now_ms`, if it is still due exactly then (not
-    /// attempted or rescheduled since). Returns the moved ones, for the scheduler's hints.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the commit fails; nothing is written then.
+    /// See [`Store::resume_held`](crate::store::Store::resume_held).
     pub fn resume_held(
         &self,
         held: &[(DeliveryId, u64)],
@@ -240,7 +199,7 @@ impl Store {
     }
 }
 
-/// [`Store::due_summary`] within `txn`.
+/// [`FileStore::due_summary`] within `txn`.
 pub(super) fn due_in(
     txn: &redb::ReadTransaction,
     now_ms: u64,

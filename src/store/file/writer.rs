@@ -59,6 +59,8 @@ pub enum Change {
         /// Its new deliveries, as stored.
         deliveries: Vec<crate::model::Delivery>,
     },
+    /// API keys were created or deleted (other daemons of a cluster reload theirs).
+    Keys,
     /// A webhook was created, changed (`Some`, as stored now, secrets opened) or deleted.
     Webhook {
         /// The webhook.
@@ -418,7 +420,7 @@ mod tests {
         let path = dir.path().join("s.redb");
         for _ in 0..20 {
             let store =
-                crate::store::Store::open(&path).expect("the previous store must be closed");
+                crate::store::FileStore::open(&path).expect("the previous store must be closed");
             drop(store);
         }
     }

@@ -11,11 +11,11 @@ use redb::ReadableTable;
 
 use super::deliveries::{load_delivery, load_event};
 use super::{
-    Store, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS, WEBHOOK_DELIVERIES,
+    FileStore, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS, WEBHOOK_DELIVERIES,
 };
 use crate::ids::{DeliveryId, EventKey};
 
-/// What one [`Store::purge_expired`] call did.
+/// What one [`FileStore::purge_expired`] call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PurgeReport {
     /// Events deleted.
@@ -32,17 +32,8 @@ pub struct PurgeReport {
     pub resume_after: Option<EventKey>,
 }
 
-impl Store {
-    /// Deletes up to `max_events` events received before `cutoff_ms` (ms since the epoch)
-    /// whose deliveries are all final and last changed before `cutoff_ms`, with their
-    /// deliveries, attempts and the `org_events`, `event_ids` and `webhook_deliveries`
-    /// entries, in one durable transaction. Looks at events after `after` (a previous
-    /// report's `resume_after`) and at most `4 × max_events` of them. An event with a delivery
-    /// for which `in_use` is true (an attempt claimed in this process) is kept, and checked
-    /// inside the transaction, so a claim taken before it runs is always seen.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the read or the commit fails; nothing is deleted then.
+impl FileStore {
+    /// See [`Store::purge_expired`](crate::store::Store::purge_expired).
     pub fn purge_expired(
         &self,
         cutoff_ms: u64,
@@ -138,10 +129,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::ids::EventKey;
-    use crate::store::Store;
+    use crate::store::FileStore;
 
     /// One event with one delivery to a new webhook, its attempt logged as a success.
-    fn one_finished_delivery(store: &Store) -> crate::ids::DeliveryId {
+    fn one_finished_delivery(store: &FileStore) -> crate::ids::DeliveryId {
         use crate::model::{Attempt, EventFilter, Secret, Trigger, Webhook};
         let now = crate::clock::now_ms();
         let webhook = Webhook {
@@ -208,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_delivery_with_an_attempt_claimed_is_kept_then_purged_once_free() {
-        let store = Store::open_in_memory().unwrap();
+        let store = FileStore::open_in_memory().unwrap();
         let id = one_finished_delivery(&store);
         let cutoff = crate::clock::now_ms() + 1_000;
         let report = store
@@ -227,7 +218,7 @@ mod tests {
 
     #[test]
     fn an_empty_store_or_window_purges_nothing() {
-        let store = Store::open_in_memory().unwrap();
+        let store = FileStore::open_in_memory().unwrap();
         let report = store
             .purge_expired(u64::MAX >> 16, None, 10, |_| false)
             .unwrap();

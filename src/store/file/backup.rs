@@ -13,11 +13,11 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
-    Store, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, META,
+    FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, META,
     ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
-/// Every table of the layout, by name; [`Store::backup_to`] copies each.
+/// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
 const TABLES: [&str; 13] = [
     "meta",
     "webhooks",
@@ -34,7 +34,7 @@ const TABLES: [&str; 13] = [
     "api_key_hashes",
 ];
 
-/// What [`Store::backup_to`] copied.
+/// What [`FileStore::backup_to`] copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackupReport {
     /// Events in the copy.
@@ -85,17 +85,10 @@ where
     Ok(rows)
 }
 
-impl Store {
-    /// Writes a consistent copy of the whole store to a new redb file at `path` (which must
-    /// not exist), from one read transaction, committed with fsync (in batches of rows: the
-    /// file is a usable copy only once this returns `Ok`). Meanwhile ingest and
-    /// attempts go on: they commit after the snapshot and are not in the copy.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`] when `path` exists or cannot be created, or on a read or write
-    /// failure (a partial file may then be left at `path`; the caller removes it).
+impl FileStore {
+    /// See [`Store::backup_to`](crate::store::Store::backup_to).
     pub fn backup_to(&self, path: &Path) -> Result<BackupReport, StoreError> {
-        let io = |e: std::io::Error| StoreError::Backend(Box::new(redb::Error::Io(e)));
+        let io = |e: std::io::Error| StoreError::Backend(redb::Error::Io(e).to_string());
         if path.exists() {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
