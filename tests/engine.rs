@@ -26,6 +26,9 @@ use tokio::net::TcpListener;
 #[path = "it/support.rs"]
 mod support;
 
+/// The store of this binary's daemons (read by `support`).
+const BACKEND: support::Backend = support::Backend::Redb;
+
 use support::{Behaviour, Receiver};
 
 /// The tests of this module measure seconds and load the machine: one at a time.

@@ -1,5 +1,9 @@
 //! Integration tests: each starts the real `palo-webhooks` binary on 127.0.0.1 with a
-//! temporary db and real HTTP receivers.
+//! temporary db and real HTTP receivers. On redb; `tests/postgres.rs` runs the modules that
+//! hold on any store again on PostgreSQL.
+
+/// The store of this binary's daemons (read by `support`).
+const BACKEND: support::Backend = support::Backend::Redb;
 
 mod browser;
 mod cli;

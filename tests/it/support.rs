@@ -1,5 +1,11 @@
 //! Test support: the real daemon binary on 127.0.0.1 with a temporary db, a JSON client,
 //! and a real HTTP receiver whose behaviour can change mid-test.
+//!
+//! The same test modules run on each store backend: every test binary's root says which
+//! with `const BACKEND` (`tests/it/main.rs` and `tests/engine.rs`: redb; `tests/postgres.rs`:
+//! PostgreSQL, in a throwaway cluster of `postgres_cluster`). The daemon's temporary
+//! directory exists on both; on PostgreSQL it holds the URL of the daemon's database, so a
+//! restart in the same directory (`start_in`) and `check(dir)` find the same store.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -21,14 +27,79 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+#[path = "support/postgres_cluster.rs"]
+mod postgres_cluster;
+
+pub use postgres_cluster::{pg_database, pg_drop_database};
+// For the tests of the harness itself, in tests/postgres.rs only.
+#[allow(unused_imports)]
+pub use postgres_cluster::psql;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub const SECRET: &str = "test_secret_that_is_at_least_32_chars_long_é";
+
+/// The store backend of this test binary's daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A redb file in the daemon's directory: `--db <dir>/palo.redb`.
+    Redb,
+    /// A database of its own in the test cluster: `--store postgres://...`.
+    // Named by tests/postgres.rs only: the other binaries would call it dead.
+    #[allow(dead_code)]
+    Postgres,
+}
+
+/// The backend of this test binary, from its root's `const BACKEND`.
+pub fn backend() -> Backend {
+    crate::BACKEND
+}
+
+/// Where a daemon keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A redb file.
+    File(PathBuf),
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// The flag and value that point `serve` and `check` at this store.
+    pub fn args(&self) -> [String; 2] {
+        match self {
+            StoreLocation::File(path) => ["--db".to_owned(), path.to_str().unwrap().to_owned()],
+            StoreLocation::Postgres(url) => ["--store".to_owned(), url.clone()],
+        }
+    }
+}
+
+/// In a daemon's directory on PostgreSQL: the URL of its database.
+const STORE_URL_FILE: &str = "palo.store-url";
+
+/// The store of the daemons started in `dir`: `<dir>/palo.redb` on redb; on PostgreSQL,
+/// the database named in `dir`, or a new one (then named there) at the first start in `dir`.
+pub fn store_in(dir: &Path) -> StoreLocation {
+    match backend() {
+        Backend::Redb => StoreLocation::File(dir.join("palo.redb")),
+        Backend::Postgres => {
+            let file = dir.join(STORE_URL_FILE);
+            let url = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+                let url = pg_database();
+                std::fs::write(&file, &url).expect("write the store URL");
+                url
+            });
+            StoreLocation::Postgres(url)
+        }
+    }
+}
 
 /// A running daemon process.
 pub struct Daemon {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The store it was started on.
+    pub store: StoreLocation,
     _tempdir: Option<tempfile::TempDir>,
     pub log: Arc<Mutex<Vec<String>>>,
     client: palo_webhooks::delivery::HttpsClient,
@@ -37,8 +108,13 @@ pub struct Daemon {
 /// Starts `palo-webhooks serve` with a fresh temp db and the given extra flags.
 pub fn start(extra: &[&str]) -> Daemon {
     let tempdir = tempfile::tempdir().expect("tempdir");
-    let dir = tempdir.path().to_owned();
-    let mut daemon = start_in(&dir, extra);
+    let daemon = start_in(tempdir.path(), extra);
+    owning(daemon, tempdir)
+}
+
+/// `daemon`, made the owner of its temp dir and store: both go when it is dropped (on
+/// PostgreSQL, the database is dropped after the daemon is killed).
+fn owning(mut daemon: Daemon, tempdir: tempfile::TempDir) -> Daemon {
     daemon._tempdir = Some(tempdir);
     daemon
 }
@@ -59,9 +135,8 @@ pub fn start_in_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Da
 /// the other starters, loopback receivers are NOT allowed (`--allow-network 127.0.0.0/8`).
 pub fn start_strict(extra: &[&str]) -> Daemon {
     let tempdir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = launch(tempdir.path(), extra, None, false);
-    daemon._tempdir = Some(tempdir);
-    daemon
+    let daemon = launch(tempdir.path(), extra, None, false);
+    owning(daemon, tempdir)
 }
 
 /// Starts the daemon with a fresh temp db whose process may not write files larger than
@@ -69,9 +144,8 @@ pub fn start_strict(extra: &[&str]) -> Daemon {
 /// EFBIG): a full disk, for one process.
 pub fn start_with_file_limit(limit_kib: u64, extra: &[&str]) -> Daemon {
     let tempdir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = launch(tempdir.path(), extra, Some(limit_kib), true);
-    daemon._tempdir = Some(tempdir);
-    daemon
+    let daemon = launch(tempdir.path(), extra, Some(limit_kib), true);
+    owning(daemon, tempdir)
 }
 
 /// Starts the daemon; `allow_loopback` opens 127.0.0.0/8 to deliveries, since the tests'
@@ -87,18 +161,11 @@ fn launch_with_env(
     allow_loopback: bool,
     env: &[(&str, &str)],
 ) -> Daemon {
-    let db = dir.join("palo.redb");
+    let store = store_in(dir);
     let binary = env!("CARGO_BIN_EXE_palo-webhooks");
-    let mut args: Vec<String> = [
-        "serve",
-        "--db",
-        db.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut args = vec!["serve".to_owned()];
+    args.extend(store.args());
+    args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
     // Debug logs unless the test sets the level itself (`--log`, or a config file's `log`
     // with `--config`, which a flag would override).
     if !extra.iter().any(|a| *a == "--log" || *a == "--config") {
@@ -155,6 +222,7 @@ fn launch_with_env(
         child: Some(child),
         addr: addr.parse().expect("listen address"),
         dir: dir.to_owned(),
+        store,
         _tempdir: None,
         log,
         client: palo_webhooks::delivery::build_client(Duration::from_secs(5)),
@@ -421,6 +489,12 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Its temp dir goes with it (a field); so does its database, which nothing could
+        // reach again without the URL in that dir. Best effort: a database left behind
+        // goes with the test cluster.
+        if let (Some(_), StoreLocation::Postgres(url)) = (&self._tempdir, &self.store) {
+            let _ = pg_drop_database(url);
+        }
     }
 }
 
@@ -493,10 +567,21 @@ pub fn flaky_fails(headers: &HeaderMap, percent: u64) -> bool {
     attempt < 3 && hash % 100 < percent
 }
 
-/// Runs `palo-webhooks check --db <dir>/palo.redb`; returns (exit success, stdout + stderr).
+/// Runs `palo-webhooks check` on the store of the daemons started in `dir` (`--db
+/// <dir>/palo.redb`, or `--store <url>` on PostgreSQL); returns (exit success, stdout +
+/// stderr).
 pub fn check(dir: &Path) -> (bool, String) {
+    let store = match backend() {
+        Backend::Redb => store_in(dir),
+        Backend::Postgres => {
+            let url = std::fs::read_to_string(dir.join(STORE_URL_FILE))
+                .unwrap_or_else(|_| panic!("no daemon was started in {}", dir.display()));
+            StoreLocation::Postgres(url)
+        }
+    };
     let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
-        .args(["check", "--db", dir.join("palo.redb").to_str().unwrap()])
+        .arg("check")
+        .args(store.args())
         .output()
         .expect("run palo-webhooks check");
     let text = format!(
