@@ -2,7 +2,8 @@
 //! others.
 //!
 //! Changes travel with `NOTIFY palo_changes` inside the committing transaction, so the
-//! others hear of exactly what committed. One line per change: `i <webhook> <delivery>
+//! others hear of exactly what committed. A payload starts with `n <daemon>` (a daemon
+//! skips its own), then one line per change: `i <webhook> <delivery>
 //! <from|-> <to|->` for a retry-index entry that appeared, moved or went away, `w <webhook>`
 //! for a webhook created, changed or deleted (they read it again), `k` when API keys
 //! changed (they reload theirs). Accepted bodies are not sent: a first attempt on another
@@ -45,8 +46,10 @@ pub(super) fn encode(changes: &[Change]) -> Vec<String> {
 /// [`StoreError`] when the server refuses the notification; the transaction then fails.
 pub(super) async fn notify_changes(
     txn: &deadpool_postgres::Transaction<'_>,
+    node: &str,
     changes: &[Change],
 ) -> Result<(), StoreError> {
+    let header = format!("n {node}");
     let mut payloads: Vec<String> = Vec::new();
     for line in encode(changes) {
         match payloads.last_mut() {
@@ -54,7 +57,7 @@ pub(super) async fn notify_changes(
                 last.push('\n');
                 last.push_str(&line);
             }
-            _ => payloads.push(line),
+            _ => payloads.push(format!("{header}\n{line}")),
         }
     }
     if payloads.is_empty() {
@@ -66,4 +69,371 @@ pub(super) async fn notify_changes(
     )
     .await?;
     Ok(())
+}
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::{rows, PgStore};
+use crate::ids::{DeliveryId, WebhookId};
+
+/// A daemon that counts as live: its heartbeat is at most this old (5 s).
+pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
+
+/// What one [`PgStore::cluster_tick`] saw, from one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Live daemons: (id, API address), by id.
+    pub daemons: Vec<(String, String)>,
+    /// Every webhook.
+    pub webhooks: Vec<WebhookId>,
+    /// Every lease: (webhook, owner, still valid by the database's clock).
+    pub leases: Vec<(WebhookId, String, bool)>,
+    /// The leases of this daemon renewed by the tick.
+    pub renewed: Vec<WebhookId>,
+}
+
+fn webhook_id(text: &str) -> Result<WebhookId, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt {
+        table: "webhook_leases",
+        reason: format!("bad webhook id {text:?}"),
+    })
+}
+
+fn seconds(ttl: Duration) -> f64 {
+    ttl.as_secs_f64()
+}
+
+impl PgStore {
+    /// Joins the cluster as daemon `node` (reachable at `address`): registers it, sends this
+    /// daemon's changes to the others from now on, and starts listening to theirs (their
+    /// retry-index moves and webhook changes reach the subscriber; key changes reload the
+    /// keys). Returns at once; the listener reconnects by itself.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the registration cannot be written.
+    pub fn cluster_join(&self, node: &str, address: &str) -> Result<(), StoreError> {
+        let store = self.clone();
+        let (node, address) = (node.to_owned(), address.to_owned());
+        let registered = node.clone();
+        self.block(async move {
+            store
+                .conn()
+                .await?
+                .execute(
+                    "INSERT INTO daemons (id, address) VALUES ($1, $2) ON CONFLICT (id) \
+                     DO UPDATE SET address = excluded.address, heartbeat_at = now()",
+                    &[&registered, &address],
+                )
+                .await?;
+            Ok(())
+        })?;
+        self.inner.shared.notify.store(true, Ordering::Relaxed);
+        *self
+            .inner
+            .shared
+            .node
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = node.clone();
+        let store = self.clone();
+        self.inner
+            .handle
+            .spawn(async move { store.listen(node).await });
+        Ok(())
+    }
+
+    /// One heartbeat of daemon `node`, in one transaction: its own heartbeat, the renewal of
+    /// its valid leases for `ttl` (by the database's clock), and the view it plans from.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be reached: the caller must stop starting
+    /// attempts before its leases can expire.
+    pub fn cluster_tick(&self, node: &str, ttl: Duration) -> Result<ClusterView, StoreError> {
+        let store = self.clone();
+        let node = node.to_owned();
+        self.block(async move {
+            let mut conn = store.conn().await?;
+            let txn = conn.transaction().await?;
+            txn.execute(
+                "INSERT INTO daemons (id, address) VALUES ($1, '') ON CONFLICT (id) \
+                 DO UPDATE SET heartbeat_at = now()",
+                &[&node],
+            )
+            .await?;
+            let renewed = txn
+                .query(
+                    "UPDATE webhook_leases SET expires_at = now() + make_interval(secs => $2) \
+                     WHERE owner = $1 AND expires_at > now() RETURNING webhook_id",
+                    &[&node, &seconds(ttl)],
+                )
+                .await?
+                .iter()
+                .map(|r| webhook_id(r.try_get(0)?))
+                .collect::<Result<_, _>>()?;
+            let daemons = txn
+                .query(
+                    "SELECT id, address FROM daemons WHERE heartbeat_at > now() - \
+                     make_interval(secs => $1) ORDER BY id",
+                    &[&seconds(LIVE_WITHIN)],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let webhooks = txn
+                .query("SELECT id FROM webhooks ORDER BY id", &[])
+                .await?
+                .iter()
+                .map(|r| webhook_id(r.try_get(0)?))
+                .collect::<Result<_, _>>()?;
+            let leases = txn
+                .query(
+                    "SELECT webhook_id, owner, expires_at > now() FROM webhook_leases",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((webhook_id(r.try_get(0)?)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<_, StoreError>>()?;
+            // Daemons silent for a minute are forgotten (their leases long expired).
+            txn.execute(
+                "DELETE FROM daemons WHERE heartbeat_at < now() - interval '60 seconds'",
+                &[],
+            )
+            .await?;
+            txn.commit().await?;
+            Ok(ClusterView {
+                daemons,
+                webhooks,
+                leases,
+                renewed,
+            })
+        })
+    }
+
+    /// Takes the leases of `webhooks` for `ttl` where they are free, expired or already
+    /// `node`'s; returns the ones taken.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be reached (nothing is taken then).
+    pub fn cluster_claim(
+        &self,
+        node: &str,
+        webhooks: &[WebhookId],
+        ttl: Duration,
+    ) -> Result<Vec<WebhookId>, StoreError> {
+        let store = self.clone();
+        let node = node.to_owned();
+        let ids: Vec<String> = webhooks.iter().map(ToString::to_string).collect();
+        self.block(async move {
+            let rows = store
+                .conn()
+                .await?
+                .query(
+                    "INSERT INTO webhook_leases (webhook_id, owner, expires_at) \
+                     SELECT w, $1, now() + make_interval(secs => $3) FROM unnest($2::text[]) AS w \
+                     WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = w) \
+                     ON CONFLICT (webhook_id) DO UPDATE SET owner = excluded.owner, \
+                     expires_at = excluded.expires_at \
+                     WHERE webhook_leases.owner = excluded.owner \
+                     OR webhook_leases.expires_at < now() RETURNING webhook_id",
+                    &[&node, &ids, &seconds(ttl)],
+                )
+                .await?;
+            rows.iter().map(|r| webhook_id(r.try_get(0)?)).collect()
+        })
+    }
+
+    /// Gives up `node`'s leases of `webhooks` (after its attempts to them ended), so their
+    /// new owner may take them at once.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be reached (the leases then expire).
+    pub fn cluster_release(&self, node: &str, webhooks: &[WebhookId]) -> Result<(), StoreError> {
+        let store = self.clone();
+        let node = node.to_owned();
+        let ids: Vec<String> = webhooks.iter().map(ToString::to_string).collect();
+        self.block(async move {
+            store
+                .conn()
+                .await?
+                .execute(
+                    "DELETE FROM webhook_leases WHERE owner = $1 AND webhook_id = ANY($2)",
+                    &[&node, &ids],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// Leaves the cluster at shutdown: every lease of `node` is given up and its
+    /// registration removed, so the others take over at once rather than after the leases
+    /// expire.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be reached (the leases then expire).
+    pub fn cluster_leave(&self, node: &str) -> Result<(), StoreError> {
+        let store = self.clone();
+        let node = node.to_owned();
+        self.block(async move {
+            let conn = store.conn().await?;
+            conn.execute("DELETE FROM webhook_leases WHERE owner = $1", &[&node])
+                .await?;
+            conn.execute("DELETE FROM daemons WHERE id = $1", &[&node])
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// The earliest due entry of each of `webhooks` that has one (what a daemon seeds its
+    /// queues with when it starts serving them).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn due_heads_of(
+        &self,
+        webhooks: &[WebhookId],
+    ) -> Result<Vec<(WebhookId, u64, DeliveryId)>, StoreError> {
+        self.due_heads(Some(webhooks.to_vec()))
+    }
+
+    /// Listens to the other daemons' changes until the store closes, reconnecting after a
+    /// lost connection (1 s apart).
+    async fn listen(self, node: String) {
+        loop {
+            if let Err(e) = self.listen_once(&node).await {
+                tracing::warn!(error = %e, "lost the cluster's change notifications; reconnecting");
+            }
+            self.inner
+                .shared
+                .listener_gaps
+                .fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn listen_once(&self, node: &str) -> Result<(), StoreError> {
+        let (client, mut connection) = self.inner.config.connect(NoTls).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_owned()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        // Notifications sent before LISTEN took effect are missed: the owner's periodic
+        // resync of its queues covers that gap (and any other).
+        self.inner
+            .shared
+            .listener_gaps
+            .fetch_add(1, Ordering::Relaxed);
+        while let Some(payload) = rx.recv().await {
+            self.apply_remote(node, &payload).await;
+        }
+        pump.abort();
+        drop(client);
+        Err(StoreError::Backend(
+            "the notification connection closed".into(),
+        ))
+    }
+
+    /// Turns another daemon's notification into changes for the subscriber.
+    async fn apply_remote(&self, node: &str, payload: &str) {
+        let mut lines = payload.lines();
+        if lines.next() == Some(&format!("n {node}")[..]) {
+            return; // Our own.
+        }
+        let mut changes = Vec::new();
+        let mut webhooks = Vec::new();
+        let mut keys = false;
+        for line in lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["i", webhook, delivery, from, to] => {
+                    let time = |t: &str| t.parse::<u64>().ok();
+                    if let (Ok(webhook), Ok(delivery)) = (webhook.parse(), delivery.parse()) {
+                        changes.push(Change::Index {
+                            webhook,
+                            delivery,
+                            from: time(from),
+                            to: time(to),
+                        });
+                    }
+                }
+                ["w", id] => {
+                    if let Ok(id) = id.parse::<WebhookId>() {
+                        webhooks.push(id);
+                    }
+                }
+                ["k"] => keys = true,
+                _ => {}
+            }
+        }
+        for id in webhooks {
+            let read = async {
+                let row = self
+                    .conn()
+                    .await?
+                    .query_opt(
+                        &format!("SELECT {} FROM webhooks WHERE id = $1", rows::WEBHOOK_COLS),
+                        &[&id.to_string()],
+                    )
+                    .await?;
+                let key = self.secrets_key();
+                row.map(|r| rows::webhook(&r, key.as_deref())).transpose()
+            };
+            match read.await {
+                Ok(webhook) => changes.push(Change::Webhook {
+                    id,
+                    webhook: webhook.map(Arc::new),
+                }),
+                Err(e) => {
+                    tracing::warn!(webhook = %id, error = %e, "could not read a webhook another daemon changed")
+                }
+            }
+        }
+        if keys {
+            let read = async {
+                let rows = self
+                    .conn()
+                    .await?
+                    .query(&format!("SELECT {} FROM api_keys", rows::API_KEY_COLS), &[])
+                    .await?;
+                rows.iter()
+                    .map(rows::api_key)
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            match read.await {
+                Ok(all) => {
+                    let map: HashMap<[u8; 32], crate::model::ApiKey> =
+                        all.into_iter().map(|k| (k.key_hash, k)).collect();
+                    *self.inner.shared.keys_mut() = map;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not reload the API keys another daemon changed")
+                }
+            }
+        }
+        self.inner.shared.publish(changes);
+    }
+
+    /// How many times the change notifications were (re)connected: each time some may have
+    /// been missed, and the owner resyncs its queues.
+    pub fn listener_gaps(&self) -> u64 {
+        self.inner.shared.listener_gaps.load(Ordering::Relaxed)
+    }
 }

@@ -163,6 +163,8 @@ struct Inner {
     writer: writer::Writer,
     shared: Arc<Shared>,
     describe: String,
+    /// The client configuration (for the change listener's own connection).
+    config: tokio_postgres::Config,
 }
 
 /// What the writer task and the store both use.
@@ -177,6 +179,19 @@ pub(super) struct Shared {
     writable: AtomicBool,
     /// Set while the daemon runs in a cluster: changes are also sent with NOTIFY.
     notify: AtomicBool,
+    /// This daemon's id in the cluster (empty until it joins).
+    node: RwLock<String>,
+    /// (Re)connections of the change listener ([`PgStore::listener_gaps`]).
+    listener_gaps: std::sync::atomic::AtomicU64,
+}
+
+/// This daemon's id in the cluster.
+pub(super) fn shared_node(shared: &Shared) -> String {
+    shared
+        .node
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 impl Shared {
@@ -264,6 +279,8 @@ impl PgStore {
             secrets_key: key.map(Arc::new),
             writable: AtomicBool::new(true),
             notify: AtomicBool::new(false),
+            node: RwLock::default(),
+            listener_gaps: std::sync::atomic::AtomicU64::new(0),
         });
         let writer = writer::Writer::start(&handle, pool.clone(), Arc::clone(&shared));
         let store = PgStore {
@@ -274,6 +291,7 @@ impl PgStore {
                 writer,
                 shared,
                 describe,
+                config: options.config()?,
             }),
         };
         if reconcile {
@@ -398,7 +416,7 @@ impl PgStore {
         let txn = conn.transaction().await?;
         let (value, changes) = f(&txn).await?;
         if self.shared().notify.load(Ordering::Relaxed) {
-            cluster::notify_changes(&txn, &changes).await?;
+            cluster::notify_changes(&txn, &shared_node(&self.inner.shared), &changes).await?;
         }
         match txn.commit().await {
             Ok(()) => {}
