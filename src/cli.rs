@@ -82,6 +82,9 @@ pub enum Command {
     /// Verify the store's invariants offline (stop the daemon first). Exits 0 when
     /// consistent, 1 on any violation or error.
     Check(CheckArgs),
+    /// Copy a stopped daemon's redb file into a PostgreSQL database (idempotent: run it
+    /// again to resume), then compare counts and check the copy. Exits 0 when they agree.
+    Migrate(crate::migrate::MigrateArgs),
     /// Take a consistent backup of the running daemon's store (admin token) into a new
     /// file, then check it. Restore: start the daemon with `--db` on the copy.
     Backup {
@@ -160,7 +163,9 @@ pub struct CheckArgs {
 /// The file is missing, is open in a running daemon (redb's lock), or cannot be read.
 pub fn run_check(args: &CheckArgs) -> Result<bool> {
     if let Some(url) = &args.store {
-        let options = pg_options(url, args.store_password_file.as_deref())?;
+        let options =
+            crate::store::postgres::PgOptions::from_url(url, args.store_password_file.as_deref())
+                .map_err(|e| anyhow!("--store: {e}"))?;
         let store = Store::open_postgres_for_tools(&options)
             .with_context(|| format!("cannot open {}", options.describe()))?;
         let report = store
@@ -254,33 +259,6 @@ fn print_check(report: &crate::store::CheckReport, what: &str, json: bool) -> Re
         }
     }
     Ok(report.is_ok())
-}
-
-/// PostgreSQL options for a tool: the URL and the password from `password_file` or
-/// PALO_WEBHOOKS_STORE_PASSWORD.
-///
-/// # Errors
-/// The URL is not a postgres:// one, or the password file cannot be read.
-fn pg_options(
-    url: &str,
-    password_file: Option<&std::path::Path>,
-) -> Result<crate::store::postgres::PgOptions> {
-    if !crate::store::postgres::PgOptions::is_postgres_url(url) {
-        bail!("--store expects a postgres:// URL");
-    }
-    let mut options = crate::store::postgres::PgOptions::new(url);
-    options.password = match password_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned(),
-        ),
-        None => std::env::var("PALO_WEBHOOKS_STORE_PASSWORD").ok(),
-    };
-    Ok(options)
 }
 
 /// How client subcommands reach the daemon.
@@ -706,7 +684,7 @@ async fn backup(args: &ClientArgs, out: &std::path::Path) -> Result<()> {
 /// Any API or connection error, as `status code: message`.
 pub async fn run_client(command: Command) -> Result<()> {
     let (client_args, request) = match command {
-        Command::Serve(_) | Command::Check(_) | Command::GenKey(_) => {
+        Command::Serve(_) | Command::Check(_) | Command::GenKey(_) | Command::Migrate(_) => {
             bail!("not a client command")
         }
         Command::Webhooks { client, action } => (client, webhook_request(action)?),

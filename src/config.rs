@@ -337,33 +337,16 @@ impl ServeArgs {
                     message: e.to_string(),
                 }
             })?);
+        let password_file = self.store_password_file.or(file.store_password_file);
         let postgres = match self.store.or(file.store) {
             None => None,
-            Some(url) if crate::store::postgres::PgOptions::is_postgres_url(&url) => {
-                let mut options = crate::store::postgres::PgOptions::new(url);
-                let password_file = self.store_password_file.or(file.store_password_file);
-                options.password = match password_file {
-                    Some(path) => Some(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| ConfigError::Value {
-                                key: "store_password_file",
-                                message: format!("cannot read {}: {e}", path.display()),
-                            })?
-                            .lines()
-                            .next()
-                            .unwrap_or("")
-                            .to_owned(),
-                    ),
-                    None => std::env::var("PALO_WEBHOOKS_STORE_PASSWORD").ok(),
-                };
-                Some(options)
-            }
-            Some(_) => {
-                return Err(ConfigError::Value {
-                    key: "store",
-                    message: "expected a postgres:// URL (leave it unset for the redb file)".into(),
-                })
-            }
+            Some(url) => Some(
+                crate::store::postgres::PgOptions::from_url(&url, password_file.as_deref())
+                    .map_err(|message| ConfigError::Value {
+                        key: "store",
+                        message,
+                    })?,
+            ),
         };
         Ok(Config {
             postgres,

@@ -14,6 +14,7 @@ pub mod event;
 pub mod ids;
 pub mod json_strict;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod retry;
 pub mod scheduler;

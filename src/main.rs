@@ -23,6 +23,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Migrate(args) = &cli.command {
+        return match palo_webhooks::migrate::run_migrate(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Check(args) = &cli.command {
         return match palo_webhooks::cli::run_check(args) {
             Ok(true) => ExitCode::SUCCESS,

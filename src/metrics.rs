@@ -5,8 +5,6 @@
 //! (backlog, in flight, db size) are read at scrape time by [`render`], so they cost nothing
 //! between scrapes. `metrics-exporter-prometheus` renders the text format.
 
-use std::path::Path;
-
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::{Attempt, AttemptError};
@@ -110,13 +108,15 @@ pub struct Snapshot {
     pub oldest_overdue_seconds: f64,
     /// Attempts in flight now.
     pub in_flight: u64,
+    /// The store's size in bytes (the redb file, or the PostgreSQL database).
+    pub db_bytes: u64,
 }
 
 /// The Prometheus text: the recorded metrics, then the scrape-time gauges of `snapshot` and
-/// the db file's size.
-pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot, db_path: &Path) -> String {
+/// the store's size.
+pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot) -> String {
     let mut out = handle.render();
-    let db_bytes = std::fs::metadata(db_path).map_or(0, |m| m.len());
+    let db_bytes = snapshot.db_bytes;
     let gauges: [(&str, &str, f64); 5] = [
         (
             "palo_webhooks_deliveries_due",
@@ -140,7 +140,7 @@ pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot, db_path: &Path) ->
         ),
         (
             "palo_webhooks_db_size_bytes",
-            "Size of the db file, bytes.",
+            "Size of the store (the redb file, or the PostgreSQL database), bytes.",
             db_bytes as f64,
         ),
     ];

@@ -1,11 +1,16 @@
 //! The integration tests on the PostgreSQL backend: the modules of `tests/it` whose tests
 //! hold on any store, run again with each daemon on a database of its own in a throwaway
 //! cluster (`support::pg_database`). The file-specific tests (the redb file's bytes, `--db`,
-//! backups into a file, a full disk, `$STATE_DIRECTORY`) stay in `tests/it` only, and so do
-//! the modules that hold some of them.
+//! backups into a file, a full disk, `$STATE_DIRECTORY`) are wrapped in `file_only!`, which
+//! drops them here.
 
 /// The store of this binary's daemons (read by `support`).
 const BACKEND: support::Backend = support::Backend::Postgres;
+
+/// Drops the redb-only tests of the shared modules (see `tests/it/main.rs`).
+macro_rules! file_only {
+    ($($item:item)*) => {};
+}
 
 // Helpers of the file-specific tests go unused here.
 #[allow(dead_code)]
@@ -16,14 +21,26 @@ mod support;
 mod browser;
 #[path = "it/cli.rs"]
 mod cli;
+#[path = "it/cluster.rs"]
+mod cluster;
 #[path = "it/delivery.rs"]
 mod delivery;
 #[path = "it/hardening.rs"]
 mod hardening;
 #[path = "it/hostile.rs"]
 mod hostile;
+#[path = "it/ingest.rs"]
+mod ingest;
 #[path = "it/isolation.rs"]
 mod isolation;
+#[path = "it/operations.rs"]
+mod operations;
+#[path = "it/recovery.rs"]
+mod recovery;
+#[path = "it/security.rs"]
+mod security;
+#[path = "it/tls.rs"]
+mod tls;
 #[path = "it/torture.rs"]
 mod torture;
 #[path = "it/ui.rs"]

@@ -79,7 +79,10 @@ pub(super) async fn backup(
 /// `GET /api/admin/status` (admin): `{"version","uptime_seconds","db_size_bytes",
 /// "deliveries":{"pending",…},"due_now","scheduled_later","oldest_overdue_at",
 /// "oldest_overdue_seconds","in_flight","failure_streaks":[{"webhook_id","organization_id",
-/// "url","streak"}]}`. Counting reads every delivery once (about a second per million).
+/// "url","streak"}],"store":"file"|"postgres","cluster":null|{"node","daemons":[{"id",
+/// "address"}],"serving_webhooks":[…]}}`. On PostgreSQL the counts are the whole cluster's;
+/// `in_flight` and `cluster.serving_webhooks` are this daemon's. Counting reads every
+/// delivery once (about a second per million).
 ///
 /// # Errors
 /// 403 for an organization key; 503 when the store cannot be read.
@@ -89,7 +92,10 @@ pub(super) async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
     let now = clock::now_ms();
-    let summary = blocking(&state.store, move |s| s.status_summary(now)).await?;
+    let (summary, db_size) = blocking(&state.store, move |s| {
+        Ok((s.status_summary(now)?, s.size_bytes().unwrap_or(0)))
+    })
+    .await?;
     let (due_now, later, oldest) = summary.due;
     let by_status: serde_json::Map<String, serde_json::Value> = DeliveryStatus::ALL
         .iter()
@@ -104,7 +110,6 @@ pub(super) async fn status(
                    "url": s.url, "streak": s.streak})
         })
         .collect();
-    let db_size = std::fs::metadata(&state.metrics.db_path).map_or(0, |m| m.len());
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -116,5 +121,11 @@ pub(super) async fn status(
         "oldest_overdue_seconds": oldest.map(|due| now.saturating_sub(due) / 1000),
         "in_flight": state.scheduler.in_flight(),
         "failure_streaks": streaks,
+        "store": state.store.backend_name(),
+        "cluster": state.scheduler.cluster_status().map(|c| json!({
+            "node": c.node,
+            "daemons": c.daemons.iter().map(|(id, address)| json!({"id": id, "address": address})).collect::<Vec<_>>(),
+            "serving_webhooks": c.serving.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })),
     })))
 }

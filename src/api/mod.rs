@@ -155,15 +155,19 @@ async fn metrics_text(
         }
     }
     let now = crate::clock::now_ms();
-    let (due_now, scheduled_later, oldest) =
-        crate::store::blocking(&state.store, move |s| s.due_summary(now)).await?;
+    let ((due_now, scheduled_later, oldest), db_bytes) =
+        crate::store::blocking(&state.store, move |s| {
+            Ok((s.due_summary(now)?, s.size_bytes().unwrap_or(0)))
+        })
+        .await?;
     let snapshot = crate::metrics::Snapshot {
         due_now,
         scheduled_later,
         oldest_overdue_seconds: oldest.map_or(0.0, |due| now.saturating_sub(due) as f64 / 1000.0),
         in_flight: state.scheduler.in_flight() as u64,
+        db_bytes,
     };
-    let text = crate::metrics::render(&state.metrics.handle, &snapshot, &state.metrics.db_path);
+    let text = crate::metrics::render(&state.metrics.handle, &snapshot);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -22,6 +22,7 @@
 mod attempt;
 mod bodies;
 mod clock_step;
+pub mod ownership;
 pub mod queues;
 
 pub use bodies::BODY_BUDGET_BYTES;
@@ -161,6 +162,14 @@ struct Inner {
     /// Monotonic ms since `started` of the loop's last turn ([`Scheduler::since_last_turn`]).
     last_turn_ms: AtomicU64,
     started: std::time::Instant,
+    /// The webhooks this daemon serves: `None` for all (one daemon on its own store),
+    /// `Some` when it is one of a cluster's ([`ownership`]); changes of others are ignored.
+    owned: RwLock<Option<HashSet<WebhookId>>>,
+    /// Monotonic ms (as [`Inner::monotonic_ms`]) after which no attempt may start: the
+    /// cluster's lease deadline; `u64::MAX` alone.
+    lease_deadline_ms: AtomicU64,
+    /// The cluster as the coordinator last saw it.
+    cluster: Mutex<Option<ownership::ClusterStatus>>,
 }
 
 /// Handle to the scheduler. Cheap to clone.
@@ -204,6 +213,8 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> Result<Scheduler, StoreError> {
         let limits = Limits::new(settings.max_in_flight, settings.max_in_flight_per_webhook);
+        // On PostgreSQL, webhooks are served as leases are taken ([`ownership`]).
+        let clustered = store.as_postgres().is_some();
         let inner = Arc::new(Inner {
             store: Arc::clone(&store),
             sender,
@@ -222,6 +233,9 @@ impl Scheduler {
             shutdown,
             last_turn_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            owned: RwLock::new(clustered.then(HashSet::new)),
+            lease_deadline_ms: AtomicU64::new(if clustered { 0 } else { u64::MAX }),
+            cluster: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         store.subscribe(Box::new(move |changes| {
@@ -236,7 +250,11 @@ impl Scheduler {
                 cache.entry(webhook.id).or_insert_with(|| Arc::new(webhook));
             }
         }
-        let heads = store.webhook_due_heads()?;
+        let heads = if clustered {
+            Vec::new()
+        } else {
+            store.webhook_due_heads()?
+        };
         let mut queues = lock(&inner.queues);
         for (webhook, due, id) in heads {
             queues.seed(webhook, (due, id));
@@ -328,6 +346,10 @@ impl Scheduler {
     /// many started and when the next head falls due (if nothing more is due now).
     fn dispatch(&self) -> (usize, Option<u64>) {
         let now = clock::now_ms();
+        if self.inner.monotonic_ms() > self.inner.lease_deadline_ms.load(Ordering::Relaxed) {
+            // The cluster's leases could not be renewed in time: start nothing.
+            return (0, Some(now + TURN_INTERVAL_MS));
+        }
         let mut started = 0;
         let mut next_due = None;
         let mut queues = lock(&self.inner.queues);
@@ -477,9 +499,14 @@ impl Scheduler {
 impl Inner {
     /// Applies a committed batch's changes (on the store's writer thread: memory only).
     fn on_commit(&self, changes: Vec<Change>) {
+        let owned = self.owned.read().unwrap_or_else(|e| e.into_inner());
+        let serves = |w: &WebhookId| owned.as_ref().is_none_or(|set| set.contains(w));
         let mut queues = lock(&self.queues);
         for change in changes {
             match change {
+                Change::Index { webhook, .. } if !serves(&webhook) => {}
+                Change::Accepted { deliveries, .. }
+                    if !deliveries.iter().any(|d| serves(&d.webhook_id)) => {}
                 Change::Index {
                     webhook,
                     delivery,
@@ -543,7 +570,13 @@ impl Inner {
             }
         }
         drop(queues);
+        drop(owned);
         self.wake.notify_one();
+    }
+
+    /// Monotonic ms since the scheduler started.
+    fn monotonic_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn webhook(&self, id: WebhookId) -> Option<Arc<Webhook>> {

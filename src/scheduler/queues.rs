@@ -453,6 +453,28 @@ impl Queues {
         self.want_refill(refill.webhook);
     }
 
+    /// This daemon stopped serving `webhook` (another daemon of a cluster serves it now): its
+    /// window and deferred entries are dropped and a refill read still out will add nothing;
+    /// attempts in flight keep their slots until released.
+    pub fn forget(&mut self, webhook: WebhookId) {
+        let Some(q) = self.queues.get_mut(&webhook) else {
+            return;
+        };
+        self.windowed -= q.window.len();
+        q.window.clear();
+        self.deferred -= q.deferred.len();
+        q.deferred.clear();
+        q.loaded_through = END;
+        q.reading = None;
+        q.wants_refill = false;
+        self.place(webhook);
+    }
+
+    /// Attempts in flight to `webhook`.
+    pub fn in_flight_of(&self, webhook: WebhookId) -> usize {
+        self.queues.get(&webhook).map_or(0, |q| q.in_flight)
+    }
+
     /// Counts for status and tests: (entries in windows, attempts in flight, webhooks known).
     pub fn counts(&self) -> (usize, usize, usize) {
         (
@@ -916,5 +938,32 @@ mod tests {
             assert!(reads < 1000);
         }
         assert!(q.counts().0 <= 100 + 50, "{:?}", q.counts());
+    }
+
+    #[test]
+    fn a_forgotten_webhook_holds_nothing_and_a_late_refill_adds_nothing() {
+        let mut q = Queues::new(Limits::new(8, 2));
+        let w = WebhookId(7);
+        q.seed(w, (10, DeliveryId(1)));
+        q.apply(w, None, Some((20, DeliveryId(2))));
+        let refill = q
+            .take_refill(0)
+            .expect("the disk holds more after the head");
+        let Next::Dispatch(slot, key) = q.next(10) else {
+            panic!("the head is due");
+        };
+        assert_eq!(key, (10, DeliveryId(1)));
+        q.forget(w);
+        assert_eq!(q.counts().0, 0, "no entry stays in memory");
+        assert_eq!(q.in_flight_of(w), 1, "the attempt in flight keeps its slot");
+        q.refilled(refill, &[(30, DeliveryId(3))]);
+        assert_eq!(
+            q.counts().0,
+            0,
+            "a refill read before the forget adds nothing"
+        );
+        assert_eq!(q.next(1_000), Next::Idle(None));
+        q.release(slot, Some(true));
+        assert_eq!(q.counts(), (0, 0, 0), "nothing is left of it");
     }
 }

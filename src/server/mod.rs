@@ -122,6 +122,10 @@ struct Started {
     app: axum::Router,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// This daemon's id in the cluster, on PostgreSQL.
+    node: Option<String>,
+    /// The lock on the node id's file, held while the daemon runs.
+    _node_lock: Option<std::fs::File>,
 }
 
 /// Runs the daemon on `listener` until `shutdown` completes: [`open`] (store, admin token;
@@ -275,6 +279,23 @@ fn start(
         path: config.db_path.display().to_string(),
         source,
     })?;
+    let (node, node_lock) = match store.as_postgres() {
+        Some(_) => {
+            let (id, lock) = node_id(&config.db_path);
+            (Some(id), lock)
+        }
+        None => (None, None),
+    };
+    if let Some(node) = &node {
+        scheduler.join_cluster(
+            Arc::clone(&store),
+            crate::scheduler::ownership::Cluster {
+                node: node.clone(),
+                address: config.listen.to_string(),
+                attempt_timeout: config.attempt_timeout,
+            },
+        );
+    }
     let scheduler_task = tokio::spawn(scheduler.clone().run());
     if let Some(retention) = config.retention {
         tokio::spawn(background::purge_loop(
@@ -322,7 +343,57 @@ fn start(
         app: api::router(state),
         cancel,
         tracker,
+        node,
+        _node_lock: node_lock,
     })
+}
+
+/// This daemon's id in a cluster, kept in `<db>.node-id` (beside the admin token) and locked
+/// while it runs: a daemon restarted after a crash takes back its own leases at once instead
+/// of waiting for them to expire. When the file is locked by another process (two daemons
+/// sharing a directory) or cannot be written, a new id is used for this run only.
+fn node_id(db_path: &Path) -> (String, Option<std::fs::File>) {
+    use std::io::{Read, Seek, Write};
+    let fresh = || format!("dmn_{}", ulid::Ulid::generate());
+    let mut name = db_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "palo-webhooks.redb".into());
+    name.push(".node-id");
+    let path = db_path.with_file_name(name);
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot keep the cluster node id; using a new one for this run");
+            return (fresh(), None);
+        }
+    };
+    if file.try_lock().is_err() {
+        tracing::warn!(file = %path.display(), "another daemon holds this node id; using a new one for this run");
+        return (fresh(), None);
+    }
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let kept = text.trim();
+    if kept.starts_with("dmn_") && kept.len() == 30 {
+        return (kept.to_owned(), Some(file));
+    }
+    let id = fresh();
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(format!("{id}\n").as_bytes()))
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot keep the cluster node id; using it for this run only");
+    }
+    (id, Some(file))
 }
 
 /// Serves the API until `shutdown` (or a fatal error), then drains within one deadline
@@ -341,6 +412,8 @@ async fn serve_and_drain(
         app,
         cancel,
         tracker,
+        node,
+        _node_lock,
     } = started;
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!("listening on http://{addr}");
@@ -391,6 +464,9 @@ async fn serve_and_drain(
             in_flight = scheduler.in_flight(),
             "shutdown timeout reached; unfinished attempts stay scheduled and resume after restart"
         );
+    }
+    if let Some(node) = &node {
+        scheduler.leave_cluster(&store, node).await;
     }
     let stats = store.commit_stats();
     let (batches, writes) = (

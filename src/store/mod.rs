@@ -150,6 +150,14 @@ impl Store {
         })
     }
 
+    /// [`Store::open`] for tools (`migrate`): no secrets key, secrets left as stored.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_file_for_tools(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store::from(FileStore::open_for_tools(path)?))
+    }
+
     /// [`Store::open_postgres`] for tools (`check`, `migrate`): no secrets key, and secrets
     /// are left as stored (sealed or not), never opened nor resealed.
     ///
@@ -572,6 +580,19 @@ impl Store {
         match &self.backend {
             Backend::File(s) => s.resume_held(held, now_ms),
             Backend::Postgres(s) => s.resume_held(held, now_ms),
+        }
+    }
+
+    /// The store's size on disk in bytes: the redb file, or the PostgreSQL database
+    /// (`pg_database_size`). What `db_size_bytes` in status and metrics reports.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot be asked (the file backend never fails: an
+    /// unreadable file counts 0).
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.size_bytes(),
+            Backend::Postgres(s) => s.size_bytes(),
         }
     }
 

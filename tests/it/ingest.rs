@@ -371,6 +371,7 @@ async fn webhook_secret_is_shown_once_and_lists_paginate() {
     assert!(!fetched.to_string().contains(&secret));
 }
 
+file_only! {
 /// An answer is never sent before its commit: when the disk is full (the daemon may not
 /// grow its db file), ingest answers 503 `store_unavailable`, and every event answered 202
 /// before is there while the refused one is not.
@@ -430,7 +431,9 @@ async fn full_disk_answers_503_and_keeps_every_accepted_event() {
         .await;
     assert_eq!(status, 404, "an event answered 503 was not written");
 }
+}
 
+file_only! {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_disk_pauses_deliveries_then_recovers_without_restart() {
     let daemon = support::start_with_file_limit(
@@ -515,4 +518,5 @@ async fn full_disk_pauses_deliveries_then_recovers_without_restart() {
     for line in log.lines().filter(|l| !l.contains("DEBUG")) {
         println!("{line}");
     }
+}
 }

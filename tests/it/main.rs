@@ -5,6 +5,12 @@
 /// The store of this binary's daemons (read by `support`).
 const BACKEND: support::Backend = support::Backend::Redb;
 
+/// Tests and helpers that only mean something on the redb file (its bytes, `--db`, backups
+/// into a file, a full disk): kept here, dropped by `tests/postgres.rs`.
+macro_rules! file_only {
+    ($($item:item)*) => { $($item)* };
+}
+
 mod browser;
 mod cli;
 mod delivery;

@@ -1,7 +1,7 @@
 //! Running under systemd (issue 7, item 1): readiness and watchdog notifications on
 //! `NOTIFY_SOCKET`, and the db in `$STATE_DIRECTORY` by default.
 
-use std::os::unix::net::UnixDatagram;
+file_only! { use std::os::unix::net::UnixDatagram; }
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ impl Drop for KillOnDrop {
     }
 }
 
+file_only! {
 /// Reads notification datagrams until one contains `what` (or panics after `limit`).
 fn wait_for(socket: &UnixDatagram, what: &str, limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
@@ -34,7 +35,9 @@ fn wait_for(socket: &UnixDatagram, what: &str, limit: Duration) -> Vec<String> {
     }
     panic!("no {what} within {limit:?}; got {seen:?}");
 }
+}
 
+file_only! {
 /// Started as systemd starts it (`Type=notify`, `WatchdogSec=`, `StateDirectory=`), the
 /// daemon puts its db in the state directory, says READY=1 once it serves, feeds the
 /// watchdog while its scheduler turns, and says STOPPING=1 on SIGTERM.
@@ -83,6 +86,7 @@ fn under_systemd_it_notifies_ready_feeds_the_watchdog_and_uses_the_state_directo
         .unwrap();
     wait_for(&socket, "STOPPING=1", Duration::from_secs(10));
     assert_eq!(child.0.wait().unwrap().code(), Some(0));
+}
 }
 
 /// The value of the first sample line of `name` whose labels contain `labels`.
@@ -313,6 +317,7 @@ async fn retention_purges_old_final_records_and_keeps_unfinished_ones() {
     assert!(ok_check, "{report}");
 }
 
+file_only! {
 /// Online backup under ingest load: every event acknowledged before the backup started is in
 /// the copy, a second daemon serves the copy, and the copy passes `check`.
 #[tokio::test(flavor = "multi_thread")]
@@ -430,6 +435,7 @@ async fn an_online_backup_under_load_holds_every_acknowledged_event() {
         "backup under load: {} events acknowledged before it, {total} in all",
         before.len()
     );
+}
 }
 
 /// `palo-webhooks status`: version, deliveries by status, the backlog, failing webhooks.
@@ -566,6 +572,7 @@ async fn sighup_reloads_the_allowed_networks() {
     );
 }
 
+file_only! {
 /// The copy of a backup interrupted by a crash is removed at the next start.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_backups_copy_is_removed_at_start() {
@@ -591,4 +598,5 @@ async fn a_crashed_backups_copy_is_removed_at_start() {
     assert!(daemon
         .log_text()
         .contains("removed the copy of an interrupted backup"));
+}
 }

@@ -271,6 +271,7 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
     assert!(event_ids_since(&hanging.received(), since).contains("evt_crash_7"));
 }
 
+file_only! {
 /// `check` opens the file read-only: on a cleanly closed file it changes no byte. A file
 /// left by kill -9 needs redb's recovery first, which `check` says it does.
 #[tokio::test(flavor = "multi_thread")]
@@ -307,4 +308,5 @@ async fn check_changes_nothing_in_a_cleanly_closed_file() {
         "check wrote to the file"
     );
     drop(daemon);
+}
 }

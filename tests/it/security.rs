@@ -341,6 +341,7 @@ async fn no_secret_key_or_token_leaks_into_logs_answers_or_errors() {
     }
 }
 
+file_only! {
 /// Runs `palo-webhooks serve` on `db` with `extra` flags and expects it to refuse to start;
 /// returns its stderr.
 fn refused_start(db: &std::path::Path, extra: &[&str]) -> String {
@@ -360,7 +361,9 @@ fn refused_start(db: &std::path::Path, extra: &[&str]) -> String {
     assert!(!output.status.success(), "it started: {stderr}");
     stderr
 }
+}
 
+file_only! {
 /// With `--secrets-key-file`, webhook secrets are sealed in the db file (the file never
 /// holds them in clear, whatever was rotated), deliveries are still signed with them, and
 /// the file cannot be served without the same key. Secrets stored in clear before a key
@@ -520,4 +523,5 @@ async fn secrets_are_sealed_at_rest_with_the_key_file() {
     assert!(support::python_verifies(&plain_receiver.received(), SECRET));
     drop(sealed);
     drop(plain);
+}
 }

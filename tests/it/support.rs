@@ -74,7 +74,7 @@ impl StoreLocation {
 }
 
 /// In a daemon's directory on PostgreSQL: the URL of its database.
-const STORE_URL_FILE: &str = "palo.store-url";
+pub const STORE_URL_FILE: &str = "palo.store-url";
 
 /// The store of the daemons started in `dir`: `<dir>/palo.redb` on redb; on PostgreSQL,
 /// the database named in `dir`, or a new one (then named there) at the first start in `dir`.
@@ -165,6 +165,11 @@ fn launch_with_env(
     let binary = env!("CARGO_BIN_EXE_palo-webhooks");
     let mut args = vec!["serve".to_owned()];
     args.extend(store.args());
+    if let StoreLocation::Postgres(_) = store {
+        // With --store, --db's directory keeps the daemon's side files (its cluster node id).
+        let side = dir.join("palo.redb");
+        args.extend(["--db".to_owned(), side.to_str().unwrap().to_owned()]);
+    }
     args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
     // Debug logs unless the test sets the level itself (`--log`, or a config file's `log`
     // with `--config`, which a flag would override).
@@ -509,6 +514,8 @@ pub enum Behaviour {
     Reply(u16, &'static str),
     /// Never answer.
     Hang,
+    /// 200 after this many ms (an attempt in flight for that long).
+    Slow(u64),
     /// 302 to /moved.
     Redirect,
     /// 200 with an endless (1 GiB) streamed body.
@@ -724,6 +731,10 @@ async fn handle(
         Behaviour::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             full(200, "late")
+        }
+        Behaviour::Slow(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(200, "ok")
         }
         Behaviour::Redirect => Response::builder()
             .status(302)

@@ -201,6 +201,7 @@ async fn certificates_are_verified_and_an_extra_ca_file_is_trusted() {
     }
 }
 
+file_only! {
 /// A CA file that cannot be read or holds no certificate stops the daemon at start, with
 /// the file named.
 #[test]
@@ -244,6 +245,7 @@ fn an_unusable_extra_ca_file_stops_the_daemon_at_start() {
         assert!(stderr.contains("extra CA file"), "{stderr}");
         assert!(stderr.contains(reason), "{reason}: {stderr}");
     }
+}
 }
 
 /// A receiver that answers 200 without Content-Length and ends the body by closing the

@@ -119,6 +119,12 @@ impl FileStore {
         Ok(store)
     }
 
+    /// [`FileStore::open`] for tools (`migrate`): secrets are left as stored (sealed or
+    /// not), never checked nor resealed, so no key is needed.
+    pub fn open_for_tools(path: &Path) -> Result<FileStore, StoreError> {
+        FileStore::with_slot(slot::Slot::open(path)?, None)
+    }
+
     /// [`FileStore::open`] with webhook secrets sealed at rest under `key` (issue 5, item 6).
     /// Secrets stored in plain text (written before a key was set) are sealed at once, and
     /// so are secrets sealed with `previous` (a key being replaced), all in one transaction.
@@ -282,6 +288,11 @@ impl FileStore {
         F: FnOnce(&Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.write_async(f).await
+    }
+
+    /// See [`Store::size_bytes`](crate::store::Store::size_bytes).
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.slot.size_bytes())
     }
 
     /// See [`Store::is_writable`](crate::store::Store::is_writable).

@@ -45,6 +45,14 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
 }
 
 impl Slot {
+    /// The file's size in bytes (0 in memory or when it cannot be read).
+    pub(super) fn size_bytes(&self) -> u64 {
+        self.path
+            .as_deref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    }
+
     /// Opens (or creates) the file at `path`.
     pub(super) fn open(path: &Path) -> Result<Slot, StoreError> {
         Ok(Slot {

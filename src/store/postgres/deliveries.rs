@@ -455,3 +455,108 @@ impl PgStore {
         })
     }
 }
+
+/// One batch of [`PgStore::import`]: rows copied from another store, as stored there.
+#[derive(Debug, Default)]
+pub struct ImportBatch {
+    /// Webhooks, secrets as stored (sealed text stays sealed).
+    pub webhooks: Vec<crate::model::Webhook>,
+    /// API keys (hashes only).
+    pub api_keys: Vec<crate::model::ApiKey>,
+    /// Events with their deliveries.
+    pub events: Vec<(Event, Vec<Delivery>)>,
+    /// Attempts, by delivery.
+    pub attempts: Vec<(DeliveryId, Attempt)>,
+}
+
+impl PgStore {
+    /// The keys among `keys` whose events are stored already (with their deliveries and
+    /// attempts, which an import writes in the same transaction).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn existing_events(&self, keys: &[EventKey]) -> Result<Vec<EventKey>, StoreError> {
+        let store = self.clone();
+        let texts: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        self.block(async move {
+            let rows = store
+                .conn()
+                .await?
+                .query("SELECT key FROM events WHERE key = ANY($1)", &[&texts])
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    r.try_get::<_, &str>(0)?
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt {
+                            table: "events",
+                            reason: "bad key".into(),
+                        })
+                })
+                .collect()
+        })
+    }
+
+    /// Writes `batch` in one transaction, skipping rows whose ids exist (so an interrupted
+    /// copy is resumed by running it again). For `palo-webhooks migrate`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing of the batch is written then.
+    pub fn import(&self, batch: ImportBatch) -> Result<(), StoreError> {
+        let store = self.clone();
+        self.block(async move {
+            let mut conn = store.conn().await?;
+            let txn = conn.transaction().await?;
+            for w in &batch.webhooks {
+                txn.execute(
+                    "INSERT INTO webhooks (id, organization_id, url, event_types, secret, \
+                     previous_secret, previous_expires_at_ms, active, description, \
+                     created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $10, $11) ON CONFLICT (id) DO NOTHING",
+                    &[
+                        &w.id.to_string(),
+                        &w.organization_id,
+                        &w.url,
+                        &rows::event_types(&w.events),
+                        &w.secret.0,
+                        &w.previous_secret.as_ref().map(|p| p.secret.0.clone()),
+                        &w.previous_secret
+                            .as_ref()
+                            .map(|p| rows::ms(p.expires_at_ms)),
+                        &w.active,
+                        &w.description,
+                        &rows::ms(w.created_at_ms),
+                        &rows::ms(w.updated_at_ms),
+                    ],
+                )
+                .await?;
+            }
+            for k in &batch.api_keys {
+                txn.execute(
+                    "INSERT INTO api_keys (id, organization_id, description, created_at_ms, \
+                     key_hash) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        &k.id.to_string(),
+                        &k.organization_id,
+                        &k.description,
+                        &rows::ms(k.created_at_ms),
+                        &k.key_hash.as_slice(),
+                    ],
+                )
+                .await?;
+            }
+            if !batch.events.is_empty() {
+                super::writer::insert_events(&txn, &batch.events).await?;
+                super::writer::insert_deliveries(&txn, batch.events.iter().flat_map(|(_, d)| d))
+                    .await?;
+            }
+            if !batch.attempts.is_empty() {
+                let logged: Vec<(DeliveryId, &Attempt)> =
+                    batch.attempts.iter().map(|(d, a)| (*d, a)).collect();
+                super::writer::insert_attempts(&txn, &logged).await?;
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+    }
+}

@@ -21,6 +21,7 @@
 
 mod admin;
 pub mod cluster;
+pub use deliveries::ImportBatch;
 mod deliveries;
 mod due;
 mod rows;
@@ -82,6 +83,33 @@ impl PgOptions {
             password: None,
             pool_size: DEFAULT_POOL_SIZE,
         }
+    }
+
+    /// Options for `url` with the password from `password_file` (its first line) or, without
+    /// one, from the environment variable `PALO_WEBHOOKS_STORE_PASSWORD`.
+    ///
+    /// # Errors
+    /// A message when `url` is not a `postgres://` URL or the file cannot be read.
+    pub fn from_url(
+        url: &str,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<PgOptions, String> {
+        if !PgOptions::is_postgres_url(url) {
+            return Err("expected a postgres:// URL".into());
+        }
+        let mut options = PgOptions::new(url);
+        options.password = match password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            None => std::env::var("PALO_WEBHOOKS_STORE_PASSWORD").ok(),
+        };
+        Ok(options)
     }
 
     /// Whether `text` names a PostgreSQL store (`postgres://` or `postgresql://`).
@@ -412,6 +440,7 @@ impl PgStore {
             Box<dyn Future<Output = Result<(T, Vec<Change>), StoreError>> + Send + 't>,
         >,
     {
+        let began = std::time::Instant::now();
         let mut conn = self.conn().await?;
         let txn = conn.transaction().await?;
         let (value, changes) = f(&txn).await?;
@@ -427,8 +456,23 @@ impl PgStore {
                 return Err(StoreError::CommitFailed(StoreError::from(e).to_string()));
             }
         }
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(began.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::COMMIT_BATCH).record(1.0);
         self.shared().publish(changes);
         Ok(value)
+    }
+
+    /// See [`crate::store::Store::size_bytes`]: `pg_database_size` of the database.
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        let store = self.clone();
+        self.block(async move {
+            let row = store
+                .conn()
+                .await?
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await?;
+            Ok(rows::from_ms(row.try_get(0)?))
+        })
     }
 
     /// See [`crate::store::Store::is_writable`].

@@ -141,7 +141,14 @@ async fn run(mut rx: mpsc::Receiver<(Input, Reply)>, pool: Pool, shared: Arc<Sha
             },
         };
         let mut client = client;
-        match commit(&mut client, &inputs, &shared).await {
+        let began = std::time::Instant::now();
+        let result = commit(&mut client, &inputs, &shared).await;
+        if result.is_ok() {
+            metrics::histogram!(crate::metrics::COMMIT_SECONDS)
+                .record(began.elapsed().as_secs_f64());
+            metrics::histogram!(crate::metrics::COMMIT_BATCH).record(inputs.len() as f64);
+        }
+        match result {
             Ok(outputs) => {
                 for (reply, output) in replies.into_iter().zip(outputs) {
                     let _ = reply.send(Ok(output));
@@ -509,7 +516,7 @@ pub(super) async fn insert_deliveries<'d>(
          event_type, status, attempt_count, scheduled_attempts, next_attempt_at_ms, \
          created_at_ms, updated_at_ms) SELECT * FROM unnest($1::text[], $2::text[], \
          $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], \
-         $10::bigint[], $11::bigint[], $12::bigint[])",
+         $10::bigint[], $11::bigint[], $12::bigint[]) ON CONFLICT (id) DO NOTHING",
         &[
             &ids, &orgs, &webhooks, &keys, &event_ids, &types, &statuses, &counts, &scheduled,
             &next, &created, &updated,

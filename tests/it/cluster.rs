@@ -1,0 +1,184 @@
+//! Several daemons on one PostgreSQL database (issue 14, item 3). PostgreSQL only: compiled
+//! into `tests/postgres.rs`, not into `tests/it`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{self, Behaviour, Daemon, Receiver, STORE_URL_FILE};
+
+/// How long a request to the receivers is in flight (ms): two attempts of one delivery that
+/// arrive closer than this overlapped.
+const IN_FLIGHT_MS: u64 = 150;
+
+fn event(i: usize) -> Value {
+    json!({"event_id": format!("c-{i}"), "event_type": "ticket.created", "organization_id": "org_c",
+           "data": {"ticket_id": format!("T-{i}"), "title": "t", "priority": "p3",
+                    "project_id": "p", "created_by": "u"}})
+}
+
+/// A daemon in its own directory on the database `url`.
+fn start_on(url: &str, dir: &std::path::Path) -> Daemon {
+    std::fs::write(dir.join(STORE_URL_FILE), url).unwrap();
+    support::start_in(dir, &["--allow-http", "--attempt-timeout", "2s"])
+}
+
+async fn send(daemon: &Daemon, i: usize) {
+    let (status, body) = daemon.call("POST", "/api/events", Some(event(i))).await;
+    assert_eq!(status, 202, "event {i}: {body}");
+}
+
+async fn serving(daemon: &Daemon) -> HashSet<String> {
+    let (status, body) = daemon.call("GET", "/api/admin/status", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["cluster"]["serving_webhooks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Three daemons, three receivers, load spread over the daemons, one daemon killed with -9
+/// mid-run and restarted later: every accepted event reaches every webhook, no delivery is
+/// ever in flight twice at once, and the dead daemon's webhooks resume within the takeover
+/// bound (lease TTL + one tick).
+#[tokio::test(flavor = "multi_thread")]
+async fn three_daemons_share_the_work_and_survive_a_kill_9() {
+    let url = support::pg_database();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut daemons: Vec<Daemon> = dirs.iter().map(|d| start_on(&url, d.path())).collect();
+    let receivers = [
+        Receiver::start(Behaviour::Slow(IN_FLIGHT_MS)).await,
+        Receiver::start(Behaviour::Slow(IN_FLIGHT_MS)).await,
+        Receiver::start(Behaviour::Slow(IN_FLIGHT_MS)).await,
+    ];
+    // Two webhooks per receiver, made on different daemons: every daemon sees them all.
+    let mut webhooks = Vec::new();
+    for (i, receiver) in receivers.iter().enumerate() {
+        for j in 0..2 {
+            let url = format!("{}/r{i}/w{j}", receiver.url);
+            webhooks.push(
+                daemons[(i + j) % 3]
+                    .create_webhook("org_c", &url, &["*"])
+                    .await,
+            );
+        }
+    }
+    // Every webhook is served by exactly one daemon once the leases settle.
+    let started = Instant::now();
+    loop {
+        let mut all = Vec::new();
+        for d in &daemons {
+            all.extend(serving(d).await);
+        }
+        let unique: HashSet<&String> = all.iter().collect();
+        if all.len() == webhooks.len() && unique.len() == webhooks.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "leases did not settle: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let victim_webhooks = serving(&daemons[1]).await;
+    let mut sent = 0;
+    for _ in 0..60 {
+        send(&daemons[sent % 3], sent).await;
+        sent += 1;
+    }
+    daemons[1].kill9();
+    let killed_at = Instant::now();
+    // Ingest goes on through the live daemons; events for the victim's webhooks wait.
+    for _ in 0..60 {
+        send(&daemons[[0, 2][sent % 2]], sent).await;
+        sent += 1;
+    }
+    // The victim's webhooks resume once its leases expire.
+    let probe = sent;
+    send(&daemons[0], probe).await;
+    sent += 1;
+    let probe_id = format!("c-{probe}");
+    let mut resumed_after = None;
+    while resumed_after.is_none() {
+        let reached: HashSet<String> = receivers
+            .iter()
+            .flat_map(|r| r.received())
+            .filter(|r| r.json()["event_id"] == probe_id.as_str())
+            .map(|r| r.path.clone())
+            .collect();
+        if reached.len() == webhooks.len() {
+            resumed_after = Some(killed_at.elapsed());
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(40),
+            "the dead daemon's webhooks ({victim_webhooks:?}) did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed_after = resumed_after.unwrap();
+    // Lease TTL (14 s) + one tick (1 s), plus the time the probe took to be sent.
+    assert!(
+        resumed_after < Duration::from_secs(20),
+        "takeover took {resumed_after:?}"
+    );
+    // The victim comes back (a new daemon id) and takes its share again.
+    daemons[1] = start_on(&url, dirs[1].path());
+    for _ in 0..60 {
+        send(&daemons[sent % 3], sent).await;
+        sent += 1;
+    }
+    // Every event reaches every webhook.
+    let expected: HashSet<String> = (0..sent).map(|i| format!("c-{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut by_path: HashMap<String, HashSet<String>> = HashMap::new();
+        for r in receivers.iter().flat_map(|r| r.received()) {
+            by_path
+                .entry(r.path.clone())
+                .or_default()
+                .insert(r.json()["event_id"].as_str().unwrap_or("").to_owned());
+        }
+        let complete = by_path.len() == webhooks.len()
+            && by_path.values().all(|events| events.is_superset(&expected));
+        if complete {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every event reached every webhook: {:?}",
+            by_path
+                .iter()
+                .map(|(p, e)| (p, expected.difference(e).count()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No delivery was ever in flight twice at once: attempts of one delivery arrive at
+    // least the receiver's answer time apart (a kill's repeat comes after the takeover).
+    let mut arrivals: HashMap<String, Vec<(Instant, String)>> = HashMap::new();
+    for r in receivers.iter().flat_map(|r| r.received()) {
+        arrivals
+            .entry(r.header("x-palo-delivery"))
+            .or_default()
+            .push((r.at, r.header("x-palo-attempt")));
+    }
+    for (delivery, mut times) in arrivals {
+        times.sort();
+        for pair in times.windows(2) {
+            let gap = pair[1].0.duration_since(pair[0].0);
+            assert!(
+                gap >= Duration::from_millis(IN_FLIGHT_MS - 20),
+                "{delivery}: attempts {} and {} overlapped ({gap:?} apart)",
+                pair[0].1,
+                pair[1].1
+            );
+        }
+    }
+    let (ok, report) = support::check(dirs[0].path());
+    assert!(ok, "{report}");
+}
