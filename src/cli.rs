@@ -171,7 +171,7 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
         let report = store
             .check()
             .with_context(|| format!("cannot check {}", options.describe()))?;
-        return Ok(print_check(&report, &options.describe(), args.json)?);
+        return print_check(&report, &options.describe(), args.json);
     }
     if !args.db.is_file() {
         bail!("no database file at {}", args.db.display());

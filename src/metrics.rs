@@ -98,7 +98,7 @@ pub fn attempt(attempt: &Attempt) {
 }
 
 /// The state read at scrape time.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Deliveries due now (retry-index entries at or before now).
     pub due_now: u64,
@@ -110,6 +110,8 @@ pub struct Snapshot {
     pub in_flight: u64,
     /// The store's size in bytes (the redb file, or the PostgreSQL database).
     pub db_bytes: u64,
+    /// In a cluster (PostgreSQL): this daemon's id, the webhooks it serves, the live daemons.
+    pub cluster: Option<(String, usize, usize)>,
 }
 
 /// The Prometheus text: the recorded metrics, then the scrape-time gauges of `snapshot` and
@@ -147,6 +149,16 @@ pub fn render(handle: &PrometheusHandle, snapshot: &Snapshot) -> String {
     for (name, help, value) in gauges {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    if let Some((node, serving, daemons)) = &snapshot.cluster {
+        out.push_str(&format!(
+            "# HELP palo_webhooks_cluster_webhooks_served Webhooks this daemon serves (holds the lease of).\n\
+             # TYPE palo_webhooks_cluster_webhooks_served gauge\n\
+             palo_webhooks_cluster_webhooks_served{{node=\"{node}\"}} {serving}\n\
+             # HELP palo_webhooks_cluster_daemons Live daemons of the cluster, as this one sees them.\n\
+             # TYPE palo_webhooks_cluster_daemons gauge\n\
+             palo_webhooks_cluster_daemons{{node=\"{node}\"}} {daemons}\n"
         ));
     }
     out

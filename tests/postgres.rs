@@ -33,6 +33,8 @@ mod hostile;
 mod ingest;
 #[path = "it/isolation.rs"]
 mod isolation;
+#[path = "it/migrate.rs"]
+mod migrate;
 #[path = "it/operations.rs"]
 mod operations;
 #[path = "it/recovery.rs"]

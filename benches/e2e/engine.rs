@@ -15,7 +15,7 @@ use palo_webhooks::delivery::build_client;
 use palo_webhooks::signature::sign;
 
 use super::{
-    create_webhooks, event_body_for, ingest_maker, load, percentile, post,
+    create_webhooks, event_body, event_body_for, ingest_maker, load, percentile, post,
     raw_redb_records_per_second, start_bare_server, start_daemon_at, start_daemon_with,
     start_receiver, start_receiver_on, wait_for, Arrivals, Daemon, MakeRequest, SECRET, TOKEN,
 };
@@ -223,26 +223,44 @@ pub async fn burst(
     label: &str,
     add: &mut impl FnMut(&str, String),
 ) -> f64 {
+    let daemon = start_daemon_with(&[]);
+    let name =
+        format!("{label} burst, 64 clients {seconds} s, {webhooks} webhook(s), default settings");
+    burst_on(base, &[daemon], webhooks, seconds, &name, add).await
+}
+
+/// A burst of 64 clients for `seconds` spread over `daemons` (which share a store), with
+/// `webhooks` subscribed, reported under `name`. Returns the e2e deliveries/s (first
+/// request to last delivery).
+pub async fn burst_on(
+    base: &Baselines,
+    daemons: &[Daemon],
+    webhooks: usize,
+    seconds: u64,
+    name: &str,
+    add: &mut impl FnMut(&str, String),
+) -> f64 {
     let arrivals = Arc::new(Arrivals::default());
     let receiver = start_receiver(Arc::clone(&arrivals)).await;
-    let daemon = start_daemon_with(&[]);
-    create_webhooks(&daemon, receiver, webhooks).await;
-    let rss = RssWatch::start(&daemon);
+    create_webhooks(&daemons[0], receiver, webhooks).await;
+    // Every daemon must serve before the clock starts (PostgreSQL: leases are taken).
+    tokio::time::sleep(Duration::from_secs(if daemons.len() > 1 { 3 } else { 1 })).await;
+    let rss = RssWatch::start(&daemons[0]);
+    let addrs: Vec<SocketAddr> = daemons.iter().map(|d| d.addr).collect();
+    let make: MakeRequest = Arc::new(move |i| {
+        (
+            format!("http://{}/api/events", addrs[i % addrs.len()]),
+            event_body(i),
+            vec![("authorization", format!("Bearer {TOKEN}"))],
+        )
+    });
     let started = Instant::now();
-    let answered = load_for(
-        Duration::from_secs(seconds),
-        64,
-        ingest_maker(daemon.addr, 0),
-        202,
-    )
-    .await;
+    let answered = load_for(Duration::from_secs(seconds), 64, make, 202).await;
     let ingest_end = Instant::now();
     let accepted = answered.len();
     let last = wait_for(&arrivals, accepted * webhooks, Duration::from_secs(900)).await;
     let e2e = (accepted * webhooks) as f64 / last.duration_since(started).as_secs_f64();
     let ingest = accepted as f64 / ingest_end.duration_since(started).as_secs_f64();
-    let name =
-        format!("{label} burst, 64 clients {seconds} s, {webhooks} webhook(s), default settings");
     add(
         &format!("{name}: accepted events; ingest (events/s)"),
         format!("{accepted}; {ingest:.0}"),
@@ -264,7 +282,7 @@ pub async fn burst(
             ms(percentile(&lat, 0.99))
         ),
     );
-    report_stalls(&name, &arrivals, started, &rss, add);
+    report_stalls(name, &arrivals, started, &rss, add);
     e2e
 }
 

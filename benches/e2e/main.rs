@@ -5,11 +5,12 @@
 //!
 //! Run: `cargo bench --bench e2e` (sections (a)-(f) of issue 13 and ingest, see
 //! `engine.rs`; about 12 minutes on 2 cores). `E2E_ONLY=a,c,...` runs some sections (`a` `b`
-//! `c` `d` `e` `f` `ingest`, and `slow`, not run by default); `E2E_BURST_SECONDS`,
+//! `c` `d` `e` `f` `g` `ingest` `pg`, and `slow`, not run by default); `E2E_BURST_SECONDS`,
 //! `E2E_B_SECONDS`, `E2E_OUTAGE_EVENTS`, `E2E_BACKLOG`, `E2E_FAIRNESS_BACKLOG` size them.
 
 mod backlog;
 mod engine;
+mod postgres;
 mod slow;
 
 use std::collections::HashMap;
@@ -143,7 +144,7 @@ async fn start_bare_server() -> SocketAddr {
     addr
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     addr: SocketAddr,
     _dir: Option<tempfile::TempDir>,
@@ -169,6 +170,13 @@ fn start_daemon_with(extra: &[&str]) -> Daemon {
     let mut daemon = start_daemon_at(&dir.path().join("bench.redb"), extra);
     daemon._dir = Some(dir);
     daemon
+}
+
+/// A daemon whose side files (node id) are in `dir`, on the PostgreSQL database `url`.
+fn start_daemon_on_postgres(dir: &std::path::Path, url: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--store", url];
+    args.extend(extra);
+    start_daemon_at(&dir.join("bench.redb"), &args)
 }
 
 fn start_daemon_at(db: &std::path::Path, extra: &[&str]) -> Daemon {
@@ -409,8 +417,9 @@ async fn run() {
     };
     // `E2E_ONLY=a,c` runs those sections (baselines always run: every ratio needs them).
     // Sections: a b c d e f (issue 13), g (10,000 webhooks × 100 due at restart), ingest
-    // (durable ingest by clients and webhooks), slow (one slow webhook among 100, issue 3).
-    let only = std::env::var("E2E_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,g,ingest".to_owned());
+    // (durable ingest by clients and webhooks), pg (the burst on PostgreSQL with one and
+    // three daemons, next to redb's, issue 14), slow (one slow webhook among 100, issue 3).
+    let only = std::env::var("E2E_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,g,ingest,pg".to_owned());
     let wants = |s: &str| only.split(',').any(|w| w.trim() == s);
     let seconds = |name: &str, default: u64| -> u64 {
         std::env::var(name)
@@ -468,6 +477,9 @@ async fn run() {
     }
     if wants("ingest") {
         engine::ingest_rows(&base, &mut add).await;
+    }
+    if wants("pg") {
+        postgres::rows(&base, seconds("E2E_BURST_SECONDS", 30), &mut add).await;
     }
     if wants("slow") {
         let mut offset = 0;

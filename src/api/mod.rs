@@ -166,6 +166,10 @@ async fn metrics_text(
         oldest_overdue_seconds: oldest.map_or(0.0, |due| now.saturating_sub(due) as f64 / 1000.0),
         in_flight: state.scheduler.in_flight() as u64,
         db_bytes,
+        cluster: state
+            .scheduler
+            .cluster_status()
+            .map(|c| (c.node, c.serving.len(), c.daemons.len())),
     };
     let text = crate::metrics::render(&state.metrics.handle, &snapshot);
     Ok((

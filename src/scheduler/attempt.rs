@@ -32,8 +32,27 @@ impl Inner {
             return;
         };
         // A deleted webhook's deliveries were cancelled in the same commit as the deletion.
-        let Some(webhook) = self.webhook(webhook_id) else {
-            return;
+        // One missing from the cache is read (another daemon of a cluster made it, and its
+        // notification was missed).
+        let webhook = match self.webhook(webhook_id) {
+            Some(webhook) => webhook,
+            None => match blocking(&self.store, move |s| s.get_webhook(webhook_id)).await {
+                Ok(Some(webhook)) => {
+                    let webhook = Arc::new(webhook);
+                    self.webhooks
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(webhook_id)
+                        .or_insert_with(|| Arc::clone(&webhook));
+                    webhook
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(webhook = %webhook_id, error = %e, "could not read a webhook; will look again");
+                    lock(&self.queues).defer(webhook_id, key, clock::now_ms() + RECHECK_MS);
+                    return;
+                }
+            },
         };
         if !webhook.active {
             drop(slots);

@@ -70,7 +70,7 @@ impl Cluster {
 }
 
 /// The live daemon that should serve `webhook`: the highest SHA-256 of (webhook, daemon).
-pub fn preferred_owner<'a>(webhook: WebhookId, daemons: &'a [String]) -> Option<&'a str> {
+pub fn preferred_owner(webhook: WebhookId, daemons: &[String]) -> Option<&str> {
     daemons
         .iter()
         .max_by_key(|daemon| {
@@ -241,7 +241,7 @@ impl Scheduler {
                     self.gain(&store, &claimed).await;
                 }
             }
-            if ticks % RESYNC_TICKS == 0 {
+            if ticks.is_multiple_of(RESYNC_TICKS) {
                 let all = self.served();
                 self.seed_heads(&store, &all).await;
             }

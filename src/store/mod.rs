@@ -794,6 +794,78 @@ impl From<FileStore> for Store {
     }
 }
 
+/// A new event of `prepared` (its key generated now) and one pending delivery per target
+/// webhook, due at `first_due_ms`: what both backends store when they accept an event.
+pub(crate) fn new_event(
+    prepared: &PreparedEvent,
+    targets: &[WebhookId],
+    now_ms: u64,
+    first_due_ms: u64,
+) -> (Event, Vec<Delivery>) {
+    let org = prepared.organization_id.as_str();
+    let key = EventKey::generate();
+    let deliveries: Vec<Delivery> = targets
+        .iter()
+        .map(|webhook_id| Delivery {
+            id: DeliveryId::generate(),
+            organization_id: org.to_owned(),
+            webhook_id: *webhook_id,
+            event_key: key,
+            event_id: prepared.event_id.clone(),
+            event_type: prepared.event_type,
+            status: DeliveryStatus::Pending,
+            attempt_count: 0,
+            scheduled_attempts: 0,
+            next_attempt_at_ms: Some(first_due_ms),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        })
+        .collect();
+    let event = Event {
+        key,
+        event_id: prepared.event_id.clone(),
+        event_type: prepared.event_type,
+        timestamp: prepared.timestamp.clone(),
+        organization_id: org.to_owned(),
+        received_at_ms: now_ms,
+        body: prepared.body.clone(),
+        content_hash: prepared.content_hash,
+        delivery_ids: deliveries.iter().map(|d| d.id).collect(),
+    };
+    (event, deliveries)
+}
+
+/// Applies a logged attempt to its delivery with the retry policy
+/// ([`crate::retry::after_attempt`], `Retry-After` included): status, scheduled attempts,
+/// next due time, attempt count, update time. Returns the due time it had (its retry-index
+/// entry before; the new one is `delivery.next_attempt_at_ms`). Both backends' `record_attempt`.
+pub(crate) fn apply_attempt(
+    delivery: &mut Delivery,
+    attempt: &Attempt,
+    schedule: &RetrySchedule,
+    now_ms: u64,
+) -> Option<u64> {
+    let before = crate::retry::ScheduleState {
+        status: delivery.status,
+        scheduled_attempts: delivery.scheduled_attempts,
+        next_attempt_at_ms: delivery.next_attempt_at_ms,
+    };
+    let after = crate::retry::after_attempt(
+        before,
+        attempt.trigger,
+        attempt.succeeded(),
+        attempt.retry_after_ms.map(std::time::Duration::from_millis),
+        schedule,
+        now_ms,
+    );
+    delivery.status = after.status;
+    delivery.scheduled_attempts = after.scheduled_attempts;
+    delivery.next_attempt_at_ms = after.next_attempt_at_ms;
+    delivery.attempt_count = delivery.attempt_count.max(attempt.number);
+    delivery.updated_at_ms = now_ms;
+    before.next_attempt_at_ms
+}
+
 /// Runs a store operation on tokio's blocking pool, so a store call (which may wait on the
 /// disk, the network or another write transaction) never stalls an async worker thread.
 ///

@@ -142,6 +142,20 @@ pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(SEALED_PREFIX)
 }
 
+/// Of a webhook as stored (secrets not opened): (whether any of its secrets is sealed,
+/// whether all of them are). What opening a store with or without a key decides on.
+pub fn sealing_of(stored: &crate::model::Webhook) -> (bool, bool) {
+    let current = is_sealed(&stored.secret.0);
+    let previous = stored
+        .previous_secret
+        .as_ref()
+        .map(|p| is_sealed(&p.secret.0));
+    (
+        current || previous == Some(true),
+        current && previous != Some(false),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! The import rules of docs/ARCHITECTURE.md, checked on the source: only `store` imports
-//! redb; `delivery` never touches the store; the scheduler's pure part does no I/O and reads
+//! The import rules of docs/ARCHITECTURE.md, checked on the source: only `store::file`
+//! imports redb and only `store::postgres` the PostgreSQL client; `delivery` never touches
+//! the store; the scheduler's pure part does no I/O and reads
 //! no clock; no API handler tells the scheduler about writes by hand (issue 13, item 5).
 
 use std::path::{Path, PathBuf};
@@ -30,10 +31,21 @@ fn all_sources() -> Vec<(String, String)> {
 }
 
 #[test]
-fn only_the_store_imports_redb() {
+fn only_the_file_backend_imports_redb() {
     for (name, text) in all_sources() {
-        if !name.starts_with("src/store/") {
+        if !name.starts_with("src/store/file/") {
             assert!(!text.contains("redb::"), "{name} uses redb");
+        }
+    }
+}
+
+#[test]
+fn only_the_postgres_backend_imports_the_postgresql_client() {
+    for (name, text) in all_sources() {
+        if !name.starts_with("src/store/postgres/") {
+            for client in ["tokio_postgres", "deadpool_postgres", "refinery"] {
+                assert!(!text.contains(client), "{name} uses {client}");
+            }
         }
     }
 }

@@ -2,11 +2,13 @@
 //! `NOTIFY_SOCKET`, and the db in `$STATE_DIRECTORY` by default.
 
 file_only! { use std::os::unix::net::UnixDatagram; }
-use std::process::{Command, Stdio};
+file_only! { use std::process::Stdio; }
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::ADMIN_TOKEN;
 
+file_only! {
 /// Kills the child process when dropped, so a failing assertion leaves no daemon behind.
 struct KillOnDrop(std::process::Child);
 
@@ -15,6 +17,7 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
 }
 
 file_only! {

@@ -514,7 +514,8 @@ pub enum Behaviour {
     Reply(u16, &'static str),
     /// Never answer.
     Hang,
-    /// 200 after this many ms (an attempt in flight for that long).
+    /// 200 after this many ms (an attempt in flight for that long; the cluster test).
+    #[allow(dead_code)]
     Slow(u64),
     /// 302 to /moved.
     Redirect,

@@ -13,7 +13,7 @@ use super::{
 use crate::event::{EventType, PreparedEvent};
 use crate::ids::{DeliveryId, EventKey, WebhookId};
 use crate::model::{Attempt, Delivery, DeliveryStatus, Event};
-use crate::retry::{after_attempt, RetrySchedule, ScheduleState};
+use crate::retry::RetrySchedule;
 
 /// Which webhooks an accepted event fans out to.
 #[derive(Debug, Clone, Copy)]
@@ -353,31 +353,14 @@ impl FileStore {
                 (id.0, attempt.number),
                 encode(&AttemptRecord::from_domain(attempt)).as_slice(),
             )?;
-            let before = ScheduleState {
-                status: delivery.status,
-                scheduled_attempts: delivery.scheduled_attempts,
-                next_attempt_at_ms: delivery.next_attempt_at_ms,
-            };
-            let after = after_attempt(
-                before,
-                attempt.trigger,
-                attempt.succeeded(),
-                attempt.retry_after_ms.map(std::time::Duration::from_millis),
-                schedule,
-                now_ms,
-            );
+            let before = crate::store::apply_attempt(&mut delivery, attempt, schedule, now_ms);
             move_index_entry(
                 txn,
                 delivery.webhook_id,
                 id,
-                before.next_attempt_at_ms,
-                after.next_attempt_at_ms,
+                before,
+                delivery.next_attempt_at_ms,
             )?;
-            delivery.status = after.status;
-            delivery.scheduled_attempts = after.scheduled_attempts;
-            delivery.next_attempt_at_ms = after.next_attempt_at_ms;
-            delivery.attempt_count = delivery.attempt_count.max(attempt.number);
-            delivery.updated_at_ms = now_ms;
             table.insert(
                 id.0,
                 encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
@@ -445,35 +428,8 @@ fn store_new_event(
     first_due_ms: u64,
 ) -> Result<(Event, Vec<Delivery>), StoreError> {
     let org = prepared.organization_id.as_str();
-    let key = EventKey::generate();
-    let deliveries: Vec<Delivery> = targets
-        .iter()
-        .map(|webhook_id| Delivery {
-            id: DeliveryId::generate(),
-            organization_id: org.to_owned(),
-            webhook_id: *webhook_id,
-            event_key: key,
-            event_id: prepared.event_id.clone(),
-            event_type: prepared.event_type,
-            status: DeliveryStatus::Pending,
-            attempt_count: 0,
-            scheduled_attempts: 0,
-            next_attempt_at_ms: Some(first_due_ms),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-        })
-        .collect();
-    let event = Event {
-        key,
-        event_id: prepared.event_id.clone(),
-        event_type: prepared.event_type,
-        timestamp: prepared.timestamp.clone(),
-        organization_id: org.to_owned(),
-        received_at_ms: now_ms,
-        body: prepared.body.clone(),
-        content_hash: prepared.content_hash,
-        delivery_ids: deliveries.iter().map(|d| d.id).collect(),
-    };
+    let (event, deliveries) = crate::store::new_event(prepared, targets, now_ms, first_due_ms);
+    let key = event.key;
     txn.open_table(EVENTS)?
         .insert(key.0, encode(&EventRecord::from_domain(&event)).as_slice())?;
     txn.open_table(ORG_EVENTS)?.insert((org, key.0), ())?;

@@ -216,16 +216,7 @@ impl FileStore {
             for (id, bytes) in rows {
                 let record = decode::<WebhookRecord>("webhooks", &bytes)?;
                 let stored = record.into_domain(id, None)?;
-                let any_sealed = sealed::is_sealed(&stored.secret.0)
-                    || stored
-                        .previous_secret
-                        .as_ref()
-                        .is_some_and(|p| sealed::is_sealed(&p.secret.0));
-                let all_sealed = sealed::is_sealed(&stored.secret.0)
-                    && stored
-                        .previous_secret
-                        .as_ref()
-                        .is_none_or(|p| sealed::is_sealed(&p.secret.0));
+                let (any_sealed, all_sealed) = sealed::sealing_of(&stored);
                 match key.as_deref() {
                     None if any_sealed => return Err(StoreError::SecretsKeyRequired),
                     None => {}

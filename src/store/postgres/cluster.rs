@@ -71,7 +71,6 @@ pub(super) async fn notify_changes(
     Ok(())
 }
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,7 +132,6 @@ impl PgStore {
                 .await?;
             Ok(())
         })?;
-        self.inner.shared.notify.store(true, Ordering::Relaxed);
         *self
             .inner
             .shared
@@ -335,12 +333,13 @@ impl PgStore {
             }
         });
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-        // Notifications sent before LISTEN took effect are missed: the owner's periodic
-        // resync of its queues covers that gap (and any other).
+        // Notifications sent before LISTEN took effect are missed: webhooks and keys are read
+        // again now, and the owner's periodic resync of its queues covers the due entries.
         self.inner
             .shared
             .listener_gaps
             .fetch_add(1, Ordering::Relaxed);
+        self.refresh_all().await?;
         while let Some(payload) = rx.recv().await {
             self.apply_remote(node, &payload).await;
         }
@@ -349,6 +348,31 @@ impl PgStore {
         Err(StoreError::Backend(
             "the notification connection closed".into(),
         ))
+    }
+
+    /// Reads every webhook and API key again (after the listener (re)connected): the
+    /// webhooks reach the subscriber as changes, the keys replace the ones in memory.
+    async fn refresh_all(&self) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let key = self.secrets_key();
+        let webhooks = conn
+            .query(&format!("SELECT {} FROM webhooks", rows::WEBHOOK_COLS), &[])
+            .await?
+            .iter()
+            .map(|r| rows::webhook(r, key.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(conn);
+        self.load_keys().await?;
+        self.inner.shared.publish(
+            webhooks
+                .into_iter()
+                .map(|w| Change::Webhook {
+                    id: w.id,
+                    webhook: Some(Arc::new(w)),
+                })
+                .collect(),
+        );
+        Ok(())
     }
 
     /// Turns another daemon's notification into changes for the subscriber.
@@ -384,19 +408,7 @@ impl PgStore {
             }
         }
         for id in webhooks {
-            let read = async {
-                let row = self
-                    .conn()
-                    .await?
-                    .query_opt(
-                        &format!("SELECT {} FROM webhooks WHERE id = $1", rows::WEBHOOK_COLS),
-                        &[&id.to_string()],
-                    )
-                    .await?;
-                let key = self.secrets_key();
-                row.map(|r| rows::webhook(&r, key.as_deref())).transpose()
-            };
-            match read.await {
+            match self.fetch_webhook(id).await {
                 Ok(webhook) => changes.push(Change::Webhook {
                     id,
                     webhook: webhook.map(Arc::new),
@@ -407,25 +419,8 @@ impl PgStore {
             }
         }
         if keys {
-            let read = async {
-                let rows = self
-                    .conn()
-                    .await?
-                    .query(&format!("SELECT {} FROM api_keys", rows::API_KEY_COLS), &[])
-                    .await?;
-                rows.iter()
-                    .map(rows::api_key)
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            match read.await {
-                Ok(all) => {
-                    let map: HashMap<[u8; 32], crate::model::ApiKey> =
-                        all.into_iter().map(|k| (k.key_hash, k)).collect();
-                    *self.inner.shared.keys_mut() = map;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not reload the API keys another daemon changed")
-                }
+            if let Err(e) = self.load_keys().await {
+                tracing::warn!(error = %e, "could not reload the API keys another daemon changed");
             }
         }
         self.inner.shared.publish(changes);

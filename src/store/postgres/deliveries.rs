@@ -56,6 +56,22 @@ impl PgStore {
         }
     }
 
+    /// Runs a query built at run time (optional filters) and maps its rows with `map`.
+    fn query_built<T: Send + 'static>(
+        &self,
+        sql: String,
+        params: Vec<Param>,
+        map: fn(&tokio_postgres::Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let store = self.clone();
+        self.block(async move {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as _).collect();
+            let rows = store.conn().await?.query(&sql, &refs).await?;
+            rows.iter().map(map).collect()
+        })
+    }
+
     /// See [`crate::store::Store::get_event`].
     pub fn get_event(
         &self,
@@ -135,13 +151,7 @@ impl PgStore {
         }
         params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" ORDER BY key DESC LIMIT ${}", params.len()));
-        let store = self.clone();
-        self.block(async move {
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref() as _).collect();
-            let rows = store.conn().await?.query(&sql, &refs).await?;
-            rows.iter().map(rows::event).collect()
-        })
+        self.query_built(sql, params, rows::event)
     }
 
     /// See [`crate::store::Store::get_deliveries`].
@@ -240,13 +250,7 @@ impl PgStore {
         }
         params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
-        let store = self.clone();
-        self.block(async move {
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref() as _).collect();
-            let rows = store.conn().await?.query(&sql, &refs).await?;
-            rows.iter().map(rows::delivery).collect()
-        })
+        self.query_built(sql, params, rows::delivery)
     }
 
     /// See [`crate::store::Store::webhook_activity`].
@@ -424,7 +428,7 @@ impl PgStore {
         self.block(async move {
             let built: Vec<_> = events
                 .iter()
-                .map(|p| super::writer::new_event(p, &[webhook], now_ms, due_ms))
+                .map(|p| crate::store::new_event(p, &[webhook], now_ms, due_ms))
                 .collect();
             let built = Arc::new(built);
             store

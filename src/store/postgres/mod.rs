@@ -205,7 +205,8 @@ pub(super) struct Shared {
     secrets_key: Option<Arc<SecretsKey>>,
     /// False after a commit failed for a lost connection, until [`PgStore::recover`].
     writable: AtomicBool,
-    /// Set while the daemon runs in a cluster: changes are also sent with NOTIFY.
+    /// Whether changes are also sent with NOTIFY (always, on PostgreSQL; a flag so a tool
+    /// could turn it off).
     notify: AtomicBool,
     /// This daemon's id in the cluster (empty until it joins).
     node: RwLock<String>,
@@ -306,7 +307,9 @@ impl PgStore {
             keys: RwLock::default(),
             secrets_key: key.map(Arc::new),
             writable: AtomicBool::new(true),
-            notify: AtomicBool::new(false),
+            // On from the start: a webhook made before this daemon joined its cluster must
+            // still reach the daemons already listening.
+            notify: AtomicBool::new(true),
             node: RwLock::default(),
             listener_gaps: std::sync::atomic::AtomicU64::new(0),
         });
@@ -367,7 +370,13 @@ impl PgStore {
     /// # Errors
     /// [`StoreError`] on read failure; the keys in memory stay as they were.
     pub fn reload_keys(&self) -> Result<(), StoreError> {
-        let keys = self.list_api_keys()?;
+        let store = self.clone();
+        self.block(async move { store.load_keys().await })
+    }
+
+    /// [`PgStore::reload_keys`] on the store's runtime.
+    async fn load_keys(&self) -> Result<(), StoreError> {
+        let keys = self.read_api_keys().await?;
         *self.shared().keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();
         Ok(())
     }
@@ -390,16 +399,7 @@ impl PgStore {
             let mut sealed_now = 0usize;
             for row in &rows {
                 let stored = rows::webhook(row, None)?;
-                let any_sealed = sealed::is_sealed(&stored.secret.0)
-                    || stored
-                        .previous_secret
-                        .as_ref()
-                        .is_some_and(|p| sealed::is_sealed(&p.secret.0));
-                let all_sealed = sealed::is_sealed(&stored.secret.0)
-                    && stored
-                        .previous_secret
-                        .as_ref()
-                        .is_none_or(|p| sealed::is_sealed(&p.secret.0));
+                let (any_sealed, all_sealed) = sealed::sealing_of(&stored);
                 let Some(key) = key.as_deref() else {
                     if any_sealed {
                         return Err(StoreError::SecretsKeyRequired);
@@ -524,18 +524,21 @@ impl PgStore {
     /// See [`crate::store::Store::get_webhook`].
     pub fn get_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
         let store = self.clone();
-        self.block(async move {
-            let row = store
-                .conn()
-                .await?
-                .query_opt(
-                    &format!("SELECT {} FROM webhooks WHERE id = $1", rows::WEBHOOK_COLS),
-                    &[&id.to_string()],
-                )
-                .await?;
-            let key = store.secrets_key();
-            row.map(|r| rows::webhook(&r, key.as_deref())).transpose()
-        })
+        self.block(async move { store.fetch_webhook(id).await })
+    }
+
+    /// The webhook `id`, secrets opened, on the store's runtime.
+    async fn fetch_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                &format!("SELECT {} FROM webhooks WHERE id = $1", rows::WEBHOOK_COLS),
+                &[&id.to_string()],
+            )
+            .await?;
+        let key = self.secrets_key();
+        row.map(|r| rows::webhook(&r, key.as_deref())).transpose()
     }
 
     /// See [`crate::store::Store::list_webhooks`].
@@ -657,17 +660,21 @@ impl PgStore {
     /// See [`crate::store::Store::list_api_keys`].
     pub fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let store = self.clone();
-        self.block(async move {
-            let rows = store
-                .conn()
-                .await?
-                .query(
-                    &format!("SELECT {} FROM api_keys ORDER BY id", rows::API_KEY_COLS),
-                    &[],
-                )
-                .await?;
-            rows.iter().map(rows::api_key).collect()
-        })
+        self.block(async move { store.read_api_keys().await })
+    }
+
+    /// Every API key in creation order, on the store's runtime.
+    async fn read_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.conn()
+            .await?
+            .query(
+                &format!("SELECT {} FROM api_keys ORDER BY id", rows::API_KEY_COLS),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(rows::api_key)
+            .collect()
     }
 
     /// See [`crate::store::Store::delete_api_key`].

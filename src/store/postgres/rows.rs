@@ -108,15 +108,7 @@ pub(super) fn stored_secret(id: WebhookId, secret: &Secret, key: Option<&Secrets
 /// sealed secret that does not open with `key`.
 pub(super) fn webhook(row: &Row, key: Option<&SecretsKey>) -> Result<Webhook, StoreError> {
     let id: WebhookId = parse_id("webhooks", row.try_get::<_, &str>(0)?)?;
-    let events = match row.try_get::<_, Option<Vec<String>>>(3)? {
-        None => EventFilter::All,
-        Some(names) => EventFilter::Only(
-            names
-                .iter()
-                .map(|n| event_type("webhooks", n))
-                .collect::<Result<_, _>>()?,
-        ),
-    };
+    let events = event_filter(row, 3)?;
     let previous_secret = match (
         row.try_get::<_, Option<String>>(5)?,
         row.try_get::<_, Option<i64>>(6)?,
@@ -138,6 +130,19 @@ pub(super) fn webhook(row: &Row, key: Option<&SecretsKey>) -> Result<Webhook, St
         description: row.try_get(8)?,
         created_at_ms: from_ms(row.try_get(9)?),
         updated_at_ms: from_ms(row.try_get(10)?),
+    })
+}
+
+/// The filter in column `idx` (`event_types`): `NULL` is every public type.
+fn event_filter(row: &Row, idx: usize) -> Result<EventFilter, StoreError> {
+    Ok(match row.try_get::<_, Option<Vec<String>>>(idx)? {
+        None => EventFilter::All,
+        Some(names) => EventFilter::Only(
+            names
+                .iter()
+                .map(|n| event_type("webhooks", n))
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 
@@ -260,15 +265,7 @@ pub(super) fn event_key(key: EventKey) -> String {
 /// # Errors
 /// [`StoreError::Corrupt`] for a value that does not parse.
 pub(super) fn fan_out_row(row: &Row) -> Result<(WebhookId, String, EventFilter, bool), StoreError> {
-    let events = match row.try_get::<_, Option<Vec<String>>>(2)? {
-        None => EventFilter::All,
-        Some(names) => EventFilter::Only(
-            names
-                .iter()
-                .map(|n| event_type("webhooks", n))
-                .collect::<Result<_, _>>()?,
-        ),
-    };
+    let events = event_filter(row, 2)?;
     Ok((
         parse_id("webhooks", row.try_get::<_, &str>(0)?)?,
         row.try_get(1)?,

@@ -22,9 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{cluster, rows, shared_node, Shared};
 use crate::event::PreparedEvent;
-use crate::ids::{DeliveryId, EventKey, WebhookId};
-use crate::model::{Attempt, Delivery, DeliveryStatus, Event, EventFilter};
-use crate::retry::{after_attempt, RetrySchedule, ScheduleState};
+use crate::ids::{DeliveryId, WebhookId};
+use crate::model::{Attempt, Delivery, Event, EventFilter};
+use crate::retry::RetrySchedule;
 use crate::store::{AcceptOutcome, Change, FanOut, StoreError, MAX_BATCH};
 
 /// Jobs waiting beyond this block their callers (backpressure).
@@ -166,7 +166,9 @@ async fn run(mut rx: mpsc::Receiver<(Input, Reply)>, pool: Pool, shared: Arc<Sha
                 }
             }
             Err(e) => {
-                let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
             }
         }
         if !client.is_closed() {
@@ -203,7 +205,7 @@ async fn commit(
             }
         };
         if shared.notify.load(Ordering::Relaxed) {
-            cluster::notify_changes(&txn, &shared_node(&shared), &changes).await?;
+            cluster::notify_changes(&txn, &shared_node(shared), &changes).await?;
         }
         if let Err(e) = txn.commit().await {
             if e.as_db_error().is_none() {
@@ -336,7 +338,7 @@ async fn accepts(
                 .map(|(w, _, _)| *w)
                 .collect(),
         };
-        let (event, deliveries) = new_event(prepared, &targets, now_ms, first_due_ms);
+        let (event, deliveries) = crate::store::new_event(prepared, &targets, now_ms, first_due_ms);
         taken.insert(idem, new_events.len());
         outputs[i] = Some(Output::Accept(AcceptOutcome::Accepted {
             event: event.clone(),
@@ -371,46 +373,6 @@ async fn accepts(
         }
     }
     Ok(Ok(()))
-}
-
-/// A new event and one pending delivery per target, due at `first_due_ms`.
-pub(super) fn new_event(
-    prepared: &PreparedEvent,
-    targets: &[WebhookId],
-    now_ms: u64,
-    first_due_ms: u64,
-) -> (Event, Vec<Delivery>) {
-    let org = prepared.organization_id.as_str();
-    let key = EventKey::generate();
-    let deliveries: Vec<Delivery> = targets
-        .iter()
-        .map(|webhook_id| Delivery {
-            id: DeliveryId::generate(),
-            organization_id: org.to_owned(),
-            webhook_id: *webhook_id,
-            event_key: key,
-            event_id: prepared.event_id.clone(),
-            event_type: prepared.event_type,
-            status: DeliveryStatus::Pending,
-            attempt_count: 0,
-            scheduled_attempts: 0,
-            next_attempt_at_ms: Some(first_due_ms),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-        })
-        .collect();
-    let event = Event {
-        key,
-        event_id: prepared.event_id.clone(),
-        event_type: prepared.event_type,
-        timestamp: prepared.timestamp.clone(),
-        organization_id: org.to_owned(),
-        received_at_ms: now_ms,
-        body: prepared.body.clone(),
-        content_hash: prepared.content_hash,
-        delivery_ids: deliveries.iter().map(|d| d.id).collect(),
-    };
-    (event, deliveries)
 }
 
 /// Inserts events (skipping any whose idempotency key exists); returns how many went in.
@@ -573,32 +535,15 @@ async fn attempts(
             outputs[i] = Some(Output::Attempt(None));
             continue;
         };
-        let before = ScheduleState {
-            status: delivery.status,
-            scheduled_attempts: delivery.scheduled_attempts,
-            next_attempt_at_ms: delivery.next_attempt_at_ms,
-        };
-        let after = after_attempt(
-            before,
-            attempt.trigger,
-            attempt.succeeded(),
-            attempt.retry_after_ms.map(std::time::Duration::from_millis),
-            schedule,
-            *now_ms,
-        );
-        if before.next_attempt_at_ms != after.next_attempt_at_ms {
+        let before = crate::store::apply_attempt(delivery, attempt, schedule, *now_ms);
+        if before != delivery.next_attempt_at_ms {
             changes.push(Change::Index {
                 webhook: delivery.webhook_id,
                 delivery: *id,
-                from: before.next_attempt_at_ms,
-                to: after.next_attempt_at_ms,
+                from: before,
+                to: delivery.next_attempt_at_ms,
             });
         }
-        delivery.status = after.status;
-        delivery.scheduled_attempts = after.scheduled_attempts;
-        delivery.next_attempt_at_ms = after.next_attempt_at_ms;
-        delivery.attempt_count = delivery.attempt_count.max(attempt.number);
-        delivery.updated_at_ms = *now_ms;
         logged.push((*id, attempt));
         if !touched.contains(id) {
             touched.push(*id);
