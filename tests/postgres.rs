@@ -23,6 +23,8 @@ mod browser;
 mod cli;
 #[path = "it/cluster.rs"]
 mod cluster;
+#[path = "it/conformance.rs"]
+mod conformance;
 #[path = "it/delivery.rs"]
 mod delivery;
 #[path = "it/hardening.rs"]

@@ -13,6 +13,7 @@ macro_rules! file_only {
 
 mod browser;
 mod cli;
+mod conformance;
 mod delivery;
 mod hardening;
 mod hostile;

@@ -1,0 +1,283 @@
+//! The store's conformance suite (issue 14, item 1): every operation of `store::Store`, its
+//! outcomes and the invariants `check` verifies, called directly on the backend of the test
+//! binary: a temporary redb file in `tests/it`, a fresh PostgreSQL database in
+//! `tests/postgres.rs`. The integration tests cover the same operations through the API.
+
+use palo_webhooks::event::{self, EventInput, EventType};
+use palo_webhooks::ids::{DeliveryId, KeyId, WebhookId};
+use palo_webhooks::model::{
+    ApiKey, Attempt, DeliveryStatus, EventFilter, Secret, Trigger, Webhook, WebhookChanges,
+};
+use palo_webhooks::retry::RetrySchedule;
+use palo_webhooks::store::{AcceptOutcome, EventQuery, FanOut, Store};
+use serde_json::value::RawValue;
+
+use crate::support::{self, Backend};
+
+/// A fresh, empty store of this binary's backend; the temp dir lives as long as it.
+fn open() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = match support::backend() {
+        Backend::Redb => Store::open(&dir.path().join("c.redb")).unwrap(),
+        Backend::Postgres => {
+            let options = palo_webhooks::store::postgres::PgOptions::new(support::pg_database());
+            Store::open_postgres(&options, None, None).unwrap()
+        }
+    };
+    (store, dir)
+}
+
+fn webhook(org: &str, events: EventFilter, now: u64) -> Webhook {
+    Webhook {
+        id: WebhookId::generate(),
+        organization_id: org.into(),
+        url: "https://example.invalid/hook".into(),
+        events,
+        secret: Secret(support::SECRET.into()),
+        previous_secret: None,
+        active: true,
+        description: "conformance".into(),
+        created_at_ms: now,
+        updated_at_ms: now,
+    }
+}
+
+fn prepared(org: &str, id: &str, title: &str, now: u64) -> event::PreparedEvent {
+    let data = RawValue::from_string(format!(
+        r#"{{"ticket_id":"T","title":"{title}","priority":"p3","project_id":"p","created_by":"u"}}"#
+    ))
+    .unwrap();
+    event::prepare(
+        EventInput {
+            event_id: Some(id.into()),
+            event_type: "ticket.created".into(),
+            timestamp: None,
+            organization_id: org.into(),
+            data: &data,
+        },
+        now,
+        false,
+    )
+    .unwrap()
+}
+
+fn attempt(number: u32, status: u16, now: u64) -> Attempt {
+    Attempt {
+        number,
+        started_at_ms: now,
+        duration_ms: 5,
+        status_code: Some(status),
+        error: None,
+        response_body: "body".into(),
+        response_body_truncated: false,
+        trigger: Trigger::Scheduled,
+        retry_after_ms: None,
+        error_detail: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_store_operation_behaves_the_same_on_this_backend() {
+    let (store, _dir) = open();
+    let now = palo_webhooks::clock::now_ms();
+    let schedule = RetrySchedule::default();
+
+    // Webhooks: create, read, list by organization with a cursor, update, all.
+    let all = webhook("org_a", EventFilter::All, now);
+    let only_resolved = webhook(
+        "org_a",
+        EventFilter::Only(vec![EventType::TicketResolved]),
+        now,
+    );
+    let other_org = webhook("org_b", EventFilter::All, now);
+    for w in [&all, &only_resolved, &other_org] {
+        store.create_webhook(w).unwrap();
+    }
+    assert_eq!(store.get_webhook(all.id).unwrap().as_ref(), Some(&all));
+    assert_eq!(store.get_webhook(WebhookId::generate()).unwrap(), None);
+    let page = store.list_webhooks(Some("org_a"), None, 1).unwrap();
+    assert_eq!(page.len(), 1);
+    let rest = store.list_webhooks(Some("org_a"), Some(page[0].id), 10).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0].id, page[0].id);
+    assert_eq!(store.list_webhooks(None, None, 10).unwrap().len(), 3);
+    assert_eq!(store.all_webhooks().unwrap().len(), 3);
+    let changes = WebhookChanges {
+        description: Some("changed".into()),
+        ..WebhookChanges::default()
+    };
+    let updated = store.update_webhook(all.id, changes.clone(), now + 1).unwrap().unwrap();
+    assert_eq!(updated.description, "changed");
+    assert_eq!(updated.updated_at_ms, now + 1);
+    assert!(store.update_webhook(WebhookId::generate(), changes, now).unwrap().is_none());
+
+    // API keys: create, find by hash, list, delete (twice: the second says false).
+    let key = ApiKey {
+        id: KeyId::generate(),
+        organization_id: "org_a".into(),
+        description: "k".into(),
+        created_at_ms: now,
+        key_hash: [7; 32],
+    };
+    store.create_api_key(&key).unwrap();
+    assert_eq!(store.find_api_key(&[7; 32]).unwrap(), Some(key.clone()));
+    assert_eq!(store.list_api_keys().unwrap(), vec![key.clone()]);
+    assert!(store.delete_api_key(key.id).unwrap());
+    assert!(!store.delete_api_key(key.id).unwrap());
+    assert_eq!(store.find_api_key(&[7; 32]).unwrap(), None);
+
+    // Ingest: fan-out to the subscribed active webhooks of the organization only; replay;
+    // conflict; the test endpoint's single target.
+    let first = prepared("org_a", "evt_1", "one", now);
+    let AcceptOutcome::Accepted { event, deliveries } = store
+        .accept_event(first.clone(), FanOut::Subscribers, now, now)
+        .await
+        .unwrap()
+    else {
+        panic!("a new event is accepted");
+    };
+    assert_eq!(deliveries.len(), 1, "only the webhook subscribed to everything");
+    assert_eq!(deliveries[0].webhook_id, all.id);
+    assert_eq!(event.delivery_ids, vec![deliveries[0].id]);
+    assert!(matches!(
+        store.accept_event(first, FanOut::Subscribers, now, now).await.unwrap(),
+        AcceptOutcome::Replayed { .. }
+    ));
+    assert!(matches!(
+        store
+            .accept_event(prepared("org_a", "evt_1", "other", now), FanOut::Subscribers, now, now)
+            .await
+            .unwrap(),
+        AcceptOutcome::Conflict
+    ));
+    let AcceptOutcome::Accepted { deliveries: only, .. } = store
+        .accept_event(
+            prepared("org_a", "evt_2", "two", now),
+            FanOut::Only(only_resolved.id),
+            now,
+            now,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("accepted");
+    };
+    assert_eq!(only.len(), 1);
+    assert_eq!(store.get_event("org_a", "evt_1").unwrap().unwrap().key, event.key);
+    assert_eq!(store.get_event("org_b", "evt_1").unwrap(), None);
+    assert_eq!(
+        store.organizations_with_event_id("evt_1").unwrap(),
+        vec!["org_a".to_owned()]
+    );
+    let listed = store
+        .list_events(
+            &EventQuery {
+                organization_id: Some("org_a".into()),
+                ..EventQuery::default()
+            },
+            None,
+            10,
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 2, "newest first");
+    assert_eq!(listed[0].event_id, "evt_2");
+
+    // The retry index: heads, per-webhook entries, summary, pending count.
+    let d1 = deliveries[0].id;
+    assert_eq!(store.pending_count().unwrap(), 2);
+    let heads = store.webhook_due_heads().unwrap();
+    assert_eq!(heads.len(), 2);
+    assert!(heads.contains(&(all.id, now, d1)));
+    assert_eq!(
+        store.webhook_due_entries(&[(all.id, None, 10)]).unwrap(),
+        vec![vec![(now, d1)]]
+    );
+    assert_eq!(
+        store.webhook_due_entries(&[(all.id, Some((now, d1)), 10)]).unwrap(),
+        vec![vec![]]
+    );
+    assert_eq!(store.due_summary(now).unwrap(), (2, 0, Some(now)));
+    assert_eq!(store.due_entries(None, now + 1, 10).unwrap().len(), 2);
+
+    // Attempts: a failure schedules the next one; the log reads back in order; a success
+    // makes the delivery final and takes it out of the index.
+    let after_fail = store
+        .record_attempt(d1, attempt(1, 500, now), schedule.clone(), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_fail.status, DeliveryStatus::Retrying);
+    let next = after_fail.next_attempt_at_ms.unwrap();
+    assert!(next > now);
+    assert_eq!(store.webhook_due_heads().unwrap().len(), 2);
+    let ok = store
+        .record_attempt(d1, attempt(2, 200, next), schedule.clone(), next)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.status, DeliveryStatus::Succeeded);
+    assert_eq!(ok.next_attempt_at_ms, None);
+    let (read, attempts) = store.get_delivery_with_attempts(d1).unwrap().unwrap();
+    assert_eq!(read, ok);
+    assert_eq!(
+        attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(store
+        .record_attempt(DeliveryId::generate(), attempt(1, 200, now), schedule.clone(), now)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.pending_count().unwrap(), 1);
+    let by_status = store
+        .list_webhook_deliveries(all.id, Some(DeliveryStatus::Succeeded), None, None, 10)
+        .unwrap();
+    assert_eq!(by_status.len(), 1);
+    assert!(store
+        .list_webhook_deliveries(all.id, Some(DeliveryStatus::Failed), None, None, 10)
+        .unwrap()
+        .is_empty());
+    let activity = store.webhook_activity(all.id, now.saturating_sub(1000), 10).unwrap();
+    assert_eq!(activity.deliveries.len(), 1);
+    assert_eq!(activity.attempts.len(), 2);
+    assert!(!activity.truncated);
+    let (delivery, body) = store.delivery_for_attempt(d1, |_| false).unwrap().unwrap();
+    assert_eq!(delivery.id, d1);
+    assert_eq!(body.unwrap(), event.body);
+
+    // Postpone (only when due), resume what was held, clamp a far due time.
+    let d2 = only[0].id;
+    assert!(!store.postpone(d2, now - 1, now + 60_000).unwrap(), "not due yet at now - 1");
+    assert!(store.postpone(d2, now, now + 60_000).unwrap());
+    assert_eq!(
+        store.resume_held(&[(d2, now + 60_000)], now + 5).unwrap(),
+        vec![d2]
+    );
+    assert_eq!(store.get_deliveries(&[d2]).unwrap()[0].next_attempt_at_ms, Some(now + 5));
+    assert!(store.postpone(d2, now + 5, now + 10_000_000_000).unwrap());
+    let clamped = store.clamp_far_due(now, &schedule, 1_000).unwrap();
+    assert_eq!(clamped.moved, 1);
+
+    // Status, deletion (cancels what is unfinished), retention, check.
+    let status = store.status_summary(now).unwrap();
+    assert_eq!(status.by_status.iter().sum::<u64>(), 2);
+    assert_eq!(
+        store.delete_webhook(only_resolved.id, now).unwrap(),
+        Some(vec![d2])
+    );
+    assert_eq!(store.delete_webhook(only_resolved.id, now).unwrap(), None);
+    assert_eq!(
+        store.get_deliveries(&[d2]).unwrap()[0].status,
+        DeliveryStatus::Cancelled
+    );
+    assert_eq!(store.pending_count().unwrap(), 0);
+    let purged = store
+        .purge_expired(now + 10_000_000_000, None, 10, |_| false)
+        .unwrap();
+    assert_eq!((purged.events, purged.deliveries, purged.attempts), (2, 2, 2));
+    let report = store.check().unwrap();
+    assert!(report.is_ok(), "{:?}", report.violations);
+    assert_eq!((report.webhooks, report.events, report.deliveries), (2, 0, 0));
+    assert!(store.quick_check().unwrap().is_empty());
+    assert!(store.size_bytes().unwrap() > 0);
+}
