@@ -84,6 +84,17 @@ impl Inner {
         if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
             return; // Stale entry: the index moved on.
         }
+        match self.may_start(webhook_id) {
+            Some(true) => {}
+            // In a cluster, the webhook moved to another daemon while the attempt was
+            // prepared: not sent; the entry is the new owner's.
+            None => return,
+            // The lease could not be renewed in time: not sent; looked at again.
+            Some(false) => {
+                lock(&self.queues).defer(webhook_id, key, now + RECHECK_MS);
+                return;
+            }
+        }
         if let Err(e) = Arc::clone(&self)
             .attempt(claim, slots, delivery, &webhook, body, Trigger::Scheduled)
             .await

@@ -351,6 +351,21 @@ impl Scheduler {
     }
 }
 
+impl super::Inner {
+    /// Whether an attempt to `webhook` may start now: `None` when this daemon of a cluster
+    /// does not serve it, `Some(false)` past the lease deadline, else `Some(true)` (always
+    /// alone).
+    pub(super) fn may_start(&self, webhook: WebhookId) -> Option<bool> {
+        let serves = self
+            .owned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|set| set.contains(&webhook));
+        serves.then(|| self.monotonic_ms() <= self.lease_deadline_ms.load(Ordering::Relaxed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,9 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
     assert_eq!(store.get_webhook(WebhookId::generate()).unwrap(), None);
     let page = store.list_webhooks(Some("org_a"), None, 1).unwrap();
     assert_eq!(page.len(), 1);
-    let rest = store.list_webhooks(Some("org_a"), Some(page[0].id), 10).unwrap();
+    let rest = store
+        .list_webhooks(Some("org_a"), Some(page[0].id), 10)
+        .unwrap();
     assert_eq!(rest.len(), 1);
     assert_ne!(rest[0].id, page[0].id);
     assert_eq!(store.list_webhooks(None, None, 10).unwrap().len(), 3);
@@ -106,10 +108,16 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
         description: Some("changed".into()),
         ..WebhookChanges::default()
     };
-    let updated = store.update_webhook(all.id, changes.clone(), now + 1).unwrap().unwrap();
+    let updated = store
+        .update_webhook(all.id, changes.clone(), now + 1)
+        .unwrap()
+        .unwrap();
     assert_eq!(updated.description, "changed");
     assert_eq!(updated.updated_at_ms, now + 1);
-    assert!(store.update_webhook(WebhookId::generate(), changes, now).unwrap().is_none());
+    assert!(store
+        .update_webhook(WebhookId::generate(), changes, now)
+        .unwrap()
+        .is_none());
 
     // API keys: create, find by hash, list, delete (twice: the second says false).
     let key = ApiKey {
@@ -136,21 +144,35 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
     else {
         panic!("a new event is accepted");
     };
-    assert_eq!(deliveries.len(), 1, "only the webhook subscribed to everything");
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "only the webhook subscribed to everything"
+    );
     assert_eq!(deliveries[0].webhook_id, all.id);
     assert_eq!(event.delivery_ids, vec![deliveries[0].id]);
     assert!(matches!(
-        store.accept_event(first, FanOut::Subscribers, now, now).await.unwrap(),
+        store
+            .accept_event(first, FanOut::Subscribers, now, now)
+            .await
+            .unwrap(),
         AcceptOutcome::Replayed { .. }
     ));
     assert!(matches!(
         store
-            .accept_event(prepared("org_a", "evt_1", "other", now), FanOut::Subscribers, now, now)
+            .accept_event(
+                prepared("org_a", "evt_1", "other", now),
+                FanOut::Subscribers,
+                now,
+                now
+            )
             .await
             .unwrap(),
         AcceptOutcome::Conflict
     ));
-    let AcceptOutcome::Accepted { deliveries: only, .. } = store
+    let AcceptOutcome::Accepted {
+        deliveries: only, ..
+    } = store
         .accept_event(
             prepared("org_a", "evt_2", "two", now),
             FanOut::Only(only_resolved.id),
@@ -163,7 +185,10 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
         panic!("accepted");
     };
     assert_eq!(only.len(), 1);
-    assert_eq!(store.get_event("org_a", "evt_1").unwrap().unwrap().key, event.key);
+    assert_eq!(
+        store.get_event("org_a", "evt_1").unwrap().unwrap().key,
+        event.key
+    );
     assert_eq!(store.get_event("org_b", "evt_1").unwrap(), None);
     assert_eq!(
         store.organizations_with_event_id("evt_1").unwrap(),
@@ -193,7 +218,9 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
         vec![vec![(now, d1)]]
     );
     assert_eq!(
-        store.webhook_due_entries(&[(all.id, Some((now, d1)), 10)]).unwrap(),
+        store
+            .webhook_due_entries(&[(all.id, Some((now, d1)), 10)])
+            .unwrap(),
         vec![vec![]]
     );
     assert_eq!(store.due_summary(now).unwrap(), (2, 0, Some(now)));
@@ -224,7 +251,12 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
         vec![1, 2]
     );
     assert!(store
-        .record_attempt(DeliveryId::generate(), attempt(1, 200, now), schedule.clone(), now)
+        .record_attempt(
+            DeliveryId::generate(),
+            attempt(1, 200, now),
+            schedule.clone(),
+            now
+        )
         .await
         .unwrap()
         .is_none());
@@ -237,7 +269,9 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
         .list_webhook_deliveries(all.id, Some(DeliveryStatus::Failed), None, None, 10)
         .unwrap()
         .is_empty());
-    let activity = store.webhook_activity(all.id, now.saturating_sub(1000), 10).unwrap();
+    let activity = store
+        .webhook_activity(all.id, now.saturating_sub(1000), 10)
+        .unwrap();
     assert_eq!(activity.deliveries.len(), 1);
     assert_eq!(activity.attempts.len(), 2);
     assert!(!activity.truncated);
@@ -247,13 +281,19 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
 
     // Postpone (only when due), resume what was held, clamp a far due time.
     let d2 = only[0].id;
-    assert!(!store.postpone(d2, now - 1, now + 60_000).unwrap(), "not due yet at now - 1");
+    assert!(
+        !store.postpone(d2, now - 1, now + 60_000).unwrap(),
+        "not due yet at now - 1"
+    );
     assert!(store.postpone(d2, now, now + 60_000).unwrap());
     assert_eq!(
         store.resume_held(&[(d2, now + 60_000)], now + 5).unwrap(),
         vec![d2]
     );
-    assert_eq!(store.get_deliveries(&[d2]).unwrap()[0].next_attempt_at_ms, Some(now + 5));
+    assert_eq!(
+        store.get_deliveries(&[d2]).unwrap()[0].next_attempt_at_ms,
+        Some(now + 5)
+    );
     assert!(store.postpone(d2, now + 5, now + 10_000_000_000).unwrap());
     let clamped = store.clamp_far_due(now, &schedule, 1_000).unwrap();
     assert_eq!(clamped.moved, 1);
@@ -274,10 +314,16 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
     let purged = store
         .purge_expired(now + 10_000_000_000, None, 10, |_| false)
         .unwrap();
-    assert_eq!((purged.events, purged.deliveries, purged.attempts), (2, 2, 2));
+    assert_eq!(
+        (purged.events, purged.deliveries, purged.attempts),
+        (2, 2, 2)
+    );
     let report = store.check().unwrap();
     assert!(report.is_ok(), "{:?}", report.violations);
-    assert_eq!((report.webhooks, report.events, report.deliveries), (2, 0, 0));
+    assert_eq!(
+        (report.webhooks, report.events, report.deliveries),
+        (2, 0, 0)
+    );
     assert!(store.quick_check().unwrap().is_empty());
     assert!(store.size_bytes().unwrap() > 0);
 }
