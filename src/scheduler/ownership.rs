@@ -158,7 +158,7 @@ impl Scheduler {
                         let all = self.served();
                         if !all.is_empty() {
                             tracing::warn!(error = %e, webhooks = all.len(), "cannot renew the leases: no longer serving these webhooks");
-                            self.lose(&all);
+                            self.lose(&store, &all);
                         }
                     }
                     continue;
@@ -177,7 +177,7 @@ impl Scheduler {
             // Expired under us (the database was slow to answer): stop serving them now.
             let expired: Vec<WebhookId> = served.difference(&renewed).copied().collect();
             if !expired.is_empty() {
-                self.lose(&expired);
+                self.lose(&store, &expired);
             }
             let leases: HashMap<WebhookId, (&str, bool)> = view
                 .leases
@@ -192,7 +192,7 @@ impl Scheduler {
                 if held && !preferred {
                     // Rebalance: stop starting attempts; release once the last one ends.
                     if releasing.insert(*webhook) {
-                        self.lose(&[*webhook]);
+                        self.lose(&store, &[*webhook]);
                     }
                 } else if held && !served.contains(webhook) && !releasing.contains(webhook) {
                     // Ours already (a restart after a crash keeps its node id).
@@ -299,6 +299,9 @@ impl Scheduler {
                 set.extend(webhooks.iter().copied());
             }
         }
+        if let Some(pg) = store.as_postgres() {
+            pg.set_serving(webhooks, true);
+        }
         tracing::info!(webhooks = webhooks.len(), "now serving webhooks");
         self.seed_heads(store, webhooks).await;
     }
@@ -335,7 +338,10 @@ impl Scheduler {
     }
 
     /// Stops serving `webhooks`: their queues are dropped; attempts in flight finish.
-    fn lose(&self, webhooks: &[WebhookId]) {
+    fn lose(&self, store: &Arc<Store>, webhooks: &[WebhookId]) {
+        if let Some(pg) = store.as_postgres() {
+            pg.set_serving(webhooks, false);
+        }
         {
             let mut owned = self.inner.owned.write().unwrap_or_else(|e| e.into_inner());
             if let Some(set) = owned.as_mut() {

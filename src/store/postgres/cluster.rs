@@ -2,8 +2,9 @@
 //! others.
 //!
 //! Changes travel with `NOTIFY palo_changes` inside the committing transaction, so the
-//! others hear of exactly what committed. A payload starts with `n <daemon>` (a daemon
-//! skips its own), then one line per change: `i <webhook> <delivery>
+//! others hear of exactly what committed; retry-index changes of webhooks the committing
+//! daemon serves itself are not sent (no other daemon needs them). A payload starts with
+//! `n <daemon>` (a daemon skips its own), then one line per change: `i <webhook> <delivery>
 //! <from|-> <to|->` for a retry-index entry that appeared, moved or went away, `w <webhook>`
 //! for a webhook created, changed or deleted (they read it again), `k` when API keys
 //! changed (they reload theirs). Accepted bodies are not sent: a first attempt on another
@@ -46,12 +47,24 @@ pub(super) fn encode(changes: &[Change]) -> Vec<String> {
 /// [`StoreError`] when the server refuses the notification; the transaction then fails.
 pub(super) async fn notify_changes(
     txn: &deadpool_postgres::Transaction<'_>,
-    node: &str,
+    shared: &super::Shared,
     changes: &[Change],
 ) -> Result<(), StoreError> {
-    let header = format!("n {node}");
+    let header = format!("n {}", super::shared_node(shared));
     let mut payloads: Vec<String> = Vec::new();
-    for line in encode(changes) {
+    let lines = {
+        let serving = shared
+            .serving
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let theirs: Vec<Change> = changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Index { webhook, .. } if serving.contains(webhook)))
+            .cloned()
+            .collect();
+        encode(&theirs)
+    };
+    for line in lines {
         match payloads.last_mut() {
             Some(last) if last.len() + 1 + line.len() <= PAYLOAD_BYTES => {
                 last.push('\n');
@@ -424,6 +437,25 @@ impl PgStore {
             }
         }
         self.inner.shared.publish(changes);
+    }
+
+    /// Marks `webhooks` as served by this daemon (`serving`) or not: the retry-index changes
+    /// of the ones it serves are not sent to the others, whose schedulers ignore them anyway
+    /// (an attempt result on its own webhook then costs no notification).
+    pub fn set_serving(&self, webhooks: &[WebhookId], serving: bool) {
+        let mut set = self
+            .inner
+            .shared
+            .serving
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for w in webhooks {
+            if serving {
+                set.insert(*w);
+            } else {
+                set.remove(w);
+            }
+        }
     }
 
     /// How many times the change notifications were (re)connected: each time some may have

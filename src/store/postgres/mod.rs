@@ -210,6 +210,9 @@ pub(super) struct Shared {
     notify: AtomicBool,
     /// This daemon's id in the cluster (empty until it joins).
     node: RwLock<String>,
+    /// The webhooks this daemon serves ([`PgStore::set_serving`]): their retry-index
+    /// changes concern no other daemon and are not sent.
+    serving: RwLock<std::collections::HashSet<crate::ids::WebhookId>>,
     /// (Re)connections of the change listener ([`PgStore::listener_gaps`]).
     listener_gaps: std::sync::atomic::AtomicU64,
 }
@@ -311,6 +314,7 @@ impl PgStore {
             // still reach the daemons already listening.
             notify: AtomicBool::new(true),
             node: RwLock::default(),
+            serving: RwLock::default(),
             listener_gaps: std::sync::atomic::AtomicU64::new(0),
         });
         let writer = writer::Writer::start(&handle, pool.clone(), Arc::clone(&shared));
@@ -445,7 +449,7 @@ impl PgStore {
         let txn = conn.transaction().await?;
         let (value, changes) = f(&txn).await?;
         if self.shared().notify.load(Ordering::Relaxed) {
-            cluster::notify_changes(&txn, &shared_node(&self.inner.shared), &changes).await?;
+            cluster::notify_changes(&txn, self.shared(), &changes).await?;
         }
         match txn.commit().await {
             Ok(()) => {}

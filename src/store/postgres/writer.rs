@@ -20,7 +20,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{cluster, rows, shared_node, Shared};
+use super::{cluster, rows, Shared};
 use crate::event::PreparedEvent;
 use crate::ids::{DeliveryId, WebhookId};
 use crate::model::{Attempt, Delivery, Event, EventFilter};
@@ -205,7 +205,7 @@ async fn commit(
             }
         };
         if shared.notify.load(Ordering::Relaxed) {
-            cluster::notify_changes(&txn, &shared_node(shared), &changes).await?;
+            cluster::notify_changes(&txn, shared, &changes).await?;
         }
         if let Err(e) = txn.commit().await {
             if e.as_db_error().is_none() {
