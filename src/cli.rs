@@ -1055,6 +1055,7 @@ fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
                 let columns = match key.as_str() {
                     "attempts" => ATTEMPT_COLUMNS,
                     "failure_streaks" => &["webhook_id", "organization_id", "streak", "url"][..],
+                    "daemons" => &["id", "address"][..],
                     _ => &["id", "webhook_id", "status"][..],
                 };
                 print_table(rows, columns);
