@@ -79,8 +79,9 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
-    /// Verify the store's invariants offline (stop the daemon first). Exits 0 when
-    /// consistent, 1 on any violation or error.
+    /// Verify the store's invariants: a redb file offline (stop the daemon first), or a
+    /// PostgreSQL store (`--store`) while daemons run. Exits 0 when consistent, 1 on any
+    /// violation or error.
     Check(CheckArgs),
     /// Copy a stopped daemon's redb file into a PostgreSQL database (idempotent: run it
     /// again to resume), then compare counts and check the copy. Exits 0 when they agree.

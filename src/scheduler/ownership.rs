@@ -116,17 +116,10 @@ impl Scheduler {
     }
 
     async fn coordinate(self, store: Arc<Store>, cluster: Cluster) {
-        let joined = {
-            let (node, address) = (cluster.node.clone(), cluster.address.clone());
-            blocking(&store, move |s| match s.as_postgres() {
-                Some(pg) => pg.cluster_join(&node, &address),
-                None => Ok(()),
-            })
-            .await
-        };
-        if let Err(e) = joined {
-            tracing::error!(error = %e, "could not join the cluster; retrying at every tick");
-        }
+        let mut cluster = cluster;
+        // This run's token: another token under our node id means a second process uses it.
+        let instance = ulid::Ulid::generate().to_string();
+        self.join(&store, &cluster, &instance).await;
         tracing::info!(node = %cluster.node, lease_ttl_s = cluster.lease_ttl().as_secs(), "serving webhooks as one daemon of a cluster");
         let mut ticks = 0u64;
         let mut releasing: HashSet<WebhookId> = HashSet::new();
@@ -140,9 +133,9 @@ impl Scheduler {
             }
             ticks += 1;
             let sent = Instant::now();
-            let (node, ttl) = (cluster.node.clone(), cluster.lease_ttl());
+            let (node, ttl, token) = (cluster.node.clone(), cluster.lease_ttl(), instance.clone());
             let view = blocking(&store, move |s| match s.as_postgres() {
-                Some(pg) => pg.cluster_tick(&node, ttl).map(Some),
+                Some(pg) => pg.cluster_tick(&node, &token, ttl).map(Some),
                 None => Ok(None),
             })
             .await;
@@ -164,6 +157,24 @@ impl Scheduler {
                     continue;
                 }
             };
+            if view
+                .previous_instance
+                .as_ref()
+                .is_some_and(|p| !p.is_empty() && *p != instance)
+            {
+                // Two processes under one node id (a copied state directory or image) would
+                // both serve its webhooks: stop serving and take a new id for this run.
+                let fresh = format!("dmn_{}", ulid::Ulid::generate());
+                tracing::warn!(node = %cluster.node, new_node = %fresh, "another process uses this daemon's node id (a copied state directory?); taking a new id for this run");
+                let all = self.served();
+                self.lose(&store, &all);
+                releasing.clear();
+                last_renewal = None;
+                self.inner.lease_deadline_ms.store(0, Ordering::Relaxed);
+                cluster.node = fresh;
+                self.join(&store, &cluster, &instance).await;
+                continue;
+            }
             last_renewal = Some(sent);
             let deadline = self.inner.monotonic_ms()
                 + u64::try_from(cluster.deadline_after_renewal().as_millis()).unwrap_or(0)
@@ -273,6 +284,23 @@ impl Scheduler {
         match left {
             Ok(()) => tracing::info!("left the cluster: the other daemons take over at once"),
             Err(e) => tracing::warn!(error = %e, "could not leave the cluster; the leases expire"),
+        }
+    }
+
+    /// Registers this daemon (and starts listening to the others' changes).
+    async fn join(&self, store: &Arc<Store>, cluster: &Cluster, instance: &str) {
+        let (node, address, token) = (
+            cluster.node.clone(),
+            cluster.address.clone(),
+            instance.to_owned(),
+        );
+        let joined = blocking(store, move |s| match s.as_postgres() {
+            Some(pg) => pg.cluster_join(&node, &token, &address),
+            None => Ok(()),
+        })
+        .await;
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "could not join the cluster; retrying at every tick");
         }
     }
 

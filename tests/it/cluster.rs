@@ -182,3 +182,51 @@ async fn three_daemons_share_the_work_and_survive_a_kill_9() {
     let (ok, report) = support::check(dirs[0].path());
     assert!(ok, "{report}");
 }
+
+/// A node id file copied to a second daemon (a cloned state directory): the two processes
+/// notice each other within a few heartbeats, one takes a new id, and every webhook ends up
+/// served by exactly one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copied_node_id_is_noticed_and_replaced() {
+    let url = support::pg_database();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = start_on(&url, one.path());
+    for i in 0..6 {
+        first
+            .create_webhook("org_c", &format!("http://127.0.0.1:9/{i}"), &["*"])
+            .await;
+    }
+    let id_file = |dir: &std::path::Path| dir.join("palo.redb.node-id");
+    let started = Instant::now();
+    while !id_file(one.path()).exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no node id file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::copy(id_file(one.path()), id_file(two.path())).unwrap();
+    let second = start_on(&url, two.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (serving(&first).await, serving(&second).await);
+        let (sa, sb) = (
+            first.call("GET", "/api/admin/status", None).await.1,
+            second.call("GET", "/api/admin/status", None).await.1,
+        );
+        let distinct = sa["cluster"]["node"] != sb["cluster"]["node"];
+        if distinct && a.len() + b.len() == 6 && a.is_disjoint(&b) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still sharing an id or webhooks: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = format!("{}{}", first.log_text(), second.log_text());
+    assert!(
+        log.contains("another process uses this daemon's node id"),
+        "the duplicate is logged"
+    );
+}

@@ -108,6 +108,9 @@ pub struct ClusterView {
     pub leases: Vec<(WebhookId, String, bool)>,
     /// The leases of this daemon renewed by the tick.
     pub renewed: Vec<WebhookId>,
+    /// The instance token found under this daemon's id before the tick wrote its own: not
+    /// its own means another process heartbeats under the same id.
+    pub previous_instance: Option<String>,
 }
 
 fn webhook_id(text: &str) -> Result<WebhookId, StoreError> {
@@ -129,18 +132,24 @@ impl PgStore {
     ///
     /// # Errors
     /// [`StoreError`] when the registration cannot be written.
-    pub fn cluster_join(&self, node: &str, address: &str) -> Result<(), StoreError> {
+    pub fn cluster_join(
+        &self,
+        node: &str,
+        instance: &str,
+        address: &str,
+    ) -> Result<(), StoreError> {
         let store = self.clone();
         let (node, address) = (node.to_owned(), address.to_owned());
-        let registered = node.clone();
+        let (registered, instance) = (node.clone(), instance.to_owned());
         self.block(async move {
             store
                 .conn()
                 .await?
                 .execute(
-                    "INSERT INTO daemons (id, address) VALUES ($1, $2) ON CONFLICT (id) \
-                     DO UPDATE SET address = excluded.address, heartbeat_at = now()",
-                    &[&registered, &address],
+                    "INSERT INTO daemons (id, address, instance) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET address = excluded.address, \
+                     heartbeat_at = now(), instance = excluded.instance",
+                    &[&registered, &address, &instance],
                 )
                 .await?;
             Ok(())
@@ -151,10 +160,10 @@ impl PgStore {
             .node
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = node.clone();
-        let store = self.clone();
-        self.inner
-            .handle
-            .spawn(async move { store.listen(node).await });
+        if !self.inner.shared.listening.swap(true, Ordering::Relaxed) {
+            let store = self.clone();
+            self.inner.handle.spawn(async move { store.listen().await });
+        }
         Ok(())
     }
 
@@ -164,18 +173,27 @@ impl PgStore {
     /// # Errors
     /// [`StoreError`] when the database cannot be reached: the caller must stop starting
     /// attempts before its leases can expire.
-    pub fn cluster_tick(&self, node: &str, ttl: Duration) -> Result<ClusterView, StoreError> {
+    pub fn cluster_tick(
+        &self,
+        node: &str,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<ClusterView, StoreError> {
         let store = self.clone();
-        let node = node.to_owned();
+        let (node, instance) = (node.to_owned(), instance.to_owned());
         self.block(async move {
             let mut conn = store.conn().await?;
             let txn = conn.transaction().await?;
-            txn.execute(
-                "INSERT INTO daemons (id, address) VALUES ($1, '') ON CONFLICT (id) \
-                 DO UPDATE SET heartbeat_at = now()",
-                &[&node],
-            )
-            .await?;
+            let previous_instance: Option<String> = txn
+                .query_one(
+                    "WITH prev AS (SELECT instance FROM daemons WHERE id = $1) \
+                     INSERT INTO daemons (id, address, instance) VALUES ($1, '', $2) \
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), \
+                     instance = excluded.instance RETURNING (SELECT instance FROM prev)",
+                    &[&node, &instance],
+                )
+                .await?
+                .try_get(0)?;
             let renewed = txn
                 .query(
                     "UPDATE webhook_leases SET expires_at = now() + make_interval(secs => $2) \
@@ -223,6 +241,7 @@ impl PgStore {
                 webhooks,
                 leases,
                 renewed,
+                previous_instance,
             })
         })
     }
@@ -315,9 +334,9 @@ impl PgStore {
 
     /// Listens to the other daemons' changes until the store closes, reconnecting after a
     /// lost connection (1 s apart).
-    async fn listen(self, node: String) {
+    async fn listen(self) {
         loop {
-            if let Err(e) = self.listen_once(&node).await {
+            if let Err(e) = self.listen_once().await {
                 tracing::warn!(error = %e, "lost the cluster's change notifications; reconnecting");
             }
             self.inner
@@ -328,7 +347,7 @@ impl PgStore {
         }
     }
 
-    async fn listen_once(&self, node: &str) -> Result<(), StoreError> {
+    async fn listen_once(&self) -> Result<(), StoreError> {
         let (client, mut connection) = self.inner.config.connect(NoTls).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let pump = tokio::spawn(async move {
@@ -354,7 +373,7 @@ impl PgStore {
             .fetch_add(1, Ordering::Relaxed);
         self.refresh_all().await?;
         while let Some(payload) = rx.recv().await {
-            self.apply_remote(node, &payload).await;
+            self.apply_remote(&payload).await;
         }
         pump.abort();
         drop(client);
@@ -389,7 +408,8 @@ impl PgStore {
     }
 
     /// Turns another daemon's notification into changes for the subscriber.
-    async fn apply_remote(&self, node: &str, payload: &str) {
+    async fn apply_remote(&self, payload: &str) {
+        let node = super::shared_node(&self.inner.shared);
         let mut lines = payload.lines();
         if lines.next() == Some(&format!("n {node}")[..]) {
             return; // Our own.

@@ -559,6 +559,20 @@ impl PgStore {
                     batch.attempts.iter().map(|(d, a)| (*d, a)).collect();
                 super::writer::insert_attempts(&txn, &logged).await?;
             }
+            // Daemons running on the target hear of the new webhooks and keys; the due
+            // entries reach their owners with the periodic resync.
+            let mut changes: Vec<Change> = batch
+                .webhooks
+                .iter()
+                .map(|w| Change::Webhook {
+                    id: w.id,
+                    webhook: None,
+                })
+                .collect();
+            if !batch.api_keys.is_empty() {
+                changes.push(Change::Keys);
+            }
+            super::cluster::notify_changes(&txn, store.shared(), &changes).await?;
             txn.commit().await?;
             Ok(())
         })

@@ -164,7 +164,17 @@ impl From<tokio_postgres::Error> for StoreError {
                 db.message(),
                 db.code().code()
             )),
-            None => StoreError::Backend(format!("postgres: {e}")),
+            None => {
+                // The client's own errors say what failed in their source ("password
+                // missing", "connection refused"): none of them holds the password.
+                let mut text = format!("postgres: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    text.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                StoreError::Backend(text)
+            }
         }
     }
 }
@@ -213,6 +223,8 @@ pub(super) struct Shared {
     /// The webhooks this daemon serves ([`PgStore::set_serving`]): their retry-index
     /// changes concern no other daemon and are not sent.
     serving: RwLock<std::collections::HashSet<crate::ids::WebhookId>>,
+    /// Whether the change listener runs (it is started once, at the first join).
+    listening: AtomicBool,
     /// (Re)connections of the change listener ([`PgStore::listener_gaps`]).
     listener_gaps: std::sync::atomic::AtomicU64,
 }
@@ -316,6 +328,7 @@ impl PgStore {
             node: RwLock::default(),
             serving: RwLock::default(),
             listener_gaps: std::sync::atomic::AtomicU64::new(0),
+            listening: AtomicBool::new(false),
         });
         let writer = writer::Writer::start(&handle, pool.clone(), Arc::clone(&shared));
         let store = PgStore {
