@@ -294,8 +294,10 @@ async fn accepts(
     let mut webhooks: HashMap<String, Vec<(WebhookId, EventFilter, bool)>> = HashMap::new();
     for row in txn
         .query(
+            // KEY SHARE: a deletion on another daemon waits for this commit, then its
+            // cancelling update sees these deliveries (edits are not blocked).
             "SELECT id, organization_id, event_types, active FROM webhooks \
-             WHERE organization_id = ANY($1) ORDER BY id",
+             WHERE organization_id = ANY($1) ORDER BY id FOR KEY SHARE",
             &[&unique_orgs],
         )
         .await?
