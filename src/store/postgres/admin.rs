@@ -23,7 +23,8 @@ use crate::store::{CheckReport, FailureStreak, PurgeReport, StatusSummary, Store
 
 type Txn<'a> = deadpool_postgres::Transaction<'a>;
 
-async fn snapshot(conn: &mut deadpool_postgres::Object) -> Result<Txn<'_>, StoreError> {
+/// A read-only, repeatable-read transaction: one snapshot for several reads.
+pub(super) async fn snapshot(conn: &mut deadpool_postgres::Object) -> Result<Txn<'_>, StoreError> {
     Ok(conn
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

@@ -187,12 +187,7 @@ impl PgStore {
         let store = self.clone();
         self.block(async move {
             let mut conn = store.conn().await?;
-            let txn = conn
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let txn = super::admin::snapshot(&mut conn).await?;
             let Some(row) = txn
                 .query_opt(
                     &format!(
@@ -263,12 +258,7 @@ impl PgStore {
         let store = self.clone();
         self.block(async move {
             let mut conn = store.conn().await?;
-            let txn = conn
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
+            let txn = super::admin::snapshot(&mut conn).await?;
             let webhook = webhook_id.to_string();
             let last = txn
                 .query_opt(
