@@ -167,7 +167,7 @@ pub fn run_check(args: &CheckArgs) -> Result<bool> {
         let options =
             crate::store::postgres::PgOptions::from_url(url, args.store_password_file.as_deref())
                 .map_err(|e| anyhow!("--store: {e}"))?;
-        let store = Store::open_postgres_for_tools(&options)
+        let store = Store::open_postgres_for_tools(&options, false)
             .with_context(|| format!("cannot open {}", options.describe()))?;
         let report = store
             .check()

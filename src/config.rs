@@ -422,9 +422,22 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
+    // The parser's message without its excerpt of the file: a line of the file may hold a
+    // secret (a password in `store`), and errors reach the journal.
     toml::from_str(&text).map_err(|e| ConfigError::File {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: match e.span() {
+            Some(span) => format!(
+                "line {}: {}",
+                text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1,
+                e.message()
+            ),
+            None => e.message().to_owned(),
+        },
     })
 }
 

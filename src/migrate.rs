@@ -46,15 +46,21 @@ pub fn run_migrate(args: &MigrateArgs) -> Result<bool> {
     if !args.from.is_file() {
         bail!("no database file at {}", args.from.display());
     }
+    if std::fs::metadata(&args.from).map_or(0, |m| m.len()) == 0 {
+        bail!(
+            "{} is empty: not a palo-webhooks store",
+            args.from.display()
+        );
+    }
     let options = PgOptions::from_url(&args.to, args.store_password_file.as_deref())
         .map_err(|e| anyhow::anyhow!("--to: {e}"))?;
     let from = Store::open_file_for_tools(&args.from).with_context(|| {
         format!(
-            "cannot open {} (stop the daemon that uses it first)",
+            "cannot open {} (a palo-webhooks redb file whose daemon is stopped)",
             args.from.display()
         )
     })?;
-    let to_store = Store::open_postgres_for_tools(&options)
+    let to_store = Store::open_postgres_for_tools(&options, true)
         .with_context(|| format!("cannot open {}", options.describe()))?;
     let Some(to) = to_store.as_postgres() else {
         bail!("--to must be a PostgreSQL store");

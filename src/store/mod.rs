@@ -158,14 +158,24 @@ impl Store {
         Ok(Store::from(FileStore::open_for_tools(path)?))
     }
 
-    /// [`Store::open_postgres`] for tools (`check`, `migrate`): no secrets key, and secrets
-    /// are left as stored (sealed or not), never opened nor resealed.
+    /// [`Store::open_postgres`] for tools: no secrets key, and secrets are left as stored
+    /// (sealed or not), never opened nor resealed. `create`: run the migrations (the target
+    /// of `migrate`); without it the schema must exist (`check` writes nothing).
     ///
     /// # Errors
-    /// As [`Store::open_postgres`].
-    pub fn open_postgres_for_tools(options: &postgres::PgOptions) -> Result<Store, StoreError> {
+    /// As [`Store::open_postgres`]; [`StoreError::Backend`] without `create` when the
+    /// database holds no palo-webhooks schema.
+    pub fn open_postgres_for_tools(
+        options: &postgres::PgOptions,
+        create: bool,
+    ) -> Result<Store, StoreError> {
+        let how = if create {
+            postgres::Open::Import
+        } else {
+            postgres::Open::Check
+        };
         Ok(Store {
-            backend: Backend::Postgres(PgStore::open_with(options, None, None, false)?),
+            backend: Backend::Postgres(PgStore::open_with(options, None, None, how)?),
         })
     }
 

@@ -120,6 +120,16 @@ async fn migrate_copies_everything_checks_it_and_resumes() {
     let file = dir.path().join("from.redb");
     file_store(&file, n / 2).await;
     let url = support::pg_database();
+    // `check` on a database that holds no store fails and creates nothing there.
+    let output = Command::new(env!("CARGO_BIN_EXE_palo-webhooks"))
+        .args(["check", "--store", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(text.contains("holds no palo-webhooks store"), "{text}");
+    let tables = support::psql(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+    assert_eq!(tables.unwrap().trim(), "0");
     let started = Instant::now();
     let (ok, text) = migrate(&file, &url);
     let took = started.elapsed();

@@ -94,8 +94,12 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use super::{rows, PgStore};
 use crate::ids::{DeliveryId, WebhookId};
 
-/// A daemon that counts as live: its heartbeat is at most this old (5 s).
-pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
+/// A daemon that counts as live: its heartbeat is at most this old (10 s: a slow round trip does not make it look dead).
+pub const LIVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a lease operation may wait for the server (3 s): a renewal that cannot finish
+/// in time fails, and the lease deadline stops new attempts.
+const LEASE_OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What one [`PgStore::cluster_tick`] saw, from one transaction.
 #[derive(Debug, Clone, Default)]
@@ -181,7 +185,7 @@ impl PgStore {
     ) -> Result<ClusterView, StoreError> {
         let store = self.clone();
         let (node, instance) = (node.to_owned(), instance.to_owned());
-        self.block(async move {
+        self.block_within(LEASE_OP_TIMEOUT, async move {
             let mut conn = store.conn().await?;
             let txn = conn.transaction().await?;
             let previous_instance: Option<String> = txn
@@ -260,7 +264,7 @@ impl PgStore {
         let store = self.clone();
         let node = node.to_owned();
         let ids: Vec<String> = webhooks.iter().map(ToString::to_string).collect();
-        self.block(async move {
+        self.block_within(LEASE_OP_TIMEOUT, async move {
             let rows = store
                 .conn()
                 .await?

@@ -50,6 +50,14 @@ mod embedded {
 /// one at a time ("palo" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7061_6c6f;
 
+/// How long one store operation may wait for the server (30 s): `check`, status and
+/// retention scans included. Lease operations use shorter limits ([`cluster`]).
+const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a group commit may wait for the server (10 s) before its callers get an error
+/// (an ingest answers 503; whether the commit happened is then unknown: a replay tells).
+pub(super) const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connections in the pool by default (the writer holds one of them).
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
@@ -57,7 +65,7 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// password from `--store-password-file` or `PALO_STORE_PASSWORD` (never logged).
 #[derive(Clone)]
 pub struct PgOptions {
-    /// The connection URL (`postgres://…` or a libpq key=value string). May hold a password:
+    /// The connection URL (`postgres://…` or `postgresql://…`). May hold a password:
     /// never logged nor shown; [`PgOptions::describe`] is the safe form.
     pub url: String,
     /// A password that overrides any in `url`.
@@ -131,9 +139,22 @@ impl PgOptions {
         if let Some(password) = &self.password {
             config.password(password);
         }
-        config.options("-c synchronous_commit=on");
+        // synchronous_commit: a commit is durable before any answer. The timeouts keep one
+        // daemon cut off from the server (a partition, a frozen process) from holding rows
+        // the others need: the server ends its session when it sits in a transaction for
+        // 10 s, and a lock wait gives up after 5 s.
+        config.options(
+            "-c synchronous_commit=on -c idle_in_transaction_session_timeout=10s \
+             -c lock_timeout=5s",
+        );
         config.application_name("palo-webhooks");
-        config.connect_timeout(std::time::Duration::from_secs(10));
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        // A server gone silent (no reset) is noticed within about 20 s, not TCP's 2 hours.
+        config.keepalives(true);
+        config.keepalives_idle(std::time::Duration::from_secs(5));
+        config.keepalives_interval(std::time::Duration::from_secs(5));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(std::time::Duration::from_secs(20));
         Ok(config)
     }
 
@@ -278,15 +299,15 @@ impl PgStore {
         key: Option<SecretsKey>,
         previous: Option<SecretsKey>,
     ) -> Result<PgStore, StoreError> {
-        PgStore::open_with(options, key, previous, true)
+        PgStore::open_with(options, key, previous, Open::Daemon)
     }
 
-    /// [`PgStore::open`]; `reconcile`: check and reseal the secrets (not for tools).
+    /// [`PgStore::open`] as `how` says.
     pub(crate) fn open_with(
         options: &PgOptions,
         key: Option<SecretsKey>,
         previous: Option<SecretsKey>,
-        reconcile: bool,
+        how: Open,
     ) -> Result<PgStore, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -306,14 +327,18 @@ impl PgStore {
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(Some(std::time::Duration::from_secs(10)))
-            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres connection pool: {e}")))?;
         let describe = options.describe();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         handle.spawn(async move {
-            let _ = tx.send(migrate(config).await);
+            let done = match how {
+                Open::Check => schema_present(config).await,
+                Open::Daemon | Open::Import => migrate(config).await,
+            };
+            let _ = tx.send(done);
         });
         rx.recv().map_err(|_| StoreError::Interrupted)??;
         let shared = Arc::new(Shared {
@@ -342,7 +367,7 @@ impl PgStore {
                 config: options.config()?,
             }),
         };
-        if reconcile {
+        if how == Open::Daemon {
             store.reconcile_sealing(previous)?;
         }
         store.reload_keys()?;
@@ -362,9 +387,27 @@ impl PgStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.block_within(OPERATION_TIMEOUT, fut)
+    }
+
+    /// [`PgStore::block`] with its own time limit: a server that does not answer (a
+    /// partition: no reset) fails the operation with [`StoreError::Backend`] after `limit`
+    /// instead of holding the caller (an API request answers 503).
+    fn block_within<T, F>(&self, limit: std::time::Duration, fut: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.inner.handle.spawn(async move {
-            let _ = tx.send(fut.await);
+            let answer = match tokio::time::timeout(limit, fut).await {
+                Ok(answer) => answer,
+                Err(_) => Err(StoreError::Backend(format!(
+                    "postgres did not answer within {} s",
+                    limit.as_secs()
+                ))),
+            };
+            let _ = tx.send(answer);
         });
         rx.recv().map_err(|_| StoreError::Interrupted)?
     }
@@ -837,6 +880,35 @@ async fn write_webhook(
     )
     .await?;
     Ok(())
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// By a daemon: migrations run, secrets are checked and resealed with the key.
+    Daemon,
+    /// By `migrate` (its target): migrations run, secrets are left as stored.
+    Import,
+    /// By `check`: nothing is written; the schema must be there already.
+    Check,
+}
+
+/// Fails unless the database holds our schema (for `check`, which must not create it).
+async fn schema_present(config: tokio_postgres::Config) -> Result<(), StoreError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let task = tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT to_regclass('palo_schema_history') IS NOT NULL", &[])
+        .await?;
+    drop(client);
+    task.abort();
+    if row.try_get::<_, bool>(0)? {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(
+            "this database holds no palo-webhooks store (no schema: was a daemon ever started on it?)".into(),
+        ))
+    }
 }
 
 /// Runs the embedded migrations that are missing, one daemon at a time (advisory lock).

@@ -142,7 +142,26 @@ async fn run(mut rx: mpsc::Receiver<(Input, Reply)>, pool: Pool, shared: Arc<Sha
         };
         let mut client = client;
         let began = std::time::Instant::now();
-        let result = commit(&mut client, &inputs, &shared).await;
+        let result = match tokio::time::timeout(
+            super::COMMIT_TIMEOUT,
+            commit(&mut client, &inputs, &shared),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection's state is unknown: it is not used again.
+                shared.writable.store(false, Ordering::Relaxed);
+                let e = format!(
+                    "postgres did not answer within {} s",
+                    super::COMMIT_TIMEOUT.as_secs()
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::CommitFailed(e.clone())));
+                }
+                continue;
+            }
+        };
         if result.is_ok() {
             metrics::histogram!(crate::metrics::COMMIT_SECONDS)
                 .record(began.elapsed().as_secs_f64());
