@@ -128,7 +128,10 @@ async fn migrate_copies_everything_checks_it_and_resumes() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(text.contains("holds no palo-webhooks store"), "{text}");
-    let tables = support::psql(&url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+    let tables = support::psql(
+        &url,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    );
     assert_eq!(tables.unwrap().trim(), "0");
     let started = Instant::now();
     let (ok, text) = migrate(&file, &url);
