@@ -30,13 +30,23 @@ use sha2::{Digest, Sha256};
 
 use super::{lock, Scheduler};
 use crate::ids::WebhookId;
-use crate::store::{blocking, Store};
+use crate::store::postgres::PgStore;
+use crate::store::{blocking, Store, StoreError};
 
 /// How often a daemon renews its leases and rebalances (1 s).
 pub const TICK: Duration = Duration::from_secs(1);
 
 /// Ticks between two re-reads of the served webhooks' due heads (10 s).
 const RESYNC_TICKS: u64 = 10;
+
+/// Runs `f` on the PostgreSQL store on the blocking pool; `Ok(None)` on the file backend,
+/// which has no cluster.
+async fn on_postgres<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&PgStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Option<T>, StoreError> {
+    blocking(store, move |s| s.as_postgres().map(f).transpose()).await
+}
 
 /// A daemon's place in the cluster.
 #[derive(Debug, Clone)]
@@ -94,8 +104,6 @@ pub struct ClusterStatus {
     pub daemons: Vec<(String, String)>,
     /// Webhooks this daemon serves now.
     pub serving: Vec<WebhookId>,
-    /// Seconds since the last successful lease renewal.
-    pub renewed_s_ago: f64,
 }
 
 impl Scheduler {
@@ -134,11 +142,7 @@ impl Scheduler {
             ticks += 1;
             let sent = Instant::now();
             let (node, ttl, token) = (cluster.node.clone(), cluster.lease_ttl(), instance.clone());
-            let view = blocking(&store, move |s| match s.as_postgres() {
-                Some(pg) => pg.cluster_tick(&node, &token, ttl).map(Some),
-                None => Ok(None),
-            })
-            .await;
+            let view = on_postgres(&store, move |pg| pg.cluster_tick(&node, &token, ttl)).await;
             let view = match view {
                 Ok(Some(view)) => view,
                 Ok(None) => return,
@@ -225,11 +229,8 @@ impl Scheduler {
                 .collect();
             if !done.is_empty() {
                 let (node, done2) = (cluster.node.clone(), done.clone());
-                let released = blocking(&store, move |s| match s.as_postgres() {
-                    Some(pg) => pg.cluster_release(&node, &done2),
-                    None => Ok(()),
-                })
-                .await;
+                let released =
+                    on_postgres(&store, move |pg| pg.cluster_release(&node, &done2)).await;
                 if released.is_ok() {
                     for w in &done {
                         releasing.remove(w);
@@ -239,14 +240,12 @@ impl Scheduler {
             releasing.retain(|w| view.webhooks.contains(w));
             if !claims.is_empty() {
                 let (node, ttl) = (cluster.node.clone(), cluster.lease_ttl());
-                let claimed = blocking(&store, move |s| match s.as_postgres() {
-                    Some(pg) => pg.cluster_claim(&node, &claims, ttl),
-                    None => Ok(Vec::new()),
-                })
-                .await;
+                let claimed =
+                    on_postgres(&store, move |pg| pg.cluster_claim(&node, &claims, ttl)).await;
                 if let Ok(claimed) = claimed {
                     let claimed: Vec<WebhookId> = claimed
                         .into_iter()
+                        .flatten()
                         .filter(|w| !releasing.contains(w))
                         .collect();
                     self.gain(&store, &claimed).await;
@@ -264,7 +263,6 @@ impl Scheduler {
                     v.sort_unstable();
                     v
                 },
-                renewed_s_ago: 0.0,
             });
         }
         // Leases are given up by the server once the attempts in flight have ended
@@ -276,13 +274,9 @@ impl Scheduler {
     /// instead of after the leases expire.
     pub async fn leave_cluster(&self, store: &Arc<Store>, node: &str) {
         let node = node.to_owned();
-        let left = blocking(store, move |s| match s.as_postgres() {
-            Some(pg) => pg.cluster_leave(&node),
-            None => Ok(()),
-        })
-        .await;
+        let left = on_postgres(store, move |pg| pg.cluster_leave(&node)).await;
         match left {
-            Ok(()) => tracing::info!("left the cluster: the other daemons take over at once"),
+            Ok(_) => tracing::info!("left the cluster: the other daemons take over at once"),
             Err(e) => tracing::warn!(error = %e, "could not leave the cluster; the leases expire"),
         }
     }
@@ -294,11 +288,7 @@ impl Scheduler {
             cluster.address.clone(),
             instance.to_owned(),
         );
-        let joined = blocking(store, move |s| match s.as_postgres() {
-            Some(pg) => pg.cluster_join(&node, &token, &address),
-            None => Ok(()),
-        })
-        .await;
+        let joined = on_postgres(store, move |pg| pg.cluster_join(&node, &token, &address)).await;
         if let Err(e) = joined {
             tracing::error!(error = %e, "could not join the cluster; retrying at every tick");
         }
@@ -341,16 +331,12 @@ impl Scheduler {
             return;
         }
         let ids = webhooks.to_vec();
-        let heads = blocking(store, move |s| match s.as_postgres() {
-            Some(pg) => pg.due_heads_of(&ids),
-            None => Ok(Vec::new()),
-        })
-        .await;
+        let heads = on_postgres(store, move |pg| pg.due_heads_of(&ids)).await;
         match heads {
             Ok(heads) => {
                 let owned = self.inner.owned.read().unwrap_or_else(|e| e.into_inner());
                 let mut queues = lock(&self.inner.queues);
-                for (webhook, due, id) in heads {
+                for (webhook, due, id) in heads.into_iter().flatten() {
                     if owned.as_ref().is_none_or(|set| set.contains(&webhook)) {
                         queues.seed(webhook, (due, id));
                     }

@@ -57,6 +57,22 @@ pub struct EventQuery {
     pub until_ms: Option<u64>,
 }
 
+impl EventQuery {
+    /// The event keys to scan, `(low, high)` inclusive, strictly older than `before`, or
+    /// `None` when no key can match. An event key is a ULID whose top 48 bits are the time
+    /// of ingest, so the time bounds are key bounds.
+    pub(crate) fn key_range(&self, before: Option<EventKey>) -> Option<(u128, u128)> {
+        let low = u128::from(self.since_ms.unwrap_or(0)) << 80;
+        let mut high = self.until_ms.map_or(u128::MAX, |ms| {
+            ((u128::from(ms) + 1) << 80).saturating_sub(1)
+        });
+        if let Some(cursor) = before {
+            high = high.min(cursor.0.saturating_sub(1));
+        }
+        (low <= high).then_some((low, high))
+    }
+}
+
 /// The result of [`FileStore::webhook_activity`].
 #[derive(Debug, Clone)]
 pub struct WebhookActivity {
@@ -148,16 +164,9 @@ impl FileStore {
         before: Option<EventKey>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let low = u128::from(query.since_ms.unwrap_or(0)) << 80;
-        let mut high = query.until_ms.map_or(u128::MAX, |ms| {
-            ((u128::from(ms) + 1) << 80).saturating_sub(1)
-        });
-        if let Some(cursor) = before {
-            high = high.min(cursor.0.saturating_sub(1));
-        }
-        if low > high {
+        let Some((low, high)) = query.key_range(before) else {
             return Ok(Vec::new());
-        }
+        };
         self.read(|txn| {
             let events = txn.open_table(EVENTS)?;
             let keys: Box<dyn Iterator<Item = Result<u128, redb::StorageError>>> =

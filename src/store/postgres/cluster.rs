@@ -343,10 +343,6 @@ impl PgStore {
             if let Err(e) = self.listen_once().await {
                 tracing::warn!(error = %e, "lost the cluster's change notifications; reconnecting");
             }
-            self.inner
-                .shared
-                .listener_gaps
-                .fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -371,10 +367,6 @@ impl PgStore {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         // Notifications sent before LISTEN took effect are missed: webhooks and keys are read
         // again now, and the owner's periodic resync of its queues covers the due entries.
-        self.inner
-            .shared
-            .listener_gaps
-            .fetch_add(1, Ordering::Relaxed);
         self.refresh_all().await?;
         while let Some(payload) = rx.recv().await {
             self.apply_remote(&payload).await;
@@ -480,11 +472,5 @@ impl PgStore {
                 set.remove(w);
             }
         }
-    }
-
-    /// How many times the change notifications were (re)connected: each time some may have
-    /// been missed, and the owner resyncs its queues.
-    pub fn listener_gaps(&self) -> u64 {
-        self.inner.shared.listener_gaps.load(Ordering::Relaxed)
     }
 }

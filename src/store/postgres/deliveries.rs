@@ -123,16 +123,9 @@ impl PgStore {
         before: Option<EventKey>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let low = u128::from(query.since_ms.unwrap_or(0)) << 80;
-        let mut high = query.until_ms.map_or(u128::MAX, |ms| {
-            ((u128::from(ms) + 1) << 80).saturating_sub(1)
-        });
-        if let Some(cursor) = before {
-            high = high.min(cursor.0.saturating_sub(1));
-        }
-        if low > high {
+        let Some((low, high)) = query.key_range(before) else {
             return Ok(Vec::new());
-        }
+        };
         let mut sql = format!(
             "SELECT {} FROM events WHERE key >= $1 AND key <= $2",
             rows::EVENT_COLS

@@ -236,9 +236,6 @@ pub(super) struct Shared {
     secrets_key: Option<Arc<SecretsKey>>,
     /// False after a commit failed for a lost connection, until [`PgStore::recover`].
     writable: AtomicBool,
-    /// Whether changes are also sent with NOTIFY (always, on PostgreSQL; a flag so a tool
-    /// could turn it off).
-    notify: AtomicBool,
     /// This daemon's id in the cluster (empty until it joins).
     node: RwLock<String>,
     /// The webhooks this daemon serves ([`PgStore::set_serving`]): their retry-index
@@ -246,8 +243,6 @@ pub(super) struct Shared {
     serving: RwLock<std::collections::HashSet<crate::ids::WebhookId>>,
     /// Whether the change listener runs (it is started once, at the first join).
     listening: AtomicBool,
-    /// (Re)connections of the change listener ([`PgStore::listener_gaps`]).
-    listener_gaps: std::sync::atomic::AtomicU64,
 }
 
 /// This daemon's id in the cluster.
@@ -347,12 +342,8 @@ impl PgStore {
             keys: RwLock::default(),
             secrets_key: key.map(Arc::new),
             writable: AtomicBool::new(true),
-            // On from the start: a webhook made before this daemon joined its cluster must
-            // still reach the daemons already listening.
-            notify: AtomicBool::new(true),
             node: RwLock::default(),
             serving: RwLock::default(),
-            listener_gaps: std::sync::atomic::AtomicU64::new(0),
             listening: AtomicBool::new(false),
         });
         let writer = writer::Writer::start(&handle, pool.clone(), Arc::clone(&shared));
@@ -504,9 +495,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let txn = conn.transaction().await?;
         let (value, changes) = f(&txn).await?;
-        if self.shared().notify.load(Ordering::Relaxed) {
-            cluster::notify_changes(&txn, self.shared(), &changes).await?;
-        }
+        cluster::notify_changes(&txn, self.shared(), &changes).await?;
         match txn.commit().await {
             Ok(()) => {}
             Err(e) => {

@@ -223,9 +223,7 @@ async fn commit(
                 ))
             }
         };
-        if shared.notify.load(Ordering::Relaxed) {
-            cluster::notify_changes(&txn, shared, &changes).await?;
-        }
+        cluster::notify_changes(&txn, shared, &changes).await?;
         if let Err(e) = txn.commit().await {
             if e.as_db_error().is_none() {
                 shared.writable.store(false, Ordering::Relaxed);
