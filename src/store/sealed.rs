@@ -156,6 +156,47 @@ pub fn sealing_of(stored: &crate::model::Webhook) -> (bool, bool) {
     )
 }
 
+/// What opening a store with `key` (and `previous`, a key being replaced) does with one
+/// stored webhook, on either backend: `Ok(None)` nothing, `Ok(Some(webhook))` write it back
+/// sealed with `key` (it is returned with its secrets opened: they were plain, or sealed
+/// with `previous`). `open(k)` reads the stored webhook with its secrets opened with `k`
+/// (`None`: as stored).
+///
+/// # Errors
+/// [`crate::store::StoreError::SecretsKeyRequired`] without `key` when a secret is sealed;
+/// [`crate::store::StoreError::Sealed`] when a secret opens with neither key.
+pub(crate) fn reseal(
+    key: Option<&SecretsKey>,
+    previous: Option<&SecretsKey>,
+    open: impl Fn(Option<&SecretsKey>) -> Result<crate::model::Webhook, crate::store::StoreError>,
+) -> Result<Option<crate::model::Webhook>, crate::store::StoreError> {
+    use crate::store::StoreError;
+    let (any_sealed, all_sealed) = sealing_of(&open(None)?);
+    let Some(key) = key else {
+        return if any_sealed {
+            Err(StoreError::SecretsKeyRequired)
+        } else {
+            Ok(None)
+        };
+    };
+    let (webhook, with_previous) = match open(Some(key)) {
+        Ok(webhook) => (webhook, false),
+        Err(StoreError::Sealed(_)) if previous.is_some() => (open(previous)?, true),
+        Err(e) => return Err(e),
+    };
+    Ok((!all_sealed || with_previous).then_some(webhook))
+}
+
+/// Logs how many webhooks [`reseal`] had written back at open (nothing when none).
+pub(crate) fn log_resealed(count: usize) {
+    if count > 0 {
+        tracing::info!(
+            webhooks = count,
+            "sealed webhook secrets (plain, or of the previous key) with the secrets key"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

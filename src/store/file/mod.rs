@@ -214,39 +214,20 @@ impl FileStore {
             }
             let mut sealed_now = 0usize;
             for (id, bytes) in rows {
-                let record = decode::<WebhookRecord>("webhooks", &bytes)?;
-                let stored = record.into_domain(id, None)?;
-                let (any_sealed, all_sealed) = sealed::sealing_of(&stored);
-                match key.as_deref() {
-                    None if any_sealed => return Err(StoreError::SecretsKeyRequired),
-                    None => {}
-                    Some(key) => {
-                        let record = || decode::<WebhookRecord>("webhooks", &bytes);
-                        let (webhook, with_previous) = match record()?.into_domain(id, Some(key)) {
-                            Ok(webhook) => (webhook, false),
-                            Err(StoreError::Sealed(_)) if previous.is_some() => {
-                                (record()?.into_domain(id, previous.as_ref())?, true)
-                            }
-                            Err(e) => return Err(e),
-                        };
-                        if !all_sealed || with_previous {
-                            table.insert(
-                                id.0,
-                                encode(&WebhookRecord::from_domain(&webhook, Some(key))).as_slice(),
-                            )?;
-                            sealed_now += 1;
-                        }
-                    }
+                let resealed = sealed::reseal(key.as_deref(), previous.as_ref(), |k| {
+                    decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id, k)
+                })?;
+                if let Some(webhook) = resealed {
+                    table.insert(
+                        id.0,
+                        encode(&WebhookRecord::from_domain(&webhook, key.as_deref())).as_slice(),
+                    )?;
+                    sealed_now += 1;
                 }
             }
             Ok(sealed_now)
         })?;
-        if sealed > 0 {
-            tracing::info!(
-                webhooks = sealed,
-                "sealed webhook secrets (plain, or of the previous key) with the secrets key"
-            );
-        }
+        sealed::log_resealed(sealed);
         Ok(())
     }
 

@@ -449,35 +449,17 @@ impl PgStore {
                 .await?;
             let mut sealed_now = 0usize;
             for row in &rows {
-                let stored = rows::webhook(row, None)?;
-                let (any_sealed, all_sealed) = sealed::sealing_of(&stored);
-                let Some(key) = key.as_deref() else {
-                    if any_sealed {
-                        return Err(StoreError::SecretsKeyRequired);
-                    }
-                    continue;
-                };
-                let (webhook, with_previous) = match rows::webhook(row, Some(key)) {
-                    Ok(webhook) => (webhook, false),
-                    Err(StoreError::Sealed(_)) if previous.is_some() => {
-                        (rows::webhook(row, previous.as_ref())?, true)
-                    }
-                    Err(e) => return Err(e),
-                };
-                if !all_sealed || with_previous {
-                    write_webhook(&txn, &webhook, Some(key), false).await?;
+                let resealed =
+                    sealed::reseal(key.as_deref(), previous.as_ref(), |k| rows::webhook(row, k))?;
+                if let Some(webhook) = resealed {
+                    write_webhook(&txn, &webhook, key.as_deref(), false).await?;
                     sealed_now += 1;
                 }
             }
             txn.commit().await?;
             Ok(sealed_now)
         })?;
-        if sealed > 0 {
-            tracing::info!(
-                webhooks = sealed,
-                "sealed webhook secrets (plain, or of the previous key) with the secrets key"
-            );
-        }
+        sealed::log_resealed(sealed);
         Ok(())
     }
 
