@@ -102,6 +102,8 @@ fn main() {
         events: EventFilter::All,
         secret: Secret("disk_bench_secret_with_at_least_32_chars".into()),
         previous_secret: None,
+        disabled: None,
+        failing_since_ms: None,
         active: true,
         description: "disk bench".into(),
         created_at_ms: now,

@@ -22,6 +22,8 @@ pub enum FieldKind {
     Number,
     /// A JSON array of strings.
     StringArray,
+    /// `true` or `false`.
+    Boolean,
 }
 
 /// The event types the daemon knows (spec "Événements disponibles", plus `webhook.test`).
@@ -37,6 +39,14 @@ pub enum EventType {
     SystemIncident,
     /// `webhook.test`: made only by the test-delivery endpoint, never ingested.
     WebhookTest,
+    /// `webhook.disabled`: the daemon disabled a webhook (operational, issue 15).
+    WebhookDisabled,
+    /// `webhook.enabled`: a person enabled a disabled webhook again (operational).
+    WebhookEnabled,
+    /// `delivery.exhausted`: a delivery failed after its last scheduled attempt (operational).
+    DeliveryExhausted,
+    /// `recovery.finished`: a recovery or replay job ended (operational).
+    RecoveryFinished,
 }
 
 impl EventType {
@@ -48,9 +58,27 @@ impl EventType {
         EventType::SystemIncident,
     ];
 
+    /// The operational types (issue 15, item 4): made by the daemon itself, never ingested,
+    /// received only by webhooks that name them (never through `"*"`).
+    pub const OPERATIONAL: [EventType; 4] = [
+        EventType::WebhookDisabled,
+        EventType::WebhookEnabled,
+        EventType::DeliveryExhausted,
+        EventType::RecoveryFinished,
+    ];
+
+    /// Whether this is one of [`EventType::OPERATIONAL`].
+    pub fn is_operational(self) -> bool {
+        Self::OPERATIONAL.contains(&self)
+    }
+
     /// The wire name, e.g. `ticket.created`.
     pub fn as_str(self) -> &'static str {
         match self {
+            EventType::WebhookDisabled => "webhook.disabled",
+            EventType::WebhookEnabled => "webhook.enabled",
+            EventType::DeliveryExhausted => "delivery.exhausted",
+            EventType::RecoveryFinished => "recovery.finished",
             EventType::TicketCreated => "ticket.created",
             EventType::TicketStatusChanged => "ticket.status_changed",
             EventType::TicketResolved => "ticket.resolved",
@@ -64,6 +92,7 @@ impl EventType {
         [EventType::WebhookTest]
             .into_iter()
             .chain(Self::PUBLIC)
+            .chain(Self::OPERATIONAL)
             .find(|t| t.as_str() == name)
     }
 
@@ -96,6 +125,34 @@ impl EventType {
                 ("status", String),
             ],
             EventType::WebhookTest => &[("webhook_id", String), ("message", String)],
+            EventType::WebhookDisabled => &[
+                ("webhook_id", String),
+                ("url", String),
+                ("reason", String),
+                ("disabled_at", String),
+            ],
+            EventType::WebhookEnabled => &[
+                ("webhook_id", String),
+                ("url", String),
+                ("deliver_held", Boolean),
+                ("held", Number),
+            ],
+            EventType::DeliveryExhausted => &[
+                ("delivery_id", String),
+                ("webhook_id", String),
+                ("event_id", String),
+                ("event_type", String),
+                ("attempts", Number),
+            ],
+            EventType::RecoveryFinished => &[
+                ("job_id", String),
+                ("kind", String),
+                ("webhook_id", String),
+                ("state", String),
+                ("matched", Number),
+                ("succeeded", Number),
+                ("failed", Number),
+            ],
         }
     }
 }
@@ -189,6 +246,7 @@ pub fn prepare(
 ) -> Result<PreparedEvent, EventError> {
     let event_type = EventType::parse(&input.event_type)
         .filter(|t| allow_test || *t != EventType::WebhookTest)
+        .filter(|t| !t.is_operational())
         .ok_or_else(|| {
             invalid(
                 "event_type",
@@ -281,12 +339,14 @@ fn check_data(event_type: EventType, data: &RawValue) -> Result<(), EventError> 
             FieldKind::String => raw.starts_with('"'),
             FieldKind::Number => raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()),
             FieldKind::StringArray => serde_json::from_str::<Vec<String>>(raw).is_ok(),
+            FieldKind::Boolean => raw == "true" || raw == "false",
         };
         if !ok {
             let expected = match kind {
                 FieldKind::String => "a string",
                 FieldKind::Number => "a number",
                 FieldKind::StringArray => "an array of strings",
+                FieldKind::Boolean => "true or false",
             };
             return Err(invalid(&path, format!("must be {expected}")));
         }

@@ -30,18 +30,56 @@ impl std::str::FromStr for Secret {
 /// Which event types a webhook receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventFilter {
-    /// `"*"`: every public event type (never `webhook.test`, which targets one webhook).
+    /// `"*"`: every public event type (never `webhook.test`, which targets one webhook, nor
+    /// the operational types, which a webhook must name).
     All,
     /// An explicit, non-empty list.
     Only(Vec<EventType>),
+    /// `"*"` plus the operational types named beside it (`["*", "webhook.disabled"]`).
+    AllPlus(Vec<EventType>),
 }
 
 impl EventFilter {
     /// Whether an event of `event_type` fans out to a webhook with this filter.
     pub fn matches(&self, event_type: EventType) -> bool {
         match self {
-            EventFilter::All => event_type != EventType::WebhookTest,
+            EventFilter::All => {
+                event_type != EventType::WebhookTest && !event_type.is_operational()
+            }
             EventFilter::Only(types) => types.contains(&event_type),
+            EventFilter::AllPlus(extra) => {
+                EventFilter::All.matches(event_type) || extra.contains(&event_type)
+            }
+        }
+    }
+
+    /// The wire names: `["*"]`, the listed types, or `"*"` followed by the extra types.
+    pub fn names(&self) -> Vec<&'static str> {
+        match self {
+            EventFilter::All => vec!["*"],
+            EventFilter::Only(types) => types.iter().map(|t| t.as_str()).collect(),
+            EventFilter::AllPlus(extra) => std::iter::once("*")
+                .chain(extra.iter().map(|t| t.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Parses stored names as [`EventFilter::names`] writes them; `None` for an unknown name
+    /// or an empty list.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Option<EventFilter> {
+        let mut types = Vec::new();
+        let mut all = false;
+        for name in names {
+            match name.as_ref() {
+                "*" => all = true,
+                other => types.push(EventType::parse(other)?),
+            }
+        }
+        match (all, types.is_empty()) {
+            (true, true) => Some(EventFilter::All),
+            (true, false) => Some(EventFilter::AllPlus(types)),
+            (false, false) => Some(EventFilter::Only(types)),
+            (false, true) => None,
         }
     }
 }
@@ -62,14 +100,66 @@ pub struct Webhook {
     /// The secret before the last rotation, which also signs (`webhook-signature`) until it
     /// expires (`POST /api/webhooks/{id}/rotate-secret`).
     pub previous_secret: Option<PreviousSecret>,
-    /// Inactive webhooks receive nothing and get no new deliveries.
+    /// Inactive webhooks receive nothing and get no new deliveries (the customer's switch,
+    /// spec "Créer un webhook").
     pub active: bool,
+    /// Set when the daemon disabled the webhook (410 Gone, or a failing streak; issue 15):
+    /// its deliveries are held, not attempted, until a person enables it again.
+    pub disabled: Option<Disabled>,
+    /// When its current streak of failed attempts began, ms since the epoch; `None` after a
+    /// success (or before any failure). What the failing-streak rule measures from.
+    pub failing_since_ms: Option<u64>,
     /// Free text.
     pub description: String,
     /// ms since the epoch.
     pub created_at_ms: u64,
     /// ms since the epoch.
     pub updated_at_ms: u64,
+}
+
+/// Why the daemon disabled a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisableReason {
+    /// An attempt got `410 Gone` (Standard Webhooks: the receiver asks to stop).
+    Gone,
+    /// Every attempt failed for longer than `--disable-after` (and at least
+    /// `--disable-after-attempts` of them).
+    Failing,
+}
+
+impl DisableReason {
+    /// The API name (`gone`, `failing`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisableReason::Gone => "gone",
+            DisableReason::Failing => "failing",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(name: &str) -> Option<DisableReason> {
+        [DisableReason::Gone, DisableReason::Failing]
+            .into_iter()
+            .find(|r| r.as_str() == name)
+    }
+}
+
+/// How and when the daemon disabled a webhook (issue 15, items 1-2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    /// Why.
+    pub reason: DisableReason,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+    /// The delivery whose attempt decided it (the 410, or the last failure).
+    pub delivery_id: Option<DeliveryId>,
+    /// That attempt's HTTP status, if one arrived.
+    pub status_code: Option<u16>,
+    /// For `failing`: when the streak of failures began, ms since the epoch.
+    pub failing_since_ms: Option<u64>,
+    /// For `failing`: the last attempt's error in words (`HTTP 500`, `timeout: …`), at most
+    /// 256 bytes.
+    pub last_error: Option<String>,
 }
 
 /// A rotated-out secret and when it stops signing.
@@ -124,18 +214,24 @@ pub enum DeliveryStatus {
     Succeeded,
     /// Every scheduled attempt failed. Final (a manual redelivery may still succeed).
     Failed,
-    /// Its webhook was deleted before it finished. Final.
+    /// Its webhook was deleted before it finished, held deliveries were discarded at
+    /// enable, or its payload was deleted. Final.
     Cancelled,
+    /// Its webhook is disabled by the daemon (issue 15): kept, not attempted, until the
+    /// webhook is enabled (then due again, in due order) or the held deliveries are
+    /// cancelled. Not final, but not in the retry index either.
+    Held,
 }
 
 impl DeliveryStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [DeliveryStatus; 5] = [
+    pub const ALL: [DeliveryStatus; 6] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Retrying,
         DeliveryStatus::Succeeded,
         DeliveryStatus::Failed,
         DeliveryStatus::Cancelled,
+        DeliveryStatus::Held,
     ];
 
     /// The API name (`pending`, `retrying`, ...).
@@ -146,6 +242,7 @@ impl DeliveryStatus {
             DeliveryStatus::Succeeded => "succeeded",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Cancelled => "cancelled",
+            DeliveryStatus::Held => "held",
         }
     }
 
@@ -184,7 +281,8 @@ pub struct Delivery {
     pub attempt_count: u32,
     /// Scheduled attempts made (manual ones excluded); at most the schedule's maximum.
     pub scheduled_attempts: u32,
-    /// When the next scheduled attempt is due, ms since the epoch; `None` when final.
+    /// When the next scheduled attempt is due, ms since the epoch; `None` when final or
+    /// held (a held delivery's place in due order is kept by the store's held index).
     pub next_attempt_at_ms: Option<u64>,
     /// ms since the epoch.
     pub created_at_ms: u64,

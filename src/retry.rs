@@ -149,6 +149,8 @@ pub struct ScheduleState {
 ///   once the schedule is exhausted. A receiver's `retry_after` (429/503 `Retry-After`)
 ///   lengthens that delay: max(scheduled delay, `retry_after`), but never past the schedule's
 ///   longest step; it still counts as an attempt, and never shortens the schedule.
+/// - A `held` delivery stays held after a failed attempt (a scheduled one that was in flight
+///   when its webhook was disabled, or a manual one); a success makes it `succeeded`.
 /// - A final delivery (`cancelled`, or `failed`/`succeeded` for a scheduled attempt that
 ///   raced with a change) stays as it is unless an attempt succeeds on it (a cancelled one
 ///   stays cancelled); such a late success is not counted as a scheduled attempt.
@@ -174,7 +176,10 @@ pub fn after_attempt(
             next_attempt_at_ms: None,
         };
     }
-    if trigger == Trigger::Manual || state.status.is_final() {
+    // A held delivery (its webhook disabled) stays held after a failure: only a success, or
+    // enabling the webhook, takes it out.
+    if trigger == Trigger::Manual || state.status.is_final() || state.status == DeliveryStatus::Held
+    {
         return state;
     }
     let failed = state.scheduled_attempts + 1;

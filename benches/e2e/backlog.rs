@@ -47,6 +47,8 @@ fn webhook(org: &str, receiver: std::net::SocketAddr, now: u64) -> Webhook {
         events: EventFilter::All,
         secret: Secret(SECRET.into()),
         previous_secret: None,
+        disabled: None,
+        failing_since_ms: None,
         active: true,
         description: "backlog bench".into(),
         created_at_ms: now,

@@ -339,6 +339,8 @@ fn create_webhook(
         },
         secret: Secret("s3cret-s3cret-s3cret-s3cret-s3cret".to_owned()),
         previous_secret: None,
+        disabled: None,
+        failing_since_ms: None,
         active,
         description: String::new(),
         created_at_ms: model.now_ms,

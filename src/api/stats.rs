@@ -47,6 +47,8 @@ pub struct OutcomeCounts {
     pub pending: u64,
     /// The webhook was deleted before the delivery ended.
     pub cancelled: u64,
+    /// Held while the daemon keeps the webhook disabled (issue 15).
+    pub held: u64,
 }
 
 impl OutcomeCounts {
@@ -57,6 +59,7 @@ impl OutcomeCounts {
             DeliveryStatus::Retrying => self.retrying += 1,
             DeliveryStatus::Pending => self.pending += 1,
             DeliveryStatus::Cancelled => self.cancelled += 1,
+            DeliveryStatus::Held => self.held += 1,
         }
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::clock::format_ms;
-use crate::model::{ApiKey, Attempt, Delivery, Event, EventFilter, Webhook};
+use crate::model::{ApiKey, Attempt, Delivery, Event, Webhook};
 
 /// `POST /api/webhooks` (spec "Créer un webhook").
 #[derive(Debug, Deserialize)]
@@ -86,10 +86,7 @@ impl From<&Webhook> for WebhookOut {
             id: w.id.to_string(),
             organization_id: w.organization_id.clone(),
             url: w.url.clone(),
-            events: match &w.events {
-                EventFilter::All => vec!["*".to_owned()],
-                EventFilter::Only(types) => types.iter().map(|t| t.as_str().to_owned()).collect(),
-            },
+            events: w.events.names().into_iter().map(str::to_owned).collect(),
             active: w.active,
             description: w.description.clone(),
             created_at: format_ms(w.created_at_ms),

@@ -97,7 +97,8 @@ pub fn check_url_address(url: &str, policy: &AddressPolicy) -> Result<(), ApiErr
     }
 }
 
-/// Parses the `events` list: non-empty, known public types, or `"*"`.
+/// Parses the `events` list: non-empty, known public or operational types, or `"*"` (which
+/// may be followed by operational types, the only ones it does not include).
 ///
 /// # Errors
 /// 422 naming `events`.
@@ -113,7 +114,11 @@ pub fn parse_events(names: &[String]) -> Result<EventFilter, ApiError> {
         let t = EventType::parse(name)
             .filter(|t| *t != EventType::WebhookTest)
             .ok_or_else(|| {
-                let known: Vec<&str> = EventType::PUBLIC.iter().map(|t| t.as_str()).collect();
+                let known: Vec<&str> = EventType::PUBLIC
+                    .iter()
+                    .chain(&EventType::OPERATIONAL)
+                    .map(|t| t.as_str())
+                    .collect();
                 ApiError::invalid(
                     "events",
                     format!(
@@ -127,7 +132,13 @@ pub fn parse_events(names: &[String]) -> Result<EventFilter, ApiError> {
         }
     }
     if names.iter().any(|n| n == "*") {
-        return Ok(EventFilter::All);
+        // `"*"` already has every public type; only the operational ones must be named.
+        types.retain(|t| t.is_operational());
+        return Ok(if types.is_empty() {
+            EventFilter::All
+        } else {
+            EventFilter::AllPlus(types)
+        });
     }
     Ok(EventFilter::Only(types))
 }
@@ -204,6 +215,8 @@ pub(super) async fn create_webhook(
         events,
         secret,
         previous_secret: None,
+        disabled: None,
+        failing_since_ms: None,
         active: input.active.unwrap_or(true),
         description: validate_description(input.description.unwrap_or_default())?,
         created_at_ms: now,

@@ -26,7 +26,9 @@ use std::path::Path;
 
 use crate::event::{EventType, PreparedEvent};
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
-use crate::model::{ApiKey, Attempt, Delivery, DeliveryStatus, Event, Webhook, WebhookChanges};
+use crate::model::{
+    ApiKey, Attempt, Delivery, DeliveryStatus, Disabled, Event, Webhook, WebhookChanges,
+};
 use crate::retry::RetrySchedule;
 
 use file::FileStore;
@@ -36,6 +38,31 @@ pub use file::{
     PurgeReport, StatusSummary, Subscriber, TableSpace, WebhookActivity, MAX_BATCH, MAX_STREAK,
 };
 use postgres::PgStore;
+
+/// A change of a webhook's lifecycle ([`Store::set_webhook_lifecycle`], issue 15).
+#[derive(Debug, Clone)]
+pub enum Lifecycle {
+    /// The daemon disables it: its deliveries are held.
+    Disable(Disabled),
+    /// A person enables it: held deliveries are delivered (`true`) or cancelled (`false`).
+    Enable {
+        /// Whether held deliveries go back to the retry index.
+        deliver_held: bool,
+    },
+    /// The failing streak started at this time (ms since the epoch), or ended (`None`).
+    FailingSince(Option<u64>),
+}
+
+/// What [`Store::set_webhook_lifecycle`] did.
+#[derive(Debug, Clone)]
+pub struct LifecycleOutcome {
+    /// The webhook as stored now.
+    pub webhook: Webhook,
+    /// False when nothing changed (disabling a disabled webhook, enabling an enabled one).
+    pub changed: bool,
+    /// Deliveries moved: held by a disable; released or cancelled by an enable.
+    pub deliveries: u64,
+}
 
 /// Errors of store operations. Callers branch on the variant; none carries secret data.
 #[derive(Debug, thiserror::Error)]
@@ -451,6 +478,59 @@ impl Store {
         }
     }
 
+    /// Changes a webhook's lifecycle (issue 15) in one durable transaction:
+    ///
+    /// - [`Lifecycle::Disable`]: sets `disabled` and moves every unfinished delivery of the
+    ///   webhook out of the retry index into the held index (status `held`, their due order
+    ///   kept). Nothing changes if it is disabled already.
+    /// - [`Lifecycle::Enable`]: clears `disabled` and the failing streak; with
+    ///   `deliver_held`, every held delivery goes back into the retry index at the due time
+    ///   it had (`pending`, or `retrying` after a failed scheduled attempt), so the scheduler
+    ///   takes them in due order, paced like any backlog; without, they are `cancelled`.
+    ///   Nothing changes if it is not disabled.
+    /// - [`Lifecycle::FailingSince`]: sets the failing streak's start (`None`: a success
+    ///   ended it); `updated_at` is not touched.
+    ///
+    /// Returns `None` if the webhook does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn set_webhook_lifecycle(
+        &self,
+        id: WebhookId,
+        change: Lifecycle,
+        now_ms: u64,
+    ) -> Result<Option<LifecycleOutcome>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.set_webhook_lifecycle(id, change, now_ms),
+            Backend::Postgres(s) => s.set_webhook_lifecycle(id, change, now_ms),
+        }
+    }
+
+    /// Moves one unfinished delivery from the retry index to the held index if its webhook is
+    /// disabled (an entry that reached the scheduler after the disable: an attempt that was in
+    /// flight then, or a test delivery's retry). Returns whether it moved.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn hold_delivery(&self, id: DeliveryId, now_ms: u64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.hold_delivery(id, now_ms),
+            Backend::Postgres(s) => s.hold_delivery(id, now_ms),
+        }
+    }
+
+    /// How many deliveries of a webhook are held (one range count of the held index).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read failure.
+    pub fn held_count(&self, webhook: WebhookId) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.held_count(webhook),
+            Backend::Postgres(s) => s.held_count(webhook),
+        }
+    }
+
     /// Stores prepared events, each with one delivery to `webhook` due at `due_ms`, in one
     /// durable transaction, without the idempotency check or fan-out: a bulk loader for
     /// benchmarks that need a large backlog (`benches/e2e`), not for production paths.
@@ -804,11 +884,37 @@ impl From<FileStore> for Store {
     }
 }
 
-/// A new event of `prepared` (its key generated now) and one pending delivery per target
-/// webhook, due at `first_due_ms`: what both backends store when they accept an event.
+/// Whether an event of `event_type` fans out to a webhook under `fan_out`: `None` when it
+/// does not, `Some(held)` when it does, `held` when the daemon disabled the webhook (the
+/// delivery is recorded `held`, issue 15). The one rule both backends apply.
+pub(crate) fn fan_out_to(
+    fan_out: FanOut,
+    event_type: EventType,
+    webhook: WebhookId,
+    events: &crate::model::EventFilter,
+    active: bool,
+    disabled: bool,
+) -> Option<bool> {
+    if !active {
+        return None;
+    }
+    match fan_out {
+        // The test endpoint sends at once, disabled or not: that is how a person checks
+        // that a disabled endpoint works again.
+        FanOut::Only(id) => (id == webhook).then_some(false),
+        FanOut::Subscribers => events.matches(event_type).then_some(disabled),
+        FanOut::SubscribersExcept(id) => {
+            (id != webhook && events.matches(event_type)).then_some(disabled)
+        }
+    }
+}
+
+/// A new event of `prepared` (its key generated now) and one delivery per target webhook:
+/// pending and due at `first_due_ms`, or `held` (no due time) for a target whose flag is set.
+/// What both backends store when they accept an event.
 pub(crate) fn new_event(
     prepared: &PreparedEvent,
-    targets: &[WebhookId],
+    targets: &[(WebhookId, bool)],
     now_ms: u64,
     first_due_ms: u64,
 ) -> (Event, Vec<Delivery>) {
@@ -816,17 +922,21 @@ pub(crate) fn new_event(
     let key = EventKey::generate();
     let deliveries: Vec<Delivery> = targets
         .iter()
-        .map(|webhook_id| Delivery {
+        .map(|(webhook_id, held)| Delivery {
             id: DeliveryId::generate(),
             organization_id: org.to_owned(),
             webhook_id: *webhook_id,
             event_key: key,
             event_id: prepared.event_id.clone(),
             event_type: prepared.event_type,
-            status: DeliveryStatus::Pending,
+            status: if *held {
+                DeliveryStatus::Held
+            } else {
+                DeliveryStatus::Pending
+            },
             attempt_count: 0,
             scheduled_attempts: 0,
-            next_attempt_at_ms: Some(first_due_ms),
+            next_attempt_at_ms: (!*held).then_some(first_due_ms),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         })

@@ -35,6 +35,8 @@ fn webhook(org: &str, events: EventFilter, now: u64) -> Webhook {
         events,
         secret: Secret(support::SECRET.into()),
         previous_secret: None,
+        disabled: None,
+        failing_since_ms: None,
         active: true,
         description: "conformance".into(),
         created_at_ms: now,

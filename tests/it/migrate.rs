@@ -41,6 +41,8 @@ async fn file_store(path: &std::path::Path, n: usize) {
             events: EventFilter::All,
             secret: Secret(support::SECRET.into()),
             previous_secret: None,
+            disabled: None,
+            failing_since_ms: None,
             active: true,
             description: String::new(),
             created_at_ms: now,

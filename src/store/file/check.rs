@@ -554,6 +554,8 @@ mod tests {
             events: EventFilter::All,
             secret: Secret("s".into()),
             previous_secret: None,
+            disabled: None,
+            failing_since_ms: None,
             active: true,
             description: String::new(),
             created_at_ms: 1,

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::event::{EventType, PreparedEvent};
 use crate::ids::{DeliveryId, EventKey, WebhookId};
-use crate::model::{Attempt, Delivery, DeliveryStatus, Event};
+use crate::model::{Attempt, Delivery, DeliveryStatus, Event, Webhook};
 use crate::retry::RetrySchedule;
 
 /// Which webhooks an accepted event fans out to.
@@ -22,6 +22,9 @@ pub enum FanOut {
     Subscribers,
     /// Exactly this webhook (the test-delivery endpoint), if it belongs to the organization.
     Only(WebhookId),
+    /// As `Subscribers`, except this webhook (an operational event about it, issue 15: a
+    /// webhook never receives its own `webhook.disabled`).
+    SubscribersExcept(WebhookId),
 }
 
 /// The result of [`FileStore::accept_event`].
@@ -362,7 +365,11 @@ impl FileStore {
                 (id.0, attempt.number),
                 encode(&AttemptRecord::from_domain(attempt)).as_slice(),
             )?;
+            let was_held = delivery.status == DeliveryStatus::Held;
             let before = crate::store::apply_attempt(&mut delivery, attempt, schedule, now_ms);
+            if was_held && delivery.status != DeliveryStatus::Held {
+                super::lifecycle::take_held(txn, delivery.webhook_id, id)?;
+            }
             move_index_entry(
                 txn,
                 delivery.webhook_id,
@@ -413,6 +420,9 @@ impl FileStore {
                     continue;
                 }
                 move_index_entry(txn, id, delivery_id, delivery.next_attempt_at_ms, None)?;
+                if delivery.status == DeliveryStatus::Held {
+                    super::lifecycle::take_held(txn, id, delivery_id)?;
+                }
                 delivery.status = DeliveryStatus::Cancelled;
                 delivery.next_attempt_at_ms = None;
                 delivery.updated_at_ms = now_ms;
@@ -432,7 +442,7 @@ impl FileStore {
 fn store_new_event(
     txn: &Txn<'_>,
     prepared: &PreparedEvent,
-    targets: &[WebhookId],
+    targets: &[(WebhookId, bool)],
     now_ms: u64,
     first_due_ms: u64,
 ) -> Result<(Event, Vec<Delivery>), StoreError> {
@@ -461,6 +471,10 @@ fn store_new_event(
             encode(&DeliveryRecord::from_domain(delivery)).as_slice(),
         )?;
         by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
+        if delivery.status == DeliveryStatus::Held {
+            super::lifecycle::put_held(txn, delivery.webhook_id, delivery.id, first_due_ms)?;
+            continue;
+        }
         index.insert((first_due_ms, delivery.id.0), ())?;
         due_by_webhook.insert((delivery.webhook_id.0, first_due_ms, delivery.id.0), ())?;
         txn.publish(Change::Index {
@@ -478,16 +492,27 @@ fn fan_out_targets(
     txn: &WriteTransaction,
     prepared: &PreparedEvent,
     fan_out: FanOut,
-) -> Result<Vec<WebhookId>, StoreError> {
+) -> Result<Vec<(WebhookId, bool)>, StoreError> {
     let webhooks = txn.open_table(WEBHOOKS)?;
     let org = prepared.organization_id.as_str();
+    let target = |w: &Webhook| {
+        crate::store::fan_out_to(
+            fan_out,
+            prepared.event_type,
+            w.id,
+            &w.events,
+            w.active,
+            w.disabled.is_some(),
+        )
+        .map(|held| (w.id, held))
+    };
     match fan_out {
         FanOut::Only(id) => Ok(get_webhook(&webhooks, id, None)?
+            .filter(|w| w.organization_id == org)
+            .and_then(|w| target(&w))
             .into_iter()
-            .filter(|w| w.organization_id == org && w.active)
-            .map(|w| w.id)
             .collect()),
-        FanOut::Subscribers => {
+        FanOut::Subscribers | FanOut::SubscribersExcept(_) => {
             let mut targets = Vec::new();
             for row in txn
                 .open_table(ORG_WEBHOOKS)?
@@ -495,9 +520,7 @@ fn fan_out_targets(
             {
                 let (k, _) = row?;
                 if let Some(webhook) = get_webhook(&webhooks, WebhookId(k.value().1), None)? {
-                    if webhook.active && webhook.events.matches(prepared.event_type) {
-                        targets.push(webhook.id);
-                    }
+                    targets.extend(target(&webhook));
                 }
             }
             Ok(targets)
@@ -541,7 +564,7 @@ impl FileStore {
     ) -> Result<(), StoreError> {
         self.write(move |txn| {
             for prepared in &events {
-                store_new_event(txn, prepared, &[webhook], now_ms, due_ms)?;
+                store_new_event(txn, prepared, &[(webhook, false)], now_ms, due_ms)?;
             }
             Ok(())
         })

@@ -16,6 +16,7 @@ mod backup;
 mod check;
 mod deliveries;
 mod due;
+mod lifecycle;
 mod records;
 mod retention;
 mod slot;
@@ -63,6 +64,9 @@ pub(crate) const RETRY_INDEX: TableDefinition<(u64, u128), ()> =
 /// Same entries as [`RETRY_INDEX`], written and removed in the same transactions.
 pub(crate) const WEBHOOK_DUE: TableDefinition<(u128, u64, u128), ()> =
     TableDefinition::new("webhook_due");
+/// `(webhook, delivery) -> due ms`: the held deliveries of disabled webhooks (issue 15), with
+/// the due time each had, so enabling puts them back in due order.
+pub(crate) const HELD: TableDefinition<(u128, u128), u64> = TableDefinition::new("held");
 pub(crate) const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
 pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> =
     TableDefinition::new("api_key_hashes");
@@ -193,6 +197,7 @@ impl FileStore {
             txn.open_table(RETRY_INDEX)?;
             txn.open_table(API_KEYS)?;
             txn.open_table(API_KEY_HASHES)?;
+            txn.open_table(HELD)?;
             build_webhook_due(txn)
         })?;
         let keys = store.list_api_keys()?;

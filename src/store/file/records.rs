@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
 use crate::model::{
-    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, Event, EventFilter, PreviousSecret,
-    Secret, Trigger, Webhook,
+    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, DisableReason, Disabled, Event,
+    EventFilter, PreviousSecret, Secret, Trigger, Webhook,
 };
 
 use super::sealed::{is_sealed, SecretsKey};
@@ -61,6 +61,27 @@ pub(super) enum WebhookRecord {
     V1(WebhookFields),
     /// V1 plus the rotated-out secret and its expiry, ms (issue 5).
     V2(WebhookFields, Option<(String, u64)>),
+    /// V2 plus the daemon's disable state and the failing streak's start (issue 15).
+    V3(WebhookFields, Option<(String, u64)>, LifecycleFields),
+}
+
+/// A webhook's lifecycle as the daemon keeps it (issue 15): [`Webhook::disabled`] and
+/// [`Webhook::failing_since_ms`].
+#[derive(Serialize, Deserialize)]
+pub(super) struct LifecycleFields {
+    disabled: Option<DisabledFields>,
+    failing_since_ms: Option<u64>,
+}
+
+/// [`Disabled`], the reason by its API name.
+#[derive(Serialize, Deserialize)]
+pub(super) struct DisabledFields {
+    reason: String,
+    at_ms: u64,
+    delivery_id: Option<u128>,
+    status_code: Option<u16>,
+    failing_since_ms: Option<u64>,
+    last_error: Option<String>,
 }
 
 impl WebhookRecord {
@@ -70,15 +91,13 @@ impl WebhookRecord {
             Some(key) => key.seal(w.id, secret),
             None => secret.0.clone(),
         };
-        WebhookRecord::V2(
+        WebhookRecord::V3(
             WebhookFields {
                 organization_id: w.organization_id.clone(),
                 url: w.url.clone(),
                 events: match &w.events {
                     EventFilter::All => None,
-                    EventFilter::Only(types) => {
-                        Some(types.iter().map(|t| t.as_str().to_owned()).collect())
-                    }
+                    filter => Some(filter.names().into_iter().map(str::to_owned).collect()),
                 },
                 secret: stored(&w.secret),
                 active: w.active,
@@ -89,6 +108,17 @@ impl WebhookRecord {
             w.previous_secret
                 .as_ref()
                 .map(|p| (stored(&p.secret), p.expires_at_ms)),
+            LifecycleFields {
+                disabled: w.disabled.as_ref().map(|d| DisabledFields {
+                    reason: d.reason.as_str().to_owned(),
+                    at_ms: d.at_ms,
+                    delivery_id: d.delivery_id.map(|id| id.0),
+                    status_code: d.status_code,
+                    failing_since_ms: d.failing_since_ms,
+                    last_error: d.last_error.clone(),
+                }),
+                failing_since_ms: w.failing_since_ms,
+            },
         )
     }
 
@@ -107,17 +137,36 @@ impl WebhookRecord {
                 _ => Ok(Secret(stored)),
             }
         };
-        let (fields, previous_secret) = match self {
-            WebhookRecord::V1(fields) => (fields, None),
-            WebhookRecord::V2(fields, previous_secret) => (fields, previous_secret),
+        let (fields, previous_secret, lifecycle) = match self {
+            WebhookRecord::V1(fields) => (fields, None, None),
+            WebhookRecord::V2(fields, previous_secret) => (fields, previous_secret, None),
+            WebhookRecord::V3(fields, previous_secret, lifecycle) => {
+                (fields, previous_secret, Some(lifecycle))
+            }
         };
         let events = match fields.events {
             None => EventFilter::All,
-            Some(names) => EventFilter::Only(
-                names
-                    .iter()
-                    .map(|n| EventType::parse(n).ok_or_else(|| corrupt("webhooks", "event type")))
-                    .collect::<Result<_, _>>()?,
+            Some(names) => {
+                EventFilter::from_names(&names).ok_or_else(|| corrupt("webhooks", "event type"))?
+            }
+        };
+        let (disabled, failing_since_ms) = match lifecycle {
+            None => (None, None),
+            Some(l) => (
+                l.disabled
+                    .map(|d| {
+                        Ok::<_, StoreError>(Disabled {
+                            reason: DisableReason::parse(&d.reason)
+                                .ok_or_else(|| corrupt("webhooks", "disable reason"))?,
+                            at_ms: d.at_ms,
+                            delivery_id: d.delivery_id.map(DeliveryId),
+                            status_code: d.status_code,
+                            failing_since_ms: d.failing_since_ms,
+                            last_error: d.last_error,
+                        })
+                    })
+                    .transpose()?,
+                l.failing_since_ms,
             ),
         };
         Ok(Webhook {
@@ -135,6 +184,8 @@ impl WebhookRecord {
                 })
                 .transpose()?,
             active: fields.active,
+            disabled,
+            failing_since_ms,
             description: fields.description,
             created_at_ms: fields.created_at_ms,
             updated_at_ms: fields.updated_at_ms,
@@ -423,7 +474,11 @@ mod tests {
             .into_domain(WebhookId(1), None)
             .unwrap();
         assert!(webhook.previous_secret.is_some());
-        assert_eq!(encode(&WebhookRecord::from_domain(&webhook, None)), v2);
+        // Written today as V3: tag 2, the V2 fields, then the lifecycle (two `None`s).
+        let mut v3 = vec![2u8];
+        v3.extend_from_slice(&v2[1..]);
+        v3.extend_from_slice(&[0, 0]);
+        assert_eq!(encode(&WebhookRecord::from_domain(&webhook, None)), v3);
         let attempt_v1: AttemptRecord = decode("attempts", &seed("seed-attempt-v1")).unwrap();
         assert!(matches!(attempt_v1, AttemptRecord::V1(_)));
         let v2 = seed("seed-attempt-v2");

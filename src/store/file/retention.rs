@@ -142,6 +142,8 @@ mod tests {
             events: EventFilter::All,
             secret: Secret("a_secret_of_at_least_thirty_two_chars".into()),
             previous_secret: None,
+            disabled: None,
+            failing_since_ms: None,
             active: true,
             description: String::new(),
             created_at_ms: now,

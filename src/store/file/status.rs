@@ -72,7 +72,7 @@ impl FileStore {
                     match d.status {
                         DeliveryStatus::Failed | DeliveryStatus::Retrying => streak += 1,
                         // Not yet attempted: says nothing either way.
-                        DeliveryStatus::Pending => continue,
+                        DeliveryStatus::Pending | DeliveryStatus::Held => continue,
                         DeliveryStatus::Succeeded | DeliveryStatus::Cancelled => break,
                     }
                     if streak == MAX_STREAK {

@@ -361,7 +361,7 @@ impl PgStore {
                         let rows = txn
                             .query(
                                 "UPDATE deliveries d SET status = $2, next_attempt_at_ms = NULL, \
-                                 updated_at_ms = $3 FROM (SELECT id, next_attempt_at_ms AS due \
+                                 held_due_ms = NULL, updated_at_ms = $3 FROM (SELECT id, next_attempt_at_ms AS due \
                                  FROM deliveries WHERE webhook_id = $1 AND status = ANY($4) \
                                  FOR UPDATE) o WHERE d.id = o.id RETURNING d.id, o.due",
                                 &[
@@ -411,7 +411,7 @@ impl PgStore {
         self.block(async move {
             let built: Vec<_> = events
                 .iter()
-                .map(|p| crate::store::new_event(p, &[webhook], now_ms, due_ms))
+                .map(|p| crate::store::new_event(p, &[(webhook, false)], now_ms, due_ms))
                 .collect();
             let built = Arc::new(built);
             store
@@ -498,8 +498,8 @@ impl PgStore {
                 txn.execute(
                     "INSERT INTO webhooks (id, organization_id, url, event_types, secret, \
                      previous_secret, previous_expires_at_ms, active, description, \
-                     created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                     $10, $11) ON CONFLICT (id) DO NOTHING",
+                     created_at_ms, updated_at_ms, disabled, failing_since_ms) VALUES ($1, $2, \
+                     $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
                     &[
                         &w.id.to_string(),
                         &w.organization_id,
@@ -514,6 +514,8 @@ impl PgStore {
                         &w.description,
                         &rows::ms(w.created_at_ms),
                         &rows::ms(w.updated_at_ms),
+                        &rows::disabled_json(w.disabled.as_ref()),
+                        &w.failing_since_ms.map(rows::ms),
                     ],
                 )
                 .await?;

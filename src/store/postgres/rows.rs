@@ -9,15 +9,16 @@ use tokio_postgres::Row;
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
 use crate::model::{
-    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, Event, EventFilter, PreviousSecret,
-    Secret, Trigger, Webhook,
+    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, DisableReason, Disabled, Event,
+    EventFilter, PreviousSecret, Secret, Trigger, Webhook,
 };
 use crate::store::sealed::{is_sealed, SecretsKey};
 use crate::store::StoreError;
 
 /// Columns of `webhooks`, in the order [`webhook`] reads them.
 pub(super) const WEBHOOK_COLS: &str = "id, organization_id, url, event_types, secret, \
-     previous_secret, previous_expires_at_ms, active, description, created_at_ms, updated_at_ms";
+     previous_secret, previous_expires_at_ms, active, description, created_at_ms, updated_at_ms, \
+     disabled, failing_since_ms";
 
 /// Columns of `deliveries`, in the order [`delivery`] reads them.
 pub(super) const DELIVERY_COLS: &str = "id, organization_id, webhook_id, event_key, event_id, \
@@ -130,6 +131,52 @@ pub(super) fn webhook(row: &Row, key: Option<&SecretsKey>) -> Result<Webhook, St
         description: row.try_get(8)?,
         created_at_ms: from_ms(row.try_get(9)?),
         updated_at_ms: from_ms(row.try_get(10)?),
+        disabled: row
+            .try_get::<_, Option<String>>(11)?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|_| corrupt("webhooks", "disabled is not JSON"))
+                    .and_then(|v| disabled_from_json(&v))
+            })
+            .transpose()?,
+        failing_since_ms: row.try_get::<_, Option<i64>>(12)?.map(from_ms),
+    })
+}
+
+/// The `disabled` column (JSON text) of a webhook: `{"reason","at_ms","delivery_id",
+/// "status_code","failing_since_ms","last_error"}`, `NULL` when enabled.
+pub(super) fn disabled_json(disabled: Option<&Disabled>) -> Option<String> {
+    disabled.map(|d| {
+        serde_json::json!({
+            "reason": d.reason.as_str(),
+            "at_ms": d.at_ms,
+            "delivery_id": d.delivery_id.map(|id| id.to_string()),
+            "status_code": d.status_code,
+            "failing_since_ms": d.failing_since_ms,
+            "last_error": d.last_error,
+        })
+        .to_string()
+    })
+}
+
+fn disabled_from_json(v: &serde_json::Value) -> Result<Disabled, StoreError> {
+    let bad = || corrupt("webhooks", "disabled".to_owned());
+    Ok(Disabled {
+        reason: v["reason"]
+            .as_str()
+            .and_then(DisableReason::parse)
+            .ok_or_else(bad)?,
+        at_ms: v["at_ms"].as_u64().ok_or_else(bad)?,
+        delivery_id: match v["delivery_id"].as_str() {
+            Some(id) => Some(parse_id("webhooks", id)?),
+            None => None,
+        },
+        status_code: v["status_code"]
+            .as_u64()
+            .map(|c| u16::try_from(c).map_err(|_| bad()))
+            .transpose()?,
+        failing_since_ms: v["failing_since_ms"].as_u64(),
+        last_error: v["last_error"].as_str().map(str::to_owned),
     })
 }
 
@@ -137,12 +184,8 @@ pub(super) fn webhook(row: &Row, key: Option<&SecretsKey>) -> Result<Webhook, St
 fn event_filter(row: &Row, idx: usize) -> Result<EventFilter, StoreError> {
     Ok(match row.try_get::<_, Option<Vec<String>>>(idx)? {
         None => EventFilter::All,
-        Some(names) => EventFilter::Only(
-            names
-                .iter()
-                .map(|n| event_type("webhooks", n))
-                .collect::<Result<_, _>>()?,
-        ),
+        Some(names) => EventFilter::from_names(&names)
+            .ok_or_else(|| corrupt("webhooks", format!("event types {names:?}")))?,
     })
 }
 
@@ -150,7 +193,7 @@ fn event_filter(row: &Row, idx: usize) -> Result<EventFilter, StoreError> {
 pub(super) fn event_types(filter: &EventFilter) -> Option<Vec<&'static str>> {
     match filter {
         EventFilter::All => None,
-        EventFilter::Only(types) => Some(types.iter().map(|t| t.as_str()).collect()),
+        filter => Some(filter.names()),
     }
 }
 
@@ -260,16 +303,20 @@ pub(super) fn event_key(key: EventKey) -> String {
     key.to_string()
 }
 
-/// What fan-out reads of a webhook: `SELECT id, organization_id, event_types, active`.
+/// What fan-out reads of a webhook: `SELECT id, organization_id, event_types, active,
+/// disabled IS NOT NULL`.
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] for a value that does not parse.
-pub(super) fn fan_out_row(row: &Row) -> Result<(WebhookId, String, EventFilter, bool), StoreError> {
+pub(super) fn fan_out_row(
+    row: &Row,
+) -> Result<(WebhookId, String, EventFilter, bool, bool), StoreError> {
     let events = event_filter(row, 2)?;
     Ok((
         parse_id("webhooks", row.try_get::<_, &str>(0)?)?,
         row.try_get(1)?,
         events,
         row.try_get(3)?,
+        row.try_get(4)?,
     ))
 }

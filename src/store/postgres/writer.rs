@@ -307,20 +307,24 @@ async fn accepts(
     let mut unique_orgs = orgs.clone();
     unique_orgs.sort_unstable();
     unique_orgs.dedup();
-    // (organization) -> [(webhook, filter, active)], in creation order.
-    let mut webhooks: HashMap<String, Vec<(WebhookId, EventFilter, bool)>> = HashMap::new();
+    // (organization) -> [(webhook, filter, active, disabled)], in creation order.
+    let mut webhooks: HashMap<String, Vec<(WebhookId, EventFilter, bool, bool)>> = HashMap::new();
     for row in txn
         .query(
             // KEY SHARE: a deletion on another daemon waits for this commit, then its
-            // cancelling update sees these deliveries (edits are not blocked).
-            "SELECT id, organization_id, event_types, active FROM webhooks \
-             WHERE organization_id = ANY($1) ORDER BY id FOR KEY SHARE",
+            // cancelling update sees these deliveries. A disable takes the row FOR UPDATE,
+            // so it waits too, then holds what this commit made (edits are not blocked).
+            "SELECT id, organization_id, event_types, active, disabled IS NOT NULL \
+             FROM webhooks WHERE organization_id = ANY($1) ORDER BY id FOR KEY SHARE",
             &[&unique_orgs],
         )
         .await?
     {
-        let (id, org, filter, active) = rows::fan_out_row(&row)?;
-        webhooks.entry(org).or_default().push((id, filter, active));
+        let (id, org, filter, active, disabled) = rows::fan_out_row(&row)?;
+        webhooks
+            .entry(org)
+            .or_default()
+            .push((id, filter, active, disabled));
     }
     let mut new_events: Vec<(Event, Vec<Delivery>)> = Vec::new();
     // Within the batch, an idempotency key taken by an earlier job.
@@ -345,18 +349,20 @@ async fn accepts(
         let org_webhooks = webhooks
             .get(&prepared.organization_id)
             .map_or(&[][..], Vec::as_slice);
-        let targets: Vec<WebhookId> = match fan_out {
-            FanOut::Only(id) => org_webhooks
-                .iter()
-                .filter(|(w, _, active)| *w == id && *active)
-                .map(|(w, _, _)| *w)
-                .collect(),
-            FanOut::Subscribers => org_webhooks
-                .iter()
-                .filter(|(_, filter, active)| *active && filter.matches(prepared.event_type))
-                .map(|(w, _, _)| *w)
-                .collect(),
-        };
+        let targets: Vec<(WebhookId, bool)> = org_webhooks
+            .iter()
+            .filter_map(|(w, filter, active, disabled)| {
+                crate::store::fan_out_to(
+                    fan_out,
+                    prepared.event_type,
+                    *w,
+                    filter,
+                    *active,
+                    *disabled,
+                )
+                .map(|held| (*w, held))
+            })
+            .collect();
         let (event, deliveries) = crate::store::new_event(prepared, &targets, now_ms, first_due_ms);
         taken.insert(idem, new_events.len());
         outputs[i] = Some(Output::Accept(AcceptOutcome::Accepted {
@@ -495,9 +501,10 @@ pub(super) async fn insert_deliveries<'d>(
     txn.execute(
         "INSERT INTO deliveries (id, organization_id, webhook_id, event_key, event_id, \
          event_type, status, attempt_count, scheduled_attempts, next_attempt_at_ms, \
-         created_at_ms, updated_at_ms) SELECT * FROM unnest($1::text[], $2::text[], \
-         $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], \
-         $10::bigint[], $11::bigint[], $12::bigint[]) ON CONFLICT (id) DO NOTHING",
+         created_at_ms, updated_at_ms, held_due_ms) SELECT *, CASE WHEN s = 'held' THEN c \
+         END FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], $11::bigint[], \
+         $12::bigint[]) AS u(i, o, w, k, e, t, s, a, sa, n, c, up) ON CONFLICT (id) DO NOTHING",
         &[
             &ids, &orgs, &webhooks, &keys, &event_ids, &types, &statuses, &counts, &scheduled,
             &next, &created, &updated,
@@ -591,7 +598,8 @@ async fn attempts(
     let at: Vec<i64> = updated.iter().map(|d| rows::ms(d.updated_at_ms)).collect();
     txn.execute(
         "UPDATE deliveries d SET status = u.s, scheduled_attempts = u.sa, \
-         next_attempt_at_ms = u.n, attempt_count = u.c, updated_at_ms = u.t \
+         next_attempt_at_ms = u.n, attempt_count = u.c, updated_at_ms = u.t, \
+         held_due_ms = CASE WHEN u.s = 'held' THEN d.held_due_ms END \
          FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::int[], $6::bigint[]) \
          AS u(id, s, sa, n, c, t) WHERE d.id = u.id",
         &[&ids, &statuses, &scheduled, &next, &counts, &at],
