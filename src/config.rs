@@ -118,6 +118,39 @@ pub struct ServeArgs {
     /// the command line [default: none, /metrics open on the API's address].
     #[arg(long, env = "PALO_WEBHOOKS_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<crate::model::Secret>,
+    /// Disable a webhook whose receiver answers 410 Gone; its deliveries are held until it is
+    /// enabled (README, Disabled webhooks) [default: true].
+    #[arg(long, env = "PALO_WEBHOOKS_DISABLE_ON_GONE", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub disable_on_gone: Option<bool>,
+    /// Disable a webhook whose attempts have all failed for this long (and at least
+    /// `--disable-after-attempts` of them) [default: 5d].
+    #[arg(long, env = "PALO_WEBHOOKS_DISABLE_AFTER")]
+    pub disable_after: Option<String>,
+    /// The fewest failed attempts in a row before `--disable-after` disables [default: 10].
+    #[arg(long, env = "PALO_WEBHOOKS_DISABLE_AFTER_ATTEMPTS")]
+    pub disable_after_attempts: Option<u32>,
+    /// An operator endpoint that receives every organization's operational events
+    /// (`webhook.disabled`, `webhook.enabled`, `delivery.exhausted`, `recovery.finished`),
+    /// signed with `--operator-webhook-secret` [default: none].
+    #[arg(long, env = "PALO_WEBHOOKS_OPERATOR_WEBHOOK_URL")]
+    pub operator_webhook_url: Option<String>,
+    /// The operator endpoint's signing secret (at least 16 characters); prefer the
+    /// environment or the config file to the command line.
+    #[arg(
+        long,
+        env = "PALO_WEBHOOKS_OPERATOR_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub operator_webhook_secret: Option<crate::model::Secret>,
+}
+
+/// The operator endpoint (`operator_webhook_url`): where copies of every operational event go.
+#[derive(Debug, Clone)]
+pub struct OperatorEndpoint {
+    /// The URL, checked like a webhook's.
+    pub url: String,
+    /// The signing secret (its `Debug` prints stars).
+    pub secret: crate::model::Secret,
 }
 
 /// The config file's keys; all optional.
@@ -147,6 +180,11 @@ struct FileConfig {
     secrets_key_file: Option<PathBuf>,
     previous_secrets_key_file: Option<PathBuf>,
     metrics_token: Option<String>,
+    disable_on_gone: Option<bool>,
+    disable_after: Option<String>,
+    disable_after_attempts: Option<u32>,
+    operator_webhook_url: Option<String>,
+    operator_webhook_secret: Option<String>,
 }
 
 /// Validated daemon settings.
@@ -196,6 +234,10 @@ pub struct Config {
     pub previous_secrets_key_file: Option<PathBuf>,
     /// Bearer token for `GET /metrics`, if any (its `Debug` prints stars).
     pub metrics_token: Option<crate::model::Secret>,
+    /// When the daemon disables a webhook (issue 15).
+    pub disable: crate::lifecycle::DisablePolicy,
+    /// Where copies of operational events go, if anywhere.
+    pub operator_endpoint: Option<OperatorEndpoint>,
 }
 
 impl Default for Config {
@@ -223,6 +265,8 @@ impl Default for Config {
             secrets_key_file: None,
             previous_secrets_key_file: None,
             metrics_token: None,
+            disable: crate::lifecycle::DisablePolicy::default(),
+            operator_endpoint: None,
         }
     }
 }
@@ -337,6 +381,56 @@ impl ServeArgs {
                     message: e.to_string(),
                 }
             })?);
+        let disable = crate::lifecycle::DisablePolicy {
+            on_gone: self
+                .disable_on_gone
+                .or(file.disable_on_gone)
+                .unwrap_or(defaults.disable.on_gone),
+            after: match self.disable_after.or(file.disable_after) {
+                Some(text) => duration("disable_after", &text)?,
+                None => defaults.disable.after,
+            },
+            after_attempts: match self.disable_after_attempts.or(file.disable_after_attempts) {
+                Some(0) => {
+                    return Err(ConfigError::Value {
+                        key: "disable_after_attempts",
+                        message: "must be at least 1".into(),
+                    })
+                }
+                Some(n) => n,
+                None => defaults.disable.after_attempts,
+            },
+        };
+        let operator_secret = self
+            .operator_webhook_secret
+            .or(file.operator_webhook_secret.map(crate::model::Secret));
+        let operator_endpoint = match (
+            self.operator_webhook_url.or(file.operator_webhook_url),
+            operator_secret,
+        ) {
+            (None, None) => None,
+            (Some(url), Some(secret)) => {
+                if secret.0.chars().count() < 16 {
+                    return Err(ConfigError::Value {
+                        key: "operator_webhook_secret",
+                        message: "must be at least 16 characters".into(),
+                    });
+                }
+                Some(OperatorEndpoint { url, secret })
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Value {
+                    key: "operator_webhook_secret",
+                    message: "is required with operator_webhook_url".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Value {
+                    key: "operator_webhook_url",
+                    message: "is required with operator_webhook_secret".into(),
+                })
+            }
+        };
         let password_file = self.store_password_file.or(file.store_password_file);
         let postgres = match self.store.or(file.store) {
             None => None,
@@ -413,6 +507,8 @@ impl ServeArgs {
                 .metrics_token
                 .or(file.metrics_token.map(crate::model::Secret))
                 .filter(|t| !t.0.trim().is_empty()),
+            disable,
+            operator_endpoint,
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod event;
 pub mod ids;
 pub mod json_strict;
+pub mod lifecycle;
 pub mod metrics;
 pub mod migrate;
 pub mod model;

@@ -90,6 +90,7 @@ pub fn router(state: AppState) -> Router {
             get(deliveries::list_webhook_deliveries),
         )
         .route("/webhooks/{id}/test", post(deliveries::test_webhook))
+        .route("/webhooks/{id}/enable", post(webhooks::enable_webhook))
         .route("/webhooks/{id}/stats", get(stats::webhook_stats))
         .route("/me", get(whoami))
         .route("/admin/backup", get(admin::backup))
@@ -193,14 +194,21 @@ async fn whoami(caller: Caller) -> axum::Json<serde_json::Value> {
     })
 }
 
-/// `GET /api/event-types` → `{"data":[{"name","required_fields":[…]}]}`: the event types a
-/// webhook may subscribe to (spec "Types d'événements") and the `data` fields each requires.
+/// `GET /api/event-types` → `{"data":[{"name","required_fields":[…],"operational"}]}`: the
+/// event types a webhook may subscribe to (spec "Types d'événements") and the `data` fields
+/// each carries; `operational` types (issue 15) are made by the daemon, never ingested, and
+/// reach only webhooks that name them.
 async fn event_types(_caller: Caller) -> axum::Json<serde_json::Value> {
     let data: Vec<serde_json::Value> = crate::event::EventType::PUBLIC
         .iter()
+        .chain(&crate::event::EventType::OPERATIONAL)
         .map(|t| {
             let fields: Vec<&str> = t.required_fields().iter().map(|(name, _)| *name).collect();
-            serde_json::json!({"name": t.as_str(), "required_fields": fields})
+            serde_json::json!({
+                "name": t.as_str(),
+                "required_fields": fields,
+                "operational": t.is_operational(),
+            })
         })
         .collect();
     axum::Json(serde_json::json!({ "data": data }))

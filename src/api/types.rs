@@ -52,8 +52,16 @@ pub struct WebhookOut {
     pub url: String,
     /// Subscribed event types, or `["*"]`.
     pub events: Vec<String>,
-    /// Whether it receives deliveries.
+    /// Whether it receives deliveries (the customer's switch): an inactive webhook gets no
+    /// new deliveries.
     pub active: bool,
+    /// Set while the daemon keeps it disabled (410 Gone, or a failing streak): new events
+    /// are recorded as `held` deliveries and nothing is attempted until
+    /// `POST /api/webhooks/{id}/enable`. `null` otherwise.
+    pub disabled: Option<DisabledOut>,
+    /// Deliveries held now (only in the answers of `GET /api/webhooks/{id}` and `enable`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub held_deliveries: Option<u64>,
     /// Free text.
     pub description: String,
     /// RFC 3339.
@@ -72,6 +80,32 @@ pub struct WebhookOut {
     pub standard_webhooks_secret: Option<String>,
 }
 
+/// Why and since when the daemon disabled a webhook (issue 15).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DisabledOut {
+    /// `gone` (an attempt got 410) or `failing` (every attempt failed for `--disable-after`).
+    pub reason: String,
+    /// RFC 3339.
+    pub at: String,
+    /// The delivery whose attempt decided it.
+    pub delivery_id: Option<String>,
+    /// That attempt's HTTP status, if one arrived.
+    pub status_code: Option<u16>,
+    /// `failing`: when the streak of failures began, RFC 3339.
+    pub failing_since: Option<String>,
+    /// `failing`: the last attempt's error in words.
+    pub last_error: Option<String>,
+}
+
+/// `POST /api/webhooks/{id}/enable`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnableIn {
+    /// `true`: every held delivery is queued again, in due order; `false`: they are
+    /// cancelled. Required: the choice is the caller's.
+    pub deliver_held: bool,
+}
+
 impl WebhookOut {
     /// Shows `secret` in this answer, in both forms (creation and rotation only).
     pub fn show_secret(&mut self, secret: &crate::model::Secret) {
@@ -88,6 +122,15 @@ impl From<&Webhook> for WebhookOut {
             url: w.url.clone(),
             events: w.events.names().into_iter().map(str::to_owned).collect(),
             active: w.active,
+            disabled: w.disabled.as_ref().map(|d| DisabledOut {
+                reason: d.reason.as_str().to_owned(),
+                at: format_ms(d.at_ms),
+                delivery_id: d.delivery_id.map(|id| id.to_string()),
+                status_code: d.status_code,
+                failing_since: d.failing_since_ms.map(format_ms),
+                last_error: d.last_error.clone(),
+            }),
+            held_deliveries: None,
             description: w.description.clone(),
             created_at: format_ms(w.created_at_ms),
             updated_at: format_ms(w.updated_at_ms),

@@ -8,14 +8,14 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::extract::{cursor, page_limit, ApiPath, ApiQuery, JsonBody};
-use super::types::{Page, RotateSecretIn, WebhookIn, WebhookOut, WebhookPatch};
+use super::types::{EnableIn, Page, RotateSecretIn, WebhookIn, WebhookOut, WebhookPatch};
 use super::{ApiError, AppState, Caller};
 use crate::address::{self, AddressPolicy};
 use crate::clock;
 use crate::event::{check_external_id, EventType};
 use crate::ids::{random_hex, WebhookId};
 use crate::model::{EventFilter, Secret, Webhook, WebhookChanges};
-use crate::store::blocking;
+use crate::store::{blocking, Lifecycle};
 
 /// Shortest accepted secret, in characters (spec: "32 chars min").
 pub const MIN_SECRET_CHARS: usize = 32;
@@ -264,15 +264,56 @@ pub(super) async fn list_webhooks(
     )))
 }
 
-/// `GET /api/webhooks/{id}`.
+/// `GET /api/webhooks/{id}`, with `held_deliveries` (a count of the held index).
 pub(super) async fn get_webhook(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    Ok(Json(WebhookOut::from(
-        &visible_webhook(&state, &caller, &id).await?,
-    )))
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    let wid = webhook.id;
+    let held = blocking(&state.store, move |s| s.held_count(wid)).await?;
+    let mut out = WebhookOut::from(&webhook);
+    out.held_deliveries = Some(held);
+    Ok(Json(out))
+}
+
+/// `POST /api/webhooks/{id}/enable {"deliver_held": bool}` → 200 with the webhook: clears
+/// `disabled` and the failing streak; held deliveries are queued again in due order (paced
+/// by the scheduler like any backlog) or cancelled; emits `webhook.enabled`. 409
+/// `not_disabled` when the daemon has not disabled it (`active` is the customer's switch,
+/// changed by PATCH).
+pub(super) async fn enable_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath,
+    JsonBody(input): JsonBody<EnableIn>,
+) -> Result<Json<WebhookOut>, ApiError> {
+    let webhook = visible_webhook(&state, &caller, &id).await?;
+    let wid = webhook.id;
+    let now = clock::now_ms();
+    let deliver_held = input.deliver_held;
+    let outcome = blocking(&state.store, move |s| {
+        s.set_webhook_lifecycle(wid, Lifecycle::Enable { deliver_held }, now)
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("webhook"))?;
+    if !outcome.changed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_disabled",
+            "this webhook is not disabled (to switch deliveries on or off, PATCH \"active\")",
+        ));
+    }
+    tracing::info!(webhook = %wid, deliver_held, deliveries = outcome.deliveries, "webhook enabled");
+    state
+        .scheduler
+        .emitter()
+        .webhook_enabled(&outcome.webhook, deliver_held, outcome.deliveries, now)
+        .await;
+    let mut out = WebhookOut::from(&outcome.webhook);
+    out.held_deliveries = Some(0);
+    Ok(Json(out))
 }
 
 /// `PATCH /api/webhooks/{id}`: any of url, events, secret, active, description.

@@ -54,6 +54,20 @@ impl Inner {
                 }
             },
         };
+        if webhook.disabled.is_some() {
+            // Disabled by the daemon: the delivery goes to the held index (an entry that
+            // reached the queues after the disable, from an attempt in flight then).
+            drop(slots);
+            let now = clock::now_ms();
+            if blocking(&self.store, move |s| s.hold_delivery(id, now))
+                .await
+                .is_err()
+            {
+                lock(&self.queues).defer(webhook_id, key, now + RECHECK_MS);
+            }
+            drop(claim);
+            return;
+        }
         if !webhook.active {
             drop(slots);
             self.hold(claim, webhook_id, key).await;
@@ -214,6 +228,89 @@ impl Inner {
         if updated.status.is_final() && trigger == Trigger::Scheduled {
             tracing::info!(delivery = %id, status = updated.status.as_str(), attempts = updated.attempt_count, "delivery finished");
         }
+        self.after_outcome(webhook, &delivery, &updated, &log, trigger);
         Ok((updated, log))
+    }
+
+    /// The lifecycle rules after a logged attempt (issue 15): a 410 disables the webhook, a
+    /// failing streak long enough disables it, a success ends the streak, and a delivery that
+    /// just failed its last scheduled attempt emits `delivery.exhausted`. Store writes and
+    /// events run in a task of their own: the attempt's caller does not wait for them.
+    fn after_outcome(
+        self: &Arc<Self>,
+        webhook: &Webhook,
+        before: &Delivery,
+        updated: &Delivery,
+        log: &Attempt,
+        trigger: Trigger,
+    ) {
+        use crate::lifecycle::{describe_failure, StreakAction};
+        use crate::model::{DeliveryStatus, DisableReason, Disabled};
+        use crate::store::Lifecycle;
+        let now = clock::now_ms();
+        let policy = &self.settings.disable;
+        let mut change = None;
+        if webhook.disabled.is_none() {
+            if policy.on_gone && log.status_code == Some(410) {
+                change = Some(Lifecycle::Disable(crate::lifecycle::gone(updated.id, now)));
+            } else {
+                let action = lock(&self.streaks).observe(
+                    webhook.id,
+                    webhook.failing_since_ms,
+                    log.succeeded(),
+                    now,
+                    policy,
+                );
+                change = match action {
+                    StreakAction::None => None,
+                    StreakAction::Started(since) => Some(Lifecycle::FailingSince(Some(since))),
+                    StreakAction::Ended => Some(Lifecycle::FailingSince(None)),
+                    StreakAction::Disable { since_ms } => Some(Lifecycle::Disable(Disabled {
+                        reason: DisableReason::Failing,
+                        at_ms: now,
+                        delivery_id: Some(updated.id),
+                        status_code: log.status_code,
+                        failing_since_ms: Some(since_ms),
+                        last_error: Some(describe_failure(log)),
+                    })),
+                };
+            }
+        }
+        let exhausted = trigger == Trigger::Scheduled
+            && updated.status == DeliveryStatus::Failed
+            && before.status != DeliveryStatus::Failed;
+        if change.is_none() && !exhausted {
+            return;
+        }
+        let inner = Arc::clone(self);
+        let webhook_id = webhook.id;
+        let updated = updated.clone();
+        let log = log.clone();
+        self.tracker.spawn(async move {
+            if exhausted {
+                inner.emitter.delivery_exhausted(&updated, &log, now).await;
+            }
+            let Some(change) = change else {
+                return;
+            };
+            let disabling = matches!(change, Lifecycle::Disable(_));
+            match blocking(&inner.store, move |s| {
+                s.set_webhook_lifecycle(webhook_id, change, now)
+            })
+            .await
+            {
+                Ok(Some(outcome)) if disabling && outcome.changed => {
+                    lock(&inner.streaks).forget(webhook_id);
+                    inner
+                        .emitter
+                        .webhook_disabled(&outcome.webhook, outcome.deliveries, now)
+                        .await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(webhook = %webhook_id, error = %e, "could not record the webhook's lifecycle change; the next attempt decides again");
+                }
+            }
+        });
     }
 }

@@ -86,6 +86,11 @@ pub struct SchedulerSettings {
     /// The largest event body, in bytes (`--max-body-bytes`): what an attempt reserves in the
     /// body budget before reading a body.
     pub max_body_bytes: usize,
+    /// When the daemon disables a webhook (issue 15).
+    pub disable: crate::lifecycle::DisablePolicy,
+    /// Whether the operator endpoint (`operator_webhook_url`) gets copies of operational
+    /// events.
+    pub operator_endpoint: bool,
 }
 
 /// Why a manual attempt could not be made.
@@ -170,6 +175,10 @@ struct Inner {
     lease_deadline_ms: AtomicU64,
     /// The cluster as the coordinator last saw it.
     cluster: Mutex<Option<ownership::ClusterStatus>>,
+    /// Failing streaks of the webhooks, for the disable rule (issue 15).
+    streaks: Mutex<crate::lifecycle::Streaks>,
+    /// Emits operational events (`webhook.disabled`, `delivery.exhausted`).
+    emitter: crate::lifecycle::Emitter,
 }
 
 /// Handle to the scheduler. Cheap to clone.
@@ -213,6 +222,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> Result<Scheduler, StoreError> {
         let limits = Limits::new(settings.max_in_flight, settings.max_in_flight_per_webhook);
+        let settings_operator = settings.operator_endpoint;
         // On PostgreSQL, webhooks are served as leases are taken ([`ownership`]).
         let clustered = store.as_postgres().is_some();
         let inner = Arc::new(Inner {
@@ -236,6 +246,8 @@ impl Scheduler {
             owned: RwLock::new(clustered.then(HashSet::new)),
             lease_deadline_ms: AtomicU64::new(if clustered { 0 } else { u64::MAX }),
             cluster: Mutex::new(None),
+            streaks: Mutex::new(crate::lifecycle::Streaks::default()),
+            emitter: crate::lifecycle::Emitter::new(Arc::clone(&store), settings_operator),
         });
         let weak = Arc::downgrade(&inner);
         store.subscribe(Box::new(move |changes| {
@@ -479,6 +491,11 @@ impl Scheduler {
         Duration::from_millis(now.saturating_sub(self.inner.last_turn_ms.load(Ordering::Relaxed)))
     }
 
+    /// The operational events' emitter (the API emits `webhook.enabled` with it).
+    pub fn emitter(&self) -> &crate::lifecycle::Emitter {
+        &self.inner.emitter
+    }
+
     /// Number of attempts in flight now.
     pub fn in_flight(&self) -> usize {
         lock(&self.inner.in_flight).len()
@@ -564,6 +581,7 @@ impl Inner {
                         None => {
                             cache.remove(&id);
                             lock(&self.held).remove(&id);
+                            lock(&self.streaks).forget(id);
                         }
                     }
                 }

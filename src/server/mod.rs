@@ -62,6 +62,9 @@ pub enum RunError {
     /// The delivery client's TLS roots could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::delivery::TlsSetupError),
+    /// `operator_webhook_url` is not a usable webhook URL, or its webhook could not be stored.
+    #[error("operator_webhook_url: {0}")]
+    OperatorEndpoint(String),
 }
 
 /// Returns the admin token: `PALO_WEBHOOKS_ADMIN_TOKEN` if set, else the one in
@@ -177,6 +180,7 @@ async fn open(config: Config, admin_token: Option<String>) -> Result<Opened, Run
     .map_err(|_| store_error(StoreError::Interrupted))?
     .map_err(store_error)?;
     let store = Arc::new(store);
+    sync_operator_endpoint(&store, &config).await?;
     let admin_token = match admin_token {
         Some(token) => token,
         None => self::admin_token(&config.db_path)?,
@@ -212,6 +216,67 @@ async fn open(config: Config, admin_token: Option<String>) -> Result<Opened, Run
         admin_token,
         metrics,
     })
+}
+
+/// Makes the operator endpoint's webhook ([`crate::lifecycle::OPERATOR_WEBHOOK`], organization
+/// [`crate::lifecycle::OPERATOR_ORGANIZATION`]) match the config: created or updated when
+/// `operator_webhook_url` is set, deleted (its unfinished deliveries cancelled) when not.
+async fn sync_operator_endpoint(store: &Arc<Store>, config: &Config) -> Result<(), RunError> {
+    use crate::lifecycle::{OPERATOR_ORGANIZATION, OPERATOR_WEBHOOK};
+    use crate::model::{EventFilter, Webhook, WebhookChanges};
+    let wanted = match &config.operator_endpoint {
+        Some(endpoint) => Some((
+            crate::api::webhooks::validate_url(&endpoint.url, config.allow_http)
+                .map_err(|e| RunError::OperatorEndpoint(e.message.clone()))?,
+            endpoint.secret.clone(),
+        )),
+        None => None,
+    };
+    let store = Arc::clone(store);
+    let done = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        let now = crate::clock::now_ms();
+        let existing = store.get_webhook(OPERATOR_WEBHOOK)?;
+        match (wanted, existing) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                store.delete_webhook(OPERATOR_WEBHOOK, now)?;
+                tracing::info!("operator endpoint removed");
+            }
+            (Some((url, secret)), Some(current)) => {
+                if current.url != url || current.secret != secret || !current.active {
+                    let changes = WebhookChanges {
+                        url: Some(url),
+                        secret: Some(secret),
+                        active: Some(true),
+                        ..WebhookChanges::default()
+                    };
+                    store.update_webhook(OPERATOR_WEBHOOK, changes, now)?;
+                }
+                tracing::info!("operator endpoint receives operational events");
+            }
+            (Some((url, secret)), None) => {
+                store.create_webhook(&Webhook {
+                    id: OPERATOR_WEBHOOK,
+                    organization_id: OPERATOR_ORGANIZATION.to_owned(),
+                    url,
+                    events: EventFilter::Only(crate::event::EventType::OPERATIONAL.to_vec()),
+                    secret,
+                    previous_secret: None,
+                    active: true,
+                    disabled: None,
+                    failing_since_ms: None,
+                    description: "operator endpoint (operator_webhook_url)".to_owned(),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                })?;
+                tracing::info!("operator endpoint receives operational events");
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| RunError::OperatorEndpoint("interrupted".into()))?;
+    done.map_err(|e| RunError::OperatorEndpoint(e.to_string()))
 }
 
 fn read_secrets_key(
@@ -271,6 +336,8 @@ fn start(
             max_in_flight: config.max_in_flight,
             max_in_flight_per_webhook: config.max_in_flight_per_webhook,
             max_body_bytes: config.max_body_bytes,
+            disable: config.disable.clone(),
+            operator_endpoint: config.operator_endpoint.is_some(),
         },
         tracker.clone(),
         cancel.clone(),

@@ -13,8 +13,8 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
-    FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, META,
-    ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
+    FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
+    META, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
@@ -111,6 +111,7 @@ impl FileStore {
         let mut report = BackupReport::default();
         report.rows += copy(&snapshot, &target, META)?;
         report.rows += copy(&snapshot, &target, WEBHOOKS)?;
+        report.rows += copy(&snapshot, &target, HELD)?;
         report.rows += copy(&snapshot, &target, ORG_WEBHOOKS)?;
         report.events = copy(&snapshot, &target, EVENTS)?;
         report.rows += report.events;

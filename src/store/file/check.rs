@@ -16,14 +16,14 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
-use crate::model::Delivery;
+use crate::model::{Delivery, DeliveryStatus};
 
 use super::deliveries::{load_delivery, load_event};
 use super::records::{
     decode, ApiKeyRecord, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord,
 };
 use super::{
-    FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS,
+    FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
     ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
@@ -352,8 +352,26 @@ fn check_deliveries(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(
         if by_webhook.get((delivery.webhook_id.0, id.0))?.is_none() {
             report.violation(format!("delivery {id}: missing from webhook_deliveries"));
         }
+        // The held index (issue 15): an entry exactly for a held delivery, which has no due
+        // time and no retry-index entry.
+        let held_entry = txn
+            .open_table(HELD)?
+            .get((delivery.webhook_id.0, id.0))?
+            .is_some();
+        if held_entry != (delivery.status == DeliveryStatus::Held) {
+            report.violation(format!(
+                "delivery {id}: {} but {} the held index",
+                delivery.status.as_str(),
+                if held_entry { "in" } else { "missing from" }
+            ));
+        }
         // The retry index: one entry at its due time when not final, none when final.
-        if delivery.status.is_final() {
+        if delivery.status == DeliveryStatus::Held {
+            report.not_final += 1;
+            if let Some(due) = delivery.next_attempt_at_ms {
+                report.violation(format!("delivery {id}: held but due at {due}"));
+            }
+        } else if delivery.status.is_final() {
             if let Some(due) = delivery.next_attempt_at_ms {
                 report.violation(format!(
                     "delivery {id}: final ({}) but due at {due}",
@@ -463,6 +481,18 @@ fn check_index_tables(txn: &ReadTransaction, report: &mut CheckReport) -> Result
             _ => report.violation(format!(
                 "webhook_due ({}, {due}, {}) disagrees with the delivery",
                 crate::ids::WebhookId(webhook),
+                DeliveryId(id)
+            )),
+        }
+    }
+    for entry in txn.open_table(HELD)?.iter()? {
+        let (key, _) = entry?;
+        let (webhook, id) = key.value();
+        match load(id)? {
+            Some(d) if d.webhook_id.0 == webhook && d.status == DeliveryStatus::Held => {}
+            _ => report.violation(format!(
+                "held ({}, {}) names no held delivery of that webhook",
+                WebhookId(webhook),
                 DeliveryId(id)
             )),
         }

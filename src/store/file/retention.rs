@@ -14,6 +14,7 @@ use super::{
     FileStore, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS, WEBHOOK_DELIVERIES,
 };
 use crate::ids::{DeliveryId, EventKey};
+use crate::model::DeliveryStatus;
 
 /// What one [`FileStore::purge_expired`] call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +84,9 @@ impl FileStore {
                 let mut keep = false;
                 for id in &event.delivery_ids {
                     match load_delivery(&deliveries, *id)? {
+                        // Held deliveries are bounded by retention too (issue 15).
                         Some(d)
-                            if !d.status.is_final()
+                            if !(d.status.is_final() || d.status == DeliveryStatus::Held)
                                 || d.updated_at_ms >= cutoff_ms
                                 || in_use(d.id) =>
                         {
@@ -100,6 +102,9 @@ impl FileStore {
                     continue;
                 }
                 for d in gone {
+                    if d.status == DeliveryStatus::Held {
+                        super::lifecycle::take_held(txn, d.webhook_id, d.id)?;
+                    }
                     deliveries.remove(d.id.0)?;
                     webhook_deliveries.remove((d.webhook_id.0, d.id.0))?;
                     let numbers: Vec<u32> = attempts

@@ -155,6 +155,7 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
     }
     let not_final = rows::not_final()
         .iter()
+        .filter(|s| **s != "held")
         .map(|s| format!("'{s}'"))
         .collect::<Vec<_>>()
         .join(", ");
@@ -165,7 +166,14 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
             "SELECT id FROM deliveries WHERE (status IN ({not_final})) \
              <> (next_attempt_at_ms IS NOT NULL)"
         ),
-        "a delivery that is not final must have a retry-index entry, a final one none",
+        "a delivery that is not final nor held must have a retry-index entry, any other none",
+    )
+    .await?;
+    violations(
+        &txn,
+        &mut report,
+        "SELECT id FROM deliveries WHERE (status = 'held') <> (held_due_ms IS NOT NULL)",
+        "a held delivery must have a held due time, any other none",
     )
     .await?;
     violations(
