@@ -35,6 +35,8 @@ mod hostile;
 mod ingest;
 #[path = "it/isolation.rs"]
 mod isolation;
+#[path = "it/lifecycle.rs"]
+mod lifecycle;
 #[path = "it/migrate.rs"]
 mod migrate;
 #[path = "it/operations.rs"]

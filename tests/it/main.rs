@@ -20,6 +20,7 @@ mod hostile;
 mod ingest;
 mod isolation;
 mod layout;
+mod lifecycle;
 mod operations;
 mod recovery;
 mod security;
