@@ -1,5 +1,5 @@
 //! Typed identifiers: `wh_<ULID>` webhooks, `dlv_<ULID>` deliveries, `key_<ULID>` API keys,
-//! and the internal key of a stored event.
+//! `job_<ULID>` recovery and replay jobs, and the internal key of a stored event.
 //!
 //! Owner's rule: an id is a ULID (time-ordered, 128 bits) with a fixed prefix in every
 //! external form; inside the store it is the bare `u128`, so keys sort by creation time.
@@ -36,6 +36,13 @@ macro_rules! typed_id {
             /// The creation time encoded in the id, in ms since the Unix epoch.
             pub fn timestamp_ms(self) -> u64 {
                 Ulid(self.0).timestamp_ms()
+            }
+
+            /// The smallest id made at `ms` (ms since the Unix epoch): ids made at or after
+            /// `ms` are `>=` it, ids made before are `<` it. For time ranges over tables
+            /// keyed by id.
+            pub fn first_at(ms: u64) -> Self {
+                Self(u128::from(ms.min((1 << 48) - 1)) << 80)
             }
         }
 
@@ -75,6 +82,12 @@ typed_id!(
     KeyId,
     "key_",
     "key"
+);
+typed_id!(
+    /// A recovery or replay job (issue 15), `job_<ULID>`.
+    JobId,
+    "job_",
+    "job"
 );
 typed_id!(
     /// The internal key of a stored event. Never shown: events are addressed by

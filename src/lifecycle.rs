@@ -317,6 +317,30 @@ impl Emitter {
         );
     }
 
+    /// `recovery.finished` about a job that ended (finished or cancelled).
+    pub async fn recovery_finished(&self, job: &crate::model::Job, now_ms: u64) {
+        let data = serde_json::json!({
+            "job_id": job.id.to_string(),
+            "kind": job.kind.as_str(),
+            "webhook_id": job.webhook_id.to_string(),
+            "state": job.state.as_str(),
+            "matched": job.matched,
+            "queued": job.queued,
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+        });
+        self.log_failure(
+            self.emit(
+                &job.organization_id,
+                job.webhook_id,
+                EventType::RecoveryFinished,
+                data,
+                now_ms,
+            )
+            .await,
+        );
+    }
+
     fn log_failure(&self, result: Result<(), StoreError>) {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not store an operational event");

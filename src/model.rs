@@ -6,7 +6,7 @@
 use std::fmt;
 
 use crate::event::EventType;
-use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+use crate::ids::{DeliveryId, EventKey, JobId, KeyId, WebhookId};
 
 /// A webhook secret. Its `Debug` prints stars so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -463,4 +463,124 @@ pub struct ApiKey {
     pub created_at_ms: u64,
     /// SHA-256 of the key text.
     pub key_hash: [u8; 32],
+}
+
+/// What a job does (issue 15, item 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobKind {
+    /// Re-sends the webhook's deliveries of the window whose status is one of these (final
+    /// statuses only): each gets one more scheduled attempt, numbered after its earlier ones.
+    Recover {
+        /// The statuses to recover (default `failed`).
+        statuses: Vec<DeliveryStatus>,
+    },
+    /// Creates a delivery to the webhook for each event of its organization in the window
+    /// that it never had (of these types; `None`: the types it subscribes to now).
+    Replay {
+        /// The event types to replay.
+        event_types: Option<Vec<EventType>>,
+    },
+}
+
+impl JobKind {
+    /// The API name (`recover`, `replay`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobKind::Recover { .. } => "recover",
+            JobKind::Replay { .. } => "replay",
+        }
+    }
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Created, no step run yet.
+    Queued,
+    /// Queuing deliveries, or waiting for the queued ones to end.
+    Running,
+    /// Every matched delivery was queued and has ended. Final.
+    Finished,
+    /// Stopped by a person; deliveries already queued go on. Final.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state.
+    pub const ALL: [JobState; 4] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Finished,
+        JobState::Cancelled,
+    ];
+
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Finished => "finished",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(name: &str) -> Option<JobState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether the job will do nothing more.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Finished | JobState::Cancelled)
+    }
+}
+
+/// A recovery or replay job, stored so it survives restarts and resumes where it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// `job_<ULID>`.
+    pub id: JobId,
+    /// The webhook's organization.
+    pub organization_id: String,
+    /// The webhook it works for.
+    pub webhook_id: WebhookId,
+    /// Recover or replay, with its filter.
+    pub kind: JobKind,
+    /// Start of the window, ms since the epoch (deliveries' or events' creation time).
+    pub since_ms: u64,
+    /// End of the window (exclusive), ms since the epoch; `None`: the job's creation time.
+    pub until_ms: u64,
+    /// Where it stands.
+    pub state: JobState,
+    /// The last delivery id (recover) or event key (replay) looked at; the scan resumes
+    /// after it.
+    pub cursor: Option<u128>,
+    /// Whether the whole window has been looked at.
+    pub scan_done: bool,
+    /// Deliveries (recover) or events (replay) that matched.
+    pub matched: u64,
+    /// Deliveries queued for an attempt (recovered, or created by the replay).
+    pub queued: u64,
+    /// Queued deliveries that ended `succeeded`.
+    pub succeeded: u64,
+    /// Queued deliveries that ended otherwise (`failed`, `cancelled`, or gone).
+    pub failed: u64,
+    /// ms since the epoch.
+    pub created_at_ms: u64,
+    /// When its first step ran, ms since the epoch.
+    pub started_at_ms: Option<u64>,
+    /// When it became final, ms since the epoch.
+    pub finished_at_ms: Option<u64>,
+}
+
+/// What a job step may do at most ([`crate::store::Store::job_step`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Rows looked at per step.
+    pub scan: usize,
+    /// Queued deliveries of the job not yet ended, at most: the pacing that keeps the
+    /// engine's queues short, so live deliveries keep their latency.
+    pub window: u64,
+    /// The retry schedule's number of attempts: a recovered delivery gets the last one.
+    pub max_attempts: u32,
 }

@@ -35,6 +35,8 @@ mod hostile;
 mod ingest;
 #[path = "it/isolation.rs"]
 mod isolation;
+#[path = "it/jobs.rs"]
+mod jobs;
 #[path = "it/lifecycle.rs"]
 mod lifecycle;
 #[path = "it/migrate.rs"]

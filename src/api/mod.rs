@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod extract;
 pub mod guard;
+pub mod jobs;
 mod keys;
 pub mod stats;
 pub mod types;
@@ -91,6 +92,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/webhooks/{id}/test", post(deliveries::test_webhook))
         .route("/webhooks/{id}/enable", post(webhooks::enable_webhook))
+        .route("/webhooks/{id}/recover", post(jobs::recover))
+        .route("/webhooks/{id}/replay", post(jobs::replay))
+        .route("/jobs", get(jobs::list_jobs))
+        .route("/jobs/{id}", get(jobs::get_job))
+        .route("/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/webhooks/{id}/stats", get(stats::webhook_stats))
         .route("/me", get(whoami))
         .route("/admin/backup", get(admin::backup))

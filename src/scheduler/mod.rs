@@ -22,6 +22,7 @@
 mod attempt;
 mod bodies;
 mod clock_step;
+mod jobs;
 pub mod ownership;
 pub mod queues;
 
@@ -179,6 +180,8 @@ struct Inner {
     streaks: Mutex<crate::lifecycle::Streaks>,
     /// Emits operational events (`webhook.disabled`, `delivery.exhausted`).
     emitter: crate::lifecycle::Emitter,
+    /// Rung when a job is created, so the job runner starts it at once.
+    jobs_wake: Notify,
 }
 
 /// Handle to the scheduler. Cheap to clone.
@@ -248,6 +251,7 @@ impl Scheduler {
             cluster: Mutex::new(None),
             streaks: Mutex::new(crate::lifecycle::Streaks::default()),
             emitter: crate::lifecycle::Emitter::new(Arc::clone(&store), settings_operator),
+            jobs_wake: Notify::new(),
         });
         let weak = Arc::downgrade(&inner);
         store.subscribe(Box::new(move |changes| {

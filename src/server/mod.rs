@@ -364,6 +364,7 @@ fn start(
         );
     }
     let scheduler_task = tokio::spawn(scheduler.clone().run());
+    tokio::spawn(scheduler.clone().run_jobs());
     if let Some(retention) = config.retention {
         tokio::spawn(background::purge_loop(
             Arc::clone(&store),

@@ -25,7 +25,7 @@ pub mod sealed;
 use std::path::Path;
 
 use crate::event::{EventType, PreparedEvent};
-use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+use crate::ids::{DeliveryId, EventKey, JobId, KeyId, WebhookId};
 use crate::model::{
     ApiKey, Attempt, Delivery, DeliveryStatus, Disabled, Event, Webhook, WebhookChanges,
 };
@@ -531,6 +531,95 @@ impl Store {
         }
     }
 
+    /// Stores a new recovery or replay job (issue 15, item 5), state `queued`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn create_job(&self, job: &crate::model::Job) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.create_job(job),
+            Backend::Postgres(s) => s.create_job(job),
+        }
+    }
+
+    /// The job with this id, if it exists.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn get_job(&self, id: JobId) -> Result<Option<crate::model::Job>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.get_job(id),
+            Backend::Postgres(s) => s.get_job(id),
+        }
+    }
+
+    /// Up to `limit` jobs, newest first, strictly older than the cursor `before`, of one
+    /// organization or of all (`None`).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn list_jobs(
+        &self,
+        organization_id: Option<&str>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<crate::model::Job>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.list_jobs(organization_id, before, limit),
+            Backend::Postgres(s) => s.list_jobs(organization_id, before, limit),
+        }
+    }
+
+    /// The jobs not yet final (`queued`, `running`): what the job runner steps.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn active_jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.active_jobs(),
+            Backend::Postgres(s) => s.active_jobs(),
+        }
+    }
+
+    /// Cancels a job that is not final (`cancelled`, `finished_at` now): it queues nothing
+    /// more; deliveries it queued already go on. Returns the job as stored, or `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn cancel_job(
+        &self,
+        id: JobId,
+        now_ms: u64,
+    ) -> Result<Option<crate::model::Job>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.cancel_job(id, now_ms),
+            Backend::Postgres(s) => s.cancel_job(id, now_ms),
+        }
+    }
+
+    /// One step of a job, in one durable transaction: counts the job's queued deliveries
+    /// that ended (`succeeded`, or `failed` for any other final status or a delivery gone);
+    /// then, while fewer than `limits.window` are still going, looks at up to `limits.scan`
+    /// rows of its window after its cursor and queues each match (recover: the delivery
+    /// becomes due now with one scheduled attempt left, [`requeue_for_recovery`]; replay: a
+    /// new pending delivery, due now, listed by its event); a delivery is queued at most once
+    /// per job. The job is `finished` once the window is scanned and everything queued ended.
+    /// Returns the job after the step (unchanged when final), or `None`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing of the step is written then.
+    pub fn job_step(
+        &self,
+        id: JobId,
+        limits: crate::model::JobLimits,
+        now_ms: u64,
+    ) -> Result<Option<crate::model::Job>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.job_step(id, limits, now_ms),
+            Backend::Postgres(s) => s.job_step(id, limits, now_ms),
+        }
+    }
+
     /// Stores prepared events, each with one delivery to `webhook` due at `due_ms`, in one
     /// durable transaction, without the idempotency check or fan-out: a bulk loader for
     /// benchmarks that need a large backlog (`benches/e2e`), not for production paths.
@@ -984,6 +1073,45 @@ pub(crate) fn apply_attempt(
     delivery.attempt_count = delivery.attempt_count.max(attempt.number);
     delivery.updated_at_ms = now_ms;
     before.next_attempt_at_ms
+}
+
+/// How a job's queued delivery ended: `Some(true)` succeeded, `Some(false)` any other final
+/// status or gone (purged), `None` still going. Both backends' job tally.
+pub(crate) fn job_outcome(status: Option<DeliveryStatus>) -> Option<bool> {
+    match status {
+        None => Some(false),
+        Some(DeliveryStatus::Succeeded) => Some(true),
+        Some(s) if s.is_final() => Some(false),
+        Some(_) => None,
+    }
+}
+
+/// Makes a final delivery due at `now_ms` with one scheduled attempt left (a recovery, issue
+/// 15): `retrying` (or `pending` when the schedule has a single attempt), so a failure makes
+/// it `failed` again and a success `succeeded`. Its attempts keep their numbers.
+pub(crate) fn requeue_for_recovery(delivery: &mut Delivery, max_attempts: u32, now_ms: u64) {
+    delivery.scheduled_attempts = max_attempts.saturating_sub(1);
+    delivery.status = if delivery.scheduled_attempts == 0 {
+        DeliveryStatus::Pending
+    } else {
+        DeliveryStatus::Retrying
+    };
+    delivery.next_attempt_at_ms = Some(now_ms);
+    delivery.updated_at_ms = now_ms;
+}
+
+/// Whether a replay job takes an event of `event_type`: one of `event_types` when given,
+/// else what the webhook subscribes to now. Never `webhook.test`, never an operational type
+/// unless named.
+pub(crate) fn replay_matches(
+    event_type: EventType,
+    event_types: Option<&[EventType]>,
+    subscribed: &crate::model::EventFilter,
+) -> bool {
+    match event_types {
+        Some(types) => types.contains(&event_type),
+        None => subscribed.matches(event_type),
+    }
 }
 
 /// Runs a store operation on tokio's blocking pool, so a store call (which may wait on the

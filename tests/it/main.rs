@@ -19,6 +19,7 @@ mod hardening;
 mod hostile;
 mod ingest;
 mod isolation;
+mod jobs;
 mod layout;
 mod lifecycle;
 mod operations;

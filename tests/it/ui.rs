@@ -126,7 +126,11 @@ async fn me_and_event_types_tell_the_ui_who_is_signed_in_and_what_to_offer() {
             "ticket.created",
             "ticket.status_changed",
             "ticket.resolved",
-            "system.incident"
+            "system.incident",
+            "webhook.disabled",
+            "webhook.enabled",
+            "delivery.exhausted",
+            "recovery.finished"
         ]
     );
     assert_eq!(

@@ -14,11 +14,12 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::{
     FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
-    META, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
+    JOBS, JOB_ITEMS, JOB_OUTSTANDING, META, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS,
+    WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 17] = [
     "meta",
     "webhooks",
     "org_webhooks",
@@ -32,6 +33,10 @@ const TABLES: [&str; 13] = [
     "webhook_due",
     "api_keys",
     "api_key_hashes",
+    "held",
+    "jobs",
+    "job_items",
+    "job_outstanding",
 ];
 
 /// What [`FileStore::backup_to`] copied.
@@ -125,6 +130,9 @@ impl FileStore {
         report.rows += copy(&snapshot, &target, WEBHOOK_DUE)?;
         report.rows += copy(&snapshot, &target, API_KEYS)?;
         report.rows += copy(&snapshot, &target, API_KEY_HASHES)?;
+        report.rows += copy(&snapshot, &target, JOBS)?;
+        report.rows += copy(&snapshot, &target, JOB_ITEMS)?;
+        report.rows += copy(&snapshot, &target, JOB_OUTSTANDING)?;
         drop(target);
         report.bytes = std::fs::metadata(path).map_err(io)?.len();
         Ok(report)

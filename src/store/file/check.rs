@@ -24,7 +24,8 @@ use super::records::{
 };
 use super::{
     FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
-    ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
+    JOBS, JOB_ITEMS, JOB_OUTSTANDING, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS,
+    WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// At most this many violations are described; the rest are only counted.
@@ -182,6 +183,10 @@ impl FileStore {
             WEBHOOK_DUE => "webhook_due",
             API_KEYS => "api_keys",
             API_KEY_HASHES => "api_key_hashes",
+            HELD => "held",
+            JOBS => "jobs",
+            JOB_ITEMS => "job_items",
+            JOB_OUTSTANDING => "job_outstanding",
         );
         Ok(out)
     }

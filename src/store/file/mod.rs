@@ -16,6 +16,7 @@ mod backup;
 mod check;
 mod deliveries;
 mod due;
+mod jobs;
 mod lifecycle;
 mod records;
 mod retention;
@@ -67,6 +68,11 @@ pub(crate) const WEBHOOK_DUE: TableDefinition<(u128, u64, u128), ()> =
 /// `(webhook, delivery) -> due ms`: the held deliveries of disabled webhooks (issue 15), with
 /// the due time each had, so enabling puts them back in due order.
 pub(crate) const HELD: TableDefinition<(u128, u128), u64> = TableDefinition::new("held");
+/// Recovery and replay jobs (issue 15): id → record, what each queued, and what it waits for.
+pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+pub(crate) const JOB_ITEMS: TableDefinition<(u128, u128), ()> = TableDefinition::new("job_items");
+pub(crate) const JOB_OUTSTANDING: TableDefinition<(u128, u128), ()> =
+    TableDefinition::new("job_outstanding");
 pub(crate) const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
 pub(crate) const API_KEY_HASHES: TableDefinition<&[u8], u128> =
     TableDefinition::new("api_key_hashes");
@@ -198,6 +204,9 @@ impl FileStore {
             txn.open_table(API_KEYS)?;
             txn.open_table(API_KEY_HASHES)?;
             txn.open_table(HELD)?;
+            txn.open_table(JOBS)?;
+            txn.open_table(JOB_ITEMS)?;
+            txn.open_table(JOB_OUTSTANDING)?;
             build_webhook_due(txn)
         })?;
         let keys = store.list_api_keys()?;

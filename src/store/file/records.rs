@@ -8,10 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventType;
-use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
+use crate::ids::{DeliveryId, EventKey, JobId, KeyId, WebhookId};
 use crate::model::{
     ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, DisableReason, Disabled, Event,
-    EventFilter, PreviousSecret, Secret, Trigger, Webhook,
+    EventFilter, Job, JobKind, JobState, PreviousSecret, Secret, Trigger, Webhook,
 };
 
 use super::sealed::{is_sealed, SecretsKey};
@@ -426,6 +426,129 @@ impl ApiKeyRecord {
             created_at_ms,
             key_hash,
         }
+    }
+}
+
+/// A recovery or replay job (issue 15). Enumerations by their API names.
+#[derive(Serialize, Deserialize)]
+pub(super) enum JobRecord {
+    V1 {
+        organization_id: String,
+        webhook_id: u128,
+        kind: String,
+        /// `recover`: the statuses recovered.
+        statuses: Vec<String>,
+        /// `replay`: the event types (`None`: the webhook's subscriptions).
+        event_types: Option<Vec<String>>,
+        since_ms: u64,
+        until_ms: u64,
+        state: String,
+        cursor: Option<u128>,
+        scan_done: bool,
+        matched: u64,
+        queued: u64,
+        succeeded: u64,
+        failed: u64,
+        created_at_ms: u64,
+        started_at_ms: Option<u64>,
+        finished_at_ms: Option<u64>,
+    },
+}
+
+impl JobRecord {
+    pub(super) fn from_domain(j: &Job) -> Self {
+        let (statuses, event_types) = match &j.kind {
+            JobKind::Recover { statuses } => (
+                statuses.iter().map(|s| s.as_str().to_owned()).collect(),
+                None,
+            ),
+            JobKind::Replay { event_types } => (
+                Vec::new(),
+                event_types
+                    .as_ref()
+                    .map(|types| types.iter().map(|t| t.as_str().to_owned()).collect()),
+            ),
+        };
+        JobRecord::V1 {
+            organization_id: j.organization_id.clone(),
+            webhook_id: j.webhook_id.0,
+            kind: j.kind.as_str().to_owned(),
+            statuses,
+            event_types,
+            since_ms: j.since_ms,
+            until_ms: j.until_ms,
+            state: j.state.as_str().to_owned(),
+            cursor: j.cursor,
+            scan_done: j.scan_done,
+            matched: j.matched,
+            queued: j.queued,
+            succeeded: j.succeeded,
+            failed: j.failed,
+            created_at_ms: j.created_at_ms,
+            started_at_ms: j.started_at_ms,
+            finished_at_ms: j.finished_at_ms,
+        }
+    }
+
+    pub(super) fn into_domain(self, id: JobId) -> Result<Job, StoreError> {
+        let JobRecord::V1 {
+            organization_id,
+            webhook_id,
+            kind,
+            statuses,
+            event_types,
+            since_ms,
+            until_ms,
+            state,
+            cursor,
+            scan_done,
+            matched,
+            queued,
+            succeeded,
+            failed,
+            created_at_ms,
+            started_at_ms,
+            finished_at_ms,
+        } = self;
+        let kind = match kind.as_str() {
+            "recover" => JobKind::Recover {
+                statuses: statuses
+                    .iter()
+                    .map(|s| DeliveryStatus::parse(s).ok_or_else(|| corrupt("jobs", "status")))
+                    .collect::<Result<_, _>>()?,
+            },
+            "replay" => JobKind::Replay {
+                event_types: event_types
+                    .map(|types| {
+                        types
+                            .iter()
+                            .map(|t| {
+                                EventType::parse(t).ok_or_else(|| corrupt("jobs", "event type"))
+                            })
+                            .collect::<Result<_, _>>()
+                    })
+                    .transpose()?,
+            },
+            _ => return Err(corrupt("jobs", "job kind")),
+        };
+        Ok(Job {
+            id,
+            organization_id,
+            webhook_id: WebhookId(webhook_id),
+            kind,
+            since_ms,
+            until_ms,
+            state: JobState::parse(&state).ok_or_else(|| corrupt("jobs", "job state"))?,
+            cursor,
+            scan_done,
+            matched,
+            queued,
+            succeeded,
+            failed,
+            created_at_ms,
+            started_at_ms,
+            finished_at_ms,
+        })
     }
 }
 

@@ -24,6 +24,7 @@ pub mod cluster;
 pub use deliveries::ImportBatch;
 mod deliveries;
 mod due;
+mod jobs;
 mod lifecycle;
 mod rows;
 mod writer;
@@ -800,7 +801,9 @@ impl PgStore {
 }
 
 /// The tables of the schema, for [`PgStore::space`].
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 9] = [
+    "jobs",
+    "job_items",
     "webhooks",
     "events",
     "deliveries",

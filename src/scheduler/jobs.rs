@@ -1,0 +1,109 @@
+//! The job runner (issue 15, item 5): steps every recovery and replay job that is not final
+//! through the store ([`Store::job_step`](crate::store::Store::job_step)), which queues their
+//! deliveries into the retry index a window at a time. The queues then serve them like any
+//! due work, round-robin with every other webhook, so live deliveries keep their latency.
+//! A job that ends emits `recovery.finished`.
+//!
+//! Jobs live in the store, so a restart (or kill -9) resumes them where their last committed
+//! step left them; with several daemons on PostgreSQL every daemon steps them, one at a time
+//! (the step holds the job's row).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Inner, Scheduler};
+use crate::clock;
+use crate::model::{Job, JobLimits};
+use crate::store::blocking;
+
+/// Rows a step looks at, at most.
+const SCAN_PER_STEP: usize = 500;
+/// The runner's pause when no job moved (ms).
+const IDLE_MS: u64 = 500;
+/// The runner's pause between steps while jobs move (ms): what lets the attempts run.
+const BUSY_MS: u64 = 50;
+
+impl Scheduler {
+    /// Wakes the job runner (a job was created).
+    pub fn wake_jobs(&self) {
+        self.inner.jobs_wake.notify_one();
+    }
+
+    /// Runs the job runner until shutdown. Spawn it once.
+    pub async fn run_jobs(self) {
+        let inner = &self.inner;
+        loop {
+            let moved = match Arc::clone(inner).step_jobs().await {
+                Ok(moved) => moved,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not step the recovery jobs; will try again");
+                    false
+                }
+            };
+            let pause = Duration::from_millis(if moved { BUSY_MS } else { IDLE_MS });
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = inner.jobs_wake.notified() => {}
+                () = inner.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Emits `recovery.finished` for a job a person cancelled.
+    pub async fn job_cancelled(&self, job: &Job) {
+        self.inner
+            .emitter
+            .recovery_finished(job, clock::now_ms())
+            .await;
+    }
+}
+
+impl Inner {
+    /// The step limits: a window of a few in-flight slots' worth of deliveries per job.
+    fn job_limits(&self) -> JobLimits {
+        JobLimits {
+            scan: SCAN_PER_STEP,
+            window: u64::try_from((self.settings.max_in_flight_per_webhook * 4).max(16))
+                .unwrap_or(64),
+            max_attempts: self.settings.schedule.max_attempts(),
+        }
+    }
+
+    /// One step of every active job; returns whether any moved.
+    async fn step_jobs(self: Arc<Self>) -> Result<bool, crate::store::StoreError> {
+        let ids = blocking(&self.store, |s| s.active_jobs()).await?;
+        let mut moved = false;
+        for id in ids {
+            let before = blocking(&self.store, move |s| s.get_job(id)).await?;
+            let limits = self.job_limits();
+            let now = clock::now_ms();
+            let Some(after) = blocking(&self.store, move |s| s.job_step(id, limits, now)).await?
+            else {
+                continue;
+            };
+            let changed = before.as_ref().is_none_or(|b| {
+                (
+                    b.state,
+                    b.matched,
+                    b.queued,
+                    b.succeeded,
+                    b.failed,
+                    b.cursor,
+                ) != (
+                    after.state,
+                    after.matched,
+                    after.queued,
+                    after.succeeded,
+                    after.failed,
+                    after.cursor,
+                )
+            });
+            moved |= changed;
+            if after.state.is_final() && after.finished_at_ms == Some(now) {
+                tracing::info!(job = %id, kind = after.kind.as_str(), matched = after.matched, succeeded = after.succeeded, failed = after.failed, "job finished");
+                self.emitter.recovery_finished(&after, now).await;
+            }
+        }
+        Ok(moved)
+    }
+}
