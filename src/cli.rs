@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
+mod jobs;
+
 use crate::config::ServeArgs;
 use crate::delivery::build_client;
 use crate::store::{Store, StoreError};
@@ -69,6 +71,16 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         action: DeliveryCommand,
+    },
+    /// Follow and cancel recovery and replay jobs (start them with `webhooks recover` or
+    /// `webhooks replay`).
+    Jobs {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Action.
+        #[command(subcommand)]
+        action: jobs::JobCommand,
     },
     /// Manage organization API keys (admin token only).
     Keys {
@@ -317,6 +329,9 @@ impl PageArgs {
 /// `webhooks` actions.
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
+    /// Recover or replay (tracked jobs).
+    #[command(flatten)]
+    Jobs(jobs::WebhookJobCommand),
     /// Create a webhook; prints the generated secret once if you give none.
     Create {
         /// The webhook's target URL (https).
@@ -692,6 +707,7 @@ pub async fn run_client(command: Command) -> Result<()> {
         Command::Events { client, action } => (client, event_request(action)?),
         Command::Deliveries { client, action } => (client, delivery_request(action)),
         Command::Keys { client, action } => (client, key_request(action)?),
+        Command::Jobs { client, action } => (client, jobs::job_request(action)?),
         Command::Backup { client, out } => return backup(&client, &out).await,
         Command::Status { client } => (
             client,
@@ -758,6 +774,7 @@ const KEY_COLUMNS: &[&str] = &["id", "organization_id", "description", "created_
 
 fn webhook_request(action: WebhookCommand) -> Result<Request> {
     let (method, path, body) = match action {
+        WebhookCommand::Jobs(action) => return Ok(jobs::webhook_job_request(action)),
         WebhookCommand::Create {
             target_url,
             events,

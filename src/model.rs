@@ -469,7 +469,9 @@ pub struct ApiKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {
     /// Re-sends the webhook's deliveries of the window whose status is one of these (final
-    /// statuses only): each gets one more scheduled attempt, numbered after its earlier ones.
+    /// statuses only): one that spent its retry schedule gets one more scheduled attempt,
+    /// one that stopped earlier resumes its schedule; attempts are numbered after the earlier
+    /// ones.
     Recover {
         /// The statuses to recover (default `failed`).
         statuses: Vec<DeliveryStatus>,

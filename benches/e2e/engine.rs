@@ -77,13 +77,13 @@ pub async fn baselines(add: &mut impl FnMut(&str, String)) -> Baselines {
 }
 
 /// The daemon's peak resident memory, sampled every 50 ms until dropped.
-struct RssWatch {
+pub(super) struct RssWatch {
     peak_kib: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
 impl RssWatch {
-    fn start(daemon: &Daemon) -> RssWatch {
+    pub(super) fn start(daemon: &Daemon) -> RssWatch {
         let (peak_kib, stop) = (
             Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicBool::new(false)),
@@ -106,7 +106,7 @@ impl RssWatch {
         RssWatch { peak_kib, stop }
     }
 
-    fn peak_mib(&self) -> f64 {
+    pub(super) fn peak_mib(&self) -> f64 {
         self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
     }
 }
@@ -210,7 +210,7 @@ fn latencies(arrivals: &Arrivals, answered: &[Instant]) -> Vec<Duration> {
     out
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -405,7 +405,7 @@ pub async fn many_webhooks(
     report_stalls(&name, &arrivals, ready, &rss, add);
 }
 
-async fn wait_ready(daemon: &Daemon) -> Instant {
+pub(super) async fn wait_ready(daemon: &Daemon) -> Instant {
     let client = build_client(Duration::from_secs(5));
     loop {
         let request = hyper::Request::get(format!("http://{}/healthz", daemon.addr))

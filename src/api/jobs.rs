@@ -166,7 +166,8 @@ async fn start_job(
 
 /// `POST /api/webhooks/{id}/recover {"since","until"?,"statuses"?}` → 202 job: re-sends the
 /// webhook's deliveries created in the window whose status is listed (final statuses only;
-/// default `failed`), each once, with one scheduled attempt. 422 for a bad window or status.
+/// default `failed`), each once per job ([`crate::model::JobKind::Recover`]). 422 for a bad
+/// window or status.
 pub(super) async fn recover(
     State(state): State<AppState>,
     caller: Caller,

@@ -1086,11 +1086,12 @@ pub(crate) fn job_outcome(status: Option<DeliveryStatus>) -> Option<bool> {
     }
 }
 
-/// Makes a final delivery due at `now_ms` with one scheduled attempt left (a recovery, issue
-/// 15): `retrying` (or `pending` when the schedule has a single attempt), so a failure makes
-/// it `failed` again and a success `succeeded`. Its attempts keep their numbers.
+/// Makes a final delivery due at `now_ms` again (a recovery, issue 15): one delivery that
+/// spent its retry schedule gets one more scheduled attempt (so a failure makes it `failed`
+/// again); one that stopped earlier (cancelled) resumes its schedule where it stopped. Its
+/// scheduled attempts never exceed its attempts, and its attempts keep their numbers.
 pub(crate) fn requeue_for_recovery(delivery: &mut Delivery, max_attempts: u32, now_ms: u64) {
-    delivery.scheduled_attempts = max_attempts.saturating_sub(1);
+    delivery.scheduled_attempts = max_attempts.saturating_sub(1).min(delivery.attempt_count);
     delivery.status = if delivery.scheduled_attempts == 0 {
         DeliveryStatus::Pending
     } else {

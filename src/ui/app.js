@@ -122,6 +122,27 @@
     },
   };
 
+  // Issue 15: held deliveries, and recovery and replay jobs.
+  STATUSES.push("held");
+  Object.assign(MESSAGES.en, {
+    jobs: "Recovery jobs", noJobs: "No recovery or replay job yet.", kind: "Kind",
+    state: "State", progress: "Progress", matched: "Matched", succeededN: "Succeeded",
+    failedN: "Failed", cancelJob: "Cancel", jobLive: "Live: refreshes every 2 s",
+    jobKinds: { recover: "recover", replay: "replay" },
+    jobStates: { queued: "queued", running: "running", finished: "finished", cancelled: "cancelled" },
+    progressOf: "{done} of {queued} ended", jobFinished: "This job has ended already.",
+  });
+  Object.assign(MESSAGES.fr, {
+    jobs: "Reprises", noJobs: "Aucune reprise ni relecture pour l'instant.", kind: "Type",
+    state: "État", progress: "Progression", matched: "Retenues", succeededN: "Réussies",
+    failedN: "Échouées", cancelJob: "Annuler", jobLive: "En direct : actualisé toutes les 2 s",
+    jobKinds: { recover: "reprise", replay: "relecture" },
+    jobStates: { queued: "en file", running: "en cours", finished: "terminée", cancelled: "annulée" },
+    progressOf: "{done} sur {queued} terminées", jobFinished: "Cette reprise est déjà terminée.",
+  });
+  MESSAGES.en.statusNames.held = "held";
+  MESSAGES.fr.statusNames.held = "retenue";
+
   let lang = pickLanguage();
 
   function pickLanguage() {
@@ -461,7 +482,8 @@
     try { res = await api("GET", `/api/webhooks?${q}`); } catch (err) { if (current(gen)) page(t("webhooks"), failed(err)); return; }
     if (!current(gen)) return;
     const toolbar = h("div", { class: "toolbar" },
-      h("a", { href: "#/webhooks/new", class: "btn btn-primary", id: "new-webhook" }, t("newWebhook")));
+      h("a", { href: "#/webhooks/new", class: "btn btn-primary", id: "new-webhook" }, t("newWebhook")),
+      h("a", { href: "#/jobs", class: "btn", id: "jobs-link" }, t("jobs")));
     if (res.data.length === 0 && !cursor) {
       page(t("webhooks"), toolbar, notice("info", t("noWebhooks")));
       return;
@@ -1104,6 +1126,66 @@
     }
   }
 
+  // ---------------------------------------------------------------- jobs (issue 15)
+  async function jobsPage(gen) {
+    crumbs([...baseCrumbs(), { label: t("jobs") }]);
+    page(t("jobs"), h("p", {}, t("loading")));
+    async function cancelJob(id, button) {
+      button.disabled = true;
+      try {
+        await api("POST", `/api/jobs/${encodeURIComponent(id)}/cancel`);
+      } catch (err) {
+        if (!current(gen)) return;
+        $("main").append(notice("error", err.code === "job_finished" ? t("jobFinished") : errorText(err)));
+      }
+      if (current(gen)) load();
+    }
+    async function load() {
+      let res;
+      try { res = await api("GET", `/api/jobs?limit=${PAGE_SIZE}`); } catch (err) { if (current(gen)) page(t("jobs"), failed(err)); return; }
+      if (!current(gen)) return;
+      if (res.data.length === 0) {
+        page(t("jobs"), notice("info", t("noJobs")));
+        later(load, 2000, gen);
+        return;
+      }
+      const tbody = h("tbody");
+      for (const j of res.data) {
+        const done = j.succeeded + j.failed;
+        const active = j.state === "queued" || j.state === "running";
+        const cancel = active
+          ? h("button", { type: "button", class: "btn", "data-cancel": j.id }, t("cancelJob"))
+          : null;
+        if (cancel) cancel.addEventListener("click", () => cancelJob(j.id, cancel));
+        tbody.append(h("tr", { "data-job": j.id, "data-state": j.state },
+          h("td", { "data-label": t("kind") }, t("jobKinds")[j.kind] || j.kind),
+          h("td", { class: "url", "data-label": t("webhook") },
+            h("a", { href: `#/webhooks/${encodeURIComponent(j.webhook_id)}` }, j.webhook_id)),
+          h("td", { "data-label": t("state"), "data-col": "state" }, t("jobStates")[j.state] || j.state),
+          h("td", { "data-label": t("progress"), "data-col": "progress" },
+            h("progress", { max: String(Math.max(j.queued, 1)), value: String(done) }),
+            " ", t("progressOf", { done, queued: j.queued })),
+          h("td", { class: "num", "data-label": t("matched"), "data-col": "matched" }, String(j.matched)),
+          h("td", { class: "num", "data-label": t("succeededN"), "data-col": "succeeded" }, String(j.succeeded)),
+          h("td", { class: "num", "data-label": t("failedN"), "data-col": "failed" }, String(j.failed)),
+          h("td", { "data-label": t("createdAt") }, timeEl(j.created_at, true)),
+          h("td", {}, cancel)));
+      }
+      const table = h("table", { id: "jobs" },
+        h("thead", {}, h("tr", {},
+          h("th", { scope: "col" }, t("kind")), h("th", { scope: "col" }, t("webhook")),
+          h("th", { scope: "col" }, t("state")), h("th", { scope: "col" }, t("progress")),
+          h("th", { scope: "col", class: "num" }, t("matched")),
+          h("th", { scope: "col", class: "num" }, t("succeededN")),
+          h("th", { scope: "col", class: "num" }, t("failedN")),
+          h("th", { scope: "col" }, t("createdAt")), h("th", { scope: "col" }, ""))),
+        tbody);
+      page(t("jobs"), tableWrap(table), h("p", { class: "muted" }, t("jobLive")));
+      later(load, 2000, gen);
+    }
+    await load();
+  }
+
   // ---------------------------------------------------------------- router
   async function route() {
     generation += 1;
@@ -1125,6 +1207,7 @@
       else if (parts[0] === "webhooks" && parts.length === 2) await webhookPage(parts[1], gen);
       else if (parts[0] === "webhooks" && parts[2] === "deliveries") await deliveriesPage(parts[1], params, gen);
       else if (parts[0] === "deliveries" && parts.length === 2) await deliveryPage(parts[1], gen);
+      else if (parts[0] === "jobs" && parts.length === 1) await jobsPage(gen);
       else { crumbs(baseCrumbs()); page(t("notFound")); }
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return; // signed out already

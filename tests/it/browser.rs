@@ -589,3 +589,112 @@ async fn the_ui_shows_one_organizations_data_as_text_and_speaks_french() {
     assert!(title.ends_with("Z (UTC)"), "{title}");
     browser.close().await;
 }
+
+/// Issue 15: the Jobs view shows a recovery's progress live until it finishes, and Cancel
+/// stops another that is still running.
+#[tokio::test]
+async fn a_person_watches_a_recovery_job_finish_and_cancels_another_from_the_ui() {
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "",
+        "--max-in-flight-per-webhook",
+        "1",
+        "--attempt-timeout",
+        "30s",
+    ]);
+    let slow = Receiver::start(Behaviour::Status(500)).await;
+    let stuck = Receiver::start(Behaviour::Status(500)).await;
+    let key = daemon.create_key("acme").await;
+    let since = palo_webhooks::clock::format_ms(palo_webhooks::clock::now_ms() - 1_000);
+    let slow_hook = daemon
+        .create_webhook("acme", &slow.url, &["ticket.created"])
+        .await;
+    let stuck_hook = daemon
+        .create_webhook("acme", &stuck.url, &["ticket.resolved"])
+        .await;
+    for i in 0..3 {
+        let (status, _) = daemon
+            .call(
+                "POST",
+                "/api/events",
+                Some(ticket(&format!("evt_job_{i}"), "acme", "t")),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let resolved = json!({"event_id": "evt_job_r", "event_type": "ticket.resolved", "organization_id": "acme",
+                          "data": {"ticket_id": "T", "resolved_by": "u", "resolution_time_hours": 1}});
+    daemon.call("POST", "/api/events", Some(resolved)).await;
+    daemon
+        .wait_until("/api/admin/status", Duration::from_secs(20), |b| {
+            b["deliveries"]["failed"] == 4
+        })
+        .await;
+    // Healed but slow: one recovered delivery every 700 ms; the other hangs.
+    slow.set(Behaviour::Slow(700));
+    stuck.set(Behaviour::Hang);
+    let (status, _) = daemon
+        .call_as(
+            &key,
+            "POST",
+            &format!("/api/webhooks/{slow_hook}/recover"),
+            Some(json!({"since": since})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, job) = daemon
+        .call_as(
+            &key,
+            "POST",
+            &format!("/api/webhooks/{stuck_hook}/recover"),
+            Some(json!({"since": since})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let stuck_job = job["id"].as_str().unwrap().to_owned();
+    let Some(browser) = Browser::start(&daemon).await else {
+        return;
+    };
+    browser.sign_in(&key).await;
+    browser.find("#jobs-link").await.click().await.unwrap();
+    browser.count_until("tr[data-job]", 2).await;
+    // Progress moves without a reload, up to 3 of 3 and `finished`.
+    browser
+        .text_until("tr[data-job]:last-child [data-col=progress]", |t| {
+            t.contains("3 of 3")
+        })
+        .await;
+    browser
+        .text_until("tr[data-job]:last-child [data-col=state]", |t| {
+            t == "finished"
+        })
+        .await;
+    browser
+        .text_until("tr[data-job]:last-child [data-col=succeeded]", |t| t == "3")
+        .await;
+    // The hanging one is still running: Cancel it.
+    browser
+        .text_until("tr[data-job]:first-child [data-col=state]", |t| {
+            t == "running"
+        })
+        .await;
+    browser
+        .find(&format!("button[data-cancel='{stuck_job}']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .text_until("tr[data-job]:first-child [data-col=state]", |t| {
+            t == "cancelled"
+        })
+        .await;
+    let (_, got) = daemon
+        .call("GET", &format!("/api/jobs/{stuck_job}"), None)
+        .await;
+    assert_eq!(got["state"], "cancelled", "{got}");
+    assert!(browser.all("button[data-cancel]").await.is_empty());
+    assert!(!browser.overflows().await, "the jobs table fits the window");
+    browser.close().await;
+}

@@ -196,3 +196,80 @@ async fn a_closed_stdout_ends_the_command_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+/// Issue 15: `webhooks recover`, `webhooks replay` and `jobs list|get|cancel`.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_recovers_replays_and_follows_jobs() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", ""]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let since = palo_webhooks::clock::format_ms(palo_webhooks::clock::now_ms() - 1_000);
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    let (status, _) = daemon
+        .call(
+            "POST",
+            "/api/events",
+            Some(
+                serde_json::json!({"event_type": "ticket.resolved", "organization_id": "org_a",
+                "data": {"ticket_id": "T", "resolved_by": "u", "resolution_time_hours": 1}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202);
+    daemon
+        .wait_until("/api/admin/status", Duration::from_secs(10), |b| {
+            b["deliveries"]["failed"] == 1
+        })
+        .await;
+    receiver.set(Behaviour::Status(200));
+    let (code, out, err) = cli(
+        &daemon,
+        &[
+            "webhooks", "recover", &webhook, "--since", &since, "--status", "failed", "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["kind"], "recover");
+    daemon
+        .wait_until(&format!("/api/jobs/{id}"), Duration::from_secs(10), |b| {
+            b["state"] == "finished"
+        })
+        .await;
+    let (code, out, _) = cli(&daemon, &["jobs", "get", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("finished"), "{out}");
+    let (code, out, _) = cli(&daemon, &["jobs", "list", "--organization-id", "org_a"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().next().unwrap().starts_with("ID") && out.contains(&id),
+        "{out}"
+    );
+    let (code, _, err) = cli(&daemon, &["jobs", "cancel", &id]);
+    assert_eq!(code, 1, "a finished job cannot be cancelled");
+    assert!(err.contains("job_finished"), "{err}");
+    let (code, out, err) = cli(
+        &daemon,
+        &[
+            "webhooks",
+            "replay",
+            &webhook,
+            "--since",
+            &since,
+            "--event-type",
+            "ticket.created",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["kind"],
+        "replay"
+    );
+    let (code, _, err) = cli(
+        &daemon,
+        &["webhooks", "recover", &webhook, "--since", "nope"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("since"), "{err}");
+}

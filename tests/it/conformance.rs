@@ -329,3 +329,203 @@ async fn every_store_operation_behaves_the_same_on_this_backend() {
     assert!(store.quick_check().unwrap().is_empty());
     assert!(store.size_bytes().unwrap() > 0);
 }
+
+/// Issue 15: a webhook's lifecycle (disable holds, fan-out records held deliveries, enable
+/// releases in due order or cancels) and recovery/replay jobs, on this backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_and_jobs_behave_the_same_on_this_backend() {
+    use palo_webhooks::ids::JobId;
+    use palo_webhooks::model::{DisableReason, Disabled, Job, JobKind, JobLimits, JobState};
+    use palo_webhooks::store::Lifecycle;
+
+    let (store, _dir) = open();
+    let now = palo_webhooks::clock::now_ms();
+    let schedule = RetrySchedule::default();
+    let hook = webhook("org_a", EventFilter::All, now);
+    store.create_webhook(&hook).unwrap();
+    let accept = |id: &str, at: u64| {
+        let prepared = prepared("org_a", id, "t", at);
+        let store = &store;
+        async move {
+            match store
+                .accept_event(prepared, FanOut::Subscribers, at, at)
+                .await
+                .unwrap()
+            {
+                AcceptOutcome::Accepted { deliveries, .. } => deliveries,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let first = accept("l1", now).await;
+    assert_eq!(first[0].status, DeliveryStatus::Pending);
+
+    // Disable: the pending delivery is held; disabling again changes nothing.
+    let disabled = Disabled {
+        reason: DisableReason::Gone,
+        at_ms: now,
+        delivery_id: Some(first[0].id),
+        status_code: Some(410),
+        failing_since_ms: None,
+        last_error: None,
+    };
+    let outcome = store
+        .set_webhook_lifecycle(hook.id, Lifecycle::Disable(disabled.clone()), now)
+        .unwrap()
+        .unwrap();
+    assert!(outcome.changed);
+    assert_eq!(outcome.deliveries, 1);
+    assert_eq!(outcome.webhook.disabled.as_ref(), Some(&disabled));
+    assert_eq!(
+        store.get_webhook(hook.id).unwrap().unwrap().disabled,
+        Some(disabled.clone())
+    );
+    assert!(
+        !store
+            .set_webhook_lifecycle(hook.id, Lifecycle::Disable(disabled.clone()), now)
+            .unwrap()
+            .unwrap()
+            .changed
+    );
+    assert_eq!(store.pending_count().unwrap(), 0);
+    // New events are recorded held.
+    let second = accept("l2", now + 1).await;
+    let third = accept("l3", now + 2).await;
+    assert_eq!(second[0].status, DeliveryStatus::Held);
+    assert_eq!(second[0].next_attempt_at_ms, None);
+    assert_eq!(store.held_count(hook.id).unwrap(), 3);
+    assert_eq!(store.check().unwrap().violations, Vec::<String>::new());
+    // Enable and deliver: due again, in due order.
+    let outcome = store
+        .set_webhook_lifecycle(hook.id, Lifecycle::Enable { deliver_held: true }, now + 3)
+        .unwrap()
+        .unwrap();
+    assert!(outcome.changed && outcome.deliveries == 3);
+    assert_eq!(store.held_count(hook.id).unwrap(), 0);
+    let due = store
+        .webhook_due_entries(&[(hook.id, None, 10)])
+        .unwrap()
+        .remove(0);
+    let order: Vec<DeliveryId> = due.iter().map(|(_, id)| *id).collect();
+    assert_eq!(order, vec![first[0].id, second[0].id, third[0].id]);
+    // Disable again; a due entry that reaches the scheduler is held by hold_delivery.
+    store
+        .set_webhook_lifecycle(hook.id, Lifecycle::Disable(disabled.clone()), now + 4)
+        .unwrap();
+    assert!(
+        !store.hold_delivery(first[0].id, now + 4).unwrap(),
+        "held already"
+    );
+    // Enable and discard: cancelled.
+    store
+        .set_webhook_lifecycle(
+            hook.id,
+            Lifecycle::Enable {
+                deliver_held: false,
+            },
+            now + 5,
+        )
+        .unwrap();
+    let all = store
+        .get_deliveries(&[first[0].id, second[0].id, third[0].id])
+        .unwrap();
+    assert!(
+        all.iter().all(|d| d.status == DeliveryStatus::Cancelled),
+        "{all:?}"
+    );
+    // The failing streak's start.
+    let outcome = store
+        .set_webhook_lifecycle(hook.id, Lifecycle::FailingSince(Some(now)), now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.webhook.failing_since_ms, Some(now));
+
+    // Jobs: a failed delivery recovered once, then the job finishes with its outcome.
+    let fourth = accept("l4", now + 6).await;
+    let failed = store
+        .record_attempt(
+            fourth[0].id,
+            attempt(1, 500, now + 6),
+            RetrySchedule::parse("").unwrap(),
+            now + 6,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, DeliveryStatus::Failed);
+    let job = Job {
+        id: JobId::generate(),
+        organization_id: "org_a".into(),
+        webhook_id: hook.id,
+        kind: JobKind::Recover {
+            statuses: vec![DeliveryStatus::Failed],
+        },
+        since_ms: now - 1_000,
+        until_ms: now + 60_000,
+        state: JobState::Queued,
+        cursor: None,
+        scan_done: false,
+        matched: 0,
+        queued: 0,
+        succeeded: 0,
+        failed: 0,
+        created_at_ms: now,
+        started_at_ms: None,
+        finished_at_ms: None,
+    };
+    store.create_job(&job).unwrap();
+    assert_eq!(store.get_job(job.id).unwrap().as_ref(), Some(&job));
+    assert_eq!(store.active_jobs().unwrap(), vec![job.id]);
+    let limits = JobLimits {
+        scan: 2,
+        window: 8,
+        max_attempts: schedule.max_attempts(),
+    };
+    let mut stepped = store.job_step(job.id, limits, now + 7).unwrap().unwrap();
+    for _ in 0..5 {
+        if stepped.scan_done {
+            break;
+        }
+        stepped = store.job_step(job.id, limits, now + 7).unwrap().unwrap();
+    }
+    assert_eq!(
+        (stepped.state, stepped.matched, stepped.queued),
+        (JobState::Running, 1, 1)
+    );
+    let requeued = store.get_deliveries(&[fourth[0].id]).unwrap().remove(0);
+    assert_eq!(requeued.status, DeliveryStatus::Retrying);
+    assert_eq!(requeued.next_attempt_at_ms, Some(now + 7));
+    // It had spent a one-attempt schedule: one more (its scheduled attempts never exceed
+    // its attempts).
+    assert_eq!(requeued.scheduled_attempts, 1);
+    store
+        .record_attempt(
+            fourth[0].id,
+            attempt(2, 200, now + 8),
+            schedule.clone(),
+            now + 8,
+        )
+        .await
+        .unwrap();
+    let done = store.job_step(job.id, limits, now + 9).unwrap().unwrap();
+    assert_eq!(done.state, JobState::Finished);
+    assert_eq!((done.succeeded, done.failed), (1, 0));
+    assert_eq!(done.finished_at_ms, Some(now + 9));
+    assert!(store.active_jobs().unwrap().is_empty());
+    // A finished job stays as it is; cancel of an active one; list newest first.
+    let again = Job {
+        id: JobId::generate(),
+        kind: JobKind::Replay { event_types: None },
+        ..job.clone()
+    };
+    store.create_job(&again).unwrap();
+    let cancelled = store.cancel_job(again.id, now + 10).unwrap().unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    let listed = store.list_jobs(Some("org_a"), None, 10).unwrap();
+    assert_eq!(
+        listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![again.id, job.id]
+    );
+    assert_eq!(store.list_jobs(Some("org_b"), None, 10).unwrap(), vec![]);
+    assert_eq!(store.check().unwrap().violations, Vec::<String>::new());
+}

@@ -490,6 +490,31 @@ fn check_index_tables(txn: &ReadTransaction, report: &mut CheckReport) -> Result
             )),
         }
     }
+    // Jobs: what a job waits for, it queued; what it queued belongs to a job.
+    let jobs = txn.open_table(JOBS)?;
+    let items = txn.open_table(JOB_ITEMS)?;
+    for entry in txn.open_table(JOB_OUTSTANDING)?.iter()? {
+        let (key, _) = entry?;
+        let (job, id) = key.value();
+        if items.get((job, id))?.is_none() {
+            report.violation(format!(
+                "job_outstanding ({}, {}) is not in job_items",
+                crate::ids::JobId(job),
+                DeliveryId(id)
+            ));
+        }
+    }
+    for entry in items.iter()? {
+        let (key, _) = entry?;
+        let (job, id) = key.value();
+        if jobs.get(job)?.is_none() {
+            report.violation(format!(
+                "job_items ({}, {}) names no job",
+                crate::ids::JobId(job),
+                DeliveryId(id)
+            ));
+        }
+    }
     for entry in txn.open_table(HELD)?.iter()? {
         let (key, _) = entry?;
         let (webhook, id) = key.value();

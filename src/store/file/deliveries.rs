@@ -23,7 +23,8 @@ pub enum FanOut {
     /// Exactly this webhook (the test-delivery endpoint), if it belongs to the organization.
     Only(WebhookId),
     /// As `Subscribers`, except this webhook (an operational event about it, issue 15: a
-    /// webhook never receives its own `webhook.disabled`).
+    /// webhook never receives its own `webhook.disabled`); an event no webhook receives is
+    /// not stored (the answer is `Accepted` with no deliveries).
     SubscribersExcept(WebhookId),
 }
 
@@ -118,6 +119,14 @@ impl FileStore {
                 });
             }
             let targets = fan_out_targets(txn, prepared, fan_out)?;
+            if targets.is_empty() && matches!(fan_out, FanOut::SubscribersExcept(_)) {
+                // An operational event nobody receives is not stored.
+                let (event, _) = crate::store::new_event(prepared, &[], now_ms, first_due_ms);
+                return Ok(AcceptOutcome::Accepted {
+                    event,
+                    deliveries: Vec::new(),
+                });
+            }
             let (event, deliveries) =
                 store_new_event(txn, prepared, &targets, now_ms, first_due_ms)?;
             Ok(AcceptOutcome::Accepted { event, deliveries })

@@ -179,6 +179,14 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
     violations(
         &txn,
         &mut report,
+        "SELECT i.delivery_id FROM job_items i LEFT JOIN jobs j ON j.id = i.job_id \
+         WHERE j.id IS NULL",
+        "a job item must belong to a job",
+    )
+    .await?;
+    violations(
+        &txn,
+        &mut report,
         "SELECT d.id FROM deliveries d LEFT JOIN (SELECT delivery_id, count(*) AS n, \
          min(number) AS lo, max(number) AS hi FROM attempts GROUP BY delivery_id) a \
          ON a.delivery_id = d.id WHERE coalesce(a.n, 0) <> d.attempt_count \

@@ -364,6 +364,14 @@ async fn accepts(
             })
             .collect();
         let (event, deliveries) = crate::store::new_event(prepared, &targets, now_ms, first_due_ms);
+        if deliveries.is_empty() && matches!(fan_out, FanOut::SubscribersExcept(_)) {
+            // An operational event nobody receives is not stored.
+            outputs[i] = Some(Output::Accept(AcceptOutcome::Accepted {
+                event,
+                deliveries: Vec::new(),
+            }));
+            continue;
+        }
         taken.insert(idem, new_events.len());
         outputs[i] = Some(Output::Accept(AcceptOutcome::Accepted {
             event: event.clone(),
