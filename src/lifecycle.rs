@@ -167,9 +167,6 @@ pub struct Emitter {
     operator: bool,
 }
 
-/// Operational events emitted, by `type`.
-pub const OPERATIONAL_EVENTS: &str = "palo_webhooks_operational_events_total";
-
 impl Emitter {
     /// An emitter over `store`; `operator`: whether the operator endpoint is configured.
     pub fn new(store: Arc<Store>, operator: bool) -> Emitter {
@@ -191,7 +188,8 @@ impl Emitter {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         debug_assert!(event_type.is_operational());
-        metrics::counter!(OPERATIONAL_EVENTS, "type" => event_type.as_str()).increment(1);
+        metrics::counter!(crate::metrics::OPERATIONAL_EVENTS, "type" => event_type.as_str())
+            .increment(1);
         let event_id = generate_event_id();
         let prepared = prepare(
             &event_id,

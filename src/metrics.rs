@@ -26,6 +26,9 @@ pub const COMMIT_BATCH: &str = "palo_webhooks_store_commit_batch_size";
 /// Records purged by retention, by `kind` (events, deliveries, attempts).
 pub const PURGED: &str = "palo_webhooks_purged_total";
 
+/// Operational events emitted (issue 15), by `type` (`webhook.disabled`, ...).
+pub const OPERATIONAL_EVENTS: &str = "palo_webhooks_operational_events_total";
+
 /// Installs the process-wide recorder and returns the handle that renders it. A second call
 /// (another daemon in the same process, in tests) gets a handle of its own that the global
 /// facade does not feed.
@@ -79,6 +82,10 @@ pub fn install() -> PrometheusHandle {
     );
     metrics::describe_histogram!(COMMIT_BATCH, "Writes per group commit.");
     metrics::describe_counter!(PURGED, "Records deleted by retention, by kind.");
+    metrics::describe_counter!(
+        OPERATIONAL_EVENTS,
+        "Operational events emitted (webhook.disabled, webhook.enabled, delivery.exhausted, recovery.finished), by type."
+    );
     handle
 }
 

@@ -21,7 +21,7 @@ const SCAN_PER_STEP: usize = 500;
 /// The runner's pause when no job moved (ms).
 const IDLE_MS: u64 = 500;
 /// The runner's pause between steps while jobs move (ms): what lets the attempts run.
-const BUSY_MS: u64 = 50;
+const BUSY_MS: u64 = 10;
 
 impl Scheduler {
     /// Wakes the job runner (a job was created).
@@ -59,11 +59,13 @@ impl Scheduler {
 }
 
 impl Inner {
-    /// The step limits: a window of a few in-flight slots' worth of deliveries per job.
+    /// The step limits: a window of a few in-flight slots' worth of deliveries per job
+    /// (8 × the per-webhook limit, at least 64), enough to keep the webhook's slots busy
+    /// between steps, small enough that the queues stay short.
     fn job_limits(&self) -> JobLimits {
         JobLimits {
             scan: SCAN_PER_STEP,
-            window: u64::try_from((self.settings.max_in_flight_per_webhook * 4).max(16))
+            window: u64::try_from((self.settings.max_in_flight_per_webhook * 8).max(64))
                 .unwrap_or(64),
             max_attempts: self.settings.schedule.max_attempts(),
         }

@@ -393,7 +393,9 @@ impl PgStore {
                                         table: "deliveries",
                                         reason: "bad id".into(),
                                     })?;
-                                if status.is_none_or(|s| !s.is_final())
+                                // Held deliveries are bounded by retention too (issue 15).
+                                if status
+                                    .is_none_or(|s| !(s.is_final() || s == DeliveryStatus::Held))
                                     || rows::from_ms(updated) >= cutoff_ms
                                     || in_use(delivery)
                                 {
