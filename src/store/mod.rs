@@ -1075,6 +1075,68 @@ pub(crate) fn apply_attempt(
     before.next_attempt_at_ms
 }
 
+/// What a lifecycle change does to a webhook's deliveries ([`apply_lifecycle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LifecycleMove {
+    /// Nothing changed (disabled already, enabled already, same streak start).
+    Unchanged,
+    /// Only the webhook record changed.
+    RecordOnly,
+    /// Disabled now: its unfinished deliveries go to the held index.
+    HoldAll,
+    /// Enabled now: its held deliveries go back to the retry index (`true`) or are
+    /// cancelled (`false`).
+    ReleaseAll(bool),
+}
+
+/// Applies a lifecycle change to `webhook` (in memory) and says what must happen to its
+/// deliveries: the one rule of [`Store::set_webhook_lifecycle`] both backends follow.
+pub(crate) fn apply_lifecycle(
+    webhook: &mut Webhook,
+    change: Lifecycle,
+    now_ms: u64,
+) -> LifecycleMove {
+    match change {
+        Lifecycle::Disable(_) if webhook.disabled.is_some() => LifecycleMove::Unchanged,
+        Lifecycle::Disable(disabled) => {
+            webhook.disabled = Some(disabled);
+            LifecycleMove::HoldAll
+        }
+        Lifecycle::Enable { .. } if webhook.disabled.is_none() => LifecycleMove::Unchanged,
+        Lifecycle::Enable { deliver_held } => {
+            webhook.disabled = None;
+            webhook.failing_since_ms = None;
+            webhook.updated_at_ms = now_ms;
+            LifecycleMove::ReleaseAll(deliver_held)
+        }
+        Lifecycle::FailingSince(since) if webhook.failing_since_ms == since => {
+            LifecycleMove::Unchanged
+        }
+        Lifecycle::FailingSince(since) => {
+            webhook.failing_since_ms = since;
+            LifecycleMove::RecordOnly
+        }
+    }
+}
+
+/// The delivery a replay job creates for `event` to `webhook`: pending, due at `now_ms`.
+pub(crate) fn replay_delivery(event: &Event, webhook: WebhookId, now_ms: u64) -> Delivery {
+    Delivery {
+        id: DeliveryId::generate(),
+        organization_id: event.organization_id.clone(),
+        webhook_id: webhook,
+        event_key: event.key,
+        event_id: event.event_id.clone(),
+        event_type: event.event_type,
+        status: DeliveryStatus::Pending,
+        attempt_count: 0,
+        scheduled_attempts: 0,
+        next_attempt_at_ms: Some(now_ms),
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    }
+}
+
 /// How a job's queued delivery ended: `Some(true)` succeeded, `Some(false)` any other final
 /// status or gone (purged), `None` still going. Both backends' job tally.
 pub(crate) fn job_outcome(status: Option<DeliveryStatus>) -> Option<bool> {

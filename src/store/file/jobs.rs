@@ -18,8 +18,8 @@ use super::{
     FileStore, StoreError, DELIVERIES, EVENTS, JOBS, JOB_ITEMS, JOB_OUTSTANDING, ORG_EVENTS,
     WEBHOOKS, WEBHOOK_DELIVERIES,
 };
-use crate::ids::{DeliveryId, EventKey, JobId, WebhookId};
-use crate::model::{Delivery, DeliveryStatus, Job, JobKind, JobLimits, JobState};
+use crate::ids::{DeliveryId, EventKey, JobId};
+use crate::model::{DeliveryStatus, Job, JobKind, JobLimits, JobState};
 
 fn load_job(txn: &Txn<'_>, id: JobId) -> Result<Option<Job>, StoreError> {
     match txn.open_table(JOBS)?.get(id.0)? {
@@ -296,7 +296,7 @@ fn scan_replay(
             continue;
         }
         job.matched += 1;
-        let delivery = replay_delivery(&event, job.webhook_id, now_ms);
+        let delivery = crate::store::replay_delivery(&event, job.webhook_id, now_ms);
         if !queue_item(txn, job, delivery.id)? {
             continue;
         }
@@ -313,21 +313,4 @@ fn scan_replay(
         room -= 1;
     }
     Ok(())
-}
-
-fn replay_delivery(event: &crate::model::Event, webhook: WebhookId, now_ms: u64) -> Delivery {
-    Delivery {
-        id: DeliveryId::generate(),
-        organization_id: event.organization_id.clone(),
-        webhook_id: webhook,
-        event_key: event.key,
-        event_id: event.event_id.clone(),
-        event_type: event.event_type,
-        status: DeliveryStatus::Pending,
-        attempt_count: 0,
-        scheduled_attempts: 0,
-        next_attempt_at_ms: Some(now_ms),
-        created_at_ms: now_ms,
-        updated_at_ms: now_ms,
-    }
 }

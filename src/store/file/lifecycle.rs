@@ -14,7 +14,7 @@ use super::writer::{Change, Txn};
 use super::{FileStore, StoreError, DELIVERIES, HELD, WEBHOOKS, WEBHOOK_DUE};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::model::{Delivery, DeliveryStatus};
-use crate::store::{Lifecycle, LifecycleOutcome};
+use crate::store::{Lifecycle, LifecycleMove, LifecycleOutcome};
 
 /// Adds a held-index entry (the delivery's record is the caller's).
 pub(super) fn put_held(
@@ -82,33 +82,15 @@ impl FileStore {
             let mut webhook =
                 decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id, key.as_deref())?;
             let mut deliveries = 0u64;
-            let changed = match change {
-                Lifecycle::Disable(disabled) => {
-                    if webhook.disabled.is_some() {
-                        false
-                    } else {
-                        webhook.disabled = Some(disabled);
-                        deliveries = hold_all(txn, id, now_ms)?;
-                        true
-                    }
+            let step = crate::store::apply_lifecycle(&mut webhook, change, now_ms);
+            match step {
+                LifecycleMove::Unchanged | LifecycleMove::RecordOnly => {}
+                LifecycleMove::HoldAll => deliveries = hold_all(txn, id, now_ms)?,
+                LifecycleMove::ReleaseAll(deliver) => {
+                    deliveries = release_all(txn, id, deliver, now_ms)?;
                 }
-                Lifecycle::Enable { deliver_held } => {
-                    if webhook.disabled.is_none() {
-                        false
-                    } else {
-                        webhook.disabled = None;
-                        webhook.failing_since_ms = None;
-                        webhook.updated_at_ms = now_ms;
-                        deliveries = release_all(txn, id, deliver_held, now_ms)?;
-                        true
-                    }
-                }
-                Lifecycle::FailingSince(since) => {
-                    let changed = webhook.failing_since_ms != since;
-                    webhook.failing_since_ms = since;
-                    changed
-                }
-            };
+            }
+            let changed = step != LifecycleMove::Unchanged;
             if changed {
                 webhooks.insert(
                     id.0,

@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 use super::{rows, PgStore};
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, JobId};
-use crate::model::{Delivery, DeliveryStatus, Job, JobKind, JobLimits, JobState};
+use crate::model::{DeliveryStatus, Job, JobKind, JobLimits, JobState};
 use crate::store::{Change, StoreError};
 
 const JOB_COLS: &str = "id, organization_id, webhook_id, kind, statuses, event_types, since_ms, \
@@ -521,20 +521,7 @@ async fn scan_replay(
             continue;
         }
         job.matched += 1;
-        let delivery = Delivery {
-            id: DeliveryId::generate(),
-            organization_id: event.organization_id.clone(),
-            webhook_id: job.webhook_id,
-            event_key: event.key,
-            event_id: event.event_id.clone(),
-            event_type: event.event_type,
-            status: DeliveryStatus::Pending,
-            attempt_count: 0,
-            scheduled_attempts: 0,
-            next_attempt_at_ms: Some(now_ms),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-        };
+        let delivery = crate::store::replay_delivery(&event, job.webhook_id, now_ms);
         if !queue_item(txn, job, delivery.id).await? {
             continue;
         }

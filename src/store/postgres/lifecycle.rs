@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{rows, write_webhook, PgStore};
 use crate::ids::{DeliveryId, WebhookId};
-use crate::store::{Change, Lifecycle, LifecycleOutcome, StoreError};
+use crate::store::{Change, Lifecycle, LifecycleMove, LifecycleOutcome, StoreError};
 
 fn parse_delivery(text: &str) -> Result<DeliveryId, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt {
@@ -47,82 +47,18 @@ impl PgStore {
                         let mut webhook = rows::webhook(&row, key.as_deref())?;
                         let mut changes = Vec::new();
                         let mut deliveries = 0u64;
-                        let webhook_text = id.to_string();
-                        let changed = match change {
-                            Lifecycle::Disable(disabled) => {
-                                if webhook.disabled.is_some() {
-                                    false
-                                } else {
-                                    webhook.disabled = Some(disabled);
-                                    let held = txn
-                                        .query(
-                                            "UPDATE deliveries d SET status = 'held', \
-                                             held_due_ms = o.due, next_attempt_at_ms = NULL, \
-                                             updated_at_ms = $2 FROM (SELECT id, \
-                                             next_attempt_at_ms AS due FROM deliveries WHERE \
-                                             webhook_id = $1 AND next_attempt_at_ms IS NOT NULL \
-                                             FOR UPDATE) o WHERE d.id = o.id \
-                                             RETURNING d.id, o.due",
-                                            &[&webhook_text, &rows::ms(now_ms)],
-                                        )
-                                        .await?;
-                                    for row in held {
-                                        let delivery = parse_delivery(row.try_get(0)?)?;
-                                        let due: i64 = row.try_get(1)?;
-                                        changes.push(Change::Index {
-                                            webhook: id,
-                                            delivery,
-                                            from: Some(rows::from_ms(due)),
-                                            to: None,
-                                        });
-                                        deliveries += 1;
-                                    }
-                                    true
-                                }
+                        let step = crate::store::apply_lifecycle(&mut webhook, change, now_ms);
+                        match step {
+                            LifecycleMove::Unchanged | LifecycleMove::RecordOnly => {}
+                            LifecycleMove::HoldAll => {
+                                deliveries = hold_all(txn, id, now_ms, &mut changes).await?;
                             }
-                            Lifecycle::Enable { deliver_held } => {
-                                if webhook.disabled.is_none() {
-                                    false
-                                } else {
-                                    webhook.disabled = None;
-                                    webhook.failing_since_ms = None;
-                                    webhook.updated_at_ms = now_ms;
-                                    let sql = if deliver_held {
-                                        "UPDATE deliveries SET status = CASE WHEN \
-                                         scheduled_attempts = 0 THEN 'pending' ELSE 'retrying' \
-                                         END, next_attempt_at_ms = held_due_ms, \
-                                         held_due_ms = NULL, updated_at_ms = $2 \
-                                         WHERE webhook_id = $1 AND held_due_ms IS NOT NULL \
-                                         RETURNING id, next_attempt_at_ms"
-                                    } else {
-                                        "UPDATE deliveries SET status = 'cancelled', \
-                                         held_due_ms = NULL, updated_at_ms = $2 \
-                                         WHERE webhook_id = $1 AND held_due_ms IS NOT NULL \
-                                         RETURNING id, next_attempt_at_ms"
-                                    };
-                                    let released =
-                                        txn.query(sql, &[&webhook_text, &rows::ms(now_ms)]).await?;
-                                    for row in released {
-                                        let delivery = parse_delivery(row.try_get(0)?)?;
-                                        if let Some(due) = row.try_get::<_, Option<i64>>(1)? {
-                                            changes.push(Change::Index {
-                                                webhook: id,
-                                                delivery,
-                                                from: None,
-                                                to: Some(rows::from_ms(due)),
-                                            });
-                                        }
-                                        deliveries += 1;
-                                    }
-                                    true
-                                }
+                            LifecycleMove::ReleaseAll(deliver) => {
+                                deliveries =
+                                    release_all(txn, id, deliver, now_ms, &mut changes).await?;
                             }
-                            Lifecycle::FailingSince(since) => {
-                                let changed = webhook.failing_since_ms != since;
-                                webhook.failing_since_ms = since;
-                                changed
-                            }
-                        };
+                        }
+                        let changed = step != LifecycleMove::Unchanged;
                         if changed {
                             write_webhook(txn, &webhook, key.as_deref(), false).await?;
                             changes.push(Change::Webhook {
@@ -205,4 +141,67 @@ impl PgStore {
             Ok(u64::try_from(count).unwrap_or(0))
         })
     }
+}
+
+/// Moves every unfinished delivery of `webhook` to the held index; returns how many.
+async fn hold_all(
+    txn: &deadpool_postgres::Transaction<'_>,
+    webhook: WebhookId,
+    now_ms: u64,
+    changes: &mut Vec<Change>,
+) -> Result<u64, StoreError> {
+    let held = txn
+        .query(
+            "UPDATE deliveries d SET status = 'held', held_due_ms = o.due, \
+             next_attempt_at_ms = NULL, updated_at_ms = $2 FROM (SELECT id, \
+             next_attempt_at_ms AS due FROM deliveries WHERE webhook_id = $1 \
+             AND next_attempt_at_ms IS NOT NULL FOR UPDATE) o WHERE d.id = o.id \
+             RETURNING d.id, o.due",
+            &[&webhook.to_string(), &rows::ms(now_ms)],
+        )
+        .await?;
+    for row in &held {
+        let due: i64 = row.try_get(1)?;
+        changes.push(Change::Index {
+            webhook,
+            delivery: parse_delivery(row.try_get(0)?)?,
+            from: Some(rows::from_ms(due)),
+            to: None,
+        });
+    }
+    Ok(held.len() as u64)
+}
+
+/// Releases (back into the retry index at the due time each kept) or cancels every held
+/// delivery of `webhook`; returns how many.
+async fn release_all(
+    txn: &deadpool_postgres::Transaction<'_>,
+    webhook: WebhookId,
+    deliver: bool,
+    now_ms: u64,
+    changes: &mut Vec<Change>,
+) -> Result<u64, StoreError> {
+    let sql = if deliver {
+        "UPDATE deliveries SET status = CASE WHEN scheduled_attempts = 0 THEN 'pending' \
+         ELSE 'retrying' END, next_attempt_at_ms = held_due_ms, held_due_ms = NULL, \
+         updated_at_ms = $2 WHERE webhook_id = $1 AND held_due_ms IS NOT NULL \
+         RETURNING id, next_attempt_at_ms"
+    } else {
+        "UPDATE deliveries SET status = 'cancelled', held_due_ms = NULL, updated_at_ms = $2 \
+         WHERE webhook_id = $1 AND held_due_ms IS NOT NULL RETURNING id, next_attempt_at_ms"
+    };
+    let released = txn
+        .query(sql, &[&webhook.to_string(), &rows::ms(now_ms)])
+        .await?;
+    for row in &released {
+        if let Some(due) = row.try_get::<_, Option<i64>>(1)? {
+            changes.push(Change::Index {
+                webhook,
+                delivery: parse_delivery(row.try_get(0)?)?,
+                from: None,
+                to: Some(rows::from_ms(due)),
+            });
+        }
+    }
+    Ok(released.len() as u64)
 }
