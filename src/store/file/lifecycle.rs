@@ -10,7 +10,7 @@ use redb::ReadableTable;
 use super::deliveries::load_delivery;
 use super::due::move_index_entry;
 use super::records::{decode, encode, DeliveryRecord, WebhookRecord};
-use super::writer::{Change, Txn};
+use super::writer::Txn;
 use super::{FileStore, StoreError, DELIVERIES, HELD, WEBHOOKS, WEBHOOK_DUE};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::model::{Delivery, DeliveryStatus};
@@ -76,11 +76,9 @@ impl FileStore {
         let key = self.secrets_key.clone();
         self.write(move |txn| {
             let mut webhooks = txn.open_table(WEBHOOKS)?;
-            let Some(bytes) = webhooks.get(id.0)?.map(|v| v.value().to_vec()) else {
+            let Some(mut webhook) = super::get_webhook(&webhooks, id, key.as_deref())? else {
                 return Ok(None);
             };
-            let mut webhook =
-                decode::<WebhookRecord>("webhooks", &bytes)?.into_domain(id, key.as_deref())?;
             let mut deliveries = 0u64;
             let step = crate::store::apply_lifecycle(&mut webhook, change, now_ms);
             match step {
@@ -92,14 +90,7 @@ impl FileStore {
             }
             let changed = step != LifecycleMove::Unchanged;
             if changed {
-                webhooks.insert(
-                    id.0,
-                    encode(&WebhookRecord::from_domain(&webhook, key.as_deref())).as_slice(),
-                )?;
-                txn.publish(Change::Webhook {
-                    id,
-                    webhook: Some(std::sync::Arc::new(webhook.clone())),
-                });
+                super::put_webhook(txn, &mut webhooks, &webhook, key.as_deref())?;
             }
             Ok(Some(LifecycleOutcome {
                 webhook,

@@ -402,14 +402,7 @@ impl FileStore {
                 return Ok(None);
             };
             changes.apply(&mut webhook, now_ms);
-            table.insert(
-                id.0,
-                encode(&WebhookRecord::from_domain(&webhook, key.as_deref())).as_slice(),
-            )?;
-            txn.publish(Change::Webhook {
-                id,
-                webhook: Some(std::sync::Arc::new(webhook.clone())),
-            });
+            put_webhook(txn, &mut table, &webhook, key.as_deref())?;
             Ok(Some(webhook))
         })
     }
@@ -487,6 +480,24 @@ impl FileStore {
 
 /// Fills `webhook_due` from the retry index when it is empty and the index is not: a file
 /// written before issue 13 gets the per-webhook index at its first open.
+/// Rewrites a webhook's record (secrets sealed with `key`) and publishes the change.
+pub(super) fn put_webhook(
+    txn: &Txn<'_>,
+    table: &mut redb::Table<'_, u128, &'static [u8]>,
+    webhook: &Webhook,
+    key: Option<&sealed::SecretsKey>,
+) -> Result<(), StoreError> {
+    table.insert(
+        webhook.id.0,
+        encode(&WebhookRecord::from_domain(webhook, key)).as_slice(),
+    )?;
+    txn.publish(Change::Webhook {
+        id: webhook.id,
+        webhook: Some(std::sync::Arc::new(webhook.clone())),
+    });
+    Ok(())
+}
+
 fn build_webhook_due(txn: &Txn<'_>) -> Result<(), StoreError> {
     let mut by_webhook = txn.open_table(WEBHOOK_DUE)?;
     let index = txn.open_table(RETRY_INDEX)?;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{rows, write_webhook, PgStore};
+use super::{lock_webhook, rows, write_webhook, PgStore};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::store::{Change, Lifecycle, LifecycleMove, LifecycleOutcome, StoreError};
 
@@ -32,19 +32,9 @@ impl PgStore {
             store
                 .write_txn(move |txn| {
                     Box::pin(async move {
-                        let Some(row) = txn
-                            .query_opt(
-                                &format!(
-                                    "SELECT {} FROM webhooks WHERE id = $1 FOR UPDATE",
-                                    rows::WEBHOOK_COLS
-                                ),
-                                &[&id.to_string()],
-                            )
-                            .await?
-                        else {
+                        let Some(mut webhook) = lock_webhook(txn, id, key.as_deref()).await? else {
                             return Ok((None, Vec::new()));
                         };
-                        let mut webhook = rows::webhook(&row, key.as_deref())?;
                         let mut changes = Vec::new();
                         let mut deliveries = 0u64;
                         let step = crate::store::apply_lifecycle(&mut webhook, change, now_ms);

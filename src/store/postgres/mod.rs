@@ -635,19 +635,9 @@ impl PgStore {
             store
                 .write_txn(move |txn| {
                     Box::pin(async move {
-                        let Some(row) = txn
-                            .query_opt(
-                                &format!(
-                                    "SELECT {} FROM webhooks WHERE id = $1 FOR UPDATE",
-                                    rows::WEBHOOK_COLS
-                                ),
-                                &[&id.to_string()],
-                            )
-                            .await?
-                        else {
+                        let Some(mut webhook) = lock_webhook(txn, id, key.as_deref()).await? else {
                             return Ok((None, Vec::new()));
                         };
-                        let mut webhook = rows::webhook(&row, key.as_deref())?;
                         changes.apply(&mut webhook, now_ms);
                         write_webhook(txn, &webhook, key.as_deref(), false).await?;
                         let change = Change::Webhook {
@@ -812,6 +802,25 @@ const TABLES: [&str; 9] = [
     "daemons",
     "webhook_leases",
 ];
+
+/// The webhook `id`, its row locked (`FOR UPDATE`) until the transaction ends, secrets
+/// opened with `key`.
+async fn lock_webhook(
+    txn: &deadpool_postgres::Transaction<'_>,
+    id: WebhookId,
+    key: Option<&SecretsKey>,
+) -> Result<Option<Webhook>, StoreError> {
+    txn.query_opt(
+        &format!(
+            "SELECT {} FROM webhooks WHERE id = $1 FOR UPDATE",
+            rows::WEBHOOK_COLS
+        ),
+        &[&id.to_string()],
+    )
+    .await?
+    .map(|row| rows::webhook(&row, key))
+    .transpose()
+}
 
 /// Inserts (`insert`) or rewrites a webhook row, secrets sealed with `key`.
 async fn write_webhook(
