@@ -12,6 +12,7 @@ mod events;
 mod extract;
 pub mod guard;
 mod keys;
+mod search;
 pub mod stats;
 pub mod types;
 pub mod ui;
@@ -104,6 +105,7 @@ pub fn router(state: AppState) -> Router {
             post(events::ingest_event).get(events::list_events),
         )
         .route("/events/{event_id}", get(events::get_event))
+        .route("/deliveries", get(search::search_deliveries))
         .route("/deliveries/{id}", get(deliveries::get_delivery))
         .route("/deliveries/{id}/redeliver", post(deliveries::redeliver))
         // Outermost last: authenticate, then read the body.

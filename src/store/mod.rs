@@ -21,6 +21,7 @@
 pub mod file;
 pub mod postgres;
 pub mod sealed;
+pub mod search;
 
 use std::path::Path;
 
@@ -36,6 +37,7 @@ pub use file::{
     PurgeReport, StatusSummary, Subscriber, TableSpace, WebhookActivity, MAX_BATCH, MAX_STREAK,
 };
 use postgres::PgStore;
+pub use search::DeliverySearch;
 
 /// Errors of store operations. Callers branch on the variant; none carries secret data.
 #[derive(Debug, thiserror::Error)]
@@ -794,6 +796,30 @@ impl Store {
             Backend::Postgres(s) => s.status_summary(now_ms),
         }
     }
+
+    /// Up to `limit` deliveries of `search.organization_id` that match every filter of
+    /// `search` (see [`DeliverySearch::matches`]), newest first (by creation time, then
+    /// id), strictly after the cursor `before` in that order (issue 15, item 6). The cursor
+    /// is a delivery id; its creation time is read from the store, or taken from the id's
+    /// time part when that delivery was purged meanwhile. Backed by indexes on both
+    /// backends: the file backend intersects its `delivery_search` entries for each filter,
+    /// PostgreSQL its `deliveries_search_*` indexes, so the cost follows the rows that
+    /// match, not the rows skipped. Exact: never a row that does not match, never a
+    /// matching row left out of its page.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn search_deliveries(
+        &self,
+        search: &DeliverySearch,
+        before: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.search_deliveries(search, before, limit),
+            Backend::Postgres(s) => s.search_deliveries(search, before, limit),
+        }
+    }
 }
 
 impl From<FileStore> for Store {
@@ -829,6 +855,7 @@ pub(crate) fn new_event(
             next_attempt_at_ms: Some(first_due_ms),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
+            last_outcome: None,
         })
         .collect();
     let event = Event {
@@ -871,6 +898,11 @@ pub(crate) fn apply_attempt(
     delivery.status = after.status;
     delivery.scheduled_attempts = after.scheduled_attempts;
     delivery.next_attempt_at_ms = after.next_attempt_at_ms;
+    // The last attempt is the highest number; a crash may make a number be logged again,
+    // and then the later one is the attempt that counts (as in the attempt log).
+    if attempt.number >= delivery.attempt_count {
+        delivery.last_outcome = Some(attempt.outcome());
+    }
     delivery.attempt_count = delivery.attempt_count.max(attempt.number);
     delivery.updated_at_ms = now_ms;
     before.next_attempt_at_ms

@@ -12,13 +12,14 @@ use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
+use super::search::DELIVERY_SEARCH;
 use super::{
     FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, META,
     ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 14] = [
     "meta",
     "webhooks",
     "org_webhooks",
@@ -32,6 +33,7 @@ const TABLES: [&str; 13] = [
     "webhook_due",
     "api_keys",
     "api_key_hashes",
+    "delivery_search",
 ];
 
 /// What [`FileStore::backup_to`] copied.
@@ -124,6 +126,7 @@ impl FileStore {
         report.rows += copy(&snapshot, &target, WEBHOOK_DUE)?;
         report.rows += copy(&snapshot, &target, API_KEYS)?;
         report.rows += copy(&snapshot, &target, API_KEY_HASHES)?;
+        report.rows += copy(&snapshot, &target, DELIVERY_SEARCH)?;
         drop(target);
         report.bytes = std::fs::metadata(path).map_err(io)?.len();
         Ok(report)

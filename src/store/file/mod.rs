@@ -18,6 +18,7 @@ mod deliveries;
 mod due;
 mod records;
 mod retention;
+mod search;
 mod slot;
 mod status;
 mod writer;
@@ -193,7 +194,9 @@ impl FileStore {
             txn.open_table(RETRY_INDEX)?;
             txn.open_table(API_KEYS)?;
             txn.open_table(API_KEY_HASHES)?;
-            build_webhook_due(txn)
+            txn.open_table(search::DELIVERY_SEARCH)?;
+            build_webhook_due(txn)?;
+            search::build_delivery_search(txn)
         })?;
         let keys = store.list_api_keys()?;
         *store.keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();

@@ -25,6 +25,7 @@ pub use deliveries::ImportBatch;
 mod deliveries;
 mod due;
 mod rows;
+mod search;
 mod writer;
 
 use std::collections::HashMap;

@@ -492,15 +492,20 @@ pub(super) async fn insert_deliveries<'d>(
         .iter()
         .map(|d| rows::ms(d.updated_at_ms))
         .collect();
+    let outcomes: Vec<Option<&str>> = deliveries
+        .iter()
+        .map(|d| d.last_outcome.map(|o| o.as_str()))
+        .collect();
     txn.execute(
         "INSERT INTO deliveries (id, organization_id, webhook_id, event_key, event_id, \
          event_type, status, attempt_count, scheduled_attempts, next_attempt_at_ms, \
-         created_at_ms, updated_at_ms) SELECT * FROM unnest($1::text[], $2::text[], \
-         $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], \
-         $10::bigint[], $11::bigint[], $12::bigint[]) ON CONFLICT (id) DO NOTHING",
+         created_at_ms, updated_at_ms, last_outcome) SELECT * FROM unnest($1::text[], \
+         $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], \
+         $9::int[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[]) \
+         ON CONFLICT (id) DO NOTHING",
         &[
             &ids, &orgs, &webhooks, &keys, &event_ids, &types, &statuses, &counts, &scheduled,
-            &next, &created, &updated,
+            &next, &created, &updated, &outcomes,
         ],
     )
     .await?;
@@ -589,12 +594,17 @@ async fn attempts(
         .map(|d| i32::try_from(d.attempt_count).unwrap_or(i32::MAX))
         .collect();
     let at: Vec<i64> = updated.iter().map(|d| rows::ms(d.updated_at_ms)).collect();
+    let outcomes: Vec<Option<&str>> = updated
+        .iter()
+        .map(|d| d.last_outcome.map(|o| o.as_str()))
+        .collect();
     txn.execute(
         "UPDATE deliveries d SET status = u.s, scheduled_attempts = u.sa, \
-         next_attempt_at_ms = u.n, attempt_count = u.c, updated_at_ms = u.t \
-         FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::int[], $6::bigint[]) \
-         AS u(id, s, sa, n, c, t) WHERE d.id = u.id",
-        &[&ids, &statuses, &scheduled, &next, &counts, &at],
+         next_attempt_at_ms = u.n, attempt_count = u.c, updated_at_ms = u.t, \
+         last_outcome = u.o \
+         FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::int[], $6::bigint[], \
+         $7::text[]) AS u(id, s, sa, n, c, t, o) WHERE d.id = u.id",
+        &[&ids, &statuses, &scheduled, &next, &counts, &at, &outcomes],
     )
     .await?;
     Ok(())
