@@ -22,6 +22,7 @@ mod isolation;
 mod layout;
 mod operations;
 mod recovery;
+mod search;
 mod security;
 mod support;
 mod tls;

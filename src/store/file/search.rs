@@ -3,8 +3,10 @@
 //!
 //! Owner's rule: one table, `delivery_search`, keyed `(organization, facet, created ms,
 //! delivery id) → ()`. Each delivery has one entry per *facet* it shows: `*` (every
-//! delivery), `s:<status>`, `t:<event type>`, `w:<webhook id>`, and `o:<outcome>` once it
-//! has an attempt ([`facets`]). Within one (organization, facet), entries are in the
+//! delivery), `s:<status>`, `t:<event type>`, `w:<webhook id>`, `o:<outcome>` once it has
+//! an attempt, and one per pair of filters that are often disjoint by construction
+//! (`ws:`, `wo:`, `wt:`, `so:`; [`PAIRS`]), so those pairs are one range, not an
+//! intersection that finds nothing slowly ([`facets`]). Within one (organization, facet), entries are in the
 //! search's order (creation time, then id), so a filter is a key range read backwards, and
 //! several filters are the intersection of their ranges: a zig-zag over them, where each
 //! range seeks to the greatest key at or below the others' current one. The work follows
@@ -39,22 +41,52 @@ pub(crate) const DELIVERY_SEARCH: TableDefinition<(&str, &str, u64, u128), ()> =
 /// The facet of every delivery: an organization's whole log in the search's order.
 const EVERY: &str = "*";
 
-/// The facets a delivery shows, each an entry of `delivery_search`.
-pub(super) fn facets(d: &Delivery) -> Vec<String> {
-    let mut out = vec![
-        EVERY.to_owned(),
-        format!("s:{}", d.status.as_str()),
-        format!("t:{}", d.event_type.as_str()),
-        format!("w:{}", d.webhook_id),
+/// The pairs of filters that also have a facet of their own: those whose rows are often
+/// disjoint by construction (a webhook's subscriptions and health, a status and the outcome
+/// that led to it), where intersecting the two single facets would walk every row of the
+/// smaller one to find none.
+const PAIRS: [(char, char); 4] = [('w', 's'), ('w', 'o'), ('w', 't'), ('s', 'o')];
+
+/// A delivery's value on each filter it has one for: `w`ebhook, `s`tatus, event `t`ype,
+/// `o`utcome (once attempted).
+fn values_of(d: &Delivery) -> Vec<(char, String)> {
+    let mut values = vec![
+        ('w', d.webhook_id.to_string()),
+        ('s', d.status.as_str().to_owned()),
+        ('t', d.event_type.as_str().to_owned()),
     ];
     if let Some(outcome) = d.last_outcome {
-        out.push(outcome_facet(outcome));
+        values.push(('o', outcome.as_str().to_owned()));
     }
-    out
+    values
 }
 
-fn outcome_facet(outcome: AttemptOutcome) -> String {
-    format!("o:{}", outcome.as_str())
+fn single(dimension: char, value: &str) -> String {
+    format!("{dimension}:{value}")
+}
+
+fn pair((a, b): (char, char), value_a: &str, value_b: &str) -> String {
+    format!("{a}{b}:{value_a}:{value_b}")
+}
+
+/// The facets a delivery shows, each an entry of `delivery_search`: `*`, one per value
+/// (`s:failed`), one per pair of [`PAIRS`] (`so:failed:5xx`).
+pub(super) fn facets(d: &Delivery) -> Vec<String> {
+    let values = values_of(d);
+    let value = |dimension: char| {
+        values
+            .iter()
+            .find(|(k, _)| *k == dimension)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut out = vec![EVERY.to_owned()];
+    out.extend(values.iter().map(|(k, v)| single(*k, v)));
+    for (a, b) in PAIRS {
+        if let (Some(va), Some(vb)) = (value(a), value(b)) {
+            out.push(pair((a, b), va, vb));
+        }
+    }
+    out
 }
 
 type SearchTable<'t> = redb::Table<'t, (&'static str, &'static str, u64, u128), ()>;
@@ -134,35 +166,49 @@ pub(super) fn build_delivery_search(txn: &Txn<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The facet groups of a search: each group is the facets of one filter (a delivery matches
-/// the filter when it shows one of them); a delivery matches when it is in every group.
+/// The facet groups of a search: each group is the facets of one filter or pair of filters
+/// (a delivery matches it when it shows one of them); a delivery matches when it is in every
+/// group. Two filters of a pair of [`PAIRS`] are one group of pair facets.
 fn groups(search: &DeliverySearch) -> Vec<Vec<String>> {
-    let mut groups = Vec::new();
-    let mut group = |mut facets: Vec<String>| {
-        facets.sort();
-        facets.dedup();
-        groups.push(facets);
-    };
-    if !search.statuses.is_empty() {
-        group(
-            search
-                .statuses
-                .iter()
-                .map(|s| format!("s:{}", s.as_str()))
-                .collect(),
-        );
+    let mut wanted: Vec<(char, Vec<String>)> = Vec::new();
+    if let Some(w) = search.webhook_id {
+        wanted.push(('w', vec![w.to_string()]));
     }
-    if !search.outcomes.is_empty() {
-        group(search.outcomes.iter().map(|o| outcome_facet(*o)).collect());
+    if !search.statuses.is_empty() {
+        let names = search.statuses.iter().map(|s| s.as_str().to_owned());
+        wanted.push(('s', names.collect()));
     }
     if let Some(t) = search.event_type {
-        group(vec![format!("t:{}", t.as_str())]);
+        wanted.push(('t', vec![t.as_str().to_owned()]));
     }
-    if let Some(w) = search.webhook_id {
-        group(vec![format!("w:{w}")]);
+    if !search.outcomes.is_empty() {
+        let names = search.outcomes.iter().map(|o| o.as_str().to_owned());
+        wanted.push(('o', names.collect()));
+    }
+    let values = |dimension: char| wanted.iter().find(|(k, _)| *k == dimension).map(|(_, v)| v);
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut covered = Vec::new();
+    for (a, b) in PAIRS {
+        if let (Some(va), Some(vb)) = (values(a), values(b)) {
+            groups.push(
+                va.iter()
+                    .flat_map(|x| vb.iter().map(move |y| pair((a, b), x, y)))
+                    .collect(),
+            );
+            covered.extend([a, b]);
+        }
+    }
+    for (dimension, vs) in &wanted {
+        if !covered.contains(dimension) {
+            groups.push(vs.iter().map(|v| single(*dimension, v)).collect());
+        }
     }
     if groups.is_empty() {
         groups.push(vec![EVERY.to_owned()]);
+    }
+    for group in &mut groups {
+        group.sort();
+        group.dedup();
     }
     groups
 }
