@@ -402,3 +402,85 @@ async fn delivery_search_refuses_what_it_cannot_answer() {
         (200, json!({"data": [], "next_cursor": null}))
     );
 }
+
+/// `palo-webhooks deliveries list` with the search's filters answers what the API does.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_deliveries_list_searches_with_the_same_filters() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "200ms"]);
+    let missing = Receiver::start(Behaviour::Status(404)).await;
+    let ok = Receiver::start(Behaviour::Status(200)).await;
+    let w_missing = daemon.create_webhook(ORG, &missing.url, &["*"]).await;
+    daemon.create_webhook(ORG, &ok.url, &["*"]).await;
+    for i in 0..3 {
+        let (status, body) = daemon
+            .call("POST", "/api/events", Some(event(i, ORG)))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let failed = daemon
+        .wait_until(
+            &format!("/api/deliveries?organization_id={ORG}&status=failed,succeeded"),
+            Duration::from_secs(20),
+            |b| b["data"].as_array().is_some_and(|d| d.len() == 6),
+        )
+        .await;
+    assert!(failed["data"][0]["last_outcome"].as_str().is_some());
+    let cli = |args: &[&str]| {
+        let (code, out, err) = support::cli_as(&daemon, ADMIN_TOKEN, args);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = cli(&[
+        "deliveries",
+        "list",
+        "--organization-id",
+        ORG,
+        "--status",
+        "failed",
+        "--status",
+        "retrying",
+        "--outcome",
+        "4xx,5xx",
+        "--json",
+    ]);
+    let page: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    assert!(page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["webhook_id"] == w_missing.as_str() && d["last_outcome"] == "4xx"));
+    // As a table: the outcome is a column.
+    let out = cli(&[
+        "deliveries",
+        "list",
+        "--organization-id",
+        ORG,
+        "--outcome",
+        "2xx",
+        "--event-type",
+        "ticket.created",
+    ]);
+    assert!(
+        out.lines().next().unwrap().contains("LAST_OUTCOME"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains("2xx")).count(),
+        1,
+        "{out}"
+    );
+    // `--webhook` alone still lists one webhook's deliveries without naming the organization.
+    let out = cli(&["deliveries", "list", "--webhook", &w_missing]);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("failed")).count(),
+        3,
+        "{out}"
+    );
+}
