@@ -16,7 +16,9 @@
 //! Invariants, on both backends (`palo-webhooks check` verifies them): a delivery that is
 //! not final has exactly one retry-index entry, at its `next_attempt_at_ms`; a final one has
 //! none; a delivery's attempts are numbered 1..=`attempt_count`; its event exists and lists
-//! it. See docs/ARCHITECTURE.md.
+//! it; a delivery's `last_outcome` is its last attempt's, and the delivery search's index
+//! ([`Store::search_deliveries`], issue 15) answers exactly what [`DeliverySearch::matches`]
+//! says. See docs/ARCHITECTURE.md.
 
 pub mod file;
 pub mod postgres;
