@@ -6,9 +6,11 @@
 //! are mixed as in a live log (80% succeeded/2xx, 10% retrying/5xx, 5% failed/4xx,
 //! 2% failed/timeout, 1% failed/connect, 2% pending); then times each search's first page
 //! (limit 50, read as the API reads it: 51 rows) and a page deep in the log, p50 and p99
-//! over repeated runs, next to the unfiltered page measured in the same run.
+//! over repeated runs, next to the unfiltered page measured in the same run. Then the same on
+//! PostgreSQL (a throwaway cluster on 127.0.0.1, as the PostgreSQL tests start; `ANALYZE`d
+//! after the load, as autovacuum would).
 //!
-//! `cargo bench --bench search`
+//! `cargo bench --bench search` (`SEARCH_BACKENDS=file` or `=pg` for one backend only)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,10 @@ use palo_webhooks::model::{
 use palo_webhooks::retry::RetrySchedule;
 use palo_webhooks::store::{DeliverySearch, Store};
 use serde_json::value::RawValue;
+
+#[allow(dead_code)]
+#[path = "../tests/it/support/postgres_cluster.rs"]
+mod postgres_cluster;
 
 const ORG: &str = "org_search";
 /// Events per bulk-load transaction (one creation time each).
@@ -212,32 +218,58 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("search.redb");
-    let store = Arc::new(Store::open(&path).unwrap());
+    let backends = std::env::var("SEARCH_BACKENDS").unwrap_or_else(|_| "file,pg".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (webhooks, start, end) = runtime.block_on(load(&store, n));
-    let report = store.check().unwrap();
-    assert!(report.is_ok(), "{:?}", report.violations);
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "store: {} deliveries, {:.0} MiB on disk",
-        report.deliveries,
-        size as f64 / 1048576.0
-    );
-    for t in store.space().unwrap() {
-        if t.table == "delivery_search" || t.table == "deliveries" {
-            println!(
-                "  (store) {:<16} {:>9} entries, stored {:.0} MiB",
-                t.table,
-                t.entries,
-                t.stored_bytes as f64 / 1048576.0
-            );
+    if backends.split(',').any(|b| b == "file") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("search.redb");
+        let store = Arc::new(Store::open(&path).unwrap());
+        println!("== file store (redb)");
+        run(&runtime, &store, n);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("file: {:.0} MiB on disk", size as f64 / 1048576.0);
+        for t in store.space().unwrap() {
+            if t.table == "delivery_search" || t.table == "deliveries" {
+                println!(
+                    "  (store) {:<16} {:>9} entries, stored {:.0} MiB",
+                    t.table,
+                    t.entries,
+                    t.stored_bytes as f64 / 1048576.0
+                );
+            }
         }
     }
+    if backends.split(',').any(|b| b == "pg") {
+        let url = postgres_cluster::pg_database();
+        let options = palo_webhooks::store::postgres::PgOptions::new(url.clone());
+        let store = Arc::new(Store::open_postgres(&options, None, None).unwrap());
+        println!("== PostgreSQL");
+        run_with(&runtime, &store, n, || {
+            postgres_cluster::psql(&url, "ANALYZE").unwrap();
+        });
+    }
+}
+
+fn run(runtime: &tokio::runtime::Runtime, store: &Arc<Store>, n: usize) {
+    run_with(runtime, store, n, || {});
+}
+
+/// Loads `store`, checks it, runs `after_load`, then measures every search.
+fn run_with(
+    runtime: &tokio::runtime::Runtime,
+    store: &Arc<Store>,
+    n: usize,
+    after_load: impl FnOnce(),
+) {
+    let (webhooks, start, end) = runtime.block_on(load(store, n));
+    let report = store.check().unwrap();
+    assert!(report.is_ok(), "{:?}", report.violations);
+    println!("store: {} deliveries, check passed", report.deliveries);
+    after_load();
+    let store: &Store = store;
     let every = DeliverySearch {
         organization_id: ORG.into(),
         ..DeliverySearch::default()
@@ -313,7 +345,7 @@ fn main() {
     println!("search pages of {LIMIT} over {n} deliveries, {RUNS} runs each:");
     let mut worst_filtered = 0f64;
     for (i, (name, search)) in searches.iter().enumerate() {
-        let p99 = measure(&store, name, search);
+        let p99 = measure(store, name, search);
         if i > 0 {
             worst_filtered = worst_filtered.max(p99);
         }
@@ -323,7 +355,7 @@ fn main() {
     // is 2xx here): without the status×outcome pair facet, the intersection would walk every
     // 5xx row to find none.
     measure(
-        &store,
+        store,
         "(empty) status=succeeded&outcome=5xx",
         &DeliverySearch {
             statuses: vec![DeliveryStatus::Succeeded],

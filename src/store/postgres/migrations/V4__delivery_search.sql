@@ -34,3 +34,11 @@ CREATE INDEX deliveries_search_event_type
 CREATE INDEX deliveries_search_outcome
     ON deliveries (organization_id, last_outcome, created_at_ms, id)
     WHERE last_outcome IS NOT NULL;
+-- Two pairs of filters whose rows are often disjoint by construction (a status and the
+-- outcome that led to it; a webhook and its health): asking for both is one index range,
+-- not a scan of one filter's rows that finds none of the other's.
+CREATE INDEX deliveries_search_status_outcome
+    ON deliveries (organization_id, status, last_outcome, created_at_ms, id)
+    WHERE last_outcome IS NOT NULL;
+CREATE INDEX deliveries_search_webhook_status
+    ON deliveries (webhook_id, status, created_at_ms, id);
