@@ -49,6 +49,7 @@ fn records(c: &mut Criterion) {
         next_attempt_at_ms: Some(1_771_497_000_000),
         created_at_ms: 1_771_497_000_000,
         updated_at_ms: 1_771_497_000_000,
+        last_outcome: Some(palo_webhooks::model::AttemptOutcome::Status5xx),
     };
     c.bench_function("record/delivery_encode_decode", |b| {
         b.iter(|| palo_webhooks::store::roundtrip_delivery_record(black_box(&delivery)).unwrap())

@@ -139,8 +139,11 @@ attempt_v3 = (varint(2) + varint(1_771_497_000_000) + varint(12) + option(None)
               + option(None) + option(text("certificate expired")))
 # V2 (secret rotation): V1's fields, then the previous secret and its expiry, if any.
 webhook_v2 = (varint(1) + webhook[1:] + option(text("p" * 32) + varint(1_771_497_600_000)))
+# V2 (issue 15): V1's fields, then the last attempt's outcome, if any.
+delivery_v2 = varint(1) + delivery[1:] + option(text("5xx"))
 api_key = varint(0) + text("org_1") + text("ci key") + varint(1_771_497_000_000) + bytes([7] * 32)
 for name, record in [("webhook", webhook), ("webhook-v2", webhook_v2), ("event", event), ("delivery", delivery),
+                     ("delivery-v2", delivery_v2),
                      ("attempt-v1", attempt_v1), ("attempt-v2", attempt_v2), ("attempt-v3", attempt_v3),
                      ("api-key", api_key)]:
     write("record_decode", name, record)

@@ -442,21 +442,48 @@ pub enum EventCommand {
     },
 }
 
+/// The filters of `deliveries list`.
+#[derive(Debug, Args)]
+pub struct ListDeliveries {
+    /// Only deliveries to this webhook.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// The organization whose log to search (required with the admin token).
+    #[arg(long)]
+    pub organization_id: Option<String>,
+    /// Only these statuses, repeated or comma-separated (pending, retrying, succeeded,
+    /// failed, cancelled).
+    #[arg(long, value_delimiter = ',')]
+    pub status: Vec<String>,
+    /// Only deliveries whose last attempt came to one of these, repeated or
+    /// comma-separated (2xx, 3xx, 4xx, 5xx, other_status, timeout, connect, dns, tls,
+    /// io, blocked_address).
+    #[arg(long, value_delimiter = ',')]
+    pub outcome: Vec<String>,
+    /// Only this event type.
+    #[arg(long, alias = "type")]
+    pub event_type: Option<String>,
+    /// Only the deliveries of this event.
+    #[arg(long)]
+    pub event_id: Option<String>,
+    /// Created at or after (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Created at or before (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Paging.
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
 /// `deliveries` actions.
 #[derive(Debug, Subcommand)]
 pub enum DeliveryCommand {
-    /// List a webhook's deliveries, newest first.
-    List {
-        /// Webhook id.
-        #[arg(long)]
-        webhook: String,
-        /// Only this status (pending, retrying, succeeded, failed, cancelled).
-        #[arg(long)]
-        status: Option<String>,
-        /// Paging.
-        #[command(flatten)]
-        page: PageArgs,
-    },
+    /// Search the delivery log, newest first (`GET /api/deliveries`); with `--webhook`
+    /// alone (and at most one `--status`, `--event-type`), that webhook's deliveries, which
+    /// needs no `--organization-id` with the admin token.
+    List(Box<ListDeliveries>),
     /// Show a delivery and every attempt.
     Get {
         /// Delivery id.
@@ -751,7 +778,9 @@ const DELIVERY_COLUMNS: &[&str] = &[
     "event_type",
     "event_id",
     "status",
+    "last_outcome",
     "attempt_count",
+    "created_at",
     "next_attempt_at",
 ];
 const ATTEMPT_COLUMNS: &[&str] = &[
@@ -926,18 +955,60 @@ fn event_request(action: EventCommand) -> Result<Request> {
 
 fn delivery_request(action: DeliveryCommand) -> Request {
     let (method, path) = match action {
-        DeliveryCommand::List {
-            webhook,
-            status,
-            page,
-        } => (
-            "GET",
-            format!(
-                "/api/webhooks/{}/deliveries{}",
-                encode_component(&webhook),
-                query([("status", status),].into_iter().chain(page.pairs()))
-            ),
-        ),
+        DeliveryCommand::List(list) => {
+            let ListDeliveries {
+                webhook,
+                organization_id,
+                status,
+                outcome,
+                event_type,
+                event_id,
+                since,
+                until,
+                page,
+            } = *list;
+            let joined = |values: Vec<String>| (!values.is_empty()).then(|| values.join(","));
+            let search_only = organization_id.is_some()
+                || !outcome.is_empty()
+                || status.len() > 1
+                || event_id.is_some()
+                || since.is_some()
+                || until.is_some();
+            match webhook {
+                Some(webhook) if !search_only => (
+                    "GET",
+                    format!(
+                        "/api/webhooks/{}/deliveries{}",
+                        encode_component(&webhook),
+                        query(
+                            [("status", joined(status)), ("event_type", event_type)]
+                                .into_iter()
+                                .chain(page.pairs())
+                        )
+                    ),
+                ),
+                webhook => (
+                    "GET",
+                    format!(
+                        "/api/deliveries{}",
+                        query(
+                            [
+                                ("organization_id", organization_id),
+                                ("webhook_id", webhook),
+                                ("status", joined(status)),
+                                ("outcome", joined(outcome)),
+                                ("event_type", event_type),
+                                ("event_id", event_id),
+                                ("since", since),
+                                ("until", until),
+                            ]
+                            .into_iter()
+                            .chain(page.pairs())
+                        )
+                    ),
+                ),
+            }
+        }
         DeliveryCommand::Get { id } => {
             ("GET", format!("/api/deliveries/{}", encode_component(&id)))
         }

@@ -288,6 +288,95 @@ pub struct Delivery {
     pub created_at_ms: u64,
     /// ms since the epoch.
     pub updated_at_ms: u64,
+    /// What its last attempt (the highest number) came to; `None` before the first attempt.
+    pub last_outcome: Option<AttemptOutcome>,
+}
+
+/// What an attempt came to, in the classes the delivery search filters on (issue 15): the
+/// status class of the response, or the kind of transport error. A transport error wins over
+/// a status (a 2xx whose body timed out is a `timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttemptOutcome {
+    /// A 2xx status: the attempt succeeded.
+    Status2xx,
+    /// A 3xx status: a redirect, never followed, so a failed attempt.
+    Status3xx,
+    /// A 4xx status.
+    Status4xx,
+    /// A 5xx status.
+    Status5xx,
+    /// Any other status (1xx as a final answer, 600-999): a failed attempt.
+    StatusOther,
+    /// [`AttemptError::Timeout`].
+    Timeout,
+    /// [`AttemptError::Connect`].
+    Connect,
+    /// [`AttemptError::Dns`].
+    Dns,
+    /// [`AttemptError::Tls`].
+    Tls,
+    /// [`AttemptError::Io`]: another I/O or protocol error after connecting.
+    Io,
+    /// [`AttemptError::BlockedAddress`].
+    BlockedAddress,
+}
+
+impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [AttemptOutcome; 11] = [
+        AttemptOutcome::Status2xx,
+        AttemptOutcome::Status3xx,
+        AttemptOutcome::Status4xx,
+        AttemptOutcome::Status5xx,
+        AttemptOutcome::StatusOther,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::Connect,
+        AttemptOutcome::Dns,
+        AttemptOutcome::Tls,
+        AttemptOutcome::Io,
+        AttemptOutcome::BlockedAddress,
+    ];
+
+    /// The API name: `2xx`, `3xx`, `4xx`, `5xx`, `other_status`, or the error's name
+    /// (`timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Status2xx => "2xx",
+            AttemptOutcome::Status3xx => "3xx",
+            AttemptOutcome::Status4xx => "4xx",
+            AttemptOutcome::Status5xx => "5xx",
+            AttemptOutcome::StatusOther => "other_status",
+            AttemptOutcome::Timeout => AttemptError::Timeout.as_str(),
+            AttemptOutcome::Connect => AttemptError::Connect.as_str(),
+            AttemptOutcome::Dns => AttemptError::Dns.as_str(),
+            AttemptOutcome::Tls => AttemptError::Tls.as_str(),
+            AttemptOutcome::Io => AttemptError::Io.as_str(),
+            AttemptOutcome::BlockedAddress => AttemptError::BlockedAddress.as_str(),
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(name: &str) -> Option<AttemptOutcome> {
+        Self::ALL.into_iter().find(|o| o.as_str() == name)
+    }
+
+    /// The outcome of an attempt that got `status_code` or failed with `error` (the error
+    /// wins); an attempt with neither (never logged so) counts as `io`.
+    pub fn of(status_code: Option<u16>, error: Option<AttemptError>) -> AttemptOutcome {
+        match (error, status_code) {
+            (Some(AttemptError::Timeout), _) => AttemptOutcome::Timeout,
+            (Some(AttemptError::Connect), _) => AttemptOutcome::Connect,
+            (Some(AttemptError::Dns), _) => AttemptOutcome::Dns,
+            (Some(AttemptError::Tls), _) => AttemptOutcome::Tls,
+            (Some(AttemptError::Io), _) | (None, None) => AttemptOutcome::Io,
+            (Some(AttemptError::BlockedAddress), _) => AttemptOutcome::BlockedAddress,
+            (None, Some(200..=299)) => AttemptOutcome::Status2xx,
+            (None, Some(300..=399)) => AttemptOutcome::Status3xx,
+            (None, Some(400..=499)) => AttemptOutcome::Status4xx,
+            (None, Some(500..=599)) => AttemptOutcome::Status5xx,
+            (None, Some(_)) => AttemptOutcome::StatusOther,
+        }
+    }
 }
 
 /// Why an attempt got no usable HTTP status.
@@ -397,6 +486,11 @@ impl Attempt {
     /// us is not an error, so a truncated 2xx is still a success.
     pub fn succeeded(&self) -> bool {
         self.error.is_none() && matches!(self.status_code, Some(200..=299))
+    }
+
+    /// What it came to, for the delivery search ([`AttemptOutcome::of`]).
+    pub fn outcome(&self) -> AttemptOutcome {
+        AttemptOutcome::of(self.status_code, self.error)
     }
 }
 

@@ -45,6 +45,8 @@ mod migrate;
 mod operations;
 #[path = "it/recovery.rs"]
 mod recovery;
+#[path = "it/search.rs"]
+mod search;
 #[path = "it/security.rs"]
 mod security;
 #[path = "it/tls.rs"]

@@ -27,6 +27,7 @@ use palo_webhooks::clock;
 use palo_webhooks::event::{self, EventInput, EventType};
 use palo_webhooks::ids::{DeliveryId, EventKey, WebhookId};
 use palo_webhooks::model::{
+    AttemptOutcome,
     Attempt, AttemptError, Delivery, DeliveryStatus, EventFilter, Secret, Trigger, Webhook,
     WebhookChanges,
 };
@@ -287,6 +288,11 @@ impl ModelDelivery {
             next_attempt_at_ms: self.next_attempt_at_ms,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
+            // Timeouts are the only attempts without a status here.
+            last_outcome: self.attempts.last().map(|(_, code)| match code {
+                Some(code) => AttemptOutcome::of(Some(*code), None),
+                None => AttemptOutcome::Timeout,
+            }),
         };
         assert_eq!(stored, &expected, "delivery differs from the model");
     }

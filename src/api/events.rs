@@ -13,7 +13,7 @@ use super::{ApiError, AppState, Caller};
 use crate::clock;
 use crate::event::{self, EventInput, EventType};
 use crate::ids::EventKey;
-use crate::model::Event;
+use crate::model::{DeliveryStatus, Event};
 use crate::store::{blocking, AcceptOutcome, EventQuery, FanOut};
 
 /// `POST /api/events` → 202 `{"event_id","deliveries"}` once the event and its deliveries
@@ -125,11 +125,17 @@ pub(super) struct ListEvents {
     since: Option<String>,
     until: Option<String>,
     organization_id: Option<String>,
+    /// Only events of which at least one delivery has this status (issue 15).
+    delivery_status: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
 
-fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
+/// An RFC 3339 bound of a list query, in ms since the epoch.
+///
+/// # Errors
+/// 400 `invalid_query` for what is not an RFC 3339 date-time.
+pub(super) fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
     value
         .map(|text| {
             clock::normalize_rfc3339(text)
@@ -139,7 +145,8 @@ fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> 
         .transpose()
 }
 
-/// `GET /api/events` → a page, newest first. `since`/`until` bound the time of ingest.
+/// `GET /api/events` → a page, newest first. `since`/`until` bound the time of ingest;
+/// `delivery_status` keeps the events of which a delivery has that status.
 pub(super) async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -163,6 +170,13 @@ pub(super) async fn list_events(
         event_type,
         since_ms: time_bound("since", query.since.as_deref())?,
         until_ms: time_bound("until", query.until.as_deref())?,
+        delivery_status: query
+            .delivery_status
+            .map(|s| {
+                DeliveryStatus::parse(&s)
+                    .ok_or_else(|| ApiError::bad_query(format!("unknown status {s:?}")))
+            })
+            .transpose()?,
     };
     let (events, deliveries) = blocking(&state.store, move |s| {
         let events = s.list_events(&filter, before, limit + 1)?;

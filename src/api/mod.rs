@@ -13,6 +13,7 @@ mod extract;
 pub mod guard;
 pub mod jobs;
 mod keys;
+mod search;
 pub mod stats;
 pub mod types;
 pub mod ui;
@@ -111,6 +112,7 @@ pub fn router(state: AppState) -> Router {
             post(events::ingest_event).get(events::list_events),
         )
         .route("/events/{event_id}", get(events::get_event))
+        .route("/deliveries", get(search::search_deliveries))
         .route("/deliveries/{id}", get(deliveries::get_delivery))
         .route("/deliveries/{id}/redeliver", post(deliveries::redeliver))
         // Outermost last: authenticate, then read the body.

@@ -219,6 +219,7 @@ mod tests {
             next_attempt_at_ms: None,
             created_at_ms,
             updated_at_ms: created_at_ms,
+            last_outcome: None,
         }
     }
 

@@ -307,6 +307,10 @@ pub struct DeliveryOut {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// What its last attempt came to (`2xx`, `3xx`, `4xx`, `5xx`, `other_status`,
+    /// `timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`); null before the first.
+    #[serde(default)]
+    pub last_outcome: Option<String>,
     /// Every attempt in ascending `number`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub attempts: Option<Vec<AttemptOut>>,
@@ -325,6 +329,7 @@ impl From<&Delivery> for DeliveryOut {
             next_attempt_at: d.next_attempt_at_ms.map(format_ms),
             created_at: format_ms(d.created_at_ms),
             updated_at: format_ms(d.updated_at_ms),
+            last_outcome: d.last_outcome.map(|o| o.as_str().to_owned()),
             attempts: None,
         }
     }

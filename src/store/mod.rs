@@ -16,11 +16,14 @@
 //! Invariants, on both backends (`palo-webhooks check` verifies them): a delivery that is
 //! not final has exactly one retry-index entry, at its `next_attempt_at_ms`; a final one has
 //! none; a delivery's attempts are numbered 1..=`attempt_count`; its event exists and lists
-//! it. See docs/ARCHITECTURE.md.
+//! it; a delivery's `last_outcome` is its last attempt's, and the delivery search's index
+//! ([`Store::search_deliveries`], issue 15) answers exactly what [`DeliverySearch::matches`]
+//! says. See docs/ARCHITECTURE.md.
 
 pub mod file;
 pub mod postgres;
 pub mod sealed;
+pub mod search;
 
 use std::path::Path;
 
@@ -38,6 +41,7 @@ pub use file::{
     PurgeReport, StatusSummary, Subscriber, TableSpace, WebhookActivity, MAX_BATCH, MAX_STREAK,
 };
 use postgres::PgStore;
+pub use search::DeliverySearch;
 
 /// A change of a webhook's lifecycle ([`Store::set_webhook_lifecycle`], issue 15).
 #[derive(Debug, Clone)]
@@ -963,6 +967,30 @@ impl Store {
             Backend::Postgres(s) => s.status_summary(now_ms),
         }
     }
+
+    /// Up to `limit` deliveries of `search.organization_id` that match every filter of
+    /// `search` (see [`DeliverySearch::matches`]), newest first (by creation time, then
+    /// id), strictly after the cursor `before` in that order (issue 15, item 6). The cursor
+    /// is a delivery id; its creation time is read from the store, or taken from the id's
+    /// time part when that delivery was purged meanwhile. Backed by indexes on both
+    /// backends: the file backend intersects its `delivery_search` entries for each filter,
+    /// PostgreSQL its `deliveries_search_*` indexes, so the cost follows the rows that
+    /// match, not the rows skipped. Exact: never a row that does not match, never a
+    /// matching row left out of its page.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn search_deliveries(
+        &self,
+        search: &DeliverySearch,
+        before: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.search_deliveries(search, before, limit),
+            Backend::Postgres(s) => s.search_deliveries(search, before, limit),
+        }
+    }
 }
 
 impl From<FileStore> for Store {
@@ -1028,6 +1056,7 @@ pub(crate) fn new_event(
             next_attempt_at_ms: (!*held).then_some(first_due_ms),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
+            last_outcome: None,
         })
         .collect();
     let event = Event {
@@ -1070,6 +1099,11 @@ pub(crate) fn apply_attempt(
     delivery.status = after.status;
     delivery.scheduled_attempts = after.scheduled_attempts;
     delivery.next_attempt_at_ms = after.next_attempt_at_ms;
+    // The last attempt is the highest number; a crash may make a number be logged again,
+    // and then the later one is the attempt that counts (as in the attempt log).
+    if attempt.number >= delivery.attempt_count {
+        delivery.last_outcome = Some(attempt.outcome());
+    }
     delivery.attempt_count = delivery.attempt_count.max(attempt.number);
     delivery.updated_at_ms = now_ms;
     before.next_attempt_at_ms
@@ -1134,6 +1168,7 @@ pub(crate) fn replay_delivery(event: &Event, webhook: WebhookId, now_ms: u64) ->
         next_attempt_at_ms: Some(now_ms),
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
+        last_outcome: None,
     }
 }
 

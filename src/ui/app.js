@@ -902,6 +902,41 @@
   }
 
   // ---------------------------------------------------------------- deliveries tab
+  // The filter bar searches the organization's delivery log (`GET /api/deliveries`) within
+  // this webhook: status, last outcome, event type, creation time range, event id.
+  const OUTCOMES = ["2xx", "3xx", "4xx", "5xx", "other_status", "timeout", "connect", "dns", "tls", "io", "blocked_address"];
+  const FILTERS = ["status", "outcome", "event_type", "since", "until", "event_id"];
+  Object.assign(MESSAGES.en, {
+    lastOutcome: "Last outcome", allOutcomes: "All outcomes", since: "From", until: "To",
+    eventIdFilter: "Event id", filter: "Filter", clearFilters: "Clear filters", filters: "Filters",
+    badRange: "The start of the range is after its end.",
+    outcomeNames: { "2xx": "2xx (success)", "3xx": "3xx (redirect)", "4xx": "4xx", "5xx": "5xx", other_status: "other status", timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address" },
+  });
+  Object.assign(MESSAGES.fr, {
+    lastOutcome: "Dernier résultat", allOutcomes: "Tous les résultats", since: "Du", until: "Au",
+    eventIdFilter: "Identifiant d'événement", filter: "Filtrer", clearFilters: "Effacer les filtres", filters: "Filtres",
+    badRange: "Le début de la période est après sa fin.",
+    outcomeNames: { "2xx": "2xx (réussite)", "3xx": "3xx (redirection)", "4xx": "4xx", "5xx": "5xx", other_status: "autre statut", timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée" },
+  });
+  const outcomeName = (o) => MESSAGES[lang].outcomeNames[o] ?? o;
+
+  // An RFC 3339 time as the value of a datetime-local input (local time, to the minute).
+  function toLocalInput(iso) {
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return "";
+    const pad = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  }
+
+  // A datetime-local value back to RFC 3339 (UTC); `end` takes the whole last minute.
+  function fromLocalInput(value, end) {
+    if (!value) return "";
+    const d = new Date(value);
+    if (Number.isNaN(d.getTime())) return "";
+    if (end) d.setSeconds(59, 999);
+    return d.toISOString();
+  }
+
   async function deliveriesPage(id, params, gen) {
     let w;
     try { w = await api("GET", `/api/webhooks/${encodeURIComponent(id)}`); } catch (err) {
@@ -912,8 +947,8 @@
     crumbs([...baseCrumbs(), { label: w.url, href: `#/webhooks/${encodeURIComponent(id)}` }, { label: t("deliveries") }]);
     const types = await eventTypes();
     if (!current(gen)) return;
-    const status = params.get("status") || "";
-    const type = params.get("event_type") || "";
+    const filters = {};
+    for (const k of FILTERS) filters[k] = params.get(k) || "";
     const cursor = params.get("cursor") || "";
     const trail = (params.get("trail") || "").split(",").filter(Boolean);
     const link = (p) => {
@@ -922,35 +957,53 @@
       const qs = q.toString();
       return `#/webhooks/${encodeURIComponent(id)}/deliveries${qs ? `?${qs}` : ""}`;
     };
-    const statusSel = h("select", { id: "filter-status", "aria-label": t("status") },
-      h("option", { value: "" }, t("allStatuses")),
-      STATUSES.map((k) => h("option", { value: k, selected: k === status }, statusName(k))));
-    const typeSel = h("select", { id: "filter-type", "aria-label": t("eventType") },
-      h("option", { value: "" }, t("allTypes")),
-      ["webhook.test", ...types].map((k) => h("option", { value: k, selected: k === type }, k)));
-    const onFilter = () => { location.hash = link({ status: statusSel.value, event_type: typeSel.value }); };
-    statusSel.addEventListener("change", onFilter);
-    typeSel.addEventListener("change", onFilter);
+    const select = (name, label, all, values, nameOf) => h("select", { id: `filter-${name}`, name, "aria-label": label },
+      h("option", { value: "" }, all),
+      values.map((k) => h("option", { value: k, selected: k === filters[name] }, nameOf(k))));
+    const statusSel = select("status", t("status"), t("allStatuses"), STATUSES, statusName);
+    const outcomeSel = select("outcome", t("lastOutcome"), t("allOutcomes"), OUTCOMES, outcomeName);
+    const typeSel = select("event_type", t("eventType"), t("allTypes"), ["webhook.test", ...types], (k) => k);
+    const sinceIn = h("input", { type: "datetime-local", id: "filter-since", name: "since", value: filters.since ? toLocalInput(filters.since) : "" });
+    const untilIn = h("input", { type: "datetime-local", id: "filter-until", name: "until", value: filters.until ? toLocalInput(filters.until) : "" });
+    const eventIn = h("input", { type: "search", id: "filter-event-id", name: "event_id", value: filters.event_id, placeholder: "evt_…", autocomplete: "off", spellcheck: "false" });
+    const rangeError = h("p", { class: "field-error", id: "filter-error", role: "alert" });
+    const chosen = () => ({
+      status: statusSel.value, outcome: outcomeSel.value, event_type: typeSel.value,
+      since: fromLocalInput(sinceIn.value, false), until: fromLocalInput(untilIn.value, true),
+      event_id: eventIn.value.trim(),
+    });
+    const apply = () => {
+      const f = chosen();
+      if (f.since && f.until && f.since > f.until) { rangeError.textContent = t("badRange"); return; }
+      location.hash = link(f);
+    };
+    const form = h("form", { class: "toolbar filters", id: "delivery-filters", role: "search", "aria-label": t("filters") },
+      h("label", { class: "inline" }, `${t("status")} `, statusSel),
+      h("label", { class: "inline" }, `${t("lastOutcome")} `, outcomeSel),
+      h("label", { class: "inline" }, `${t("eventType")} `, typeSel),
+      h("label", { class: "inline" }, `${t("since")} `, sinceIn),
+      h("label", { class: "inline" }, `${t("until")} `, untilIn),
+      h("label", { class: "inline" }, `${t("eventIdFilter")} `, eventIn),
+      h("button", { type: "submit", class: "btn", id: "filter-apply" }, t("filter")),
+      FILTERS.some((k) => filters[k]) ? h("a", { class: "btn", id: "filter-clear", href: link({}) }, t("clearFilters")) : null,
+      rangeError);
+    form.addEventListener("submit", (e) => { e.preventDefault(); apply(); });
+    for (const sel of [statusSel, outcomeSel, typeSel]) sel.addEventListener("change", apply);
     const liveNote = h("span", { class: "live", id: "live" }, t("live"));
     const body = h("div", { id: "deliveries-body" }, h("p", {}, t("loading")));
-    page(w.url, webhookTabs(id, "deliveries"),
-      h("div", { class: "toolbar" },
-        h("label", { class: "inline" }, `${t("status")} `, statusSel),
-        h("label", { class: "inline" }, `${t("eventType")} `, typeSel), liveNote),
-      body);
+    page(w.url, webhookTabs(id, "deliveries"), form, h("div", { class: "toolbar" }, liveNote), body);
 
     async function load() {
-      const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
-      if (status) q.set("status", status);
-      if (type) q.set("event_type", type);
+      const q = new URLSearchParams({ organization_id: w.organization_id, webhook_id: w.id, limit: String(PAGE_SIZE) });
+      for (const k of FILTERS) if (filters[k]) q.set(k, filters[k]);
       if (cursor) q.set("cursor", cursor);
       let res;
-      try { res = await api("GET", `/api/webhooks/${encodeURIComponent(id)}/deliveries?${q}`); } catch (err) {
+      try { res = await api("GET", `/api/deliveries?${q}`); } catch (err) {
         if (!current(gen)) return;
         clear(body); body.append(failed(err));
         lastSignature = "";
-        // Gone (deleted meanwhile): stop refreshing; other errors: try again later.
-        if (err.status !== 404) schedule();
+        // Gone (deleted meanwhile) or a filter refused: stop refreshing; others: try again.
+        if (err.status !== 404 && err.status !== 400) schedule();
         return;
       }
       if (!current(gen)) return;
@@ -972,6 +1025,7 @@
             h("td", { "data-label": t("eventType") }, h("code", {}, d.event_type)),
             h("td", { class: "mono", "data-label": t("eventId") }, d.event_id),
             h("td", { "data-label": t("status") }, badge(d.status)),
+            h("td", { "data-label": t("lastOutcome"), "data-outcome": d.last_outcome || "" }, d.last_outcome ? outcomeName(d.last_outcome) : h("span", { class: "muted" }, t("none"))),
             h("td", { class: "num", "data-label": t("attempts") }, String(d.attempt_count)),
             h("td", { "data-label": t("nextAttempt") }, d.next_attempt_at ? timeEl(d.next_attempt_at, true) : h("span", { class: "muted" }, t("whenNone"))),
             h("td", {}, h("a", { href: `#/deliveries/${encodeURIComponent(d.id)}`, class: "btn btn-small", id: `view-${d.id}`, "aria-label": `${t("view")} ${d.id}` }, t("view")))));
@@ -980,6 +1034,7 @@
           h("thead", {}, h("tr", {},
             h("th", { scope: "col" }, t("createdAt")), h("th", { scope: "col" }, t("eventType")),
             h("th", { scope: "col" }, t("eventId")), h("th", { scope: "col" }, t("status")),
+            h("th", { scope: "col" }, t("lastOutcome")),
             h("th", { scope: "col", class: "num" }, t("attempts")), h("th", { scope: "col" }, t("nextAttempt")),
             h("th", { scope: "col" }, h("span", { class: "sr-only" }, t("view"))))),
           tbody)));
@@ -987,10 +1042,10 @@
       const pager = h("div", { class: "pager" });
       if (cursor) {
         const back = trail.slice(0, -1);
-        pager.append(h("a", { class: "btn", id: "newer-page", href: link({ status, event_type: type, cursor: trail[trail.length - 1] || "", trail: back.join(",") }) }, t("newer")));
+        pager.append(h("a", { class: "btn", id: "newer-page", href: link({ ...filters, cursor: trail[trail.length - 1] || "", trail: back.join(",") }) }, t("newer")));
       }
       if (res.next_cursor) {
-        pager.append(h("a", { class: "btn", id: "older-page", href: link({ status, event_type: type, cursor: res.next_cursor, trail: [...trail, cursor].join(",") }) }, t("older")));
+        pager.append(h("a", { class: "btn", id: "older-page", href: link({ ...filters, cursor: res.next_cursor, trail: [...trail, cursor].join(",") }) }, t("older")));
       }
       body.append(pager);
       liveNote.textContent = stamp;

@@ -698,3 +698,129 @@ async fn a_person_watches_a_recovery_job_finish_and_cancels_another_from_the_ui(
     assert!(!browser.overflows().await, "the jobs table fits the window");
     browser.close().await;
 }
+
+/// Issue 15: the filter bar of the deliveries tab narrows the list by status, last outcome,
+/// event type, event id and time range (kept in the address, so a filtered view is a link),
+/// and refuses a range that ends before it starts.
+#[tokio::test]
+async fn the_delivery_filters_narrow_the_list() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "200ms"]);
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let key = daemon.create_key("acme").await;
+    let hook = daemon.create_webhook("acme", &receiver.url, &["*"]).await;
+    let incident = |id: &str| {
+        json!({"event_id": id, "event_type": "system.incident", "organization_id": "acme",
+               "data": {"incident_id": "INC-1", "severity": "high",
+                        "affected_services": ["api"], "status": "open"}})
+    };
+    for event in [ticket("evt_f_1", "acme", "one"), incident("evt_f_2")] {
+        assert_eq!(daemon.call("POST", "/api/events", Some(event)).await.0, 202);
+    }
+    // Both fail their two scheduled attempts, then the receiver heals.
+    daemon
+        .wait_until(
+            "/api/deliveries?organization_id=acme&status=failed",
+            WAIT,
+            |b| b["data"].as_array().is_some_and(|d| d.len() == 2),
+        )
+        .await;
+    receiver.set(Behaviour::Status(200));
+    for event in [ticket("evt_f_3", "acme", "three"), incident("evt_f_4")] {
+        assert_eq!(daemon.call("POST", "/api/events", Some(event)).await.0, 202);
+    }
+    daemon
+        .wait_until(
+            "/api/deliveries?organization_id=acme&status=succeeded",
+            WAIT,
+            |b| b["data"].as_array().is_some_and(|d| d.len() == 2),
+        )
+        .await;
+    let Some(browser) = Browser::start(&daemon).await else {
+        return;
+    };
+    browser.sign_in(&key).await;
+    browser.goto(&format!("#/webhooks/{hook}/deliveries")).await;
+    browser.count_until("tr[data-delivery]", 4).await;
+    let ids = |rows: Vec<Element>| async move {
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.text().await.unwrap());
+        }
+        out
+    };
+
+    browser
+        .find("#filter-status")
+        .await
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    browser.count_until("tr[data-delivery]", 2).await;
+    assert_eq!(
+        browser
+            .all("tr[data-delivery] .badge[data-status='failed']")
+            .await
+            .len(),
+        2
+    );
+    browser
+        .find("#filter-outcome")
+        .await
+        .select_by_value("5xx")
+        .await
+        .unwrap();
+    browser.count_until("td[data-outcome='5xx']", 2).await;
+    browser
+        .find("#filter-event_type")
+        .await
+        .select_by_value("system.incident")
+        .await
+        .unwrap();
+    browser.count_until("tr[data-delivery]", 1).await;
+    let rows = ids(browser.all("tr[data-delivery]").await).await;
+    assert!(rows[0].contains("evt_f_2"), "{rows:?}");
+    // The filters are in the address: a filtered view is a link.
+    let url = browser.client.current_url().await.unwrap();
+    let fragment = url.fragment().unwrap_or_default().to_owned();
+    for part in ["status=failed", "outcome=5xx", "event_type=system.incident"] {
+        assert!(fragment.contains(part), "{fragment}");
+    }
+    browser.screenshot("delivery-filters.png").await;
+
+    browser.find("#filter-clear").await.click().await.unwrap();
+    browser.count_until("tr[data-delivery]", 4).await;
+    let event_id = browser.find("#filter-event-id").await;
+    event_id
+        .send_keys(&format!("evt_f_3{}", char::from(Key::Enter)))
+        .await
+        .unwrap();
+    browser.count_until("tr[data-delivery]", 1).await;
+    let rows = ids(browser.all("tr[data-delivery]").await).await;
+    assert!(
+        rows[0].contains("evt_f_3") && rows[0].contains("2xx"),
+        "{rows:?}"
+    );
+
+    // A range in the future matches nothing; one that ends before it starts is refused.
+    browser.find("#filter-clear").await.click().await.unwrap();
+    browser.count_until("tr[data-delivery]", 4).await;
+    browser
+        .js(
+            "document.getElementById('filter-since').value = '2099-01-01T00:00'; \
+             document.getElementById('filter-apply').click(); return null",
+        )
+        .await;
+    browser
+        .text_until("#deliveries-body", |t| t.contains("No deliveries match."))
+        .await;
+    browser
+        .js(
+            "document.getElementById('filter-until').value = '2098-01-01T00:00'; \
+             document.getElementById('filter-apply').click(); return null",
+        )
+        .await;
+    browser
+        .text_until("#filter-error", |t| t.contains("after its end"))
+        .await;
+    browser.close().await;
+}

@@ -6,10 +6,11 @@
 use palo_webhooks::event::{self, EventInput, EventType};
 use palo_webhooks::ids::{DeliveryId, KeyId, WebhookId};
 use palo_webhooks::model::{
-    ApiKey, Attempt, DeliveryStatus, EventFilter, Secret, Trigger, Webhook, WebhookChanges,
+    ApiKey, Attempt, AttemptError, AttemptOutcome, DeliveryStatus, EventFilter, Secret, Trigger,
+    Webhook, WebhookChanges,
 };
 use palo_webhooks::retry::RetrySchedule;
-use palo_webhooks::store::{AcceptOutcome, EventQuery, FanOut, Store};
+use palo_webhooks::store::{AcceptOutcome, DeliverySearch, EventQuery, FanOut, Store};
 use serde_json::value::RawValue;
 
 use crate::support::{self, Backend};
@@ -528,4 +529,242 @@ async fn lifecycle_and_jobs_behave_the_same_on_this_backend() {
     );
     assert_eq!(store.list_jobs(Some("org_b"), None, 10).unwrap(), vec![]);
     assert_eq!(store.check().unwrap().violations, Vec::<String>::new());
+}
+
+/// An event of type `t` with the `data` fields its type requires.
+fn prepared_of(org: &str, id: &str, t: EventType, now: u64) -> event::PreparedEvent {
+    let data = match t {
+        EventType::TicketCreated => {
+            r#"{"ticket_id":"T","title":"t","priority":"p3","project_id":"p","created_by":"u"}"#
+        }
+        EventType::TicketStatusChanged => {
+            r#"{"ticket_id":"T","old_status":"a","new_status":"b","changed_by":"u"}"#
+        }
+        EventType::TicketResolved => {
+            r#"{"ticket_id":"T","resolved_by":"u","resolution_time_hours":2}"#
+        }
+        _ => r#"{"incident_id":"I","severity":"high","affected_services":["api"],"status":"open"}"#,
+    };
+    let data = RawValue::from_string(data.into()).unwrap();
+    event::prepare(
+        EventInput {
+            event_id: Some(id.into()),
+            event_type: t.as_str().into(),
+            timestamp: None,
+            organization_id: org.into(),
+            data: &data,
+        },
+        now,
+        false,
+    )
+    .unwrap()
+}
+
+/// Every page of a search, cursor after cursor, as the API pages it (`limit + 1` read).
+fn search_all(store: &Store, search: &DeliverySearch, limit: usize) -> Vec<DeliveryId> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.search_deliveries(search, cursor, limit + 1).unwrap();
+        let more = page.len() > limit;
+        out.extend(page.iter().take(limit).map(|d| d.id));
+        if !more {
+            return out;
+        }
+        cursor = out.last().copied();
+        assert!(out.len() < 10_000, "the pages never end");
+    }
+}
+
+/// Issue 15, item 6: the search answers exactly the deliveries a full scan filtered by
+/// `DeliverySearch::matches` gives, newest first (ties in the same millisecond by id), page
+/// after page, for every combination of filters; `check` holds over the index.
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_search_returns_exactly_the_rows_a_scan_matches() {
+    let (store, _dir) = open();
+    let base = 1_771_497_000_000u64;
+    let (a, b) = ("org_search_a", "org_search_b");
+    let w1 = webhook(a, EventFilter::All, base);
+    let w2 = webhook(a, EventFilter::All, base);
+    let w3 = webhook(
+        a,
+        EventFilter::Only(vec![EventType::TicketCreated, EventType::SystemIncident]),
+        base,
+    );
+    let wb = webhook(b, EventFilter::All, base);
+    for w in [&w1, &w2, &w3, &wb] {
+        store.create_webhook(w).unwrap();
+    }
+    // One scheduled attempt only: a failed attempt makes the delivery `failed`.
+    let once = RetrySchedule::parse("").unwrap();
+    let retried = RetrySchedule::default();
+    let mut ids = Vec::new();
+    for i in 0..45u64 {
+        let org = if i % 7 == 3 { b } else { a };
+        let t = EventType::PUBLIC[(i % 4) as usize];
+        // Three events per millisecond: ties are broken by the delivery id.
+        let now = base + (i / 3) * 1000;
+        let outcome = store
+            .accept_event(
+                prepared_of(org, &format!("evt_{i}"), t, now),
+                FanOut::Subscribers,
+                now,
+                now,
+            )
+            .await
+            .unwrap();
+        let AcceptOutcome::Accepted { deliveries, .. } = outcome else {
+            panic!("accepted")
+        };
+        for (j, d) in deliveries.iter().enumerate() {
+            ids.push(d.id);
+            let at = now + 10;
+            let (status, error, schedule) = match (i as usize + j) % 7 {
+                0 => continue,
+                1 => (Some(200), None, &retried),
+                2 => (Some(500), None, &retried),
+                3 => (Some(404), None, &once),
+                4 => (None, Some(AttemptError::Timeout), &once),
+                5 => (Some(302), None, &retried),
+                _ => (None, Some(AttemptError::Connect), &retried),
+            };
+            let mut first = attempt(1, status.unwrap_or(0), at);
+            first.status_code = status;
+            first.error = error;
+            store
+                .record_attempt(d.id, first, schedule.clone(), at)
+                .await
+                .unwrap()
+                .unwrap();
+            if i % 5 == 0 {
+                // A second, manual attempt: the last outcome is its own.
+                let mut second = attempt(2, 200, at + 1);
+                second.trigger = Trigger::Manual;
+                store
+                    .record_attempt(d.id, second, schedule.clone(), at + 1)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    }
+    // Deleting a webhook cancels its unfinished deliveries: their status moves in the index.
+    store.delete_webhook(w2.id, base + 60_000).unwrap();
+    let all = store.get_deliveries(&ids).unwrap();
+    assert_eq!(all.len(), ids.len());
+    for status in [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Succeeded,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Cancelled,
+    ] {
+        assert!(
+            all.iter().any(|d| d.status == status),
+            "{status:?} is covered"
+        );
+    }
+    let report = store.check().unwrap();
+    assert!(report.is_ok(), "{:?}", report.violations);
+
+    let time = |i: u64| Some(base + i * 1000);
+    let (mut searches, mut found_some, mut several_pages) = (0, 0, 0);
+    for org in [a, b] {
+        for webhook_id in [None, Some(w1.id), Some(w2.id), Some(w3.id), Some(wb.id)] {
+            for statuses in [
+                vec![],
+                vec![DeliveryStatus::Failed],
+                vec![DeliveryStatus::Retrying, DeliveryStatus::Pending],
+                vec![DeliveryStatus::Succeeded, DeliveryStatus::Cancelled],
+            ] {
+                for outcomes in [
+                    vec![],
+                    vec![AttemptOutcome::Status2xx],
+                    vec![AttemptOutcome::Status5xx, AttemptOutcome::Timeout],
+                    vec![AttemptOutcome::Status3xx, AttemptOutcome::Connect],
+                ] {
+                    for (k, event_type) in [None, Some(EventType::TicketCreated)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        for (since_ms, until_ms) in [(None, None), (time(3), time(11))] {
+                            let search = DeliverySearch {
+                                organization_id: org.into(),
+                                webhook_id,
+                                statuses: statuses.clone(),
+                                event_type,
+                                event_id: (k == 1 && since_ms.is_none())
+                                    .then(|| "evt_12".to_owned()),
+                                outcomes: outcomes.clone(),
+                                since_ms,
+                                until_ms,
+                            };
+                            let mut expected: Vec<&palo_webhooks::model::Delivery> =
+                                all.iter().filter(|d| search.matches(d)).collect();
+                            expected.sort_by_key(|d| {
+                                std::cmp::Reverse(palo_webhooks::store::search::order_key(d))
+                            });
+                            let expected: Vec<DeliveryId> = expected.iter().map(|d| d.id).collect();
+                            for limit in [4, 50] {
+                                assert_eq!(
+                                    search_all(&store, &search, limit),
+                                    expected,
+                                    "{search:?}, limit {limit}"
+                                );
+                            }
+                            searches += 1;
+                            found_some += usize::from(!expected.is_empty());
+                            several_pages += usize::from(expected.len() > 4);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(searches, 2 * 5 * 4 * 4 * 2 * 2);
+    assert!(
+        found_some > 150 && several_pages > 40,
+        "{found_some} searches found rows, {several_pages} spanned pages"
+    );
+    // Each page of one row, and a search that only the event id narrows.
+    let every = DeliverySearch {
+        organization_id: a.into(),
+        ..DeliverySearch::default()
+    };
+    let newest_first = search_all(&store, &every, 1);
+    assert_eq!(newest_first, search_all(&store, &every, 500));
+    assert_eq!(
+        newest_first.len(),
+        all.iter().filter(|d| d.organization_id == a).count()
+    );
+    let one_event = DeliverySearch {
+        event_id: Some("evt_1".into()),
+        ..every.clone()
+    };
+    let found = store.search_deliveries(&one_event, None, 10).unwrap();
+    assert!(!found.is_empty() && found.iter().all(|d| d.event_id == "evt_1"));
+
+    // Events with a delivery of a status (Stripe's "events not delivered").
+    let failed_events = store
+        .list_events(
+            &EventQuery {
+                organization_id: Some(a.into()),
+                delivery_status: Some(DeliveryStatus::Failed),
+                ..EventQuery::default()
+            },
+            None,
+            500,
+        )
+        .unwrap();
+    let mut expected: Vec<String> = all
+        .iter()
+        .filter(|d| d.organization_id == a && d.status == DeliveryStatus::Failed)
+        .map(|d| d.event_id.clone())
+        .collect();
+    expected.sort();
+    expected.dedup();
+    let mut listed: Vec<String> = failed_events.iter().map(|e| e.event_id.clone()).collect();
+    listed.sort();
+    assert!(!listed.is_empty());
+    assert_eq!(listed, expected);
 }

@@ -24,6 +24,7 @@ mod layout;
 mod lifecycle;
 mod operations;
 mod recovery;
+mod search;
 mod security;
 mod support;
 mod tls;

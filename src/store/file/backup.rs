@@ -12,6 +12,7 @@ use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
+use super::search::DELIVERY_SEARCH;
 use super::{
     FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
     JOBS, JOB_ITEMS, JOB_OUTSTANDING, META, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS,
@@ -19,7 +20,7 @@ use super::{
 };
 
 /// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "meta",
     "webhooks",
     "org_webhooks",
@@ -37,6 +38,7 @@ const TABLES: [&str; 17] = [
     "jobs",
     "job_items",
     "job_outstanding",
+    "delivery_search",
 ];
 
 /// What [`FileStore::backup_to`] copied.
@@ -133,6 +135,7 @@ impl FileStore {
         report.rows += copy(&snapshot, &target, JOBS)?;
         report.rows += copy(&snapshot, &target, JOB_ITEMS)?;
         report.rows += copy(&snapshot, &target, JOB_OUTSTANDING)?;
+        report.rows += copy(&snapshot, &target, DELIVERY_SEARCH)?;
         drop(target);
         report.bytes = std::fs::metadata(path).map_err(io)?.len();
         Ok(report)

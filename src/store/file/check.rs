@@ -12,6 +12,8 @@
 //! 4. Every secondary table (`org_webhooks`, `org_events`, `event_ids`,
 //!    `webhook_deliveries`, `api_key_hashes`) matches its primary table both ways.
 //! 5. Every record decodes.
+//! 6. `delivery_search` holds exactly the facets of the stored deliveries, and each
+//!    delivery's `last_outcome` is its last attempt's ([`super::search::check`]).
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -22,6 +24,7 @@ use super::deliveries::{load_delivery, load_event};
 use super::records::{
     decode, ApiKeyRecord, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord,
 };
+use super::search::DELIVERY_SEARCH;
 use super::{
     FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
     JOBS, JOB_ITEMS, JOB_OUTSTANDING, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS,
@@ -187,6 +190,7 @@ impl FileStore {
             JOBS => "jobs",
             JOB_ITEMS => "job_items",
             JOB_OUTSTANDING => "job_outstanding",
+            DELIVERY_SEARCH => "delivery_search",
         );
         Ok(out)
     }
@@ -239,6 +243,7 @@ fn check_snapshot(txn: &ReadTransaction) -> Result<CheckReport, StoreError> {
     check_deliveries(txn, &mut report)?;
     check_index_tables(txn, &mut report)?;
     check_api_keys(txn, &mut report)?;
+    super::search::check(txn, &mut report)?;
     Ok(report)
 }
 

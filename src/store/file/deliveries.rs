@@ -3,6 +3,7 @@
 use redb::{ReadableTable, WriteTransaction};
 
 use super::due::move_index_entry;
+use super::search::{reindex, DELIVERY_SEARCH};
 use super::writer::{Change, Txn};
 
 use super::records::{decode, encode, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord};
@@ -59,6 +60,9 @@ pub struct EventQuery {
     pub since_ms: Option<u64>,
     /// Received at or before, ms since the epoch.
     pub until_ms: Option<u64>,
+    /// Only events of which at least one delivery has this status (issue 15: Stripe's
+    /// "events not delivered" is `failed`).
+    pub delivery_status: Option<DeliveryStatus>,
 }
 
 impl EventQuery {
@@ -181,6 +185,7 @@ impl FileStore {
         };
         self.read(|txn| {
             let events = txn.open_table(EVENTS)?;
+            let deliveries = txn.open_table(DELIVERIES)?;
             let keys: Box<dyn Iterator<Item = Result<u128, redb::StorageError>>> =
                 match &query.organization_id {
                     Some(org) => Box::new(
@@ -201,7 +206,9 @@ impl FileStore {
                 let Some(event) = load_event(&events, EventKey(key?))? else {
                     continue;
                 };
-                if query.event_type.is_none_or(|t| t == event.event_type) {
+                if query.event_type.is_none_or(|t| t == event.event_type)
+                    && has_delivery_status(&deliveries, &event, query.delivery_status)?
+                {
                     out.push(event);
                     if out.len() == limit {
                         break;
@@ -370,6 +377,7 @@ impl FileStore {
             let Some(mut delivery) = load_delivery(&table, id)? else {
                 return Ok(None);
             };
+            let stored = delivery.clone();
             txn.open_table(ATTEMPTS)?.insert(
                 (id.0, attempt.number),
                 encode(&AttemptRecord::from_domain(attempt)).as_slice(),
@@ -389,6 +397,11 @@ impl FileStore {
             table.insert(
                 id.0,
                 encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+            )?;
+            reindex(
+                &mut txn.open_table(DELIVERY_SEARCH)?,
+                Some(&stored),
+                Some(&delivery),
             )?;
             Ok(Some(delivery))
         })
@@ -420,6 +433,7 @@ impl FileStore {
                 .map(|row| row.map(|(k, _)| DeliveryId(k.value().1)))
                 .collect::<Result<_, _>>()?;
             let mut table = txn.open_table(DELIVERIES)?;
+            let mut search = txn.open_table(DELIVERY_SEARCH)?;
             let mut cancelled = Vec::new();
             for delivery_id in ids {
                 let Some(mut delivery) = load_delivery(&table, delivery_id)? else {
@@ -432,6 +446,7 @@ impl FileStore {
                 if delivery.status == DeliveryStatus::Held {
                     super::lifecycle::take_held(txn, id, delivery_id)?;
                 }
+                let stored = delivery.clone();
                 delivery.status = DeliveryStatus::Cancelled;
                 delivery.next_attempt_at_ms = None;
                 delivery.updated_at_ms = now_ms;
@@ -439,6 +454,7 @@ impl FileStore {
                     delivery_id.0,
                     encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
                 )?;
+                reindex(&mut search, Some(&stored), Some(&delivery))?;
                 cancelled.push(delivery_id);
             }
             Ok(Some(cancelled))
@@ -467,6 +483,7 @@ fn store_new_event(
     let mut by_webhook = txn.open_table(WEBHOOK_DELIVERIES)?;
     let mut index = txn.open_table(RETRY_INDEX)?;
     let mut due_by_webhook = txn.open_table(WEBHOOK_DUE)?;
+    let mut search = txn.open_table(DELIVERY_SEARCH)?;
     if !deliveries.is_empty() {
         txn.publish(Change::Accepted {
             event: key,
@@ -480,6 +497,7 @@ fn store_new_event(
             encode(&DeliveryRecord::from_domain(delivery)).as_slice(),
         )?;
         by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
+        reindex(&mut search, None, Some(delivery))?;
         if delivery.status == DeliveryStatus::Held {
             super::lifecycle::put_held(txn, delivery.webhook_id, delivery.id, first_due_ms)?;
             continue;
@@ -535,6 +553,23 @@ fn fan_out_targets(
             Ok(targets)
         }
     }
+}
+
+/// Whether `status` is `None` or one of `event`'s deliveries has it.
+fn has_delivery_status(
+    deliveries: &impl ReadableTable<u128, &'static [u8]>,
+    event: &Event,
+    status: Option<DeliveryStatus>,
+) -> Result<bool, StoreError> {
+    let Some(status) = status else {
+        return Ok(true);
+    };
+    for id in &event.delivery_ids {
+        if load_delivery(deliveries, *id)?.is_some_and(|d| d.status == status) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub(super) fn load_event(

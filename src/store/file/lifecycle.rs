@@ -10,6 +10,7 @@ use redb::ReadableTable;
 use super::deliveries::load_delivery;
 use super::due::move_index_entry;
 use super::records::{decode, encode, DeliveryRecord, WebhookRecord};
+use super::search::{reindex, DELIVERY_SEARCH};
 use super::writer::Txn;
 use super::{FileStore, StoreError, DELIVERIES, HELD, WEBHOOKS, WEBHOOK_DUE};
 use crate::ids::{DeliveryId, WebhookId};
@@ -55,12 +56,18 @@ fn hold(
     }
     move_index_entry(txn, delivery.webhook_id, delivery.id, Some(due), None)?;
     put_held(txn, delivery.webhook_id, delivery.id, due)?;
+    let before = delivery.clone();
     delivery.status = DeliveryStatus::Held;
     delivery.next_attempt_at_ms = None;
     delivery.updated_at_ms = now_ms;
     table.insert(
         delivery.id.0,
         encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+    )?;
+    reindex(
+        &mut txn.open_table(DELIVERY_SEARCH)?,
+        Some(&before),
+        Some(&delivery),
     )?;
     Ok(true)
 }
@@ -175,6 +182,7 @@ fn release_all(
         if delivery.status != DeliveryStatus::Held {
             continue;
         }
+        let before = delivery.clone();
         if deliver {
             delivery.status = if delivery.scheduled_attempts == 0 {
                 DeliveryStatus::Pending
@@ -190,6 +198,11 @@ fn release_all(
         table.insert(
             id.0,
             encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
+        )?;
+        reindex(
+            &mut txn.open_table(DELIVERY_SEARCH)?,
+            Some(&before),
+            Some(&delivery),
         )?;
         moved += 1;
     }

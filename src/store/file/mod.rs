@@ -20,6 +20,7 @@ mod jobs;
 mod lifecycle;
 mod records;
 mod retention;
+mod search;
 mod slot;
 mod status;
 mod writer;
@@ -207,7 +208,9 @@ impl FileStore {
             txn.open_table(JOBS)?;
             txn.open_table(JOB_ITEMS)?;
             txn.open_table(JOB_OUTSTANDING)?;
-            build_webhook_due(txn)
+            txn.open_table(search::DELIVERY_SEARCH)?;
+            build_webhook_due(txn)?;
+            search::build_delivery_search(txn)
         })?;
         let keys = store.list_api_keys()?;
         *store.keys_mut() = keys.into_iter().map(|k| (k.key_hash, k)).collect();

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, JobId, KeyId, WebhookId};
 use crate::model::{
-    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, DisableReason, Disabled, Event,
-    EventFilter, Job, JobKind, JobState, PreviousSecret, Secret, Trigger, Webhook,
+    ApiKey, Attempt, AttemptError, AttemptOutcome, Delivery, DeliveryStatus, DisableReason,
+    Disabled, Event, EventFilter, Job, JobKind, JobState, PreviousSecret, Secret, Trigger, Webhook,
 };
 
 use super::sealed::{is_sealed, SecretsKey};
@@ -250,69 +250,79 @@ impl EventRecord {
     }
 }
 
+/// The fields of a delivery's first layout (V1), which later layouts extend.
+#[derive(Serialize, Deserialize)]
+pub(super) struct DeliveryFields {
+    organization_id: String,
+    webhook_id: u128,
+    event_key: u128,
+    event_id: String,
+    event_type: String,
+    status: String,
+    attempt_count: u32,
+    scheduled_attempts: u32,
+    next_attempt_at_ms: Option<u64>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+/// As [`WebhookRecord`]: `V2(fields, extra)` is the V1 bytes followed by the extra field.
 #[derive(Serialize, Deserialize)]
 pub(super) enum DeliveryRecord {
-    V1 {
-        organization_id: String,
-        webhook_id: u128,
-        event_key: u128,
-        event_id: String,
-        event_type: String,
-        status: String,
-        attempt_count: u32,
-        scheduled_attempts: u32,
-        next_attempt_at_ms: Option<u64>,
-        created_at_ms: u64,
-        updated_at_ms: u64,
-    },
+    V1(DeliveryFields),
+    /// V1 plus the last attempt's outcome by its API name (issue 15: the delivery search).
+    /// A V1 record reads with no outcome; the search index's first build fills it in from
+    /// the attempt log (`search::build_delivery_search`).
+    V2(DeliveryFields, Option<String>),
 }
 
 impl DeliveryRecord {
     pub(super) fn from_domain(d: &Delivery) -> Self {
-        DeliveryRecord::V1 {
-            organization_id: d.organization_id.clone(),
-            webhook_id: d.webhook_id.0,
-            event_key: d.event_key.0,
-            event_id: d.event_id.clone(),
-            event_type: d.event_type.as_str().to_owned(),
-            status: d.status.as_str().to_owned(),
-            attempt_count: d.attempt_count,
-            scheduled_attempts: d.scheduled_attempts,
-            next_attempt_at_ms: d.next_attempt_at_ms,
-            created_at_ms: d.created_at_ms,
-            updated_at_ms: d.updated_at_ms,
-        }
+        DeliveryRecord::V2(
+            DeliveryFields {
+                organization_id: d.organization_id.clone(),
+                webhook_id: d.webhook_id.0,
+                event_key: d.event_key.0,
+                event_id: d.event_id.clone(),
+                event_type: d.event_type.as_str().to_owned(),
+                status: d.status.as_str().to_owned(),
+                attempt_count: d.attempt_count,
+                scheduled_attempts: d.scheduled_attempts,
+                next_attempt_at_ms: d.next_attempt_at_ms,
+                created_at_ms: d.created_at_ms,
+                updated_at_ms: d.updated_at_ms,
+            },
+            d.last_outcome.map(|o| o.as_str().to_owned()),
+        )
     }
 
     pub(super) fn into_domain(self, id: DeliveryId) -> Result<Delivery, StoreError> {
-        let DeliveryRecord::V1 {
-            organization_id,
-            webhook_id,
-            event_key,
-            event_id,
-            event_type,
-            status,
-            attempt_count,
-            scheduled_attempts,
-            next_attempt_at_ms,
-            created_at_ms,
-            updated_at_ms,
-        } = self;
+        let (fields, last_outcome) = match self {
+            DeliveryRecord::V1(fields) => (fields, None),
+            DeliveryRecord::V2(fields, outcome) => (fields, outcome),
+        };
+        let last_outcome = match last_outcome {
+            None => None,
+            Some(name) => {
+                Some(AttemptOutcome::parse(&name).ok_or_else(|| corrupt("deliveries", "outcome"))?)
+            }
+        };
         Ok(Delivery {
             id,
-            organization_id,
-            webhook_id: WebhookId(webhook_id),
-            event_key: EventKey(event_key),
-            event_id,
-            event_type: EventType::parse(&event_type)
+            organization_id: fields.organization_id,
+            webhook_id: WebhookId(fields.webhook_id),
+            event_key: EventKey(fields.event_key),
+            event_id: fields.event_id,
+            event_type: EventType::parse(&fields.event_type)
                 .ok_or_else(|| corrupt("deliveries", "event type"))?,
-            status: DeliveryStatus::parse(&status)
+            status: DeliveryStatus::parse(&fields.status)
                 .ok_or_else(|| corrupt("deliveries", "status"))?,
-            attempt_count,
-            scheduled_attempts,
-            next_attempt_at_ms,
-            created_at_ms,
-            updated_at_ms,
+            attempt_count: fields.attempt_count,
+            scheduled_attempts: fields.scheduled_attempts,
+            next_attempt_at_ms: fields.next_attempt_at_ms,
+            created_at_ms: fields.created_at_ms,
+            updated_at_ms: fields.updated_at_ms,
+            last_outcome,
         })
     }
 }
@@ -617,6 +627,25 @@ mod tests {
             .unwrap();
         assert_eq!(attempt.error_detail.as_deref(), Some("certificate expired"));
         assert_eq!(encode(&AttemptRecord::from_domain(&attempt)), v3);
+        let delivery_v1 = decode::<DeliveryRecord>("deliveries", &seed("seed-delivery"))
+            .unwrap()
+            .into_domain(DeliveryId(1))
+            .unwrap();
+        assert_eq!(delivery_v1.last_outcome, None);
+        let v2 = seed("seed-delivery-v2");
+        let delivery = decode::<DeliveryRecord>("deliveries", &v2)
+            .unwrap()
+            .into_domain(DeliveryId(1))
+            .unwrap();
+        assert_eq!(delivery.last_outcome, Some(AttemptOutcome::Status5xx));
+        assert_eq!(
+            Delivery {
+                last_outcome: None,
+                ..delivery.clone()
+            },
+            delivery_v1
+        );
+        assert_eq!(encode(&DeliveryRecord::from_domain(&delivery)), v2);
     }
 
     #[test]
@@ -697,6 +726,7 @@ mod tests {
                 (any::<u32>(), any::<u32>()),
                 proptest::option::of(any::<u64>()),
                 (any::<u64>(), any::<u64>()),
+                proptest::option::of(proptest::sample::select(AttemptOutcome::ALL.to_vec())),
             )
                 .prop_map(
                     |(
@@ -710,6 +740,7 @@ mod tests {
                         counts,
                         next,
                         times,
+                        last_outcome,
                     )| {
                         Delivery {
                             id: DeliveryId(id),
@@ -724,6 +755,7 @@ mod tests {
                             next_attempt_at_ms: next,
                             created_at_ms: times.0,
                             updated_at_ms: times.1,
+                            last_outcome,
                         }
                     },
                 )

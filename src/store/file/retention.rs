@@ -10,6 +10,7 @@
 use redb::ReadableTable;
 
 use super::deliveries::{load_delivery, load_event};
+use super::search::{reindex, DELIVERY_SEARCH};
 use super::{
     FileStore, StoreError, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, ORG_EVENTS, WEBHOOK_DELIVERIES,
 };
@@ -57,6 +58,7 @@ impl FileStore {
             let mut org_events = txn.open_table(ORG_EVENTS)?;
             let mut event_ids = txn.open_table(EVENT_IDS)?;
             let mut webhook_deliveries = txn.open_table(WEBHOOK_DELIVERIES)?;
+            let mut search = txn.open_table(DELIVERY_SEARCH)?;
             let mut candidates = Vec::new();
             let mut scanned = 0;
             for row in events.range(start..end)? {
@@ -107,6 +109,7 @@ impl FileStore {
                     }
                     deliveries.remove(d.id.0)?;
                     webhook_deliveries.remove((d.webhook_id.0, d.id.0))?;
+                    reindex(&mut search, Some(&d), None)?;
                     let numbers: Vec<u32> = attempts
                         .range((d.id.0, 0)..=(d.id.0, u32::MAX))?
                         .map(|row| row.map(|(k, _)| k.value().1))

@@ -229,6 +229,17 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
         "a delivery that is not final has no webhook",
     )
     .await?;
+    violations(
+        &txn,
+        &mut report,
+        "SELECT d.id FROM deliveries d LEFT JOIN attempts a ON a.delivery_id = d.id \
+         AND a.number = d.attempt_count \
+         WHERE (a.delivery_id IS NOT NULL \
+         AND d.last_outcome IS DISTINCT FROM palo_attempt_outcome(a.status_code, a.error)) \
+         OR (d.attempt_count = 0 AND d.last_outcome IS NOT NULL)",
+        "its last_outcome is not the outcome of its last attempt",
+    )
+    .await?;
     txn.commit().await?;
     Ok(report)
 }

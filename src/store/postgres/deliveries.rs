@@ -57,7 +57,7 @@ impl PgStore {
     }
 
     /// Runs a query built at run time (optional filters) and maps its rows with `map`.
-    fn query_built<T: Send + 'static>(
+    pub(super) fn query_built<T: Send + 'static>(
         &self,
         sql: String,
         params: Vec<Param>,
@@ -141,6 +141,14 @@ impl PgStore {
         if let Some(t) = query.event_type {
             params.push(Box::new(t.as_str()));
             sql.push_str(&format!(" AND event_type = ${}", params.len()));
+        }
+        if let Some(s) = query.delivery_status {
+            params.push(Box::new(s.as_str()));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_key = events.key \
+                 AND d.status = ${})",
+                params.len()
+            ));
         }
         params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" ORDER BY key DESC LIMIT ${}", params.len()));

@@ -27,6 +27,7 @@ mod due;
 mod jobs;
 mod lifecycle;
 mod rows;
+mod search;
 mod writer;
 
 use std::collections::HashMap;

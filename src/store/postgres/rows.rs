@@ -9,8 +9,8 @@ use tokio_postgres::Row;
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
 use crate::model::{
-    ApiKey, Attempt, AttemptError, Delivery, DeliveryStatus, DisableReason, Disabled, Event,
-    EventFilter, PreviousSecret, Secret, Trigger, Webhook,
+    ApiKey, Attempt, AttemptError, AttemptOutcome, Delivery, DeliveryStatus, DisableReason,
+    Disabled, Event, EventFilter, PreviousSecret, Secret, Trigger, Webhook,
 };
 use crate::store::sealed::{is_sealed, SecretsKey};
 use crate::store::StoreError;
@@ -23,7 +23,7 @@ pub(super) const WEBHOOK_COLS: &str = "id, organization_id, url, event_types, se
 /// Columns of `deliveries`, in the order [`delivery`] reads them.
 pub(super) const DELIVERY_COLS: &str = "id, organization_id, webhook_id, event_key, event_id, \
      event_type, status, attempt_count, scheduled_attempts, next_attempt_at_ms, created_at_ms, \
-     updated_at_ms";
+     updated_at_ms, last_outcome";
 
 /// Columns of `events`, in the order [`event`] reads them.
 pub(super) const EVENT_COLS: &str = "key, event_id, event_type, \"timestamp\", organization_id, \
@@ -215,6 +215,13 @@ pub(super) fn delivery(row: &Row) -> Result<Delivery, StoreError> {
         next_attempt_at_ms: row.try_get::<_, Option<i64>>(9)?.map(from_ms),
         created_at_ms: from_ms(row.try_get(10)?),
         updated_at_ms: from_ms(row.try_get(11)?),
+        last_outcome: row
+            .try_get::<_, Option<&str>>(12)?
+            .map(|name| {
+                AttemptOutcome::parse(name)
+                    .ok_or_else(|| corrupt("deliveries", format!("unknown outcome {name:?}")))
+            })
+            .transpose()?,
     })
 }
 

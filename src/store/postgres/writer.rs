@@ -506,16 +506,21 @@ pub(super) async fn insert_deliveries<'d>(
         .iter()
         .map(|d| rows::ms(d.updated_at_ms))
         .collect();
+    let outcomes: Vec<Option<&str>> = deliveries
+        .iter()
+        .map(|d| d.last_outcome.map(|o| o.as_str()))
+        .collect();
     txn.execute(
         "INSERT INTO deliveries (id, organization_id, webhook_id, event_key, event_id, \
          event_type, status, attempt_count, scheduled_attempts, next_attempt_at_ms, \
-         created_at_ms, updated_at_ms, held_due_ms) SELECT *, CASE WHEN s = 'held' THEN c \
-         END FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], $11::bigint[], \
-         $12::bigint[]) AS u(i, o, w, k, e, t, s, a, sa, n, c, up) ON CONFLICT (id) DO NOTHING",
+         created_at_ms, updated_at_ms, last_outcome, held_due_ms) SELECT *, CASE WHEN s = \
+         'held' THEN c END FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+         $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], \
+         $11::bigint[], $12::bigint[], $13::text[]) AS u(i, o, w, k, e, t, s, a, sa, n, c, up, \
+         lo) ON CONFLICT (id) DO NOTHING",
         &[
             &ids, &orgs, &webhooks, &keys, &event_ids, &types, &statuses, &counts, &scheduled,
-            &next, &created, &updated,
+            &next, &created, &updated, &outcomes,
         ],
     )
     .await?;
@@ -604,13 +609,17 @@ async fn attempts(
         .map(|d| i32::try_from(d.attempt_count).unwrap_or(i32::MAX))
         .collect();
     let at: Vec<i64> = updated.iter().map(|d| rows::ms(d.updated_at_ms)).collect();
+    let outcomes: Vec<Option<&str>> = updated
+        .iter()
+        .map(|d| d.last_outcome.map(|o| o.as_str()))
+        .collect();
     txn.execute(
         "UPDATE deliveries d SET status = u.s, scheduled_attempts = u.sa, \
          next_attempt_at_ms = u.n, attempt_count = u.c, updated_at_ms = u.t, \
-         held_due_ms = CASE WHEN u.s = 'held' THEN d.held_due_ms END \
-         FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::int[], $6::bigint[]) \
-         AS u(id, s, sa, n, c, t) WHERE d.id = u.id",
-        &[&ids, &statuses, &scheduled, &next, &counts, &at],
+         last_outcome = u.o, held_due_ms = CASE WHEN u.s = 'held' THEN d.held_due_ms END \
+         FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::int[], $6::bigint[], \
+         $7::text[]) AS u(id, s, sa, n, c, t, o) WHERE d.id = u.id",
+        &[&ids, &statuses, &scheduled, &next, &counts, &at, &outcomes],
     )
     .await?;
     Ok(())
