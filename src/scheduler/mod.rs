@@ -109,6 +109,9 @@ pub enum AttemptNowError {
     /// Its webhook was deleted or is inactive.
     #[error("the delivery's webhook is deleted or inactive")]
     WebhookUnavailable,
+    /// The event's payload was deleted (issue 15): there is nothing left to send.
+    #[error("the event's payload was deleted")]
+    PayloadDeleted,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -568,6 +571,9 @@ impl Inner {
                 }
                 // The store keeps its own keys; nothing here depends on them.
                 Change::Keys => {}
+                // Issue 15, item 7: the body leaves memory, so no later attempt finds it
+                // (those that hold it already were in flight at the deletion).
+                Change::PayloadDeleted { event } => lock(&self.bodies).forget(event),
                 Change::Webhook { id, webhook } => {
                     let mut cache = self.webhooks.write().unwrap_or_else(|e| e.into_inner());
                     let was_active = cache.get(&id).is_some_and(|w| w.active);

@@ -22,6 +22,7 @@ mod isolation;
 mod layout;
 mod lifecycle;
 mod operations;
+mod payload;
 mod recovery;
 mod security;
 mod support;

@@ -17,6 +17,7 @@ mod check;
 mod deliveries;
 mod due;
 mod lifecycle;
+mod payload;
 mod records;
 mod retention;
 mod slot;

@@ -25,6 +25,7 @@ pub use deliveries::ImportBatch;
 mod deliveries;
 mod due;
 mod lifecycle;
+mod payload;
 mod rows;
 mod writer;
 
