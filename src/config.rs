@@ -679,6 +679,7 @@ mod tests {
             "max_in_flight_per_webhook",
             "shutdown_timeout",
             "retention",
+            "payload_retention",
             "log_format",
             "log",
             "api_read_timeout",

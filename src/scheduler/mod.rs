@@ -13,7 +13,8 @@
 //! (scheduled or manual), which keeps attempt numbers unique; a due delivery waits in its
 //! webhook's queue (memory or disk), never postponed for lack of room; an event's body is in
 //! memory once however many attempts use it, and the bodies held for attempts are bounded in
-//! bytes ([`BODY_BUDGET_BYTES`]).
+//! bytes ([`BODY_BUDGET_BYTES`]); a deleted payload ([`Change::PayloadDeleted`]) leaves memory
+//! at its commit, and no attempt sends an empty body (the tombstone).
 //!
 //! Files: this one holds the loop, dispatch, manual attempts and the applying of changes;
 //! `queues.rs` the pure queues and slots; `attempt.rs` one scheduled attempt from claim to

@@ -16,7 +16,8 @@
 //! Invariants, on both backends (`palo-webhooks check` verifies them): a delivery that is
 //! not final has exactly one retry-index entry, at its `next_attempt_at_ms`; a final one has
 //! none; a delivery's attempts are numbered 1..=`attempt_count`; its event exists and lists
-//! it. See docs/ARCHITECTURE.md.
+//! it; an event whose payload was deleted (a tombstone, issue 15) has an empty body and no
+//! unfinished delivery. See docs/ARCHITECTURE.md.
 
 pub mod file;
 pub mod postgres;
