@@ -165,3 +165,40 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(bytes: &'static [u8]) -> Arc<Body> {
+        Arc::new(Body {
+            bytes: Bytes::from_static(bytes),
+            _budget: None,
+        })
+    }
+
+    /// A deleted payload (issue 15) leaves both the shared map and the fresh ones, and its
+    /// bytes leave the fresh count; other events keep theirs.
+    #[test]
+    fn forget_drops_a_deleted_payload_from_every_place_it_was_kept() {
+        let mut bodies = Bodies::default();
+        let (deleted, kept) = (EventKey(1), EventKey(2));
+        let (a, b) = (body(b"personal data"), body(b"other"));
+        bodies.insert(deleted, &a);
+        bodies.keep_fresh(deleted, Arc::clone(&a));
+        bodies.insert(kept, &b);
+        bodies.keep_fresh(kept, Arc::clone(&b));
+        drop(a);
+        let before = bodies.forgotten;
+        bodies.forget(deleted);
+        assert!(bodies.get(deleted).is_none());
+        assert_eq!(
+            bodies.forgotten,
+            before + 1,
+            "reads begun before it do not share"
+        );
+        assert_eq!(bodies.fresh.len(), 1);
+        assert_eq!(bodies.fresh_bytes, b"other".len());
+        assert_eq!(&bodies.get(kept).unwrap().bytes[..], b"other");
+    }
+}

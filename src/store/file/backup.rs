@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 14] = [
     "meta",
     "webhooks",
     "org_webhooks",
@@ -32,6 +32,8 @@ const TABLES: [&str; 13] = [
     "webhook_due",
     "api_keys",
     "api_key_hashes",
+    // Issue 15: the held index.
+    "held",
 ];
 
 /// What [`FileStore::backup_to`] copied.
