@@ -665,6 +665,35 @@ mod tests {
                 prop_assert_eq!(back, Attempt { retry_after_ms: None, error_detail: None, ..a });
             }
 
+            /// Events, tombstones included (issue 15), read back as written.
+            #[test]
+            fn events_round_trip(
+                body in proptest::collection::vec(any::<u8>(), 0..64),
+                deleted in proptest::option::of(any::<u64>()),
+                ids in proptest::collection::vec(any::<u128>(), 0..4),
+                received in any::<u64>(),
+            ) {
+                let e = Event {
+                    key: EventKey(7),
+                    event_id: "evt_1".into(),
+                    event_type: EventType::TicketCreated,
+                    timestamp: "2026-02-19T10:30:00Z".into(),
+                    organization_id: "org".into(),
+                    received_at_ms: received,
+                    body,
+                    content_hash: [3; 32],
+                    delivery_ids: ids.into_iter().map(DeliveryId).collect(),
+                    payload_deleted_at_ms: deleted,
+                };
+                let bytes = encode(&EventRecord::from_domain(&e));
+                prop_assert_eq!(bytes[0], 1, "written as V2");
+                let back = decode::<EventRecord>("events", &bytes)
+                    .unwrap()
+                    .into_domain(e.key)
+                    .unwrap();
+                prop_assert_eq!(back, e);
+            }
+
             #[test]
             fn deliveries_round_trip(d in delivery()) {
                 let bytes = encode(&DeliveryRecord::from_domain(&d));

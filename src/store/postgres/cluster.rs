@@ -481,3 +481,32 @@ impl PgStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::EventKey;
+
+    /// A deleted payload reaches the other daemons (issue 15), so each drops the body it
+    /// holds; accepted bodies never travel.
+    #[test]
+    fn a_deleted_payload_is_one_line_of_the_notification() {
+        let event = EventKey(42);
+        let lines = encode(&[
+            Change::PayloadDeleted { event },
+            Change::Keys,
+            Change::Accepted {
+                event,
+                body: bytes::Bytes::from_static(b"{}"),
+                deliveries: Vec::new(),
+            },
+        ]);
+        assert_eq!(lines, [format!("p {event}"), "k".to_owned()]);
+        assert_eq!(
+            lines[0]
+                .strip_prefix("p ")
+                .and_then(|k| k.parse::<EventKey>().ok()),
+            Some(event)
+        );
+    }
+}
