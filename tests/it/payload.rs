@@ -61,10 +61,14 @@ async fn a_deleted_payload_is_gone_from_the_api_later_attempts_and_check_and_the
             |b| b["status"] == "retrying",
         )
         .await;
-    let (_, done_before) = daemon
-        .call("GET", &format!("/api/deliveries/{done}"), None)
+    // Received is not yet logged: wait for the log.
+    let done_before = daemon
+        .wait_until(
+            &format!("/api/deliveries/{done}"),
+            Duration::from_secs(10),
+            |b| b["status"] == "succeeded",
+        )
         .await;
-    assert_eq!(done_before["status"], "succeeded", "{done_before}");
 
     // Deleting: 200 with the event as GET shows it, the pending delivery cancelled.
     let (status, deleted) = daemon.call("DELETE", "/api/events/e1/payload", None).await;
