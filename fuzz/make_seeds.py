@@ -141,8 +141,15 @@ attempt_v3 = (varint(2) + varint(1_771_497_000_000) + varint(12) + option(None)
 webhook_v2 = (varint(1) + webhook[1:] + option(text("p" * 32) + varint(1_771_497_600_000)))
 # V2 (issue 15): V1's fields, then the last attempt's outcome, if any.
 delivery_v2 = varint(1) + delivery[1:] + option(text("5xx"))
+# V2 (payload deletion, issue 15): V1's fields, then when the payload was deleted; a
+# tombstone's body is empty.
+event_v2 = (varint(1) + text("evt_1") + text("ticket.created") + text("2026-02-19T10:30:00Z")
+            + text("org_1") + varint(1_771_497_000_000) + varint(0)
+            + bytes(range(32)) + varint(2) + varint(ULID) + varint(ULID + 1)
+            + option(varint(1_771_500_000_000)))
 api_key = varint(0) + text("org_1") + text("ci key") + varint(1_771_497_000_000) + bytes([7] * 32)
-for name, record in [("webhook", webhook), ("webhook-v2", webhook_v2), ("event", event), ("delivery", delivery),
+for name, record in [("webhook", webhook), ("webhook-v2", webhook_v2), ("event", event),
+                     ("event-v2", event_v2), ("delivery", delivery),
                      ("delivery-v2", delivery_v2),
                      ("attempt-v1", attempt_v1), ("attempt-v2", attempt_v2), ("attempt-v3", attempt_v3),
                      ("api-key", api_key)]:

@@ -240,6 +240,7 @@ fn print_check(report: &crate::store::CheckReport, what: &str, json: bool) -> Re
             "deliveries": report.deliveries,
             "deliveries_not_final": report.not_final,
             "attempts": report.attempts,
+            "payloads_deleted": report.payloads_deleted,
             "retry_index_entries": report.retry_index,
             "api_keys": report.api_keys,
             "violation_count": report.violation_count,
@@ -249,9 +250,10 @@ fn print_check(report: &crate::store::CheckReport, what: &str, json: bool) -> Re
     } else {
         out!("checked {what}");
         out!(
-            "  webhooks {}  events {}  deliveries {} ({} not final)  attempts {}  retry index {}  api keys {}",
+            "  webhooks {}  events {} ({} payloads deleted)  deliveries {} ({} not final)  attempts {}  retry index {}  api keys {}",
             report.webhooks,
             report.events,
+            report.payloads_deleted,
             report.deliveries,
             report.not_final,
             report.attempts,
@@ -397,6 +399,22 @@ pub enum WebhookCommand {
         /// Webhook id.
         id: String,
     },
+    /// Enable a webhook the daemon disabled (410 Gone, a failing streak): its held
+    /// deliveries are delivered (`--deliver-held`) or cancelled (`--discard-held`).
+    Enable {
+        /// Webhook id.
+        id: String,
+        /// Queue every held delivery again, in due order.
+        #[arg(
+            long,
+            conflicts_with = "discard_held",
+            required_unless_present = "discard_held"
+        )]
+        deliver_held: bool,
+        /// Cancel every held delivery.
+        #[arg(long)]
+        discard_held: bool,
+    },
     /// Rotate its secret: the new one signs X-Palo-Signature at once; the old one also signs
     /// webhook-signature during the grace period. Prints the new secret (shown once).
     RotateSecret {
@@ -422,6 +440,15 @@ pub enum EventCommand {
     },
     /// Show an event and its deliveries.
     Get {
+        /// The event_id.
+        event_id: String,
+        /// Organization (admin, when the id exists in several).
+        #[arg(long)]
+        organization_id: Option<String>,
+    },
+    /// Delete an event's payload: its stored body becomes a tombstone and its unfinished
+    /// deliveries are cancelled; the deliveries and their attempt logs stay.
+    DeletePayload {
         /// The event_id.
         event_id: String,
         /// Organization (admin, when the id exists in several).
@@ -880,6 +907,13 @@ fn webhook_request(action: WebhookCommand) -> Result<Request> {
             format!("/api/webhooks/{}/test", encode_component(&id)),
             None,
         ),
+        WebhookCommand::Enable {
+            id, deliver_held, ..
+        } => (
+            "POST",
+            format!("/api/webhooks/{}/enable", encode_component(&id)),
+            Some(json!({ "deliver_held": deliver_held })),
+        ),
         WebhookCommand::RotateSecret { id, secret, grace } => {
             let mut body = json!({});
             if let Some(s) = secret {
@@ -927,6 +961,19 @@ fn event_request(action: EventCommand) -> Result<Request> {
             method: "GET",
             path: format!(
                 "/api/events/{}{}",
+                encode_component(&event_id),
+                query([("organization_id", organization_id)])
+            ),
+            body: None,
+            columns: EVENT_COLUMNS,
+        },
+        EventCommand::DeletePayload {
+            event_id,
+            organization_id,
+        } => Request {
+            method: "DELETE",
+            path: format!(
+                "/api/events/{}/payload{}",
                 encode_component(&event_id),
                 query([("organization_id", organization_id)])
             ),

@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// window of `event_id`. `0s` keeps everything [default: 30d].
     #[arg(long, env = "PALO_WEBHOOKS_RETENTION")]
     pub retention: Option<String>,
+    /// How long an event's payload is kept once its deliveries are all final; then its body
+    /// is replaced by a tombstone (the event, deliveries and attempt logs stay until
+    /// `--retention`). Must be shorter than `--retention` [default: none, kept as long].
+    #[arg(long, env = "PALO_WEBHOOKS_PAYLOAD_RETENTION")]
+    pub payload_retention: Option<String>,
     /// Log format [default: text].
     #[arg(long, env = "PALO_WEBHOOKS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -170,6 +175,7 @@ struct FileConfig {
     max_in_flight_per_webhook: Option<usize>,
     shutdown_timeout: Option<String>,
     retention: Option<String>,
+    payload_retention: Option<String>,
     log_format: Option<LogFormat>,
     log: Option<String>,
     api_read_timeout: Option<String>,
@@ -214,6 +220,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long final records are kept (`None`: for ever); the idempotency window.
     pub retention: Option<Duration>,
+    /// How long the payload of an event whose deliveries are all final is kept before it is
+    /// blanked (`None`: as long as the event, issue 15).
+    pub payload_retention: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -255,6 +264,7 @@ impl Default for Config {
             max_in_flight_per_webhook: 8,
             shutdown_timeout: Duration::from_secs(15),
             retention: Some(Duration::from_secs(30 * 86_400)),
+            payload_retention: None,
             log_format: LogFormat::Text,
             log_filter: "info".to_owned(),
             api_read_timeout: Duration::from_secs(10),
@@ -298,6 +308,25 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// `payload_retention` (issue 15): a duration shorter than `retention` when both are set;
+/// `0s` or absent is none.
+fn payload_retention(
+    text: Option<String>,
+    retention: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(text) = text.filter(|t| t.trim() != "0" && t.trim() != "0s") else {
+        return Ok(None);
+    };
+    let payload = duration("payload_retention", &text)?;
+    if retention.is_some_and(|r| payload >= r) {
+        return Err(ConfigError::Value {
+            key: "payload_retention",
+            message: "must be shorter than retention (bodies go first, then whole events)".into(),
+        });
+    }
+    Ok(Some(payload))
 }
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
@@ -356,6 +385,8 @@ impl ServeArgs {
             Some(text) => Some(duration("retention", &text)?),
             None => defaults.retention,
         };
+        let payload_retention =
+            payload_retention(self.payload_retention.or(file.payload_retention), retention)?;
         let api_read_timeout = match self.api_read_timeout.or(file.api_read_timeout) {
             Some(text) => duration("api_read_timeout", &text)?,
             None => defaults.api_read_timeout,
@@ -478,6 +509,7 @@ impl ServeArgs {
             )?,
             shutdown_timeout,
             retention,
+            payload_retention,
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -647,6 +679,7 @@ mod tests {
             "max_in_flight_per_webhook",
             "shutdown_timeout",
             "retention",
+            "payload_retention",
             "log_format",
             "log",
             "api_read_timeout",
@@ -670,6 +703,37 @@ mod tests {
                 && file.previous_secrets_key_file.is_none()
                 && file.metrics_token.is_none()
         );
+    }
+
+    #[test]
+    fn payload_retention_must_be_shorter_than_retention() {
+        let with = |payload: &str, retention: Option<&str>| {
+            ServeArgs {
+                payload_retention: Some(payload.into()),
+                retention: retention.map(Into::into),
+                ..ServeArgs::default()
+            }
+            .into_config()
+        };
+        let config = with("7d", None).unwrap();
+        assert_eq!(
+            config.payload_retention,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(with("0s", None).unwrap().payload_retention, None);
+        assert_eq!(
+            ServeArgs::default()
+                .into_config()
+                .unwrap()
+                .payload_retention,
+            None
+        );
+        assert!(with("2s", Some("1h")).is_ok());
+        for (payload, retention) in [("30d", None), ("1h", Some("1h")), ("2h", Some("1h"))] {
+            let error = with(payload, retention).unwrap_err().to_string();
+            assert!(error.contains("payload_retention"), "{error}");
+        }
+        assert!(with("1h", Some("0s")).is_ok(), "retention off: no bound");
     }
 
     #[test]

@@ -195,12 +195,17 @@ pub struct Event {
     pub organization_id: String,
     /// ms since the epoch when accepted.
     pub received_at_ms: u64,
-    /// The exact body every attempt sends.
+    /// The exact body every attempt sends; empty once the payload was deleted (the
+    /// tombstone, issue 15: see `payload_deleted_at_ms`).
     pub body: Vec<u8>,
     /// Hash of the producer's content, for idempotent replays.
     pub content_hash: [u8; 32],
     /// The deliveries made by fan-out, in creation order.
     pub delivery_ids: Vec<DeliveryId>,
+    /// When the payload was deleted (`DELETE /api/events/{id}/payload` or
+    /// `--payload-retention`), ms since the epoch: the body is then empty and no delivery of
+    /// the event is unfinished. `None` while the body is kept.
+    pub payload_deleted_at_ms: Option<u64>,
 }
 
 /// Where a delivery stands.

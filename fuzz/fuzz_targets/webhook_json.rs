@@ -36,7 +36,11 @@ fn check_url(given: &str, allow_http: bool) {
     assert!(parsed.fragment().is_none());
     let mut expected = url::Url::parse(given.trim()).expect("the given URL parses");
     expected.set_fragment(None);
-    assert_eq!(accepted, expected.as_str(), "normalized as the WHATWG parser does");
+    assert_eq!(
+        accepted,
+        expected.as_str(),
+        "normalized as the WHATWG parser does"
+    );
     let again = validate_url(&accepted, allow_http)
         .unwrap_or_else(|e| panic!("{accepted:?} no longer validates: {}", e.message));
     assert_eq!(again, accepted, "validation is idempotent");
@@ -57,6 +61,16 @@ fn check_events(names: &[String]) {
                 assert!(names.iter().any(|n| n == t.as_str()));
             }
             assert!(names.iter().all(|n| EventType::parse(n).is_some()));
+        }
+        // Issue 15: "*" plus operational types named beside it.
+        Ok(EventFilter::AllPlus(extra)) => {
+            assert!(names.iter().any(|n| n == "*"));
+            assert!(!extra.is_empty());
+            for (i, t) in extra.iter().enumerate() {
+                assert!(t.is_operational(), "{t:?} is not operational");
+                assert!(!extra[..i].contains(t), "duplicate {t:?}");
+                assert!(names.iter().any(|n| n == t.as_str()));
+            }
         }
         Err(_) => {}
     }

@@ -110,8 +110,18 @@ fn attempt_error(e: AttemptNowError) -> ApiError {
             "webhook_unavailable",
             "the delivery's webhook was deleted or is inactive",
         ),
+        AttemptNowError::PayloadDeleted => payload_deleted(),
         AttemptNowError::Store(e) => e.into(),
     }
+}
+
+/// 409 `payload_deleted`: the event's payload was deleted (issue 15), nothing can be sent.
+fn payload_deleted() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "payload_deleted",
+        "the event's payload was deleted: there is nothing left to send",
+    )
 }
 
 /// `POST /api/deliveries/{id}/redeliver`: one manual attempt now, answered with that attempt
@@ -122,6 +132,12 @@ pub(super) async fn redeliver(
     ApiPath(id): ApiPath,
 ) -> Result<Json<AttemptResultOut>, ApiError> {
     let (delivery, _) = visible_delivery(&state, &caller, &id).await?;
+    // Read from the store, not memory: another daemon of a cluster may have deleted it.
+    let (org, event_id) = (delivery.organization_id.clone(), delivery.event_id.clone());
+    let event = blocking(&state.store, move |s| s.get_event(&org, &event_id)).await?;
+    if event.is_some_and(|e| e.payload_deleted_at_ms.is_some()) {
+        return Err(payload_deleted());
+    }
     let (delivery, attempt) = state
         .scheduler
         .redeliver(delivery.id)

@@ -1,4 +1,5 @@
-//! `/api/events`: durable ingest with idempotency on (organization, `event_id`), lookup, list.
+//! `/api/events`: durable ingest with idempotency on (organization, `event_id`), lookup, list,
+//! and payload deletion (issue 15, item 7).
 
 use std::collections::HashMap;
 
@@ -82,14 +83,61 @@ pub(super) async fn get_event(
     ApiPath(event_id): ApiPath,
     ApiQuery(query): ApiQuery<GetEvent>,
 ) -> Result<Json<EventOut>, ApiError> {
-    let org = match (&caller, query.organization_id) {
+    let org = event_organization(&state, &caller, &event_id, query.organization_id).await?;
+    let found = blocking(&state.store, move |s| {
+        let Some(event) = s.get_event(&org, &event_id)? else {
+            return Ok(None);
+        };
+        let deliveries = s.get_deliveries(&event.delivery_ids)?;
+        Ok(Some((event, deliveries)))
+    })
+    .await?;
+    let (event, deliveries) = found.ok_or_else(|| ApiError::not_found("event"))?;
+    Ok(Json(EventOut::new(&event, &deliveries)))
+}
+
+/// `DELETE /api/events/{event_id}/payload` (issue 15, item 7): the stored body becomes a
+/// tombstone, the event's unfinished deliveries are cancelled, the attempt log stays. 200
+/// with the event as `GET` shows it now (`data: null`, `payload_deleted_at`); the same again
+/// on a second call. Organization as `GET /api/events/{event_id}`.
+pub(super) async fn delete_payload(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(event_id): ApiPath,
+    ApiQuery(query): ApiQuery<GetEvent>,
+) -> Result<Json<EventOut>, ApiError> {
+    let org = event_organization(&state, &caller, &event_id, query.organization_id).await?;
+    let now = clock::now_ms();
+    let found = blocking(&state.store, move |s| {
+        let Some(event) = s.delete_event_payload(&org, &event_id, now)? else {
+            return Ok(None);
+        };
+        let deliveries = s.get_deliveries(&event.delivery_ids)?;
+        Ok(Some((event, deliveries)))
+    })
+    .await?;
+    let (event, deliveries) = found.ok_or_else(|| ApiError::not_found("event"))?;
+    tracing::info!(event_id = %event.event_id, organization = %event.organization_id, "event payload deleted");
+    Ok(Json(EventOut::new(&event, &deliveries)))
+}
+
+/// The organization whose event `event_id` the caller means: its own; for the admin, the
+/// one named by `?organization_id=`, or the only one that has this id (409
+/// `ambiguous_event_id` when several do).
+async fn event_organization(
+    state: &AppState,
+    caller: &Caller,
+    event_id: &str,
+    named: Option<String>,
+) -> Result<String, ApiError> {
+    Ok(match (caller, named) {
         (Caller::Organization(own), Some(named)) if named != *own => {
             return Err(ApiError::not_found("event"))
         }
         (Caller::Organization(own), _) => own.clone(),
         (Caller::Admin, Some(named)) => named,
         (Caller::Admin, None) => {
-            let id = event_id.clone();
+            let id = event_id.to_owned();
             let mut orgs =
                 blocking(&state.store, move |s| s.organizations_with_event_id(&id)).await?;
             match orgs.len() {
@@ -104,17 +152,7 @@ pub(super) async fn get_event(
                 }
             }
         }
-    };
-    let found = blocking(&state.store, move |s| {
-        let Some(event) = s.get_event(&org, &event_id)? else {
-            return Ok(None);
-        };
-        let deliveries = s.get_deliveries(&event.delivery_ids)?;
-        Ok(Some((event, deliveries)))
     })
-    .await?;
-    let (event, deliveries) = found.ok_or_else(|| ApiError::not_found("event"))?;
-    Ok(Json(EventOut::new(&event, &deliveries)))
 }
 
 /// Query of `GET /api/events`.

@@ -113,6 +113,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/events/{event_id}", get(events::get_event))
         .route("/deliveries", get(search::search_deliveries))
+        .route(
+            "/events/{event_id}/payload",
+            axum::routing::delete(events::delete_payload),
+        )
         .route("/deliveries/{id}", get(deliveries::get_delivery))
         .route("/deliveries/{id}/redeliver", post(deliveries::redeliver))
         // Outermost last: authenticate, then read the body.

@@ -201,10 +201,13 @@ pub struct EventOut {
     pub timestamp: String,
     /// Envelope `organization_id`.
     pub organization_id: String,
-    /// Envelope `data`, byte for byte.
+    /// Envelope `data`, byte for byte; `null` once the payload was deleted.
     pub data: Box<RawValue>,
     /// RFC 3339, when accepted.
     pub received_at: String,
+    /// RFC 3339, when the payload was deleted (`DELETE /api/events/{id}/payload` or
+    /// `--payload-retention`, issue 15); `null` while it is kept.
+    pub payload_deleted_at: Option<String>,
     /// Its deliveries.
     pub deliveries: Vec<EventDeliveryOut>,
 }
@@ -216,7 +219,8 @@ struct EnvelopeData<'a> {
 }
 
 impl EventOut {
-    /// Builds the answer from a stored event and its deliveries.
+    /// Builds the answer from a stored event and its deliveries (a tombstone's empty body
+    /// gives `data: null`).
     pub fn new(event: &Event, deliveries: &[Delivery]) -> EventOut {
         let data = serde_json::from_slice::<EnvelopeData<'_>>(&event.body)
             .ok()
@@ -229,6 +233,7 @@ impl EventOut {
             organization_id: event.organization_id.clone(),
             data,
             received_at: format_ms(event.received_at_ms),
+            payload_deleted_at: event.payload_deleted_at_ms.map(format_ms),
             deliveries: deliveries
                 .iter()
                 .map(|d| EventDeliveryOut {

@@ -98,6 +98,22 @@ impl Inner {
         if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
             return; // Stale entry: the index moved on.
         }
+        if body.is_empty() {
+            // A tombstone (issue 15) with a delivery unfinished again (deleting the payload
+            // cancelled them all): cancel it too, rather than send nothing, or retry for ever.
+            drop(slots);
+            drop(claim);
+            let (org, event_id) = (delivery.organization_id, delivery.event_id);
+            if let Err(e) = blocking(&self.store, move |s| {
+                s.delete_event_payload(&org, &event_id, now)
+            })
+            .await
+            {
+                tracing::warn!(delivery = %id, error = %e, "could not cancel a delivery whose payload was deleted; will look again");
+                lock(&self.queues).defer(webhook_id, key, now + RECHECK_MS);
+            }
+            return;
+        }
         match self.may_start(webhook_id) {
             Some(true) => {}
             // In a cluster, the webhook moved to another daemon while the attempt was
@@ -172,6 +188,11 @@ impl Inner {
     ) -> Result<(Delivery, Attempt), AttemptNowError> {
         // Its attempt count moves now: a kept copy of the delivery would be stale.
         lock(&self.fresh).remove(&delivery.id);
+        // The tombstone of a deleted payload is empty (issue 15): nothing is sent. Every
+        // path to a send passes here, so no attempt can go out with a deleted payload.
+        if body.is_empty() {
+            return Err(AttemptNowError::PayloadDeleted);
+        }
         let mut slots = slots;
         let send = self.sender.send(OutgoingAttempt {
             url: &webhook.url,

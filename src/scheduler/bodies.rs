@@ -48,6 +48,9 @@ pub(super) struct Bodies {
     sweep_at: usize,
     fresh: VecDeque<(EventKey, Arc<Body>)>,
     fresh_bytes: usize,
+    /// Payload deletions seen ([`Bodies::forget`]): a body read from the store before one
+    /// is not shared afterwards, since the read may predate it.
+    forgotten: u64,
 }
 
 impl Bodies {
@@ -61,6 +64,18 @@ impl Bodies {
             self.sweep_at = self.live.len() * 2;
         }
         self.live.insert(event, Arc::downgrade(body));
+    }
+
+    /// Drops the body of `event`, whose payload was deleted (issue 15): out of the shared
+    /// map and of the fresh ones, so only attempts that hold it already still have it.
+    pub(super) fn forget(&mut self, event: EventKey) {
+        self.forgotten += 1;
+        self.live.remove(&event);
+        let before = self.fresh.len();
+        self.fresh.retain(|(key, _)| *key != event);
+        if self.fresh.len() != before {
+            self.fresh_bytes = self.fresh.iter().map(|(_, b)| b.bytes.len()).sum();
+        }
     }
 
     pub(super) fn keep_fresh(&mut self, event: EventKey, body: Arc<Body>) {
@@ -93,6 +108,7 @@ impl Inner {
             .try_acquire_many_owned(largest)
             .ok();
         let may_read_body = reserved.is_some();
+        let forgotten = lock(&self.bodies).forgotten;
         let inner = Arc::clone(self);
         let read = blocking(&self.store, move |s| {
             s.delivery_for_attempt(id, |event| {
@@ -112,9 +128,15 @@ impl Inner {
                 // The rest of the reservation goes back when `permit` drops.
                 let exact = permit.split(budget_units(bytes.len()).min(largest) as usize);
                 let mut bodies = lock(&self.bodies);
-                // Another attempt may have loaded it meanwhile: share that one.
+                // Another attempt may have loaded it meanwhile: share that one. A payload
+                // deleted since the read began: this attempt keeps its copy (it read before
+                // the deletion), but nobody else may find it.
                 let shared = match bodies.get(event) {
                     Some(shared) => shared,
+                    None if bodies.forgotten != forgotten => Arc::new(Body {
+                        bytes: Bytes::from(bytes),
+                        _budget: exact,
+                    }),
                     None => {
                         let shared = Arc::new(Body {
                             bytes: Bytes::from(bytes),
@@ -141,5 +163,42 @@ impl Inner {
                 _ => return Ok(None),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(bytes: &'static [u8]) -> Arc<Body> {
+        Arc::new(Body {
+            bytes: Bytes::from_static(bytes),
+            _budget: None,
+        })
+    }
+
+    /// A deleted payload (issue 15) leaves both the shared map and the fresh ones, and its
+    /// bytes leave the fresh count; other events keep theirs.
+    #[test]
+    fn forget_drops_a_deleted_payload_from_every_place_it_was_kept() {
+        let mut bodies = Bodies::default();
+        let (deleted, kept) = (EventKey(1), EventKey(2));
+        let (a, b) = (body(b"personal data"), body(b"other"));
+        bodies.insert(deleted, &a);
+        bodies.keep_fresh(deleted, Arc::clone(&a));
+        bodies.insert(kept, &b);
+        bodies.keep_fresh(kept, Arc::clone(&b));
+        drop(a);
+        let before = bodies.forgotten;
+        bodies.forget(deleted);
+        assert!(bodies.get(deleted).is_none());
+        assert_eq!(
+            bodies.forgotten,
+            before + 1,
+            "reads begun before it do not share"
+        );
+        assert_eq!(bodies.fresh.len(), 1);
+        assert_eq!(bodies.fresh_bytes, b"other".len());
+        assert_eq!(&bodies.get(kept).unwrap().bytes[..], b"other");
     }
 }

@@ -13,7 +13,8 @@
 //! (scheduled or manual), which keeps attempt numbers unique; a due delivery waits in its
 //! webhook's queue (memory or disk), never postponed for lack of room; an event's body is in
 //! memory once however many attempts use it, and the bodies held for attempts are bounded in
-//! bytes ([`BODY_BUDGET_BYTES`]).
+//! bytes ([`BODY_BUDGET_BYTES`]); a deleted payload ([`Change::PayloadDeleted`]) leaves memory
+//! at its commit, and no attempt sends an empty body (the tombstone).
 //!
 //! Files: this one holds the loop, dispatch, manual attempts and the applying of changes;
 //! `queues.rs` the pure queues and slots; `attempt.rs` one scheduled attempt from claim to
@@ -110,6 +111,9 @@ pub enum AttemptNowError {
     /// Its webhook was deleted or is inactive.
     #[error("the delivery's webhook is deleted or inactive")]
     WebhookUnavailable,
+    /// The event's payload was deleted (issue 15): there is nothing left to send.
+    #[error("the event's payload was deleted")]
+    PayloadDeleted,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -572,6 +576,9 @@ impl Inner {
                 }
                 // The store keeps its own keys; nothing here depends on them.
                 Change::Keys => {}
+                // Issue 15, item 7: the body leaves memory, so no later attempt finds it
+                // (those that hold it already were in flight at the deletion).
+                Change::PayloadDeleted { event } => lock(&self.bodies).forget(event),
                 Change::Webhook { id, webhook } => {
                     let mut cache = self.webhooks.write().unwrap_or_else(|e| e.into_inner());
                     let was_active = cache.get(&id).is_some_and(|w| w.active);

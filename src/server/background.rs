@@ -1,5 +1,5 @@
-//! The daemon's background loops besides the scheduler: retention, SIGHUP reloads, the rate
-//! limiter's memory, the metrics' upkeep and systemd's watchdog. Each one watches the
+//! The daemon's background loops besides the scheduler: retention, payload retention, SIGHUP
+//! reloads, the rate limiter's memory, the metrics' upkeep and systemd's watchdog. Each one watches the
 //! shutdown token and ends with it.
 
 use std::path::Path;
@@ -119,6 +119,76 @@ pub(super) async fn purge_loop(
                 attempts = total.attempts,
                 kept_unfinished = total.kept,
                 "retention: purged final records older than the retention"
+            );
+        }
+    }
+}
+
+/// Payload retention (issue 15, item 7): every `payload_retention / 10` (1 s to 60 s),
+/// replaces by the tombstone the bodies of events older than `payload_retention` whose
+/// deliveries are all final, [`PURGE_BATCH`] per transaction. Each pass starts after the
+/// last event the previous ones left done (every event before it is a tombstone or gone),
+/// so old tombstones are not read again; the first pass after a start reads from the oldest.
+pub(super) async fn blank_payloads_loop(
+    store: Arc<crate::store::Store>,
+    payload_retention: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    let period = (payload_retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every event up to this key is done: a tombstone, or purged.
+    let mut done_through: Option<crate::ids::EventKey> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let now = crate::clock::now_ms();
+        let cutoff = now.saturating_sub(payload_retention.as_millis() as u64);
+        let mut after = done_through;
+        let (mut blanked, mut kept, mut first_kept) = (0u64, 0u64, None);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let report = match crate::store::blocking(&store, move |s| {
+                s.blank_expired_payloads(cutoff, after, PURGE_BATCH, now)
+            })
+            .await
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::warn!(error = %e, "payload retention: pass failed; retrying at the next one");
+                    break;
+                }
+            };
+            blanked += report.blanked;
+            kept += report.kept;
+            first_kept = first_kept.or(report.first_kept);
+            metrics::counter!(crate::metrics::PURGED, "kind" => "payloads")
+                .increment(report.blanked);
+            if first_kept.is_none() {
+                done_through = report.last_seen.or(done_through);
+            }
+            match report.resume_after {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        if let Some(kept) = first_kept {
+            // Done up to just before the oldest event kept: it is looked at again next time.
+            let before = crate::ids::EventKey(kept.0.saturating_sub(1));
+            done_through = done_through.max(Some(before)).filter(|d| *d < kept);
+        }
+        if blanked > 0 {
+            tracing::info!(
+                events = blanked,
+                kept_unfinished = kept,
+                "payload retention: replaced old payloads by tombstones"
             );
         }
     }

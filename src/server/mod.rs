@@ -373,6 +373,13 @@ fn start(
             cancel.clone(),
         ));
     }
+    if let Some(payload_retention) = config.payload_retention {
+        tokio::spawn(background::blank_payloads_loop(
+            Arc::clone(&store),
+            payload_retention,
+            cancel.clone(),
+        ));
+    }
     let state = AppState {
         store: Arc::clone(&store),
         scheduler: scheduler.clone(),

@@ -18,7 +18,8 @@
 //! none; a delivery's attempts are numbered 1..=`attempt_count`; its event exists and lists
 //! it; a delivery's `last_outcome` is its last attempt's, and the delivery search's index
 //! ([`Store::search_deliveries`], issue 15) answers exactly what [`DeliverySearch::matches`]
-//! says. See docs/ARCHITECTURE.md.
+//! says; an event whose payload was deleted (a tombstone, issue 15) has an empty body and no
+//! unfinished delivery. See docs/ARCHITECTURE.md.
 
 pub mod file;
 pub mod postgres;
@@ -66,6 +67,24 @@ pub struct LifecycleOutcome {
     pub changed: bool,
     /// Deliveries moved: held by a disable; released or cancelled by an enable.
     pub deliveries: u64,
+}
+
+/// What one [`Store::blank_expired_payloads`] call did (issue 15, item 7).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlankReport {
+    /// Event bodies replaced by the tombstone.
+    pub blanked: u64,
+    /// Events old enough whose body was kept: a delivery of theirs is unfinished (or held)
+    /// or changed after the cutoff.
+    pub kept: u64,
+    /// The oldest of those kept events: a later pass must look at it again, while every
+    /// event before it (and after the call's `after`) is a tombstone now.
+    pub first_kept: Option<EventKey>,
+    /// The last event looked at.
+    pub last_seen: Option<EventKey>,
+    /// Where the next call should start: `Some` when the scan stopped at its limit with
+    /// older events left to look at, `None` when everything before the cutoff was seen.
+    pub resume_after: Option<EventKey>,
 }
 
 /// Errors of store operations. Callers branch on the variant; none carries secret data.
@@ -624,6 +643,51 @@ impl Store {
         }
     }
 
+    /// Deletes the payload of the event `event_id` of `organization_id` (issue 15, item 7), in
+    /// one durable commit: its body becomes the tombstone (empty, `payload_deleted_at_ms` =
+    /// `now_ms`), and each of its unfinished deliveries (`pending`, `retrying`, `held`) is
+    /// cancelled and leaves the retry index or the held index. The commit publishes
+    /// [`Change::PayloadDeleted`] (the scheduler forgets the body it holds) and the index
+    /// changes; the attempt log is kept. Idempotent: on a tombstoned event the body and the
+    /// deletion time stay as they are, and only a delivery that is unfinished again is
+    /// cancelled. Returns the event as stored now, `None` when there is no such event.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn delete_event_payload(
+        &self,
+        organization_id: &str,
+        event_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<Event>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.delete_event_payload(organization_id, event_id, now_ms),
+            Backend::Postgres(s) => s.delete_event_payload(organization_id, event_id, now_ms),
+        }
+    }
+
+    /// Payload retention (`--payload-retention`): tombstones, as
+    /// [`Store::delete_event_payload`] at `now_ms`, up to `max_events` events received before
+    /// `cutoff_ms` (ms since the epoch) whose payload is still stored and whose deliveries are
+    /// all final and last changed before `cutoff_ms`, in one durable transaction. Looks at
+    /// events after `after` (a previous report's `resume_after`) and at most `4 × max_events`
+    /// of them; a `held` delivery keeps its event's body (enabling its webhook sends it).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the read or the commit fails; nothing is written then.
+    pub fn blank_expired_payloads(
+        &self,
+        cutoff_ms: u64,
+        after: Option<EventKey>,
+        max_events: usize,
+        now_ms: u64,
+    ) -> Result<BlankReport, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.blank_expired_payloads(cutoff_ms, after, max_events, now_ms),
+            Backend::Postgres(s) => s.blank_expired_payloads(cutoff_ms, after, max_events, now_ms),
+        }
+    }
+
     /// Stores prepared events, each with one delivery to `webhook` due at `due_ms`, in one
     /// durable transaction, without the idempotency check or fan-out: a bulk loader for
     /// benchmarks that need a large backlog (`benches/e2e`), not for production paths.
@@ -1069,6 +1133,7 @@ pub(crate) fn new_event(
         body: prepared.body.clone(),
         content_hash: prepared.content_hash,
         delivery_ids: deliveries.iter().map(|d| d.id).collect(),
+        payload_deleted_at_ms: None,
     };
     (event, deliveries)
 }

@@ -63,12 +63,22 @@
       payload: "Payload", attemptsLog: "Attempts", number: "#", time: "Time", duration: "Duration",
       result: "Result", trigger: "Trigger", responseBody: "Response body", truncatedBody: "truncated at 64 KiB",
       emptyBody: "(empty)", noAttempts: "No attempt yet.", webhook: "Webhook", scheduled: "scheduled", manual: "manual",
-      statusNames: { pending: "pending", retrying: "retrying", succeeded: "succeeded", failed: "failed", cancelled: "cancelled" },
+      statusNames: { pending: "pending", retrying: "retrying", succeeded: "succeeded", failed: "failed", cancelled: "cancelled", held: "held" },
       errorNames: { timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address" },
       notFound: "Not found.", loading: "Loading…", failedLoad: "Could not load: {msg}",
       busy: "The webhook is busy: retry in a few seconds.", unavailable: "The webhook is inactive or deleted: activate it first.", inFlight: "An attempt of this delivery is running: wait for its result.", storeDown: "The daemon cannot write right now (disk full or I/O error): retry later.", rateLimited: "Too many requests: retry in a moment.", deletedWebhook: "deleted webhook",
       retryAfter: "receiver asked to wait {s} s", whenNone: "none scheduled", previous: "Previous page",
       next: "Next page", required: "required", deliveriesOf: "Deliveries of this webhook",
+      disabledState: "Disabled by the daemon", disabledTitle: "This webhook is disabled",
+      reasonGone: "Its receiver answered 410 Gone: it asked not to be called any more.",
+      reasonFailing: "Every attempt to it has failed since {since}.", reasonOther: "Reason: {reason}.",
+      disabledSince: "Disabled since", lastError: "Last error", statusCode: "HTTP status",
+      heldCount: "Held deliveries", heldHelp: "Events that arrived while it is disabled are kept here, not sent.",
+      deliverHeld: "Deliver the held events when enabling (otherwise they are cancelled)",
+      enable: "Enable", enabling: "Enabling…", enabledDelivered: "Enabled: the held deliveries are queued, oldest first.",
+      enabledDiscarded: "Enabled: the held deliveries were cancelled.",
+      payloadDeleted: "The event's payload was deleted: there is nothing left to send.",
+      payloadDeletedAt: "The payload was deleted on {time}; the attempt log stays.",
     },
     fr: {
       settings: "Paramètres", developers: "Développeurs", webhooks: "Webhooks",
@@ -113,12 +123,22 @@
       payload: "Contenu (payload)", attemptsLog: "Tentatives", number: "N°", time: "Heure", duration: "Durée",
       result: "Résultat", trigger: "Origine", responseBody: "Corps de la réponse", truncatedBody: "tronqué à 64 Kio",
       emptyBody: "(vide)", noAttempts: "Aucune tentative pour l'instant.", webhook: "Webhook", scheduled: "planifiée", manual: "manuelle",
-      statusNames: { pending: "en attente", retrying: "nouvel essai prévu", succeeded: "réussie", failed: "échouée", cancelled: "annulée" },
+      statusNames: { pending: "en attente", retrying: "nouvel essai prévu", succeeded: "réussie", failed: "échouée", cancelled: "annulée", held: "retenue" },
       errorNames: { timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée" },
       notFound: "Introuvable.", loading: "Chargement…", failedLoad: "Chargement impossible : {msg}",
       busy: "Le webhook est occupé : réessayez dans quelques secondes.", unavailable: "Le webhook est inactif ou supprimé : activez-le d'abord.", inFlight: "Une tentative de cette livraison est en cours : attendez son résultat.", storeDown: "Le démon ne peut pas écrire pour l'instant (disque plein ou erreur d'E/S) : réessayez plus tard.", rateLimited: "Trop de requêtes : réessayez dans un instant.", deletedWebhook: "webhook supprimé",
       retryAfter: "le récepteur demande d'attendre {s} s", whenNone: "aucune prévue", previous: "Page précédente",
       next: "Page suivante", required: "obligatoire", deliveriesOf: "Livraisons de ce webhook",
+      disabledState: "Désactivé par le démon", disabledTitle: "Ce webhook est désactivé",
+      reasonGone: "Son récepteur a répondu 410 Gone : il a demandé à ne plus être appelé.",
+      reasonFailing: "Toutes ses tentatives échouent depuis le {since}.", reasonOther: "Motif : {reason}.",
+      disabledSince: "Désactivé depuis", lastError: "Dernière erreur", statusCode: "Statut HTTP",
+      heldCount: "Livraisons retenues", heldHelp: "Les événements arrivés pendant la désactivation sont conservés ici, sans être envoyés.",
+      deliverHeld: "Livrer les événements retenus à la réactivation (sinon ils sont annulés)",
+      enable: "Réactiver", enabling: "Réactivation…", enabledDelivered: "Réactivé : les livraisons retenues partent, les plus anciennes d'abord.",
+      enabledDiscarded: "Réactivé : les livraisons retenues ont été annulées.",
+      payloadDeleted: "Le contenu de l'événement a été supprimé : il n'y a plus rien à envoyer.",
+      payloadDeletedAt: "Le contenu a été supprimé le {time} ; le journal des tentatives reste.",
     },
   };
 
@@ -416,7 +436,8 @@
   function page(title, ...content) {
     const main = $("main");
     clear(main);
-    main.append(h("h1", {}, title), ...content);
+    // Element.append turns null into the text "null": only nodes and text go in.
+    main.append(h("h1", {}, title), ...content.filter((c) => c !== null && c !== undefined && c !== false));
     document.title = `${title} · palo-webhooks`;
   }
   function notice(kind, text) {
@@ -425,7 +446,8 @@
   // An API error in the person's language when its code is known.
   function errorText(err) {
     const known = { not_found: "notFound", webhook_busy: "busy", webhook_unavailable: "unavailable",
-      attempt_in_flight: "inFlight", store_unavailable: "storeDown", rate_limited: "rateLimited" };
+      attempt_in_flight: "inFlight", store_unavailable: "storeDown", rate_limited: "rateLimited",
+      payload_deleted: "payloadDeleted" };
     return known[err.code] ? t(known[err.code]) : err.message;
   }
   function failed(err) {
@@ -765,7 +787,8 @@
     const facts = h("dl", { class: "facts" },
       h("dt", {}, "ID"), h("dd", { class: "mono" }, w.id),
       h("dt", {}, t("organization")), h("dd", {}, w.organization_id),
-      h("dt", {}, t("status")), h("dd", { id: "active-state" }, w.active ? t("active") : t("inactive")),
+      h("dt", {}, t("status")), h("dd", { id: "active-state" }, w.active ? t("active") : t("inactive"),
+        w.disabled ? h("span", { class: "badge badge-failed", id: "disabled-state" }, t("disabledState")) : null),
       h("dt", {}, t("events")), h("dd", {}, w.events.join(", ")),
       h("dt", {}, t("description")), h("dd", { id: "webhook-description" }, w.description || h("span", { class: "muted" }, "—")),
       h("dt", {}, t("createdM")), h("dd", {}, timeEl(w.created_at)));
@@ -776,9 +799,48 @@
     page(w.url,
       w.description ? h("p", { class: "subtitle" }, w.description) : null,
       webhookTabs(w.id, "overview"),
+      w.disabled ? disabledCard(w) : null,
       h("section", { class: "card" }, facts, h("div", { class: "actions" }, testBtn, toggle, del), testResult),
       chart, editSection);
     loadChart(w.id, chart);
+  }
+
+  // Why and since when the daemon disabled the webhook (issue 15), what it holds, and the
+  // Enable button with the choice of what becomes of the held deliveries.
+  function disabledCard(w) {
+    const d = w.disabled;
+    const reason = d.reason === "gone" ? t("reasonGone")
+      : d.reason === "failing" ? t("reasonFailing", { since: absTime(d.failing_since || d.at) })
+      : t("reasonOther", { reason: d.reason });
+    const facts = h("dl", { class: "facts" },
+      h("dt", {}, t("disabledSince")), h("dd", { id: "disabled-at" }, timeEl(d.at, true)),
+      d.status_code !== null && d.status_code !== undefined ? [h("dt", {}, t("statusCode")), h("dd", { id: "disabled-status" }, `HTTP ${d.status_code}`)] : null,
+      d.last_error ? [h("dt", {}, t("lastError")), h("dd", { id: "disabled-error" }, d.last_error)] : null,
+      h("dt", {}, t("heldCount")), h("dd", { id: "held-count" }, num(w.held_deliveries ?? 0)),
+      d.delivery_id ? [h("dt", {}, t("delivery")), h("dd", { class: "mono" }, h("a", { href: `#/deliveries/${encodeURIComponent(d.delivery_id)}` }, d.delivery_id))] : null);
+    const deliver = h("input", { type: "checkbox", id: "deliver-held", checked: true });
+    const button = h("button", { type: "button", class: "btn btn-primary", id: "enable" }, t("enable"));
+    const card = h("section", { class: "card", id: "disabled", role: "region", "aria-labelledby": "disabled-title" },
+      h("h2", { id: "disabled-title" }, t("disabledTitle")),
+      h("p", { id: "disabled-reason" }, reason), facts, h("p", { class: "muted" }, t("heldHelp")),
+      h("div", { class: "actions" }, h("label", { for: "deliver-held" }, deliver, " ", t("deliverHeld")), button));
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      button.textContent = t("enabling");
+      const deliverHeld = deliver.checked;
+      try {
+        await api("POST", `/api/webhooks/${encodeURIComponent(w.id)}/enable`, { deliver_held: deliverHeld });
+        clear(card);
+        card.append(notice("ok", deliverHeld ? t("enabledDelivered") : t("enabledDiscarded")));
+        const state = $("disabled-state");
+        if (state) state.remove();
+      } catch (err) {
+        button.disabled = false;
+        button.textContent = t("enable");
+        card.append(notice("error", errorText(err)));
+      }
+    });
+    return card;
   }
 
   function confirmDelete(w) {
@@ -1174,6 +1236,8 @@
         .filter((k) => k in fields).map((k) => `${JSON.stringify(k)}:${fields[k]}`).join(",") + "}";
       clear(payloadBox);
       payloadBox.append(h("h2", {}, t("payload")), h("pre", { class: "payload", id: "payload-json" }, prettyJson(envelope)));
+      const deletedAt = fields.payload_deleted_at && JSON.parse(fields.payload_deleted_at);
+      if (deletedAt) payloadBox.append(notice("info", t("payloadDeletedAt", { time: absTime(deletedAt) })));
     } catch (err) {
       if (!current(gen)) return;
       clear(payloadBox);

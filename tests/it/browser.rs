@@ -824,3 +824,106 @@ async fn the_delivery_filters_narrow_the_list() {
         .await;
     browser.close().await;
 }
+
+/// Issue 15: a webhook the daemon disabled (its receiver answered 410) shows why, since
+/// when and how many deliveries it holds; Enable with "deliver the held events" sends them.
+/// A webhook without a description shows no literal "null" under its title.
+#[tokio::test]
+async fn a_disabled_webhook_shows_why_and_enable_delivers_the_held_events() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "300ms,300ms"]);
+    let receiver = Receiver::start(Behaviour::Status(410)).await;
+    let key = daemon.create_key("acme").await;
+    let (status, webhook) = daemon
+        .call(
+            "POST",
+            "/api/webhooks",
+            Some(json!({"url": receiver.url, "events": ["*"], "organization_id": "acme"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{webhook}");
+    let hook = webhook["id"].as_str().unwrap().to_owned();
+    let (status, _) = daemon
+        .call("POST", "/api/events", Some(ticket("e1", "acme", "first")))
+        .await;
+    assert_eq!(status, 202);
+    daemon
+        .wait_until(
+            &format!("/api/webhooks/{hook}"),
+            Duration::from_secs(15),
+            |b| !b["disabled"].is_null(),
+        )
+        .await;
+    for id in ["e2", "e3"] {
+        let (status, _) = daemon
+            .call("POST", "/api/events", Some(ticket(id, "acme", "held")))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let Some(browser) = Browser::start(&daemon).await else {
+        return;
+    };
+    browser.sign_in(&key).await;
+    browser.goto(&format!("#/webhooks/{hook}")).await;
+    let reason = browser
+        .text_until("#disabled-reason", |t| !t.is_empty())
+        .await;
+    assert!(reason.contains("410 Gone"), "{reason}");
+    assert_eq!(browser.find("#held-count").await.text().await.unwrap(), "3");
+    assert_eq!(
+        browser.find("#disabled-status").await.text().await.unwrap(),
+        "HTTP 410"
+    );
+    assert!(browser
+        .find("#disabled-at time")
+        .await
+        .attr("title")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(browser.find("#disabled-state").await.text().await.is_ok());
+    // No description: nothing under the title, and never the text "null".
+    assert_eq!(
+        browser
+            .js("return document.querySelector('main').textContent.includes('null')")
+            .await,
+        json!(false)
+    );
+    assert!(browser.all("main .subtitle").await.is_empty());
+    browser.screenshot("webhook-disabled.png").await;
+
+    // Enable, delivering the held events (the default choice).
+    receiver.set(Behaviour::Status(200));
+    let deliver = browser.find("#deliver-held").await;
+    assert_eq!(
+        deliver.prop("checked").await.unwrap().as_deref(),
+        Some("true")
+    );
+    browser.find("#enable").await.click().await.unwrap();
+    browser
+        .text_until("#disabled .notice-ok", |t| t.starts_with("Enabled"))
+        .await;
+    assert!(browser.all("#disabled-state").await.is_empty());
+    receiver.wait_for(4, Duration::from_secs(15)).await;
+    let ids: Vec<String> = receiver.received()[1..]
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["e1", "e2", "e3"],
+        "every held event arrives: {ids:?}"
+    );
+    let (_, after) = daemon
+        .call("GET", &format!("/api/webhooks/{hook}"), None)
+        .await;
+    assert!(after["disabled"].is_null(), "{after}");
+    assert_eq!(after["held_deliveries"], 0);
+    // The page reloaded shows it enabled: no disabled card.
+    browser.goto("#/webhooks").await;
+    browser.goto(&format!("#/webhooks/{hook}")).await;
+    browser.find("#toggle-active").await;
+    assert!(browser.all("#disabled").await.is_empty());
+    browser.close().await;
+}

@@ -273,3 +273,76 @@ async fn cli_recovers_replays_and_follows_jobs() {
     assert_eq!(code, 1);
     assert!(err.contains("since"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_enables_a_disabled_webhook_and_deletes_a_payload() {
+    // The held delivery keeps the due time its 410 gave it: short, to see it go.
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "300ms"]);
+    let receiver = Receiver::start(Behaviour::Status(410)).await;
+    let id = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    let event = serde_json::json!({"event_id": "e1", "event_type": "ticket.resolved",
+        "organization_id": "org_a", "data": {"ticket_id": "T", "resolved_by": "u",
+        "resolution_time_hours": 1}});
+    let (status, body) = daemon.call("POST", "/api/events", Some(event)).await;
+    assert_eq!(status, 202, "{body}");
+    daemon
+        .wait_until(
+            &format!("/api/webhooks/{id}"),
+            Duration::from_secs(15),
+            |b| !b["disabled"].is_null(),
+        )
+        .await;
+
+    // The choice is required, and only one of the two.
+    let (code, _, err) = cli(&daemon, &["webhooks", "enable", &id]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--deliver-held"), "{err}");
+    let (code, _, err) = cli(
+        &daemon,
+        &[
+            "webhooks",
+            "enable",
+            &id,
+            "--deliver-held",
+            "--discard-held",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    receiver.set(Behaviour::Status(200));
+    let (code, out, err) = cli(
+        &daemon,
+        &["webhooks", "enable", &id, "--deliver-held", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let enabled: Value = serde_json::from_str(&out).unwrap();
+    assert!(enabled["disabled"].is_null(), "{out}");
+    receiver.wait_for(2, Duration::from_secs(15)).await;
+    let (code, _, err) = cli(&daemon, &["webhooks", "enable", &id, "--discard-held"]);
+    assert_eq!(code, 1, "not disabled any more");
+    assert!(err.contains("not_disabled"), "{err}");
+
+    let (code, out, err) = cli(
+        &daemon,
+        &[
+            "events",
+            "delete-payload",
+            "e1",
+            "--organization-id",
+            "org_a",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let deleted: Value = serde_json::from_str(&out).unwrap();
+    assert!(deleted["data"].is_null(), "{out}");
+    assert!(deleted["payload_deleted_at"].is_string(), "{out}");
+    let (code, out, _) = cli(&daemon, &["events", "get", "e1"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("payload_deleted_at: 20") && out.contains("data: null"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&daemon, &["events", "delete-payload", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+}

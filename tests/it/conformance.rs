@@ -768,3 +768,199 @@ async fn delivery_search_returns_exactly_the_rows_a_scan_matches() {
     assert!(!listed.is_empty());
     assert_eq!(listed, expected);
 }
+
+/// Payload deletion and payload retention (issue 15, item 7) on this backend: the tombstone,
+/// the cancelled deliveries (out of the retry and held indexes, the changes published), the
+/// attempt log kept, idempotency, and what retention blanks and keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn payload_deletion_leaves_a_tombstone_cancels_what_is_unfinished_and_keeps_the_log() {
+    use palo_webhooks::model::{DisableReason, Disabled};
+    use palo_webhooks::store::{Change, Lifecycle};
+    use std::sync::{Arc, Mutex};
+
+    let (store, _dir) = open();
+    let seen: Arc<Mutex<Vec<Change>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    assert!(store.subscribe(Box::new(move |changes| {
+        sink.lock().unwrap().extend(changes);
+    })));
+    let now = palo_webhooks::clock::now_ms();
+    let schedule = RetrySchedule::default();
+    let retrying = webhook("org_a", EventFilter::All, now);
+    let disabled = webhook("org_a", EventFilter::All, now);
+    let succeeding = webhook("org_a", EventFilter::All, now);
+    for w in [&retrying, &disabled, &succeeding] {
+        store.create_webhook(w).unwrap();
+    }
+    let AcceptOutcome::Accepted { event, deliveries } = store
+        .accept_event(
+            prepared("org_a", "evt_p", "private", now),
+            FanOut::Subscribers,
+            now,
+            now,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("accepted");
+    };
+    let of = |w: &Webhook| deliveries.iter().find(|d| d.webhook_id == w.id).unwrap().id;
+    let (d_retrying, d_held, d_done) = (of(&retrying), of(&disabled), of(&succeeding));
+    store
+        .record_attempt(d_retrying, attempt(1, 500, now), schedule.clone(), now)
+        .await
+        .unwrap();
+    store
+        .record_attempt(d_done, attempt(1, 200, now), schedule.clone(), now)
+        .await
+        .unwrap();
+    let disable = Disabled {
+        reason: DisableReason::Gone,
+        at_ms: now,
+        delivery_id: None,
+        status_code: Some(410),
+        failing_since_ms: None,
+        last_error: None,
+    };
+    store
+        .set_webhook_lifecycle(disabled.id, Lifecycle::Disable(disable), now)
+        .unwrap();
+    assert_eq!(store.held_count(disabled.id).unwrap(), 1);
+    let logs_before: Vec<_> = [d_retrying, d_done]
+        .iter()
+        .map(|id| store.get_delivery_with_attempts(*id).unwrap().unwrap().1)
+        .collect();
+    seen.lock().unwrap().clear();
+
+    let tombstone = store
+        .delete_event_payload("org_a", "evt_p", now + 10)
+        .unwrap()
+        .unwrap();
+    assert!(tombstone.body.is_empty());
+    assert_eq!(tombstone.payload_deleted_at_ms, Some(now + 10));
+    assert_eq!(tombstone.delivery_ids, event.delivery_ids);
+    let statuses: Vec<DeliveryStatus> = store
+        .get_deliveries(&[d_retrying, d_held, d_done])
+        .unwrap()
+        .iter()
+        .map(|d| d.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            DeliveryStatus::Cancelled,
+            DeliveryStatus::Cancelled,
+            DeliveryStatus::Succeeded
+        ]
+    );
+    assert_eq!(store.pending_count().unwrap(), 0);
+    assert_eq!(store.held_count(disabled.id).unwrap(), 0);
+    assert!(store.webhook_due_heads().unwrap().is_empty());
+    {
+        let changes = seen.lock().unwrap();
+        assert!(changes
+            .iter()
+            .any(|c| matches!(c, Change::PayloadDeleted { event: e } if *e == event.key)));
+        assert!(
+            changes.iter().any(|c| matches!(c,
+                Change::Index { delivery, from: Some(_), to: None, .. } if *delivery == d_retrying)),
+            "the retry-index entry's removal is published: {changes:?}"
+        );
+    }
+    let logs_after: Vec<_> = [d_retrying, d_done]
+        .iter()
+        .map(|id| store.get_delivery_with_attempts(*id).unwrap().unwrap().1)
+        .collect();
+    assert_eq!(logs_after, logs_before, "the attempt log stays");
+    let (_, body) = store
+        .delivery_for_attempt(d_done, |_| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        body.unwrap(),
+        Vec::<u8>::new(),
+        "an attempt reads the tombstone"
+    );
+
+    // Idempotent: nothing changes, nothing is published.
+    seen.lock().unwrap().clear();
+    let again = store
+        .delete_event_payload("org_a", "evt_p", now + 20)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, tombstone);
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(
+        store.delete_event_payload("org_b", "evt_p", now).unwrap(),
+        None
+    );
+    assert_eq!(
+        store.delete_event_payload("org_a", "nope", now).unwrap(),
+        None
+    );
+    let report = store.check().unwrap();
+    assert!(report.is_ok(), "{:?}", report.violations);
+    assert_eq!(report.payloads_deleted, 1);
+
+    // Retention: a finished event's body goes; one with a delivery unfinished stays; a
+    // tombstone is not counted again.
+    let later = now + 1_000;
+    let AcceptOutcome::Accepted {
+        deliveries: finished,
+        ..
+    } = store
+        .accept_event(
+            prepared("org_a", "evt_f", "old", later),
+            FanOut::Only(succeeding.id),
+            later,
+            later,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("accepted");
+    };
+    store
+        .record_attempt(
+            finished[0].id,
+            attempt(1, 200, later),
+            schedule.clone(),
+            later,
+        )
+        .await
+        .unwrap();
+    store
+        .accept_event(
+            prepared("org_a", "evt_u", "open", later),
+            FanOut::Only(retrying.id),
+            later,
+            later,
+        )
+        .await
+        .unwrap();
+    let far = later + 10_000_000_000;
+    let report = store.blank_expired_payloads(far, None, 10, far).unwrap();
+    assert_eq!((report.blanked, report.kept), (1, 1), "{report:?}");
+    assert_eq!(
+        report.first_kept,
+        Some(store.get_event("org_a", "evt_u").unwrap().unwrap().key)
+    );
+    assert_eq!(report.resume_after, None);
+    let blanked = store.get_event("org_a", "evt_f").unwrap().unwrap();
+    assert!(blanked.body.is_empty());
+    assert_eq!(blanked.payload_deleted_at_ms, Some(far));
+    assert!(!store
+        .get_event("org_a", "evt_u")
+        .unwrap()
+        .unwrap()
+        .body
+        .is_empty());
+    let report = store.blank_expired_payloads(far, None, 10, far).unwrap();
+    assert_eq!((report.blanked, report.kept), (0, 1), "{report:?}");
+    // Not yet old enough: nothing.
+    let report = store.blank_expired_payloads(now, None, 10, far).unwrap();
+    assert_eq!(report, palo_webhooks::store::BlankReport::default());
+    let report = store.check().unwrap();
+    assert!(report.is_ok(), "{:?}", report.violations);
+    assert_eq!(report.payloads_deleted, 2);
+}

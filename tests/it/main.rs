@@ -23,6 +23,7 @@ mod jobs;
 mod layout;
 mod lifecycle;
 mod operations;
+mod payload;
 mod recovery;
 mod search;
 mod security;

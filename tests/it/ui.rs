@@ -127,12 +127,15 @@ async fn me_and_event_types_tell_the_ui_who_is_signed_in_and_what_to_offer() {
             "ticket.status_changed",
             "ticket.resolved",
             "system.incident",
+            // Issue 15: the operational types, made by the daemon, offered by name.
             "webhook.disabled",
             "webhook.enabled",
             "delivery.exhausted",
             "recovery.finished"
         ]
     );
+    assert_eq!(types["data"][4]["operational"], true);
+    assert_eq!(types["data"][0]["operational"], false);
     assert_eq!(
         types["data"][3]["required_fields"],
         json!(["incident_id", "severity", "affected_services", "status"])

@@ -45,6 +45,8 @@ pub struct CheckReport {
     pub deliveries: u64,
     /// Deliveries not final (pending or retrying).
     pub not_final: u64,
+    /// Events whose payload was deleted (tombstones, issue 15).
+    pub payloads_deleted: u64,
     /// Attempt log entries.
     pub attempts: u64,
     /// Retry-index entries.
@@ -312,10 +314,31 @@ fn check_events(txn: &ReadTransaction, report: &mut CheckReport) -> Result<(), S
             )),
         }
         for id in &event.delivery_ids {
-            if deliveries.get(id.0)?.is_none() {
-                report.violation(format!(
+            match readable(load_delivery(&deliveries, *id))? {
+                Readable::Missing => report.violation(format!(
                     "event {}: lists delivery {id}, which does not exist",
                     event.event_id
+                )),
+                // A tombstone (issue 15): nothing of it may still be attempted.
+                Readable::Found(d)
+                    if event.payload_deleted_at_ms.is_some() && !d.status.is_final() =>
+                {
+                    report.violation(format!(
+                        "event {}: payload deleted but delivery {id} is {}",
+                        event.event_id,
+                        d.status.as_str()
+                    ));
+                }
+                _ => {} // A corrupt delivery is reported by check_deliveries.
+            }
+        }
+        if event.payload_deleted_at_ms.is_some() {
+            report.payloads_deleted += 1;
+            if !event.body.is_empty() {
+                report.violation(format!(
+                    "event {}: payload deleted but {} bytes of body stored",
+                    event.event_id,
+                    event.body.len()
                 ));
             }
         }

@@ -224,6 +224,12 @@ fn scan_recover(
         if !statuses.contains(&delivery.status) {
             continue;
         }
+        // A deleted payload is never sent again (issue 15, item 7).
+        if load_event(&txn.open_table(EVENTS)?, delivery.event_key)?
+            .is_none_or(|e| e.payload_deleted_at_ms.is_some())
+        {
+            continue;
+        }
         job.matched += 1;
         if !queue_item(txn, job, delivery.id)? {
             continue;
@@ -289,7 +295,10 @@ fn scan_replay(
         let Some(mut event) = load_event(&events, EventKey(key))? else {
             continue;
         };
-        if !crate::store::replay_matches(event.event_type, event_types, &webhook.events) {
+        // A deleted payload is never sent again (issue 15, item 7).
+        if event.payload_deleted_at_ms.is_some()
+            || !crate::store::replay_matches(event.event_type, event_types, &webhook.events)
+        {
             continue;
         }
         let mut had = false;

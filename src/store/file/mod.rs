@@ -18,6 +18,7 @@ mod deliveries;
 mod due;
 mod jobs;
 mod lifecycle;
+mod payload;
 mod records;
 mod retention;
 mod search;

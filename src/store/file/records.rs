@@ -193,59 +193,67 @@ impl WebhookRecord {
     }
 }
 
+/// The fields of an event's first layout (V1), which later layouts extend. V1 was written
+/// as a struct variant with these fields; a newtype variant of this struct has the same
+/// bytes (postcard: the tag, then the fields in order), which the seed test pins.
+#[derive(Serialize, Deserialize)]
+pub(super) struct EventFields {
+    event_id: String,
+    event_type: String,
+    timestamp: String,
+    organization_id: String,
+    received_at_ms: u64,
+    /// Bytes, not a sequence of u8: the same postcard encoding (length + bytes), decoded
+    /// in one copy instead of one visit per byte. Empty in a tombstone.
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    content_hash: [u8; 32],
+    delivery_ids: Vec<u128>,
+}
+
+/// As [`WebhookRecord`]: `V2(fields, extra)` is the V1 bytes followed by the extra field.
 #[derive(Serialize, Deserialize)]
 pub(super) enum EventRecord {
-    V1 {
-        event_id: String,
-        event_type: String,
-        timestamp: String,
-        organization_id: String,
-        received_at_ms: u64,
-        /// Bytes, not a sequence of u8: the same postcard encoding (length + bytes), decoded
-        /// in one copy instead of one visit per byte.
-        #[serde(with = "serde_bytes")]
-        body: Vec<u8>,
-        content_hash: [u8; 32],
-        delivery_ids: Vec<u128>,
-    },
+    V1(EventFields),
+    /// V1 plus when the payload was deleted, ms (issue 15, item 7): the tombstone, whose
+    /// body is empty.
+    V2(EventFields, Option<u64>),
 }
 
 impl EventRecord {
     pub(super) fn from_domain(e: &Event) -> Self {
-        EventRecord::V1 {
-            event_id: e.event_id.clone(),
-            event_type: e.event_type.as_str().to_owned(),
-            timestamp: e.timestamp.clone(),
-            organization_id: e.organization_id.clone(),
-            received_at_ms: e.received_at_ms,
-            body: e.body.clone(),
-            content_hash: e.content_hash,
-            delivery_ids: e.delivery_ids.iter().map(|d| d.0).collect(),
-        }
+        EventRecord::V2(
+            EventFields {
+                event_id: e.event_id.clone(),
+                event_type: e.event_type.as_str().to_owned(),
+                timestamp: e.timestamp.clone(),
+                organization_id: e.organization_id.clone(),
+                received_at_ms: e.received_at_ms,
+                body: e.body.clone(),
+                content_hash: e.content_hash,
+                delivery_ids: e.delivery_ids.iter().map(|d| d.0).collect(),
+            },
+            e.payload_deleted_at_ms,
+        )
     }
 
     pub(super) fn into_domain(self, key: EventKey) -> Result<Event, StoreError> {
-        let EventRecord::V1 {
-            event_id,
-            event_type,
-            timestamp,
-            organization_id,
-            received_at_ms,
-            body,
-            content_hash,
-            delivery_ids,
-        } = self;
+        let (fields, payload_deleted_at_ms) = match self {
+            EventRecord::V1(fields) => (fields, None),
+            EventRecord::V2(fields, deleted) => (fields, deleted),
+        };
         Ok(Event {
             key,
-            event_id,
-            event_type: EventType::parse(&event_type)
+            event_id: fields.event_id,
+            event_type: EventType::parse(&fields.event_type)
                 .ok_or_else(|| corrupt("events", "event type"))?,
-            timestamp,
-            organization_id,
-            received_at_ms,
-            body,
-            content_hash,
-            delivery_ids: delivery_ids.into_iter().map(DeliveryId).collect(),
+            timestamp: fields.timestamp,
+            organization_id: fields.organization_id,
+            received_at_ms: fields.received_at_ms,
+            body: fields.body,
+            content_hash: fields.content_hash,
+            delivery_ids: fields.delivery_ids.into_iter().map(DeliveryId).collect(),
+            payload_deleted_at_ms,
         })
     }
 }
@@ -612,6 +620,28 @@ mod tests {
         v3.extend_from_slice(&v2[1..]);
         v3.extend_from_slice(&[0, 0]);
         assert_eq!(encode(&WebhookRecord::from_domain(&webhook, None)), v3);
+        // Events: V1 (a struct variant when it was written) decodes; written today as V2,
+        // the V1 bytes then the payload's deletion time (`None`); the tombstone seed decodes
+        // with an empty body and its time.
+        let v1 = seed("seed-event");
+        let event = decode::<EventRecord>("events", &v1)
+            .unwrap()
+            .into_domain(EventKey(1))
+            .unwrap();
+        assert_eq!(event.payload_deleted_at_ms, None);
+        assert!(!event.body.is_empty());
+        let mut v2 = vec![1u8];
+        v2.extend_from_slice(&v1[1..]);
+        v2.push(0);
+        assert_eq!(encode(&EventRecord::from_domain(&event)), v2);
+        let tombstone = seed("seed-event-v2");
+        let deleted = decode::<EventRecord>("events", &tombstone)
+            .unwrap()
+            .into_domain(EventKey(1))
+            .unwrap();
+        assert!(deleted.body.is_empty());
+        assert_eq!(deleted.payload_deleted_at_ms, Some(1_771_500_000_000));
+        assert_eq!(encode(&EventRecord::from_domain(&deleted)), tombstone);
         let attempt_v1: AttemptRecord = decode("attempts", &seed("seed-attempt-v1")).unwrap();
         assert!(matches!(attempt_v1, AttemptRecord::V1(_)));
         let v2 = seed("seed-attempt-v2");
@@ -788,6 +818,35 @@ mod tests {
                     .into_domain(a.number)
                     .unwrap();
                 prop_assert_eq!(back, Attempt { retry_after_ms: None, error_detail: None, ..a });
+            }
+
+            /// Events, tombstones included (issue 15), read back as written.
+            #[test]
+            fn events_round_trip(
+                body in proptest::collection::vec(any::<u8>(), 0..64),
+                deleted in proptest::option::of(any::<u64>()),
+                ids in proptest::collection::vec(any::<u128>(), 0..4),
+                received in any::<u64>(),
+            ) {
+                let e = Event {
+                    key: EventKey(7),
+                    event_id: "evt_1".into(),
+                    event_type: EventType::TicketCreated,
+                    timestamp: "2026-02-19T10:30:00Z".into(),
+                    organization_id: "org".into(),
+                    received_at_ms: received,
+                    body,
+                    content_hash: [3; 32],
+                    delivery_ids: ids.into_iter().map(DeliveryId).collect(),
+                    payload_deleted_at_ms: deleted,
+                };
+                let bytes = encode(&EventRecord::from_domain(&e));
+                prop_assert_eq!(bytes[0], 1, "written as V2");
+                let back = decode::<EventRecord>("events", &bytes)
+                    .unwrap()
+                    .into_domain(e.key)
+                    .unwrap();
+                prop_assert_eq!(back, e);
             }
 
             #[test]

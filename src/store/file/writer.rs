@@ -59,6 +59,12 @@ pub enum Change {
         /// Its new deliveries, as stored.
         deliveries: Vec<crate::model::Delivery>,
     },
+    /// An event's payload was deleted (issue 15, item 7): whoever holds its body in memory
+    /// drops it, so no later attempt can send it.
+    PayloadDeleted {
+        /// The event.
+        event: crate::ids::EventKey,
+    },
     /// API keys were created or deleted (other daemons of a cluster reload theirs).
     Keys,
     /// A webhook was created, changed (`Some`, as stored now, secrets opened) or deleted.

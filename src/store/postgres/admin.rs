@@ -99,8 +99,10 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
         &format!("SELECT {} FROM events", rows::EVENT_COLS),
         |row| {
             report.events += 1;
-            if let Err(e) = rows::event(&row) {
-                bad.push(format!("event row: {e}"));
+            match rows::event(&row) {
+                Ok(e) if e.payload_deleted_at_ms.is_some() => report.payloads_deleted += 1,
+                Ok(_) => {}
+                Err(e) => bad.push(format!("event row: {e}")),
             }
             Ok(())
         },
@@ -174,6 +176,24 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
         &mut report,
         "SELECT id FROM deliveries WHERE (status = 'held') <> (held_due_ms IS NOT NULL)",
         "a held delivery must have a held due time, any other none",
+    )
+    .await?;
+    // Tombstones (issue 15): no body, and nothing of the event may still be attempted.
+    violations(
+        &txn,
+        &mut report,
+        "SELECT key FROM events WHERE payload_deleted_at_ms IS NOT NULL AND length(body) > 0",
+        "an event whose payload was deleted still stores a body",
+    )
+    .await?;
+    violations(
+        &txn,
+        &mut report,
+        &format!(
+            "SELECT d.id FROM deliveries d JOIN events e ON e.key = d.event_key \
+             WHERE e.payload_deleted_at_ms IS NOT NULL AND d.status IN ({not_final}, 'held')"
+        ),
+        "a delivery of an event whose payload was deleted is unfinished",
     )
     .await?;
     violations(

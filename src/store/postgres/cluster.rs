@@ -7,7 +7,8 @@
 //! `n <daemon>` (a daemon skips its own), then one line per change: `i <webhook> <delivery>
 //! <from|-> <to|->` for a retry-index entry that appeared, moved or went away, `w <webhook>`
 //! for a webhook created, changed or deleted (they read it again), `k` when API keys
-//! changed (they reload theirs). Accepted bodies are not sent: a first attempt on another
+//! changed (they reload theirs), `p <event>` when an event's payload was deleted (they drop
+//! its body from memory). Accepted bodies are not sent: a first attempt on another
 //! daemon reads its body.
 
 use crate::store::{Change, StoreError};
@@ -36,6 +37,7 @@ pub(super) fn encode(changes: &[Change]) -> Vec<String> {
             )),
             Change::Webhook { id, .. } => Some(format!("w {id}")),
             Change::Keys => Some("k".to_owned()),
+            Change::PayloadDeleted { event } => Some(format!("p {event}")),
             Change::Accepted { .. } => None,
         })
         .collect()
@@ -433,6 +435,11 @@ impl PgStore {
                     }
                 }
                 ["k"] => keys = true,
+                ["p", event] => {
+                    if let Ok(event) = event.parse() {
+                        changes.push(Change::PayloadDeleted { event });
+                    }
+                }
                 _ => {}
             }
         }
@@ -472,5 +479,34 @@ impl PgStore {
                 set.remove(w);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::EventKey;
+
+    /// A deleted payload reaches the other daemons (issue 15), so each drops the body it
+    /// holds; accepted bodies never travel.
+    #[test]
+    fn a_deleted_payload_is_one_line_of_the_notification() {
+        let event = EventKey(42);
+        let lines = encode(&[
+            Change::PayloadDeleted { event },
+            Change::Keys,
+            Change::Accepted {
+                event,
+                body: bytes::Bytes::from_static(b"{}"),
+                deliveries: Vec::new(),
+            },
+        ]);
+        assert_eq!(lines, [format!("p {event}"), "k".to_owned()]);
+        assert_eq!(
+            lines[0]
+                .strip_prefix("p ")
+                .and_then(|k| k.parse::<EventKey>().ok()),
+            Some(event)
+        );
     }
 }

@@ -404,8 +404,10 @@ async fn scan_recover(
     let found = txn
         .query(
             &format!(
-                "SELECT {} FROM deliveries WHERE webhook_id = $1 AND id > $2 AND id < $3 \
-                 ORDER BY id LIMIT $4 FOR UPDATE",
+                "SELECT {} FROM deliveries d WHERE webhook_id = $1 AND id > $2 AND id < $3 \
+                 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.key = d.event_key \
+                 AND e.payload_deleted_at_ms IS NOT NULL) \
+                 ORDER BY id LIMIT $4 FOR UPDATE OF d",
                 rows::DELIVERY_COLS
             ),
             &[
@@ -507,7 +509,10 @@ async fn scan_replay(
         }
         let event = rows::event(&row)?;
         job.cursor = Some(event.key.0);
-        if !crate::store::replay_matches(event.event_type, event_types, &subscribed) {
+        // A deleted payload is never sent again (issue 15, item 7).
+        if event.payload_deleted_at_ms.is_some()
+            || !crate::store::replay_matches(event.event_type, event_types, &subscribed)
+        {
             continue;
         }
         let had = txn

@@ -26,6 +26,7 @@ mod deliveries;
 mod due;
 mod jobs;
 mod lifecycle;
+mod payload;
 mod rows;
 mod search;
 mod writer;

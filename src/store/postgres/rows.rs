@@ -27,7 +27,7 @@ pub(super) const DELIVERY_COLS: &str = "id, organization_id, webhook_id, event_k
 
 /// Columns of `events`, in the order [`event`] reads them.
 pub(super) const EVENT_COLS: &str = "key, event_id, event_type, \"timestamp\", organization_id, \
-     received_at_ms, body, content_hash, delivery_ids";
+     received_at_ms, body, content_hash, delivery_ids, payload_deleted_at_ms";
 
 /// Columns of `attempts`, in the order [`attempt`] reads them (after `delivery_id`).
 pub(super) const ATTEMPT_COLS: &str = "delivery_id, number, started_at_ms, duration_ms, \
@@ -247,6 +247,7 @@ pub(super) fn event(row: &Row) -> Result<Event, StoreError> {
             .into_iter()
             .map(|id| parse_id("events", id))
             .collect::<Result<_, _>>()?,
+        payload_deleted_at_ms: row.try_get::<_, Option<i64>>(9)?.map(from_ms),
     })
 }
 

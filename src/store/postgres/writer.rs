@@ -440,13 +440,18 @@ pub(super) async fn insert_events(
                 .join(",")
         })
         .collect();
+    // Set only when `migrate` copies a tombstone (issue 15).
+    let deleted: Vec<Option<i64>> = events
+        .iter()
+        .map(|(e, _)| e.payload_deleted_at_ms.map(rows::ms))
+        .collect();
     let rows = txn
         .query(
             "INSERT INTO events (key, organization_id, event_id, event_type, \"timestamp\", \
-             received_at_ms, body, content_hash, delivery_ids) \
-             SELECT k, o, i, t, s, r, b, h, string_to_array(d, ',') FROM unnest($1::text[], \
+             received_at_ms, body, content_hash, delivery_ids, payload_deleted_at_ms) \
+             SELECT k, o, i, t, s, r, b, h, string_to_array(d, ','), x FROM unnest($1::text[], \
              $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
-             $8::bytea[], $9::text[]) AS u(k, o, i, t, s, r, b, h, d) \
+             $8::bytea[], $9::text[], $10::bigint[]) AS u(k, o, i, t, s, r, b, h, d, x) \
              ON CONFLICT (event_id, organization_id) DO NOTHING RETURNING key",
             &[
                 &keys,
@@ -458,6 +463,7 @@ pub(super) async fn insert_events(
                 &bodies,
                 &hashes,
                 &delivery_ids,
+                &deleted,
             ],
         )
         .await?;
