@@ -798,6 +798,7 @@ const WEBHOOK_COLUMNS: &[&str] = &[
     "url",
     "events",
     "active",
+    "disabled",
     "description",
 ];
 const DELIVERY_COLUMNS: &[&str] = &[
@@ -1105,6 +1106,8 @@ fn cell(value: &Value) -> String {
         Value::String(s) if s.is_empty() => "-".to_owned(),
         Value::String(s) => s.clone(),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        // A disabled webhook's `disabled` object: its reason.
+        Value::Object(map) if map.contains_key("reason") => cell(&map["reason"]),
         other => other.to_string(),
     }
 }

@@ -244,9 +244,17 @@ pub fn prepare(
     now_ms: u64,
     allow_test: bool,
 ) -> Result<PreparedEvent, EventError> {
+    if EventType::parse(&input.event_type).is_some_and(EventType::is_operational) {
+        return Err(invalid(
+            "event_type",
+            format!(
+                "{:?} is an operational event type: the daemon makes these, they cannot be sent",
+                input.event_type
+            ),
+        ));
+    }
     let event_type = EventType::parse(&input.event_type)
         .filter(|t| allow_test || *t != EventType::WebhookTest)
-        .filter(|t| !t.is_operational())
         .ok_or_else(|| {
             invalid(
                 "event_type",

@@ -602,7 +602,8 @@ pub enum JobState {
     Running,
     /// Every matched delivery was queued and has ended. Final.
     Finished,
-    /// Stopped by a person; deliveries already queued go on. Final.
+    /// Stopped by a person: it queues nothing more; deliveries already queued go on and are
+    /// counted until the last ends (then `finished_at` is set). Final.
     Cancelled,
 }
 

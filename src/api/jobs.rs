@@ -139,6 +139,21 @@ async fn start_job(
     (since_ms, until_ms): (u64, u64),
     now_ms: u64,
 ) -> Result<(StatusCode, Json<JobOut>), ApiError> {
+    // Its deliveries would only be held (or postponed) and the job would wait on them.
+    if webhook.disabled.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "webhook_disabled",
+            "this webhook is disabled: enable it first (POST /api/webhooks/{id}/enable)",
+        ));
+    }
+    if !webhook.active {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "webhook_unavailable",
+            "this webhook is inactive: activate it first",
+        ));
+    }
     let job = Job {
         id: JobId::generate(),
         organization_id: webhook.organization_id.clone(),
@@ -227,7 +242,7 @@ pub(super) async fn replay(
                 .iter()
                 .map(|name| {
                     EventType::parse(name)
-                        .filter(|t| *t != EventType::WebhookTest)
+                        .filter(|t| *t != EventType::WebhookTest && !t.is_operational())
                         .ok_or_else(|| {
                             ApiError::invalid("event_types", format!("unknown event type {name:?}"))
                         })
@@ -296,8 +311,9 @@ pub(super) async fn get_job(
     )))
 }
 
-/// `POST /api/jobs/{id}/cancel` → 200 job `cancelled` (it queues nothing more; deliveries
-/// already queued go on); emits `recovery.finished`. 409 `job_finished` when it is final.
+/// `POST /api/jobs/{id}/cancel` → 200 job `cancelled`: it queues nothing more; deliveries
+/// already queued go on and are counted, and `recovery.finished` is emitted when the last has
+/// ended (`finished_at`). 409 `job_finished` when it is final.
 pub(super) async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -316,9 +332,8 @@ pub(super) async fn cancel_job(
     let job = blocking(&state.store, move |s| s.cancel_job(id, now))
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
-    if job.finished_at_ms == Some(now) {
-        tracing::info!(job = %id, "job cancelled");
-        state.scheduler.job_cancelled(&job).await;
-    }
+    tracing::info!(job = %id, "job cancelled");
+    // The runner counts what it queued and emits `recovery.finished` once that has ended.
+    state.scheduler.wake_jobs();
     Ok(Json(JobOut::from(&job)))
 }

@@ -264,6 +264,22 @@ pub(super) async fn list_webhooks(
     )))
 }
 
+/// Refuses changes to the operator endpoint's webhook (issue 15): `operator_webhook_url` and
+/// its secret in the config define it, and each start puts them back.
+///
+/// # Errors
+/// 409 `managed_by_config`.
+fn not_managed_by_config(webhook: &Webhook) -> Result<(), ApiError> {
+    if webhook.id == crate::lifecycle::OPERATOR_WEBHOOK {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "managed_by_config",
+            "this is the operator endpoint: change operator_webhook_url and its secret in the configuration",
+        ));
+    }
+    Ok(())
+}
+
 /// `GET /api/webhooks/{id}`, with `held_deliveries` (a count of the held index).
 pub(super) async fn get_webhook(
     State(state): State<AppState>,
@@ -324,6 +340,7 @@ pub(super) async fn update_webhook(
     JsonBody(patch): JsonBody<WebhookPatch>,
 ) -> Result<Json<WebhookOut>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
+    not_managed_by_config(&webhook)?;
     let changes = WebhookChanges {
         url: patch
             .url
@@ -379,6 +396,7 @@ pub(super) async fn rotate_secret(
     body: axum::body::Bytes,
 ) -> Result<Json<WebhookOut>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
+    not_managed_by_config(&webhook)?;
     // Both fields are optional, so an empty body is an empty object; a body must be JSON.
     let input: RotateSecretIn = if body.iter().all(u8::is_ascii_whitespace) {
         RotateSecretIn::default()
@@ -427,6 +445,7 @@ pub(super) async fn delete_webhook(
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
+    not_managed_by_config(&webhook)?;
     let id = webhook.id;
     let cancelled = blocking(&state.store, move |s| s.delete_webhook(id, clock::now_ms()))
         .await?

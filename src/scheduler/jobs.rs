@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::{Inner, Scheduler};
 use crate::clock;
-use crate::model::{Job, JobLimits};
+use crate::model::JobLimits;
 use crate::store::blocking;
 
 /// Rows a step looks at, at most.
@@ -47,14 +47,6 @@ impl Scheduler {
                 () = inner.shutdown.cancelled() => return,
             }
         }
-    }
-
-    /// Emits `recovery.finished` for a job a person cancelled.
-    pub async fn job_cancelled(&self, job: &Job) {
-        self.inner
-            .emitter
-            .recovery_finished(job, clock::now_ms())
-            .await;
     }
 }
 

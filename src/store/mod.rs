@@ -593,7 +593,8 @@ impl Store {
         }
     }
 
-    /// The jobs not yet final (`queued`, `running`): what the job runner steps.
+    /// The jobs without `finished_at` (`queued`, `running`, or `cancelled` while deliveries
+    /// it queued go on): what the job runner steps.
     ///
     /// # Errors
     /// [`StoreError`] on read or decode failure.
@@ -604,8 +605,9 @@ impl Store {
         }
     }
 
-    /// Cancels a job that is not final (`cancelled`, `finished_at` now): it queues nothing
-    /// more; deliveries it queued already go on. Returns the job as stored, or `None`.
+    /// Cancels a job that is not final (`cancelled`): it queues nothing more; deliveries it
+    /// queued already go on, and later steps count them and set `finished_at` when the last
+    /// has ended. Returns the job as stored, or `None`.
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
@@ -1264,13 +1266,16 @@ pub(crate) fn requeue_for_recovery(delivery: &mut Delivery, max_attempts: u32, n
 }
 
 /// Whether a replay job takes an event of `event_type`: one of `event_types` when given,
-/// else what the webhook subscribes to now. Never `webhook.test`, never an operational type
-/// unless named.
+/// else what the webhook subscribes to now. Never an operational type: those are about one
+/// moment of one webhook (a replay could send a webhook its own `webhook.disabled`).
 pub(crate) fn replay_matches(
     event_type: EventType,
     event_types: Option<&[EventType]>,
     subscribed: &crate::model::EventFilter,
 ) -> bool {
+    if event_type.is_operational() {
+        return false;
+    }
     match event_types {
         Some(types) => types.contains(&event_type),
         None => subscribed.matches(event_type),

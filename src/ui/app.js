@@ -154,7 +154,7 @@
   });
   Object.assign(MESSAGES.fr, {
     jobs: "Reprises", noJobs: "Aucune reprise ni relecture pour l'instant.", kind: "Type",
-    state: "État", progress: "Progression", matched: "Retenues", succeededN: "Réussies",
+    state: "État", progress: "Progression", matched: "Correspondantes", succeededN: "Réussies",
     failedN: "Échouées", cancelJob: "Annuler", jobLive: "En direct : actualisé toutes les 2 s",
     jobKinds: { recover: "reprise", replay: "relecture" },
     jobStates: { queued: "en file", running: "en cours", finished: "terminée", cancelled: "annulée" },
@@ -519,7 +519,9 @@
         h("td", { class: "url", "data-label": t("url") }, h("a", { href: `#/webhooks/${encodeURIComponent(w.id)}` }, w.url)),
         admin ? h("td", { "data-label": t("organization") }, w.organization_id) : null,
         h("td", { "data-label": t("events") }, w.events.join(", ")),
-        h("td", { "data-label": t("active") }, w.active ? t("active") : h("span", { class: "muted" }, t("inactive"))),
+        h("td", { "data-label": t("active") },
+          w.disabled ? h("span", { class: "badge badge-failed", "data-disabled": w.disabled.reason }, t("disabledState"))
+            : w.active ? t("active") : h("span", { class: "muted" }, t("inactive"))),
         h("td", { class: "desc", "data-label": t("description") }, w.description || ""),
         last, rate));
       fillStats(w.id, last, rate);

@@ -152,6 +152,20 @@ async fn a_recovery_of_5000_failed_deliveries_survives_kill_9_and_resends_each_o
         .call("POST", &format!("/api/jobs/{second}/cancel"), None)
         .await;
     assert_eq!(status, 409, "{again}");
+    // What it queued before the cancel is still counted, then it is finished.
+    let ended = daemon
+        .wait_until(
+            &format!("/api/jobs/{second}"),
+            Duration::from_secs(60),
+            |b| b["finished_at"].is_string(),
+        )
+        .await;
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert_eq!(
+        ended["succeeded"].as_u64().unwrap() + ended["failed"].as_u64().unwrap(),
+        ended["queued"].as_u64().unwrap(),
+        "{ended}"
+    );
     let (status, list) = daemon
         .call("GET", "/api/jobs?organization_id=org_a", None)
         .await;
@@ -280,6 +294,7 @@ async fn replay_creates_deliveries_only_for_events_the_webhook_never_had() {
         json!({"since": "yesterday"}),
         json!({"since": since, "until": since}),
         json!({"since": since, "event_types": ["nope"]}),
+        json!({"since": since, "event_types": ["webhook.disabled"]}),
         json!({"since": since, "extra": 1}),
     ] {
         let (status, answer) = daemon

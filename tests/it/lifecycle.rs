@@ -144,6 +144,41 @@ async fn a_410_disables_the_webhook_holds_later_events_and_enable_delivers_or_ca
         .call("GET", &format!("/api/webhooks/{webhook}"), None)
         .await;
     assert_eq!(got["held_deliveries"], 4, "{got}");
+    // Regression (new-user pass): the status answered 500 once a delivery was held.
+    let (status, body) = daemon.call("GET", "/api/admin/status", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deliveries"]["held"], 4, "{body}");
+    // A job on a disabled webhook would only hold what it queues: refused.
+    let (status, body) = daemon
+        .call(
+            "POST",
+            &format!("/api/webhooks/{webhook}/recover"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("webhook_disabled")),
+        "{body}"
+    );
+    // The operator endpoint's webhook belongs to the configuration.
+    let operator_hook = "wh_00000000000000000000000001";
+    let (status, body) = daemon
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{operator_hook}"),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("managed_by_config")),
+        "{body}"
+    );
+    let (status, _) = daemon
+        .call("DELETE", &format!("/api/webhooks/{operator_hook}"), None)
+        .await;
+    assert_eq!(status, 409);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(
         gone.received().len(),

@@ -88,7 +88,7 @@ impl FileStore {
                 let (id, bytes) = row?;
                 let job =
                     decode::<JobRecord>("jobs", bytes.value())?.into_domain(JobId(id.value()))?;
-                if !job.state.is_final() {
+                if job.finished_at_ms.is_none() {
                     out.push(job.id);
                 }
             }
@@ -103,10 +103,12 @@ impl FileStore {
                 return Ok(None);
             };
             if !job.state.is_final() {
+                // Its queued deliveries go on: the runner counts them and sets
+                // `finished_at` when the last has ended.
                 job.state = JobState::Cancelled;
-                job.finished_at_ms = Some(now_ms);
                 save_job(txn, &job)?;
             }
+            let _ = now_ms;
             Ok(Some(job))
         })
     }
@@ -122,7 +124,7 @@ impl FileStore {
             let Some(mut job) = load_job(txn, id)? else {
                 return Ok(None);
             };
-            if job.state.is_final() {
+            if job.finished_at_ms.is_some() {
                 return Ok(Some(job));
             }
             if job.state == JobState::Queued {
@@ -130,7 +132,11 @@ impl FileStore {
                 job.started_at_ms = Some(now_ms);
             }
             let outstanding = tally(txn, &mut job)?;
-            if !job.scan_done && outstanding < limits.window {
+            if job.state == JobState::Cancelled {
+                if outstanding == 0 {
+                    job.finished_at_ms = Some(now_ms);
+                }
+            } else if !job.scan_done && outstanding < limits.window {
                 let room = limits.window - outstanding;
                 match job.kind.clone() {
                     JobKind::Recover { statuses } => {

@@ -28,7 +28,7 @@ pub struct FailureStreak {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusSummary {
     /// Deliveries by status, in [`DeliveryStatus::ALL`] order.
-    pub by_status: [u64; 5],
+    pub by_status: [u64; DeliveryStatus::ALL.len()],
     /// Deliveries due at or before `now_ms`, due later, and the oldest due time if past
     /// (as [`FileStore::due_summary`]), from the same snapshot.
     pub due: (u64, u64, Option<u64>),

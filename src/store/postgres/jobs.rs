@@ -223,7 +223,7 @@ impl PgStore {
                 .conn()
                 .await?
                 .query(
-                    "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY id",
+                    "SELECT id FROM jobs WHERE finished_at_ms IS NULL ORDER BY id",
                     &[],
                 )
                 .await?
@@ -251,10 +251,12 @@ impl PgStore {
                         };
                         let mut found = job(&row)?;
                         if !found.state.is_final() {
+                            // Its queued deliveries go on: the runner counts them and sets
+                            // `finished_at` when the last has ended.
                             found.state = JobState::Cancelled;
-                            found.finished_at_ms = Some(now_ms);
                             save(txn, &found, false).await?;
                         }
+                        let _ = now_ms;
                         Ok((Some(found), Vec::new()))
                     })
                 })
@@ -285,7 +287,7 @@ impl PgStore {
                         };
                         let mut job = job(&row)?;
                         let mut changes = Vec::new();
-                        if job.state.is_final() {
+                        if job.finished_at_ms.is_some() {
                             return Ok((Some(job), changes));
                         }
                         if job.state == JobState::Queued {
@@ -293,7 +295,11 @@ impl PgStore {
                             job.started_at_ms = Some(now_ms);
                         }
                         let outstanding = tally(txn, &mut job).await?;
-                        if !job.scan_done && outstanding < limits.window {
+                        if job.state == JobState::Cancelled {
+                            if outstanding == 0 {
+                                job.finished_at_ms = Some(now_ms);
+                            }
+                        } else if !job.scan_done && outstanding < limits.window {
                             let room = limits.window - outstanding;
                             match job.kind.clone() {
                                 JobKind::Recover { statuses } => {

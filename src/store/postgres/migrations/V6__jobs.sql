@@ -22,7 +22,8 @@ CREATE TABLE jobs (
     finished_at_ms  bigint
 );
 CREATE INDEX jobs_by_organization ON jobs (organization_id, id);
-CREATE INDEX jobs_active ON jobs (id) WHERE state IN ('queued', 'running');
+-- The jobs the runner steps: not finished, or cancelled with queued deliveries going on.
+CREATE INDEX jobs_active ON jobs (id) WHERE finished_at_ms IS NULL;
 CREATE TABLE job_items (
     job_id      text COLLATE "C" NOT NULL,
     delivery_id text COLLATE "C" NOT NULL,
