@@ -122,8 +122,9 @@ fn window(since: &str, until: Option<&str>, now_ms: u64) -> Result<(u64, u64), A
             .ok_or_else(|| ApiError::invalid(field, "must be an RFC 3339 date-time"))
     };
     let since_ms = time("since", since)?;
+    // A window cannot reach past now: a job looks at what exists when it starts.
     let until_ms = match until {
-        Some(text) => time("until", text)?,
+        Some(text) => time("until", text)?.min(now_ms),
         None => now_ms,
     };
     if since_ms >= until_ms {

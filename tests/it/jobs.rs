@@ -332,3 +332,58 @@ async fn replay_creates_deliveries_only_for_events_the_webhook_never_had() {
     let (ok, text) = support::check(&daemon.dir);
     assert!(ok, "{text}");
 }
+
+/// Regression (adversarial pass): deleting a webhook while its recovery job runs left the
+/// job running for ever and re-queued deliveries of the deleted webhook (`check` failed).
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_webhook_mid_recovery_ends_the_job_and_leaves_nothing_unfinished() {
+    let receiver = Receiver::start(Behaviour::Status(500)).await;
+    let daemon = support::start(&["--allow-http", "--retry-schedule", ""]);
+    let since = palo_webhooks::clock::format_ms(palo_webhooks::clock::now_ms() - 1_000);
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    for i in 0..300 {
+        let (status, _) = daemon
+            .call(
+                "POST",
+                "/api/events",
+                Some(ticket("org_a", &format!("d{i}"), "ticket.created")),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    daemon
+        .wait_until("/api/admin/status", Duration::from_secs(60), |b| {
+            b["deliveries"]["failed"] == 300
+        })
+        .await;
+    receiver.set(Behaviour::Slow(20));
+    let (status, job) = daemon
+        .call(
+            "POST",
+            &format!("/api/webhooks/{webhook}/recover"),
+            Some(json!({"since": since})),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    daemon
+        .wait_until(&format!("/api/jobs/{id}"), Duration::from_secs(30), |b| {
+            b["queued"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    let (status, _) = daemon
+        .call("DELETE", &format!("/api/webhooks/{webhook}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let done = wait_job(&daemon, &id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(
+        done["succeeded"].as_u64().unwrap() + done["failed"].as_u64().unwrap(),
+        done["queued"].as_u64().unwrap(),
+        "{done}"
+    );
+    let mut daemon = daemon;
+    daemon.terminate();
+    let (ok, text) = support::check(&daemon.dir);
+    assert!(ok, "{text}");
+}

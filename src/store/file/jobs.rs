@@ -202,6 +202,13 @@ fn scan_recover(
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let w = job.webhook_id.0;
+    // The webhook was deleted (its unfinished deliveries cancelled with it): nothing more to
+    // recover (regression: a step after the deletion re-queued deliveries of a webhook that
+    // no longer existed).
+    if txn.open_table(WEBHOOKS)?.get(w)?.is_none() {
+        job.scan_done = true;
+        return Ok(());
+    }
     let start = job
         .cursor
         .map_or(DeliveryId::first_at(job.since_ms).0, |c| {

@@ -407,6 +407,19 @@ async fn scan_recover(
     now_ms: u64,
     changes: &mut Vec<Change>,
 ) -> Result<(), StoreError> {
+    // The webhook was deleted: nothing more to recover. KEY SHARE makes a concurrent
+    // deletion wait for this step, then cancel what it queued.
+    let exists = txn
+        .query_opt(
+            "SELECT 1 FROM webhooks WHERE id = $1 FOR KEY SHARE",
+            &[&job.webhook_id.to_string()],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        job.scan_done = true;
+        return Ok(());
+    }
     let found = txn
         .query(
             &format!(
@@ -477,7 +490,10 @@ async fn scan_replay(
 ) -> Result<(), StoreError> {
     let Some(webhook) = txn
         .query_opt(
-            &format!("SELECT {} FROM webhooks WHERE id = $1", rows::WEBHOOK_COLS),
+            &format!(
+                "SELECT {} FROM webhooks WHERE id = $1 FOR KEY SHARE",
+                rows::WEBHOOK_COLS
+            ),
             &[&job.webhook_id.to_string()],
         )
         .await?
