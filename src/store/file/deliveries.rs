@@ -394,15 +394,7 @@ impl FileStore {
                 before,
                 delivery.next_attempt_at_ms,
             )?;
-            table.insert(
-                id.0,
-                encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-            )?;
-            reindex(
-                &mut txn.open_table(DELIVERY_SEARCH)?,
-                Some(&stored),
-                Some(&delivery),
-            )?;
+            put_delivery(txn, &mut table, Some(&stored), &delivery)?;
             Ok(Some(delivery))
         })
         .await
@@ -582,6 +574,22 @@ pub(super) fn load_event(
             decode::<EventRecord>("events", bytes.value())?.into_domain(key)?,
         )),
     }
+}
+
+/// Writes a delivery's record and moves its search-index entries from `before` (its stored
+/// state, `None` when new) in the same transaction: every write of a delivery that may change
+/// its status or outcome goes through here, so the index never disagrees with the record.
+pub(super) fn put_delivery(
+    txn: &Txn<'_>,
+    table: &mut redb::Table<'_, u128, &'static [u8]>,
+    before: Option<&Delivery>,
+    after: &Delivery,
+) -> Result<(), StoreError> {
+    table.insert(
+        after.id.0,
+        encode(&DeliveryRecord::from_domain(after)).as_slice(),
+    )?;
+    reindex(&mut txn.open_table(DELIVERY_SEARCH)?, before, Some(after))
 }
 
 pub(super) fn load_delivery(

@@ -10,10 +10,9 @@
 
 use redb::ReadableTable;
 
-use super::deliveries::{load_delivery, load_event};
+use super::deliveries::{load_delivery, load_event, put_delivery};
 use super::due::move_index_entry;
-use super::records::{decode, encode, DeliveryRecord, EventRecord, JobRecord, WebhookRecord};
-use super::search::{reindex, DELIVERY_SEARCH};
+use super::records::{decode, encode, EventRecord, JobRecord, WebhookRecord};
 use super::writer::Txn;
 use super::{
     FileStore, StoreError, DELIVERIES, EVENTS, JOBS, JOB_ITEMS, JOB_OUTSTANDING, ORG_EVENTS,
@@ -249,16 +248,8 @@ fn scan_recover(
         }
         let before = delivery.clone();
         crate::store::requeue_for_recovery(&mut delivery, limits.max_attempts, now_ms);
-        reindex(
-            &mut txn.open_table(DELIVERY_SEARCH)?,
-            Some(&before),
-            Some(&delivery),
-        )?;
         move_index_entry(txn, delivery.webhook_id, delivery.id, None, Some(now_ms))?;
-        table.insert(
-            id,
-            encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-        )?;
+        put_delivery(txn, &mut table, Some(&before), &delivery)?;
         job.queued += 1;
         room -= 1;
     }
@@ -329,13 +320,9 @@ fn scan_replay(
         if !queue_item(txn, job, delivery.id)? {
             continue;
         }
-        deliveries.insert(
-            delivery.id.0,
-            encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-        )?;
+        put_delivery(txn, &mut deliveries, None, &delivery)?;
         txn.open_table(WEBHOOK_DELIVERIES)?
             .insert((job.webhook_id.0, delivery.id.0), ())?;
-        reindex(&mut txn.open_table(DELIVERY_SEARCH)?, None, Some(&delivery))?;
         move_index_entry(txn, job.webhook_id, delivery.id, None, Some(now_ms))?;
         event.delivery_ids.push(delivery.id);
         events.insert(key, encode(&EventRecord::from_domain(&event)).as_slice())?;

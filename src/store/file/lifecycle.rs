@@ -7,10 +7,9 @@
 
 use redb::ReadableTable;
 
-use super::deliveries::load_delivery;
+use super::deliveries::{load_delivery, put_delivery};
 use super::due::move_index_entry;
-use super::records::{decode, encode, DeliveryRecord, WebhookRecord};
-use super::search::{reindex, DELIVERY_SEARCH};
+use super::records::{decode, WebhookRecord};
 use super::writer::Txn;
 use super::{FileStore, StoreError, DELIVERIES, HELD, WEBHOOKS, WEBHOOK_DUE};
 use crate::ids::{DeliveryId, WebhookId};
@@ -60,15 +59,7 @@ fn hold(
     delivery.status = DeliveryStatus::Held;
     delivery.next_attempt_at_ms = None;
     delivery.updated_at_ms = now_ms;
-    table.insert(
-        delivery.id.0,
-        encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-    )?;
-    reindex(
-        &mut txn.open_table(DELIVERY_SEARCH)?,
-        Some(&before),
-        Some(&delivery),
-    )?;
+    put_delivery(txn, table, Some(&before), &delivery)?;
     Ok(true)
 }
 
@@ -195,15 +186,7 @@ fn release_all(
             delivery.status = DeliveryStatus::Cancelled;
         }
         delivery.updated_at_ms = now_ms;
-        table.insert(
-            id.0,
-            encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-        )?;
-        reindex(
-            &mut txn.open_table(DELIVERY_SEARCH)?,
-            Some(&before),
-            Some(&delivery),
-        )?;
+        put_delivery(txn, &mut table, Some(&before), &delivery)?;
         moved += 1;
     }
     Ok(moved)

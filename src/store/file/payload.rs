@@ -7,11 +7,10 @@
 
 use redb::ReadableTable;
 
-use super::deliveries::{load_delivery, load_event};
+use super::deliveries::{load_delivery, load_event, put_delivery};
 use super::due::move_index_entry;
 use super::lifecycle::take_held;
-use super::records::{encode, DeliveryRecord, EventRecord};
-use super::search::{reindex, DELIVERY_SEARCH};
+use super::records::{encode, EventRecord};
 use super::writer::{Change, Txn};
 use super::{FileStore, StoreError, DELIVERIES, EVENTS, EVENT_IDS};
 use crate::ids::EventKey;
@@ -142,15 +141,7 @@ fn tombstone(txn: &Txn<'_>, event: &mut Event, now_ms: u64) -> Result<(), StoreE
         delivery.status = DeliveryStatus::Cancelled;
         delivery.next_attempt_at_ms = None;
         delivery.updated_at_ms = now_ms;
-        table.insert(
-            delivery.id.0,
-            encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-        )?;
-        reindex(
-            &mut txn.open_table(DELIVERY_SEARCH)?,
-            Some(&before),
-            Some(&delivery),
-        )?;
+        put_delivery(txn, &mut table, Some(&before), &delivery)?;
     }
     Ok(())
 }
