@@ -6,14 +6,18 @@
 //!
 //! Jobs live in the store, so a restart (or kill -9) resumes them where their last committed
 //! step left them; with several daemons on PostgreSQL every daemon steps them, one at a time
-//! (the step holds the job's row).
+//! (the step holds the job's row). The runner keeps the active jobs it knows in memory, as
+//! each step returned them, and lists the store's active jobs again only when woken (a job
+//! created or cancelled here) or every [`RELIST_MS`] (jobs created on another daemon).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Inner, Scheduler};
 use crate::clock;
-use crate::model::JobLimits;
+use crate::ids::JobId;
+use crate::model::{Job, JobLimits};
 use crate::store::blocking;
 
 /// Rows a step looks at, at most.
@@ -22,6 +26,8 @@ const SCAN_PER_STEP: usize = 500;
 const IDLE_MS: u64 = 500;
 /// The runner's pause between steps while jobs move (ms): what lets the attempts run.
 const BUSY_MS: u64 = 10;
+/// How often the runner lists the store's active jobs without being woken (ms).
+const RELIST_MS: u64 = 10_000;
 
 impl Scheduler {
     /// Wakes the job runner (a job was created).
@@ -32,18 +38,40 @@ impl Scheduler {
     /// Runs the job runner until shutdown. Spawn it once.
     pub async fn run_jobs(self) {
         let inner = &self.inner;
+        // The active jobs as their last step left them; `None` until listed.
+        let mut known: Option<HashMap<JobId, Option<Job>>> = None;
+        let mut listed = Instant::now();
         loop {
-            let moved = match Arc::clone(inner).step_jobs().await {
-                Ok(moved) => moved,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not step the recovery jobs; will try again");
-                    false
+            if known.is_none() || listed.elapsed() >= Duration::from_millis(RELIST_MS) {
+                match blocking(&inner.store, |s| s.active_jobs()).await {
+                    Ok(ids) => {
+                        let mut previous = known.take().unwrap_or_default();
+                        known = Some(
+                            ids.into_iter()
+                                .map(|id| (id, previous.remove(&id).flatten()))
+                                .collect(),
+                        );
+                        listed = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not list the recovery jobs; will try again");
+                    }
                 }
+            }
+            let moved = match known.as_mut() {
+                Some(jobs) => match Arc::clone(inner).step_jobs(jobs).await {
+                    Ok(moved) => moved,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not step the recovery jobs; will try again");
+                        false
+                    }
+                },
+                None => false,
             };
             let pause = Duration::from_millis(if moved { BUSY_MS } else { IDLE_MS });
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = inner.jobs_wake.notified() => {}
+                () = inner.jobs_wake.notified() => known = None,
                 () = inner.shutdown.cancelled() => return,
             }
         }
@@ -63,39 +91,31 @@ impl Inner {
         }
     }
 
-    /// One step of every active job; returns whether any moved.
-    async fn step_jobs(self: Arc<Self>) -> Result<bool, crate::store::StoreError> {
-        let ids = blocking(&self.store, |s| s.active_jobs()).await?;
+    /// One step of every job in `jobs` (with the state its last step left, if any); a job
+    /// that became final leaves the map. Returns whether any moved.
+    async fn step_jobs(
+        self: Arc<Self>,
+        jobs: &mut HashMap<JobId, Option<Job>>,
+    ) -> Result<bool, crate::store::StoreError> {
         let mut moved = false;
+        let ids: Vec<JobId> = jobs.keys().copied().collect();
         for id in ids {
-            let before = blocking(&self.store, move |s| s.get_job(id)).await?;
             let limits = self.job_limits();
             let now = clock::now_ms();
             let Some(after) = blocking(&self.store, move |s| s.job_step(id, limits, now)).await?
             else {
+                jobs.remove(&id);
                 continue;
             };
-            let changed = before.as_ref().is_none_or(|b| {
-                (
-                    b.state,
-                    b.matched,
-                    b.queued,
-                    b.succeeded,
-                    b.failed,
-                    b.cursor,
-                ) != (
-                    after.state,
-                    after.matched,
-                    after.queued,
-                    after.succeeded,
-                    after.failed,
-                    after.cursor,
-                )
-            });
-            moved |= changed;
-            if after.state.is_final() && after.finished_at_ms == Some(now) {
-                tracing::info!(job = %id, kind = after.kind.as_str(), matched = after.matched, succeeded = after.succeeded, failed = after.failed, "job finished");
-                self.emitter.recovery_finished(&after, now).await;
+            moved |= jobs.get(&id).and_then(Option::as_ref) != Some(&after);
+            if after.finished_at_ms.is_some() {
+                jobs.remove(&id);
+                if after.finished_at_ms == Some(now) {
+                    tracing::info!(job = %id, kind = after.kind.as_str(), matched = after.matched, succeeded = after.succeeded, failed = after.failed, "job finished");
+                    self.emitter.recovery_finished(&after, now).await;
+                }
+            } else {
+                jobs.insert(id, Some(after));
             }
         }
         Ok(moved)

@@ -1101,42 +1101,23 @@ pub(crate) fn new_event(
     now_ms: u64,
     first_due_ms: u64,
 ) -> (Event, Vec<Delivery>) {
-    let org = prepared.organization_id.as_str();
-    let key = EventKey::generate();
-    let deliveries: Vec<Delivery> = targets
-        .iter()
-        .map(|(webhook_id, held)| Delivery {
-            id: DeliveryId::generate(),
-            organization_id: org.to_owned(),
-            webhook_id: *webhook_id,
-            event_key: key,
-            event_id: prepared.event_id.clone(),
-            event_type: prepared.event_type,
-            status: if *held {
-                DeliveryStatus::Held
-            } else {
-                DeliveryStatus::Pending
-            },
-            attempt_count: 0,
-            scheduled_attempts: 0,
-            next_attempt_at_ms: (!*held).then_some(first_due_ms),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            last_outcome: None,
-        })
-        .collect();
-    let event = Event {
-        key,
+    let mut event = Event {
+        key: EventKey::generate(),
         event_id: prepared.event_id.clone(),
         event_type: prepared.event_type,
         timestamp: prepared.timestamp.clone(),
-        organization_id: org.to_owned(),
+        organization_id: prepared.organization_id.clone(),
         received_at_ms: now_ms,
         body: prepared.body.clone(),
         content_hash: prepared.content_hash,
-        delivery_ids: deliveries.iter().map(|d| d.id).collect(),
+        delivery_ids: Vec::with_capacity(targets.len()),
         payload_deleted_at_ms: None,
     };
+    let deliveries: Vec<Delivery> = targets
+        .iter()
+        .map(|(webhook, held)| new_delivery(&event, *webhook, *held, now_ms, first_due_ms))
+        .collect();
+    event.delivery_ids = deliveries.iter().map(|d| d.id).collect();
     (event, deliveries)
 }
 
@@ -1220,8 +1201,15 @@ pub(crate) fn apply_lifecycle(
     }
 }
 
-/// The delivery a replay job creates for `event` to `webhook`: pending, due at `now_ms`.
-pub(crate) fn replay_delivery(event: &Event, webhook: WebhookId, now_ms: u64) -> Delivery {
+/// A new delivery of `event` to `webhook`, made at `now_ms`: pending and due at `due_ms`, or
+/// `held` (no due time) when `held`. What fan-out and replay jobs create.
+pub(crate) fn new_delivery(
+    event: &Event,
+    webhook: WebhookId,
+    held: bool,
+    now_ms: u64,
+    due_ms: u64,
+) -> Delivery {
     Delivery {
         id: DeliveryId::generate(),
         organization_id: event.organization_id.clone(),
@@ -1229,10 +1217,14 @@ pub(crate) fn replay_delivery(event: &Event, webhook: WebhookId, now_ms: u64) ->
         event_key: event.key,
         event_id: event.event_id.clone(),
         event_type: event.event_type,
-        status: DeliveryStatus::Pending,
+        status: if held {
+            DeliveryStatus::Held
+        } else {
+            DeliveryStatus::Pending
+        },
         attempt_count: 0,
         scheduled_attempts: 0,
-        next_attempt_at_ms: Some(now_ms),
+        next_attempt_at_ms: (!held).then_some(due_ms),
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
         last_outcome: None,

@@ -224,6 +224,7 @@ fn scan_recover(
         job.scan_done = true;
     }
     let mut table = txn.open_table(DELIVERIES)?;
+    let events = txn.open_table(EVENTS)?;
     for id in ids {
         if room == 0 {
             job.scan_done = false;
@@ -237,7 +238,7 @@ fn scan_recover(
             continue;
         }
         // A deleted payload is never sent again (issue 15, item 7).
-        if load_event(&txn.open_table(EVENTS)?, delivery.event_key)?
+        if load_event(&events, delivery.event_key)?
             .is_none_or(|e| e.payload_deleted_at_ms.is_some())
         {
             continue;
@@ -316,7 +317,7 @@ fn scan_replay(
             continue;
         }
         job.matched += 1;
-        let delivery = crate::store::replay_delivery(&event, job.webhook_id, now_ms);
+        let delivery = crate::store::new_delivery(&event, job.webhook_id, false, now_ms, now_ms);
         if !queue_item(txn, job, delivery.id)? {
             continue;
         }

@@ -548,7 +548,7 @@ async fn scan_replay(
             continue;
         }
         job.matched += 1;
-        let delivery = crate::store::replay_delivery(&event, job.webhook_id, now_ms);
+        let delivery = crate::store::new_delivery(&event, job.webhook_id, false, now_ms, now_ms);
         if !queue_item(txn, job, delivery.id).await? {
             continue;
         }
