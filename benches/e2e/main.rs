@@ -5,12 +5,13 @@
 //!
 //! Run: `cargo bench --bench e2e` (sections (a)-(f) of issue 13 and ingest, see
 //! `engine.rs`; about 12 minutes on 2 cores). `E2E_ONLY=a,c,...` runs some sections (`a` `b`
-//! `c` `d` `e` `f` `g` `ingest` `pg` `recovery`, and `slow`, not run by default);
+//! `c` `d` `e` `f` `g` `ingest` `pg` `recovery` `lifecycle`, and `slow`, not run by default);
 //! `E2E_BURST_SECONDS`, `E2E_B_SECONDS`, `E2E_OUTAGE_EVENTS`, `E2E_BACKLOG`,
-//! `E2E_FAIRNESS_BACKLOG`, `E2E_RECOVERY` size them.
+//! `E2E_FAIRNESS_BACKLOG`, `E2E_RECOVERY`, `E2E_LIFECYCLE` size them.
 
 mod backlog;
 mod engine;
+mod lifecycle;
 mod postgres;
 mod recovery;
 mod slow;
@@ -421,8 +422,8 @@ async fn run() {
     // Sections: a b c d e f (issue 13), g (10,000 webhooks × 100 due at restart), ingest
     // (durable ingest by clients and webhooks), pg (the burst on PostgreSQL with one and
     // three daemons, next to redb's, issue 14), slow (one slow webhook among 100, issue 3).
-    let only =
-        std::env::var("E2E_ONLY").unwrap_or_else(|_| "a,b,c,d,e,f,g,ingest,pg,recovery".to_owned());
+    let only = std::env::var("E2E_ONLY")
+        .unwrap_or_else(|_| "a,b,c,d,e,f,g,ingest,pg,recovery,lifecycle".to_owned());
     let wants = |s: &str| only.split(',').any(|w| w.trim() == s);
     let seconds = |name: &str, default: u64| -> u64 {
         std::env::var(name)
@@ -486,6 +487,9 @@ async fn run() {
     }
     if wants("recovery") {
         recovery::run(seconds("E2E_RECOVERY", 50_000) as usize, &mut add).await;
+    }
+    if wants("lifecycle") {
+        lifecycle::run(seconds("E2E_LIFECYCLE", 60_000) as usize, &mut add).await;
     }
     if wants("slow") {
         let mut offset = 0;

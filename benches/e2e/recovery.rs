@@ -23,7 +23,8 @@ use super::{
     Arrivals, Daemon, TOKEN,
 };
 
-async fn call(
+/// One API call as the admin; the answer's JSON (`Null` when it is not JSON).
+pub(super) async fn call(
     client: &HttpsClient,
     daemon: &Daemon,
     method: &str,

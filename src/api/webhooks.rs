@@ -296,7 +296,9 @@ pub(super) async fn get_webhook(
 
 /// `POST /api/webhooks/{id}/enable {"deliver_held": bool}` → 200 with the webhook: clears
 /// `disabled` and the failing streak; held deliveries are queued again in due order (paced
-/// by the scheduler like any backlog) or cancelled; emits `webhook.enabled`. 409
+/// by the scheduler like any backlog) or cancelled, a chunk per transaction
+/// ([`crate::store::HELD_CHUNK`]), so `held_deliveries` in the answer counts those still to
+/// move (0 for a backlog under a chunk); emits `webhook.enabled`. 409
 /// `not_disabled` when the daemon has not disabled it (`active` is the customer's switch,
 /// changed by PATCH).
 pub(super) async fn enable_webhook(
@@ -321,14 +323,17 @@ pub(super) async fn enable_webhook(
             "this webhook is not disabled (to switch deliveries on or off, PATCH \"active\")",
         ));
     }
+    // A backlog past the first chunk is released (or cancelled) by the sweep.
+    state.scheduler.wake_jobs();
     tracing::info!(webhook = %wid, deliver_held, deliveries = outcome.deliveries, "webhook enabled");
     state
         .scheduler
         .emitter()
         .webhook_enabled(&outcome.webhook, deliver_held, outcome.deliveries, now)
         .await;
+    let held = blocking(&state.store, move |s| s.held_count(wid)).await?;
     let mut out = WebhookOut::from(&outcome.webhook);
-    out.held_deliveries = Some(0);
+    out.held_deliveries = Some(held);
     Ok(Json(out))
 }
 

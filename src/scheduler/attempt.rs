@@ -322,6 +322,8 @@ impl Inner {
             {
                 Ok(Some(outcome)) if disabling && outcome.changed => {
                     lock(&inner.streaks).forget(webhook_id);
+                    // A backlog past the first chunk is held by the sweep.
+                    inner.jobs_wake.notify_one();
                     inner
                         .emitter
                         .webhook_disabled(&outcome.webhook, outcome.deliveries, now)

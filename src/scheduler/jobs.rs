@@ -4,6 +4,12 @@
 //! due work, round-robin with every other webhook, so live deliveries keep their latency.
 //! A job that ends emits `recovery.finished`.
 //!
+//! The same loop carries on the held sweep ([`Store::sweep_held`](crate::store::Store::sweep_held)):
+//! a webhook disabled or enabled with a large backlog has its deliveries held, released or
+//! cancelled a chunk per transaction, between which every other writer gets its turn. The
+//! sweep is looked for at start, when woken and at every relist, and goes on while a step
+//! says more may be left.
+//!
 //! Jobs live in the store, so a restart (or kill -9) resumes them where their last committed
 //! step left them; with several daemons on PostgreSQL every daemon steps them, one at a time
 //! (the step holds the job's row). The runner keeps the active jobs it knows in memory, as
@@ -28,9 +34,13 @@ const IDLE_MS: u64 = 500;
 const BUSY_MS: u64 = 10;
 /// How often the runner lists the store's active jobs without being woken (ms).
 const RELIST_MS: u64 = 10_000;
+/// Webhooks one held-sweep step works on, at most ([`crate::store::HELD_CHUNK`] deliveries
+/// each).
+const SWEEP_WEBHOOKS: usize = 4;
 
 impl Scheduler {
-    /// Wakes the job runner (a job was created).
+    /// Wakes the job runner: a job was created or cancelled, or a webhook was disabled or
+    /// enabled (the held sweep).
     pub fn wake_jobs(&self) {
         self.inner.jobs_wake.notify_one();
     }
@@ -41,8 +51,11 @@ impl Scheduler {
         // The active jobs as their last step left them; `None` until listed.
         let mut known: Option<HashMap<JobId, Option<Job>>> = None;
         let mut listed = Instant::now();
+        // Whether the held sweep may have work.
+        let mut sweep = true;
         loop {
             if known.is_none() || listed.elapsed() >= Duration::from_millis(RELIST_MS) {
+                sweep = true;
                 match blocking(&inner.store, |s| s.active_jobs()).await {
                     Ok(ids) => {
                         let mut previous = known.take().unwrap_or_default();
@@ -68,6 +81,19 @@ impl Scheduler {
                 },
                 None => false,
             };
+            let mut moved = moved;
+            if sweep {
+                let now = clock::now_ms();
+                match blocking(&inner.store, move |s| s.sweep_held(SWEEP_WEBHOOKS, now)).await {
+                    Ok(report) => {
+                        sweep = report.more;
+                        moved |= report.more;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not move held deliveries; will try again");
+                    }
+                }
+            }
             let pause = Duration::from_millis(if moved { BUSY_MS } else { IDLE_MS });
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}

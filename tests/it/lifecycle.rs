@@ -355,3 +355,199 @@ async fn a_failing_streak_longer_than_the_window_disables_and_a_success_resets_i
     let (ok, text) = support::check(&daemon.dir);
     assert!(ok, "{text}");
 }
+
+/// Posts `ids` to `org` over 16 connections, each answered 202.
+async fn ingest_many(daemon: &std::sync::Arc<support::Daemon>, org: &str, ids: Vec<String>) {
+    let ids = std::sync::Arc::new(ids);
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (d, ids, org) = (
+            std::sync::Arc::clone(daemon),
+            std::sync::Arc::clone(&ids),
+            org.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for id in ids.iter().skip(worker).step_by(16) {
+                let (status, body) = d.call("POST", "/api/events", Some(ticket(&org, id))).await;
+                assert_eq!(status, 202, "{body}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A webhook's deliveries with this status (counted over every page).
+async fn count_status(daemon: &support::Daemon, webhook: &str, status: &str) -> usize {
+    let mut count = 0;
+    let mut cursor = String::new();
+    loop {
+        let (code, page) = daemon
+            .call(
+                "GET",
+                &format!("/api/webhooks/{webhook}/deliveries?status={status}&limit=100{cursor}"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{page}");
+        count += page["data"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return count,
+        }
+    }
+}
+
+/// A backlog many times the chunk a lifecycle change moves per transaction
+/// (`store::HELD_CHUNK`, 256): the disable holds all of it, the enable releases all of it
+/// even when the daemon is killed (-9) right after answering, and a discarding enable
+/// cancels exactly what was held then, while events that arrive after it are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_many_chunks_is_held_released_across_kill_9_and_discarded() {
+    const N: usize = 3_000;
+    let receiver = Receiver::start(Behaviour::Slow(1_500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--max-in-flight-per-webhook",
+        "1",
+    ];
+    let daemon = std::sync::Arc::new(support::start_in(dir.path(), &args));
+    let webhook = daemon.create_webhook("org_a", &receiver.url, &["*"]).await;
+    let ids: Vec<String> = (0..N).map(|i| format!("b{i}")).collect();
+    ingest_many(&daemon, "org_a", ids).await;
+    // One attempt at a time, 1.5 s each: nearly all of the backlog is still due. The
+    // receiver now answers 410: the next attempt disables the webhook.
+    receiver.set(Behaviour::Status(410));
+    let disabled = daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}"),
+            Duration::from_secs(60),
+            |b| !b["disabled"].is_null(),
+        )
+        .await;
+    assert_eq!(disabled["disabled"]["reason"], "gone", "{disabled}");
+    // Every delivery not sent before the 410 is held: none left pending or retrying.
+    let succeeded = count_status(&daemon, &webhook, "succeeded").await;
+    daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}"),
+            Duration::from_secs(60),
+            |b| b["held_deliveries"].as_u64() == Some((N - succeeded) as u64),
+        )
+        .await;
+    assert!(succeeded < 50, "{succeeded} sent before the 410");
+    assert_eq!(count_status(&daemon, &webhook, "pending").await, 0);
+    assert_eq!(count_status(&daemon, &webhook, "retrying").await, 0);
+
+    // Enabled with deliver_held; killed right after the answer, mid-sweep.
+    receiver.set(Behaviour::Status(200));
+    let before = receiver.received().len();
+    let (status, body) = daemon
+        .call(
+            "POST",
+            &format!("/api/webhooks/{webhook}/enable"),
+            Some(json!({"deliver_held": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["held_deliveries"].as_u64().unwrap() > 0,
+        "a backlog past one chunk is left to the sweep: {body}"
+    );
+    let mut daemon = std::sync::Arc::try_unwrap(daemon).ok().unwrap();
+    daemon.kill9();
+    let daemon = std::sync::Arc::new(support::start_in(dir.path(), &args));
+    daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}"),
+            Duration::from_secs(60),
+            |b| b["held_deliveries"] == 0,
+        )
+        .await;
+    // The attempts made between the 410 and the disable's commit failed (410) and wait for
+    // their next scheduled attempt (1 h); every other held delivery is sent.
+    let retrying = count_status(&daemon, &webhook, "retrying").await;
+    assert!(retrying < 50, "{retrying} attempts answered 410");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let got: std::collections::HashSet<String> = receiver.received()[before..]
+            .iter()
+            .map(|r| r.json()["event_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if got.len() >= N - succeeded - retrying {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} held deliveries sent",
+            got.len(),
+            N - succeeded - retrying
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        count_status(&daemon, &webhook, "succeeded").await,
+        N - retrying
+    );
+
+    // Disabled again, with a held backlog made by fan-out; a discarding enable cancels what
+    // is held at that moment, and what arrives right after is delivered.
+    receiver.set(Behaviour::Status(410));
+    daemon
+        .call("POST", "/api/events", Some(ticket("org_a", "gone")))
+        .await;
+    daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}"),
+            Duration::from_secs(30),
+            |b| !b["disabled"].is_null(),
+        )
+        .await;
+    const M: usize = 1_000;
+    ingest_many(&daemon, "org_a", (0..M).map(|i| format!("h{i}")).collect()).await;
+    let (_, got) = daemon
+        .call("GET", &format!("/api/webhooks/{webhook}"), None)
+        .await;
+    // Held: the new ones, the one answered 410, and the retrying ones of the first 410s.
+    assert_eq!(got["held_deliveries"], M + 1 + retrying, "{got}");
+    receiver.set(Behaviour::Status(200));
+    let before = receiver.received().len();
+    let (status, body) = daemon
+        .call(
+            "POST",
+            &format!("/api/webhooks/{webhook}/enable"),
+            Some(json!({"deliver_held": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    ingest_many(&daemon, "org_a", (0..20).map(|i| format!("n{i}")).collect()).await;
+    daemon
+        .wait_until(
+            &format!("/api/webhooks/{webhook}"),
+            Duration::from_secs(60),
+            |b| b["held_deliveries"] == 0,
+        )
+        .await;
+    receiver
+        .wait_for(before + 20, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent: Vec<String> = receiver.received()[before..]
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(sent.len(), 20, "only the new events are sent: {sent:?}");
+    assert!(sent.iter().all(|id| id.starts_with('n')), "{sent:?}");
+    assert_eq!(
+        count_status(&daemon, &webhook, "cancelled").await,
+        M + 1 + retrying
+    );
+    let mut daemon = std::sync::Arc::try_unwrap(daemon).ok().unwrap();
+    daemon.terminate();
+    let (ok, text) = support::check(&daemon.dir);
+    assert!(ok, "{text}");
+}

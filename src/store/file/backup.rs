@@ -15,12 +15,12 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use super::search::DELIVERY_SEARCH;
 use super::{
     FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
-    JOBS, JOB_ITEMS, JOB_OUTSTANDING, META, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS,
-    WEBHOOK_DELIVERIES, WEBHOOK_DUE,
+    HELD_SWEEPS, JOBS, JOB_ITEMS, JOB_OUTSTANDING, META, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX,
+    WEBHOOKS, WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
 /// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 19] = [
     "meta",
     "webhooks",
     "org_webhooks",
@@ -35,6 +35,7 @@ const TABLES: [&str; 18] = [
     "api_keys",
     "api_key_hashes",
     "held",
+    "held_sweeps",
     "jobs",
     "job_items",
     "job_outstanding",
@@ -119,6 +120,7 @@ impl FileStore {
         report.rows += copy(&snapshot, &target, META)?;
         report.rows += copy(&snapshot, &target, WEBHOOKS)?;
         report.rows += copy(&snapshot, &target, HELD)?;
+        report.rows += copy(&snapshot, &target, HELD_SWEEPS)?;
         report.rows += copy(&snapshot, &target, ORG_WEBHOOKS)?;
         report.events = copy(&snapshot, &target, EVENTS)?;
         report.rows += report.events;

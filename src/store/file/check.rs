@@ -27,7 +27,7 @@ use super::records::{
 use super::search::DELIVERY_SEARCH;
 use super::{
     FileStore, StoreError, API_KEYS, API_KEY_HASHES, ATTEMPTS, DELIVERIES, EVENTS, EVENT_IDS, HELD,
-    JOBS, JOB_ITEMS, JOB_OUTSTANDING, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS,
+    HELD_SWEEPS, JOBS, JOB_ITEMS, JOB_OUTSTANDING, ORG_EVENTS, ORG_WEBHOOKS, RETRY_INDEX, WEBHOOKS,
     WEBHOOK_DELIVERIES, WEBHOOK_DUE,
 };
 
@@ -189,6 +189,7 @@ impl FileStore {
             API_KEYS => "api_keys",
             API_KEY_HASHES => "api_key_hashes",
             HELD => "held",
+            HELD_SWEEPS => "held_sweeps",
             JOBS => "jobs",
             JOB_ITEMS => "job_items",
             JOB_OUTSTANDING => "job_outstanding",
@@ -543,9 +544,29 @@ fn check_index_tables(txn: &ReadTransaction, report: &mut CheckReport) -> Result
             ));
         }
     }
+    let sweeps = txn.open_table(HELD_SWEEPS)?;
+    let webhooks = txn.open_table(WEBHOOKS)?;
+    let mut swept_checked = None;
     for entry in txn.open_table(HELD)?.iter()? {
         let (key, _) = entry?;
         let (webhook, id) = key.value();
+        // An enabled webhook's held deliveries are being released or cancelled: its sweep
+        // entry must be there, or they would stay held for good.
+        if swept_checked != Some(webhook) {
+            swept_checked = Some(webhook);
+            let enabled = match webhooks.get(webhook)? {
+                Some(bytes) => decode::<WebhookRecord>("webhooks", bytes.value())
+                    .and_then(|r| r.into_domain(WebhookId(webhook), None))
+                    .is_ok_and(|w| w.disabled.is_none()),
+                None => false,
+            };
+            if enabled && sweeps.get(webhook)?.is_none() {
+                report.violation(format!(
+                    "webhook {}: enabled with held deliveries and no held_sweeps entry",
+                    WebhookId(webhook)
+                ));
+            }
+        }
         match load(id)? {
             Some(d) if d.webhook_id.0 == webhook && d.status == DeliveryStatus::Held => {}
             _ => report.violation(format!(

@@ -2,8 +2,14 @@
 //! deliveries in the held index `held` `(webhook, delivery) -> due ms`, enabling releases or
 //! cancels them, and the failing streak's start is kept on the webhook record.
 //!
-//! Invariant (checked by `check`): a delivery is `held` exactly when it has a `held` entry;
-//! a held delivery has no retry-index entry and no `next_attempt_at_ms`.
+//! The change itself moves at most [`HELD_CHUNK`] deliveries; when more are left, the
+//! webhook gets a `held_sweeps` entry (`webhook -> discard-through delivery id`, 0 for
+//! none) and [`FileStore::sweep_held`] moves the rest a chunk per transaction, so other
+//! writers never wait behind a whole backlog.
+//!
+//! Invariants (checked by `check`): a delivery is `held` exactly when it has a `held` entry;
+//! a held delivery has no retry-index entry and no `next_attempt_at_ms`; an enabled webhook
+//! with held deliveries has a `held_sweeps` entry.
 
 use redb::ReadableTable;
 
@@ -11,10 +17,10 @@ use super::deliveries::{load_delivery, put_delivery};
 use super::due::move_index_entry;
 use super::records::{decode, WebhookRecord};
 use super::writer::Txn;
-use super::{FileStore, StoreError, DELIVERIES, HELD, WEBHOOKS, WEBHOOK_DUE};
+use super::{FileStore, StoreError, DELIVERIES, HELD, HELD_SWEEPS, WEBHOOKS, WEBHOOK_DUE};
 use crate::ids::{DeliveryId, WebhookId};
 use crate::model::{Delivery, DeliveryStatus};
-use crate::store::{Lifecycle, LifecycleMove, LifecycleOutcome};
+use crate::store::{Lifecycle, LifecycleMove, LifecycleOutcome, SweepReport, HELD_CHUNK};
 
 /// Adds a held-index entry (the delivery's record is the caller's).
 pub(super) fn put_held(
@@ -71,19 +77,38 @@ impl FileStore {
         change: Lifecycle,
         now_ms: u64,
     ) -> Result<Option<LifecycleOutcome>, StoreError> {
+        // Counted before the change, in a snapshot: counting inside the write would make
+        // every other writer wait for it.
+        let concerned = match change {
+            Lifecycle::Disable(_) => self.unfinished_count(id)?,
+            Lifecycle::Enable { .. } => self.held_count(id)?,
+            Lifecycle::FailingSince(_) => 0,
+        };
         let key = self.secrets_key.clone();
         self.write(move |txn| {
             let mut webhooks = txn.open_table(WEBHOOKS)?;
             let Some(mut webhook) = super::get_webhook(&webhooks, id, key.as_deref())? else {
                 return Ok(None);
             };
-            let mut deliveries = 0u64;
             let step = crate::store::apply_lifecycle(&mut webhook, change, now_ms);
+            let mut deliveries = 0;
             match step {
                 LifecycleMove::Unchanged | LifecycleMove::RecordOnly => {}
-                LifecycleMove::HoldAll => deliveries = hold_all(txn, id, now_ms)?,
-                LifecycleMove::ReleaseAll(deliver) => {
-                    deliveries = release_all(txn, id, deliver, now_ms)?;
+                LifecycleMove::HoldAll | LifecycleMove::ReleaseAll(true) => {
+                    deliveries = concerned;
+                    start_sweep(txn, id, webhook.disabled.is_some(), None, now_ms)?;
+                }
+                LifecycleMove::ReleaseAll(false) => {
+                    deliveries = concerned;
+                    // What is held now is what the person discards; anything held later
+                    // (a new disable) is not.
+                    let last = txn
+                        .open_table(HELD)?
+                        .range((id.0, 0)..=(id.0, u128::MAX))?
+                        .next_back()
+                        .transpose()?
+                        .map(|(k, _)| k.value().1);
+                    start_sweep(txn, id, false, last, now_ms)?;
                 }
             }
             let changed = step != LifecycleMove::Unchanged;
@@ -95,6 +120,39 @@ impl FileStore {
                 changed,
                 deliveries,
             }))
+        })
+    }
+
+    /// See [`Store::sweep_held`](crate::store::Store::sweep_held).
+    pub fn sweep_held(&self, webhooks: usize, now_ms: u64) -> Result<SweepReport, StoreError> {
+        self.write(move |txn| {
+            let pending: Vec<(u128, u128)> = txn
+                .open_table(HELD_SWEEPS)?
+                .iter()?
+                .take(webhooks.max(1) + 1)
+                .map(|row| row.map(|(k, v)| (k.value(), v.value())))
+                .collect::<Result<_, _>>()?;
+            let mut report = SweepReport {
+                more: pending.len() > webhooks.max(1),
+                ..SweepReport::default()
+            };
+            for (id, discard) in pending.into_iter().take(webhooks.max(1)) {
+                let disabled = match txn.open_table(WEBHOOKS)?.get(id)? {
+                    Some(bytes) => decode::<WebhookRecord>("webhooks", bytes.value())?
+                        .into_domain(WebhookId(id), None)?
+                        .disabled
+                        .is_some(),
+                    None => {
+                        txn.open_table(HELD_SWEEPS)?.remove(id)?;
+                        continue;
+                    }
+                };
+                let discard = (discard != 0).then_some(discard);
+                let (moved, left) = sweep_one(txn, WebhookId(id), disabled, discard, now_ms)?;
+                report.moved += moved;
+                report.more |= left;
+            }
+            Ok(report)
         })
     }
 
@@ -131,41 +189,135 @@ impl FileStore {
             Ok(count)
         })
     }
-}
 
-/// Holds every unfinished delivery of `webhook` (its entries in the per-webhook due index).
-fn hold_all(txn: &Txn<'_>, webhook: WebhookId, now_ms: u64) -> Result<u64, StoreError> {
-    let ids: Vec<DeliveryId> = txn
-        .open_table(WEBHOOK_DUE)?
-        .range((webhook.0, 0, 0)..=(webhook.0, u64::MAX, u128::MAX))?
-        .map(|row| row.map(|(k, _)| DeliveryId(k.value().2)))
-        .collect::<Result<_, _>>()?;
-    let mut table = txn.open_table(DELIVERIES)?;
-    let mut held = 0;
-    for id in ids {
-        if let Some(delivery) = load_delivery(&table, id)? {
-            held += u64::from(hold(txn, &mut table, delivery, now_ms)?);
-        }
+    /// The webhook's unfinished deliveries with a due time (its retry-index entries).
+    fn unfinished_count(&self, webhook: WebhookId) -> Result<u64, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(WEBHOOK_DUE)?;
+            let mut count = 0u64;
+            for row in table.range((webhook.0, 0, 0)..=(webhook.0, u64::MAX, u128::MAX))? {
+                row?;
+                count += 1;
+            }
+            Ok(count)
+        })
     }
-    Ok(held)
 }
 
-/// Releases (back into the retry index at the due time each kept) or cancels every held
-/// delivery of `webhook`.
-fn release_all(
+/// Moves the first chunk of a lifecycle change's deliveries in its own transaction and
+/// leaves a `held_sweeps` entry when more may be left (merging a discard boundary with one
+/// already pending: the later is the larger).
+fn start_sweep(
     txn: &Txn<'_>,
     webhook: WebhookId,
+    disabled: bool,
+    discard_through: Option<u128>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let sweeps = txn.open_table(HELD_SWEEPS)?;
+    let pending = sweeps.get(webhook.0)?.map(|v| v.value()).unwrap_or(0);
+    let discard = discard_through.unwrap_or(0).max(pending);
+    drop(sweeps);
+    sweep_one(
+        txn,
+        webhook,
+        disabled,
+        (discard != 0).then_some(discard),
+        now_ms,
+    )?;
+    Ok(())
+}
+
+/// One chunk (at most [`HELD_CHUNK`] deliveries) of a webhook's sweep: first the held
+/// deliveries up to `discard_through` are cancelled; then a disabled webhook's unfinished
+/// deliveries are held, an enabled one's held deliveries released. Writes (or removes) the
+/// webhook's `held_sweeps` entry accordingly. Returns the deliveries moved and whether more
+/// may be left.
+fn sweep_one(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+    disabled: bool,
+    discard_through: Option<u128>,
+    now_ms: u64,
+) -> Result<(u64, bool), StoreError> {
+    let mut moved = 0u64;
+    let mut discard = discard_through;
+    if let Some(last) = discard {
+        let n = release_some(txn, webhook, 0, last, false, HELD_CHUNK, now_ms)?;
+        moved += n;
+        if n < HELD_CHUNK as u64 {
+            discard = None;
+        }
+    }
+    let budget = HELD_CHUNK - usize::try_from(moved).unwrap_or(HELD_CHUNK);
+    let mut more = discard.is_some() || budget == 0;
+    if budget > 0 {
+        let n = if disabled {
+            hold_some(txn, webhook, budget, now_ms)?
+        } else {
+            let from = discard.map_or(0, |d| d.saturating_add(1));
+            release_some(txn, webhook, from, u128::MAX, true, budget, now_ms)?
+        };
+        moved += n;
+        more |= n == budget as u64;
+    }
+    let mut sweeps = txn.open_table(HELD_SWEEPS)?;
+    if more {
+        sweeps.insert(webhook.0, discard.unwrap_or(0))?;
+    } else {
+        sweeps.remove(webhook.0)?;
+    }
+    Ok((moved, more))
+}
+
+/// Holds at most `limit` unfinished deliveries of `webhook` (its per-webhook due index, in
+/// due order); returns how many entries it took.
+fn hold_some(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+    limit: usize,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let entries: Vec<(u64, DeliveryId)> = txn
+        .open_table(WEBHOOK_DUE)?
+        .range((webhook.0, 0, 0)..=(webhook.0, u64::MAX, u128::MAX))?
+        .take(limit)
+        .map(|row| row.map(|(k, _)| (k.value().1, DeliveryId(k.value().2))))
+        .collect::<Result<_, _>>()?;
+    let mut table = txn.open_table(DELIVERIES)?;
+    for &(due, id) in &entries {
+        match load_delivery(&table, id)? {
+            Some(delivery) if delivery.next_attempt_at_ms == Some(due) => {
+                hold(txn, &mut table, delivery, now_ms)?;
+            }
+            // An entry that names no such due delivery would be taken again and again:
+            // it goes (check reports such entries).
+            _ => move_index_entry(txn, webhook, id, Some(due), None)?,
+        }
+    }
+    Ok(entries.len() as u64)
+}
+
+/// Releases (back into the retry index at the due time each kept: `deliver`) or cancels at
+/// most `limit` held deliveries of `webhook` whose ids lie in `from..=through`; returns how
+/// many entries it took.
+fn release_some(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+    from: u128,
+    through: u128,
     deliver: bool,
+    limit: usize,
     now_ms: u64,
 ) -> Result<u64, StoreError> {
     let entries: Vec<(DeliveryId, u64)> = txn
         .open_table(HELD)?
-        .range((webhook.0, 0)..=(webhook.0, u128::MAX))?
+        .range((webhook.0, from)..=(webhook.0, through))?
+        .take(limit)
         .map(|row| row.map(|(k, v)| (DeliveryId(k.value().1), v.value())))
         .collect::<Result<_, _>>()?;
     let mut table = txn.open_table(DELIVERIES)?;
-    let mut moved = 0;
-    for (id, due) in entries {
+    for &(id, due) in &entries {
         take_held(txn, webhook, id)?;
         let Some(mut delivery) = load_delivery(&table, id)? else {
             continue;
@@ -187,7 +339,6 @@ fn release_all(
         }
         delivery.updated_at_ms = now_ms;
         put_delivery(txn, &mut table, Some(&before), &delivery)?;
-        moved += 1;
     }
-    Ok(moved)
+    Ok(entries.len() as u64)
 }

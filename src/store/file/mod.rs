@@ -70,6 +70,9 @@ pub(crate) const WEBHOOK_DUE: TableDefinition<(u128, u64, u128), ()> =
 /// `(webhook, delivery) -> due ms`: the held deliveries of disabled webhooks (issue 15), with
 /// the due time each had, so enabling puts them back in due order.
 pub(crate) const HELD: TableDefinition<(u128, u128), u64> = TableDefinition::new("held");
+/// `webhook -> discard-through delivery id (0: none)`: webhooks whose lifecycle change left
+/// deliveries to hold, release or cancel, a chunk per transaction (`lifecycle::sweep_held`).
+pub(crate) const HELD_SWEEPS: TableDefinition<u128, u128> = TableDefinition::new("held_sweeps");
 /// Recovery and replay jobs (issue 15): id → record, what each queued, and what it waits for.
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 pub(crate) const JOB_ITEMS: TableDefinition<(u128, u128), ()> = TableDefinition::new("job_items");
@@ -206,6 +209,7 @@ impl FileStore {
             txn.open_table(API_KEYS)?;
             txn.open_table(API_KEY_HASHES)?;
             txn.open_table(HELD)?;
+            txn.open_table(HELD_SWEEPS)?;
             txn.open_table(JOBS)?;
             txn.open_table(JOB_ITEMS)?;
             txn.open_table(JOB_OUTSTANDING)?;

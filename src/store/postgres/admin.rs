@@ -178,6 +178,15 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
         "a held delivery must have a held due time, any other none",
     )
     .await?;
+    violations(
+        &txn,
+        &mut report,
+        "SELECT DISTINCT w.id FROM webhooks w JOIN deliveries d ON d.webhook_id = w.id \
+         AND d.held_due_ms IS NOT NULL LEFT JOIN held_sweeps s ON s.webhook_id = w.id \
+         WHERE w.disabled IS NULL AND s.webhook_id IS NULL",
+        "an enabled webhook with held deliveries must have a held_sweeps row",
+    )
+    .await?;
     // Tombstones (issue 15): no body, and nothing of the event may still be attempted.
     violations(
         &txn,

@@ -793,7 +793,8 @@ impl PgStore {
 }
 
 /// The tables of the schema, for [`PgStore::space`].
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
+    "held_sweeps",
     "jobs",
     "job_items",
     "webhooks",
