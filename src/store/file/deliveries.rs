@@ -419,6 +419,7 @@ impl FileStore {
             txn.open_table(ORG_WEBHOOKS)?
                 .remove((webhook.organization_id.as_str(), id.0))?;
             txn.publish(Change::Webhook { id, webhook: None });
+            txn.open_table(super::HELD_SWEEPS)?.remove(id.0)?;
             let ids: Vec<DeliveryId> = txn
                 .open_table(WEBHOOK_DELIVERIES)?
                 .range((id.0, 0)..=(id.0, u128::MAX))?

@@ -342,3 +342,178 @@ fn release_some(
     }
     Ok(entries.len() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ids::WebhookId;
+    use crate::model::{DeliveryStatus, DisableReason, Disabled, EventFilter, Secret, Webhook};
+    use crate::store::{FileStore, Lifecycle, HELD_CHUNK};
+
+    fn webhook(now: u64) -> Webhook {
+        Webhook {
+            id: WebhookId::generate(),
+            organization_id: "org".into(),
+            url: "https://example.com/hook".into(),
+            events: EventFilter::All,
+            secret: Secret("a_secret_of_at_least_thirty_two_chars".into()),
+            previous_secret: None,
+            disabled: None,
+            failing_since_ms: None,
+            active: true,
+            description: String::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        }
+    }
+
+    /// `n` pending deliveries to `webhook`, due at `now` (events `{tag}{i}`).
+    fn load(store: &FileStore, webhook: WebhookId, tag: &str, n: usize, now: u64) {
+        let data = serde_json::value::RawValue::from_string(
+            r#"{"ticket_id":"T","title":"t","priority":"p3","project_id":"p","created_by":"u"}"#
+                .to_owned(),
+        )
+        .unwrap();
+        let events = (0..n)
+            .map(|i| {
+                crate::event::prepare(
+                    crate::event::EventInput {
+                        event_id: Some(format!("{tag}{i}")),
+                        event_type: "ticket.created".into(),
+                        timestamp: None,
+                        organization_id: "org".into(),
+                        data: &data,
+                    },
+                    now,
+                    false,
+                )
+                .unwrap()
+            })
+            .collect();
+        store.bulk_load(events, webhook, now, now).unwrap();
+    }
+
+    fn gone(now: u64) -> Lifecycle {
+        Lifecycle::Disable(Disabled {
+            reason: DisableReason::Gone,
+            at_ms: now,
+            delivery_id: None,
+            status_code: Some(410),
+            failing_since_ms: None,
+            last_error: None,
+        })
+    }
+
+    /// Sweep steps until none is left; returns how many steps moved something.
+    fn sweep(store: &FileStore, now: u64) -> usize {
+        let mut steps = 0;
+        loop {
+            let report = store.sweep_held(4, now).unwrap();
+            if report.moved > 0 {
+                steps += 1;
+            }
+            if !report.more {
+                return steps;
+            }
+        }
+    }
+
+    fn count(store: &FileStore, status: DeliveryStatus, now: u64) -> u64 {
+        let summary = store.status_summary(now).unwrap();
+        let i = DeliveryStatus::ALL
+            .iter()
+            .position(|s| *s == status)
+            .unwrap();
+        summary.by_status[i]
+    }
+
+    fn assert_checks(store: &FileStore) {
+        let report = store.check().unwrap();
+        assert!(report.is_ok(), "{:?}", report.violations);
+    }
+
+    #[test]
+    fn changes_move_one_chunk_and_the_sweep_the_rest_and_a_discard_takes_only_what_was_held() {
+        let store = FileStore::open_in_memory().unwrap();
+        let now = crate::clock::now_ms();
+        let hook = webhook(now);
+        store.create_webhook(&hook).unwrap();
+        let n = HELD_CHUNK * 4 + 10;
+        load(&store, hook.id, "a", n, now);
+
+        // The disable holds one chunk; the sweep holds the rest, a chunk per step.
+        let outcome = store
+            .set_webhook_lifecycle(hook.id, gone(now), now)
+            .unwrap()
+            .unwrap();
+        assert!(outcome.changed);
+        assert_eq!(
+            outcome.deliveries, n as u64,
+            "counts every delivery concerned"
+        );
+        assert_eq!(store.held_count(hook.id).unwrap(), HELD_CHUNK as u64);
+        assert_checks(&store);
+        assert!(sweep(&store, now) >= 4);
+        assert_eq!(store.held_count(hook.id).unwrap(), n as u64);
+        assert_eq!(count(&store, DeliveryStatus::Pending, now), 0);
+        assert_checks(&store);
+
+        // A discarding enable names what is held now; a new disable before its sweep ends
+        // holds new deliveries, which the discard does not take.
+        let outcome = store
+            .set_webhook_lifecycle(
+                hook.id,
+                Lifecycle::Enable {
+                    deliver_held: false,
+                },
+                now,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.deliveries, n as u64);
+        assert_eq!(
+            count(&store, DeliveryStatus::Cancelled, now),
+            HELD_CHUNK as u64
+        );
+        assert_checks(&store);
+        store
+            .set_webhook_lifecycle(hook.id, gone(now), now)
+            .unwrap()
+            .unwrap();
+        load(&store, hook.id, "b", 300, now);
+        sweep(&store, now);
+        assert_eq!(count(&store, DeliveryStatus::Cancelled, now), n as u64);
+        assert_eq!(store.held_count(hook.id).unwrap(), 300);
+        assert_checks(&store);
+
+        // Delivering enable: every held delivery back in the retry index, in steps.
+        store
+            .set_webhook_lifecycle(hook.id, Lifecycle::Enable { deliver_held: true }, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.held_count(hook.id).unwrap(), 300 - HELD_CHUNK as u64);
+        assert_checks(&store);
+        sweep(&store, now);
+        assert_eq!(store.held_count(hook.id).unwrap(), 0);
+        assert_eq!(count(&store, DeliveryStatus::Pending, now), 300);
+        assert_eq!(store.sweep_held(4, now).unwrap(), Default::default());
+        assert_checks(&store);
+    }
+
+    #[test]
+    fn a_sweep_of_a_deleted_webhook_ends() {
+        let store = FileStore::open_in_memory().unwrap();
+        let now = crate::clock::now_ms();
+        let hook = webhook(now);
+        store.create_webhook(&hook).unwrap();
+        load(&store, hook.id, "a", HELD_CHUNK * 2, now);
+        store
+            .set_webhook_lifecycle(hook.id, gone(now), now)
+            .unwrap()
+            .unwrap();
+        store.delete_webhook(hook.id, now).unwrap().unwrap();
+        sweep(&store, now);
+        assert_eq!(store.sweep_held(4, now).unwrap(), Default::default());
+        assert_eq!(count(&store, DeliveryStatus::Held, now), 0);
+        assert_checks(&store);
+    }
+}
