@@ -111,6 +111,11 @@ pub fn run_migrate(args: &MigrateArgs) -> Result<bool> {
         }
         eprintln!("  {copied} events copied, {skipped} already there");
     }
+    // A disable or enable whose deliveries were still being moved is moved on there.
+    let resumed = to.resume_sweeps()?;
+    if resumed > 0 {
+        eprintln!("  {resumed} webhooks' held deliveries left to move (the daemon moves them)");
+    }
     let source = from.check()?;
     let target = to_store.check()?;
     let pairs = [

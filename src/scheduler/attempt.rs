@@ -56,13 +56,15 @@ impl Inner {
         };
         if webhook.disabled.is_some() {
             // Disabled by the daemon: the delivery goes to the held index (an entry that
-            // reached the queues after the disable, from an attempt in flight then).
+            // reached the queues after the disable, from an attempt in flight then). When
+            // the store does not hold it (the disable is not committed yet, or an enable
+            // was), the entry is looked at again shortly rather than dropped.
             drop(slots);
             let now = clock::now_ms();
-            if blocking(&self.store, move |s| s.hold_delivery(id, now))
-                .await
-                .is_err()
-            {
+            if !matches!(
+                blocking(&self.store, move |s| s.hold_delivery(id, now)).await,
+                Ok(true)
+            ) {
                 lock(&self.queues).defer(webhook_id, key, now + RECHECK_MS);
             }
             drop(claim);
@@ -222,14 +224,36 @@ impl Inner {
         };
         let fast = log.duration_ms < SLOW_ATTEMPT_MS
             && log.error != Some(crate::model::AttemptError::Timeout);
+        let gone = log.status_code == Some(410)
+            && self.settings.disable.on_gone
+            && webhook.disabled.is_none();
+        if gone {
+            // Before the slot is freed: the next attempt to this webhook is held, not sent.
+            self.mark_disabled(
+                webhook.id,
+                &crate::lifecycle::gone(delivery.id, clock::now_ms()),
+            );
+        }
         slots.finish(Some(fast));
         let id = delivery.id;
         let schedule = self.settings.schedule.clone();
-        let updated = self
+        let recorded = self
             .store
             .record_attempt(id, log.clone(), schedule, clock::now_ms())
-            .await?
-            .ok_or(AttemptNowError::NotFound)?;
+            .await;
+        let updated = match recorded {
+            Ok(Some(updated)) => updated,
+            failed => {
+                if gone {
+                    // No disable follows: the webhook as stored decides again.
+                    self.read_back_webhook(webhook.id).await;
+                }
+                return Err(match failed {
+                    Err(e) => e.into(),
+                    Ok(_) => AttemptNowError::NotFound,
+                });
+            }
+        };
         drop(claim);
         crate::metrics::attempt(&log);
         // A transition into a final status, once: redelivering a delivery that had already
@@ -251,6 +275,35 @@ impl Inner {
         }
         self.after_outcome(webhook, &delivery, &updated, &log, trigger);
         Ok((updated, log))
+    }
+
+    /// Marks the cached webhook disabled at once (a 410, or a failing streak decided): no
+    /// attempt to it starts from now on (dispatch holds), even before the disable commits.
+    /// The commit's change then brings the stored webhook; a failed commit reads it back.
+    fn mark_disabled(&self, webhook: WebhookId, disabled: &crate::model::Disabled) {
+        let mut cache = self.webhooks.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = cache.get(&webhook).filter(|w| w.disabled.is_none()) {
+            let mut marked = (**cached).clone();
+            marked.disabled = Some(disabled.clone());
+            cache.insert(webhook, Arc::new(marked));
+        }
+    }
+
+    /// Replaces the cached webhook by the stored one (undoing [`Self::mark_disabled`] when no
+    /// disable was committed).
+    async fn read_back_webhook(&self, webhook: WebhookId) {
+        match blocking(&self.store, move |s| s.get_webhook(webhook)).await {
+            Ok(Some(stored)) => {
+                self.webhooks
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(webhook, Arc::new(stored));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(webhook = %webhook, error = %e, "could not read the webhook back; its cached state may be stale until it changes");
+            }
+        }
     }
 
     /// The lifecycle rules after a logged attempt (issue 15): a 410 disables the webhook, a
@@ -303,6 +356,9 @@ impl Inner {
         if change.is_none() && !exhausted {
             return;
         }
+        if let Some(Lifecycle::Disable(disabled)) = &change {
+            self.mark_disabled(webhook.id, disabled);
+        }
         let inner = Arc::clone(self);
         let webhook_id = webhook.id;
         let updated = updated.clone();
@@ -332,6 +388,10 @@ impl Inner {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(webhook = %webhook_id, error = %e, "could not record the webhook's lifecycle change; the next attempt decides again");
+                    if disabling {
+                        // Undo the early mark: the webhook as stored decides.
+                        inner.read_back_webhook(webhook_id).await;
+                    }
                 }
             }
         });

@@ -288,7 +288,11 @@ fn hold_some(
     for &(due, id) in &entries {
         match load_delivery(&table, id)? {
             Some(delivery) if delivery.next_attempt_at_ms == Some(due) => {
-                hold(txn, &mut table, delivery, now_ms)?;
+                if !hold(txn, &mut table, delivery, now_ms)? {
+                    // Final or held with a due entry (check reports it): the entry goes,
+                    // or it would be taken again and again.
+                    move_index_entry(txn, webhook, id, Some(due), None)?;
+                }
             }
             // An entry that names no such due delivery would be taken again and again:
             // it goes (check reports such entries).

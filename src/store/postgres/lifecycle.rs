@@ -179,6 +179,32 @@ impl PgStore {
         })
     }
 
+    /// Records a sweep for every webhook whose deliveries are not where its state says (an
+    /// enabled one with held deliveries, a disabled one with due ones): what a copy from
+    /// another store (`migrate`) brings without the sweeps it had. Returns how many it
+    /// recorded. A discard that was under way becomes a release (nothing is cancelled that
+    /// was not cancelled in the source).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the statement fails.
+    pub fn resume_sweeps(&self) -> Result<u64, StoreError> {
+        let store = self.clone();
+        self.block(async move {
+            Ok(store
+                .conn()
+                .await?
+                .execute(
+                    "INSERT INTO held_sweeps (webhook_id) SELECT w.id FROM webhooks w WHERE \
+                     (w.disabled IS NULL AND EXISTS (SELECT 1 FROM deliveries d WHERE \
+                     d.webhook_id = w.id AND d.held_due_ms IS NOT NULL)) OR (w.disabled IS NOT \
+                     NULL AND EXISTS (SELECT 1 FROM deliveries d WHERE d.webhook_id = w.id \
+                     AND d.next_attempt_at_ms IS NOT NULL)) ON CONFLICT (webhook_id) DO NOTHING",
+                    &[],
+                )
+                .await?)
+        })
+    }
+
     /// See [`crate::store::Store::hold_delivery`].
     pub fn hold_delivery(&self, id: DeliveryId, now_ms: u64) -> Result<bool, StoreError> {
         let store = self.clone();
