@@ -1,0 +1,167 @@
+//! Connecting: the resolver and the connector that apply the outbound address policy to
+//! every address (resolved names and IP literals alike) before connecting, and the pooled
+//! hyper client built on them.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Uri;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::tls::{tls_config, TlsSettings};
+use crate::address::{self, PolicyCell};
+
+/// A resolver failure: the host name has no address. Found in an error's source chain to
+/// classify the attempt as `dns` rather than `connect`.
+#[derive(Debug, thiserror::Error)]
+#[error("the host name did not resolve")]
+pub struct DnsFailure;
+
+/// The address policy refused every address of the host: nothing was connected to. Found in
+/// an error's source chain to classify the attempt as `blocked_address`.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by the outbound address policy: {range}")]
+pub struct BlockedAddress {
+    /// The forbidden range, by name (e.g. `loopback (127.0.0.0/8)`).
+    pub range: &'static str,
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Resolves host names with the system resolver (tokio's `lookup_host`) and, with a policy,
+/// keeps only the addresses it permits: the connector then connects only to those, at every
+/// attempt, so a name that turns private between two attempts is still refused.
+#[derive(Debug, Clone, Default)]
+pub struct Resolver {
+    policy: Option<Arc<PolicyCell>>,
+}
+
+impl tower::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let policy = self.policy.as_ref().map(|cell| cell.load());
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await
+                .map_err(|_| Box::new(DnsFailure) as BoxError)?
+                .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(DnsFailure) as BoxError);
+            }
+            let Some(policy) = policy else {
+                return Ok(addrs.into_iter());
+            };
+            let refused = addrs.iter().find_map(|a| policy.refusal(a.ip()));
+            let permitted: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| policy.permits(a.ip()))
+                .collect();
+            match refused {
+                Some(range) if permitted.is_empty() => {
+                    Err(Box::new(BlockedAddress { range }) as BoxError)
+                }
+                _ => Ok(permitted.into_iter()),
+            }
+        })
+    }
+}
+
+/// The TCP connector with the address policy applied to IP-literal hosts too (the resolver
+/// is not asked about those).
+#[derive(Debug, Clone)]
+pub struct GuardedConnector {
+    inner: HttpConnector<Resolver>,
+    policy: Option<Arc<PolicyCell>>,
+}
+
+impl tower::Service<Uri> for GuardedConnector {
+    type Response = <HttpConnector<Resolver> as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        tower::Service::<Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        if let (Some(policy), Some(ip)) = (
+            self.policy.as_ref().map(|cell| cell.load()),
+            uri.host().and_then(address::literal),
+        ) {
+            if let Some(range) = policy.refusal(ip) {
+                return Box::pin(
+                    async move { Err(Box::new(BlockedAddress { range }) as BoxError) },
+                );
+            }
+        }
+        let connecting = tower::Service::<Uri>::call(&mut self.inner, uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// The pooled HTTP(S) client type used for deliveries and by the CLI.
+pub type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
+
+/// Builds a pooled client without an address policy (the CLI, tests and benchmarks talk to
+/// the local daemon): system resolver, TCP connect bounded by `connect_timeout`, rustls (ring
+/// provider, webpki roots) offering h2 and http/1.1, keep-alive per origin.
+pub fn build_client(connect_timeout: Duration) -> HttpsClient {
+    let tls = tls_config(&TlsSettings::default()).expect("the webpki roots alone always load");
+    build(connect_timeout, None, tls)
+}
+
+/// Builds the delivery client: as [`build_client`] with the roots of `tls`, and every
+/// connection is checked against `policy` (resolved addresses and IP literals alike) before
+/// it is made.
+pub fn build_delivery_client(
+    connect_timeout: Duration,
+    policy: Arc<PolicyCell>,
+    tls: rustls::ClientConfig,
+) -> HttpsClient {
+    build(connect_timeout, Some(policy), tls)
+}
+
+fn build(
+    connect_timeout: Duration,
+    policy: Option<Arc<PolicyCell>>,
+    tls: rustls::ClientConfig,
+) -> HttpsClient {
+    let mut http = HttpConnector::new_with_resolver(Resolver {
+        policy: policy.clone(),
+    });
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    // Both protocols are offered by ALPN, so an h2-only receiver works.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(GuardedConnector {
+            inner: http,
+            policy,
+        });
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(32)
+        .build(https)
+}
