@@ -420,11 +420,19 @@ impl FileStore {
                 .remove((webhook.organization_id.as_str(), id.0))?;
             txn.publish(Change::Webhook { id, webhook: None });
             txn.open_table(super::HELD_SWEEPS)?.remove(id.0)?;
-            let ids: Vec<DeliveryId> = txn
-                .open_table(WEBHOOK_DELIVERIES)?
-                .range((id.0, 0)..=(id.0, u128::MAX))?
-                .map(|row| row.map(|(k, _)| DeliveryId(k.value().1)))
+            // Only the unfinished deliveries: those in the webhook's due index and in its
+            // held index (the invariants `check` verifies), not its whole history.
+            let mut ids: Vec<DeliveryId> = txn
+                .open_table(WEBHOOK_DUE)?
+                .range((id.0, 0, 0)..=(id.0, u64::MAX, u128::MAX))?
+                .map(|row| row.map(|(k, _)| DeliveryId(k.value().2)))
                 .collect::<Result<_, _>>()?;
+            for row in txn
+                .open_table(super::HELD)?
+                .range((id.0, 0)..=(id.0, u128::MAX))?
+            {
+                ids.push(DeliveryId(row?.0.value().1));
+            }
             let mut table = txn.open_table(DELIVERIES)?;
             let mut search = txn.open_table(DELIVERY_SEARCH)?;
             let mut cancelled = Vec::new();
