@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// Time limit of one whole attempt [default: 10s].
     #[arg(long, env = "PALO_WEBHOOKS_ATTEMPT_TIMEOUT")]
     pub attempt_timeout: Option<String>,
+    /// How long an idle keep-alive connection to a receiver is kept for the next attempt;
+    /// keep it shorter than receivers' own keep-alive timeout (Node: 5s); `0` keeps none
+    /// [default: 4s].
+    #[arg(long, env = "PALO_WEBHOOKS_POOL_IDLE_TIMEOUT")]
+    pub pool_idle_timeout: Option<String>,
     /// Largest accepted API request body, in bytes [default: 1048576].
     #[arg(long, env = "PALO_WEBHOOKS_MAX_BODY")]
     pub max_body: Option<usize>,
@@ -170,6 +175,7 @@ struct FileConfig {
     allow_network: Option<Vec<String>>,
     retry_schedule: Option<String>,
     attempt_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
     max_body_bytes: Option<usize>,
     max_in_flight: Option<usize>,
     max_in_flight_per_webhook: Option<usize>,
@@ -210,6 +216,8 @@ pub struct Config {
     pub retry_schedule: RetrySchedule,
     /// Time limit of one whole attempt.
     pub attempt_timeout: Duration,
+    /// How long an idle keep-alive connection to a receiver is kept (zero: none).
+    pub pool_idle_timeout: Duration,
     /// Largest accepted API request body, bytes.
     pub max_body_bytes: usize,
     /// Most attempts in flight at once.
@@ -259,6 +267,7 @@ impl Default for Config {
             address_policy: AddressPolicy::default(),
             retry_schedule: RetrySchedule::default(),
             attempt_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(4),
             max_body_bytes: 1024 * 1024,
             max_in_flight: 1024,
             max_in_flight_per_webhook: 8,
@@ -376,6 +385,11 @@ impl ServeArgs {
             Some(text) => duration("attempt_timeout", &text)?,
             None => defaults.attempt_timeout,
         };
+        let pool_idle_timeout = match self.pool_idle_timeout.or(file.pool_idle_timeout) {
+            Some(text) if text.trim() == "0" || text.trim() == "0s" => Duration::ZERO,
+            Some(text) => duration("pool_idle_timeout", &text)?,
+            None => defaults.pool_idle_timeout,
+        };
         let shutdown_timeout = match self.shutdown_timeout.or(file.shutdown_timeout) {
             Some(text) => duration("shutdown_timeout", &text)?,
             None => defaults.shutdown_timeout,
@@ -489,6 +503,7 @@ impl ServeArgs {
             address_policy,
             retry_schedule,
             attempt_timeout,
+            pool_idle_timeout,
             max_body_bytes: positive(
                 "max_body",
                 self.max_body

@@ -206,6 +206,28 @@ fn tls_reason(error: &rustls::Error) -> String {
     }
 }
 
+/// Whether a request failed the way a reused keep-alive connection fails when the receiver
+/// closed it as we sent (its idle timeout): no connect error, no response, and the
+/// connection closed or reset under the request (hyper's incomplete message, or a reset,
+/// broken pipe or early EOF). Such a request is sent again once on a fresh connection.
+pub(super) fn is_stale_connection(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return false;
+    }
+    if find_cause::<hyper::Error>(error).is_some_and(hyper::Error::is_incomplete_message) {
+        return true;
+    }
+    find_cause::<std::io::Error>(error).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

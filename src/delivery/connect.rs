@@ -125,24 +125,43 @@ pub type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 /// provider, webpki roots) offering h2 and http/1.1, keep-alive per origin.
 pub fn build_client(connect_timeout: Duration) -> HttpsClient {
     let tls = tls_config(&TlsSettings::default()).expect("the webpki roots alone always load");
-    build(connect_timeout, None, tls)
+    build(
+        connect_timeout,
+        None,
+        tls,
+        Pooling::Idle(Duration::from_secs(60)),
+    )
 }
 
-/// Builds the delivery client: as [`build_client`] with the roots of `tls`, and every
-/// connection is checked against `policy` (resolved addresses and IP literals alike) before
-/// it is made.
+/// How the delivery client keeps connections between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Keep-alive: an idle connection is kept this long (and at most 32 per origin), then
+    /// closed. Shorter than receivers' own keep-alive timeouts (Node: 5 s), so we close
+    /// first rather than reuse one the receiver is closing.
+    Idle(Duration),
+    /// No idle connection is kept: every request opens its own (the resend after a stale
+    /// pooled connection).
+    Fresh,
+}
+
+/// Builds the delivery client: as [`build_client`] with the roots of `tls` and the given
+/// `pooling`, and every connection is checked against `policy` (resolved addresses and IP
+/// literals alike) before it is made.
 pub fn build_delivery_client(
     connect_timeout: Duration,
     policy: Arc<PolicyCell>,
     tls: rustls::ClientConfig,
+    pooling: Pooling,
 ) -> HttpsClient {
-    build(connect_timeout, Some(policy), tls)
+    build(connect_timeout, Some(policy), tls, pooling)
 }
 
 fn build(
     connect_timeout: Duration,
     policy: Option<Arc<PolicyCell>>,
     tls: rustls::ClientConfig,
+    pooling: Pooling,
 ) -> HttpsClient {
     let mut http = HttpConnector::new_with_resolver(Resolver {
         policy: policy.clone(),
@@ -160,8 +179,12 @@ fn build(
             inner: http,
             policy,
         });
+    let (idle, max_idle) = match pooling {
+        Pooling::Idle(idle) => (idle, 32),
+        Pooling::Fresh => (Duration::ZERO, 0),
+    };
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(32)
+        .pool_idle_timeout(idle)
+        .pool_max_idle_per_host(max_idle)
         .build(https)
 }

@@ -19,18 +19,22 @@ mod tls;
 pub use classify::parse_retry_after;
 pub use connect::{
     build_client, build_delivery_client, BlockedAddress, DnsFailure, GuardedConnector, HttpsClient,
-    Resolver,
+    Pooling, Resolver,
 };
 pub use request::SignatureCache;
 pub use tls::{tls_config, TlsSettings, TlsSetupError};
 
-use classify::{classify, find_cause, read_capped};
+use classify::{classify, find_cause, is_stale_connection, read_capped};
 use request::build_request;
 
+use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::Request;
 use tokio::time::{timeout_at, Instant};
 
 use crate::address::PolicyCell;
@@ -87,17 +91,30 @@ fn log_origin(url: &str) -> String {
 /// The HTTP sender. Cheap to clone (the pool and the signature cache are shared).
 #[derive(Clone)]
 pub struct Sender {
-    /// The pooled client and the policy version it was built under.
-    client: Arc<std::sync::RwLock<(u64, HttpsClient)>>,
+    /// The clients (pooled, and fresh for resends) and the policy version they were built
+    /// under.
+    clients: Arc<std::sync::RwLock<Clients>>,
     policy: Arc<PolicyCell>,
     tls: rustls::ClientConfig,
     timeout: Duration,
+    pool_idle: Duration,
     signatures: Arc<SignatureCache>,
 }
 
+/// The delivery clients of one address-policy version.
+#[derive(Clone)]
+struct Clients {
+    version: u64,
+    /// Keep-alive, idle connections closed after `pool_idle`.
+    pooled: HttpsClient,
+    /// A new connection per request: the resend after a stale pooled connection.
+    fresh: HttpsClient,
+}
+
 impl Sender {
-    /// Builds the pooled client. `timeout` bounds each whole attempt; `policy` says which
-    /// addresses may be connected to; `tls` which CAs are trusted.
+    /// Builds the clients. `timeout` bounds each whole attempt; `policy` says which
+    /// addresses may be connected to; `tls` which CAs are trusted; `pool_idle` how long an
+    /// idle keep-alive connection is kept (`--pool-idle-timeout`; zero keeps none).
     ///
     /// # Errors
     /// [`TlsSetupError`] when the configured roots cannot be loaded.
@@ -105,45 +122,90 @@ impl Sender {
         timeout: Duration,
         policy: Arc<PolicyCell>,
         tls: &TlsSettings,
+        pool_idle: Duration,
     ) -> Result<Sender, TlsSetupError> {
         let tls = tls_config(tls)?;
+        let clients = Self::build_clients(timeout, &policy, &tls, pool_idle);
         Ok(Sender {
-            client: Arc::new(std::sync::RwLock::new((
-                policy.version(),
-                build_delivery_client(timeout, Arc::clone(&policy), tls.clone()),
-            ))),
+            clients: Arc::new(std::sync::RwLock::new(clients)),
             policy,
             tls,
             timeout,
+            pool_idle,
             signatures: Arc::new(SignatureCache::new(SIGNATURE_CACHE_ENTRIES)),
         })
     }
 
-    /// The client to use now: rebuilt, with an empty connection pool, when the address
-    /// policy changed since it was built (SIGHUP), so no attempt reuses a connection to a
-    /// network the new policy forbids. Attempts in flight finish on the old one.
-    fn client(&self) -> HttpsClient {
+    fn build_clients(
+        timeout: Duration,
+        policy: &Arc<PolicyCell>,
+        tls: &rustls::ClientConfig,
+        pool_idle: Duration,
+    ) -> Clients {
+        let pooling = if pool_idle.is_zero() {
+            Pooling::Fresh
+        } else {
+            Pooling::Idle(pool_idle)
+        };
+        Clients {
+            version: policy.version(),
+            pooled: build_delivery_client(timeout, Arc::clone(policy), tls.clone(), pooling),
+            fresh: build_delivery_client(timeout, Arc::clone(policy), tls.clone(), Pooling::Fresh),
+        }
+    }
+
+    /// The clients to use now: rebuilt, with an empty connection pool, when the address
+    /// policy changed since they were built (SIGHUP), so no attempt reuses a connection to
+    /// a network the new policy forbids. Attempts in flight finish on the old ones.
+    fn clients(&self) -> Clients {
         let version = self.policy.version();
         {
-            let current = match self.client.read() {
+            let current = match self.clients.read() {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            if current.0 == version {
-                return current.1.clone();
+            if current.version == version {
+                return current.clone();
             }
         }
-        let mut current = match self.client.write() {
+        let mut current = match self.clients.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if current.0 != version {
-            *current = (
-                version,
-                build_delivery_client(self.timeout, Arc::clone(&self.policy), self.tls.clone()),
-            );
+        if current.version != version {
+            *current = Self::build_clients(self.timeout, &self.policy, &self.tls, self.pool_idle);
         }
-        current.1.clone()
+        current.clone()
+    }
+
+    /// Sends `request` and waits for the response head, until `deadline`. When it fails on
+    /// a connection the receiver was closing under it (a stale keep-alive connection, see
+    /// [`is_stale_connection`]), the same request (same signature, same timestamp) is sent
+    /// once more on a fresh connection, within the same deadline and the same attempt: the
+    /// receiver got no complete request it could answer, so this costs no scheduled retry.
+    async fn exchange(
+        &self,
+        attempt: &OutgoingAttempt<'_>,
+        request: Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Result<
+        Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error>,
+        tokio::time::error::Elapsed,
+    > {
+        let again = clone_request(&request);
+        let clients = self.clients();
+        match timeout_at(deadline, clients.pooled.request(request)).await {
+            Ok(Err(e)) if is_stale_connection(&e) => {
+                tracing::debug!(
+                    delivery = %attempt.delivery_id,
+                    origin = %log_origin(attempt.url),
+                    error = %innermost(&e),
+                    "the connection closed under the request; sending it again on a fresh one"
+                );
+                timeout_at(deadline, clients.fresh.request(again)).await
+            }
+            other => other,
+        }
     }
 
     /// Makes one attempt and returns its log entry. Never fails: every problem becomes the
@@ -175,7 +237,7 @@ impl Sender {
                 log.error = Some(AttemptError::Connect);
                 log.error_detail = Some("the URL cannot be requested".to_owned());
             }
-            Some(request) => match timeout_at(deadline, self.client().request(request)).await {
+            Some(request) => match self.exchange(&attempt, request, deadline).await {
                 Err(_) => {
                     log.error = Some(AttemptError::Timeout);
                     log.error_detail = Some(format!(
@@ -236,4 +298,23 @@ impl Sender {
         log.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log
     }
+}
+
+/// A copy of a request whose body is in memory (method, URI, version, headers, body).
+fn clone_request(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// The innermost cause of an error, in words (for a debug line).
+fn innermost(error: &(dyn StdError + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }

@@ -327,6 +327,7 @@ fn start(
             extra_ca_file: config.extra_ca_file.clone(),
             system_roots: config.tls_system_roots,
         },
+        config.pool_idle_timeout,
     )?;
     let scheduler = Scheduler::new(
         Arc::clone(&store),

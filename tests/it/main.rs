@@ -17,6 +17,7 @@ mod conformance;
 mod delivery;
 mod hardening;
 mod hostile;
+mod hygiene;
 mod ingest;
 mod isolation;
 mod jobs;
