@@ -311,6 +311,14 @@ pub(super) async fn enable_webhook(
     let wid = webhook.id;
     let now = clock::now_ms();
     let deliver_held = input.deliver_held;
+    if !deliver_held {
+        // What the disable left to hold is held first (a chunk per transaction, so other
+        // writers go in between): the discard then takes every delivery that was unfinished
+        // while the webhook was disabled, not only those the sweep had reached.
+        while blocking(&state.store, move |s| s.hold_chunk(wid, clock::now_ms())).await? {
+            tokio::task::yield_now().await;
+        }
+    }
     let outcome = blocking(&state.store, move |s| {
         s.set_webhook_lifecycle(wid, Lifecycle::Enable { deliver_held }, now)
     })

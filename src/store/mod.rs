@@ -526,7 +526,9 @@ impl Store {
     ///   `deliver_held`, every held delivery goes back into the retry index at the due time
     ///   it had (`pending`, or `retrying` after a failed scheduled attempt), so the scheduler
     ///   takes them in due order, paced like any backlog; without, the deliveries held at
-    ///   this moment are `cancelled` (new events are delivered at once). Nothing changes if
+    ///   this moment are `cancelled` (new events are delivered at once; the API first
+    ///   finishes the disable's hold with [`Store::hold_chunk`], so that is every delivery
+    ///   that was unfinished while it was disabled). Nothing changes if
     ///   it is not disabled.
     /// - [`Lifecycle::FailingSince`]: sets the failing streak's start (`None`: a success
     ///   ended it); `updated_at` is not touched.
@@ -566,6 +568,20 @@ impl Store {
         match &self.backend {
             Backend::File(s) => s.sweep_held(webhooks, now_ms),
             Backend::Postgres(s) => s.sweep_held(webhooks, now_ms),
+        }
+    }
+
+    /// One chunk of a disabled webhook's hold sweep (at most [`HELD_CHUNK`] of its unfinished
+    /// deliveries held, in one durable transaction), for a caller that must see everything
+    /// held before it goes on: an enable that discards what is held. Returns whether more
+    /// may be left; `false` when the webhook is not disabled or has no sweep left.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the commit fails; nothing is written then.
+    pub fn hold_chunk(&self, webhook: WebhookId, now_ms: u64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.hold_chunk(webhook, now_ms),
+            Backend::Postgres(s) => s.hold_chunk(webhook, now_ms),
         }
     }
 

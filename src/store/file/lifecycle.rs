@@ -156,6 +156,29 @@ impl FileStore {
         })
     }
 
+    /// See [`Store::hold_chunk`](crate::store::Store::hold_chunk).
+    pub fn hold_chunk(&self, id: WebhookId, now_ms: u64) -> Result<bool, StoreError> {
+        self.write(move |txn| {
+            let disabled = match txn.open_table(WEBHOOKS)?.get(id.0)? {
+                Some(bytes) => decode::<WebhookRecord>("webhooks", bytes.value())?
+                    .into_domain(id, None)?
+                    .disabled
+                    .is_some(),
+                None => false,
+            };
+            if !disabled {
+                return Ok(false);
+            }
+            let pending = txn.open_table(HELD_SWEEPS)?.get(id.0)?.map(|v| v.value());
+            let Some(discard) = pending else {
+                // No sweep left: everything unfinished is held already.
+                return Ok(false);
+            };
+            let (_, more) = sweep_one(txn, id, true, (discard != 0).then_some(discard), now_ms)?;
+            Ok(more)
+        })
+    }
+
     /// See [`Store::hold_delivery`](crate::store::Store::hold_delivery).
     pub fn hold_delivery(&self, id: DeliveryId, now_ms: u64) -> Result<bool, StoreError> {
         self.write(move |txn| {
@@ -500,6 +523,44 @@ mod tests {
         assert_eq!(store.held_count(hook.id).unwrap(), 0);
         assert_eq!(count(&store, DeliveryStatus::Pending, now), 300);
         assert_eq!(store.sweep_held(4, now).unwrap(), Default::default());
+        assert_checks(&store);
+    }
+
+    #[test]
+    fn hold_chunks_finish_a_disable_so_a_discard_takes_every_delivery_it_concerned() {
+        let store = FileStore::open_in_memory().unwrap();
+        let now = crate::clock::now_ms();
+        let hook = webhook(now);
+        store.create_webhook(&hook).unwrap();
+        let n = HELD_CHUNK * 3 + 7;
+        load(&store, hook.id, "a", n, now);
+        store
+            .set_webhook_lifecycle(hook.id, gone(now), now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.held_count(hook.id).unwrap(), HELD_CHUNK as u64);
+        // What an enable that discards does first (the runner has not swept yet).
+        let mut chunks = 0;
+        while store.hold_chunk(hook.id, now).unwrap() {
+            chunks += 1;
+        }
+        assert!(chunks >= 2, "{chunks}");
+        assert_eq!(store.held_count(hook.id).unwrap(), n as u64);
+        store
+            .set_webhook_lifecycle(
+                hook.id,
+                Lifecycle::Enable {
+                    deliver_held: false,
+                },
+                now,
+            )
+            .unwrap()
+            .unwrap();
+        sweep(&store, now);
+        assert_eq!(count(&store, DeliveryStatus::Cancelled, now), n as u64);
+        assert_eq!(count(&store, DeliveryStatus::Pending, now), 0);
+        // Enabled: nothing to hold.
+        assert!(!store.hold_chunk(hook.id, now).unwrap());
         assert_checks(&store);
     }
 

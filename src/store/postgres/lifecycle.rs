@@ -179,6 +179,40 @@ impl PgStore {
         })
     }
 
+    /// See [`crate::store::Store::hold_chunk`].
+    pub fn hold_chunk(&self, id: WebhookId, now_ms: u64) -> Result<bool, StoreError> {
+        let store = self.clone();
+        self.block(async move {
+            let key = store.secrets_key();
+            store
+                .write_txn(move |txn| {
+                    Box::pin(async move {
+                        let Some(webhook) = lock_webhook(txn, id, key.as_deref()).await? else {
+                            return Ok((false, Vec::new()));
+                        };
+                        if webhook.disabled.is_none() {
+                            return Ok((false, Vec::new()));
+                        }
+                        let Some(row) = txn
+                            .query_opt(
+                                "SELECT discard_through FROM held_sweeps WHERE webhook_id = $1",
+                                &[&id.to_string()],
+                            )
+                            .await?
+                        else {
+                            return Ok((false, Vec::new()));
+                        };
+                        let discard: Option<String> = row.try_get(0)?;
+                        let mut changes = Vec::new();
+                        let (_, more) =
+                            sweep_one(txn, id, true, discard, now_ms, &mut changes).await?;
+                        Ok((more, changes))
+                    })
+                })
+                .await
+        })
+    }
+
     /// Records a sweep for every webhook whose deliveries are not where its state says (an
     /// enabled one with held deliveries, a disabled one with due ones): what a copy from
     /// another store (`migrate`) brings without the sweeps it had. Returns how many it
