@@ -464,8 +464,10 @@ pub(super) async fn delete_webhook(
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "outcome" => "cancelled")
-        .increment(cancelled.len() as u64);
-    tracing::info!(webhook = %id, cancelled = cancelled.len(), "webhook deleted");
+        .increment(cancelled);
+    // A backlog past the first chunk is cancelled by the sweep.
+    state.scheduler.wake_jobs();
+    tracing::info!(webhook = %id, cancelled, "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 

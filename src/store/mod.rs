@@ -501,16 +501,16 @@ impl Store {
         }
     }
 
-    /// Deletes a webhook and cancels its unfinished deliveries (their log stays).
-    /// Returns the cancelled delivery ids, or `None` if the webhook did not exist.
+    /// Deletes a webhook and cancels its unfinished deliveries (their log stays): the first
+    /// [`HELD_CHUNK`] in the same durable transaction, the rest by [`Store::sweep_held`]
+    /// (recorded in that transaction, so a crash resumes it), so a large backlog never makes
+    /// other writers wait; no attempt is made to a deleted webhook meanwhile. Returns how
+    /// many unfinished deliveries it had (counted just before), or `None` if it did not
+    /// exist.
     ///
     /// # Errors
     /// [`StoreError`] when the commit fails; nothing is written then.
-    pub fn delete_webhook(
-        &self,
-        id: WebhookId,
-        now_ms: u64,
-    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+    pub fn delete_webhook(&self, id: WebhookId, now_ms: u64) -> Result<Option<u64>, StoreError> {
         match &self.backend {
             Backend::File(s) => s.delete_webhook(id, now_ms),
             Backend::Postgres(s) => s.delete_webhook(id, now_ms),

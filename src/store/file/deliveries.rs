@@ -401,11 +401,10 @@ impl FileStore {
     }
 
     /// See [`Store::delete_webhook`](crate::store::Store::delete_webhook).
-    pub fn delete_webhook(
-        &self,
-        id: WebhookId,
-        now_ms: u64,
-    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+    pub fn delete_webhook(&self, id: WebhookId, now_ms: u64) -> Result<Option<u64>, StoreError> {
+        // Counted before, in a snapshot: counting inside the write would make every other
+        // writer wait for it.
+        let concerned = self.unfinished_count(id)? + self.held_count(id)?;
         self.write(move |txn| {
             let Some(bytes) = txn
                 .open_table(WEBHOOKS)?
@@ -419,46 +418,10 @@ impl FileStore {
             txn.open_table(ORG_WEBHOOKS)?
                 .remove((webhook.organization_id.as_str(), id.0))?;
             txn.publish(Change::Webhook { id, webhook: None });
-            txn.open_table(super::HELD_SWEEPS)?.remove(id.0)?;
-            // Only the unfinished deliveries: those in the webhook's due index and in its
-            // held index (the invariants `check` verifies), not its whole history.
-            let mut ids: Vec<DeliveryId> = txn
-                .open_table(WEBHOOK_DUE)?
-                .range((id.0, 0, 0)..=(id.0, u64::MAX, u128::MAX))?
-                .map(|row| row.map(|(k, _)| DeliveryId(k.value().2)))
-                .collect::<Result<_, _>>()?;
-            for row in txn
-                .open_table(super::HELD)?
-                .range((id.0, 0)..=(id.0, u128::MAX))?
-            {
-                ids.push(DeliveryId(row?.0.value().1));
-            }
-            let mut table = txn.open_table(DELIVERIES)?;
-            let mut search = txn.open_table(DELIVERY_SEARCH)?;
-            let mut cancelled = Vec::new();
-            for delivery_id in ids {
-                let Some(mut delivery) = load_delivery(&table, delivery_id)? else {
-                    continue;
-                };
-                if delivery.status.is_final() {
-                    continue;
-                }
-                move_index_entry(txn, id, delivery_id, delivery.next_attempt_at_ms, None)?;
-                if delivery.status == DeliveryStatus::Held {
-                    super::lifecycle::take_held(txn, id, delivery_id)?;
-                }
-                let stored = delivery.clone();
-                delivery.status = DeliveryStatus::Cancelled;
-                delivery.next_attempt_at_ms = None;
-                delivery.updated_at_ms = now_ms;
-                table.insert(
-                    delivery_id.0,
-                    encode(&DeliveryRecord::from_domain(&delivery)).as_slice(),
-                )?;
-                reindex(&mut search, Some(&stored), Some(&delivery))?;
-                cancelled.push(delivery_id);
-            }
-            Ok(Some(cancelled))
+            // The first chunk of its unfinished deliveries is cancelled here, the rest by
+            // the sweep (`lifecycle::sweep_deleted`).
+            super::lifecycle::sweep_deleted(txn, id, now_ms)?;
+            Ok(Some(concerned))
         })
     }
 }

@@ -143,7 +143,10 @@ impl FileStore {
                         .disabled
                         .is_some(),
                     None => {
-                        txn.open_table(HELD_SWEEPS)?.remove(id)?;
+                        // Deleted: what is unfinished of it is cancelled.
+                        let (moved, left) = sweep_deleted(txn, WebhookId(id), now_ms)?;
+                        report.moved += moved;
+                        report.more |= left;
                         continue;
                     }
                 };
@@ -214,7 +217,7 @@ impl FileStore {
     }
 
     /// The webhook's unfinished deliveries with a due time (its retry-index entries).
-    fn unfinished_count(&self, webhook: WebhookId) -> Result<u64, StoreError> {
+    pub(super) fn unfinished_count(&self, webhook: WebhookId) -> Result<u64, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(WEBHOOK_DUE)?;
             let mut count = 0u64;
@@ -287,6 +290,51 @@ fn sweep_one(
     let mut sweeps = txn.open_table(HELD_SWEEPS)?;
     if more {
         sweeps.insert(webhook.0, discard.unwrap_or(0))?;
+    } else {
+        sweeps.remove(webhook.0)?;
+    }
+    Ok((moved, more))
+}
+
+/// One chunk (at most [`HELD_CHUNK`]) of a deleted webhook's sweep: its unfinished
+/// deliveries (due ones, then held ones) are cancelled; their log stays. Writes (or removes)
+/// its `held_sweeps` entry. Returns the deliveries moved and whether more may be left.
+pub(super) fn sweep_deleted(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+    now_ms: u64,
+) -> Result<(u64, bool), StoreError> {
+    let entries: Vec<(u64, DeliveryId)> = txn
+        .open_table(WEBHOOK_DUE)?
+        .range((webhook.0, 0, 0)..=(webhook.0, u64::MAX, u128::MAX))?
+        .take(HELD_CHUNK)
+        .map(|row| row.map(|(k, _)| (k.value().1, DeliveryId(k.value().2))))
+        .collect::<Result<_, _>>()?;
+    let mut table = txn.open_table(DELIVERIES)?;
+    for &(due, id) in &entries {
+        move_index_entry(txn, webhook, id, Some(due), None)?;
+        let Some(mut delivery) = load_delivery(&table, id)? else {
+            continue;
+        };
+        if delivery.status.is_final() || delivery.next_attempt_at_ms != Some(due) {
+            continue;
+        }
+        let before = delivery.clone();
+        delivery.status = DeliveryStatus::Cancelled;
+        delivery.next_attempt_at_ms = None;
+        delivery.updated_at_ms = now_ms;
+        put_delivery(txn, &mut table, Some(&before), &delivery)?;
+    }
+    drop(table);
+    let mut moved = entries.len() as u64;
+    let budget = HELD_CHUNK - entries.len();
+    if budget > 0 {
+        moved += release_some(txn, webhook, 0, u128::MAX, false, budget, now_ms)?;
+    }
+    let more = moved == HELD_CHUNK as u64;
+    let mut sweeps = txn.open_table(HELD_SWEEPS)?;
+    if more {
+        sweeps.insert(webhook.0, 0)?;
     } else {
         sweeps.remove(webhook.0)?;
     }
@@ -565,20 +613,30 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_of_a_deleted_webhook_ends() {
+    fn deleting_a_webhook_cancels_its_backlog_a_chunk_at_a_time() {
         let store = FileStore::open_in_memory().unwrap();
         let now = crate::clock::now_ms();
         let hook = webhook(now);
         store.create_webhook(&hook).unwrap();
         load(&store, hook.id, "a", HELD_CHUNK * 2, now);
+        // Disabled, part held by the change, the rest still due: the deletion takes both.
         store
             .set_webhook_lifecycle(hook.id, gone(now), now)
             .unwrap()
             .unwrap();
-        store.delete_webhook(hook.id, now).unwrap().unwrap();
-        sweep(&store, now);
+        load(&store, hook.id, "b", 100, now);
+        let concerned = store.delete_webhook(hook.id, now).unwrap().unwrap();
+        assert_eq!(concerned, (HELD_CHUNK * 2 + 100) as u64);
+        assert_eq!(
+            count(&store, DeliveryStatus::Cancelled, now),
+            HELD_CHUNK as u64
+        );
+        assert_checks(&store);
+        assert!(sweep(&store, now) >= 1);
         assert_eq!(store.sweep_held(4, now).unwrap(), Default::default());
+        assert_eq!(count(&store, DeliveryStatus::Cancelled, now), concerned);
         assert_eq!(count(&store, DeliveryStatus::Held, now), 0);
+        assert_eq!(count(&store, DeliveryStatus::Pending, now), 0);
         assert_checks(&store);
     }
 }

@@ -253,9 +253,10 @@ pub(super) async fn check(store: &PgStore) -> Result<CheckReport, StoreError> {
         &mut report,
         &format!(
             "SELECT d.id FROM deliveries d WHERE d.status IN ({not_final}) \
-             AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)"
+             AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id) \
+             AND NOT EXISTS (SELECT 1 FROM held_sweeps s WHERE s.webhook_id = d.webhook_id)"
         ),
-        "a delivery that is not final has no webhook",
+        "a delivery that is not final has no webhook (and no sweep cancels it)",
     )
     .await?;
     violations(

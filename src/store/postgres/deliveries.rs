@@ -344,11 +344,8 @@ impl PgStore {
     }
 
     /// See [`crate::store::Store::delete_webhook`].
-    pub fn delete_webhook(
-        &self,
-        id: WebhookId,
-        now_ms: u64,
-    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+    /// See [`crate::store::Store::delete_webhook`].
+    pub fn delete_webhook(&self, id: WebhookId, now_ms: u64) -> Result<Option<u64>, StoreError> {
         let store = self.clone();
         self.block(async move {
             store
@@ -366,41 +363,18 @@ impl PgStore {
                             &[&webhook],
                         )
                         .await?;
-                        let rows = txn
-                            .query(
-                                "UPDATE deliveries d SET status = $2, next_attempt_at_ms = NULL, \
-                                 held_due_ms = NULL, updated_at_ms = $3 FROM (SELECT id, next_attempt_at_ms AS due \
-                                 FROM deliveries WHERE webhook_id = $1 AND status = ANY($4) \
-                                 FOR UPDATE) o WHERE d.id = o.id RETURNING d.id, o.due",
-                                &[
-                                    &webhook,
-                                    &DeliveryStatus::Cancelled.as_str(),
-                                    &rows::ms(now_ms),
-                                    &rows::not_final(),
-                                ],
+                        let concerned: i64 = txn
+                            .query_one(
+                                "SELECT count(*) FROM deliveries WHERE webhook_id = $1 \
+                                 AND (next_attempt_at_ms IS NOT NULL OR held_due_ms IS NOT NULL)",
+                                &[&webhook],
                             )
-                            .await?;
+                            .await?
+                            .try_get(0)?;
                         let mut changes = vec![Change::Webhook { id, webhook: None }];
-                        let mut cancelled = Vec::new();
-                        for row in rows {
-                            let delivery: DeliveryId =
-                                row.try_get::<_, &str>(0)?.parse().map_err(|_| {
-                                    StoreError::Corrupt {
-                                        table: "deliveries",
-                                        reason: "bad id".into(),
-                                    }
-                                })?;
-                            let due: Option<i64> = row.try_get(1)?;
-                            changes.push(Change::Index {
-                                webhook: id,
-                                delivery,
-                                from: due.map(rows::from_ms),
-                                to: None,
-                            });
-                            cancelled.push(delivery);
-                        }
-                        cancelled.sort_unstable();
-                        Ok((Some(cancelled), changes))
+                        // The first chunk here, the rest by the sweep.
+                        super::lifecycle::sweep_deleted(txn, id, now_ms, &mut changes).await?;
+                        Ok((Some(u64::try_from(concerned).unwrap_or(0)), changes))
                     })
                 })
                 .await

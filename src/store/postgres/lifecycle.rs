@@ -151,7 +151,29 @@ impl PgStore {
                                 )
                                 .await?
                             else {
-                                report.more = true;
+                                let exists = txn
+                                    .query_opt("SELECT 1 FROM webhooks WHERE id = $1", &[&wid])
+                                    .await?
+                                    .is_some();
+                                // Deleted: its unfinished deliveries are cancelled, one
+                                // daemon at a time (the sweep's row).
+                                let mine = !exists
+                                    && txn
+                                        .query_opt(
+                                            "SELECT 1 FROM held_sweeps WHERE webhook_id = $1 \
+                                             FOR UPDATE SKIP LOCKED",
+                                            &[&wid],
+                                        )
+                                        .await?
+                                        .is_some();
+                                if mine {
+                                    let (moved, left) =
+                                        sweep_deleted(txn, id, now_ms, &mut changes).await?;
+                                    report.moved += moved;
+                                    report.more |= left;
+                                } else {
+                                    report.more = true;
+                                }
                                 continue;
                             };
                             let disabled: bool = w.try_get(0)?;
@@ -390,6 +412,57 @@ async fn sweep_one(
             "INSERT INTO held_sweeps (webhook_id, discard_through) VALUES ($1, $2) \
              ON CONFLICT (webhook_id) DO UPDATE SET discard_through = EXCLUDED.discard_through",
             &[&webhook.to_string(), &discard],
+        )
+        .await?;
+    } else {
+        txn.execute(
+            "DELETE FROM held_sweeps WHERE webhook_id = $1",
+            &[&webhook.to_string()],
+        )
+        .await?;
+    }
+    Ok((moved, more))
+}
+
+/// One chunk (at most [`HELD_CHUNK`]) of a deleted webhook's sweep: its unfinished
+/// deliveries (due or held) are cancelled; their log stays. Writes (or deletes) its
+/// `held_sweeps` row. Returns the deliveries moved and whether more may be left.
+pub(super) async fn sweep_deleted(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+    now_ms: u64,
+    changes: &mut Vec<Change>,
+) -> Result<(u64, bool), StoreError> {
+    let rows = txn
+        .query(
+            "UPDATE deliveries d SET status = 'cancelled', next_attempt_at_ms = NULL, \
+             held_due_ms = NULL, updated_at_ms = $2 FROM (SELECT id, next_attempt_at_ms AS due \
+             FROM deliveries WHERE webhook_id = $1 AND (next_attempt_at_ms IS NOT NULL \
+             OR held_due_ms IS NOT NULL) LIMIT $3 FOR UPDATE) o \
+             WHERE d.id = o.id RETURNING d.id, o.due",
+            &[
+                &webhook.to_string(),
+                &rows::ms(now_ms),
+                &rows::ms(HELD_CHUNK as u64),
+            ],
+        )
+        .await?;
+    for row in &rows {
+        if let Some(due) = row.try_get::<_, Option<i64>>(1)? {
+            changes.push(Change::Index {
+                webhook,
+                delivery: parse_delivery(row.try_get(0)?)?,
+                from: Some(rows::from_ms(due)),
+                to: None,
+            });
+        }
+    }
+    let moved = rows.len() as u64;
+    let more = moved == HELD_CHUNK as u64;
+    if more {
+        txn.execute(
+            "INSERT INTO held_sweeps (webhook_id) VALUES ($1) ON CONFLICT (webhook_id) DO NOTHING",
+            &[&webhook.to_string()],
         )
         .await?;
     } else {
