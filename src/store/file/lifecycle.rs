@@ -287,13 +287,19 @@ fn sweep_one(
         moved += n;
         more |= n == budget as u64;
     }
-    let mut sweeps = txn.open_table(HELD_SWEEPS)?;
-    if more {
-        sweeps.insert(webhook.0, discard.unwrap_or(0))?;
-    } else {
-        sweeps.remove(webhook.0)?;
-    }
+    record_sweep(txn, webhook, more.then_some(discard.unwrap_or(0)))?;
     Ok((moved, more))
+}
+
+/// Writes the webhook's `held_sweeps` entry (`Some(discard_through)`, 0 for none: work is
+/// left) or removes it (`None`: the sweep is over).
+fn record_sweep(txn: &Txn<'_>, webhook: WebhookId, left: Option<u128>) -> Result<(), StoreError> {
+    let mut sweeps = txn.open_table(HELD_SWEEPS)?;
+    match left {
+        Some(discard) => sweeps.insert(webhook.0, discard)?,
+        None => sweeps.remove(webhook.0)?,
+    };
+    Ok(())
 }
 
 /// One chunk (at most [`HELD_CHUNK`]) of a deleted webhook's sweep: its unfinished
@@ -332,12 +338,7 @@ pub(super) fn sweep_deleted(
         moved += release_some(txn, webhook, 0, u128::MAX, false, budget, now_ms)?;
     }
     let more = moved == HELD_CHUNK as u64;
-    let mut sweeps = txn.open_table(HELD_SWEEPS)?;
-    if more {
-        sweeps.insert(webhook.0, 0)?;
-    } else {
-        sweeps.remove(webhook.0)?;
-    }
+    record_sweep(txn, webhook, more.then_some(0))?;
     Ok((moved, more))
 }
 

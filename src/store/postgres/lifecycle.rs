@@ -407,21 +407,35 @@ async fn sweep_one(
         moved += n;
         more |= n == budget;
     }
-    if more {
-        txn.execute(
-            "INSERT INTO held_sweeps (webhook_id, discard_through) VALUES ($1, $2) \
-             ON CONFLICT (webhook_id) DO UPDATE SET discard_through = EXCLUDED.discard_through",
-            &[&webhook.to_string(), &discard],
-        )
-        .await?;
-    } else {
-        txn.execute(
-            "DELETE FROM held_sweeps WHERE webhook_id = $1",
-            &[&webhook.to_string()],
-        )
-        .await?;
-    }
+    record_sweep(txn, webhook, more.then_some(discard)).await?;
     Ok((moved, more))
+}
+
+/// Writes the webhook's `held_sweeps` row (`Some(discard_through)`: work is left) or deletes
+/// it (`None`: the sweep is over).
+async fn record_sweep(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+    left: Option<Option<String>>,
+) -> Result<(), StoreError> {
+    match left {
+        Some(discard) => {
+            txn.execute(
+                "INSERT INTO held_sweeps (webhook_id, discard_through) VALUES ($1, $2) ON \
+                 CONFLICT (webhook_id) DO UPDATE SET discard_through = EXCLUDED.discard_through",
+                &[&webhook.to_string(), &discard],
+            )
+            .await?;
+        }
+        None => {
+            txn.execute(
+                "DELETE FROM held_sweeps WHERE webhook_id = $1",
+                &[&webhook.to_string()],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// One chunk (at most [`HELD_CHUNK`]) of a deleted webhook's sweep: its unfinished
@@ -459,19 +473,7 @@ pub(super) async fn sweep_deleted(
     }
     let moved = rows.len() as u64;
     let more = moved == HELD_CHUNK as u64;
-    if more {
-        txn.execute(
-            "INSERT INTO held_sweeps (webhook_id) VALUES ($1) ON CONFLICT (webhook_id) DO NOTHING",
-            &[&webhook.to_string()],
-        )
-        .await?;
-    } else {
-        txn.execute(
-            "DELETE FROM held_sweeps WHERE webhook_id = $1",
-            &[&webhook.to_string()],
-        )
-        .await?;
-    }
+    record_sweep(txn, webhook, more.then_some(None)).await?;
     Ok((moved, more))
 }
 
