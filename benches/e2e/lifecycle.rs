@@ -7,7 +7,8 @@
 //!
 //! The goal is that neither change makes other writers wait behind the backlog: each moves
 //! a chunk of deliveries per transaction (`store::HELD_CHUNK`). Before that, one transaction
-//! moved them all (about 16 µs each: 958 ms of stalled ingest for 60,001).
+//! moved them all (about 16 µs each: 958 ms of stalled ingest for 60,001). `run_delete` does
+//! the same for `DELETE` of a webhook with such a backlog.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -318,5 +319,78 @@ pub async fn run(n: usize, add: &mut impl FnMut(&str, String)) {
     add(
         "lifecycle: the same from then to the last held delivery (drain only)",
         phase(&probes, &fresh, released, last),
+    );
+}
+
+/// Deleting a webhook with `n` due deliveries (its receiver holds every attempt) while the
+/// same fresh load runs: the deletion's answer time, how long until none is unfinished,
+/// and the fresh events' latency before and during.
+pub async fn run_delete(n: usize, add: &mut impl FnMut(&str, String)) {
+    let status = Arc::new(AtomicU16::new(HANG));
+    let receiver = switchable(Arc::clone(&status), Arc::new(Arrivals::default())).await;
+    let fresh = Arc::new(Arrivals::default());
+    let fresh_receiver = start_receiver(Arc::clone(&fresh)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("delete.redb");
+    let load_db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        super::backlog::load(&load_db, receiver, n, 10, fresh_receiver)
+    })
+    .await
+    .unwrap();
+    let daemon = start_daemon_at(&db, &[]);
+    wait_ready(&daemon).await;
+    let client = build_client(Duration::from_secs(30));
+    let webhooks = call(
+        &client,
+        &daemon,
+        "GET",
+        "/api/webhooks?organization_id=org_backlog",
+        None,
+    )
+    .await;
+    let webhook = webhooks["data"][0]["id"].as_str().unwrap().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = start_probe(daemon.addr, Arc::clone(&stop));
+    let base_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let delete_from = Instant::now();
+    call(
+        &client,
+        &daemon,
+        "DELETE",
+        &format!("/api/webhooks/{webhook}"),
+        None,
+    )
+    .await;
+    let answered = delete_from.elapsed();
+    let done = loop {
+        let s = call(&client, &daemon, "GET", "/api/admin/status", None).await;
+        let unfinished = s["deliveries"]["pending"].as_u64().unwrap_or(u64::MAX)
+            + s["deliveries"]["retrying"].as_u64().unwrap_or(0);
+        if unfinished == 0 {
+            break Instant::now();
+        }
+        assert!(
+            delete_from.elapsed() < Duration::from_secs(600),
+            "delete stuck: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    status.store(200, Ordering::Relaxed);
+    let probes = probe.await.unwrap();
+    add(
+        &format!("lifecycle: DELETE of a webhook with {n} due deliveries: answered (ms); all cancelled (s)"),
+        format!("{:.1}; {:.2}", ms(answered), done.duration_since(delete_from).as_secs_f64()),
+    );
+    add(
+        "lifecycle: other webhooks p50 / p99 / max (ms), before the DELETE",
+        phase(&probes, &fresh, base_from, delete_from),
+    );
+    add(
+        "lifecycle: the same from the DELETE until all cancelled",
+        phase(&probes, &fresh, delete_from, done),
     );
 }

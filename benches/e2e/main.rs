@@ -490,6 +490,7 @@ async fn run() {
     }
     if wants("lifecycle") {
         lifecycle::run(seconds("E2E_LIFECYCLE", 60_000) as usize, &mut add).await;
+        lifecycle::run_delete(seconds("E2E_LIFECYCLE", 60_000) as usize, &mut add).await;
     }
     if wants("slow") {
         let mut offset = 0;
