@@ -389,7 +389,8 @@ pub enum WebhookCommand {
         #[arg(long)]
         description: Option<String>,
     },
-    /// Delete a webhook (its pending deliveries are cancelled).
+    /// Delete a webhook (its unfinished deliveries, pending, retrying or held, are
+    /// cancelled; their log stays: `deliveries list --organization-id ORG --webhook ID`).
     Delete {
         /// Webhook id.
         id: String,
@@ -401,18 +402,15 @@ pub enum WebhookCommand {
     },
     /// Enable a webhook the daemon disabled (410 Gone, a failing streak): its held
     /// deliveries are delivered (`--deliver-held`) or cancelled (`--discard-held`).
+    #[command(group = clap::ArgGroup::new("held").required(true).multiple(false))]
     Enable {
         /// Webhook id.
         id: String,
         /// Queue every held delivery again, in due order.
-        #[arg(
-            long,
-            conflicts_with = "discard_held",
-            required_unless_present = "discard_held"
-        )]
+        #[arg(long, group = "held")]
         deliver_held: bool,
         /// Cancel every held delivery.
-        #[arg(long)]
+        #[arg(long, group = "held")]
         discard_held: bool,
     },
     /// Rotate its secret: the new one signs X-Palo-Signature at once; the old one also signs
@@ -478,8 +476,8 @@ pub struct ListDeliveries {
     /// The organization whose log to search (required with the admin token).
     #[arg(long)]
     pub organization_id: Option<String>,
-    /// Only these statuses, repeated or comma-separated (pending, retrying, succeeded,
-    /// failed, cancelled).
+    /// Only these statuses, repeated or comma-separated (pending, retrying, held,
+    /// succeeded, failed, cancelled).
     #[arg(long, value_delimiter = ',')]
     pub status: Vec<String>,
     /// Only deliveries whose last attempt came to one of these, repeated or
