@@ -236,7 +236,8 @@ impl PgStore {
     }
 
     /// Records a sweep for every webhook whose deliveries are not where its state says (an
-    /// enabled one with held deliveries, a disabled one with due ones): what a copy from
+    /// enabled one with held deliveries, a disabled one with due ones, a deleted one with
+    /// unfinished ones): what a copy from
     /// another store (`migrate`) brings without the sweeps it had. Returns how many it
     /// recorded. A discard that was under way becomes a release (nothing is cancelled that
     /// was not cancelled in the source).
@@ -246,9 +247,8 @@ impl PgStore {
     pub fn resume_sweeps(&self) -> Result<u64, StoreError> {
         let store = self.clone();
         self.block(async move {
-            Ok(store
-                .conn()
-                .await?
+            let conn = store.conn().await?;
+            let live = conn
                 .execute(
                     "INSERT INTO held_sweeps (webhook_id) SELECT w.id FROM webhooks w WHERE \
                      (w.disabled IS NULL AND EXISTS (SELECT 1 FROM deliveries d WHERE \
@@ -257,7 +257,18 @@ impl PgStore {
                      AND d.next_attempt_at_ms IS NOT NULL)) ON CONFLICT (webhook_id) DO NOTHING",
                     &[],
                 )
-                .await?)
+                .await?;
+            // A deletion whose cancelling was under way.
+            let deleted = conn
+                .execute(
+                    "INSERT INTO held_sweeps (webhook_id) SELECT DISTINCT d.webhook_id FROM \
+                     deliveries d WHERE (d.next_attempt_at_ms IS NOT NULL OR d.held_due_ms IS \
+                     NOT NULL) AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = \
+                     d.webhook_id) ON CONFLICT (webhook_id) DO NOTHING",
+                    &[],
+                )
+                .await?;
+            Ok(live + deleted)
         })
     }
 
