@@ -155,10 +155,21 @@ fn phase(probes: &[Probe], fresh: &Arrivals, from: Instant, to: Instant) -> Stri
     )
 }
 
-pub async fn run(n: usize, add: &mut impl FnMut(&str, String)) {
+/// What both runs start from: a daemon on a db with `n` due deliveries of one webhook (at
+/// the switchable receiver, which holds them, recording into `backlog`) and 10 fresh
+/// webhooks at a fast receiver.
+struct Setup {
+    status: Arc<AtomicU16>,
+    fresh: Arc<Arrivals>,
+    daemon: super::Daemon,
+    client: palo_webhooks::delivery::HttpsClient,
+    webhook: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(n: usize, backlog: Arc<Arrivals>) -> Setup {
     let status = Arc::new(AtomicU16::new(HANG));
-    let backlog = Arc::new(Arrivals::default());
-    let receiver = switchable(Arc::clone(&status), Arc::clone(&backlog)).await;
+    let receiver = switchable(Arc::clone(&status), backlog).await;
     let fresh = Arc::new(Arrivals::default());
     let fresh_receiver = start_receiver(Arc::clone(&fresh)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -181,6 +192,26 @@ pub async fn run(n: usize, add: &mut impl FnMut(&str, String)) {
     )
     .await;
     let webhook = webhooks["data"][0]["id"].as_str().unwrap().to_owned();
+    Setup {
+        status,
+        fresh,
+        daemon,
+        client,
+        webhook,
+        _dir: dir,
+    }
+}
+
+pub async fn run(n: usize, add: &mut impl FnMut(&str, String)) {
+    let backlog = Arc::new(Arrivals::default());
+    let Setup {
+        status,
+        fresh,
+        daemon,
+        client,
+        webhook,
+        _dir,
+    } = setup(n, Arc::clone(&backlog)).await;
     let held = |body: &serde_json::Value| body["held_deliveries"].as_u64().unwrap_or(0);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -326,30 +357,14 @@ pub async fn run(n: usize, add: &mut impl FnMut(&str, String)) {
 /// same fresh load runs: the deletion's answer time, how long until none is unfinished,
 /// and the fresh events' latency before and during.
 pub async fn run_delete(n: usize, add: &mut impl FnMut(&str, String)) {
-    let status = Arc::new(AtomicU16::new(HANG));
-    let receiver = switchable(Arc::clone(&status), Arc::new(Arrivals::default())).await;
-    let fresh = Arc::new(Arrivals::default());
-    let fresh_receiver = start_receiver(Arc::clone(&fresh)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("delete.redb");
-    let load_db = db.clone();
-    tokio::task::spawn_blocking(move || {
-        super::backlog::load(&load_db, receiver, n, 10, fresh_receiver)
-    })
-    .await
-    .unwrap();
-    let daemon = start_daemon_at(&db, &[]);
-    wait_ready(&daemon).await;
-    let client = build_client(Duration::from_secs(30));
-    let webhooks = call(
-        &client,
-        &daemon,
-        "GET",
-        "/api/webhooks?organization_id=org_backlog",
-        None,
-    )
-    .await;
-    let webhook = webhooks["data"][0]["id"].as_str().unwrap().to_owned();
+    let Setup {
+        status,
+        fresh,
+        daemon,
+        client,
+        webhook,
+        _dir,
+    } = setup(n, Arc::new(Arrivals::default())).await;
     let stop = Arc::new(AtomicBool::new(false));
     let probe = start_probe(daemon.addr, Arc::clone(&stop));
     let base_from = Instant::now();
