@@ -42,6 +42,14 @@ pub struct DisablePolicy {
     pub after_attempts: u32,
 }
 
+impl DisablePolicy {
+    /// Whether an attempt answered with `status_code` disables its webhook at once: a
+    /// `410 Gone` (Standard Webhooks: the receiver asks to stop) under `--disable-on-gone`.
+    pub fn disables_at_once(&self, status_code: Option<u16>) -> bool {
+        self.on_gone && status_code == Some(410)
+    }
+}
+
 impl Default for DisablePolicy {
     fn default() -> Self {
         DisablePolicy {

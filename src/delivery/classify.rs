@@ -157,7 +157,7 @@ pub(super) fn classify(error: &hyper_util::client::legacy::Error) -> (AttemptErr
 }
 
 /// The text of the deepest cause of `error`, at most [`MAX_ERROR_DETAIL`] bytes.
-fn innermost_text(error: &(dyn StdError + 'static)) -> String {
+pub(super) fn innermost_text(error: &(dyn StdError + 'static)) -> String {
     let mut innermost = error;
     while let Some(next) = innermost.source() {
         innermost = next;

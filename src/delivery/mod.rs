@@ -24,10 +24,9 @@ pub use connect::{
 pub use request::SignatureCache;
 pub use tls::{tls_config, TlsSettings, TlsSetupError};
 
-use classify::{classify, find_cause, is_stale_connection, read_capped};
+use classify::{classify, find_cause, innermost_text, is_stale_connection, read_capped};
 use request::build_request;
 
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,7 +198,7 @@ impl Sender {
                 tracing::debug!(
                     delivery = %attempt.delivery_id,
                     origin = %log_origin(attempt.url),
-                    error = %innermost(&e),
+                    error = %innermost_text(&e),
                     "the connection closed under the request; sending it again on a fresh one"
                 );
                 timeout_at(deadline, clients.fresh.request(again)).await
@@ -308,13 +307,4 @@ fn clone_request(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
     copy
-}
-
-/// The innermost cause of an error, in words (for a debug line).
-fn innermost(error: &(dyn StdError + 'static)) -> String {
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
 }

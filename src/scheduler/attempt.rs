@@ -224,9 +224,8 @@ impl Inner {
         };
         let fast = log.duration_ms < SLOW_ATTEMPT_MS
             && log.error != Some(crate::model::AttemptError::Timeout);
-        let gone = log.status_code == Some(410)
-            && self.settings.disable.on_gone
-            && webhook.disabled.is_none();
+        let gone =
+            webhook.disabled.is_none() && self.settings.disable.disables_at_once(log.status_code);
         if gone {
             // Before the slot is freed: the next attempt to this webhook is held, not sent.
             self.mark_disabled(
@@ -325,7 +324,7 @@ impl Inner {
         let policy = &self.settings.disable;
         let mut change = None;
         if webhook.disabled.is_none() {
-            if policy.on_gone && log.status_code == Some(410) {
+            if policy.disables_at_once(log.status_code) {
                 change = Some(Lifecycle::Disable(crate::lifecycle::gone(updated.id, now)));
             } else {
                 let action = lock(&self.streaks).observe(

@@ -126,32 +126,24 @@ impl FileStore {
     /// See [`Store::sweep_held`](crate::store::Store::sweep_held).
     pub fn sweep_held(&self, webhooks: usize, now_ms: u64) -> Result<SweepReport, StoreError> {
         self.write(move |txn| {
+            let limit = webhooks.max(1);
             let pending: Vec<(u128, u128)> = txn
                 .open_table(HELD_SWEEPS)?
                 .iter()?
-                .take(webhooks.max(1) + 1)
+                .take(limit + 1)
                 .map(|row| row.map(|(k, v)| (k.value(), v.value())))
                 .collect::<Result<_, _>>()?;
             let mut report = SweepReport {
-                more: pending.len() > webhooks.max(1),
+                more: pending.len() > limit,
                 ..SweepReport::default()
             };
-            for (id, discard) in pending.into_iter().take(webhooks.max(1)) {
-                let disabled = match txn.open_table(WEBHOOKS)?.get(id)? {
-                    Some(bytes) => decode::<WebhookRecord>("webhooks", bytes.value())?
-                        .into_domain(WebhookId(id), None)?
-                        .disabled
-                        .is_some(),
-                    None => {
-                        // Deleted: what is unfinished of it is cancelled.
-                        let (moved, left) = sweep_deleted(txn, WebhookId(id), now_ms)?;
-                        report.moved += moved;
-                        report.more |= left;
-                        continue;
-                    }
+            for (id, discard) in pending.into_iter().take(limit) {
+                let id = WebhookId(id);
+                let (moved, left) = match webhook_disabled(txn, id)? {
+                    Some(disabled) => sweep_one(txn, id, disabled, discard_of(discard), now_ms)?,
+                    // Deleted: what is unfinished of it is cancelled.
+                    None => sweep_deleted(txn, id, now_ms)?,
                 };
-                let discard = (discard != 0).then_some(discard);
-                let (moved, left) = sweep_one(txn, WebhookId(id), disabled, discard, now_ms)?;
                 report.moved += moved;
                 report.more |= left;
             }
@@ -162,14 +154,7 @@ impl FileStore {
     /// See [`Store::hold_chunk`](crate::store::Store::hold_chunk).
     pub fn hold_chunk(&self, id: WebhookId, now_ms: u64) -> Result<bool, StoreError> {
         self.write(move |txn| {
-            let disabled = match txn.open_table(WEBHOOKS)?.get(id.0)? {
-                Some(bytes) => decode::<WebhookRecord>("webhooks", bytes.value())?
-                    .into_domain(id, None)?
-                    .disabled
-                    .is_some(),
-                None => false,
-            };
-            if !disabled {
+            if webhook_disabled(txn, id)? != Some(true) {
                 return Ok(false);
             }
             let pending = txn.open_table(HELD_SWEEPS)?.get(id.0)?.map(|v| v.value());
@@ -177,7 +162,7 @@ impl FileStore {
                 // No sweep left: everything unfinished is held already.
                 return Ok(false);
             };
-            let (_, more) = sweep_one(txn, id, true, (discard != 0).then_some(discard), now_ms)?;
+            let (_, more) = sweep_one(txn, id, true, discard_of(discard), now_ms)?;
             Ok(more)
         })
     }
@@ -189,14 +174,7 @@ impl FileStore {
             let Some(delivery) = load_delivery(&table, id)? else {
                 return Ok(false);
             };
-            let disabled = match txn.open_table(WEBHOOKS)?.get(delivery.webhook_id.0)? {
-                Some(bytes) => decode::<WebhookRecord>("webhooks", bytes.value())?
-                    .into_domain(delivery.webhook_id, None)?
-                    .disabled
-                    .is_some(),
-                None => false,
-            };
-            if !disabled {
+            if webhook_disabled(txn, delivery.webhook_id)? != Some(true) {
                 return Ok(false);
             }
             hold(txn, &mut table, delivery, now_ms)
@@ -206,28 +184,54 @@ impl FileStore {
     /// See [`Store::held_count`](crate::store::Store::held_count).
     pub fn held_count(&self, webhook: WebhookId) -> Result<u64, StoreError> {
         self.read(|txn| {
-            let table = txn.open_table(HELD)?;
-            let mut count = 0u64;
-            for row in table.range((webhook.0, 0)..=(webhook.0, u128::MAX))? {
-                row?;
-                count += 1;
-            }
-            Ok(count)
+            count_rows(
+                txn.open_table(HELD)?
+                    .range((webhook.0, 0)..=(webhook.0, u128::MAX))?,
+            )
         })
     }
 
     /// The webhook's unfinished deliveries with a due time (its retry-index entries).
     pub(super) fn unfinished_count(&self, webhook: WebhookId) -> Result<u64, StoreError> {
         self.read(|txn| {
-            let table = txn.open_table(WEBHOOK_DUE)?;
-            let mut count = 0u64;
-            for row in table.range((webhook.0, 0, 0)..=(webhook.0, u64::MAX, u128::MAX))? {
-                row?;
-                count += 1;
-            }
-            Ok(count)
+            count_rows(
+                txn.open_table(WEBHOOK_DUE)?
+                    .range((webhook.0, 0, 0)..=(webhook.0, u64::MAX, u128::MAX))?,
+            )
         })
     }
+}
+
+/// The rows of a range, counted (a read: nothing is decoded).
+fn count_rows<I, T>(rows: I) -> Result<u64, StoreError>
+where
+    I: Iterator<Item = Result<T, redb::StorageError>>,
+{
+    let mut count = 0u64;
+    for row in rows {
+        row?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Whether the webhook is disabled by the daemon; `None` when it does not exist (deleted).
+/// Only its state is read: the secret is not opened.
+fn webhook_disabled(txn: &Txn<'_>, id: WebhookId) -> Result<Option<bool>, StoreError> {
+    match txn.open_table(WEBHOOKS)?.get(id.0)? {
+        Some(bytes) => Ok(Some(
+            decode::<WebhookRecord>("webhooks", bytes.value())?
+                .into_domain(id, None)?
+                .disabled
+                .is_some(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// A `held_sweeps` value as the discard boundary it stands for (0: none).
+fn discard_of(value: u128) -> Option<u128> {
+    (value != 0).then_some(value)
 }
 
 /// Moves the first chunk of a lifecycle change's deliveries in its own transaction and
@@ -240,17 +244,12 @@ fn start_sweep(
     discard_through: Option<u128>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let sweeps = txn.open_table(HELD_SWEEPS)?;
-    let pending = sweeps.get(webhook.0)?.map(|v| v.value()).unwrap_or(0);
-    let discard = discard_through.unwrap_or(0).max(pending);
-    drop(sweeps);
-    sweep_one(
-        txn,
-        webhook,
-        disabled,
-        (discard != 0).then_some(discard),
-        now_ms,
-    )?;
+    let pending = txn
+        .open_table(HELD_SWEEPS)?
+        .get(webhook.0)?
+        .map_or(0, |v| v.value());
+    let discard = discard_of(discard_through.unwrap_or(0).max(pending));
+    sweep_one(txn, webhook, disabled, discard, now_ms)?;
     Ok(())
 }
 

@@ -74,15 +74,7 @@ impl PgStore {
                             }
                         };
                         if let Some(discard) = discard {
-                            let pending = txn
-                                .query_opt(
-                                    "SELECT discard_through FROM held_sweeps WHERE webhook_id = $1",
-                                    &[&wid],
-                                )
-                                .await?
-                                .map(|r| r.try_get::<_, Option<String>>(0))
-                                .transpose()?
-                                .flatten();
+                            let pending = pending_sweep(txn, id).await?.flatten();
                             let discard = discard.max(pending);
                             sweep_one(
                                 txn,
@@ -179,16 +171,9 @@ impl PgStore {
                             let disabled: bool = w.try_get(0)?;
                             // Read again under the webhook's lock: the change may have
                             // rewritten it (or the sweep before it finished it).
-                            let Some(s) = txn
-                                .query_opt(
-                                    "SELECT discard_through FROM held_sweeps WHERE webhook_id = $1",
-                                    &[&wid],
-                                )
-                                .await?
-                            else {
+                            let Some(discard) = pending_sweep(txn, id).await? else {
                                 continue;
                             };
-                            let discard: Option<String> = s.try_get(0)?;
                             let (moved, left) =
                                 sweep_one(txn, id, disabled, discard, now_ms, &mut changes).await?;
                             report.moved += moved;
@@ -215,16 +200,9 @@ impl PgStore {
                         if webhook.disabled.is_none() {
                             return Ok((false, Vec::new()));
                         }
-                        let Some(row) = txn
-                            .query_opt(
-                                "SELECT discard_through FROM held_sweeps WHERE webhook_id = $1",
-                                &[&id.to_string()],
-                            )
-                            .await?
-                        else {
+                        let Some(discard) = pending_sweep(txn, id).await? else {
                             return Ok((false, Vec::new()));
                         };
-                        let discard: Option<String> = row.try_get(0)?;
                         let mut changes = Vec::new();
                         let (_, more) =
                             sweep_one(txn, id, true, discard, now_ms, &mut changes).await?;
@@ -420,6 +398,22 @@ async fn sweep_one(
     }
     record_sweep(txn, webhook, more.then_some(discard)).await?;
     Ok((moved, more))
+}
+
+/// The webhook's `held_sweeps` row: `None` when it has no sweep, else its discard boundary
+/// (`None` inside: no discard).
+async fn pending_sweep(
+    txn: &Txn<'_>,
+    webhook: WebhookId,
+) -> Result<Option<Option<String>>, StoreError> {
+    Ok(txn
+        .query_opt(
+            "SELECT discard_through FROM held_sweeps WHERE webhook_id = $1",
+            &[&webhook.to_string()],
+        )
+        .await?
+        .map(|r| r.try_get::<_, Option<String>>(0))
+        .transpose()?)
 }
 
 /// Writes the webhook's `held_sweeps` row (`Some(discard_through)`: work is left) or deletes
