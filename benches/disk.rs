@@ -106,6 +106,7 @@ fn main() {
         failing_since_ms: None,
         active: true,
         description: "disk bench".into(),
+        options: Default::default(),
         created_at_ms: now,
         updated_at_ms: now,
     };

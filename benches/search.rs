@@ -78,6 +78,7 @@ fn webhook(now: u64) -> Webhook {
         failing_since_ms: None,
         active: true,
         description: "search bench".into(),
+        options: Default::default(),
         created_at_ms: now,
         updated_at_ms: now,
     }

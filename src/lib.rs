@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod filter;
 pub mod ids;
 pub mod json_strict;
 pub mod lifecycle;

@@ -11,6 +11,9 @@
 //!   "<webhook-id>.<webhook-timestamp>.<body>">`, so a receiver can refuse replays by age.
 //!   The HMAC key is again the UTF-8 bytes of the secret; a Standard Webhooks library takes
 //!   it as `whsec_` + base64(those bytes).
+//! - opt-in per webhook (issue 16): a `v1a,<base64 Ed25519 signature of the same message>`
+//!   entry in `webhook-signature` (Standard Webhooks' asymmetric scheme), verified with the
+//!   webhook's public key in the form `whpk_` + base64 of its 32 bytes.
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
@@ -39,6 +42,40 @@ pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: u64, body: &[u8])
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     )
+}
+
+/// One Standard Webhooks asymmetric signature, `v1a,<base64 Ed25519(seed, "<id>.<timestamp>.<body>")>`
+/// (RFC 8032). `seed` is the 32-byte private key.
+pub fn ed25519_signature(seed: &[u8; 32], msg_id: &str, timestamp: u64, body: &[u8]) -> String {
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+        .expect("any 32 bytes are an Ed25519 seed");
+    let mut message = Vec::with_capacity(msg_id.len() + 22 + body.len());
+    message.extend_from_slice(msg_id.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(timestamp.to_string().as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(body);
+    format!(
+        "v1a,{}",
+        base64::engine::general_purpose::STANDARD.encode(pair.sign(&message).as_ref())
+    )
+}
+
+/// The verification key of `seed` as Standard Webhooks writes it: `whpk_` + base64 of the
+/// 32-byte Ed25519 public key.
+pub fn ed25519_public_key(seed: &[u8; 32]) -> String {
+    use ring::signature::KeyPair;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+        .expect("any 32 bytes are an Ed25519 seed");
+    format!(
+        "whpk_{}",
+        base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref())
+    )
+}
+
+/// The 32 seed bytes of a stored seed (64 hex characters); `None` when it is not that.
+pub fn ed25519_seed(hex_seed: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_seed).ok()?.try_into().ok()
 }
 
 /// The `whsec_...` form of a webhook secret, for Standard Webhooks libraries: `whsec_` +
@@ -88,6 +125,35 @@ pub fn verify(secret: &str, body: &[u8], header: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ed25519_keys_and_signatures_follow_rfc_8032_and_standard_webhooks() {
+        // RFC 8032 §7.1, test 1: the seed and its public key.
+        let seed: [u8; 32] =
+            hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let public =
+            hex::decode("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+                .unwrap();
+        assert_eq!(
+            ed25519_public_key(&seed),
+            format!(
+                "whpk_{}",
+                base64::engine::general_purpose::STANDARD.encode(&public)
+            )
+        );
+        let signature = ed25519_signature(&seed, "msg_1", 1_700_000_000, b"{}");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(signature.strip_prefix("v1a,").unwrap())
+            .unwrap();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+            .verify(b"msg_1.1700000000.{}", &raw)
+            .unwrap();
+        assert_eq!(ed25519_seed(&hex::encode(seed)), Some(seed));
+        assert_eq!(ed25519_seed("zz"), None);
+    }
 
     #[test]
     fn matches_a_known_hmac_sha256_vector() {

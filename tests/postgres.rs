@@ -43,6 +43,8 @@ mod lifecycle;
 mod migrate;
 #[path = "it/operations.rs"]
 mod operations;
+#[path = "it/options.rs"]
+mod options;
 #[path = "it/payload.rs"]
 mod payload;
 #[path = "it/recovery.rs"]

@@ -51,6 +51,7 @@ fn webhook(org: &str, receiver: std::net::SocketAddr, now: u64) -> Webhook {
         failing_since_ms: None,
         active: true,
         description: "backlog bench".into(),
+        options: Default::default(),
         created_at_ms: now,
         updated_at_ms: now,
     }

@@ -349,6 +349,7 @@ fn create_webhook(
         failing_since_ms: None,
         active,
         description: String::new(),
+        options: Default::default(),
         created_at_ms: model.now_ms,
         updated_at_ms: model.now_ms,
     };

@@ -13,6 +13,7 @@ mod extract;
 pub mod guard;
 pub mod jobs;
 mod keys;
+pub mod options;
 mod search;
 pub mod stats;
 pub mod types;
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/webhooks/{id}/test", post(deliveries::test_webhook))
         .route("/webhooks/{id}/enable", post(webhooks::enable_webhook))
+        .route("/webhooks/{id}/public-key", get(options::public_key))
         .route("/webhooks/{id}/recover", post(jobs::recover))
         .route("/webhooks/{id}/replay", post(jobs::replay))
         .route("/jobs", get(jobs::list_jobs))

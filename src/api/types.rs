@@ -23,6 +23,30 @@ pub struct WebhookIn {
     pub description: Option<String>,
     /// Required with the admin token.
     pub organization_id: Option<String>,
+    /// `none` or `key` (issue 16): see [`super::options::OptionsIn`] for every option.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub ordering: Option<Option<String>>,
+    /// A duration; how long one delivery may hold its ordering key.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub ordering_hold_max: Option<Option<String>>,
+    /// 1..=64, or null for the daemon's per-webhook value.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub max_in_flight: Option<Option<u32>>,
+    /// Requests per second, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub rate_limit: Option<Option<u32>>,
+    /// A filter document on the envelope, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub filter: Option<Option<serde_json::Value>>,
+    /// Custom headers (the whole list).
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
+    /// Receiver authentication, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub auth: Option<Option<super::options::AuthIn>>,
+    /// `["hmac"]` or `["hmac", "ed25519"]`.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub signature_scheme: Option<Option<Vec<String>>>,
 }
 
 /// `PATCH /api/webhooks/{id}`: any subset of the fields.
@@ -39,6 +63,60 @@ pub struct WebhookPatch {
     pub active: Option<bool>,
     /// New description.
     pub description: Option<String>,
+    /// `none` or `key` (issue 16): see [`super::options::OptionsIn`] for every option.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub ordering: Option<Option<String>>,
+    /// A duration; how long one delivery may hold its ordering key.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub ordering_hold_max: Option<Option<String>>,
+    /// 1..=64, or null for the daemon's per-webhook value.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub max_in_flight: Option<Option<u32>>,
+    /// Requests per second, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub rate_limit: Option<Option<u32>>,
+    /// A filter document on the envelope, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub filter: Option<Option<serde_json::Value>>,
+    /// Custom headers (the whole list).
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
+    /// Receiver authentication, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub auth: Option<Option<super::options::AuthIn>>,
+    /// `["hmac"]` or `["hmac", "ed25519"]`.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub signature_scheme: Option<Option<Vec<String>>>,
+}
+
+/// The delivery options of a create or a PATCH, moved out of the request.
+macro_rules! take_options {
+    ($input:expr) => {
+        super::options::OptionsIn {
+            ordering: $input.ordering.take(),
+            ordering_hold_max: $input.ordering_hold_max.take(),
+            max_in_flight: $input.max_in_flight.take(),
+            rate_limit: $input.rate_limit.take(),
+            filter: $input.filter.take(),
+            headers: $input.headers.take(),
+            auth: $input.auth.take(),
+            signature_scheme: $input.signature_scheme.take(),
+        }
+    };
+}
+
+impl WebhookIn {
+    /// Its delivery options (taken out; the fields are left empty).
+    pub fn take_options(&mut self) -> super::options::OptionsIn {
+        take_options!(self)
+    }
+}
+
+impl WebhookPatch {
+    /// Its delivery options (taken out; the fields are left empty).
+    pub fn take_options(&mut self) -> super::options::OptionsIn {
+        take_options!(self)
+    }
 }
 
 /// A webhook as answered. `secret` appears only in the creation answer, when generated.
@@ -78,6 +156,9 @@ pub struct WebhookOut {
     /// `whsec_` + base64 of its UTF-8 bytes (see `signature::standard_secret`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub standard_webhooks_secret: Option<String>,
+    /// Delivery options (issue 16), credentials left out.
+    #[serde(flatten)]
+    pub options: super::options::OptionsOut,
 }
 
 /// Why and since when the daemon disabled a webhook (issue 15).
@@ -120,7 +201,7 @@ impl From<&Webhook> for WebhookOut {
             id: w.id.to_string(),
             organization_id: w.organization_id.clone(),
             url: w.url.clone(),
-            events: w.events.names().into_iter().map(str::to_owned).collect(),
+            events: w.events.names(),
             active: w.active,
             disabled: w.disabled.as_ref().map(|d| DisabledOut {
                 reason: d.reason.as_str().to_owned(),
@@ -139,6 +220,7 @@ impl From<&Webhook> for WebhookOut {
                 .map(|p| format_ms(p.expires_at_ms)),
             secret: None,
             standard_webhooks_secret: None,
+            options: super::options::OptionsOut::from(&w.options),
         }
     }
 }

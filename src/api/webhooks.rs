@@ -110,7 +110,28 @@ pub fn parse_events(names: &[String]) -> Result<EventFilter, ApiError> {
         ));
     }
     let mut types = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
     for name in names.iter().filter(|n| *n != "*") {
+        if let Some(prefix) = name.strip_suffix(".*") {
+            let takes_some = crate::model::wildcard_prefix_is_valid(prefix)
+                && EventType::PUBLIC
+                    .iter()
+                    .chain(&EventType::OPERATIONAL)
+                    .any(|t| crate::model::wildcard_matches(prefix, *t));
+            if !takes_some {
+                return Err(ApiError::invalid(
+                    "events",
+                    format!(
+                        "the wildcard {name:?} matches no event type (wildcards name a \
+                         family, like \"ticket.*\")"
+                    ),
+                ));
+            }
+            if !prefixes.iter().any(|p| p == prefix) {
+                prefixes.push(prefix.to_owned());
+            }
+            continue;
+        }
         let t = EventType::parse(name)
             .filter(|t| *t != EventType::WebhookTest)
             .ok_or_else(|| {
@@ -130,6 +151,13 @@ pub fn parse_events(names: &[String]) -> Result<EventFilter, ApiError> {
         if !types.contains(&t) {
             types.push(t);
         }
+    }
+    if !prefixes.is_empty() {
+        return Ok(EventFilter::Wildcards {
+            all: names.iter().any(|n| n == "*"),
+            prefixes,
+            types,
+        });
     }
     if names.iter().any(|n| n == "*") {
         // `"*"` already has every public type; only the operational ones must be named.
@@ -193,13 +221,14 @@ pub(super) async fn visible_webhook(
 pub(super) async fn create_webhook(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(input): JsonBody<WebhookIn>,
+    JsonBody(mut input): JsonBody<WebhookIn>,
 ) -> Result<(StatusCode, Json<WebhookOut>), ApiError> {
     let organization_id = caller.acting_for(input.organization_id.as_deref())?;
     check_external_id("organization_id", &organization_id)?;
     let url = validate_url(&input.url, state.allow_http)?;
     check_url_address(&url, &state.address_policy.load())?;
     let events = parse_events(&input.events)?;
+    let options = input.take_options().apply(&Default::default())?;
     let (secret, generated) = match input.secret {
         Some(s) => (validate_secret(&s)?, false),
         None => (
@@ -219,6 +248,7 @@ pub(super) async fn create_webhook(
         failing_since_ms: None,
         active: input.active.unwrap_or(true),
         description: validate_description(input.description.unwrap_or_default())?,
+        options,
         created_at_ms: now,
         updated_at_ms: now,
     };
@@ -350,10 +380,11 @@ pub(super) async fn update_webhook(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath,
-    JsonBody(patch): JsonBody<WebhookPatch>,
+    JsonBody(mut patch): JsonBody<WebhookPatch>,
 ) -> Result<Json<WebhookOut>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
     not_managed_by_config(&webhook)?;
+    let options = patch.take_options().apply(&webhook.options)?;
     let changes = WebhookChanges {
         url: patch
             .url
@@ -374,6 +405,7 @@ pub(super) async fn update_webhook(
         rotate: None,
         active: patch.active,
         description: patch.description.map(validate_description).transpose()?,
+        options: (options != webhook.options).then_some(options),
     };
     let id = webhook.id;
     let updated = blocking(&state.store, move |s| {

@@ -76,6 +76,9 @@ pub struct OutgoingAttempt<'a> {
     pub number: u32,
     /// Recorded in the attempt log.
     pub trigger: Trigger,
+    /// The webhook's custom headers, receiver authentication and signature schemes
+    /// (issue 16).
+    pub options: &'a crate::model::DeliveryOptions,
 }
 
 /// The scheme, host and port of a webhook URL, for log lines: paths and query strings often

@@ -11,7 +11,9 @@ use hyper::Request;
 
 use super::{OutgoingAttempt, USER_AGENT};
 use crate::ids::{EventKey, WebhookId};
-use crate::model::Secret;
+use base64::Engine;
+
+use crate::model::{DeliveryOptions, ReceiverAuth, Secret};
 use crate::signature::{
     sign, standard_signature, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
@@ -100,7 +102,21 @@ pub(super) fn build_request(
             &attempt.body,
         ));
     }
-    Request::post(attempt.url)
+    if let Some(seed) = attempt
+        .options
+        .ed25519_seed
+        .as_ref()
+        .and_then(|s| crate::signature::ed25519_seed(&s.0))
+    {
+        standard.push(' ');
+        standard.push_str(&crate::signature::ed25519_signature(
+            &seed,
+            &delivery_id,
+            timestamp,
+            &attempt.body,
+        ));
+    }
+    let mut request = Request::post(attempt.url)
         .header("content-type", "application/json")
         .header("user-agent", USER_AGENT)
         .header(SIGNATURE_HEADER, signature)
@@ -112,7 +128,37 @@ pub(super) fn build_request(
         .header(WEBHOOK_TIMESTAMP_HEADER, timestamp.to_string())
         .header(WEBHOOK_SIGNATURE_HEADER, standard)
         .body(Full::new(attempt.body.clone()))
-        .ok()
+        .ok()?;
+    add_receiver_headers(request.headers_mut(), attempt.options);
+    Some(request)
+}
+
+/// The webhook's custom headers and its `Authorization` (issue 16). Values were validated
+/// when the webhook was saved; one that no longer parses is left out rather than failing
+/// the attempt. Credentials are marked sensitive, so HTTP/2's HPACK never indexes them.
+fn add_receiver_headers(headers: &mut hyper::HeaderMap, options: &DeliveryOptions) {
+    for custom in &options.headers {
+        let (Ok(name), Ok(mut value)) = (
+            hyper::header::HeaderName::from_bytes(custom.name.as_bytes()),
+            HeaderValue::from_str(&custom.value.0),
+        ) else {
+            continue;
+        };
+        value.set_sensitive(custom.secret);
+        headers.insert(name, value);
+    }
+    let authorization = match &options.auth {
+        None => return,
+        Some(ReceiverAuth::Basic { username, password }) => format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.0))
+        ),
+        Some(ReceiverAuth::Bearer { token }) => format!("Bearer {}", token.0),
+    };
+    if let Ok(mut value) = HeaderValue::from_str(&authorization) {
+        value.set_sensitive(true);
+        headers.insert(hyper::header::AUTHORIZATION, value);
+    }
 }
 
 #[cfg(test)]

@@ -210,6 +210,7 @@ impl Inner {
             delivery_id: delivery.id,
             number: delivery.attempt_count + 1,
             trigger,
+            options: &webhook.options,
         });
         tokio::pin!(send);
         let log = tokio::select! {

@@ -266,6 +266,7 @@ async fn sync_operator_endpoint(store: &Arc<Store>, config: &Config) -> Result<(
                     disabled: None,
                     failing_since_ms: None,
                     description: "operator endpoint (operator_webhook_url)".to_owned(),
+                    options: Default::default(),
                     created_at_ms: now,
                     updated_at_ms: now,
                 })?;

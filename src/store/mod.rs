@@ -22,6 +22,7 @@
 //! unfinished delivery. See docs/ARCHITECTURE.md.
 
 pub mod file;
+mod options;
 pub mod postgres;
 pub mod sealed;
 pub mod search;
@@ -1122,27 +1123,83 @@ impl From<FileStore> for Store {
     }
 }
 
-/// Whether an event of `event_type` fans out to a webhook under `fan_out`: `None` when it
+/// What fan-out reads of a webhook (no credential, no URL).
+pub(crate) struct FanOutTarget {
+    /// The webhook.
+    pub id: WebhookId,
+    /// Its subscribed types.
+    pub events: crate::model::EventFilter,
+    /// Its envelope filter (issue 16).
+    pub filter: Option<crate::filter::Filter>,
+    /// The customer's switch.
+    pub active: bool,
+    /// Whether the daemon disabled it.
+    pub disabled: bool,
+}
+
+impl FanOutTarget {
+    /// The fan-out view of `webhook`.
+    pub fn of(webhook: Webhook) -> FanOutTarget {
+        FanOutTarget {
+            id: webhook.id,
+            events: webhook.events,
+            filter: webhook.options.filter,
+            active: webhook.active,
+            disabled: webhook.disabled.is_some(),
+        }
+    }
+}
+
+/// An event's envelope, parsed once on first need (by the first webhook with a filter) and
+/// shared by the rest of its fan-out.
+pub(crate) struct Envelope<'a> {
+    body: &'a [u8],
+    parsed: std::cell::OnceCell<serde_json::Value>,
+}
+
+impl<'a> Envelope<'a> {
+    /// The envelope of the delivery body `body` (the API built it: valid JSON).
+    pub fn new(body: &'a [u8]) -> Envelope<'a> {
+        Envelope {
+            body,
+            parsed: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn value(&self) -> &serde_json::Value {
+        self.parsed
+            .get_or_init(|| serde_json::from_slice(self.body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// Whether an event of `event_type` fans out to `webhook` under `fan_out`: `None` when it
 /// does not, `Some(held)` when it does, `held` when the daemon disabled the webhook (the
-/// delivery is recorded `held`, issue 15). The one rule both backends apply.
+/// delivery is recorded `held`, issue 15). Subscribers must also pass the webhook's filter
+/// (issue 16) on `envelope`; the test endpoint (`Only`) ignores both. The one rule both
+/// backends apply.
 pub(crate) fn fan_out_to(
     fan_out: FanOut,
     event_type: EventType,
-    webhook: WebhookId,
-    events: &crate::model::EventFilter,
-    active: bool,
-    disabled: bool,
+    webhook: &FanOutTarget,
+    envelope: &Envelope<'_>,
 ) -> Option<bool> {
-    if !active {
+    if !webhook.active {
         return None;
     }
+    let subscribed = || {
+        webhook.events.matches(event_type)
+            && webhook
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.matches(envelope.value()))
+    };
     match fan_out {
         // The test endpoint sends at once, disabled or not: that is how a person checks
         // that a disabled endpoint works again.
-        FanOut::Only(id) => (id == webhook).then_some(false),
-        FanOut::Subscribers => events.matches(event_type).then_some(disabled),
+        FanOut::Only(id) => (id == webhook.id).then_some(false),
+        FanOut::Subscribers => subscribed().then_some(webhook.disabled),
         FanOut::SubscribersExcept(id) => {
-            (id != webhook && events.matches(event_type)).then_some(disabled)
+            (id != webhook.id && subscribed()).then_some(webhook.disabled)
         }
     }
 }

@@ -143,17 +143,16 @@ pub fn is_sealed(stored: &str) -> bool {
 }
 
 /// Of a webhook as stored (secrets not opened): (whether any of its secrets is sealed,
-/// whether all of them are). What opening a store with or without a key decides on.
+/// whether all of them are). Its secrets are the signing secret, the previous one, and the
+/// credentials among its delivery options (issue 16). What opening a store with or without
+/// a key decides on.
 pub fn sealing_of(stored: &crate::model::Webhook) -> (bool, bool) {
-    let current = is_sealed(&stored.secret.0);
-    let previous = stored
-        .previous_secret
-        .as_ref()
-        .map(|p| is_sealed(&p.secret.0));
-    (
-        current || previous == Some(true),
-        current && previous != Some(false),
-    )
+    let all: Vec<bool> = std::iter::once(&stored.secret)
+        .chain(stored.previous_secret.as_ref().map(|p| &p.secret))
+        .chain(stored.options.credentials())
+        .map(|s| is_sealed(&s.0))
+        .collect();
+    (all.iter().any(|s| *s), all.iter().all(|s| *s))
 }
 
 /// What opening a store with `key` (and `previous`, a key being replaced) does with one

@@ -40,6 +40,7 @@ fn webhook(org: &str, events: EventFilter, now: u64) -> Webhook {
         failing_since_ms: None,
         active: true,
         description: "conformance".into(),
+        options: Default::default(),
         created_at_ms: now,
         updated_at_ms: now,
     }

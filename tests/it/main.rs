@@ -24,6 +24,7 @@ mod jobs;
 mod layout;
 mod lifecycle;
 mod operations;
+mod options;
 mod payload;
 mod recovery;
 mod search;

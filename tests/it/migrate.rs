@@ -45,6 +45,7 @@ async fn file_store(path: &std::path::Path, n: usize) {
             failing_since_ms: None,
             active: true,
             description: String::new(),
+            options: Default::default(),
             created_at_ms: now,
             updated_at_ms: now,
         };

@@ -673,6 +673,7 @@ mod tests {
             failing_since_ms: None,
             active: true,
             description: String::new(),
+            options: Default::default(),
             created_at_ms: 1,
             updated_at_ms: 1,
         };

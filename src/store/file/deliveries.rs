@@ -486,21 +486,16 @@ fn fan_out_targets(
 ) -> Result<Vec<(WebhookId, bool)>, StoreError> {
     let webhooks = txn.open_table(WEBHOOKS)?;
     let org = prepared.organization_id.as_str();
-    let target = |w: &Webhook| {
-        crate::store::fan_out_to(
-            fan_out,
-            prepared.event_type,
-            w.id,
-            &w.events,
-            w.active,
-            w.disabled.is_some(),
-        )
-        .map(|held| (w.id, held))
+    let envelope = crate::store::Envelope::new(&prepared.body);
+    let target = |w: Webhook| {
+        let w = crate::store::FanOutTarget::of(w);
+        crate::store::fan_out_to(fan_out, prepared.event_type, &w, &envelope)
+            .map(|held| (w.id, held))
     };
     match fan_out {
         FanOut::Only(id) => Ok(get_webhook(&webhooks, id, None)?
             .filter(|w| w.organization_id == org)
-            .and_then(|w| target(&w))
+            .and_then(target)
             .into_iter()
             .collect()),
         FanOut::Subscribers | FanOut::SubscribersExcept(_) => {
@@ -511,7 +506,7 @@ fn fan_out_targets(
             {
                 let (k, _) = row?;
                 if let Some(webhook) = get_webhook(&webhooks, WebhookId(k.value().1), None)? {
-                    targets.extend(target(&webhook));
+                    targets.extend(target(webhook));
                 }
             }
             Ok(targets)

@@ -436,6 +436,7 @@ mod tests {
             failing_since_ms: None,
             active: true,
             description: String::new(),
+            options: Default::default(),
             created_at_ms: now,
             updated_at_ms: now,
         }

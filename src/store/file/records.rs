@@ -63,6 +63,14 @@ pub(super) enum WebhookRecord {
     V2(WebhookFields, Option<(String, u64)>),
     /// V2 plus the daemon's disable state and the failing streak's start (issue 15).
     V3(WebhookFields, Option<(String, u64)>, LifecycleFields),
+    /// V3 plus the delivery options as a JSON document, `""` for none (issue 16,
+    /// [`crate::store::options`]).
+    V4(
+        WebhookFields,
+        Option<(String, u64)>,
+        LifecycleFields,
+        String,
+    ),
 }
 
 /// A webhook's lifecycle as the daemon keeps it (issue 15): [`Webhook::disabled`] and
@@ -91,13 +99,13 @@ impl WebhookRecord {
             Some(key) => key.seal(w.id, secret),
             None => secret.0.clone(),
         };
-        WebhookRecord::V3(
+        WebhookRecord::V4(
             WebhookFields {
                 organization_id: w.organization_id.clone(),
                 url: w.url.clone(),
                 events: match &w.events {
                     EventFilter::All => None,
-                    filter => Some(filter.names().into_iter().map(str::to_owned).collect()),
+                    filter => Some(filter.names()),
                 },
                 secret: stored(&w.secret),
                 active: w.active,
@@ -119,6 +127,7 @@ impl WebhookRecord {
                 }),
                 failing_since_ms: w.failing_since_ms,
             },
+            crate::store::options::encode(&w.options, w.id, key),
         )
     }
 
@@ -137,11 +146,16 @@ impl WebhookRecord {
                 _ => Ok(Secret(stored)),
             }
         };
-        let (fields, previous_secret, lifecycle) = match self {
-            WebhookRecord::V1(fields) => (fields, None, None),
-            WebhookRecord::V2(fields, previous_secret) => (fields, previous_secret, None),
+        let (fields, previous_secret, lifecycle, options) = match self {
+            WebhookRecord::V1(fields) => (fields, None, None, String::new()),
+            WebhookRecord::V2(fields, previous_secret) => {
+                (fields, previous_secret, None, String::new())
+            }
             WebhookRecord::V3(fields, previous_secret, lifecycle) => {
-                (fields, previous_secret, Some(lifecycle))
+                (fields, previous_secret, Some(lifecycle), String::new())
+            }
+            WebhookRecord::V4(fields, previous_secret, lifecycle, options) => {
+                (fields, previous_secret, Some(lifecycle), options)
             }
         };
         let events = match fields.events {
@@ -187,6 +201,7 @@ impl WebhookRecord {
             disabled,
             failing_since_ms,
             description: fields.description,
+            options: crate::store::options::decode(&options, id, key)?,
             created_at_ms: fields.created_at_ms,
             updated_at_ms: fields.updated_at_ms,
         })
@@ -615,11 +630,12 @@ mod tests {
             .into_domain(WebhookId(1), None)
             .unwrap();
         assert!(webhook.previous_secret.is_some());
-        // Written today as V3: tag 2, the V2 fields, then the lifecycle (two `None`s).
-        let mut v3 = vec![2u8];
-        v3.extend_from_slice(&v2[1..]);
-        v3.extend_from_slice(&[0, 0]);
-        assert_eq!(encode(&WebhookRecord::from_domain(&webhook, None)), v3);
+        // Written today as V4: tag 3, the V2 fields, then the lifecycle (two `None`s) and
+        // the options (an empty string).
+        let mut v4 = vec![3u8];
+        v4.extend_from_slice(&v2[1..]);
+        v4.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(encode(&WebhookRecord::from_domain(&webhook, None)), v4);
         // Events: V1 (a struct variant when it was written) decodes; written today as V2,
         // the V1 bytes then the payload's deletion time (`None`); the tombstone seed decodes
         // with an empty body and its time.

@@ -480,8 +480,9 @@ impl PgStore {
                 txn.execute(
                     "INSERT INTO webhooks (id, organization_id, url, event_types, secret, \
                      previous_secret, previous_expires_at_ms, active, description, \
-                     created_at_ms, updated_at_ms, disabled, failing_since_ms) VALUES ($1, $2, \
-                     $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
+                     created_at_ms, updated_at_ms, disabled, failing_since_ms, options) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     ON CONFLICT (id) DO NOTHING",
                     &[
                         &w.id.to_string(),
                         &w.organization_id,
@@ -498,6 +499,8 @@ impl PgStore {
                         &rows::ms(w.updated_at_ms),
                         &rows::disabled_json(w.disabled.as_ref()),
                         &w.failing_since_ms.map(rows::ms),
+                        // As stored: credentials sealed by the file store stay sealed.
+                        &crate::store::options::encode(&w.options, w.id, None),
                     ],
                 )
                 .await?;

@@ -835,13 +835,13 @@ async fn write_webhook(
     let sql = if insert {
         "INSERT INTO webhooks (id, organization_id, url, event_types, secret, previous_secret, \
          previous_expires_at_ms, active, description, created_at_ms, updated_at_ms, disabled, \
-         failing_since_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+         failing_since_ms, options) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     } else {
         "UPDATE webhooks SET organization_id = $2, url = $3, event_types = $4, secret = $5, \
          previous_secret = $6, previous_expires_at_ms = $7, active = $8, description = $9, \
-         created_at_ms = $10, updated_at_ms = $11, disabled = $12, failing_since_ms = $13 \
-         WHERE id = $1"
+         created_at_ms = $10, updated_at_ms = $11, disabled = $12, failing_since_ms = $13, \
+         options = $14 WHERE id = $1"
     };
     let previous = webhook
         .previous_secret
@@ -867,6 +867,7 @@ async fn write_webhook(
             &rows::ms(webhook.updated_at_ms),
             &rows::disabled_json(webhook.disabled.as_ref()),
             &webhook.failing_since_ms.map(rows::ms),
+            &crate::store::options::encode(&webhook.options, webhook.id, key),
         ],
     )
     .await?;

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 /// Columns of `webhooks`, in the order [`webhook`] reads them.
 pub(super) const WEBHOOK_COLS: &str = "id, organization_id, url, event_types, secret, \
      previous_secret, previous_expires_at_ms, active, description, created_at_ms, updated_at_ms, \
-     disabled, failing_since_ms";
+     disabled, failing_since_ms, options";
 
 /// Columns of `deliveries`, in the order [`delivery`] reads them.
 pub(super) const DELIVERY_COLS: &str = "id, organization_id, webhook_id, event_key, event_id, \
@@ -140,6 +140,7 @@ pub(super) fn webhook(row: &Row, key: Option<&SecretsKey>) -> Result<Webhook, St
             })
             .transpose()?,
         failing_since_ms: row.try_get::<_, Option<i64>>(12)?.map(from_ms),
+        options: crate::store::options::decode(row.try_get(13)?, id, key)?,
     })
 }
 
@@ -190,7 +191,7 @@ fn event_filter(row: &Row, idx: usize) -> Result<EventFilter, StoreError> {
 }
 
 /// The `event_types` column of a filter: `NULL` for every public type.
-pub(super) fn event_types(filter: &EventFilter) -> Option<Vec<&'static str>> {
+pub(super) fn event_types(filter: &EventFilter) -> Option<Vec<String>> {
     match filter {
         EventFilter::All => None,
         filter => Some(filter.names()),
@@ -312,19 +313,20 @@ pub(super) fn event_key(key: EventKey) -> String {
 }
 
 /// What fan-out reads of a webhook: `SELECT id, organization_id, event_types, active,
-/// disabled IS NOT NULL`.
+/// disabled IS NOT NULL, options`: its organization and its fan-out view.
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] for a value that does not parse.
-pub(super) fn fan_out_row(
-    row: &Row,
-) -> Result<(WebhookId, String, EventFilter, bool, bool), StoreError> {
+pub(super) fn fan_out_row(row: &Row) -> Result<(String, crate::store::FanOutTarget), StoreError> {
     let events = event_filter(row, 2)?;
     Ok((
-        parse_id("webhooks", row.try_get::<_, &str>(0)?)?,
         row.try_get(1)?,
-        events,
-        row.try_get(3)?,
-        row.try_get(4)?,
+        crate::store::FanOutTarget {
+            id: parse_id("webhooks", row.try_get::<_, &str>(0)?)?,
+            events,
+            filter: crate::store::options::decode_filter(row.try_get(5)?)?,
+            active: row.try_get(3)?,
+            disabled: row.try_get(4)?,
+        },
     ))
 }

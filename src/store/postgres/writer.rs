@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{cluster, rows, Shared};
 use crate::event::PreparedEvent;
 use crate::ids::{DeliveryId, WebhookId};
-use crate::model::{Attempt, Delivery, Event, EventFilter};
+use crate::model::{Attempt, Delivery, Event};
 use crate::retry::RetrySchedule;
 use crate::store::{AcceptOutcome, Change, FanOut, StoreError, MAX_BATCH};
 
@@ -307,24 +307,21 @@ async fn accepts(
     let mut unique_orgs = orgs.clone();
     unique_orgs.sort_unstable();
     unique_orgs.dedup();
-    // (organization) -> [(webhook, filter, active, disabled)], in creation order.
-    let mut webhooks: HashMap<String, Vec<(WebhookId, EventFilter, bool, bool)>> = HashMap::new();
+    // (organization) -> its webhooks, in creation order.
+    let mut webhooks: HashMap<String, Vec<crate::store::FanOutTarget>> = HashMap::new();
     for row in txn
         .query(
             // KEY SHARE: a deletion on another daemon waits for this commit, then its
             // cancelling update sees these deliveries. A disable takes the row FOR UPDATE,
             // so it waits too, then holds what this commit made (edits are not blocked).
-            "SELECT id, organization_id, event_types, active, disabled IS NOT NULL \
+            "SELECT id, organization_id, event_types, active, disabled IS NOT NULL, options \
              FROM webhooks WHERE organization_id = ANY($1) ORDER BY id FOR KEY SHARE",
             &[&unique_orgs],
         )
         .await?
     {
-        let (id, org, filter, active, disabled) = rows::fan_out_row(&row)?;
-        webhooks
-            .entry(org)
-            .or_default()
-            .push((id, filter, active, disabled));
+        let (org, target) = rows::fan_out_row(&row)?;
+        webhooks.entry(org).or_default().push(target);
     }
     let mut new_events: Vec<(Event, Vec<Delivery>)> = Vec::new();
     // Within the batch, an idempotency key taken by an earlier job.
@@ -349,18 +346,12 @@ async fn accepts(
         let org_webhooks = webhooks
             .get(&prepared.organization_id)
             .map_or(&[][..], Vec::as_slice);
+        let envelope = crate::store::Envelope::new(&prepared.body);
         let targets: Vec<(WebhookId, bool)> = org_webhooks
             .iter()
-            .filter_map(|(w, filter, active, disabled)| {
-                crate::store::fan_out_to(
-                    fan_out,
-                    prepared.event_type,
-                    *w,
-                    filter,
-                    *active,
-                    *disabled,
-                )
-                .map(|held| (*w, held))
+            .filter_map(|w| {
+                crate::store::fan_out_to(fan_out, prepared.event_type, w, &envelope)
+                    .map(|held| (w.id, held))
             })
             .collect();
         let (event, deliveries) = crate::store::new_event(prepared, &targets, now_ms, first_due_ms);

@@ -8,6 +8,12 @@ use std::fmt;
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, JobId, KeyId, WebhookId};
 
+mod options;
+
+pub use options::{
+    CustomHeader, DeliveryOptions, Ordering, ReceiverAuth, MAX_CUSTOM_HEADERS, MAX_IN_FLIGHT_LIMIT,
+};
+
 /// A webhook secret. Its `Debug` prints stars so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -37,6 +43,17 @@ pub enum EventFilter {
     Only(Vec<EventType>),
     /// `"*"` plus the operational types named beside it (`["*", "webhook.disabled"]`).
     AllPlus(Vec<EventType>),
+    /// At least one wildcard (`ticket.*`, issue 16): a type matches when its name starts
+    /// with one of `prefixes` followed by a dot (never `webhook.test`), when it is one of
+    /// `types`, or, with `all`, when `"*"` takes it.
+    Wildcards {
+        /// Whether `"*"` is in the list.
+        all: bool,
+        /// The part before `.*`, like `ticket`.
+        prefixes: Vec<String>,
+        /// Types named in full.
+        types: Vec<EventType>,
+    },
 }
 
 impl EventFilter {
@@ -50,16 +67,42 @@ impl EventFilter {
             EventFilter::AllPlus(extra) => {
                 EventFilter::All.matches(event_type) || extra.contains(&event_type)
             }
+            EventFilter::Wildcards {
+                all,
+                prefixes,
+                types,
+            } => {
+                (*all && EventFilter::All.matches(event_type))
+                    || types.contains(&event_type)
+                    || (event_type != EventType::WebhookTest
+                        && prefixes.iter().any(|p| wildcard_matches(p, event_type)))
+            }
         }
     }
 
-    /// The wire names: `["*"]`, the listed types, or `"*"` followed by the extra types.
-    pub fn names(&self) -> Vec<&'static str> {
+    /// The wire names: `["*"]`, the listed types, `"*"` followed by the extra types, or
+    /// `"*"`, the wildcards (`ticket.*`) and the types, in that order.
+    pub fn names(&self) -> Vec<String> {
+        let types = |types: &[EventType]| -> Vec<String> {
+            types.iter().map(|t| t.as_str().to_owned()).collect()
+        };
         match self {
-            EventFilter::All => vec!["*"],
-            EventFilter::Only(types) => types.iter().map(|t| t.as_str()).collect(),
-            EventFilter::AllPlus(extra) => std::iter::once("*")
-                .chain(extra.iter().map(|t| t.as_str()))
+            EventFilter::All => vec!["*".to_owned()],
+            EventFilter::Only(only) => types(only),
+            EventFilter::AllPlus(extra) => {
+                let mut names = vec!["*".to_owned()];
+                names.extend(types(extra));
+                names
+            }
+            EventFilter::Wildcards {
+                all,
+                prefixes,
+                types: named,
+            } => all
+                .then(|| "*".to_owned())
+                .into_iter()
+                .chain(prefixes.iter().map(|p| format!("{p}.*")))
+                .chain(types(named))
                 .collect(),
         }
     }
@@ -68,12 +111,26 @@ impl EventFilter {
     /// or an empty list.
     pub fn from_names<S: AsRef<str>>(names: &[S]) -> Option<EventFilter> {
         let mut types = Vec::new();
+        let mut prefixes = Vec::new();
         let mut all = false;
         for name in names {
             match name.as_ref() {
                 "*" => all = true,
-                other => types.push(EventType::parse(other)?),
+                other => match other.strip_suffix(".*") {
+                    Some(prefix) if wildcard_prefix_is_valid(prefix) => {
+                        prefixes.push(prefix.to_owned())
+                    }
+                    Some(_) => return None,
+                    None => types.push(EventType::parse(other)?),
+                },
             }
+        }
+        if !prefixes.is_empty() {
+            return Some(EventFilter::Wildcards {
+                all,
+                prefixes,
+                types,
+            });
         }
         match (all, types.is_empty()) {
             (true, true) => Some(EventFilter::All),
@@ -82,6 +139,23 @@ impl EventFilter {
             (false, true) => None,
         }
     }
+}
+
+/// Whether `prefix` (of a wildcard `prefix.*`) is one name segment: lowercase letters,
+/// digits and `_`, not empty.
+pub fn wildcard_prefix_is_valid(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Whether the wildcard `prefix.*` takes `event_type`.
+pub fn wildcard_matches(prefix: &str, event_type: EventType) -> bool {
+    event_type
+        .as_str()
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// A webhook (endpoint) of an organization (spec "Créer un webhook").
@@ -111,6 +185,9 @@ pub struct Webhook {
     pub failing_since_ms: Option<u64>,
     /// Free text.
     pub description: String,
+    /// How its deliveries are sent: ordering, limits, filter, headers, authentication,
+    /// signature schemes (issue 16).
+    pub options: DeliveryOptions,
     /// ms since the epoch.
     pub created_at_ms: u64,
     /// ms since the epoch.
@@ -515,6 +592,8 @@ pub struct WebhookChanges {
     pub active: Option<bool>,
     /// New description.
     pub description: Option<String>,
+    /// New delivery options, replacing the old ones whole (the API merges a PATCH first).
+    pub options: Option<DeliveryOptions>,
 }
 
 impl WebhookChanges {
@@ -544,6 +623,9 @@ impl WebhookChanges {
         }
         if let Some(description) = self.description {
             webhook.description = description;
+        }
+        if let Some(options) = self.options {
+            webhook.options = options;
         }
         webhook.updated_at_ms = now_ms;
     }

@@ -1,0 +1,475 @@
+//! A webhook's delivery options in the API (issue 16): their JSON shapes, their
+//! validation (422 naming the field), how a PATCH merges into what is stored, and
+//! `GET /api/webhooks/{id}/public-key`.
+//!
+//! Credentials (secret header values, passwords, tokens, the Ed25519 key) are write-only:
+//! answers say `"configured": true` or leave the value out, never the value.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{ApiError, AppState, Caller};
+use crate::filter::Filter;
+use crate::model::{
+    CustomHeader, DeliveryOptions, Ordering, ReceiverAuth, Secret, MAX_CUSTOM_HEADERS,
+    MAX_IN_FLIGHT_LIMIT,
+};
+
+/// Longest custom header value, bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+/// Longest credential (password, token), bytes.
+const MAX_CREDENTIAL_BYTES: usize = 4096;
+/// Longest `ordering_hold_max`: the default retry schedule's span is about 8.6 h.
+const MAX_ORDERING_HOLD: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Header names the daemon sets itself, or that belong to the connection (RFC 9110 §7.6.1):
+/// a webhook may not set them.
+const RESERVED_HEADERS: [&str; 13] = [
+    "content-type",
+    "content-length",
+    "user-agent",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// One custom header in a request: `{"name", "value", "secret"}`. In a PATCH, a secret
+/// header sent without `value` keeps the value stored under that name.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderIn {
+    /// An HTTP token; compared and stored lowercase.
+    pub name: String,
+    /// Visible ASCII, spaces and tabs inside; at most 4096 bytes.
+    pub value: Option<String>,
+    /// Write-only when true (sealed at rest, never answered). Default false.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// A custom header as answered: the value only when it is not secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeaderOut {
+    /// Lowercase.
+    pub name: String,
+    /// Absent for a secret header.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<String>,
+    /// Whether the value is write-only.
+    pub secret: bool,
+}
+
+/// `auth` in a request.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthIn {
+    /// `Authorization: Basic` (RFC 7617).
+    Basic {
+        /// No `:` (RFC 7617 §2).
+        username: String,
+        /// Write-only.
+        password: String,
+    },
+    /// `Authorization: Bearer` (RFC 6750).
+    Bearer {
+        /// Write-only; RFC 6750 token characters.
+        token: String,
+    },
+}
+
+/// `auth` as answered: its type, the username for basic, and `configured: true`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuthOut {
+    /// `basic` or `bearer`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Basic only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub username: Option<String>,
+    /// Always true: the credential is set, and never shown.
+    pub configured: bool,
+}
+
+/// The delivery options of a create or a PATCH. Absent fields leave what is stored;
+/// `null` resets a field to its default.
+#[derive(Debug, Default, Deserialize)]
+pub struct OptionsIn {
+    /// `none` or `key`.
+    #[serde(default, deserialize_with = "present")]
+    pub ordering: Option<Option<String>>,
+    /// A duration (`30m`); `null` holds a key until its delivery ends.
+    #[serde(default, deserialize_with = "present")]
+    pub ordering_hold_max: Option<Option<String>>,
+    /// 1..=64; `null` for the daemon's per-webhook value.
+    #[serde(default, deserialize_with = "present")]
+    pub max_in_flight: Option<Option<u32>>,
+    /// Requests per second, at least 1; `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<u32>>,
+    /// A filter document ([`crate::filter`]); `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub filter: Option<Option<serde_json::Value>>,
+    /// The whole list, replacing the stored one; `null` or `[]` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub headers: Option<Option<Vec<HeaderIn>>>,
+    /// `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub auth: Option<Option<AuthIn>>,
+    /// `["hmac"]` or `["hmac", "ed25519"]`.
+    #[serde(default, deserialize_with = "present")]
+    pub signature_scheme: Option<Option<Vec<String>>>,
+}
+
+/// A field that is present (`Some`), possibly `null` (`Some(None)`); absent is `None` by
+/// `#[serde(default)]`.
+pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The options fields of a webhook answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OptionsOut {
+    /// `none` or `key`.
+    pub ordering: String,
+    /// A duration like `30m`, or null.
+    pub ordering_hold_max: Option<String>,
+    /// Null: the daemon's per-webhook value.
+    pub max_in_flight: Option<u32>,
+    /// Requests per second, or null.
+    pub rate_limit: Option<u32>,
+    /// The filter document, or null.
+    pub filter: Option<serde_json::Value>,
+    /// Custom headers, secret values left out.
+    pub headers: Vec<HeaderOut>,
+    /// The receiver authentication, credentials left out.
+    pub auth: Option<AuthOut>,
+    /// `["hmac"]` or `["hmac", "ed25519"]`.
+    pub signature_scheme: Vec<String>,
+}
+
+impl From<&DeliveryOptions> for OptionsOut {
+    fn from(o: &DeliveryOptions) -> OptionsOut {
+        OptionsOut {
+            ordering: o.ordering.as_str().to_owned(),
+            ordering_hold_max: o.ordering_hold_max_ms.map(|ms| {
+                humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+            }),
+            max_in_flight: o.max_in_flight,
+            rate_limit: o.rate_limit,
+            filter: o
+                .filter
+                .as_ref()
+                .and_then(|f| serde_json::from_str(f.source()).ok()),
+            headers: o
+                .headers
+                .iter()
+                .map(|h| HeaderOut {
+                    name: h.name.clone(),
+                    value: (!h.secret).then(|| h.value.0.clone()),
+                    secret: h.secret,
+                })
+                .collect(),
+            auth: o.auth.as_ref().map(|a| AuthOut {
+                kind: a.kind().to_owned(),
+                username: match a {
+                    ReceiverAuth::Basic { username, .. } => Some(username.clone()),
+                    ReceiverAuth::Bearer { .. } => None,
+                },
+                configured: true,
+            }),
+            signature_scheme: if o.ed25519_seed.is_some() {
+                vec!["hmac".to_owned(), "ed25519".to_owned()]
+            } else {
+                vec!["hmac".to_owned()]
+            },
+        }
+    }
+}
+
+impl OptionsIn {
+    /// The options after this change to `stored` (the default options for a new webhook).
+    ///
+    /// # Errors
+    /// 422 naming the first field that is not valid.
+    pub fn apply(self, stored: &DeliveryOptions) -> Result<DeliveryOptions, ApiError> {
+        let mut options = stored.clone();
+        if let Some(ordering) = self.ordering {
+            options.ordering = match ordering.as_deref() {
+                None => Ordering::None,
+                Some(name) => Ordering::parse(name)
+                    .ok_or_else(|| ApiError::invalid("ordering", "must be \"none\" or \"key\""))?,
+            };
+        }
+        if let Some(hold) = self.ordering_hold_max {
+            options.ordering_hold_max_ms = hold.as_deref().map(parse_hold).transpose()?;
+        }
+        if let Some(max) = self.max_in_flight {
+            if max.is_some_and(|n| !(1..=MAX_IN_FLIGHT_LIMIT).contains(&n)) {
+                return Err(ApiError::invalid(
+                    "max_in_flight",
+                    format!("must be between 1 and {MAX_IN_FLIGHT_LIMIT}, or null"),
+                ));
+            }
+            options.max_in_flight = max;
+        }
+        if let Some(rate) = self.rate_limit {
+            if rate == Some(0) {
+                return Err(ApiError::invalid(
+                    "rate_limit",
+                    "must be at least 1 request per second, or null for no limit",
+                ));
+            }
+            options.rate_limit = rate;
+        }
+        if let Some(filter) = self.filter {
+            options.filter = filter
+                .map(|doc| Filter::parse(&doc).map_err(|e| ApiError::invalid("filter", e.0)))
+                .transpose()?;
+        }
+        if let Some(headers) = self.headers {
+            options.headers = validate_headers(headers.unwrap_or_default(), &stored.headers)?;
+        }
+        if let Some(auth) = self.auth {
+            options.auth = auth.map(validate_auth).transpose()?;
+        }
+        if let Some(schemes) = self.signature_scheme {
+            let ed25519 = parse_schemes(schemes.as_deref().unwrap_or(&[]))?;
+            options.ed25519_seed = match (ed25519, options.ed25519_seed.take()) {
+                (true, Some(seed)) => Some(seed),
+                (true, None) => Some(Secret(crate::ids::random_hex(32))),
+                (false, _) => None,
+            };
+        }
+        if options.auth.is_some() && options.headers.iter().any(|h| h.name == "authorization") {
+            return Err(ApiError::invalid(
+                "headers",
+                "must not set authorization when auth is set: use one or the other",
+            ));
+        }
+        Ok(options)
+    }
+}
+
+fn parse_hold(text: &str) -> Result<u64, ApiError> {
+    let bad = || ApiError::invalid("ordering_hold_max", "must be a duration like 30m or 2h");
+    let hold = humantime::parse_duration(text.trim()).map_err(|_| bad())?;
+    if hold.is_zero() || hold > MAX_ORDERING_HOLD {
+        return Err(ApiError::invalid(
+            "ordering_hold_max",
+            "must be between 1s and 7d, or null to hold a key until its delivery ends",
+        ));
+    }
+    Ok(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn parse_schemes(names: &[String]) -> Result<bool, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "signature_scheme",
+            "must be [\"hmac\"] or [\"hmac\", \"ed25519\"] (X-Palo-Signature is always HMAC)",
+        )
+    };
+    if !names.iter().any(|n| n == "hmac") {
+        return Err(bad());
+    }
+    let mut ed25519 = false;
+    for name in names {
+        match name.as_str() {
+            "hmac" => {}
+            "ed25519" => ed25519 = true,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(ed25519)
+}
+
+fn write_only(field: &str, value: String) -> Result<Secret, ApiError> {
+    if value.is_empty() || value.len() > MAX_CREDENTIAL_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be between 1 and {MAX_CREDENTIAL_BYTES} bytes"),
+        ));
+    }
+    if crate::store::sealed::is_sealed(&value) {
+        return Err(ApiError::invalid(
+            field,
+            "must not start with \"pwenc1:\" (the store's mark of an encrypted value)",
+        ));
+    }
+    Ok(Secret(value))
+}
+
+fn validate_auth(auth: AuthIn) -> Result<ReceiverAuth, ApiError> {
+    match auth {
+        AuthIn::Basic { username, password } => {
+            if username.is_empty()
+                || username.contains(':')
+                || username.len() > 256
+                || username.chars().any(char::is_control)
+            {
+                return Err(ApiError::invalid(
+                    "auth.username",
+                    "must be 1 to 256 characters, without ':' or control characters",
+                ));
+            }
+            if password.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "auth.password",
+                    "must not contain control characters",
+                ));
+            }
+            Ok(ReceiverAuth::Basic {
+                username,
+                password: write_only("auth.password", password)?,
+            })
+        }
+        AuthIn::Bearer { token } => {
+            // RFC 6750 §2.1 b64token.
+            if !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+            {
+                return Err(ApiError::invalid(
+                    "auth.token",
+                    "must be a bearer token (letters, digits and -._~+/=)",
+                ));
+            }
+            Ok(ReceiverAuth::Bearer {
+                token: write_only("auth.token", token)?,
+            })
+        }
+    }
+}
+
+fn validate_headers(
+    headers: Vec<HeaderIn>,
+    stored: &[CustomHeader],
+) -> Result<Vec<CustomHeader>, ApiError> {
+    if headers.len() > MAX_CUSTOM_HEADERS {
+        return Err(ApiError::invalid(
+            "headers",
+            format!("must list at most {MAX_CUSTOM_HEADERS} headers"),
+        ));
+    }
+    let mut out: Vec<CustomHeader> = Vec::with_capacity(headers.len());
+    for header in headers {
+        let name = hyper::header::HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| {
+                ApiError::invalid(
+                    "headers",
+                    format!(
+                        "{:?} is not a valid header name (an HTTP token)",
+                        header.name
+                    ),
+                )
+            })?
+            .as_str()
+            .to_owned();
+        if RESERVED_HEADERS.contains(&name.as_str())
+            || name.starts_with("x-palo-")
+            || name.starts_with("webhook-")
+        {
+            return Err(ApiError::invalid(
+                "headers",
+                format!(
+                    "{name:?} is set by the daemon or the connection and cannot be changed \
+                     (refused: X-Palo-*, webhook-*, {})",
+                    RESERVED_HEADERS.join(", ")
+                ),
+            ));
+        }
+        if out.iter().any(|h| h.name == name) {
+            return Err(ApiError::invalid(
+                "headers",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        let value = match header.value {
+            Some(value) => value,
+            // A secret header sent back without its value keeps the stored one.
+            None => match stored.iter().find(|h| h.name == name && h.secret) {
+                Some(kept) if header.secret => kept.value.0.clone(),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "headers",
+                        format!("{name:?} needs a value (only a stored secret header may omit it)"),
+                    ))
+                }
+            },
+        };
+        if value.len() > MAX_HEADER_VALUE_BYTES
+            || hyper::header::HeaderValue::from_str(&value).is_err()
+            || value.starts_with([' ', '\t'])
+            || value.ends_with([' ', '\t'])
+        {
+            return Err(ApiError::invalid(
+                "headers",
+                format!(
+                    "the value of {name:?} must be visible ASCII (spaces inside only), at most \
+                     {MAX_HEADER_VALUE_BYTES} bytes"
+                ),
+            ));
+        }
+        let value = if header.secret {
+            write_only("headers", value)?
+        } else {
+            Secret(value)
+        };
+        out.push(CustomHeader {
+            name,
+            value,
+            secret: header.secret,
+        });
+    }
+    Ok(out)
+}
+
+/// The answer of `GET /api/webhooks/{id}/public-key`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublicKeyOut {
+    /// `whpk_` + base64 of the 32-byte Ed25519 public key (Standard Webhooks).
+    pub public_key: String,
+    /// `ed25519`.
+    pub scheme: String,
+}
+
+/// `GET /api/webhooks/{id}/public-key` → the key that verifies the webhook's `v1a`
+/// signatures.
+///
+/// # Errors
+/// 404 for an unknown webhook; 409 `ed25519_not_enabled` when its `signature_scheme` does
+/// not include `ed25519`.
+pub(super) async fn public_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    super::extract::ApiPath(id): super::extract::ApiPath,
+) -> Result<Json<PublicKeyOut>, ApiError> {
+    let webhook = super::webhooks::visible_webhook(&state, &caller, &id).await?;
+    let seed = webhook
+        .options
+        .ed25519_seed
+        .as_ref()
+        .and_then(|s| crate::signature::ed25519_seed(&s.0))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "ed25519_not_enabled",
+                "this webhook signs with HMAC only: PATCH \"signature_scheme\": [\"hmac\", \"ed25519\"] first",
+            )
+        })?;
+    Ok(Json(PublicKeyOut {
+        public_key: crate::signature::ed25519_public_key(&seed),
+        scheme: "ed25519".to_owned(),
+    }))
+}
