@@ -27,6 +27,8 @@ mod cluster;
 mod conformance;
 #[path = "it/delivery.rs"]
 mod delivery;
+#[path = "it/flow.rs"]
+mod flow;
 #[path = "it/hardening.rs"]
 mod hardening;
 #[path = "it/hostile.rs"]

@@ -23,6 +23,7 @@
 mod attempt;
 mod bodies;
 mod clock_step;
+mod flow;
 mod jobs;
 pub mod ownership;
 pub mod queues;
@@ -276,6 +277,18 @@ impl Scheduler {
             store.webhook_due_heads()?
         };
         let mut queues = lock(&inner.queues);
+        for webhook in inner
+            .webhooks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            queues.set_flow(
+                webhook.id,
+                webhook.options.max_in_flight,
+                webhook.options.rate_limit,
+            );
+        }
         for (webhook, due, id) in heads {
             queues.seed(webhook, (due, id));
         }
@@ -427,7 +440,7 @@ impl Scheduler {
         let deadline = tokio::time::Instant::now() + MANUAL_SLOT_WAIT;
         loop {
             let freed = self.inner.slot_freed.notified();
-            if let Some(slot) = lock(&self.inner.queues).try_take(webhook) {
+            if let Some(slot) = lock(&self.inner.queues).try_take(webhook, clock::now_ms()) {
                 return Ok(Slots {
                     inner: Arc::clone(&self.inner),
                     slot: Some(slot),
@@ -587,9 +600,15 @@ impl Inner {
                             if webhook.active && !was_active && cache.contains_key(&id) {
                                 lock(&self.reactivated).push(id);
                             }
+                            queues.set_flow(
+                                id,
+                                webhook.options.max_in_flight,
+                                webhook.options.rate_limit,
+                            );
                             cache.insert(id, webhook);
                         }
                         None => {
+                            queues.set_flow(id, None, None);
                             cache.remove(&id);
                             lock(&self.held).remove(&id);
                             lock(&self.streaks).forget(id);

@@ -19,9 +19,12 @@
 //! Slots: a webhook has at most [`Limits::per_webhook`] attempts in flight once *proven* fast,
 //! one while not; not-proven webhooks together hold at most [`Limits::unproven_share`] of the
 //! [`Limits::max_in_flight`] global slots, so hanging endpoints cannot starve healthy ones.
+//! A webhook may set its own limit instead of [`Limits::per_webhook`] and a rate
+//! ([`super::flow`]); a webhook out of tokens waits in the timer until one is back.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
+use super::flow::Flow;
 use crate::ids::{DeliveryId, WebhookId};
 
 /// An entry of a webhook's due index: (due ms since the epoch, delivery).
@@ -104,6 +107,8 @@ struct Queue {
     wants_refill: bool,
     /// Entries put back after a failed read or commit, with the time to look again.
     deferred: Vec<(u64, Key)>,
+    /// Its rate limit allows no request before this time (ms).
+    not_before: u64,
 }
 
 impl Default for Queue {
@@ -119,17 +124,28 @@ impl Default for Queue {
             blocked: false,
             wants_refill: false,
             deferred: Vec::new(),
+            not_before: 0,
         }
     }
 }
 
 impl Queue {
-    fn limit(&self, limits: &Limits) -> usize {
+    /// Attempts it may have in flight: one until proven fast, then its own limit or the
+    /// daemon's per-webhook one.
+    fn limit(&self, limits: &Limits, flow: Option<&Flow>) -> usize {
         if self.proven {
-            limits.per_webhook
+            flow.and_then(|f| f.max_in_flight)
+                .unwrap_or(limits.per_webhook)
         } else {
             1
         }
+    }
+
+    /// When its head may go: its due time, or later while it waits for a token.
+    fn head_at(&self) -> Option<u64> {
+        self.window
+            .first()
+            .map(|(due, _)| (*due).max(self.not_before))
     }
 
     /// Nothing to remember (whether it is proven is kept in [`Queues::proven`]): the queue is
@@ -150,6 +166,8 @@ pub struct Queues {
     queues: HashMap<WebhookId, Queue>,
     /// The webhooks proven fast (16 bytes each), kept while their queue comes and goes.
     proven: HashSet<WebhookId>,
+    /// The webhooks that set their own limit or rate, kept while their queue comes and goes.
+    flows: HashMap<WebhookId, Flow>,
     timer: BTreeSet<(u64, WebhookId)>,
     ring: VecDeque<WebhookId>,
     refills: VecDeque<WebhookId>,
@@ -179,6 +197,7 @@ impl Queues {
             limits,
             queues: HashMap::new(),
             proven: HashSet::new(),
+            flows: HashMap::new(),
             timer: BTreeSet::new(),
             ring: VecDeque::new(),
             refills: VecDeque::new(),
@@ -224,6 +243,37 @@ impl Queues {
         }
     }
 
+    /// Sets `webhook`'s own limits (issue 16): `max_in_flight` once proven, `rate_per_s`
+    /// requests started per second; `None` for both is the daemon's defaults. A changed rate
+    /// starts with a full bucket.
+    pub fn set_flow(
+        &mut self,
+        webhook: WebhookId,
+        max_in_flight: Option<u32>,
+        rate_per_s: Option<u32>,
+    ) {
+        match Flow::new(max_in_flight, rate_per_s) {
+            None => {
+                self.flows.remove(&webhook);
+            }
+            Some(flow) => {
+                let kept = self.flows.get(&webhook).is_some_and(|old| {
+                    old.max_in_flight == flow.max_in_flight
+                        && old.bucket.as_ref().map(|b| b.rate())
+                            == flow.bucket.as_ref().map(|b| b.rate())
+                });
+                if !kept {
+                    self.flows.insert(webhook, flow);
+                }
+            }
+        }
+        if let Some(q) = self.queues.get_mut(&webhook) {
+            q.not_before = 0;
+            q.blocked = false;
+        }
+        self.place(webhook);
+    }
+
     /// The next delivery to attempt at `now`, round-robin over the webhooks with due work.
     pub fn next(&mut self, now: u64) -> Next {
         self.fire_timer(now);
@@ -245,8 +295,17 @@ impl Queues {
                 self.place(webhook);
                 continue;
             };
-            if q.in_flight >= q.limit(&limits) {
+            let mut flow = self.flows.get_mut(&webhook);
+            let limit = q.limit(&limits, flow.as_deref());
+            if q.in_flight >= limit {
                 q.blocked = true;
+                continue;
+            }
+            let bucket = flow.as_mut().and_then(|f| f.bucket.as_mut());
+            if let Some(at) = bucket.and_then(|b| b.ready_at(now)) {
+                // Out of tokens: it waits in the timer, not failed, not attempted.
+                q.not_before = at;
+                self.place(webhook);
                 continue;
             }
             if !q.proven && share_full {
@@ -257,13 +316,16 @@ impl Queues {
             q.window.remove(&head);
             self.windowed -= 1;
             q.in_flight += 1;
+            if let Some(bucket) = flow.and_then(|f| f.bucket.as_mut()) {
+                bucket.take(now);
+                q.not_before = bucket.ready_at(now).unwrap_or(0);
+            }
             let unproven = !q.proven;
             self.in_flight += 1;
             if unproven {
                 self.unproven_in_flight += 1;
             }
-            let more_now = q.window.first().is_some_and(|(due, _)| *due <= now)
-                && q.in_flight < q.limit(&limits);
+            let more_now = q.head_at().is_some_and(|at| at <= now) && q.in_flight < limit;
             if more_now {
                 q.in_ring = true;
                 self.ring.push_back(webhook);
@@ -275,16 +337,23 @@ impl Queues {
         }
     }
 
-    /// Takes a slot of `webhook` outside the queues (a manual attempt), if one is free now.
-    pub fn try_take(&mut self, webhook: WebhookId) -> Option<Slot> {
+    /// Takes a slot of `webhook` outside the queues (a manual attempt), if one is free at
+    /// `now`. A rate-limited webhook spends a token even when it has none (a debt its
+    /// scheduled deliveries wait for): a person's redelivery is not refused for the rate.
+    pub fn try_take(&mut self, webhook: WebhookId, now: u64) -> Option<Slot> {
         if !self.fast_room() {
             return None;
         }
         let share_full = !self.slow_room();
         let limits = self.limits;
+        let mut flow = self.flows.get_mut(&webhook);
         let q = queue_mut(&mut self.queues, &self.proven, webhook);
-        if q.in_flight >= q.limit(&limits) || (!q.proven && share_full) {
+        if q.in_flight >= q.limit(&limits, flow.as_deref()) || (!q.proven && share_full) {
             return None;
+        }
+        if let Some(bucket) = flow.as_mut().and_then(|f| f.bucket.as_mut()) {
+            bucket.take(now);
+            q.not_before = bucket.ready_at(now).unwrap_or(0);
         }
         q.in_flight += 1;
         let unproven = !q.proven;
@@ -512,7 +581,7 @@ impl Queues {
                 let (added, removed) = apply_to(q, &self.limits, None, Some(key));
                 self.windowed = self.windowed + added - removed;
             }
-            let head_due = q.window.first().is_some_and(|(due, _)| *due <= now);
+            let head_due = q.head_at().is_some_and(|at| at <= now);
             if head_due && !q.in_ring && !q.blocked {
                 if let Some(old) = q.timer_at.take() {
                     self.timer.remove(&(old, webhook));
@@ -536,8 +605,8 @@ impl Queues {
         if q.in_ring || q.blocked {
             return;
         }
-        match q.window.first() {
-            Some(&(due, _)) => {
+        match q.head_at() {
+            Some(due) => {
                 if q.timer_at != Some(due) {
                     if let Some(old) = q.timer_at.take() {
                         self.timer.remove(&(old, webhook));
@@ -788,6 +857,62 @@ mod tests {
         assert!(matches!(q.next(10), Next::Dispatch(s, _) if s.webhook != A));
     }
 
+    #[test]
+    fn a_rate_limited_webhook_waits_for_tokens_while_others_go() {
+        let mut q = Queues::new(Limits {
+            per_webhook: 8,
+            ..limits()
+        });
+        q.set_proven(A, true);
+        q.set_proven(B, true);
+        q.set_flow(A, None, Some(2));
+        for i in 0..6 {
+            q.apply(A, None, Some(key(0, i)));
+        }
+        q.apply(B, None, Some(key(0, 100)));
+        // A burst of 2 (the bucket holds one second), then B, then A waits 500 ms a token.
+        let mut sent = Vec::new();
+        while let Next::Dispatch(slot, _) = q.next(1_000) {
+            sent.push(slot.webhook);
+            q.release(slot, Some(true));
+        }
+        assert_eq!(sent.iter().filter(|w| **w == A).count(), 2);
+        assert!(sent.contains(&B));
+        assert_eq!(q.next(1_000), Next::Idle(Some(1_500)));
+        assert_eq!(q.next(1_499), Next::Idle(Some(1_500)));
+        assert!(matches!(q.next(1_500), Next::Dispatch(s, _) if s.webhook == A));
+        // The limit is lifted: the rest goes at once.
+        q.set_flow(A, None, None);
+        let mut rest = 0;
+        while let Next::Dispatch(slot, _) = q.next(1_500) {
+            rest += 1;
+            q.release(slot, Some(true));
+        }
+        assert_eq!(rest, 3);
+    }
+
+    #[test]
+    fn a_webhooks_own_max_in_flight_replaces_the_daemons_once_proven() {
+        let mut q = Queues::new(Limits {
+            per_webhook: 2,
+            ..limits()
+        });
+        q.set_flow(A, Some(3), None);
+        for i in 0..6 {
+            q.apply(A, None, Some(key(0, i)));
+        }
+        // Not proven: one at a time, whatever it asks (the lane protection stays on top).
+        assert!(matches!(q.next(1), Next::Dispatch(_, _)));
+        assert_eq!(q.in_flight_of(A), 1);
+        assert!(matches!(q.next(1), Next::Idle(_)));
+        q.set_proven(A, true);
+        q.set_flow(A, Some(3), None);
+        while let Next::Dispatch(_, _) = q.next(1) {}
+        assert_eq!(q.in_flight_of(A), 3, "its own limit, above the daemon's 2");
+        q.set_flow(A, Some(1), None);
+        assert!(q.try_take(A, 1).is_none());
+    }
+
     /// Regression (issue 13 adversarial pass): webhooks that answered fast, then hung, kept
     /// every global slot until their timeouts.
     #[test]
@@ -858,7 +983,7 @@ mod tests {
         assert!(matches!(q.next(10), Next::Dispatch(..)));
         assert!(matches!(q.next(10), Next::Dispatch(..)));
         assert_eq!(q.next(10), Next::Full);
-        assert_eq!(q.try_take(WebhookId(9)), None);
+        assert_eq!(q.try_take(WebhookId(9), 0), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod browser;
 mod cli;
 mod conformance;
 mod delivery;
+mod flow;
 mod hardening;
 mod hostile;
 mod hygiene;
