@@ -50,6 +50,7 @@ fn records(c: &mut Criterion) {
         created_at_ms: 1_771_497_000_000,
         updated_at_ms: 1_771_497_000_000,
         last_outcome: Some(palo_webhooks::model::AttemptOutcome::Status5xx),
+        ordering_key: None,
     };
     c.bench_function("record/delivery_encode_decode", |b| {
         b.iter(|| palo_webhooks::store::roundtrip_delivery_record(black_box(&delivery)).unwrap())

@@ -96,6 +96,18 @@ impl EventType {
             .find(|t| t.as_str() == name)
     }
 
+    /// The `data` field whose value is an event's default ordering key: `ticket_id` for the
+    /// ticket types, `incident_id` for `system.incident`, none for the rest.
+    pub fn ordering_field(self) -> Option<&'static str> {
+        match self {
+            EventType::TicketCreated
+            | EventType::TicketStatusChanged
+            | EventType::TicketResolved => Some("ticket_id"),
+            EventType::SystemIncident => Some("incident_id"),
+            _ => None,
+        }
+    }
+
     /// The `data` fields each event of this type must carry, with their kinds.
     pub fn required_fields(self) -> &'static [(&'static str, FieldKind)] {
         use FieldKind::*;
@@ -188,6 +200,41 @@ pub struct PreparedEvent {
     /// SHA-256 over what the producer gave (type, timestamp, data), to tell an idempotent
     /// replay (same hash) from a conflicting reuse of an `event_id` (different hash).
     pub content_hash: [u8; 32],
+    /// Deliveries of one webhook with `ordering: "key"` and the same key go one at a time,
+    /// in ingest order (issue 16): the producer's `ordering_key`, else `data.ticket_id` or
+    /// `data.incident_id` ([`EventType::ordering_field`]); 1 to [`MAX_ORDERING_KEY_CHARS`].
+    pub ordering_key: Option<String>,
+}
+
+impl PreparedEvent {
+    /// Sets the producer's own ordering key, which also becomes part of the idempotency
+    /// hash: the same `event_id` sent again with another key is a conflict, not a replay.
+    pub fn set_ordering_key(&mut self, key: String) {
+        let mut hash = Sha256::new();
+        hash.update(self.content_hash);
+        hash.update([0]);
+        hash.update(key.as_bytes());
+        self.content_hash = hash.finalize().into();
+        self.ordering_key = Some(key);
+    }
+}
+
+/// Longest ordering key, in characters.
+pub const MAX_ORDERING_KEY_CHARS: usize = 256;
+
+/// Checks a producer's `ordering_key`: 1 to 256 characters, no control characters.
+///
+/// # Errors
+/// [`EventError`] for `ordering_key`.
+pub fn check_ordering_key(key: &str) -> Result<(), EventError> {
+    let n = key.chars().count();
+    if n == 0 || n > MAX_ORDERING_KEY_CHARS || key.chars().any(char::is_control) {
+        return Err(invalid(
+            "ordering_key",
+            "must be 1 to 256 characters, without control characters",
+        ));
+    }
+    Ok(())
 }
 
 /// A validation failure, naming the field (`data.ticket_id`, `event_type`, ...). Maps to 422.
@@ -278,7 +325,7 @@ pub fn prepare(
         }
         None => clock::format_seconds(now_ms),
     };
-    check_data(event_type, input.data)?;
+    let ordering_key = check_data(event_type, input.data)?;
 
     let content_hash = {
         let mut hash = Sha256::new();
@@ -310,6 +357,7 @@ pub fn prepare(
         organization_id: input.organization_id,
         body,
         content_hash,
+        ordering_key,
     })
 }
 
@@ -334,7 +382,9 @@ pub fn envelope(
     .into_bytes()
 }
 
-fn check_data(event_type: EventType, data: &RawValue) -> Result<(), EventError> {
+/// Validates `data` for `event_type`; returns its default ordering key (the value of
+/// [`EventType::ordering_field`] when it is a string of 1 to 256 characters).
+fn check_data(event_type: EventType, data: &RawValue) -> Result<Option<String>, EventError> {
     let fields: HashMap<String, &RawValue> =
         serde_json::from_str(data.get()).map_err(|_| invalid("data", "must be a JSON object"))?;
     for (name, kind) in event_type.required_fields() {
@@ -359,7 +409,11 @@ fn check_data(event_type: EventType, data: &RawValue) -> Result<(), EventError> 
             return Err(invalid(&path, format!("must be {expected}")));
         }
     }
-    Ok(())
+    Ok(event_type
+        .ordering_field()
+        .and_then(|name| fields.get(name))
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        .filter(|key| check_ordering_key(key).is_ok()))
 }
 
 #[cfg(test)]

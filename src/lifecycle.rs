@@ -373,6 +373,7 @@ fn prepare(
         organization_id: organization_id.to_owned(),
         content_hash: Sha256::digest(&body).into(),
         body,
+        ordering_key: None,
     }
 }
 

@@ -47,6 +47,8 @@ mod migrate;
 mod operations;
 #[path = "it/options.rs"]
 mod options;
+#[path = "it/ordering.rs"]
+mod ordering;
 #[path = "it/payload.rs"]
 mod payload;
 #[path = "it/recovery.rs"]

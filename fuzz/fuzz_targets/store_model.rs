@@ -114,6 +114,14 @@ impl Kind {
     }
 
     /// The `data` text of each content variant; each has the type's required fields.
+    /// The ordering key ingest takes from `data` (issue 16): `ticket_id` or `incident_id`.
+    fn ordering_key(self) -> &'static str {
+        match self {
+            Kind::TicketCreated => "TKT-00512",
+            Kind::SystemIncident => "INC-001",
+        }
+    }
+
     fn data(self, second_variant: bool) -> &'static str {
         match (self, second_variant) {
             (Kind::TicketCreated, false) => {
@@ -293,6 +301,7 @@ impl ModelDelivery {
                 Some(code) => AttemptOutcome::of(Some(*code), None),
                 None => AttemptOutcome::Timeout,
             }),
+            ordering_key: Some(self.kind.ordering_key().to_owned()),
         };
         assert_eq!(stored, &expected, "delivery differs from the model");
     }

@@ -27,7 +27,7 @@ pub(super) async fn ingest_event(
 ) -> Result<(StatusCode, Json<EventAccepted>), ApiError> {
     let organization_id = caller.acting_for(input.organization_id.as_deref())?;
     let now = clock::now_ms();
-    let prepared = event::prepare(
+    let mut prepared = event::prepare(
         EventInput {
             event_id: input.event_id,
             event_type: input.event_type,
@@ -38,6 +38,10 @@ pub(super) async fn ingest_event(
         now,
         false,
     )?;
+    if let Some(key) = input.ordering_key {
+        event::check_ordering_key(&key)?;
+        prepared.set_ordering_key(key);
+    }
     let outcome = state
         .store
         .accept_event(prepared, FanOut::Subscribers, now, now)

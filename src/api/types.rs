@@ -250,6 +250,9 @@ pub struct EventIn {
     pub organization_id: Option<String>,
     /// The event data, kept as the exact JSON text received.
     pub data: Box<RawValue>,
+    /// 1-256 characters: deliveries to a webhook with `ordering: "key"` go one at a time per
+    /// key, in ingest order (issue 16). Default: `data.ticket_id` or `data.incident_id`.
+    pub ordering_key: Option<String>,
 }
 
 /// The answer to `POST /api/events`: 202 when accepted, 200 for an idempotent replay.
@@ -292,6 +295,9 @@ pub struct EventOut {
     pub payload_deleted_at: Option<String>,
     /// Its deliveries.
     pub deliveries: Vec<EventDeliveryOut>,
+    /// Its ordering key, given or taken from `data`; null when it has none.
+    #[serde(default)]
+    pub ordering_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -316,6 +322,7 @@ impl EventOut {
             data,
             received_at: format_ms(event.received_at_ms),
             payload_deleted_at: event.payload_deleted_at_ms.map(format_ms),
+            ordering_key: event.ordering_key.clone(),
             deliveries: deliveries
                 .iter()
                 .map(|d| EventDeliveryOut {
@@ -398,6 +405,9 @@ pub struct DeliveryOut {
     /// `timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`); null before the first.
     #[serde(default)]
     pub last_outcome: Option<String>,
+    /// Its event's ordering key (issue 16); null when it has none.
+    #[serde(default)]
+    pub ordering_key: Option<String>,
     /// Every attempt in ascending `number`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub attempts: Option<Vec<AttemptOut>>,
@@ -417,6 +427,7 @@ impl From<&Delivery> for DeliveryOut {
             created_at: format_ms(d.created_at_ms),
             updated_at: format_ms(d.updated_at_ms),
             last_outcome: d.last_outcome.map(|o| o.as_str().to_owned()),
+            ordering_key: d.ordering_key.clone(),
             attempts: None,
         }
     }

@@ -283,6 +283,8 @@ pub struct Event {
     /// `--payload-retention`), ms since the epoch: the body is then empty and no delivery of
     /// the event is unfinished. `None` while the body is kept.
     pub payload_deleted_at_ms: Option<u64>,
+    /// Its ordering key (issue 16; [`crate::event::PreparedEvent::ordering_key`]).
+    pub ordering_key: Option<String>,
 }
 
 /// Where a delivery stands.
@@ -372,6 +374,9 @@ pub struct Delivery {
     pub updated_at_ms: u64,
     /// What its last attempt (the highest number) came to; `None` before the first attempt.
     pub last_outcome: Option<AttemptOutcome>,
+    /// Its event's ordering key: with a webhook's `ordering: "key"`, it waits while an
+    /// earlier unfinished delivery of that webhook has the same key (issue 16).
+    pub ordering_key: Option<String>,
 }
 
 /// What an attempt came to, in the classes the delivery search filters on (issue 15): the

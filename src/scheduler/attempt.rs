@@ -100,6 +100,18 @@ impl Inner {
         if delivery.status.is_final() || delivery.next_attempt_at_ms.is_none_or(|due| due > now) {
             return; // Stale entry: the index moved on.
         }
+        if super::ordering::is_ordered(&webhook, &delivery) {
+            match self.ordering_wait(&webhook, &delivery).await {
+                Ok(None) => {}
+                // Postponed in the store: the move reaches the queue like any other.
+                Ok(Some(_)) => return,
+                Err(e) => {
+                    tracing::warn!(delivery = %id, error = %e, "could not check the delivery's ordering key; will look again");
+                    lock(&self.queues).defer(webhook_id, key, now + RECHECK_MS);
+                    return;
+                }
+            }
+        }
         if body.is_empty() {
             // A tombstone (issue 15) with a delivery unfinished again (deleting the payload
             // cancelled them all): cancel it too, rather than send nothing, or retry for ever.
@@ -274,6 +286,7 @@ impl Inner {
             tracing::info!(delivery = %id, status = updated.status.as_str(), attempts = updated.attempt_count, "delivery finished");
         }
         self.after_outcome(webhook, &delivery, &updated, &log, trigger);
+        self.next_in_order(webhook, &updated);
         Ok((updated, log))
     }
 

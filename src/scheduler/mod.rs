@@ -25,6 +25,7 @@ mod bodies;
 mod clock_step;
 mod flow;
 mod jobs;
+mod ordering;
 pub mod ownership;
 pub mod queues;
 

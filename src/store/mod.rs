@@ -411,6 +411,36 @@ impl Store {
         }
     }
 
+    /// The earliest unfinished (pending, retrying or held) delivery of `delivery`'s webhook
+    /// with the same ordering key that comes before it in ingest order (event key, then
+    /// id): what it waits behind when its webhook orders by key (issue 16). `None` when it
+    /// has no key or nothing comes before it.
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn ordering_blocker(&self, delivery: &Delivery) -> Result<Option<Delivery>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.ordering_blocker(delivery),
+            Backend::Postgres(s) => s.ordering_blocker(delivery),
+        }
+    }
+
+    /// The first unfinished delivery of `webhook` with ordering key `key`, in ingest order:
+    /// the one that goes next when the one before it ends (issue 16).
+    ///
+    /// # Errors
+    /// [`StoreError`] on read or decode failure.
+    pub fn ordering_head(
+        &self,
+        webhook: WebhookId,
+        key: &str,
+    ) -> Result<Option<Delivery>, StoreError> {
+        match &self.backend {
+            Backend::File(s) => s.ordering_head(webhook, key),
+            Backend::Postgres(s) => s.ordering_head(webhook, key),
+        }
+    }
+
     /// A delivery and all its attempts in ascending `number`.
     ///
     /// # Errors
@@ -1224,6 +1254,7 @@ pub(crate) fn new_event(
         content_hash: prepared.content_hash,
         delivery_ids: Vec::with_capacity(targets.len()),
         payload_deleted_at_ms: None,
+        ordering_key: prepared.ordering_key.clone(),
     };
     let deliveries: Vec<Delivery> = targets
         .iter()
@@ -1340,6 +1371,7 @@ pub(crate) fn new_delivery(
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
         last_outcome: None,
+        ordering_key: event.ordering_key.clone(),
     }
 }
 

@@ -112,6 +112,7 @@ mod tests {
             created_at_ms,
             updated_at_ms: created_at_ms,
             last_outcome: None,
+            ordering_key: None,
         }
     }
 

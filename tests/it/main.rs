@@ -26,6 +26,7 @@ mod layout;
 mod lifecycle;
 mod operations;
 mod options;
+mod ordering;
 mod payload;
 mod recovery;
 mod search;

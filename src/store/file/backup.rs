@@ -138,6 +138,7 @@ impl FileStore {
         report.rows += copy(&snapshot, &target, JOB_ITEMS)?;
         report.rows += copy(&snapshot, &target, JOB_OUTSTANDING)?;
         report.rows += copy(&snapshot, &target, DELIVERY_SEARCH)?;
+        report.rows += copy(&snapshot, &target, super::ordering::ORDERING)?;
         drop(target);
         report.bytes = std::fs::metadata(path).map_err(io)?.len();
         Ok(report)

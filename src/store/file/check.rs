@@ -21,6 +21,7 @@ use crate::ids::{DeliveryId, EventKey, KeyId, WebhookId};
 use crate::model::{Delivery, DeliveryStatus};
 
 use super::deliveries::{load_delivery, load_event};
+use super::ordering::ORDERING;
 use super::records::{
     decode, ApiKeyRecord, AttemptRecord, DeliveryRecord, EventRecord, WebhookRecord,
 };
@@ -194,6 +195,7 @@ impl FileStore {
             JOB_ITEMS => "job_items",
             JOB_OUTSTANDING => "job_outstanding",
             DELIVERY_SEARCH => "delivery_search",
+            ORDERING => "ordering",
         );
         Ok(out)
     }
@@ -247,6 +249,7 @@ fn check_snapshot(txn: &ReadTransaction) -> Result<CheckReport, StoreError> {
     check_index_tables(txn, &mut report)?;
     check_api_keys(txn, &mut report)?;
     super::search::check(txn, &mut report)?;
+    super::ordering::check(txn, &mut report)?;
     Ok(report)
 }
 

@@ -462,6 +462,7 @@ fn store_new_event(
         )?;
         by_webhook.insert((delivery.webhook_id.0, delivery.id.0), ())?;
         reindex(&mut search, None, Some(delivery))?;
+        super::ordering::reorder(txn, None, Some(delivery))?;
         if delivery.status == DeliveryStatus::Held {
             super::lifecycle::put_held(txn, delivery.webhook_id, delivery.id, first_due_ms)?;
             continue;
@@ -556,6 +557,7 @@ pub(super) fn put_delivery(
         after.id.0,
         encode(&DeliveryRecord::from_domain(after)).as_slice(),
     )?;
+    super::ordering::reorder(txn, before, Some(after))?;
     reindex(&mut txn.open_table(DELIVERY_SEARCH)?, before, Some(after))
 }
 

@@ -18,6 +18,7 @@ mod deliveries;
 mod due;
 mod jobs;
 mod lifecycle;
+mod ordering;
 mod payload;
 mod records;
 mod retention;
@@ -214,6 +215,7 @@ impl FileStore {
             txn.open_table(JOB_ITEMS)?;
             txn.open_table(JOB_OUTSTANDING)?;
             txn.open_table(search::DELIVERY_SEARCH)?;
+            txn.open_table(ordering::ORDERING)?;
             build_webhook_due(txn)?;
             search::build_delivery_search(txn)
         })?;

@@ -233,29 +233,34 @@ pub(super) enum EventRecord {
     /// V1 plus when the payload was deleted, ms (issue 15, item 7): the tombstone, whose
     /// body is empty.
     V2(EventFields, Option<u64>),
+    /// V2 plus the ordering key (issue 16).
+    V3(EventFields, Option<u64>, Option<String>),
 }
 
 impl EventRecord {
+    /// V2 for an event without an ordering key (the bytes of before issue 16), else V3.
     pub(super) fn from_domain(e: &Event) -> Self {
-        EventRecord::V2(
-            EventFields {
-                event_id: e.event_id.clone(),
-                event_type: e.event_type.as_str().to_owned(),
-                timestamp: e.timestamp.clone(),
-                organization_id: e.organization_id.clone(),
-                received_at_ms: e.received_at_ms,
-                body: e.body.clone(),
-                content_hash: e.content_hash,
-                delivery_ids: e.delivery_ids.iter().map(|d| d.0).collect(),
-            },
-            e.payload_deleted_at_ms,
-        )
+        let fields = EventFields {
+            event_id: e.event_id.clone(),
+            event_type: e.event_type.as_str().to_owned(),
+            timestamp: e.timestamp.clone(),
+            organization_id: e.organization_id.clone(),
+            received_at_ms: e.received_at_ms,
+            body: e.body.clone(),
+            content_hash: e.content_hash,
+            delivery_ids: e.delivery_ids.iter().map(|d| d.0).collect(),
+        };
+        match &e.ordering_key {
+            None => EventRecord::V2(fields, e.payload_deleted_at_ms),
+            Some(key) => EventRecord::V3(fields, e.payload_deleted_at_ms, Some(key.clone())),
+        }
     }
 
     pub(super) fn into_domain(self, key: EventKey) -> Result<Event, StoreError> {
-        let (fields, payload_deleted_at_ms) = match self {
-            EventRecord::V1(fields) => (fields, None),
-            EventRecord::V2(fields, deleted) => (fields, deleted),
+        let (fields, payload_deleted_at_ms, ordering_key) = match self {
+            EventRecord::V1(fields) => (fields, None, None),
+            EventRecord::V2(fields, deleted) => (fields, deleted, None),
+            EventRecord::V3(fields, deleted, ordering_key) => (fields, deleted, ordering_key),
         };
         Ok(Event {
             key,
@@ -269,6 +274,7 @@ impl EventRecord {
             content_hash: fields.content_hash,
             delivery_ids: fields.delivery_ids.into_iter().map(DeliveryId).collect(),
             payload_deleted_at_ms,
+            ordering_key,
         })
     }
 }
@@ -297,32 +303,38 @@ pub(super) enum DeliveryRecord {
     /// A V1 record reads with no outcome; the search index's first build fills it in from
     /// the attempt log (`search::build_delivery_search`).
     V2(DeliveryFields, Option<String>),
+    /// V2 plus the ordering key (issue 16).
+    V3(DeliveryFields, Option<String>, Option<String>),
 }
 
 impl DeliveryRecord {
+    /// V2 for a delivery without an ordering key (the bytes of before issue 16), else V3.
     pub(super) fn from_domain(d: &Delivery) -> Self {
-        DeliveryRecord::V2(
-            DeliveryFields {
-                organization_id: d.organization_id.clone(),
-                webhook_id: d.webhook_id.0,
-                event_key: d.event_key.0,
-                event_id: d.event_id.clone(),
-                event_type: d.event_type.as_str().to_owned(),
-                status: d.status.as_str().to_owned(),
-                attempt_count: d.attempt_count,
-                scheduled_attempts: d.scheduled_attempts,
-                next_attempt_at_ms: d.next_attempt_at_ms,
-                created_at_ms: d.created_at_ms,
-                updated_at_ms: d.updated_at_ms,
-            },
-            d.last_outcome.map(|o| o.as_str().to_owned()),
-        )
+        let fields = DeliveryFields {
+            organization_id: d.organization_id.clone(),
+            webhook_id: d.webhook_id.0,
+            event_key: d.event_key.0,
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.as_str().to_owned(),
+            status: d.status.as_str().to_owned(),
+            attempt_count: d.attempt_count,
+            scheduled_attempts: d.scheduled_attempts,
+            next_attempt_at_ms: d.next_attempt_at_ms,
+            created_at_ms: d.created_at_ms,
+            updated_at_ms: d.updated_at_ms,
+        };
+        let outcome = d.last_outcome.map(|o| o.as_str().to_owned());
+        match &d.ordering_key {
+            None => DeliveryRecord::V2(fields, outcome),
+            Some(key) => DeliveryRecord::V3(fields, outcome, Some(key.clone())),
+        }
     }
 
     pub(super) fn into_domain(self, id: DeliveryId) -> Result<Delivery, StoreError> {
-        let (fields, last_outcome) = match self {
-            DeliveryRecord::V1(fields) => (fields, None),
-            DeliveryRecord::V2(fields, outcome) => (fields, outcome),
+        let (fields, last_outcome, ordering_key) = match self {
+            DeliveryRecord::V1(fields) => (fields, None, None),
+            DeliveryRecord::V2(fields, outcome) => (fields, outcome, None),
+            DeliveryRecord::V3(fields, outcome, ordering_key) => (fields, outcome, ordering_key),
         };
         let last_outcome = match last_outcome {
             None => None,
@@ -346,6 +358,7 @@ impl DeliveryRecord {
             created_at_ms: fields.created_at_ms,
             updated_at_ms: fields.updated_at_ms,
             last_outcome,
+            ordering_key,
         })
     }
 }
@@ -802,6 +815,7 @@ mod tests {
                             created_at_ms: times.0,
                             updated_at_ms: times.1,
                             last_outcome,
+                            ordering_key: None,
                         }
                     },
                 )
@@ -855,6 +869,7 @@ mod tests {
                     content_hash: [3; 32],
                     delivery_ids: ids.into_iter().map(DeliveryId).collect(),
                     payload_deleted_at_ms: deleted,
+                    ordering_key: None,
                 };
                 let bytes = encode(&EventRecord::from_domain(&e));
                 prop_assert_eq!(bytes[0], 1, "written as V2");

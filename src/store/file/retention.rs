@@ -110,6 +110,7 @@ impl FileStore {
                     deliveries.remove(d.id.0)?;
                     webhook_deliveries.remove((d.webhook_id.0, d.id.0))?;
                     reindex(&mut search, Some(&d), None)?;
+                    super::ordering::reorder(txn, Some(&d), None)?;
                     let numbers: Vec<u32> = attempts
                         .range((d.id.0, 0)..=(d.id.0, u32::MAX))?
                         .map(|row| row.map(|(k, _)| k.value().1))

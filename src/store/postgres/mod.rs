@@ -26,6 +26,7 @@ mod deliveries;
 mod due;
 mod jobs;
 mod lifecycle;
+mod ordering;
 mod payload;
 mod rows;
 mod search;

@@ -23,11 +23,11 @@ pub(super) const WEBHOOK_COLS: &str = "id, organization_id, url, event_types, se
 /// Columns of `deliveries`, in the order [`delivery`] reads them.
 pub(super) const DELIVERY_COLS: &str = "id, organization_id, webhook_id, event_key, event_id, \
      event_type, status, attempt_count, scheduled_attempts, next_attempt_at_ms, created_at_ms, \
-     updated_at_ms, last_outcome";
+     updated_at_ms, last_outcome, ordering_key";
 
 /// Columns of `events`, in the order [`event`] reads them.
 pub(super) const EVENT_COLS: &str = "key, event_id, event_type, \"timestamp\", organization_id, \
-     received_at_ms, body, content_hash, delivery_ids, payload_deleted_at_ms";
+     received_at_ms, body, content_hash, delivery_ids, payload_deleted_at_ms, ordering_key";
 
 /// Columns of `attempts`, in the order [`attempt`] reads them (after `delivery_id`).
 pub(super) const ATTEMPT_COLS: &str = "delivery_id, number, started_at_ms, duration_ms, \
@@ -223,6 +223,7 @@ pub(super) fn delivery(row: &Row) -> Result<Delivery, StoreError> {
                     .ok_or_else(|| corrupt("deliveries", format!("unknown outcome {name:?}")))
             })
             .transpose()?,
+        ordering_key: row.try_get(13)?,
     })
 }
 
@@ -249,6 +250,7 @@ pub(super) fn event(row: &Row) -> Result<Event, StoreError> {
             .map(|id| parse_id("events", id))
             .collect::<Result<_, _>>()?,
         payload_deleted_at_ms: row.try_get::<_, Option<i64>>(9)?.map(from_ms),
+        ordering_key: row.try_get(10)?,
     })
 }
 

@@ -436,13 +436,19 @@ pub(super) async fn insert_events(
         .iter()
         .map(|(e, _)| e.payload_deleted_at_ms.map(rows::ms))
         .collect();
+    let ordering_keys: Vec<Option<&str>> = events
+        .iter()
+        .map(|(e, _)| e.ordering_key.as_deref())
+        .collect();
     let rows = txn
         .query(
             "INSERT INTO events (key, organization_id, event_id, event_type, \"timestamp\", \
-             received_at_ms, body, content_hash, delivery_ids, payload_deleted_at_ms) \
-             SELECT k, o, i, t, s, r, b, h, string_to_array(d, ','), x FROM unnest($1::text[], \
-             $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
-             $8::bytea[], $9::text[], $10::bigint[]) AS u(k, o, i, t, s, r, b, h, d, x) \
+             received_at_ms, body, content_hash, delivery_ids, payload_deleted_at_ms, \
+             ordering_key) \
+             SELECT k, o, i, t, s, r, b, h, string_to_array(d, ','), x, ok FROM \
+             unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+             $7::bytea[], $8::bytea[], $9::text[], $10::bigint[], $11::text[]) \
+             AS u(k, o, i, t, s, r, b, h, d, x, ok) \
              ON CONFLICT (event_id, organization_id) DO NOTHING RETURNING key",
             &[
                 &keys,
@@ -455,6 +461,7 @@ pub(super) async fn insert_events(
                 &hashes,
                 &delivery_ids,
                 &deleted,
+                &ordering_keys,
             ],
         )
         .await?;
@@ -507,17 +514,33 @@ pub(super) async fn insert_deliveries<'d>(
         .iter()
         .map(|d| d.last_outcome.map(|o| o.as_str()))
         .collect();
+    let ordering_keys: Vec<Option<&str>> = deliveries
+        .iter()
+        .map(|d| d.ordering_key.as_deref())
+        .collect();
     txn.execute(
         "INSERT INTO deliveries (id, organization_id, webhook_id, event_key, event_id, \
          event_type, status, attempt_count, scheduled_attempts, next_attempt_at_ms, \
-         created_at_ms, updated_at_ms, last_outcome, held_due_ms) SELECT *, CASE WHEN s = \
-         'held' THEN c END FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-         $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], \
-         $11::bigint[], $12::bigint[], $13::text[]) AS u(i, o, w, k, e, t, s, a, sa, n, c, up, \
-         lo) ON CONFLICT (id) DO NOTHING",
+         created_at_ms, updated_at_ms, last_outcome, ordering_key, held_due_ms) SELECT *, \
+         CASE WHEN s = 'held' THEN c END FROM unnest($1::text[], $2::text[], $3::text[], \
+         $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], \
+         $11::bigint[], $12::bigint[], $13::text[], $14::text[]) AS u(i, o, w, k, e, t, s, a, \
+         sa, n, c, up, lo, ok) ON CONFLICT (id) DO NOTHING",
         &[
-            &ids, &orgs, &webhooks, &keys, &event_ids, &types, &statuses, &counts, &scheduled,
-            &next, &created, &updated, &outcomes,
+            &ids,
+            &orgs,
+            &webhooks,
+            &keys,
+            &event_ids,
+            &types,
+            &statuses,
+            &counts,
+            &scheduled,
+            &next,
+            &created,
+            &updated,
+            &outcomes,
+            &ordering_keys,
         ],
     )
     .await?;
