@@ -18,6 +18,25 @@ pub struct IdParseError {
     pub kind: &'static str,
 }
 
+/// A new ULID, as a `u128`. Within one millisecond, ids of this process increase (the last
+/// one plus one), so ids made one after the other sort in the order they were made: an
+/// ingest order the ordering by key relies on (issue 16). A new millisecond starts from fresh
+/// random bits; if the wall clock steps back, the id takes the earlier time (its time part
+/// stays true; order across the step is not kept).
+pub fn monotonic_ulid() -> u128 {
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+    let fresh = Ulid::generate().0;
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let same_ms = fresh >> 80 == *last >> 80;
+    let id = if same_ms && fresh <= *last {
+        last.wrapping_add(1)
+    } else {
+        fresh
+    };
+    *last = id;
+    id
+}
+
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
         $(#[$doc])*
@@ -28,9 +47,10 @@ macro_rules! typed_id {
             /// The text that starts every external form of this id.
             pub const PREFIX: &'static str = $prefix;
 
-            /// A fresh id whose time part is the current time.
+            /// A fresh id whose time part is the current time, greater than every id this
+            /// process made before in the same millisecond ([`monotonic_ulid`]).
             pub fn generate() -> Self {
-                Self(Ulid::generate().0)
+                Self(monotonic_ulid())
             }
 
             /// The creation time encoded in the id, in ms since the Unix epoch.
@@ -114,6 +134,12 @@ pub fn random_hex(n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ids_made_one_after_the_other_increase_even_within_a_millisecond() {
+        let ids: Vec<u128> = (0..10_000).map(|_| super::monotonic_ulid()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
     use super::*;
 
     #[test]

@@ -20,8 +20,15 @@ fn event(i: usize) -> Value {
 
 /// A daemon in its own directory on the database `url`.
 fn start_on(url: &str, dir: &std::path::Path) -> Daemon {
+    start_on_with(url, dir, &[])
+}
+
+/// [`start_on`] with more flags.
+fn start_on_with(url: &str, dir: &std::path::Path, extra: &[&str]) -> Daemon {
     std::fs::write(dir.join(STORE_URL_FILE), url).unwrap();
-    support::start_in(dir, &["--allow-http", "--attempt-timeout", "2s"])
+    let mut args = vec!["--allow-http", "--attempt-timeout", "2s"];
+    args.extend_from_slice(extra);
+    support::start_in(dir, &args)
 }
 
 async fn send(daemon: &Daemon, i: usize) {
@@ -229,4 +236,55 @@ async fn a_copied_node_id_is_noticed_and_replaced() {
         log.contains("another process uses this daemon's node id"),
         "the duplicate is logged"
     );
+}
+
+/// Ordering by key (issue 16) with two daemons on one database: the daemon that serves the
+/// ordered webhook is killed with -9 mid-run; the other takes the webhook over and every
+/// key's deliveries still arrive in ingest order (a delivery may repeat, never overtake).
+#[tokio::test(flavor = "multi_thread")]
+async fn ordering_by_key_holds_when_the_serving_daemon_is_killed() {
+    use crate::ordering::{
+        assert_in_order_per_key, event, ordered_webhook, wait_all_succeeded, EVENTS, FAIL_PERCENT,
+    };
+    let url = support::pg_database();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let fast = ["--retry-schedule", "300ms,300ms,300ms,300ms"];
+    let mut daemons: Vec<Daemon> = dirs
+        .iter()
+        .map(|d| start_on_with(&url, d.path(), &fast))
+        .collect();
+    let receiver = Receiver::start(Behaviour::Flaky(FAIL_PERCENT)).await;
+    let webhook = ordered_webhook(&daemons[0], &receiver.url).await;
+    let started = Instant::now();
+    let server = loop {
+        let mut found = None;
+        for (i, d) in daemons.iter().enumerate() {
+            if serving(d).await.contains(&webhook) {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nobody serves the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let survivor = 1 - server;
+    // Ingest goes through the survivor, one event after the other: that is ingest order.
+    for n in 0..EVENTS {
+        let (status, body) = daemons[survivor]
+            .call("POST", "/api/events", Some(event(n)))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    receiver.wait_for(EVENTS / 3, Duration::from_secs(30)).await;
+    daemons[server].kill9();
+    wait_all_succeeded(&receiver, Duration::from_secs(120)).await;
+    let requests = assert_in_order_per_key(&receiver);
+    eprintln!("ordering, two daemons: {requests} requests, the serving one killed mid-run");
+    let (ok, report) = support::check(dirs[survivor].path());
+    assert!(ok, "{report}");
 }
