@@ -86,6 +86,27 @@ pub enum AuthIn {
     },
 }
 
+/// `client_certificate` in a request: PEM texts.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateIn {
+    /// The chain, end-entity certificate first.
+    pub certificate: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1). Write-only.
+    pub private_key: String,
+}
+
+/// `client_certificate` as answered: never the key.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClientCertificateOut {
+    /// Always true.
+    pub configured: bool,
+    /// The end-entity certificate's subject (`CN=...`).
+    pub subject: String,
+    /// RFC 3339: when it expires.
+    pub not_after: String,
+}
+
 /// `auth` as answered: its type, the username for basic, and `configured: true`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AuthOut {
@@ -127,6 +148,9 @@ pub struct OptionsIn {
     /// `["hmac"]` or `["hmac", "ed25519"]`.
     #[serde(default, deserialize_with = "present")]
     pub signature_scheme: Option<Option<Vec<String>>>,
+    /// A client certificate for mutual TLS; `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    pub client_certificate: Option<Option<ClientCertificateIn>>,
 }
 
 /// A field that is present (`Some`), possibly `null` (`Some(None)`); absent is `None` by
@@ -156,6 +180,8 @@ pub struct OptionsOut {
     pub auth: Option<AuthOut>,
     /// `["hmac"]` or `["hmac", "ed25519"]`.
     pub signature_scheme: Vec<String>,
+    /// The mutual-TLS certificate's subject and expiry, or null.
+    pub client_certificate: Option<ClientCertificateOut>,
 }
 
 impl From<&DeliveryOptions> for OptionsOut {
@@ -193,6 +219,30 @@ impl From<&DeliveryOptions> for OptionsOut {
             } else {
                 vec!["hmac".to_owned()]
             },
+            client_certificate: o.client_certificate.as_ref().map(|c| {
+                // Checked when saved; an unreadable one (it expired since) still shows.
+                let identity = crate::delivery::client_identity(
+                    &c.certificate_pem,
+                    &c.private_key_pem.0,
+                    None,
+                );
+                let (subject, not_after) = match identity {
+                    Ok(id) => (
+                        id.subject,
+                        crate::clock::format_ms(
+                            u64::try_from(id.not_after_s)
+                                .unwrap_or(0)
+                                .saturating_mul(1000),
+                        ),
+                    ),
+                    Err(_) => (String::new(), String::new()),
+                };
+                ClientCertificateOut {
+                    configured: true,
+                    subject,
+                    not_after,
+                }
+            }),
         }
     }
 }
@@ -242,6 +292,9 @@ impl OptionsIn {
         }
         if let Some(auth) = self.auth {
             options.auth = auth.map(validate_auth).transpose()?;
+        }
+        if let Some(cert) = self.client_certificate {
+            options.client_certificate = cert.map(validate_client_certificate).transpose()?;
         }
         if let Some(schemes) = self.signature_scheme {
             let ed25519 = parse_schemes(schemes.as_deref().unwrap_or(&[]))?;
@@ -308,6 +361,28 @@ fn write_only(field: &str, value: String) -> Result<Secret, ApiError> {
         ));
     }
     Ok(Secret(value))
+}
+
+/// Longest PEM text accepted for a certificate chain or a key, bytes.
+const MAX_PEM_BYTES: usize = 64 * 1024;
+
+fn validate_client_certificate(
+    input: ClientCertificateIn,
+) -> Result<crate::model::ClientCertificate, ApiError> {
+    let field = "client_certificate";
+    if input.certificate.len() > MAX_PEM_BYTES || input.private_key.len() > MAX_PEM_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            "each PEM text must be at most 64 KiB",
+        ));
+    }
+    let now_s = i64::try_from(crate::clock::now_ms() / 1000).unwrap_or(i64::MAX);
+    crate::delivery::client_identity(&input.certificate, &input.private_key, Some(now_s))
+        .map_err(|reason| ApiError::invalid(field, reason))?;
+    Ok(crate::model::ClientCertificate {
+        certificate_pem: input.certificate,
+        private_key_pem: write_only("client_certificate.private_key", input.private_key)?,
+    })
 }
 
 fn validate_auth(auth: AuthIn) -> Result<ReceiverAuth, ApiError> {

@@ -47,6 +47,9 @@ pub struct WebhookIn {
     /// `["hmac"]` or `["hmac", "ed25519"]`.
     #[serde(default, deserialize_with = "super::options::present")]
     pub signature_scheme: Option<Option<Vec<String>>>,
+    /// A client certificate for mutual TLS, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
 }
 
 /// `PATCH /api/webhooks/{id}`: any subset of the fields.
@@ -87,6 +90,9 @@ pub struct WebhookPatch {
     /// `["hmac"]` or `["hmac", "ed25519"]`.
     #[serde(default, deserialize_with = "super::options::present")]
     pub signature_scheme: Option<Option<Vec<String>>>,
+    /// A client certificate for mutual TLS, or null.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
 }
 
 /// The delivery options of a create or a PATCH, moved out of the request.
@@ -101,6 +107,7 @@ macro_rules! take_options {
             headers: $input.headers.take(),
             auth: $input.auth.take(),
             signature_scheme: $input.signature_scheme.take(),
+            client_certificate: $input.client_certificate.take(),
         }
     };
 }

@@ -22,7 +22,9 @@ pub use connect::{
     Pooling, Resolver,
 };
 pub use request::SignatureCache;
-pub use tls::{tls_config, TlsSettings, TlsSetupError};
+pub use tls::{
+    client_identity, tls_config, tls_config_of, ClientIdentity, TlsSettings, TlsSetupError,
+};
 
 use classify::{classify, find_cause, innermost_text, is_stale_connection, read_capped};
 use request::build_request;
@@ -96,11 +98,26 @@ pub struct Sender {
     /// The clients (pooled, and fresh for resends) and the policy version they were built
     /// under.
     clients: Arc<std::sync::RwLock<Clients>>,
+    /// Clients of the webhooks that present a client certificate (mutual TLS, issue 16),
+    /// by webhook, with the certificate's fingerprint: each has its own connection pool.
+    identities: Arc<std::sync::Mutex<lru::LruCache<WebhookId, (IdentityKey, Clients)>>>,
     policy: Arc<PolicyCell>,
+    roots: Arc<rustls::RootCertStore>,
     tls: rustls::ClientConfig,
     timeout: Duration,
     pool_idle: Duration,
     signatures: Arc<SignatureCache>,
+}
+
+/// Webhooks whose mutual-TLS clients are kept (each with its own pool); past this, the
+/// least recently used is dropped and rebuilt on its next attempt.
+pub const IDENTITY_CLIENTS: usize = 256;
+
+/// What a webhook's mutual-TLS clients were built for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdentityKey {
+    version: u64,
+    fingerprint: [u8; 32],
 }
 
 /// The delivery clients of one address-policy version.
@@ -126,11 +143,16 @@ impl Sender {
         tls: &TlsSettings,
         pool_idle: Duration,
     ) -> Result<Sender, TlsSetupError> {
-        let tls = tls_config(tls)?;
+        let roots = Arc::new(tls::tls_roots(tls)?);
+        let tls = tls_config_of(&roots)?;
         let clients = Self::build_clients(timeout, &policy, &tls, pool_idle);
         Ok(Sender {
             clients: Arc::new(std::sync::RwLock::new(clients)),
+            identities: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(IDENTITY_CLIENTS).expect("non-zero"),
+            ))),
             policy,
+            roots,
             tls,
             timeout,
             pool_idle,
@@ -180,6 +202,42 @@ impl Sender {
         current.clone()
     }
 
+    /// The clients for `options`: the shared ones, or those of its client certificate (built
+    /// on first use and kept per webhook, [`IDENTITY_CLIENTS`] at most; rebuilt when the
+    /// certificate or the address policy changes).
+    ///
+    /// # Errors
+    /// Why the certificate cannot be used (it was checked when saved, so only a key type
+    /// rustls cannot sign with).
+    fn clients_for(&self, attempt: &OutgoingAttempt<'_>) -> Result<Clients, String> {
+        let Some(cert) = &attempt.options.client_certificate else {
+            return Ok(self.clients());
+        };
+        let key = IdentityKey {
+            version: self.policy.version(),
+            fingerprint: {
+                use sha2::Digest;
+                let mut hash = sha2::Sha256::new();
+                hash.update(cert.certificate_pem.as_bytes());
+                hash.update([0]);
+                hash.update(cert.private_key_pem.0.as_bytes());
+                hash.finalize().into()
+            },
+        };
+        let mut cache = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((built_for, clients)) = cache.get(&attempt.webhook_id) {
+            if *built_for == key {
+                return Ok(clients.clone());
+            }
+        }
+        // Expiry is the receiver's to judge: the certificate was valid when saved.
+        let identity = tls::client_identity(&cert.certificate_pem, &cert.private_key_pem.0, None)?;
+        let config = tls::with_client_identity(&self.roots, identity).map_err(|e| e.to_string())?;
+        let clients = Self::build_clients(self.timeout, &self.policy, &config, self.pool_idle);
+        cache.put(attempt.webhook_id, (key, clients.clone()));
+        Ok(clients)
+    }
+
     /// Sends `request` and waits for the response head, until `deadline`. When it fails on
     /// a connection the receiver was closing under it (a stale keep-alive connection, see
     /// [`is_stale_connection`]), the same request (same signature, same timestamp) is sent
@@ -188,6 +246,7 @@ impl Sender {
     async fn exchange(
         &self,
         attempt: &OutgoingAttempt<'_>,
+        clients: Clients,
         request: Request<Full<Bytes>>,
         deadline: Instant,
     ) -> Result<
@@ -195,7 +254,6 @@ impl Sender {
         tokio::time::error::Elapsed,
     > {
         let again = clone_request(&request);
-        let clients = self.clients();
         match timeout_at(deadline, clients.pooled.request(request)).await {
             Ok(Err(e)) if is_stale_connection(&e) => {
                 tracing::debug!(
@@ -234,68 +292,76 @@ impl Sender {
             attempt.secret,
             &attempt.body,
         );
-        match build_request(&attempt, signature, started_at_ms / 1000) {
-            None => {
+        let request = build_request(&attempt, signature, started_at_ms / 1000);
+        match (request, self.clients_for(&attempt)) {
+            (None, _) => {
                 log.error = Some(AttemptError::Connect);
                 log.error_detail = Some("the URL cannot be requested".to_owned());
             }
-            Some(request) => match self.exchange(&attempt, request, deadline).await {
-                Err(_) => {
-                    log.error = Some(AttemptError::Timeout);
-                    log.error_detail = Some(format!(
-                        "no response within {}",
-                        humantime::format_duration(self.timeout)
-                    ));
-                }
-                Ok(Err(e)) => {
-                    let (kind, detail) = classify(&e);
-                    log.error = Some(kind);
-                    if kind == AttemptError::Tls {
-                        tracing::warn!(
-                            delivery = %attempt.delivery_id,
-                            origin = %log_origin(attempt.url),
-                            reason = %detail,
-                            "TLS handshake failed"
-                        );
+            (Some(_), Err(reason)) => {
+                log.error = Some(AttemptError::Tls);
+                log.error_detail = Some(format!("the client certificate cannot be used: {reason}"));
+            }
+            (Some(request), Ok(clients)) => {
+                match self.exchange(&attempt, clients, request, deadline).await {
+                    Err(_) => {
+                        log.error = Some(AttemptError::Timeout);
+                        log.error_detail = Some(format!(
+                            "no response within {}",
+                            humantime::format_duration(self.timeout)
+                        ));
                     }
-                    log.error_detail = Some(detail);
-                    if let Some(blocked) = find_cause::<BlockedAddress>(&e) {
-                        tracing::warn!(
-                            delivery = %attempt.delivery_id,
-                            origin = %log_origin(attempt.url),
-                            reason = %blocked,
-                            "attempt refused by the outbound address policy (open a network with --allow-network)"
-                        );
-                    }
-                }
-                Ok(Ok(response)) => {
-                    log.status_code = Some(response.status().as_u16());
-                    if matches!(response.status().as_u16(), 429 | 503) {
-                        log.retry_after_ms = response
-                            .headers()
-                            .get(hyper::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    }
-                    // HTTP/1 without Content-Length or chunked: the body ends when the
-                    // connection closes (RFC 9112 §6.3).
-                    let close_delimited = response.version() <= hyper::Version::HTTP_11
-                        && !response
-                            .headers()
-                            .contains_key(hyper::header::CONTENT_LENGTH)
-                        && !response
-                            .headers()
-                            .contains_key(hyper::header::TRANSFER_ENCODING);
-                    let read = read_capped(response.into_body(), deadline, close_delimited).await;
-                    log.response_body = String::from_utf8_lossy(&read.bytes).into_owned();
-                    log.response_body_truncated = read.truncated;
-                    if let Some((kind, detail)) = read.error {
+                    Ok(Err(e)) => {
+                        let (kind, detail) = classify(&e);
                         log.error = Some(kind);
+                        if kind == AttemptError::Tls {
+                            tracing::warn!(
+                                delivery = %attempt.delivery_id,
+                                origin = %log_origin(attempt.url),
+                                reason = %detail,
+                                "TLS handshake failed"
+                            );
+                        }
                         log.error_detail = Some(detail);
+                        if let Some(blocked) = find_cause::<BlockedAddress>(&e) {
+                            tracing::warn!(
+                                delivery = %attempt.delivery_id,
+                                origin = %log_origin(attempt.url),
+                                reason = %blocked,
+                                "attempt refused by the outbound address policy (open a network with --allow-network)"
+                            );
+                        }
+                    }
+                    Ok(Ok(response)) => {
+                        log.status_code = Some(response.status().as_u16());
+                        if matches!(response.status().as_u16(), 429 | 503) {
+                            log.retry_after_ms = response
+                                .headers()
+                                .get(hyper::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+                                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                        }
+                        // HTTP/1 without Content-Length or chunked: the body ends when the
+                        // connection closes (RFC 9112 §6.3).
+                        let close_delimited = response.version() <= hyper::Version::HTTP_11
+                            && !response
+                                .headers()
+                                .contains_key(hyper::header::CONTENT_LENGTH)
+                            && !response
+                                .headers()
+                                .contains_key(hyper::header::TRANSFER_ENCODING);
+                        let read =
+                            read_capped(response.into_body(), deadline, close_delimited).await;
+                        log.response_body = String::from_utf8_lossy(&read.bytes).into_owned();
+                        log.response_body_truncated = read.truncated;
+                        if let Some((kind, detail)) = read.error {
+                            log.error = Some(kind);
+                            log.error_detail = Some(detail);
+                        }
                     }
                 }
-            },
+            }
         }
         log.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log

@@ -39,6 +39,29 @@ pub enum TlsSetupError {
 /// # Errors
 /// [`TlsSetupError`] for an unreadable or empty CA file, or an empty system store.
 pub fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, TlsSetupError> {
+    tls_config_of(&Arc::new(tls_roots(settings)?))
+}
+
+/// The client configuration over `roots`, without a client certificate.
+///
+/// # Errors
+/// [`TlsSetupError::Rustls`] (cannot happen with the ring provider).
+pub fn tls_config_of(
+    roots: &Arc<rustls::RootCertStore>,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let roots = Arc::clone(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The trusted roots of `settings` (see [`tls_config`]).
+///
+/// # Errors
+/// [`TlsSetupError`] for an unreadable or empty CA file, or an empty system store.
+pub fn tls_roots(settings: &TlsSettings) -> Result<rustls::RootCertStore, TlsSetupError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 
@@ -92,11 +115,91 @@ pub fn tls_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, TlsSet
         }
         tracing::info!(file = %path.display(), "trusting an extra CA file for deliveries");
     }
+    Ok(roots)
+}
+
+/// A webhook's client certificate for mTLS (issue 16), parsed and checked.
+#[derive(Debug)]
+pub struct ClientIdentity {
+    /// The chain, end-entity certificate first.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Its private key.
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// The end-entity certificate's subject, as text (`CN=...`).
+    pub subject: String,
+    /// When the end-entity certificate expires, seconds since the epoch.
+    pub not_after_s: i64,
+}
+
+/// Parses a PEM certificate chain (end-entity first) and a PEM private key (PKCS#8, PKCS#1
+/// or SEC1), and checks what a handshake would otherwise find late: the key belongs to the
+/// first certificate, and that certificate is valid at `now_s` (seconds since the epoch;
+/// `None` skips the dates).
+///
+/// # Errors
+/// A sentence saying what is wrong (no certificate, unreadable key, key of another
+/// certificate, expired or not yet valid). It never quotes the key.
+pub fn client_identity(
+    certificate_pem: &str,
+    private_key_pem: &str,
+    now_s: Option<i64>,
+) -> Result<ClientIdentity, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "the certificate is not valid PEM".to_owned())?;
+    let Some(leaf) = chain.first() else {
+        return Err("no PEM certificate in \"certificate\"".to_owned());
+    };
+    let key = PrivateKeyDer::from_pem_slice(private_key_pem.as_bytes()).map_err(|_| {
+        "the private key is not a PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned()
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
+        |e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the private key does not belong to the first certificate".to_owned()
+            }
+            _ => "the private key cannot sign (an unsupported key type)".to_owned(),
+        },
+    )?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| "the first certificate does not parse as X.509".to_owned())?;
+    let validity = parsed.validity();
+    if now_s.is_some_and(|now| validity.not_after.timestamp() <= now) {
+        return Err(format!("the certificate expired ({})", validity.not_after));
+    }
+    if now_s.is_some_and(|now| validity.not_before.timestamp() > now) {
+        return Err(format!(
+            "the certificate is not valid yet ({})",
+            validity.not_before
+        ));
+    }
+    Ok(ClientIdentity {
+        subject: parsed.subject().to_string(),
+        not_after_s: validity.not_after.timestamp(),
+        chain,
+        key,
+    })
+}
+
+/// The client configuration of `base` (its roots and versions) that also presents
+/// `identity` to a receiver that asks for a client certificate.
+///
+/// # Errors
+/// [`TlsSetupError::Rustls`] when rustls refuses the identity (checked at creation, so
+/// only for a key type it cannot sign with).
+pub fn with_client_identity(
+    roots: &Arc<rustls::RootCertStore>,
+    identity: ClientIdentity,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(Arc::clone(roots))
+        .with_client_auth_cert(identity.chain, identity.key)?)
 }
 
 /// Whether `cert` says it is a CA (X.509 basicConstraints `cA` true, RFC 5280 §4.2.1.9).

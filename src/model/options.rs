@@ -27,6 +27,8 @@ pub struct DeliveryOptions {
     pub headers: Vec<CustomHeader>,
     /// How the request authenticates to the receiver.
     pub auth: Option<ReceiverAuth>,
+    /// The certificate presented when the receiver asks for one (mutual TLS).
+    pub client_certificate: Option<ClientCertificate>,
     /// The Ed25519 signing key's 32-byte seed as 64 hex characters, when the webhook also
     /// signs with Standard Webhooks `v1a`; `None` for HMAC only.
     pub ed25519_seed: Option<Secret>,
@@ -80,6 +82,16 @@ pub struct CustomHeader {
     pub secret: bool,
 }
 
+/// A client certificate for mutual TLS: checked when saved (the key belongs to the first
+/// certificate, which is valid then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// PEM certificate chain, end-entity first. Shown only as its subject and expiry.
+    pub certificate_pem: String,
+    /// PEM private key. Write-only.
+    pub private_key_pem: Secret,
+}
+
 /// How a request proves itself to the receiver. Every credential is write-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverAuth {
@@ -122,6 +134,9 @@ impl DeliveryOptions {
             Some(ReceiverAuth::Bearer { token }) => all.push(token),
             None => {}
         }
+        if let Some(cert) = &mut self.client_certificate {
+            all.push(&mut cert.private_key_pem);
+        }
         if let Some(seed) = &mut self.ed25519_seed {
             all.push(seed);
         }
@@ -140,6 +155,9 @@ impl DeliveryOptions {
             Some(ReceiverAuth::Basic { password, .. }) => all.push(password),
             Some(ReceiverAuth::Bearer { token }) => all.push(token),
             None => {}
+        }
+        if let Some(cert) = &self.client_certificate {
+            all.push(&cert.private_key_pem);
         }
         if let Some(seed) = &self.ed25519_seed {
             all.push(seed);

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
 use crate::ids::WebhookId;
-use crate::model::{CustomHeader, DeliveryOptions, Ordering, ReceiverAuth, Secret};
+use crate::model::{
+    ClientCertificate, CustomHeader, DeliveryOptions, Ordering, ReceiverAuth, Secret,
+};
 use crate::store::sealed::{is_sealed, SecretsKey};
 use crate::store::StoreError;
 
@@ -33,6 +35,14 @@ struct OptionsDoc {
     auth: Option<AuthDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ed25519_seed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_certificate: Option<ClientCertificateDoc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClientCertificateDoc {
+    certificate: String,
+    private_key: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,6 +119,13 @@ pub(crate) fn encode(
             },
         }),
         ed25519_seed: options.ed25519_seed.as_ref().map(stored),
+        client_certificate: options
+            .client_certificate
+            .as_ref()
+            .map(|c| ClientCertificateDoc {
+                certificate: c.certificate_pem.clone(),
+                private_key: stored(&c.private_key_pem),
+            }),
     };
     serde_json::to_string(&doc).expect("options serialize")
 }
@@ -174,6 +191,15 @@ pub(crate) fn decode(
             })
             .transpose()?,
         ed25519_seed: doc.ed25519_seed.map(open).transpose()?,
+        client_certificate: doc
+            .client_certificate
+            .map(|c| {
+                Ok::<_, StoreError>(ClientCertificate {
+                    certificate_pem: c.certificate,
+                    private_key_pem: open(c.private_key)?,
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -226,6 +252,10 @@ mod tests {
                 password: Secret("p4ss".into()),
             }),
             ed25519_seed: Some(Secret("00".repeat(32))),
+            client_certificate: Some(ClientCertificate {
+                certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
+                private_key_pem: Secret("-----BEGIN PRIVATE KEY-----k3y".into()),
+            }),
         }
     }
 
@@ -246,7 +276,7 @@ mod tests {
         );
         let key = SecretsKey::from_bytes(&[9; 32]);
         let sealed = encode(&options, id, Some(&key));
-        for credential in ["k-123", "p4ss", &"00".repeat(32)] {
+        for credential in ["k-123", "p4ss", &"00".repeat(32), "k3y"] {
             assert!(!sealed.contains(credential), "{credential} in {sealed}");
         }
         assert!(

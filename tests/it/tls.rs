@@ -69,13 +69,36 @@ async fn tls_receiver(
     key: PrivateKeyDer<'static>,
     h2_only: bool,
 ) -> (String, Seen) {
+    tls_receiver_asking(cert, key, h2_only, None).await
+}
+
+/// [`tls_receiver`] that, given `client_ca`, requires a client certificate it signed
+/// (mutual TLS).
+async fn tls_receiver_asking(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    h2_only: bool,
+    client_ca: Option<CertificateDer<'static>>,
+) -> (String, Seen) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
         .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(vec![cert], key).unwrap();
     config.alpn_protocols = if h2_only {
         vec![b"h2".to_vec()]
     } else {
@@ -315,4 +338,126 @@ async fn a_close_delimited_answer_without_close_notify_is_a_success() {
     assert_eq!(delivery["status"], "succeeded", "{delivery}");
     assert_eq!(delivery["attempts"][0]["response_body"], "thanks");
     assert_eq!(*got.lock().unwrap(), 1);
+}
+
+/// A client certificate signed by `ca` (PEM chain, PEM key); `expired` makes it end
+/// yesterday.
+fn client_pem(ca: &CertifiedIssuer<'static, KeyPair>, expired: bool) -> (String, String) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "palo-webhooks client");
+    if expired {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now - time::Duration::days(1);
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Mutual TLS (issue 16): a receiver that requires a client certificate from its own CA
+/// gets the delivery of a webhook that presents one; a certificate from another CA fails as
+/// `tls`; a key of another certificate and an expired certificate are refused at creation;
+/// the key never appears in an answer or the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_reaches_a_receiver_that_requires_one() {
+    let server_ca = test_ca();
+    let client_ca = test_ca();
+    let stranger_ca = test_ca();
+    let (cert, key) = leaf(&server_ca, &["127.0.0.1"], false);
+    let (url, seen) = tls_receiver_asking(cert, key, false, Some(client_ca.der().clone())).await;
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), server_ca.pem()).unwrap();
+    let daemon = support::start(&[
+        "--retry-schedule",
+        "1h",
+        "--extra-ca-file",
+        ca_file.path().to_str().unwrap(),
+    ]);
+    let create = |cert: (String, String), url: String| {
+        let daemon = &daemon;
+        async move {
+            daemon
+                .call(
+                    "POST",
+                    "/api/webhooks",
+                    Some(json!({"url": url, "events": ["*"], "organization_id": "org_a",
+                                "secret": support::SECRET,
+                                "client_certificate": {"certificate": cert.0, "private_key": cert.1}})),
+                )
+                .await
+        }
+    };
+    let good = client_pem(&client_ca, false);
+    let (status, created) = create(good.clone(), format!("{url}/good")).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["client_certificate"]["configured"], true);
+    assert!(created["client_certificate"]["subject"]
+        .as_str()
+        .unwrap()
+        .contains("palo-webhooks client"));
+    let (status, answer) = daemon
+        .call("POST", "/api/events", Some(event("evt_mtls_1")))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = created["id"].as_str().unwrap();
+    let delivered = daemon
+        .wait_until(
+            &format!("/api/webhooks/{id}/deliveries"),
+            std::time::Duration::from_secs(10),
+            |b| b["data"][0]["status"] == "succeeded",
+        )
+        .await;
+    assert_eq!(delivered["data"][0]["status"], "succeeded", "{delivered}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // A certificate the receiver's CA did not sign: the handshake fails, as `tls`.
+    let stranger = client_pem(&stranger_ca, false);
+    let (status, created) = create(stranger, format!("{url}/stranger")).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, answer) = daemon
+        .call("POST", "/api/events", Some(event("evt_mtls_2")))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let failed = daemon
+        .wait_until(
+            &format!("/api/webhooks/{id}/deliveries"),
+            std::time::Duration::from_secs(10),
+            |b| b["data"][0]["attempt_count"] == 1,
+        )
+        .await;
+    let delivery = failed["data"][0]["id"].as_str().unwrap();
+    let (_, detail) = daemon
+        .call("GET", &format!("/api/deliveries/{delivery}"), None)
+        .await;
+    assert_eq!(detail["attempts"][0]["error"], "tls", "{detail}");
+    // The receiver got evt_mtls_2 once: from the first webhook, not from this one.
+    let second = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, body)| String::from_utf8_lossy(body).contains("evt_mtls_2"))
+        .count();
+    assert!(second <= 1, "the stranger's request reached the receiver");
+
+    // Refused at creation: an expired certificate, a key of another certificate, no PEM.
+    let other = client_pem(&client_ca, false);
+    for (cert, reason) in [
+        (client_pem(&client_ca, true), "expired"),
+        ((good.0.clone(), other.1), "does not belong"),
+        (("nope".to_owned(), good.1.clone()), "certificate"),
+    ] {
+        let (status, answer) = create(cert, format!("{url}/bad")).await;
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(answer["error"]["field"], "client_certificate", "{answer}");
+        assert!(answer.to_string().contains(reason), "{answer}");
+    }
+    // The key is write-only.
+    let (_, list) = daemon.call("GET", "/api/webhooks", None).await;
+    let key_body: String = good.1.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!list.to_string().contains(&key_body[..40]));
+    assert!(!daemon.log_text().contains(&key_body[..40]));
 }
