@@ -482,7 +482,7 @@ pub struct ListDeliveries {
     pub status: Vec<String>,
     /// Only deliveries whose last attempt came to one of these, repeated or
     /// comma-separated (2xx, 3xx, 4xx, 5xx, other_status, timeout, connect, dns, tls,
-    /// io, blocked_address).
+    /// io, blocked_address, auth).
     #[arg(long, value_delimiter = ',')]
     pub outcome: Vec<String>,
     /// Only this event type.

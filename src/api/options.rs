@@ -84,6 +84,28 @@ pub enum AuthIn {
         /// Write-only; RFC 6750 token characters.
         token: String,
     },
+    /// OAuth 2.0 client credentials (RFC 6749 §4.4): a token fetched from `token_url`.
+    Oauth2ClientCredentials {
+        /// Absolute https URL (http with `--allow-http`), under the address policy.
+        token_url: String,
+        /// The client id.
+        client_id: String,
+        /// Write-only.
+        client_secret: String,
+        /// Optional `scope`.
+        scope: Option<String>,
+        /// Optional `audience`.
+        audience: Option<String>,
+    },
+}
+
+/// What validating options needs from the daemon's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionsContext<'a> {
+    /// `--allow-http`: http token endpoints are accepted.
+    pub allow_http: bool,
+    /// The outbound address policy, for literal addresses in URLs.
+    pub policy: &'a crate::address::AddressPolicy,
 }
 
 /// `client_certificate` in a request: PEM texts.
@@ -107,17 +129,60 @@ pub struct ClientCertificateOut {
     pub not_after: String,
 }
 
-/// `auth` as answered: its type, the username for basic, and `configured: true`.
+/// `auth` as answered: its type, what is not a credential, and `configured: true`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AuthOut {
-    /// `basic` or `bearer`.
+    /// `basic`, `bearer` or `oauth2_client_credentials`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Basic only.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub username: Option<String>,
+    /// OAuth 2.0 only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub token_url: Option<String>,
+    /// OAuth 2.0 only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_id: Option<String>,
+    /// OAuth 2.0 only, when set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub scope: Option<String>,
+    /// OAuth 2.0 only, when set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub audience: Option<String>,
     /// Always true: the credential is set, and never shown.
     pub configured: bool,
+}
+
+impl AuthOut {
+    fn of(auth: &ReceiverAuth) -> AuthOut {
+        let mut out = AuthOut {
+            kind: auth.kind().to_owned(),
+            username: None,
+            token_url: None,
+            client_id: None,
+            scope: None,
+            audience: None,
+            configured: true,
+        };
+        match auth {
+            ReceiverAuth::Basic { username, .. } => out.username = Some(username.clone()),
+            ReceiverAuth::Bearer { .. } => {}
+            ReceiverAuth::OAuth2 {
+                token_url,
+                client_id,
+                scope,
+                audience,
+                ..
+            } => {
+                out.token_url = Some(token_url.clone());
+                out.client_id = Some(client_id.clone());
+                out.scope = scope.clone();
+                out.audience = audience.clone();
+            }
+        }
+        out
+    }
 }
 
 /// The delivery options of a create or a PATCH. Absent fields leave what is stored;
@@ -206,14 +271,7 @@ impl From<&DeliveryOptions> for OptionsOut {
                     secret: h.secret,
                 })
                 .collect(),
-            auth: o.auth.as_ref().map(|a| AuthOut {
-                kind: a.kind().to_owned(),
-                username: match a {
-                    ReceiverAuth::Basic { username, .. } => Some(username.clone()),
-                    ReceiverAuth::Bearer { .. } => None,
-                },
-                configured: true,
-            }),
+            auth: o.auth.as_ref().map(AuthOut::of),
             signature_scheme: if o.ed25519_seed.is_some() {
                 vec!["hmac".to_owned(), "ed25519".to_owned()]
             } else {
@@ -252,7 +310,11 @@ impl OptionsIn {
     ///
     /// # Errors
     /// 422 naming the first field that is not valid.
-    pub fn apply(self, stored: &DeliveryOptions) -> Result<DeliveryOptions, ApiError> {
+    pub fn apply(
+        self,
+        stored: &DeliveryOptions,
+        context: OptionsContext<'_>,
+    ) -> Result<DeliveryOptions, ApiError> {
         let mut options = stored.clone();
         if let Some(ordering) = self.ordering {
             options.ordering = match ordering.as_deref() {
@@ -291,7 +353,7 @@ impl OptionsIn {
             options.headers = validate_headers(headers.unwrap_or_default(), &stored.headers)?;
         }
         if let Some(auth) = self.auth {
-            options.auth = auth.map(validate_auth).transpose()?;
+            options.auth = auth.map(|auth| validate_auth(auth, context)).transpose()?;
         }
         if let Some(cert) = self.client_certificate {
             options.client_certificate = cert.map(validate_client_certificate).transpose()?;
@@ -385,7 +447,7 @@ fn validate_client_certificate(
     })
 }
 
-fn validate_auth(auth: AuthIn) -> Result<ReceiverAuth, ApiError> {
+fn validate_auth(auth: AuthIn, context: OptionsContext<'_>) -> Result<ReceiverAuth, ApiError> {
     match auth {
         AuthIn::Basic { username, password } => {
             if username.is_empty()
@@ -422,6 +484,39 @@ fn validate_auth(auth: AuthIn) -> Result<ReceiverAuth, ApiError> {
             }
             Ok(ReceiverAuth::Bearer {
                 token: write_only("auth.token", token)?,
+            })
+        }
+        AuthIn::Oauth2ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            audience,
+        } => {
+            let token_url = super::webhooks::validate_url(&token_url, context.allow_http)
+                .and_then(|url| {
+                    super::webhooks::check_url_address(&url, context.policy)?;
+                    Ok(url)
+                })
+                .map_err(|e| {
+                    let message = e.message.strip_prefix("url: ").unwrap_or(&e.message);
+                    ApiError::invalid("auth.token_url", message.to_owned())
+                })?;
+            let plain = |field: &str, value: Option<String>| match value {
+                Some(v) if v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control) => {
+                    Err(ApiError::invalid(
+                        field,
+                        "must be 1 to 1024 characters, without control characters",
+                    ))
+                }
+                other => Ok(other),
+            };
+            Ok(ReceiverAuth::OAuth2 {
+                token_url,
+                client_id: plain("auth.client_id", Some(client_id))?.unwrap_or_default(),
+                client_secret: write_only("auth.client_secret", client_secret)?,
+                scope: plain("auth.scope", scope)?,
+                audience: plain("auth.audience", audience)?,
             })
         }
     }

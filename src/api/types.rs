@@ -353,7 +353,7 @@ pub struct AttemptOut {
     pub duration_ms: u64,
     /// HTTP status, null when no response.
     pub status_code: Option<u16>,
-    /// `timeout` | `connect` | `dns` | `tls` | `io` | `blocked_address`, or null.
+    /// `timeout` | `connect` | `dns` | `tls` | `io` | `blocked_address` | `auth`, or null.
     pub error: Option<String>,
     /// UTF-8 (lossy), at most 64 KiB.
     pub response_body: String,
@@ -409,7 +409,7 @@ pub struct DeliveryOut {
     /// RFC 3339.
     pub updated_at: String,
     /// What its last attempt came to (`2xx`, `3xx`, `4xx`, `5xx`, `other_status`,
-    /// `timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`); null before the first.
+    /// `timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`, `auth`); null before the first.
     #[serde(default)]
     pub last_outcome: Option<String>,
     /// Its event's ordering key (issue 16); null when it has none.

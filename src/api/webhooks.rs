@@ -228,7 +228,12 @@ pub(super) async fn create_webhook(
     let url = validate_url(&input.url, state.allow_http)?;
     check_url_address(&url, &state.address_policy.load())?;
     let events = parse_events(&input.events)?;
-    let options = input.take_options().apply(&Default::default())?;
+    let policy = state.address_policy.load();
+    let context = super::options::OptionsContext {
+        allow_http: state.allow_http,
+        policy: &policy,
+    };
+    let options = input.take_options().apply(&Default::default(), context)?;
     let (secret, generated) = match input.secret {
         Some(s) => (validate_secret(&s)?, false),
         None => (
@@ -384,7 +389,12 @@ pub(super) async fn update_webhook(
 ) -> Result<Json<WebhookOut>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
     not_managed_by_config(&webhook)?;
-    let options = patch.take_options().apply(&webhook.options)?;
+    let policy = state.address_policy.load();
+    let context = super::options::OptionsContext {
+        allow_http: state.allow_http,
+        policy: &policy,
+    };
+    let options = patch.take_options().apply(&webhook.options, context)?;
     let changes = WebhookChanges {
         url: patch
             .url

@@ -13,6 +13,7 @@
 
 mod classify;
 mod connect;
+mod oauth;
 mod request;
 mod tls;
 
@@ -103,6 +104,7 @@ pub struct Sender {
     identities: Arc<std::sync::Mutex<lru::LruCache<WebhookId, (IdentityKey, Clients)>>>,
     policy: Arc<PolicyCell>,
     roots: Arc<rustls::RootCertStore>,
+    tokens: oauth::TokenCache,
     tls: rustls::ClientConfig,
     timeout: Duration,
     pool_idle: Duration,
@@ -153,6 +155,7 @@ impl Sender {
             ))),
             policy,
             roots,
+            tokens: oauth::TokenCache::default(),
             tls,
             timeout,
             pool_idle,
@@ -249,10 +252,7 @@ impl Sender {
         clients: Clients,
         request: Request<Full<Bytes>>,
         deadline: Instant,
-    ) -> Result<
-        Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error>,
-        tokio::time::error::Elapsed,
-    > {
+    ) -> Exchanged {
         let again = clone_request(&request);
         match timeout_at(deadline, clients.pooled.request(request)).await {
             Ok(Err(e)) if is_stale_connection(&e) => {
@@ -266,6 +266,60 @@ impl Sender {
             }
             other => other,
         }
+    }
+
+    /// [`Self::exchange`] with the webhook's OAuth 2.0 access token, when it has one: the
+    /// kept token, or a new one; a 401 answer gets one more try with a new token, in the
+    /// same attempt (the receiver may have revoked the first).
+    ///
+    /// # Errors
+    /// Why no token could be had (the attempt's `auth` error); nothing was sent then.
+    async fn authorized_exchange(
+        &self,
+        attempt: &OutgoingAttempt<'_>,
+        clients: Clients,
+        mut request: Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Result<Exchanged, String> {
+        let Some(settings) = oauth_settings(attempt.options) else {
+            return Ok(self.exchange(attempt, clients, request, deadline).await);
+        };
+        let token = self
+            .tokens
+            .bearer(
+                &clients.pooled,
+                attempt.webhook_id,
+                settings,
+                None,
+                deadline,
+            )
+            .await?;
+        set_bearer(&mut request, &token);
+        let mut again = clone_request(&request);
+        let first = self
+            .exchange(attempt, clients.clone(), request, deadline)
+            .await;
+        if !matches!(&first, Ok(Ok(r)) if r.status() == hyper::StatusCode::UNAUTHORIZED) {
+            return Ok(first);
+        }
+        drop(first);
+        let fresh = self
+            .tokens
+            .bearer(
+                &clients.pooled,
+                attempt.webhook_id,
+                settings,
+                Some(&token),
+                deadline,
+            )
+            .await?;
+        set_bearer(&mut again, &fresh);
+        Ok(self.exchange(attempt, clients, again, deadline).await)
+    }
+
+    /// Token requests sent to OAuth 2.0 token endpoints since start.
+    pub fn tokens_fetched(&self) -> u64 {
+        self.tokens.fetched()
     }
 
     /// Makes one attempt and returns its log entry. Never fails: every problem becomes the
@@ -303,15 +357,28 @@ impl Sender {
                 log.error_detail = Some(format!("the client certificate cannot be used: {reason}"));
             }
             (Some(request), Ok(clients)) => {
-                match self.exchange(&attempt, clients, request, deadline).await {
-                    Err(_) => {
+                match self
+                    .authorized_exchange(&attempt, clients, request, deadline)
+                    .await
+                {
+                    Err(reason) => {
+                        log.error = Some(AttemptError::Auth);
+                        tracing::warn!(
+                            delivery = %attempt.delivery_id,
+                            origin = %log_origin(attempt.url),
+                            reason = %reason,
+                            "no access token for the receiver; nothing was sent"
+                        );
+                        log.error_detail = Some(reason);
+                    }
+                    Ok(Err(_)) => {
                         log.error = Some(AttemptError::Timeout);
                         log.error_detail = Some(format!(
                             "no response within {}",
                             humantime::format_duration(self.timeout)
                         ));
                     }
-                    Ok(Err(e)) => {
+                    Ok(Ok(Err(e))) => {
                         let (kind, detail) = classify(&e);
                         log.error = Some(kind);
                         if kind == AttemptError::Tls {
@@ -332,7 +399,7 @@ impl Sender {
                             );
                         }
                     }
-                    Ok(Ok(response)) => {
+                    Ok(Ok(Ok(response))) => {
                         log.status_code = Some(response.status().as_u16());
                         if matches!(response.status().as_u16(), 429 | 503) {
                             log.retry_after_ms = response
@@ -365,6 +432,42 @@ impl Sender {
         }
         log.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         log
+    }
+}
+
+/// What an exchange came to: the response head, the client's error, or the deadline.
+type Exchanged = Result<
+    Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error>,
+    tokio::time::error::Elapsed,
+>;
+
+/// The OAuth 2.0 settings of `options`, if its receiver takes client-credentials tokens.
+fn oauth_settings(options: &crate::model::DeliveryOptions) -> Option<oauth::OAuth2Settings<'_>> {
+    match &options.auth {
+        Some(crate::model::ReceiverAuth::OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            audience,
+        }) => Some(oauth::OAuth2Settings {
+            token_url,
+            client_id,
+            client_secret,
+            scope: scope.as_deref(),
+            audience: audience.as_deref(),
+        }),
+        _ => None,
+    }
+}
+
+/// Puts `Authorization: Bearer <token>` on `request`, marked sensitive.
+fn set_bearer(request: &mut Request<Full<Bytes>>, token: &crate::model::Secret) {
+    if let Ok(mut value) = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.0)) {
+        value.set_sensitive(true);
+        request
+            .headers_mut()
+            .insert(hyper::header::AUTHORIZATION, value);
     }
 }
 

@@ -154,6 +154,8 @@ fn add_receiver_headers(headers: &mut hyper::HeaderMap, options: &DeliveryOption
             base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.0))
         ),
         Some(ReceiverAuth::Bearer { token }) => format!("Bearer {}", token.0),
+        // The access token is fetched per attempt by the sender (`oauth`).
+        Some(ReceiverAuth::OAuth2 { .. }) => return,
     };
     if let Ok(mut value) = HeaderValue::from_str(&authorization) {
         value.set_sensitive(true);

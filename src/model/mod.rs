@@ -407,11 +407,13 @@ pub enum AttemptOutcome {
     Io,
     /// [`AttemptError::BlockedAddress`].
     BlockedAddress,
+    /// [`AttemptError::Auth`].
+    Auth,
 }
 
 impl AttemptOutcome {
     /// Every outcome.
-    pub const ALL: [AttemptOutcome; 11] = [
+    pub const ALL: [AttemptOutcome; 12] = [
         AttemptOutcome::Status2xx,
         AttemptOutcome::Status3xx,
         AttemptOutcome::Status4xx,
@@ -423,6 +425,7 @@ impl AttemptOutcome {
         AttemptOutcome::Tls,
         AttemptOutcome::Io,
         AttemptOutcome::BlockedAddress,
+        AttemptOutcome::Auth,
     ];
 
     /// The API name: `2xx`, `3xx`, `4xx`, `5xx`, `other_status`, or the error's name
@@ -440,6 +443,7 @@ impl AttemptOutcome {
             AttemptOutcome::Tls => AttemptError::Tls.as_str(),
             AttemptOutcome::Io => AttemptError::Io.as_str(),
             AttemptOutcome::BlockedAddress => AttemptError::BlockedAddress.as_str(),
+            AttemptOutcome::Auth => AttemptError::Auth.as_str(),
         }
     }
 
@@ -458,6 +462,7 @@ impl AttemptOutcome {
             (Some(AttemptError::Tls), _) => AttemptOutcome::Tls,
             (Some(AttemptError::Io), _) | (None, None) => AttemptOutcome::Io,
             (Some(AttemptError::BlockedAddress), _) => AttemptOutcome::BlockedAddress,
+            (Some(AttemptError::Auth), _) => AttemptOutcome::Auth,
             (None, Some(200..=299)) => AttemptOutcome::Status2xx,
             (None, Some(300..=399)) => AttemptOutcome::Status3xx,
             (None, Some(400..=499)) => AttemptOutcome::Status4xx,
@@ -483,17 +488,21 @@ pub enum AttemptError {
     /// The outbound address policy refused every address of the host (SSRF protection):
     /// nothing was connected to.
     BlockedAddress,
+    /// The receiver's credentials could not be had: the OAuth 2.0 token endpoint failed or
+    /// refused (issue 16). Nothing was sent to the receiver.
+    Auth,
 }
 
 impl AttemptError {
     /// Every error kind.
-    pub const ALL: [AttemptError; 6] = [
+    pub const ALL: [AttemptError; 7] = [
         AttemptError::Timeout,
         AttemptError::Connect,
         AttemptError::Dns,
         AttemptError::Tls,
         AttemptError::Io,
         AttemptError::BlockedAddress,
+        AttemptError::Auth,
     ];
 
     /// Parses an API name.
@@ -501,7 +510,7 @@ impl AttemptError {
         Self::ALL.into_iter().find(|e| e.as_str() == name)
     }
 
-    /// The API name (`timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`).
+    /// The API name (`timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`, `auth`).
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptError::Timeout => "timeout",
@@ -510,6 +519,7 @@ impl AttemptError {
             AttemptError::Tls => "tls",
             AttemptError::Io => "io",
             AttemptError::BlockedAddress => "blocked_address",
+            AttemptError::Auth => "auth",
         }
     }
 }

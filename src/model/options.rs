@@ -107,14 +107,46 @@ pub enum ReceiverAuth {
         /// Write-only.
         token: Secret,
     },
+    /// `Authorization: Bearer <access token>` fetched from `token_url` with the client
+    /// credentials grant (RFC 6749 §4.4), kept until shortly before it expires.
+    OAuth2 {
+        /// The token endpoint, an absolute http(s) URL.
+        token_url: String,
+        /// Shown by the API.
+        client_id: String,
+        /// Write-only.
+        client_secret: Secret,
+        /// `scope` of the token request.
+        scope: Option<String>,
+        /// `audience` of the token request.
+        audience: Option<String>,
+    },
 }
 
 impl ReceiverAuth {
-    /// The API name of its type: `basic` or `bearer`.
+    /// The API name of its type: `basic`, `bearer` or `oauth2_client_credentials`.
     pub fn kind(&self) -> &'static str {
         match self {
             ReceiverAuth::Basic { .. } => "basic",
             ReceiverAuth::Bearer { .. } => "bearer",
+            ReceiverAuth::OAuth2 { .. } => "oauth2_client_credentials",
+        }
+    }
+
+    /// Its write-only credential.
+    pub fn credential(&self) -> &Secret {
+        match self {
+            ReceiverAuth::Basic { password, .. } => password,
+            ReceiverAuth::Bearer { token } => token,
+            ReceiverAuth::OAuth2 { client_secret, .. } => client_secret,
+        }
+    }
+
+    fn credential_mut(&mut self) -> &mut Secret {
+        match self {
+            ReceiverAuth::Basic { password, .. } => password,
+            ReceiverAuth::Bearer { token } => token,
+            ReceiverAuth::OAuth2 { client_secret, .. } => client_secret,
         }
     }
 }
@@ -129,10 +161,8 @@ impl DeliveryOptions {
             .filter(|h| h.secret)
             .map(|h| &mut h.value)
             .collect();
-        match &mut self.auth {
-            Some(ReceiverAuth::Basic { password, .. }) => all.push(password),
-            Some(ReceiverAuth::Bearer { token }) => all.push(token),
-            None => {}
+        if let Some(auth) = &mut self.auth {
+            all.push(auth.credential_mut());
         }
         if let Some(cert) = &mut self.client_certificate {
             all.push(&mut cert.private_key_pem);
@@ -151,10 +181,8 @@ impl DeliveryOptions {
             .filter(|h| h.secret)
             .map(|h| &h.value)
             .collect();
-        match &self.auth {
-            Some(ReceiverAuth::Basic { password, .. }) => all.push(password),
-            Some(ReceiverAuth::Bearer { token }) => all.push(token),
-            None => {}
+        if let Some(auth) = &self.auth {
+            all.push(auth.credential());
         }
         if let Some(cert) = &self.client_certificate {
             all.push(&cert.private_key_pem);

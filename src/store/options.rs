@@ -56,8 +56,23 @@ struct HeaderDoc {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum AuthDoc {
-    Basic { username: String, password: String },
-    Bearer { token: String },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default)]
+        scope: Option<String>,
+        #[serde(default)]
+        audience: Option<String>,
+    },
 }
 
 /// Only the filter, for fan-out (which reads no credential).
@@ -116,6 +131,19 @@ pub(crate) fn encode(
             },
             ReceiverAuth::Bearer { token } => AuthDoc::Bearer {
                 token: stored(token),
+            },
+            ReceiverAuth::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+            } => AuthDoc::OAuth2 {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: stored(client_secret),
+                scope: scope.clone(),
+                audience: audience.clone(),
             },
         }),
         ed25519_seed: options.ed25519_seed.as_ref().map(stored),
@@ -186,6 +214,19 @@ pub(crate) fn decode(
                     },
                     AuthDoc::Bearer { token } => ReceiverAuth::Bearer {
                         token: open(token)?,
+                    },
+                    AuthDoc::OAuth2 {
+                        token_url,
+                        client_id,
+                        client_secret,
+                        scope,
+                        audience,
+                    } => ReceiverAuth::OAuth2 {
+                        token_url,
+                        client_id,
+                        client_secret: open(client_secret)?,
+                        scope,
+                        audience,
                     },
                 })
             })

@@ -64,7 +64,7 @@
       result: "Result", trigger: "Trigger", responseBody: "Response body", truncatedBody: "truncated at 64 KiB",
       emptyBody: "(empty)", noAttempts: "No attempt yet.", webhook: "Webhook", scheduled: "scheduled", manual: "manual",
       statusNames: { pending: "pending", retrying: "retrying", succeeded: "succeeded", failed: "failed", cancelled: "cancelled", held: "held" },
-      errorNames: { timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address" },
+      errorNames: { timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address", auth: "receiver credentials failed" },
       notFound: "Not found.", loading: "Loading…", failedLoad: "Could not load: {msg}",
       busy: "The webhook is busy: retry in a few seconds.", unavailable: "The webhook is inactive or deleted: activate it first.", inFlight: "An attempt of this delivery is running: wait for its result.", storeDown: "The daemon cannot write right now (disk full or I/O error): retry later.", rateLimited: "Too many requests: retry in a moment.", deletedWebhook: "deleted webhook",
       retryAfter: "receiver asked to wait {s} s", whenNone: "none scheduled", previous: "Previous page",
@@ -124,7 +124,7 @@
       result: "Résultat", trigger: "Origine", responseBody: "Corps de la réponse", truncatedBody: "tronqué à 64 Kio",
       emptyBody: "(vide)", noAttempts: "Aucune tentative pour l'instant.", webhook: "Webhook", scheduled: "planifiée", manual: "manuelle",
       statusNames: { pending: "en attente", retrying: "nouvel essai prévu", succeeded: "réussie", failed: "échouée", cancelled: "annulée", held: "retenue" },
-      errorNames: { timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée" },
+      errorNames: { timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée", auth: "identifiants du destinataire refusés" },
       notFound: "Introuvable.", loading: "Chargement…", failedLoad: "Chargement impossible : {msg}",
       busy: "Le webhook est occupé : réessayez dans quelques secondes.", unavailable: "Le webhook est inactif ou supprimé : activez-le d'abord.", inFlight: "Une tentative de cette livraison est en cours : attendez son résultat.", storeDown: "Le démon ne peut pas écrire pour l'instant (disque plein ou erreur d'E/S) : réessayez plus tard.", rateLimited: "Trop de requêtes : réessayez dans un instant.", deletedWebhook: "webhook supprimé",
       retryAfter: "le récepteur demande d'attendre {s} s", whenNone: "aucune prévue", previous: "Page précédente",
@@ -968,19 +968,19 @@
   // ---------------------------------------------------------------- deliveries tab
   // The filter bar searches the organization's delivery log (`GET /api/deliveries`) within
   // this webhook: status, last outcome, event type, creation time range, event id.
-  const OUTCOMES = ["2xx", "3xx", "4xx", "5xx", "other_status", "timeout", "connect", "dns", "tls", "io", "blocked_address"];
+  const OUTCOMES = ["2xx", "3xx", "4xx", "5xx", "other_status", "timeout", "connect", "dns", "tls", "io", "blocked_address", "auth"];
   const FILTERS = ["status", "outcome", "event_type", "since", "until", "event_id"];
   Object.assign(MESSAGES.en, {
     lastOutcome: "Last outcome", allOutcomes: "All outcomes", since: "From", until: "To",
     eventIdFilter: "Event id", filter: "Filter", clearFilters: "Clear filters", filters: "Filters",
     badRange: "The start of the range is after its end.",
-    outcomeNames: { "2xx": "2xx (success)", "3xx": "3xx (redirect)", "4xx": "4xx", "5xx": "5xx", other_status: "other status", timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address" },
+    outcomeNames: { "2xx": "2xx (success)", "3xx": "3xx (redirect)", "4xx": "4xx", "5xx": "5xx", other_status: "other status", timeout: "timeout", connect: "connection failed", dns: "DNS lookup failed", tls: "TLS failed", io: "connection broken", blocked_address: "blocked address", auth: "receiver credentials failed" },
   });
   Object.assign(MESSAGES.fr, {
     lastOutcome: "Dernier résultat", allOutcomes: "Tous les résultats", since: "Du", until: "Au",
     eventIdFilter: "Identifiant d'événement", filter: "Filtrer", clearFilters: "Effacer les filtres", filters: "Filtres",
     badRange: "Le début de la période est après sa fin.",
-    outcomeNames: { "2xx": "2xx (réussite)", "3xx": "3xx (redirection)", "4xx": "4xx", "5xx": "5xx", other_status: "autre statut", timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée" },
+    outcomeNames: { "2xx": "2xx (réussite)", "3xx": "3xx (redirection)", "4xx": "4xx", "5xx": "5xx", other_status: "autre statut", timeout: "délai dépassé", connect: "connexion impossible", dns: "échec DNS", tls: "échec TLS", io: "connexion interrompue", blocked_address: "adresse bloquée", auth: "identifiants du destinataire refusés" },
   });
   const outcomeName = (o) => MESSAGES[lang].outcomeNames[o] ?? o;
 

@@ -387,3 +387,212 @@ async fn wildcards_and_filters_deliver_exactly_the_matching_events() {
         assert!(got.len() >= want.len());
     }
 }
+
+/// A tiny HTTP server on 127.0.0.1: `answer(authorization, body)` gives (status, body).
+/// Returns its base URL.
+async fn serve(answer: impl Fn(String, String) -> (u16, String) + Send + Sync + 'static) -> String {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = std::sync::Arc::clone(&answer);
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let answer = std::sync::Arc::clone(&answer);
+                    async move {
+                        let authorization = request
+                            .headers()
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap_or("").to_owned())
+                            .unwrap_or_default();
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let (status, text) =
+                            answer(authorization, String::from_utf8_lossy(&body).into_owned());
+                        Ok::<_, hyper::Error>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(bytes::Bytes::from(text)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth2_client_credentials_fetch_a_token_reuse_it_and_refresh_after_a_401_or_expiry() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    const CLIENT_SECRET: &str = "oauth-client-secret-9a8b7c";
+    let issued = Arc::new(AtomicUsize::new(0));
+    let token_requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let token_url = {
+        let (issued, seen) = (Arc::clone(&issued), Arc::clone(&token_requests));
+        serve(move |authorization, body| {
+            seen.lock().unwrap().push(body.clone());
+            let expected = base64::engine::general_purpose::STANDARD
+                .encode(format!("palo-client:{CLIENT_SECRET}"));
+            if authorization != format!("Basic {expected}")
+                || !body.contains("grant_type=client_credentials")
+            {
+                return (401, r#"{"error":"invalid_client"}"#.to_owned());
+            }
+            let n = issued.fetch_add(1, SeqCst) + 1;
+            (
+                200,
+                format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":4}}"#),
+            )
+        })
+        .await
+    };
+    let revoked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let receiver_url = {
+        let (revoked, seen) = (Arc::clone(&revoked), Arc::clone(&seen));
+        serve(move |authorization, _| {
+            seen.lock().unwrap().push(authorization.clone());
+            let token = authorization.trim_start_matches("Bearer ").to_owned();
+            if revoked.lock().unwrap().contains(&token) || !token.starts_with("tok-") {
+                (401, "{}".to_owned())
+            } else {
+                (200, "ok".to_owned())
+            }
+        })
+        .await
+    };
+    let daemon = support::start(FAST);
+    let (status, created) = create(
+        &daemon,
+        json!({"url": receiver_url, "events": ["ticket.*"],
+               "auth": {"type": "oauth2_client_credentials", "token_url": format!("{token_url}/token"),
+                        "client_id": "palo-client", "client_secret": CLIENT_SECRET,
+                        "scope": "webhooks:write", "audience": "https://receiver.example"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["auth"]["type"], "oauth2_client_credentials");
+    assert_eq!(created["auth"]["client_id"], "palo-client");
+    assert_eq!(created["auth"]["configured"], true);
+    let webhook = created["id"].as_str().unwrap().to_owned();
+    let succeeded = |n: usize| {
+        let daemon = &daemon;
+        let webhook = webhook.clone();
+        async move {
+            daemon
+                .wait_until(
+                    &format!("/api/webhooks/{webhook}/deliveries"),
+                    Duration::from_secs(10),
+                    |b| {
+                        b["data"].as_array().is_some_and(|d| {
+                            d.iter().filter(|d| d["status"] == "succeeded").count() == n
+                        })
+                    },
+                )
+                .await
+        }
+    };
+    // Three deliveries, one token.
+    for n in 0..3 {
+        daemon
+            .call(
+                "POST",
+                "/api/events",
+                Some(ticket(&format!("evt_oa{n}"), "p1")),
+            )
+            .await;
+    }
+    succeeded(3).await;
+    assert_eq!(issued.load(SeqCst), 1, "one token for three deliveries");
+    assert!(seen.lock().unwrap().iter().all(|a| a == "Bearer tok-1"));
+    let first = token_requests.lock().unwrap()[0].clone();
+    assert!(
+        first.contains("scope=webhooks%3Awrite") && first.contains("audience="),
+        "{first}"
+    );
+    // The receiver revokes it: the next attempt gets a 401, fetches a new token and is
+    // sent again within the same attempt.
+    revoked.lock().unwrap().push("tok-1".to_owned());
+    daemon
+        .call("POST", "/api/events", Some(ticket("evt_oa3", "p1")))
+        .await;
+    let page = succeeded(4).await;
+    assert_eq!(issued.load(SeqCst), 2, "refreshed once after the 401");
+    let newest = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == "evt_oa3")
+        .unwrap()
+        .clone();
+    assert_eq!(newest["attempt_count"], 1, "{newest}");
+    assert_eq!(seen.lock().unwrap().last().unwrap(), "Bearer tok-2");
+    // After expires_in (4 s), a new token.
+    tokio::time::sleep(Duration::from_millis(4_200)).await;
+    daemon
+        .call("POST", "/api/events", Some(ticket("evt_oa4", "p1")))
+        .await;
+    succeeded(5).await;
+    assert_eq!(
+        issued.load(SeqCst),
+        3,
+        "a token past its expiry is not reused"
+    );
+    assert_eq!(seen.lock().unwrap().last().unwrap(), "Bearer tok-3");
+
+    // A wrong client secret: the attempt fails as `auth`, naming the endpoint's error, and
+    // nothing reaches the receiver.
+    let before = seen.lock().unwrap().len();
+    let (status, bad) = create(
+        &daemon,
+        json!({"url": format!("{receiver_url}/other"), "events": ["system.incident"],
+               "auth": {"type": "oauth2_client_credentials", "token_url": format!("{token_url}/token"),
+                        "client_id": "palo-client", "client_secret": "wrong-secret"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{bad}");
+    daemon
+        .call("POST", "/api/events", Some(incident("evt_oa5", "low")))
+        .await;
+    let bad_id = bad["id"].as_str().unwrap();
+    let page = daemon
+        .wait_until(
+            &format!("/api/webhooks/{bad_id}/deliveries"),
+            Duration::from_secs(10),
+            |b| b["data"][0]["attempt_count"] == 1,
+        )
+        .await;
+    let delivery = page["data"][0]["id"].as_str().unwrap();
+    let (_, detail) = daemon
+        .call("GET", &format!("/api/deliveries/{delivery}"), None)
+        .await;
+    let attempt = &detail["attempts"][0];
+    assert_eq!(attempt["error"], "auth", "{detail}");
+    assert!(
+        attempt["error_detail"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client"),
+        "{attempt}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), before, "nothing was sent");
+    // The client secret and the tokens appear in no answer and no log line.
+    let (_, list) = daemon.call("GET", "/api/webhooks", None).await;
+    let log = daemon.log_text();
+    for secret in [CLIENT_SECRET, "tok-1", "tok-2"] {
+        assert!(!list.to_string().contains(secret), "{secret} answered");
+        assert!(!log.contains(secret), "{secret} logged");
+    }
+}
