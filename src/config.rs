@@ -59,6 +59,19 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_network: Vec<String>,
+    /// Outbound HTTP proxy for deliveries, `http://[user:password@]host:port`: each
+    /// connection is a CONNECT tunnel to the address the daemon resolved and checked
+    /// [default: none].
+    #[arg(long, env = "PALO_WEBHOOKS_PROXY")]
+    pub proxy: Option<String>,
+    /// Hosts that bypass `--proxy`, comma-separated: names (their subdomains too), IP
+    /// addresses, or `*`.
+    #[arg(
+        long = "no-proxy",
+        env = "PALO_WEBHOOKS_NO_PROXY",
+        value_delimiter = ','
+    )]
+    pub no_proxy: Vec<String>,
     /// Delays between attempts, comma-separated [default: 5m,30m,2h,6h].
     #[arg(long, env = "PALO_WEBHOOKS_RETRY_SCHEDULE")]
     pub retry_schedule: Option<String>,
@@ -173,6 +186,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     allow_http: Option<bool>,
     allow_network: Option<Vec<String>>,
+    proxy: Option<String>,
+    no_proxy: Option<Vec<String>>,
     retry_schedule: Option<String>,
     attempt_timeout: Option<String>,
     pool_idle_timeout: Option<String>,
@@ -212,6 +227,8 @@ pub struct Config {
     pub allow_http: bool,
     /// Which addresses deliveries may connect to (SSRF policy plus `--allow-network`).
     pub address_policy: AddressPolicy,
+    /// The outbound proxy and the hosts that bypass it (issue 16).
+    pub proxy: Option<crate::delivery::ProxyRoute>,
     /// Delays between scheduled attempts.
     pub retry_schedule: RetrySchedule,
     /// Time limit of one whole attempt.
@@ -265,6 +282,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allow_http: false,
             address_policy: AddressPolicy::default(),
+            proxy: None,
             retry_schedule: RetrySchedule::default(),
             attempt_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(4),
@@ -426,6 +444,22 @@ impl ServeArgs {
                     message: e.to_string(),
                 }
             })?);
+        let proxy = match self.proxy.or(file.proxy).filter(|p| !p.trim().is_empty()) {
+            None => None,
+            Some(text) => Some(crate::delivery::ProxyRoute {
+                proxy: crate::delivery::Proxy::parse(&text).map_err(|message| {
+                    ConfigError::Value {
+                        key: "proxy",
+                        message,
+                    }
+                })?,
+                no_proxy: crate::delivery::parse_no_proxy(&if self.no_proxy.is_empty() {
+                    file.no_proxy.unwrap_or_default()
+                } else {
+                    self.no_proxy
+                }),
+            }),
+        };
         let disable = crate::lifecycle::DisablePolicy {
             on_gone: self
                 .disable_on_gone
@@ -501,6 +535,7 @@ impl ServeArgs {
                 .or(file.allow_http)
                 .unwrap_or(defaults.allow_http),
             address_policy,
+            proxy,
             retry_schedule,
             attempt_timeout,
             pool_idle_timeout,
@@ -687,6 +722,8 @@ mod tests {
             "listen",
             "allow_http",
             "allow_network",
+            "proxy",
+            "no_proxy",
             "retry_schedule",
             "attempt_timeout",
             "max_body_bytes",

@@ -51,6 +51,8 @@ mod options;
 mod ordering;
 #[path = "it/payload.rs"]
 mod payload;
+#[path = "it/proxy.rs"]
+mod proxy;
 #[path = "it/recovery.rs"]
 mod recovery;
 #[path = "it/search.rs"]

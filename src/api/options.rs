@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{ApiError, AppState, Caller};
 use crate::filter::Filter;
 use crate::model::{
-    CustomHeader, DeliveryOptions, Ordering, ReceiverAuth, Secret, MAX_CUSTOM_HEADERS,
+    CustomHeader, DeliveryOptions, Ordering, ProxyChoice, ReceiverAuth, Secret, MAX_CUSTOM_HEADERS,
     MAX_IN_FLIGHT_LIMIT,
 };
 
@@ -216,6 +216,10 @@ pub struct OptionsIn {
     /// A client certificate for mutual TLS; `null` for none.
     #[serde(default, deserialize_with = "present")]
     pub client_certificate: Option<Option<ClientCertificateIn>>,
+    /// `"none"` (direct), an `http://[user:password@]host:port` proxy, or `null` for the
+    /// daemon's `--proxy`.
+    #[serde(default, deserialize_with = "present")]
+    pub proxy: Option<Option<String>>,
 }
 
 /// A field that is present (`Some`), possibly `null` (`Some(None)`); absent is `None` by
@@ -247,6 +251,9 @@ pub struct OptionsOut {
     pub signature_scheme: Vec<String>,
     /// The mutual-TLS certificate's subject and expiry, or null.
     pub client_certificate: Option<ClientCertificateOut>,
+    /// `null` (the daemon's proxy), `"none"`, or the webhook's proxy as `http://host:port`
+    /// (its credentials never shown).
+    pub proxy: Option<String>,
 }
 
 impl From<&DeliveryOptions> for OptionsOut {
@@ -276,6 +283,15 @@ impl From<&DeliveryOptions> for OptionsOut {
                 vec!["hmac".to_owned(), "ed25519".to_owned()]
             } else {
                 vec!["hmac".to_owned()]
+            },
+            proxy: match &o.proxy {
+                ProxyChoice::Default => None,
+                ProxyChoice::None => Some("none".to_owned()),
+                ProxyChoice::Url(url) => Some(
+                    crate::delivery::Proxy::parse(&url.0)
+                        .map(|p| p.origin())
+                        .unwrap_or_default(),
+                ),
             },
             client_certificate: o.client_certificate.as_ref().map(|c| {
                 // Checked when saved; an unreadable one (it expired since) still shows.
@@ -354,6 +370,17 @@ impl OptionsIn {
         }
         if let Some(auth) = self.auth {
             options.auth = auth.map(|auth| validate_auth(auth, context)).transpose()?;
+        }
+        if let Some(proxy) = self.proxy {
+            options.proxy = match proxy.as_deref() {
+                None => ProxyChoice::Default,
+                Some("none") => ProxyChoice::None,
+                Some(url) => {
+                    crate::delivery::Proxy::parse(url)
+                        .map_err(|message| ApiError::invalid("proxy", message))?;
+                    ProxyChoice::Url(write_only("proxy", url.to_owned())?)
+                }
+            };
         }
         if let Some(cert) = self.client_certificate {
             options.client_certificate = cert.map(validate_client_certificate).transpose()?;

@@ -50,6 +50,9 @@ pub struct WebhookIn {
     /// A client certificate for mutual TLS, or null.
     #[serde(default, deserialize_with = "super::options::present")]
     pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
+    /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub proxy: Option<Option<String>>,
 }
 
 /// `PATCH /api/webhooks/{id}`: any subset of the fields.
@@ -93,6 +96,9 @@ pub struct WebhookPatch {
     /// A client certificate for mutual TLS, or null.
     #[serde(default, deserialize_with = "super::options::present")]
     pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
+    /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
+    #[serde(default, deserialize_with = "super::options::present")]
+    pub proxy: Option<Option<String>>,
 }
 
 /// The delivery options of a create or a PATCH, moved out of the request.
@@ -108,6 +114,7 @@ macro_rules! take_options {
             auth: $input.auth.take(),
             signature_scheme: $input.signature_scheme.take(),
             client_certificate: $input.client_certificate.take(),
+            proxy: $input.proxy.take(),
         }
     };
 }

@@ -131,6 +131,9 @@ pub(super) fn classify(error: &hyper_util::client::legacy::Error) -> (AttemptErr
         if let Some(blocked) = e.downcast_ref::<BlockedAddress>() {
             return (AttemptError::BlockedAddress, blocked.to_string());
         }
+        if let Some(proxy) = e.downcast_ref::<super::proxy::ProxyFailure>() {
+            return (AttemptError::Connect, bounded(proxy.to_string()));
+        }
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return (AttemptError::Tls, tls_reason(tls));
         }

@@ -19,14 +19,52 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::proxy::ProxyRoute;
 use super::tls::{tls_config, TlsSettings};
 use crate::address::{self, PolicyCell};
 
-/// A resolver failure: the host name has no address. Found in an error's source chain to
-/// classify the attempt as `dns` rather than `connect`.
+/// A resolver failure. Found in an error's source chain to classify the attempt as `dns`
+/// rather than `connect`; its text says which kind, so an operator can tell a dead host
+/// name from a resolver outage (issue 16, item 8).
 #[derive(Debug, thiserror::Error)]
-#[error("the host name did not resolve")]
-pub struct DnsFailure;
+pub enum DnsFailure {
+    /// The name does not exist, or has no address (NXDOMAIN, NODATA).
+    #[error("the host name does not exist (or has no address)")]
+    NoSuchName,
+    /// The resolver could not answer now (`EAI_AGAIN`: no server reachable, SERVFAIL).
+    #[error("the DNS resolver failed temporarily (no answer from its servers)")]
+    ResolverUnavailable,
+    /// The resolver did not answer within [`DNS_TIMEOUT`].
+    #[error("the DNS resolver did not answer within 5s")]
+    ResolverTimeout,
+    /// Another resolver error, with the system's words.
+    #[error("the DNS resolver failed: {0}")]
+    Other(String),
+}
+
+/// How long a name may take to resolve.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl DnsFailure {
+    /// The kind of a `getaddrinfo` failure. The system reports it only as text (glibc's
+    /// `gai_strerror`), so these are the glibc and musl wordings of `EAI_NONAME`,
+    /// `EAI_NODATA` and `EAI_AGAIN`.
+    fn of(error: &std::io::Error) -> DnsFailure {
+        let text = error.to_string();
+        let has = |s: &str| text.contains(s);
+        if has("Name or service not known")
+            || has("No address associated with hostname")
+            || has("Name does not resolve")
+            || has("nodename nor servname")
+        {
+            DnsFailure::NoSuchName
+        } else if has("Temporary failure in name resolution") || has("Try again") {
+            DnsFailure::ResolverUnavailable
+        } else {
+            DnsFailure::Other(text.chars().take(200).collect())
+        }
+    }
+}
 
 /// The address policy refused every address of the host: nothing was connected to. Found in
 /// an error's source chain to classify the attempt as `blocked_address`.
@@ -59,12 +97,14 @@ impl tower::Service<Name> for Resolver {
     fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy.as_ref().map(|cell| cell.load());
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await
-                .map_err(|_| Box::new(DnsFailure) as BoxError)?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((name.as_str(), 0)))
+                    .await
+                    .map_err(|_| Box::new(DnsFailure::ResolverTimeout) as BoxError)?
+                    .map_err(|e| Box::new(DnsFailure::of(&e)) as BoxError)?
+                    .collect();
             if addrs.is_empty() {
-                return Err(Box::new(DnsFailure) as BoxError);
+                return Err(Box::new(DnsFailure::NoSuchName) as BoxError);
             }
             let Some(policy) = policy else {
                 return Ok(addrs.into_iter());
@@ -90,6 +130,9 @@ impl tower::Service<Name> for Resolver {
 pub struct GuardedConnector {
     inner: HttpConnector<Resolver>,
     policy: Option<Arc<PolicyCell>>,
+    /// Connections to hosts it applies to go through this proxy's tunnel (issue 16).
+    proxy: Option<Arc<ProxyRoute>>,
+    connect_timeout: Duration,
 }
 
 impl tower::Service<Uri> for GuardedConnector {
@@ -112,9 +155,56 @@ impl tower::Service<Uri> for GuardedConnector {
                 );
             }
         }
+        if let Some(route) = self
+            .proxy
+            .clone()
+            .filter(|route| uri.host().is_some_and(|host| route.applies_to(host)))
+        {
+            let resolver = Resolver {
+                policy: self.policy.clone(),
+            };
+            return Box::pin(through_proxy(route, resolver, uri, self.connect_timeout));
+        }
         let connecting = tower::Service::<Uri>::call(&mut self.inner, uri);
         Box::pin(async move { connecting.await.map_err(Into::into) })
     }
+}
+
+/// Connects to `uri` through the proxy of `route`: the host is resolved and checked here
+/// (an IP literal was checked by the caller), and the proxy is asked for the first
+/// permitted address.
+async fn through_proxy(
+    route: Arc<ProxyRoute>,
+    mut resolver: Resolver,
+    uri: Uri,
+    connect_timeout: Duration,
+) -> Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>, BoxError> {
+    let host = uri.host().unwrap_or_default();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let ip = match address::literal(host) {
+        Some(ip) => ip,
+        None => {
+            let name: Name = host
+                .parse()
+                .map_err(|_| Box::new(DnsFailure::NoSuchName) as BoxError)?;
+            let mut addrs = tower::Service::<Name>::call(&mut resolver, name).await?;
+            addrs
+                .next()
+                .ok_or_else(|| Box::new(DnsFailure::NoSuchName) as BoxError)?
+                .ip()
+        }
+    };
+    let stream = route
+        .proxy
+        .tunnel(SocketAddr::new(ip, port), connect_timeout)
+        .await?;
+    Ok(hyper_util::rt::TokioIo::new(stream))
 }
 
 /// The pooled HTTP(S) client type used for deliveries and by the CLI.
@@ -130,6 +220,7 @@ pub fn build_client(connect_timeout: Duration) -> HttpsClient {
         None,
         tls,
         Pooling::Idle(Duration::from_secs(60)),
+        None,
     )
 }
 
@@ -147,14 +238,15 @@ pub enum Pooling {
 
 /// Builds the delivery client: as [`build_client`] with the roots of `tls` and the given
 /// `pooling`, and every connection is checked against `policy` (resolved addresses and IP
-/// literals alike) before it is made.
+/// literals alike) before it is made; with `proxy`, through its tunnel (issue 16).
 pub fn build_delivery_client(
     connect_timeout: Duration,
     policy: Arc<PolicyCell>,
     tls: rustls::ClientConfig,
     pooling: Pooling,
+    proxy: Option<Arc<ProxyRoute>>,
 ) -> HttpsClient {
-    build(connect_timeout, Some(policy), tls, pooling)
+    build(connect_timeout, Some(policy), tls, pooling, proxy)
 }
 
 fn build(
@@ -162,6 +254,7 @@ fn build(
     policy: Option<Arc<PolicyCell>>,
     tls: rustls::ClientConfig,
     pooling: Pooling,
+    proxy: Option<Arc<ProxyRoute>>,
 ) -> HttpsClient {
     let mut http = HttpConnector::new_with_resolver(Resolver {
         policy: policy.clone(),
@@ -178,6 +271,8 @@ fn build(
         .wrap_connector(GuardedConnector {
             inner: http,
             policy,
+            proxy,
+            connect_timeout,
         });
     let (idle, max_idle) = match pooling {
         Pooling::Idle(idle) => (idle, 32),

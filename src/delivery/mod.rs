@@ -14,6 +14,7 @@
 mod classify;
 mod connect;
 mod oauth;
+mod proxy;
 mod request;
 mod tls;
 
@@ -22,6 +23,7 @@ pub use connect::{
     build_client, build_delivery_client, BlockedAddress, DnsFailure, GuardedConnector, HttpsClient,
     Pooling, Resolver,
 };
+pub use proxy::{parse_no_proxy, Proxy, ProxyFailure, ProxyRoute};
 pub use request::SignatureCache;
 pub use tls::{
     client_identity, tls_config, tls_config_of, ClientIdentity, TlsSettings, TlsSetupError,
@@ -43,7 +45,7 @@ use crate::address::PolicyCell;
 use crate::clock;
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventKey, WebhookId};
-use crate::model::{Attempt, AttemptError, Secret, Trigger};
+use crate::model::{Attempt, AttemptError, ProxyChoice, Secret, Trigger};
 
 /// How much of a response body is stored (64 KiB); reading stops there.
 pub const MAX_STORED_RESPONSE_BYTES: usize = 64 * 1024;
@@ -106,6 +108,8 @@ pub struct Sender {
     roots: Arc<rustls::RootCertStore>,
     tokens: oauth::TokenCache,
     tls: rustls::ClientConfig,
+    /// The daemon's proxy route, if `--proxy` is set.
+    proxy: Option<Arc<ProxyRoute>>,
     timeout: Duration,
     pool_idle: Duration,
     signatures: Arc<SignatureCache>,
@@ -135,7 +139,8 @@ struct Clients {
 impl Sender {
     /// Builds the clients. `timeout` bounds each whole attempt; `policy` says which
     /// addresses may be connected to; `tls` which CAs are trusted; `pool_idle` how long an
-    /// idle keep-alive connection is kept (`--pool-idle-timeout`; zero keeps none).
+    /// idle keep-alive connection is kept (`--pool-idle-timeout`; zero keeps none); `proxy`
+    /// the daemon's outbound proxy (`--proxy`, `--no-proxy`).
     ///
     /// # Errors
     /// [`TlsSetupError`] when the configured roots cannot be loaded.
@@ -144,10 +149,12 @@ impl Sender {
         policy: Arc<PolicyCell>,
         tls: &TlsSettings,
         pool_idle: Duration,
+        proxy: Option<ProxyRoute>,
     ) -> Result<Sender, TlsSetupError> {
         let roots = Arc::new(tls::tls_roots(tls)?);
         let tls = tls_config_of(&roots)?;
-        let clients = Self::build_clients(timeout, &policy, &tls, pool_idle);
+        let proxy = proxy.map(Arc::new);
+        let clients = Self::build_clients(timeout, &policy, &tls, pool_idle, proxy.clone());
         Ok(Sender {
             clients: Arc::new(std::sync::RwLock::new(clients)),
             identities: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
@@ -157,6 +164,7 @@ impl Sender {
             roots,
             tokens: oauth::TokenCache::default(),
             tls,
+            proxy,
             timeout,
             pool_idle,
             signatures: Arc::new(SignatureCache::new(SIGNATURE_CACHE_ENTRIES)),
@@ -168,16 +176,26 @@ impl Sender {
         policy: &Arc<PolicyCell>,
         tls: &rustls::ClientConfig,
         pool_idle: Duration,
+        proxy: Option<Arc<ProxyRoute>>,
     ) -> Clients {
         let pooling = if pool_idle.is_zero() {
             Pooling::Fresh
         } else {
             Pooling::Idle(pool_idle)
         };
+        let client = |pooling| {
+            build_delivery_client(
+                timeout,
+                Arc::clone(policy),
+                tls.clone(),
+                pooling,
+                proxy.clone(),
+            )
+        };
         Clients {
             version: policy.version(),
-            pooled: build_delivery_client(timeout, Arc::clone(policy), tls.clone(), pooling),
-            fresh: build_delivery_client(timeout, Arc::clone(policy), tls.clone(), Pooling::Fresh),
+            pooled: client(pooling),
+            fresh: client(Pooling::Fresh),
         }
     }
 
@@ -200,30 +218,48 @@ impl Sender {
             Err(poisoned) => poisoned.into_inner(),
         };
         if current.version != version {
-            *current = Self::build_clients(self.timeout, &self.policy, &self.tls, self.pool_idle);
+            *current = Self::build_clients(
+                self.timeout,
+                &self.policy,
+                &self.tls,
+                self.pool_idle,
+                self.proxy.clone(),
+            );
         }
         current.clone()
     }
 
-    /// The clients for `options`: the shared ones, or those of its client certificate (built
-    /// on first use and kept per webhook, [`IDENTITY_CLIENTS`] at most; rebuilt when the
-    /// certificate or the address policy changes).
+    /// The clients for `options`: the shared ones, or those of its client certificate or its
+    /// own proxy choice (built on first use and kept per webhook, [`IDENTITY_CLIENTS`] at
+    /// most; rebuilt when either or the address policy changes).
     ///
     /// # Errors
-    /// Why the certificate cannot be used (it was checked when saved, so only a key type
-    /// rustls cannot sign with).
-    fn clients_for(&self, attempt: &OutgoingAttempt<'_>) -> Result<Clients, String> {
-        let Some(cert) = &attempt.options.client_certificate else {
+    /// Why the certificate or the proxy cannot be used (both were checked when saved, so
+    /// only a key type rustls cannot sign with).
+    fn clients_for(
+        &self,
+        attempt: &OutgoingAttempt<'_>,
+    ) -> Result<Clients, (AttemptError, String)> {
+        let options = attempt.options;
+        if options.client_certificate.is_none() && options.proxy == ProxyChoice::Default {
             return Ok(self.clients());
-        };
+        }
         let key = IdentityKey {
             version: self.policy.version(),
             fingerprint: {
                 use sha2::Digest;
                 let mut hash = sha2::Sha256::new();
-                hash.update(cert.certificate_pem.as_bytes());
-                hash.update([0]);
-                hash.update(cert.private_key_pem.0.as_bytes());
+                if let Some(cert) = &options.client_certificate {
+                    hash.update(cert.certificate_pem.as_bytes());
+                    hash.update([0]);
+                    hash.update(cert.private_key_pem.0.as_bytes());
+                }
+                hash.update([1]);
+                match &options.proxy {
+                    ProxyChoice::Default => hash.update(b"default"),
+                    ProxyChoice::None => hash.update(b"none"),
+                    ProxyChoice::Url(url) => hash.update(url.0.as_bytes()),
+                }
                 hash.finalize().into()
             },
         };
@@ -233,10 +269,38 @@ impl Sender {
                 return Ok(clients.clone());
             }
         }
-        // Expiry is the receiver's to judge: the certificate was valid when saved.
-        let identity = tls::client_identity(&cert.certificate_pem, &cert.private_key_pem.0, None)?;
-        let config = tls::with_client_identity(&self.roots, identity).map_err(|e| e.to_string())?;
-        let clients = Self::build_clients(self.timeout, &self.policy, &config, self.pool_idle);
+        let config = match &options.client_certificate {
+            None => self.tls.clone(),
+            Some(cert) => {
+                // Expiry is the receiver's to judge: the certificate was valid when saved.
+                let unusable = |e: String| {
+                    (
+                        AttemptError::Tls,
+                        format!("the client certificate cannot be used: {e}"),
+                    )
+                };
+                let identity =
+                    tls::client_identity(&cert.certificate_pem, &cert.private_key_pem.0, None)
+                        .map_err(unusable)?;
+                tls::with_client_identity(&self.roots, identity)
+                    .map_err(|e| unusable(e.to_string()))?
+            }
+        };
+        let proxy = match &options.proxy {
+            ProxyChoice::Default => self.proxy.clone(),
+            ProxyChoice::None => None,
+            ProxyChoice::Url(url) => Some(Arc::new(ProxyRoute {
+                proxy: Proxy::parse(&url.0).map_err(|e| {
+                    (
+                        AttemptError::Connect,
+                        format!("the webhook's proxy cannot be used: {e}"),
+                    )
+                })?,
+                no_proxy: Vec::new(),
+            })),
+        };
+        let clients =
+            Self::build_clients(self.timeout, &self.policy, &config, self.pool_idle, proxy);
         cache.put(attempt.webhook_id, (key, clients.clone()));
         Ok(clients)
     }
@@ -352,9 +416,9 @@ impl Sender {
                 log.error = Some(AttemptError::Connect);
                 log.error_detail = Some("the URL cannot be requested".to_owned());
             }
-            (Some(_), Err(reason)) => {
-                log.error = Some(AttemptError::Tls);
-                log.error_detail = Some(format!("the client certificate cannot be used: {reason}"));
+            (Some(_), Err((kind, reason))) => {
+                log.error = Some(kind);
+                log.error_detail = Some(reason);
             }
             (Some(request), Ok(clients)) => {
                 match self

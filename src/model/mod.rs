@@ -11,8 +11,8 @@ use crate::ids::{DeliveryId, EventKey, JobId, KeyId, WebhookId};
 mod options;
 
 pub use options::{
-    ClientCertificate, CustomHeader, DeliveryOptions, Ordering, ReceiverAuth, MAX_CUSTOM_HEADERS,
-    MAX_IN_FLIGHT_LIMIT,
+    ClientCertificate, CustomHeader, DeliveryOptions, Ordering, ProxyChoice, ReceiverAuth,
+    MAX_CUSTOM_HEADERS, MAX_IN_FLIGHT_LIMIT,
 };
 
 /// A webhook secret. Its `Debug` prints stars so it cannot reach a log by accident.

@@ -29,6 +29,8 @@ pub struct DeliveryOptions {
     pub auth: Option<ReceiverAuth>,
     /// The certificate presented when the receiver asks for one (mutual TLS).
     pub client_certificate: Option<ClientCertificate>,
+    /// Which outbound proxy its deliveries use.
+    pub proxy: ProxyChoice,
     /// The Ed25519 signing key's 32-byte seed as 64 hex characters, when the webhook also
     /// signs with Standard Webhooks `v1a`; `None` for HMAC only.
     pub ed25519_seed: Option<Secret>,
@@ -80,6 +82,19 @@ pub struct CustomHeader {
     pub value: Secret,
     /// Write-only: the API answers `"secret": true` without the value.
     pub secret: bool,
+}
+
+/// A webhook's outbound proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProxyChoice {
+    /// The daemon's `--proxy` (with its `--no-proxy` list), if any.
+    #[default]
+    Default,
+    /// Direct, even when the daemon has a proxy.
+    None,
+    /// This `http://[user:password@]host:port` proxy, for every host. Sealed at rest (it
+    /// may hold a password); the API shows only its origin.
+    Url(Secret),
 }
 
 /// A client certificate for mutual TLS: checked when saved (the key belongs to the first
@@ -167,6 +182,9 @@ impl DeliveryOptions {
         if let Some(cert) = &mut self.client_certificate {
             all.push(&mut cert.private_key_pem);
         }
+        if let ProxyChoice::Url(url) = &mut self.proxy {
+            all.push(url);
+        }
         if let Some(seed) = &mut self.ed25519_seed {
             all.push(seed);
         }
@@ -186,6 +204,9 @@ impl DeliveryOptions {
         }
         if let Some(cert) = &self.client_certificate {
             all.push(&cert.private_key_pem);
+        }
+        if let ProxyChoice::Url(url) = &self.proxy {
+            all.push(url);
         }
         if let Some(seed) = &self.ed25519_seed {
             all.push(seed);

@@ -329,7 +329,11 @@ fn start(
             system_roots: config.tls_system_roots,
         },
         config.pool_idle_timeout,
+        config.proxy.clone(),
     )?;
+    if let Some(route) = &config.proxy {
+        tracing::info!(proxy = %route.proxy.origin(), no_proxy = ?route.no_proxy, "deliveries go through a CONNECT proxy");
+    }
     let scheduler = Scheduler::new(
         Arc::clone(&store),
         sender,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::filter::Filter;
 use crate::ids::WebhookId;
 use crate::model::{
-    ClientCertificate, CustomHeader, DeliveryOptions, Ordering, ReceiverAuth, Secret,
+    ClientCertificate, CustomHeader, DeliveryOptions, Ordering, ProxyChoice, ReceiverAuth, Secret,
 };
 use crate::store::sealed::{is_sealed, SecretsKey};
 use crate::store::StoreError;
@@ -37,6 +37,9 @@ struct OptionsDoc {
     ed25519_seed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     client_certificate: Option<ClientCertificateDoc>,
+    /// `"none"`, or the proxy URL (sealed with a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proxy: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -154,6 +157,11 @@ pub(crate) fn encode(
                 certificate: c.certificate_pem.clone(),
                 private_key: stored(&c.private_key_pem),
             }),
+        proxy: match &options.proxy {
+            ProxyChoice::Default => None,
+            ProxyChoice::None => Some("none".to_owned()),
+            ProxyChoice::Url(url) => Some(stored(url)),
+        },
     };
     serde_json::to_string(&doc).expect("options serialize")
 }
@@ -241,6 +249,11 @@ pub(crate) fn decode(
                 })
             })
             .transpose()?,
+        proxy: match doc.proxy {
+            None => ProxyChoice::Default,
+            Some(none) if none == "none" => ProxyChoice::None,
+            Some(url) => ProxyChoice::Url(open(url)?),
+        },
     })
 }
 
@@ -297,6 +310,7 @@ mod tests {
                 certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
                 private_key_pem: Secret("-----BEGIN PRIVATE KEY-----k3y".into()),
             }),
+            proxy: ProxyChoice::Url(Secret("http://u:pr0xy@proxy:3128".into())),
         }
     }
 
@@ -317,7 +331,7 @@ mod tests {
         );
         let key = SecretsKey::from_bytes(&[9; 32]);
         let sealed = encode(&options, id, Some(&key));
-        for credential in ["k-123", "p4ss", &"00".repeat(32), "k3y"] {
+        for credential in ["k-123", "p4ss", &"00".repeat(32), "k3y", "pr0xy"] {
             assert!(!sealed.contains(credential), "{credential} in {sealed}");
         }
         assert!(

@@ -28,6 +28,7 @@ mod operations;
 mod options;
 mod ordering;
 mod payload;
+mod proxy;
 mod recovery;
 mod search;
 mod security;
