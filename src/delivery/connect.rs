@@ -283,3 +283,52 @@ fn build(
         .pool_max_idle_per_host(max_idle)
         .build(https)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolver_errors_say_their_kind() {
+        let gai = |text: &str| {
+            DnsFailure::of(&std::io::Error::other(format!(
+                "failed to lookup address information: {text}"
+            )))
+        };
+        assert!(matches!(
+            gai("Name or service not known"),
+            DnsFailure::NoSuchName
+        ));
+        assert!(matches!(
+            gai("No address associated with hostname"),
+            DnsFailure::NoSuchName
+        ));
+        assert!(matches!(
+            gai("Temporary failure in name resolution"),
+            DnsFailure::ResolverUnavailable
+        ));
+        assert!(matches!(gai("System error"), DnsFailure::Other(_)));
+        assert!(DnsFailure::NoSuchName
+            .to_string()
+            .contains("does not exist"));
+    }
+
+    #[tokio::test]
+    async fn a_name_under_invalid_does_not_exist() {
+        // RFC 6761: `.invalid` never resolves. Without a reachable resolver the answer is
+        // "temporarily failed", which is the other kind an operator must tell apart.
+        let mut resolver = Resolver::default();
+        let name: Name = "no-such-host.invalid".parse().unwrap();
+        let err = tower::Service::<Name>::call(&mut resolver, name)
+            .await
+            .unwrap_err();
+        let kind = err.downcast_ref::<DnsFailure>().expect("a DnsFailure");
+        assert!(
+            matches!(
+                kind,
+                DnsFailure::NoSuchName | DnsFailure::ResolverUnavailable
+            ),
+            "{kind:?}"
+        );
+    }
+}
