@@ -346,3 +346,87 @@ async fn cli_enables_a_disabled_webhook_and_deletes_a_payload() {
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
 }
+
+/// The delivery options from the command line (issue 16): create with options, read them
+/// back, change some, show the Ed25519 public key; credentials come from files.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_delivery_options_are_set_and_changed_from_the_cli() {
+    let daemon = support::start(&["--allow-http"]);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "cli-bearer-token\n").unwrap();
+    let (code, out, err) = cli(
+        &daemon,
+        &[
+            "webhooks",
+            "create",
+            "http://127.0.0.1:9/hook",
+            "--events",
+            "ticket.*",
+            "--organization-id",
+            "org_cli",
+            "--ordering",
+            "key",
+            "--rate-limit",
+            "20",
+            "--max-in-flight",
+            "2",
+            "--filter",
+            r#"{"data.priority":{"$in":["p1","p2"]}}"#,
+            "--header",
+            "X-Tenant: acme",
+            "--auth",
+            "bearer",
+            "--auth-secret-file",
+            token.to_str().unwrap(),
+            "--signature-scheme",
+            "hmac,ed25519",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["ordering"], "key");
+    assert_eq!(created["rate_limit"], 20);
+    assert_eq!(created["max_in_flight"], 2);
+    assert_eq!(created["events"], serde_json::json!(["ticket.*"]));
+    assert_eq!(created["filter"]["data.priority"]["$in"][1], "p2");
+    assert_eq!(created["headers"][0]["name"], "x-tenant");
+    assert_eq!(
+        created["auth"],
+        serde_json::json!({"type": "bearer", "configured": true})
+    );
+    assert!(!out.contains("cli-bearer-token"));
+    let id = created["id"].as_str().unwrap();
+    let (code, out, err) = cli(
+        &daemon,
+        &[
+            "webhooks",
+            "update",
+            id,
+            "--rate-limit",
+            "none",
+            "--ordering",
+            "none",
+            "--auth",
+            "none",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let updated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(updated["rate_limit"], serde_json::Value::Null);
+    assert_eq!(updated["ordering"], "none");
+    assert_eq!(updated["auth"], serde_json::Value::Null);
+    assert_eq!(
+        updated["max_in_flight"], 2,
+        "flags not given change nothing"
+    );
+    let (code, out, err) = cli(&daemon, &["webhooks", "public-key", id, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("whpk_"), "{out}");
+    // A missing credential file is an error before anything is sent.
+    let (code, _, err) = cli(&daemon, &["webhooks", "update", id, "--auth", "bearer"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--auth-secret-file"), "{err}");
+}
