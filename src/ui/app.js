@@ -78,6 +78,23 @@
       enable: "Enable", enabling: "Enabling…", enabledDelivered: "Enabled: the held deliveries are queued, oldest first.",
       enabledDiscarded: "Enabled: the held deliveries were cancelled.",
       payloadDeleted: "The event's payload was deleted: there is nothing left to send.",
+      deliveryOptions: "Delivery options", ordering: "Ordering", orderingNone: "None: deliveries go as soon as they are due",
+      orderingKey: "By key: one at a time per ordering key, in ingest order",
+      orderingHelp: "With ordering by key, a failing event holds its key until it succeeds or fails for good (about 8.6 h with the default retry schedule).",
+      orderingHoldMax: "Longest hold of a key (e.g. 30m; empty: until the delivery ends)",
+      maxInFlight: "Requests open at once (1-64)", maxInFlightHelp: "Empty: the daemon's default.",
+      rateLimit: "Requests per second at most", rateLimitHelp: "Empty: no limit. Waiting deliveries are not failed.",
+      filter: "Filter (JSON)", filterHelp: "Only events whose envelope matches, e.g. {\"data.priority\": {\"$in\": [\"p1\", \"p2\"]}}. Operators: $eq $ne $in $exists $gt $gte $lt $lte $and $or.",
+      filterJson: "The filter must be JSON.", customHeaders: "Custom headers", headersHelp: "One \"Name: value\" per line.",
+      headerLine: "\"{line}\" is not \"Name: value\".", secretHeader: "Secret header name", secretHeaderValue: "Secret header value (write-only)",
+      keepsStored: "stored (leave empty to keep)", receiverAuth: "Receiver authentication", authNone: "None",
+      authUsername: "Username", authSecret: "Password, token or client secret (write-only)", authSecretNeeded: "Enter the credential.",
+      tokenUrl: "Token URL", clientId: "Client id", scope: "Scope", audience: "Audience",
+      clientCert: "Client certificate (PEM, mutual TLS)", clientCertHelp: "The certificate chain, then its private key below (write-only).",
+      clientKey: "Private key (PEM)", removeCert: "Remove the client certificate",
+      certConfigured: "Configured: {subject}, valid until {until}.", proxy: "Proxy", proxyDefault: "The daemon's proxy",
+      proxyNone: "No proxy (direct)", proxyUrl: "Proxy URL", ed25519: "Also sign with Ed25519 (Standard Webhooks v1a)",
+      publicKey: "Ed25519 public key",
       payloadDeletedAt: "The payload was deleted on {time}; the attempt log stays.",
     },
     fr: {
@@ -138,6 +155,23 @@
       enable: "Réactiver", enabling: "Réactivation…", enabledDelivered: "Réactivé : les livraisons retenues partent, les plus anciennes d'abord.",
       enabledDiscarded: "Réactivé : les livraisons retenues ont été annulées.",
       payloadDeleted: "Le contenu de l'événement a été supprimé : il n'y a plus rien à envoyer.",
+      deliveryOptions: "Options de livraison", ordering: "Ordre", orderingNone: "Aucun : chaque livraison part dès qu'elle est due",
+      orderingKey: "Par clé : une à la fois par clé d'ordre, dans l'ordre de réception",
+      orderingHelp: "Avec l'ordre par clé, un événement en échec retient sa clé jusqu'à sa réussite ou son échec définitif (environ 8,6 h avec le calendrier par défaut).",
+      orderingHoldMax: "Durée maximale de retenue d'une clé (ex. 30m ; vide : jusqu'à la fin de la livraison)",
+      maxInFlight: "Requêtes simultanées (1-64)", maxInFlightHelp: "Vide : la valeur du démon.",
+      rateLimit: "Requêtes par seconde au plus", rateLimitHelp: "Vide : sans limite. Les livraisons en attente ne sont pas en échec.",
+      filter: "Filtre (JSON)", filterHelp: "Seulement les événements dont l'enveloppe correspond, ex. {\"data.priority\": {\"$in\": [\"p1\", \"p2\"]}}. Opérateurs : $eq $ne $in $exists $gt $gte $lt $lte $and $or.",
+      filterJson: "Le filtre doit être du JSON.", customHeaders: "En-têtes personnalisés", headersHelp: "Un « Nom: valeur » par ligne.",
+      headerLine: "« {line} » n'est pas « Nom: valeur ».", secretHeader: "Nom de l'en-tête secret", secretHeaderValue: "Valeur de l'en-tête secret (écriture seule)",
+      keepsStored: "enregistré (laisser vide pour le garder)", receiverAuth: "Authentification auprès du destinataire", authNone: "Aucune",
+      authUsername: "Utilisateur", authSecret: "Mot de passe, jeton ou secret client (écriture seule)", authSecretNeeded: "Saisissez l'identifiant secret.",
+      tokenUrl: "URL du jeton", clientId: "Identifiant client", scope: "Portée (scope)", audience: "Audience",
+      clientCert: "Certificat client (PEM, TLS mutuel)", clientCertHelp: "La chaîne de certificats, puis sa clé privée ci-dessous (écriture seule).",
+      clientKey: "Clé privée (PEM)", removeCert: "Retirer le certificat client",
+      certConfigured: "Configuré : {subject}, valable jusqu'au {until}.", proxy: "Proxy", proxyDefault: "Le proxy du démon",
+      proxyNone: "Pas de proxy (direct)", proxyUrl: "URL du proxy", ed25519: "Signer aussi avec Ed25519 (Standard Webhooks v1a)",
+      publicKey: "Clé publique Ed25519",
       payloadDeletedAt: "Le contenu a été supprimé le {time} ; le journal des tentatives reste.",
     },
   };
@@ -562,6 +596,127 @@
     }
   }
 
+  // ---------------------------------------------------------------- delivery options
+  // The delivery options of a webhook (issue 16) as a folded section of its form. Credentials
+  // are write-only: the fields start empty, and an empty credential on an edit keeps the
+  // stored one. collect() returns { body, problems }: only the fields that change.
+  function optionsSection(existing, field) {
+    const o = existing || {};
+    const input = (id, attrs) => h("input", Object.assign({ id, name: id.replace(/^f-/, "") }, attrs));
+    const select = (id, values, chosen) => {
+      const el = h("select", { id, name: id.replace(/^f-/, "") });
+      for (const [value, label] of values) el.append(h("option", { value, selected: value === chosen }, label));
+      return el;
+    };
+    const ordering = select("f-ordering", [["none", t("orderingNone")], ["key", t("orderingKey")]], o.ordering || "none");
+    const holdMax = input("f-ordering_hold_max", { placeholder: "30m", value: o.ordering_hold_max || "" });
+    const maxInFlight = input("f-max_in_flight", { type: "number", min: "1", max: "64", value: o.max_in_flight ?? "" });
+    const rate = input("f-rate_limit", { type: "number", min: "1", value: o.rate_limit ?? "" });
+    const filter = h("textarea", { id: "f-filter", name: "filter", rows: "3", spellcheck: "false", placeholder: '{"data.priority": {"$in": ["p1", "p2"]}}' });
+    filter.value = o.filter ? JSON.stringify(o.filter) : "";
+    const publicHeaders = (o.headers || []).filter((x) => !x.secret).map((x) => `${x.name}: ${x.value}`).join("\n");
+    const headers = h("textarea", { id: "f-headers", name: "headers", rows: "3", spellcheck: "false", placeholder: "X-Tenant: acme" });
+    headers.value = publicHeaders;
+    const secretNames = (o.headers || []).filter((x) => x.secret).map((x) => x.name);
+    const secretName = input("f-secret_header_name", { placeholder: "X-Api-Key", value: secretNames[0] || "" });
+    const secretValue = input("f-secret_header_value", { type: "password", autocomplete: "off", placeholder: secretNames.length ? t("keepsStored") : "" });
+    const authKind = select("f-auth", [["none", t("authNone")], ["basic", "Basic"], ["bearer", "Bearer"], ["oauth2_client_credentials", "OAuth 2.0 (client credentials)"]], o.auth ? o.auth.type : "none");
+    const username = input("f-auth_username", { value: (o.auth && o.auth.username) || "", autocomplete: "off" });
+    const credential = input("f-auth_secret", { type: "password", autocomplete: "new-password", placeholder: o.auth ? t("keepsStored") : "" });
+    const tokenUrl = input("f-token_url", { type: "url", value: (o.auth && o.auth.token_url) || "", placeholder: "https://auth.example.com/oauth/token" });
+    const clientId = input("f-client_id", { value: (o.auth && o.auth.client_id) || "" });
+    const scope = input("f-scope", { value: (o.auth && o.auth.scope) || "" });
+    const audience = input("f-audience", { value: (o.auth && o.auth.audience) || "" });
+    const authFields = h("div", { class: "subfields" },
+      field("auth_username", t("authUsername"), username), field("auth_secret", t("authSecret"), credential),
+      field("token_url", t("tokenUrl"), tokenUrl), field("client_id", t("clientId"), clientId),
+      field("scope", t("scope"), scope), field("audience", t("audience"), audience));
+    const showAuth = () => {
+      const k = authKind.value;
+      for (const [el, on] of [[username, k === "basic"], [credential, k !== "none"], [tokenUrl, k === "oauth2_client_credentials"],
+        [clientId, k === "oauth2_client_credentials"], [scope, k === "oauth2_client_credentials"], [audience, k === "oauth2_client_credentials"]]) {
+        el.closest(".field").hidden = !on;
+      }
+    };
+    authKind.addEventListener("change", showAuth);
+    const cert = h("textarea", { id: "f-client_certificate", name: "client_certificate", rows: "3", spellcheck: "false", placeholder: "-----BEGIN CERTIFICATE-----" });
+    const key = h("textarea", { id: "f-client_key", name: "client_key", rows: "3", spellcheck: "false", placeholder: o.client_certificate ? t("keepsStored") : "-----BEGIN PRIVATE KEY-----" });
+    const removeCert = input("f-remove_certificate", { type: "checkbox" });
+    const certNote = o.client_certificate
+      ? h("p", { class: "help", id: "certificate-configured" }, t("certConfigured", { subject: o.client_certificate.subject, until: o.client_certificate.not_after }))
+      : null;
+    const proxyMode = select("f-proxy", [["default", t("proxyDefault")], ["none", t("proxyNone")], ["url", t("proxyUrl")]],
+      o.proxy === null || o.proxy === undefined ? "default" : o.proxy === "none" ? "none" : "url");
+    const proxyUrl = input("f-proxy_url", { placeholder: "http://proxy.internal:3128", value: o.proxy && o.proxy !== "none" ? o.proxy : "" });
+    const ed25519 = input("f-ed25519", { type: "checkbox", checked: (o.signature_scheme || []).includes("ed25519") });
+    const el = h("details", { class: "field options", id: "f-options" }, h("summary", {}, t("deliveryOptions")),
+      field("ordering", t("ordering"), ordering, t("orderingHelp")),
+      field("ordering_hold_max", t("orderingHoldMax"), holdMax),
+      field("max_in_flight", t("maxInFlight"), maxInFlight, t("maxInFlightHelp")),
+      field("rate_limit", t("rateLimit"), rate, t("rateLimitHelp")),
+      field("filter", t("filter"), filter, t("filterHelp")),
+      field("headers", t("customHeaders"), headers, t("headersHelp")),
+      h("div", { class: "subfields" }, field("secret_header_name", t("secretHeader"), secretName), field("secret_header_value", t("secretHeaderValue"), secretValue)),
+      field("auth", t("receiverAuth"), authKind), authFields,
+      field("client_certificate", t("clientCert"), cert, t("clientCertHelp")), field("client_key", t("clientKey"), key), certNote,
+      h("label", { class: "check" }, removeCert, " ", t("removeCert")),
+      field("proxy", t("proxy"), proxyMode), field("proxy_url", t("proxyUrl"), proxyUrl),
+      h("label", { class: "check" }, ed25519, " ", t("ed25519")));
+    showAuth();
+
+    function collect() {
+      const body = {};
+      const problems = [];
+      const set = (k, v) => { if (JSON.stringify(v) !== JSON.stringify(o[k] ?? null)) body[k] = v; };
+      set("ordering", ordering.value);
+      set("ordering_hold_max", holdMax.value.trim() || null);
+      set("max_in_flight", maxInFlight.value ? Number(maxInFlight.value) : null);
+      set("rate_limit", rate.value ? Number(rate.value) : null);
+      if (filter.value.trim()) {
+        try { set("filter", JSON.parse(filter.value)); } catch (_) { problems.push(["filter", t("filterJson")]); }
+      } else set("filter", null);
+      const list = [];
+      for (const line of headers.value.split("\n").map((l) => l.trim()).filter(Boolean)) {
+        const at = line.indexOf(":");
+        if (at < 1) { problems.push(["headers", t("headerLine", { line })]); continue; }
+        list.push({ name: line.slice(0, at).trim(), value: line.slice(at + 1).trim(), secret: false });
+      }
+      if (secretName.value.trim()) {
+        const entry = { name: secretName.value.trim(), secret: true };
+        if (secretValue.value) entry.value = secretValue.value;
+        list.push(entry);
+      }
+      const shown = (o.headers || []).map((x) => x.secret ? { name: x.name, secret: true } : { name: x.name, value: x.value, secret: false });
+      if (JSON.stringify(list.map((x) => Object.assign({}, x, x.secret ? { value: undefined } : {}))) !== JSON.stringify(shown) || secretValue.value) body.headers = list;
+      const k = authKind.value;
+      const stored = o.auth ? o.auth.type : "none";
+      if (k === "none") { if (stored !== "none") body.auth = null; }
+      else if (credential.value || k !== stored) {
+        if (!credential.value) problems.push(["auth_secret", t("authSecretNeeded")]);
+        const auth = { type: k };
+        if (k === "basic") Object.assign(auth, { username: username.value, password: credential.value });
+        if (k === "bearer") auth.token = credential.value;
+        if (k === "oauth2_client_credentials") {
+          Object.assign(auth, { token_url: tokenUrl.value.trim(), client_id: clientId.value.trim(), client_secret: credential.value });
+          if (scope.value.trim()) auth.scope = scope.value.trim();
+          if (audience.value.trim()) auth.audience = audience.value.trim();
+        }
+        body.auth = auth;
+      }
+      if (removeCert.checked) body.client_certificate = null;
+      else if (cert.value.trim() || key.value.trim()) body.client_certificate = { certificate: cert.value, private_key: key.value };
+      const proxy = proxyMode.value === "default" ? null : proxyMode.value === "none" ? "none" : proxyUrl.value.trim();
+      set("proxy", proxy);
+      set("signature_scheme", ed25519.checked ? ["hmac", "ed25519"] : ["hmac"]);
+      if (!existing) {
+        // A new webhook: defaults need not be sent.
+        for (const [k2, v] of Object.entries(body)) if (v === null || (k2 === "ordering" && v === "none") || (k2 === "signature_scheme" && v.length === 1)) delete body[k2];
+      }
+      return { body, problems };
+    }
+    return { el, collect };
+  }
+
   // ---------------------------------------------------------------- webhook form
   // The form of the spec's fields; `existing` for editing. Calls onDone(answer).
   async function webhookForm(existing, onDone) {
@@ -622,6 +777,8 @@
     const desc = h("textarea", { id: "f-description", name: "description", rows: "2" });
     desc.value = existing ? existing.description : "";
     form.append(field("description", t("description"), desc));
+    const options = optionsSection(existing, field);
+    form.append(options.el);
     const top = h("p", { class: "notice notice-error hidden", role: "alert", id: "form-error" });
     const submit = h("button", { type: "submit", class: "btn btn-primary", id: existing ? "save" : "create" }, existing ? t("save") : t("create"));
     const status = h("span", { class: "form-status", role: "status" });
@@ -680,6 +837,8 @@
       if (org && !org.value.trim()) { showError("organization_id", t("orgRequired")); invalid = true; }
       if (events.length === 0) { showError("events", t("eventsRequired")); invalid = true; }
       if (own && own.checked && secret.value.length < 32) { showError("secret", t("secretShort")); invalid = true; }
+      const chosen = options.collect();
+      for (const [name, text] of chosen.problems) { options.el.open = true; showError(name, text); invalid = true; }
       if (invalid) { focusFirstError(); return; }
       let body = { url: url.value.trim(), events, active: active.checked, description: desc.value };
       if (org) body.organization_id = org.value.trim();
@@ -689,7 +848,10 @@
         // webhook deactivated by a colleague) is not put back to what this page loaded.
         const same = (k) => JSON.stringify(body[k]) === JSON.stringify(existing[k]);
         body = Object.fromEntries(Object.entries(body).filter(([k]) => !same(k)));
+        Object.assign(body, chosen.body);
         if (Object.keys(body).length === 0) { status.textContent = t("saved"); return; }
+      } else {
+        Object.assign(body, chosen.body);
       }
       submit.disabled = true;
       try {
@@ -701,6 +863,7 @@
       } catch (err) {
         if (err.code === "validation_failed" && err.field) {
           const name = err.field.split(".")[0].split("[")[0];
+          if (options.el.querySelector(`[data-field="${name}"]`)) options.el.open = true;
           showError(errors[name] ? name : "", serverMessage(name, err.message));
         } else {
           showError("", err.message);
@@ -794,6 +957,13 @@
       h("dt", {}, t("events")), h("dd", {}, w.events.join(", ")),
       h("dt", {}, t("description")), h("dd", { id: "webhook-description" }, w.description || h("span", { class: "muted" }, "—")),
       h("dt", {}, t("createdM")), h("dd", {}, timeEl(w.created_at)));
+    if ((w.signature_scheme || []).includes("ed25519")) {
+      const key = h("dd", { class: "mono", id: "public-key" }, "…");
+      facts.append(h("dt", {}, t("publicKey")), key);
+      api("GET", `/api/webhooks/${encodeURIComponent(w.id)}/public-key`)
+        .then((res) => { key.textContent = res.public_key; })
+        .catch((err) => { key.textContent = errorText(err); });
+    }
     const editSection = h("details", { class: "card", id: "edit" }, h("summary", {}, t("edit")));
     const form = await webhookForm(w, () => { if (current(gen)) webhookPage(id, gen); });
     if (!current(gen)) return;

@@ -927,3 +927,119 @@ async fn a_disabled_webhook_shows_why_and_enable_delivers_the_held_events() {
     assert!(browser.all("#disabled").await.is_empty());
     browser.close().await;
 }
+
+/// The delivery options in the UI (issue 16): a person opens the options of a new webhook,
+/// sets ordering, a rate limit, a filter, headers (one secret), bearer authentication and
+/// Ed25519; the API stores exactly that, credentials never come back to the page, the
+/// public key shows on the webhook's page, and an invalid filter is shown next to its field.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_sets_delivery_options_and_credentials_stay_write_only() {
+    const TOKEN: &str = "ui-bearer-token-5e4d";
+    const HEADER: &str = "ui-secret-header-7f6e";
+    let daemon = support::start(&["--allow-http"]);
+    let key = daemon.create_key("acme").await;
+    let Some(browser) = Browser::start(&daemon).await else {
+        return;
+    };
+    browser.sign_in(&key).await;
+    browser.find("#new-webhook").await.click().await.unwrap();
+    browser
+        .find("#f-url")
+        .await
+        .send_keys("http://127.0.0.1:9/hook")
+        .await
+        .unwrap();
+    browser.find("#ev-all").await.click().await.unwrap();
+    browser
+        .find("#f-options summary")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let set = |css: &'static str, text: &'static str| {
+        let browser = &browser;
+        async move {
+            let el = browser.find(css).await;
+            el.clear().await.unwrap();
+            el.send_keys(text).await.unwrap();
+        }
+    };
+    browser
+        .js("document.querySelector('#f-ordering').value = 'key'; return null")
+        .await;
+    set("#f-rate_limit", "20").await;
+    set("#f-filter", "{\"data.priority\": {\"$in\": [\"p1\"]").await;
+    set("#f-headers", "X-Tenant: acme").await;
+    set("#f-secret_header_name", "X-Api-Key").await;
+    set("#f-secret_header_value", HEADER).await;
+    browser
+        .js("const a = document.querySelector('#f-auth'); a.value = 'bearer'; a.dispatchEvent(new Event('change')); return null")
+        .await;
+    set("#f-auth_secret", TOKEN).await;
+    browser.find("#f-ed25519").await.click().await.unwrap();
+    // A filter that is not JSON is refused next to its field, before anything is sent.
+    browser.find("#create").await.click().await.unwrap();
+    let error = browser.text_until("#filter-error", |t| !t.is_empty()).await;
+    assert!(error.contains("JSON"), "{error}");
+    set("#f-filter", "{\"data.priority\": {\"$in\": [\"p1\"]}}").await;
+    browser.find("#create").await.click().await.unwrap();
+    browser.find("#new-secret").await;
+    let (_, list) = daemon.call("GET", "/api/webhooks", None).await;
+    let w = &list["data"][0];
+    assert_eq!(w["ordering"], "key", "{w}");
+    assert_eq!(w["rate_limit"], 20);
+    assert_eq!(w["filter"], json!({"data.priority": {"$in": ["p1"]}}));
+    assert_eq!(
+        w["headers"],
+        json!([{"name": "x-tenant", "value": "acme", "secret": false}, {"name": "x-api-key", "secret": true}])
+    );
+    assert_eq!(w["auth"], json!({"type": "bearer", "configured": true}));
+    assert_eq!(w["signature_scheme"], json!(["hmac", "ed25519"]));
+    // The webhook's page: the public key, and an edit form whose credential fields are
+    // empty.
+    let id = w["id"].as_str().unwrap();
+    browser.goto(&format!("#/webhooks/{id}")).await;
+    let public = browser
+        .text_until("#public-key", |t| t.starts_with("whpk_"))
+        .await;
+    assert!(public.len() > 40, "{public}");
+    browser.find("#edit summary").await.click().await.unwrap();
+    browser
+        .find("#f-options summary")
+        .await
+        .click()
+        .await
+        .unwrap();
+    for css in ["#f-auth_secret", "#f-secret_header_value"] {
+        let value = browser.find(css).await.prop("value").await.unwrap();
+        assert_eq!(
+            value.as_deref(),
+            Some(""),
+            "{css} shows a stored credential"
+        );
+    }
+    let html = browser
+        .js("return document.documentElement.outerHTML")
+        .await;
+    for credential in [TOKEN, HEADER] {
+        assert!(
+            !html.to_string().contains(credential),
+            "{credential} is in the page"
+        );
+    }
+    // Changing the rate limit alone keeps the credentials.
+    set("#f-rate_limit", "5").await;
+    browser.find("#save").await.click().await.unwrap();
+    // Saving reloads the page.
+    let w = daemon
+        .wait_until(
+            &format!("/api/webhooks/{id}"),
+            Duration::from_secs(10),
+            |w| w["rate_limit"] == 5,
+        )
+        .await;
+    assert_eq!(w["rate_limit"], 5, "{w}");
+    assert_eq!(w["auth"]["type"], "bearer");
+    assert_eq!(w["headers"][1]["name"], "x-api-key");
+    browser.close().await;
+}
