@@ -1,5 +1,8 @@
 //! Micro-benchmarks of the per-event CPU work: signing, strict JSON validation, stored-record
-//! encode/decode, and fan-out matching against 10k webhooks. Run: `cargo bench --bench micro`.
+//! encode/decode, and fan-out matching against 10k webhooks: by event type, by envelope
+//! filter (issue 16), and through the store (an accepted event in an organization of 10k
+//! webhooks that all read their filter, against 10k that the event type alone rules out).
+//! Run: `cargo bench --bench micro`.
 
 use std::hint::black_box;
 
@@ -76,5 +79,143 @@ fn fan_out(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, signing, json_validation, records, fan_out);
+/// The filters of the filter benches: equality, `$in`, numeric range, `$or`, nested paths;
+/// about one in a hundred matches the bench's event.
+fn filter_document(i: usize) -> serde_json::Value {
+    use serde_json::json;
+    match i % 4 {
+        0 => json!({"data.priority": format!("p{}", i % 100)}),
+        1 => json!({"data.project_id": {"$in": [format!("prj_{i}"), "other"]}}),
+        2 => json!({"data.points": {"$gt": 10, "$lt": 20}, "event_type": "ticket.created"}),
+        _ => {
+            json!({"$or": [{"data.assignee.team": format!("t{i}")}, {"data.tags": {"$exists": false}, "data.priority": "p0"}]})
+        }
+    }
+}
+
+fn filters(c: &mut Criterion) {
+    let parsed: Vec<palo_webhooks::filter::Filter> = (0..10_000)
+        .map(|i| palo_webhooks::filter::Filter::parse(&filter_document(i)).unwrap())
+        .collect();
+    let body = body();
+    let mut group = c.benchmark_group("fan_out");
+    group.bench_function("filters_10k_webhooks_one_envelope_parse", |b| {
+        b.iter(|| {
+            let envelope: serde_json::Value = serde_json::from_slice(black_box(&body)).unwrap();
+            parsed.iter().filter(|f| f.matches(&envelope)).count()
+        })
+    });
+    group.bench_function("parse_10k_filters", |b| {
+        let sources: Vec<String> = parsed.iter().map(|f| f.source().to_owned()).collect();
+        b.iter(|| {
+            let parsed: Vec<_> = sources
+                .iter()
+                .map(|s| palo_webhooks::filter::Filter::from_source(black_box(s)).unwrap())
+                .collect();
+            parsed.len()
+        })
+    });
+    group.finish();
+}
+
+/// An organization of 10k webhooks in a fresh store: with `filtered`, each subscribed to
+/// `*` with a filter the bench's event does not meet; without, each subscribed to a type
+/// the event is not (the type alone rules it out). Creates them from 16 threads, so the
+/// writer groups them into few commits.
+fn store_with_webhooks(dir: &std::path::Path, filtered: bool) -> palo_webhooks::store::Store {
+    use palo_webhooks::model::{DeliveryOptions, Secret, Webhook};
+    let store = palo_webhooks::store::Store::open(&dir.join("bench.redb")).unwrap();
+    let now = palo_webhooks::clock::now_ms();
+    std::thread::scope(|scope| {
+        for t in 0..16 {
+            let store = &store;
+            scope.spawn(move || {
+                for i in (t..10_000).step_by(16) {
+                    let mut options = DeliveryOptions::default();
+                    let events = if filtered {
+                        let mut doc = filter_document(i);
+                        // Never met by the bench's event (priority p3).
+                        doc["data.priority"] = serde_json::json!("never");
+                        options.filter = Some(palo_webhooks::filter::Filter::parse(&doc).unwrap());
+                        EventFilter::All
+                    } else {
+                        EventFilter::Only(vec![EventType::SystemIncident])
+                    };
+                    store
+                        .create_webhook(&Webhook {
+                            id: WebhookId::generate(),
+                            organization_id: "org_1".into(),
+                            url: "https://example.invalid/hook".into(),
+                            events,
+                            secret: Secret("s".repeat(32)),
+                            previous_secret: None,
+                            active: true,
+                            disabled: None,
+                            failing_since_ms: None,
+                            description: String::new(),
+                            options,
+                            created_at_ms: now,
+                            updated_at_ms: now,
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    store
+}
+
+fn store_fan_out(c: &mut Criterion) {
+    use palo_webhooks::store::FanOut;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("fan_out_store");
+    group.sample_size(10);
+    for (name, filtered) in [
+        ("accept_event_10k_webhooks_ruled_out_by_type", false),
+        ("accept_event_10k_webhooks_ruled_out_by_filter", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_webhooks(dir.path(), filtered);
+        let data = serde_json::value::RawValue::from_string(
+            r#"{"ticket_id":"T","title":"t","priority":"p3","project_id":"p","created_by":"u","points":5}"#.into(),
+        )
+        .unwrap();
+        let mut n = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                n += 1;
+                let now = palo_webhooks::clock::now_ms();
+                let prepared = palo_webhooks::event::prepare(
+                    palo_webhooks::event::EventInput {
+                        event_id: Some(format!("evt_{n}")),
+                        event_type: "ticket.created".into(),
+                        timestamp: None,
+                        organization_id: "org_1".into(),
+                        data: &data,
+                    },
+                    now,
+                    false,
+                )
+                .unwrap();
+                runtime
+                    .block_on(store.accept_event(prepared, FanOut::Subscribers, now, now))
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    signing,
+    json_validation,
+    records,
+    fan_out,
+    filters,
+    store_fan_out
+);
 criterion_main!(benches);

@@ -1157,10 +1157,12 @@ impl From<FileStore> for Store {
 pub(crate) struct FanOutTarget {
     /// The webhook.
     pub id: WebhookId,
+    /// Its organization.
+    pub organization_id: String,
     /// Its subscribed types.
     pub events: crate::model::EventFilter,
-    /// Its envelope filter (issue 16).
-    pub filter: Option<crate::filter::Filter>,
+    /// Its envelope filter (issue 16), shared with the caches that keep it parsed.
+    pub filter: Option<std::sync::Arc<crate::filter::Filter>>,
     /// The customer's switch.
     pub active: bool,
     /// Whether the daemon disabled it.
@@ -1172,8 +1174,9 @@ impl FanOutTarget {
     pub fn of(webhook: Webhook) -> FanOutTarget {
         FanOutTarget {
             id: webhook.id,
+            organization_id: webhook.organization_id,
             events: webhook.events,
-            filter: webhook.options.filter,
+            filter: webhook.options.filter.map(std::sync::Arc::new),
             active: webhook.active,
             disabled: webhook.disabled.is_some(),
         }

@@ -269,6 +269,36 @@ pub(crate) fn decode_filter(text: &str) -> Result<Option<Filter>, StoreError> {
     parse_filter(doc.filter)
 }
 
+/// Webhooks whose parsed filter is kept for fan-out on PostgreSQL, which reads each
+/// webhook's options text per event: a filter is parsed again only when its text changed.
+const FILTER_CACHE: usize = 32_768;
+
+/// [`decode_filter`], through a cache keyed by webhook and the stored text.
+///
+/// # Errors
+/// As [`decode_filter`].
+pub(crate) fn cached_filter(
+    webhook: WebhookId,
+    text: &str,
+) -> Result<Option<std::sync::Arc<Filter>>, StoreError> {
+    type Cache = lru::LruCache<WebhookId, (String, Option<std::sync::Arc<Filter>>)>;
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| {
+        std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(FILTER_CACHE).expect("non-zero"),
+        ))
+    });
+    let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((made_from, filter)) = lock().get(&webhook) {
+        if made_from == text {
+            return Ok(filter.clone());
+        }
+    }
+    let filter = decode_filter(text)?.map(std::sync::Arc::new);
+    lock().put(webhook, (text.to_owned(), filter.clone()));
+    Ok(filter)
+}
+
 fn parse_filter(
     raw: Option<Box<serde_json::value::RawValue>>,
 ) -> Result<Option<Filter>, StoreError> {

@@ -321,12 +321,17 @@ pub(super) fn event_key(key: EventKey) -> String {
 /// [`StoreError::Corrupt`] for a value that does not parse.
 pub(super) fn fan_out_row(row: &Row) -> Result<(String, crate::store::FanOutTarget), StoreError> {
     let events = event_filter(row, 2)?;
+    let organization_id: String = row.try_get(1)?;
     Ok((
-        row.try_get(1)?,
+        organization_id.clone(),
         crate::store::FanOutTarget {
             id: parse_id("webhooks", row.try_get::<_, &str>(0)?)?,
+            organization_id,
             events,
-            filter: crate::store::options::decode_filter(row.try_get(5)?)?,
+            filter: crate::store::options::cached_filter(
+                parse_id("webhooks", row.try_get::<_, &str>(0)?)?,
+                row.try_get(5)?,
+            )?,
             active: row.try_get(3)?,
             disabled: row.try_get(4)?,
         },
