@@ -1073,3 +1073,131 @@ async fn the_held_sweep_moves_a_backlog_a_chunk_at_a_time_on_this_backend() {
     assert_eq!(store.sweep_held(4, now).unwrap().moved, 0);
     checks();
 }
+
+/// Issue 16 on this backend: a webhook's delivery options round-trip (credentials opened
+/// again), fan-out applies wildcards and filters, events and deliveries keep their ordering
+/// key, and the ordering reads follow each delivery's status: the blocker is the earliest
+/// unfinished delivery of the same webhook and key before a delivery, the head the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn delivery_options_fan_out_and_ordering_reads_behave_the_same_on_this_backend() {
+    use palo_webhooks::filter::Filter;
+    use palo_webhooks::model::{CustomHeader, DeliveryOptions, Ordering, ReceiverAuth};
+    let (store, _dir) = open();
+    let now = palo_webhooks::clock::now_ms();
+    let mut ordered = webhook(
+        "org_o",
+        EventFilter::from_names(&["ticket.*"]).unwrap(),
+        now,
+    );
+    ordered.options = DeliveryOptions {
+        ordering: Ordering::Key,
+        rate_limit: Some(5),
+        headers: vec![CustomHeader {
+            name: "x-key".into(),
+            value: Secret("v".into()),
+            secret: true,
+        }],
+        auth: Some(ReceiverAuth::Bearer {
+            token: Secret("tok".into()),
+        }),
+        ..DeliveryOptions::default()
+    };
+    store.create_webhook(&ordered).unwrap();
+    assert_eq!(store.get_webhook(ordered.id).unwrap().unwrap(), ordered);
+    let mut filtered = webhook("org_o", EventFilter::All, now);
+    filtered.options.filter =
+        Some(Filter::parse(&serde_json::json!({"data.title": {"$in": ["b", "c"]}})).unwrap());
+    store.create_webhook(&filtered).unwrap();
+    let changes = WebhookChanges {
+        options: Some(DeliveryOptions {
+            max_in_flight: Some(2),
+            ..ordered.options.clone()
+        }),
+        ..WebhookChanges::default()
+    };
+    let updated = store
+        .update_webhook(ordered.id, changes, now + 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.options.max_in_flight, Some(2));
+    assert_eq!(
+        store.get_webhook(ordered.id).unwrap().unwrap().options,
+        updated.options
+    );
+
+    // Three events of key "T" (prepared() gives ticket_id T): fan-out by wildcard to the
+    // ordered webhook, by filter (titles b and c) to the other.
+    let mut ids = Vec::new();
+    for title in ["a", "b", "c"] {
+        let outcome = store
+            .accept_event(
+                prepared("org_o", &format!("evt_o_{title}"), title, now),
+                FanOut::Subscribers,
+                now,
+                now,
+            )
+            .await
+            .unwrap();
+        let AcceptOutcome::Accepted { event, deliveries } = outcome else {
+            panic!("not accepted")
+        };
+        assert_eq!(event.ordering_key.as_deref(), Some("T"));
+        let to: Vec<WebhookId> = deliveries.iter().map(|d| d.webhook_id).collect();
+        let expected = if title == "a" {
+            vec![ordered.id]
+        } else {
+            vec![ordered.id, filtered.id]
+        };
+        assert_eq!(to.len(), expected.len(), "{title}: {to:?}");
+        assert!(expected.iter().all(|w| to.contains(w)), "{title}");
+        let mine = deliveries
+            .iter()
+            .find(|d| d.webhook_id == ordered.id)
+            .unwrap()
+            .clone();
+        assert_eq!(mine.ordering_key.as_deref(), Some("T"));
+        ids.push(mine);
+    }
+    let stored = store
+        .get_delivery_with_attempts(ids[2].id)
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!(stored.ordering_key.as_deref(), Some("T"));
+    // The first blocks the other two; the head is the first.
+    assert_eq!(store.ordering_blocker(&ids[0]).unwrap(), None);
+    assert_eq!(
+        store.ordering_blocker(&ids[2]).unwrap().unwrap().id,
+        ids[0].id
+    );
+    assert_eq!(
+        store.ordering_head(ordered.id, "T").unwrap().unwrap().id,
+        ids[0].id
+    );
+    // The first succeeds: the second is the head and blocks the third.
+    store
+        .record_attempt(
+            ids[0].id,
+            attempt(1, 200, now),
+            RetrySchedule::default(),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.ordering_head(ordered.id, "T").unwrap().unwrap().id,
+        ids[1].id
+    );
+    assert_eq!(store.ordering_blocker(&ids[1]).unwrap(), None);
+    assert_eq!(
+        store.ordering_blocker(&ids[2]).unwrap().unwrap().id,
+        ids[1].id
+    );
+    // Another key is never blocked by this one.
+    assert_eq!(store.ordering_head(ordered.id, "other").unwrap(), None);
+    // Deleting the webhook cancels the rest: nothing of it is left to order.
+    store.delete_webhook(ordered.id, now).unwrap();
+    while store.sweep_held(4, now).unwrap().more {}
+    assert_eq!(store.ordering_head(ordered.id, "T").unwrap(), None);
+    assert_eq!(store.check().unwrap().violations, Vec::<String>::new());
+}
