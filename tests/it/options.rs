@@ -1,7 +1,6 @@
 //! Per-webhook delivery options (issue 16): custom headers, receiver authentication,
 //! Ed25519 signatures, wildcards and filters, against the real daemon and real receivers.
 
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -33,35 +32,19 @@ async fn create(daemon: &support::Daemon, body: Value) -> (u16, Value) {
 /// Verifies each request's `v1a` entry with Python's `cryptography` (an Ed25519
 /// implementation independent of ours, installed by `.ci/run`) and the `whpk_` key.
 fn python_ed25519_verifies(requests: &[support::Received], public_key: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cases = Vec::new();
-    for (i, r) in requests.iter().enumerate() {
-        let path = dir.path().join(format!("body{i}"));
-        std::fs::write(&path, &r.body).unwrap();
-        cases.push(json!({"body": path.to_str().unwrap(), "id": r.header("webhook-id"),
-                          "ts": r.header("webhook-timestamp"), "sig": r.header("webhook-signature")}));
-    }
     let script = "import base64, json, sys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 key = Ed25519PublicKey.from_public_bytes(base64.b64decode(sys.argv[2].removeprefix('whpk_')))
 for c in json.loads(sys.argv[1]):
+    h = c['headers']
     body = open(c['body'], 'rb').read()
-    entries = [e.split(',', 1) for e in c['sig'].split(' ')]
+    entries = [e.split(',', 1) for e in h['webhook-signature'].split(' ')]
     sigs = [base64.b64decode(s) for v, s in entries if v == 'v1a']
-    assert len(sigs) == 1, c['sig']
-    key.verify(sigs[0], c['id'].encode() + b'.' + c['ts'].encode() + b'.' + body)
+    assert len(sigs) == 1, h['webhook-signature']
+    key.verify(sigs[0], h['webhook-id'].encode() + b'.' + h['webhook-timestamp'].encode() + b'.' + body)
 print('VERIFIED')
 ";
-    let output = Command::new("python3")
-        .args(["-c", script, &json!(cases).to_string(), public_key])
-        .output()
-        .expect("python3 must be installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (text.contains("VERIFIED") && output.status.success(), text)
+    support::python_over_requests(requests, script, public_key)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -566,18 +549,7 @@ async fn oauth2_client_credentials_fetch_a_token_reuse_it_and_refresh_after_a_40
     daemon
         .call("POST", "/api/events", Some(incident("evt_oa5", "low")))
         .await;
-    let bad_id = bad["id"].as_str().unwrap();
-    let page = daemon
-        .wait_until(
-            &format!("/api/webhooks/{bad_id}/deliveries"),
-            Duration::from_secs(10),
-            |b| b["data"][0]["attempt_count"] == 1,
-        )
-        .await;
-    let delivery = page["data"][0]["id"].as_str().unwrap();
-    let (_, detail) = daemon
-        .call("GET", &format!("/api/deliveries/{delivery}"), None)
-        .await;
+    let detail = daemon.first_attempt_of(bad["id"].as_str().unwrap()).await;
     let attempt = &detail["attempts"][0];
     assert_eq!(attempt["error"], "auth", "{detail}");
     assert!(

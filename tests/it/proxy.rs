@@ -172,17 +172,7 @@ async fn a_forbidden_address_is_refused_before_the_proxy_is_asked() {
     daemon
         .call("POST", "/api/events", Some(event("evt_px2")))
         .await;
-    let page = daemon
-        .wait_until(
-            &format!("/api/webhooks/{id}/deliveries"),
-            Duration::from_secs(10),
-            |b| b["data"][0]["attempt_count"] == 1,
-        )
-        .await;
-    let delivery = page["data"][0]["id"].as_str().unwrap();
-    let (_, detail) = daemon
-        .call("GET", &format!("/api/deliveries/{delivery}"), None)
-        .await;
+    let detail = daemon.first_attempt_of(&id).await;
     assert_eq!(
         detail["attempts"][0]["error"], "blocked_address",
         "{detail}"

@@ -466,6 +466,25 @@ impl Daemon {
         .await
     }
 
+    /// The newest delivery of `webhook` with its attempts, once its first attempt is logged
+    /// (within 10 s).
+    pub async fn first_attempt_of(&self, webhook: &str) -> Value {
+        let page = self
+            .wait_until(
+                &format!("/api/webhooks/{webhook}/deliveries"),
+                Duration::from_secs(10),
+                |b| b["data"][0]["attempt_count"] == 1,
+            )
+            .await;
+        let delivery = page["data"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.call("GET", &format!("/api/deliveries/{delivery}"), None)
+            .await
+            .1
+    }
+
     /// Polls `GET path` until `done(body)` or the timeout; returns the last body.
     pub async fn wait_until(
         &self,
@@ -814,6 +833,25 @@ pub fn python_verifies(requests: &[Received], secret: &str) -> bool {
 /// (PyPI `standardwebhooks`, installed by `.ci/run`), keyed with `whsec_` + base64 of the
 /// secret's UTF-8 bytes. Returns (every request verified, the library's output).
 pub fn python_standard_verifies(requests: &[Received], secret: &str) -> (bool, String) {
+    let script = "import base64, json, sys
+try:
+    from standardwebhooks.webhooks import Webhook
+except ImportError:
+    print('MISSING: pip install standardwebhooks'); sys.exit(2)
+cases = json.loads(sys.argv[1])
+wh = Webhook('whsec_' + base64.b64encode(sys.argv[2].encode()).decode())
+for c in cases:
+    wh.verify(open(c['body'], 'rb').read(), c['headers'])
+print('VERIFIED')
+";
+    python_over_requests(requests, script, secret)
+}
+
+/// Runs a python3 `script` that checks requests: `sys.argv[1]` is a JSON list of
+/// `{"body": <file with the raw body>, "headers": {"webhook-id", "webhook-timestamp",
+/// "webhook-signature"}}`, `sys.argv[2]` is `key`; it prints `VERIFIED` when all pass.
+/// Returns (it did, its output).
+pub fn python_over_requests(requests: &[Received], script: &str, key: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cases = Vec::new();
     for (i, r) in requests.iter().enumerate() {
@@ -828,24 +866,8 @@ pub fn python_standard_verifies(requests: &[Received], secret: &str) -> (bool, S
             }
         }));
     }
-    let script = "import base64, json, sys
-try:
-    from standardwebhooks.webhooks import Webhook
-except ImportError:
-    print('MISSING: pip install standardwebhooks'); sys.exit(2)
-cases = json.loads(sys.argv[1])
-wh = Webhook('whsec_' + base64.b64encode(sys.argv[2].encode()).decode())
-for c in cases:
-    wh.verify(open(c['body'], 'rb').read(), c['headers'])
-print('VERIFIED')
-";
     let output = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &serde_json::to_string(&cases).unwrap(),
-            secret,
-        ])
+        .args(["-c", script, &serde_json::to_string(&cases).unwrap(), key])
         .output()
         .expect("python3 must be installed");
     let text = format!(

@@ -422,17 +422,7 @@ async fn a_client_certificate_reaches_a_receiver_that_requires_one() {
         .call("POST", "/api/events", Some(event("evt_mtls_2")))
         .await;
     assert_eq!(status, 202, "{answer}");
-    let failed = daemon
-        .wait_until(
-            &format!("/api/webhooks/{id}/deliveries"),
-            std::time::Duration::from_secs(10),
-            |b| b["data"][0]["attempt_count"] == 1,
-        )
-        .await;
-    let delivery = failed["data"][0]["id"].as_str().unwrap();
-    let (_, detail) = daemon
-        .call("GET", &format!("/api/deliveries/{delivery}"), None)
-        .await;
+    let detail = daemon.first_attempt_of(id).await;
     assert_eq!(detail["attempts"][0]["error"], "tls", "{detail}");
     // The receiver got evt_mtls_2 once: from the first webhook, not from this one.
     let second = seen
