@@ -68,6 +68,17 @@ write("webhook_json", "ipv6-port-admin",
       '{"url":"https://[::1]:8443/h","events":["ticket.created","ticket.created"],'
       '"organization_id":"org_1","active":false}')
 write("webhook_json", "userinfo", '{"url":"https://user:pw@example.com/","events":[]}')
+# Issue 16: delivery options.
+write("webhook_json", "options", json.dumps({
+    "url": "https://example.com/hook", "events": ["ticket.*", "system.incident"],
+    "ordering": "key", "ordering_hold_max": "30m", "max_in_flight": 4, "rate_limit": 20,
+    "filter": {"$or": [{"data.priority": {"$in": ["p1", "p2"]}}, {"data.count": {"$gt": 3}}]},
+    "headers": [{"name": "X-Tenant", "value": "acme"}, {"name": "X-Key", "value": "k", "secret": True}],
+    "auth": {"type": "basic", "username": "u", "password": "p"},
+    "proxy": "none", "signature_scheme": ["hmac", "ed25519"],
+}, separators=(",", ":")))
+write("webhook_json", "options-bad-filter",
+      '{"url":"https://example.com/h","events":["*"],"filter":{"data.p":{"$regex":"x"}}}')
 
 # --- url_policy: webhook URLs ------------------------------------------------------------
 

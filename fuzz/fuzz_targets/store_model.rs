@@ -27,9 +27,8 @@ use palo_webhooks::clock;
 use palo_webhooks::event::{self, EventInput, EventType};
 use palo_webhooks::ids::{DeliveryId, EventKey, WebhookId};
 use palo_webhooks::model::{
-    AttemptOutcome,
-    Attempt, AttemptError, Delivery, DeliveryStatus, EventFilter, Secret, Trigger, Webhook,
-    WebhookChanges,
+    Attempt, AttemptError, AttemptOutcome, Delivery, DeliveryStatus, EventFilter, Secret, Trigger,
+    Webhook, WebhookChanges,
 };
 use palo_webhooks::retry::RetrySchedule;
 use palo_webhooks::store::{AcceptOutcome, FanOut, Store};
@@ -428,11 +427,7 @@ fn delete_webhook(store: &Store, model: &mut Model, webhook: u8) {
     let cancelled = cancelled.expect("an existing webhook is deleted");
     assert_eq!(cancelled, expected.len() as u64, "cancelled deliveries");
     // A backlog past one chunk is cancelled by the held sweep: run it to the end.
-    while store
-        .sweep_held(4, model.now_ms)
-        .expect("sweep_held")
-        .more
-    {}
+    while store.sweep_held(4, model.now_ms).expect("sweep_held").more {}
 }
 
 fn accept_event(
@@ -547,7 +542,8 @@ fn record_attempt(store: &Store, model: &mut Model, delivery: u8, outcome: Outco
         response_body_truncated: false,
         trigger,
         retry_after_ms: outcome.retry_after_ms(),
-        error_detail: matches!(outcome, Outcome::Timeout).then(|| "no response within 10s".to_owned()),
+        error_detail: matches!(outcome, Outcome::Timeout)
+            .then(|| "no response within 10s".to_owned()),
     };
     let updated = RUNTIME
         .block_on(store.record_attempt(target.id, attempt, RETRY_SCHEDULE.clone(), now))

@@ -4,7 +4,10 @@
 //! Properties: nothing panics; an accepted URL validates again to itself, carries no
 //! user:password and no fragment, and is the given URL up to its fragment; https accepted
 //! without `--allow-http` is accepted identically with it; an accepted events list is `"*"`
-//! or a non-empty list of distinct public types.
+//! or a non-empty list of distinct public types (or, with a wildcard, names each of its
+//! prefixes as given); the delivery options (issue 16) either are refused with a field or
+//! give options whose filter parses again from its stored source to the same filter and
+//! evaluates without panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -72,8 +75,40 @@ fn check_events(names: &[String]) {
                 assert!(names.iter().any(|n| n == t.as_str()));
             }
         }
+        // Issue 16: wildcards like `ticket.*`, each given in the list.
+        Ok(EventFilter::Wildcards { prefixes, .. }) => {
+            assert!(!prefixes.is_empty());
+            for p in &prefixes {
+                assert!(names.iter().any(|n| *n == format!("{p}.*")), "{p}");
+                assert!(palo_webhooks::model::wildcard_prefix_is_valid(p));
+            }
+        }
         Err(_) => {}
     }
+}
+
+fn check_options(input: &mut WebhookIn) {
+    let policy = palo_webhooks::address::AddressPolicy::default();
+    let context = palo_webhooks::api::options::OptionsContext {
+        allow_http: false,
+        policy: &policy,
+    };
+    let Ok(options) = input.take_options().apply(&Default::default(), context) else {
+        return;
+    };
+    if let Some(filter) = &options.filter {
+        let again = palo_webhooks::filter::Filter::from_source(filter.source())
+            .expect("a stored filter parses again");
+        assert_eq!(&again, filter);
+        let envelope = serde_json::json!({"event_type": "ticket.created",
+            "data": {"priority": "p1", "count": 3, "tags": ["a"], "n": null}});
+        assert_eq!(again.matches(&envelope), filter.matches(&envelope));
+    }
+    assert!(options.headers.len() <= palo_webhooks::model::MAX_CUSTOM_HEADERS);
+    if let Some(n) = options.max_in_flight {
+        assert!((1..=palo_webhooks::model::MAX_IN_FLIGHT_LIMIT).contains(&n));
+    }
+    assert_ne!(options.rate_limit, Some(0));
 }
 
 fuzz_target!(|bytes: &[u8]| {
@@ -84,10 +119,11 @@ fuzz_target!(|bytes: &[u8]| {
     if json_strict::validate(text).is_err() {
         return;
     }
-    let Ok(input) = serde_json::from_str::<WebhookIn>(text) else {
+    let Ok(mut input) = serde_json::from_str::<WebhookIn>(text) else {
         return;
     };
     check_url(&input.url, false);
     check_url(&input.url, true);
     check_events(&input.events);
+    check_options(&mut input);
 });
