@@ -962,13 +962,14 @@ fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
             Value::Array(rows) if rows.is_empty() && key == "failure_streaks" => {
                 out!("{indent}{key}: none")
             }
-            _ if key == "data" => out!("{indent}{key}: {v}"),
+            _ if key == "data" || key == "filter" => out!("{indent}{key}: {v}"),
             _ => out!("{indent}{key}: {}", cell(v)),
         }
     }
     for (key, v) in map {
         match v {
-            Value::Object(inner) if key == "data" => {
+            // An event's data and a webhook's filter read best as the JSON they are.
+            Value::Object(inner) if key == "data" || key == "filter" => {
                 out!("{indent}{key}: {}", Value::Object(inner.clone()))
             }
             Value::Object(inner) => {
@@ -981,6 +982,7 @@ fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
                     "attempts" => ATTEMPT_COLUMNS,
                     "failure_streaks" => &["webhook_id", "organization_id", "streak", "url"][..],
                     "daemons" => &["id", "address"][..],
+                    "headers" => &["name", "value", "secret"][..],
                     _ => &["id", "webhook_id", "status"][..],
                 };
                 print_table(rows, columns);

@@ -386,7 +386,12 @@ impl OptionsIn {
             options.client_certificate = cert.map(validate_client_certificate).transpose()?;
         }
         if let Some(schemes) = self.signature_scheme {
-            let ed25519 = parse_schemes(schemes.as_deref().unwrap_or(&[]))?;
+            // `null` is the default, HMAC only.
+            let ed25519 = schemes
+                .as_deref()
+                .map(parse_schemes)
+                .transpose()?
+                .unwrap_or(false);
             options.ed25519_seed = match (ed25519, options.ed25519_seed.take()) {
                 (true, Some(seed)) => Some(seed),
                 (true, None) => Some(Secret(crate::ids::random_hex(32))),
@@ -662,7 +667,7 @@ pub(super) async fn public_key(
             ApiError::new(
                 StatusCode::CONFLICT,
                 "ed25519_not_enabled",
-                "this webhook signs with HMAC only: PATCH \"signature_scheme\": [\"hmac\", \"ed25519\"] first",
+                "this webhook signs with HMAC only: set \"signature_scheme\": [\"hmac\", \"ed25519\"] first (CLI: webhooks update ID --signature-scheme hmac,ed25519)",
             )
         })?;
     Ok(Json(PublicKeyOut {

@@ -31,7 +31,7 @@ pub enum WebhookCommand {
         /// The webhook's target URL (https).
         #[arg(value_name = "URL")]
         target_url: String,
-        /// Event types, comma-separated, or "*".
+        /// Event types, comma-separated: names, "*", or wildcards like "ticket.*".
         #[arg(long, value_delimiter = ',', required = true)]
         events: Vec<String>,
         /// Signing secret (at least 32 characters); generated when absent.

@@ -74,8 +74,10 @@ impl Inner {
     }
 
     /// After a delivery of an ordered webhook ended: the next one of its key, if it waits,
-    /// is made due now. In a task of its own; a failure only delays it to its postponed
-    /// time.
+    /// is made due now. Only a head never attempted is brought forward: one with attempts
+    /// is on its own retry schedule (it may be the blocker that `ordering_hold_max` let
+    /// others pass), which this must not shorten. In a task of its own; a failure only
+    /// delays it to its postponed time.
     pub(super) fn next_in_order(self: &Arc<Self>, webhook: &Webhook, ended: &Delivery) {
         if !is_ordered(webhook, ended) || !ended.status.is_final() {
             return;
@@ -85,7 +87,7 @@ impl Inner {
         tokio::spawn(async move {
             let head = blocking(&inner.store, move |s| s.ordering_head(webhook_id, &key)).await;
             let now = clock::now_ms();
-            if let Ok(Some(head)) = head {
+            if let Ok(Some(head)) = head.map(|h| h.filter(|h| h.attempt_count == 0)) {
                 if let Some(due) = head.next_attempt_at_ms.filter(|due| *due > now) {
                     let _ = blocking(&inner.store, move |s| s.resume_held(&[(head.id, due)], now))
                         .await;

@@ -30,21 +30,31 @@ async fn create(daemon: &support::Daemon, body: Value) -> (u16, Value) {
 }
 
 /// Verifies each request's `v1a` entry with Python's `cryptography` (an Ed25519
-/// implementation independent of ours, installed by `.ci/run`) and the `whpk_` key.
+/// implementation independent of ours, installed by `.ci/run`) and the `whpk_` key, through
+/// the README's own `verify_v1a`, so the documented receiver code is what is tested.
 fn python_ed25519_verifies(requests: &[support::Received], public_key: &str) -> (bool, String) {
-    let script = "import base64, json, sys
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-key = Ed25519PublicKey.from_public_bytes(base64.b64decode(sys.argv[2].removeprefix('whpk_')))
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```python")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default())
+        .find(|code| code.contains("def verify_v1a"))
+        .expect("the README shows verify_v1a");
+    let script = format!(
+        "{block}
+import json, sys
 for c in json.loads(sys.argv[1]):
-    h = c['headers']
-    body = open(c['body'], 'rb').read()
-    entries = [e.split(',', 1) for e in h['webhook-signature'].split(' ')]
-    sigs = [base64.b64decode(s) for v, s in entries if v == 'v1a']
-    assert len(sigs) == 1, h['webhook-signature']
-    key.verify(sigs[0], h['webhook-id'].encode() + b'.' + h['webhook-timestamp'].encode() + b'.' + body)
+    ok = verify_v1a(open(c['body'], 'rb').read(), c['headers'], sys.argv[2])
+    assert ok, c['headers']
+    # A changed body and a request without a v1a entry are refused.
+    assert not verify_v1a(open(c['body'], 'rb').read() + b' ', c['headers'], sys.argv[2])
+    plain = dict(c['headers'], **{{'webhook-signature': c['headers']['webhook-signature'].split(' ')[0]}})
+    assert not verify_v1a(open(c['body'], 'rb').read(), plain, sys.argv[2])
 print('VERIFIED')
-";
-    support::python_over_requests(requests, script, public_key)
+"
+    );
+    support::python_over_requests(requests, &script, public_key)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,7 +139,8 @@ async fn headers_basic_and_bearer_auth_and_ed25519_signatures_reach_the_receiver
         .call(
             "PATCH",
             &format!("/api/webhooks/{id}"),
-            Some(json!({"signature_scheme": ["hmac"], "auth": null})),
+            // `null` is the default: HMAC only.
+            Some(json!({"signature_scheme": null, "auth": null})),
         )
         .await;
     assert_eq!(status, 200);

@@ -194,3 +194,69 @@ async fn an_explicit_ordering_key_wins_and_unordered_webhooks_do_not_wait() {
         assert_eq!(status, 422, "{bad}: {answer}");
     }
 }
+
+/// `ordering_hold_max` lets later deliveries of a key pass a failing one after the hold,
+/// and the one passed keeps its own retry schedule (regression, new-user pass: when the
+/// delivery that passed it ended, the failing one was made due at once, spending a
+/// scheduled attempt hours early).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_max_lets_the_key_go_on_without_hurrying_the_one_it_passed() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    // The first event's deliveries fail; the others succeed.
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    let failing = Receiver::start(Behaviour::Status(503)).await;
+    let (status, created) = daemon
+        .call(
+            "POST",
+            "/api/webhooks",
+            Some(json!({"url": failing.url, "events": ["*"], "secret": SECRET, "organization_id": "org_k",
+                        "ordering": "key", "ordering_hold_max": "1s"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, answer) = daemon.call("POST", "/api/events", Some(event(0))).await;
+    assert_eq!(status, 202, "{answer}");
+    failing.wait_for(1, Duration::from_secs(10)).await;
+    // Now the receiver answers 200: event 20 (same key T-0) waits, then passes after 1 s.
+    let (status, _) = daemon
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{id}"),
+            Some(json!({"url": receiver.url})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = daemon.call("POST", "/api/events", Some(event(20))).await;
+    assert_eq!(status, 202);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].json()["event_id"], "o-20");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, page) = daemon
+        .call("GET", &format!("/api/webhooks/{id}/deliveries"), None)
+        .await;
+    let first = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == "o-0")
+        .unwrap()
+        .clone();
+    assert_eq!(first["attempt_count"], 1, "{first}");
+    assert_eq!(first["status"], "retrying", "{first}");
+    let next = first["next_attempt_at"].as_str().unwrap();
+    let next_s = time::OffsetDateTime::parse(next, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        next_s - now > 3000,
+        "its retry was brought forward: {first}"
+    );
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "{:?}",
+        receiver.received().len()
+    );
+}
