@@ -20,7 +20,7 @@ use super::{
 };
 
 /// Every table of the layout, by name; [`FileStore::backup_to`] copies each.
-const TABLES: [&str; 19] = [
+const TABLES: [&str; 20] = [
     "meta",
     "webhooks",
     "org_webhooks",
@@ -40,6 +40,7 @@ const TABLES: [&str; 19] = [
     "job_items",
     "job_outstanding",
     "delivery_search",
+    "ordering",
 ];
 
 /// What [`FileStore::backup_to`] copied.
