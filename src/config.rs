@@ -59,7 +59,8 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_network: Vec<String>,
-    /// Outbound HTTP proxy for deliveries, `http://[user:password@]host:port`: each
+    /// Outbound HTTP proxy for deliveries, `http://[user:password@]host:port` (or `https://`,
+    /// TLS to the proxy): each
     /// connection is a CONNECT tunnel to the address the daemon resolved and checked
     /// [default: none].
     #[arg(long, env = "PALO_WEBHOOKS_PROXY")]

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::proxy::ProxyRoute;
+use super::proxy::{Conn, ProxyRoute};
 use super::tls::{tls_config, TlsSettings};
 use crate::address::{self, PolicyCell};
 
@@ -132,11 +132,13 @@ pub struct GuardedConnector {
     policy: Option<Arc<PolicyCell>>,
     /// Connections to hosts it applies to go through this proxy's tunnel (issue 16).
     proxy: Option<Arc<ProxyRoute>>,
+    /// The TLS configuration toward an `https://` proxy (the delivery roots).
+    proxy_tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
 }
 
 impl tower::Service<Uri> for GuardedConnector {
-    type Response = <HttpConnector<Resolver> as tower::Service<Uri>>::Response;
+    type Response = hyper_util::rt::TokioIo<Conn>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -163,10 +165,20 @@ impl tower::Service<Uri> for GuardedConnector {
             let resolver = Resolver {
                 policy: self.policy.clone(),
             };
-            return Box::pin(through_proxy(route, resolver, uri, self.connect_timeout));
+            let tls = Arc::clone(&self.proxy_tls);
+            return Box::pin(through_proxy(
+                route,
+                resolver,
+                uri,
+                self.connect_timeout,
+                tls,
+            ));
         }
         let connecting = tower::Service::<Uri>::call(&mut self.inner, uri);
-        Box::pin(async move { connecting.await.map_err(Into::into) })
+        Box::pin(async move {
+            let io = connecting.await.map_err(Into::<BoxError>::into)?;
+            Ok(hyper_util::rt::TokioIo::new(Conn::Plain(io.into_inner())))
+        })
     }
 }
 
@@ -178,7 +190,8 @@ async fn through_proxy(
     mut resolver: Resolver,
     uri: Uri,
     connect_timeout: Duration,
-) -> Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>, BoxError> {
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<hyper_util::rt::TokioIo<Conn>, BoxError> {
     let host = uri.host().unwrap_or_default();
     let port = uri
         .port_u16()
@@ -202,7 +215,7 @@ async fn through_proxy(
     };
     let stream = route
         .proxy
-        .tunnel(SocketAddr::new(ip, port), connect_timeout)
+        .tunnel(SocketAddr::new(ip, port), connect_timeout, &tls)
         .await?;
     Ok(hyper_util::rt::TokioIo::new(stream))
 }
@@ -262,6 +275,7 @@ fn build(
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
+    let proxy_tls = Arc::new(tls.clone());
     // Both protocols are offered by ALPN, so an h2-only receiver works.
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -272,6 +286,7 @@ fn build(
             inner: http,
             policy,
             proxy,
+            proxy_tls,
             connect_timeout,
         });
     let (idle, max_idle) = match pooling {

@@ -1,6 +1,8 @@
-//! The outbound proxy (issue 16): `--proxy http://host:port` (with `--no-proxy` hosts that go
-//! direct) and a webhook's own `proxy` (`"none"` or a URL). Deliveries go through an HTTP
-//! `CONNECT` tunnel (RFC 9110 §9.3.6), for http and https receivers alike.
+//! The outbound proxy (issue 16): `--proxy http://host:port` or `https://host:port` (with
+//! `--no-proxy` hosts that go direct) and a webhook's own `proxy` (`"none"` or a URL).
+//! Deliveries go through an HTTP `CONNECT` tunnel (RFC 9110 §9.3.6), for http and https
+//! receivers alike; to an `https://` proxy, the CONNECT itself goes over TLS (verified with
+//! the delivery roots), and an https receiver's TLS runs inside that.
 //!
 //! The address policy still holds: the daemon resolves the receiver's host itself, checks
 //! every address against the policy, and asks the proxy for the checked address
@@ -12,8 +14,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A proxy failed or refused the tunnel: found in an error's source chain, the attempt is
@@ -30,6 +36,8 @@ pub struct ProxyFailure {
 /// An HTTP proxy that tunnels with `CONNECT`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
+    /// Whether the connection to the proxy is TLS (`https://`).
+    tls: bool,
     host: String,
     port: u16,
     /// `Proxy-Authorization: Basic ...` from the URL's user:password, when given.
@@ -46,26 +54,23 @@ impl std::fmt::Debug for Proxy {
 const MAX_CONNECT_HEAD_BYTES: usize = 8 * 1024;
 
 impl Proxy {
-    /// Parses `http://[user:password@]host:port`.
+    /// Parses `http://[user:password@]host:port` or `https://...`.
     ///
     /// # Errors
-    /// A sentence for the operator or the API: not a URL, another scheme (an `https://`
-    /// proxy is not supported: the tunnel to the proxy itself is plain HTTP), a path, or no
+    /// A sentence for the operator or the API: not a URL, another scheme, a path, or no
     /// host.
     pub fn parse(text: &str) -> Result<Proxy, String> {
         let url = url::Url::parse(text.trim())
             .map_err(|_| "must be a URL like http://proxy.internal:3128".to_owned())?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => {
                 return Err(
-                    "must be an http:// proxy (deliveries to https receivers stay encrypted \
-                     end to end inside its CONNECT tunnel); https:// proxies are not supported"
-                        .to_owned(),
+                    "must be an http:// or https:// URL like http://proxy.internal:3128".to_owned(),
                 )
             }
-            _ => return Err("must be an http:// URL like http://proxy.internal:3128".to_owned()),
-        }
+        };
         if !matches!(url.path(), "" | "/") || url.query().is_some() {
             return Err("must name only a host and port, like http://proxy.internal:3128".into());
         }
@@ -88,18 +93,21 @@ impl Proxy {
             )
         });
         Ok(Proxy {
+            tls,
             host,
-            port: url.port().unwrap_or(80),
+            port: url.port().unwrap_or(if tls { 443 } else { 80 }),
             authorization,
         })
     }
 
-    /// `http://host:port`, without credentials: what logs and errors may show.
+    /// `http://host:port` (or `https://`), without credentials: what logs and errors may
+    /// show.
     pub fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            format!("http://[{}]:{}", self.host, self.port)
+            format!("{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            format!("http://{}:{}", self.host, self.port)
+            format!("{scheme}://{}:{}", self.host, self.port)
         }
     }
 
@@ -111,25 +119,46 @@ impl Proxy {
     }
 
     /// Opens a tunnel to `target` (an address the policy permitted) through the proxy,
-    /// within `connect_timeout` for the TCP connection and the proxy's answer together.
+    /// within `connect_timeout` for the connection, the TLS handshake with an `https://`
+    /// proxy (`tls`: the delivery roots) and the proxy's answer together.
     ///
     /// # Errors
-    /// [`ProxyFailure`]: the proxy could not be reached, or answered other than 2xx.
+    /// [`ProxyFailure`]: the proxy could not be reached, its certificate was refused, or it
+    /// answered other than 2xx.
     pub async fn tunnel(
         &self,
         target: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<TcpStream, ProxyFailure> {
-        tokio::time::timeout(connect_timeout, self.open(target))
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Conn, ProxyFailure> {
+        tokio::time::timeout(connect_timeout, self.open(target, tls))
             .await
             .map_err(|_| self.fail("no tunnel within the connect timeout"))?
     }
 
-    async fn open(&self, target: SocketAddr) -> Result<TcpStream, ProxyFailure> {
-        let mut stream = TcpStream::connect((self.host.as_str(), self.port))
+    async fn open(
+        &self,
+        target: SocketAddr,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Conn, ProxyFailure> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| self.fail(format!("cannot connect: {e}")))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = if self.tls {
+            let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                .map_err(|_| self.fail("its host is not a valid TLS server name"))?;
+            // The CONNECT is HTTP/1.1: no ALPN toward the proxy.
+            let mut config = (**tls).clone();
+            config.alpn_protocols.clear();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| self.fail(format!("TLS with the proxy failed: {e}")))?;
+            Conn::Tls(Box::new(tls))
+        } else {
+            Conn::Plain(tcp)
+        };
         let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
         if let Some(authorization) = &self.authorization {
             head.push_str(&format!("Proxy-Authorization: {authorization}\r\n"));
@@ -162,6 +191,65 @@ impl Proxy {
             )));
         }
         Ok(stream)
+    }
+}
+
+/// A delivery connection: plain TCP (direct, or a tunnel through an `http://` proxy), or a
+/// TLS connection to an `https://` proxy with the tunnel inside it.
+#[derive(Debug)]
+pub enum Conn {
+    /// TCP.
+    Plain(TcpStream),
+    /// TLS to the proxy.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for Conn {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        match self {
+            Conn::Plain(s) => s.connected(),
+            Conn::Tls(s) => s.get_ref().0.connected(),
+        }
     }
 }
 
@@ -227,9 +315,8 @@ mod tests {
             Proxy::parse("http://[::1]:8080").unwrap().origin(),
             "http://[::1]:8080"
         );
-        assert!(Proxy::parse("https://proxy:3128")
-            .unwrap_err()
-            .contains("https://"));
+        let tls = Proxy::parse("https://proxy.internal").unwrap();
+        assert_eq!(tls.origin(), "https://proxy.internal:443");
         assert!(Proxy::parse("socks5://proxy:1080").is_err());
         assert!(Proxy::parse("http://proxy:3128/path").is_err());
         assert!(Proxy::parse("proxy:3128").is_err());

@@ -11,20 +11,40 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{self, Behaviour, Receiver, SECRET};
 
+/// What the proxy talks over: TCP or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// A CONNECT proxy on 127.0.0.1: records each CONNECT target and its Proxy-Authorization,
 /// then tunnels. Returns its URL and the record.
 async fn connect_proxy() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    connect_proxy_over(None).await
+}
+
+/// [`connect_proxy`], over TLS with this acceptor when given (an `https://` proxy).
+async fn connect_proxy_over(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let record = Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
-            let Ok((mut client, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
             let record = Arc::clone(&record);
+            let tls = tls.clone();
             tokio::spawn(async move {
+                let mut client: Box<dyn Stream> = match tls {
+                    None => Box::new(tcp),
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(tls) => Box::new(tls),
+                        Err(_) => return,
+                    },
+                };
                 let mut head = Vec::new();
                 while !head.ends_with(b"\r\n\r\n") {
                     let Ok(byte) = client.read_u8().await else {
@@ -143,7 +163,7 @@ async fn deliveries_go_through_a_connect_proxy_asked_for_the_checked_address() {
     assert_eq!(shown["proxy"], proxy_url);
     assert!(!daemon.log_text().contains("pr0xy-pass"));
     // Bad proxies are refused.
-    for bad in ["https://proxy:3128", "socks5://p:1", "not a url"] {
+    for bad in ["socks5://p:1", "not a url", "http://proxy:3128/path"] {
         let (status, answer) = daemon
             .call(
                 "POST",
@@ -178,4 +198,54 @@ async fn a_forbidden_address_is_refused_before_the_proxy_is_asked() {
         "{detail}"
     );
     assert!(seen.lock().unwrap().is_empty(), "the proxy was asked");
+}
+
+/// An `https://` proxy: the daemon speaks TLS to the proxy (verified with the delivery
+/// roots, here an extra CA), sends CONNECT inside, and the delivery goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_go_through_an_https_proxy() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let (proxy_url, seen) =
+        connect_proxy_over(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca.pem()).unwrap();
+    let daemon = support::start(&[
+        "--allow-http",
+        "--retry-schedule",
+        "1h",
+        "--proxy",
+        &proxy_url,
+        "--extra-ca-file",
+        ca_file.path().to_str().unwrap(),
+    ]);
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    webhook(&daemon, &receiver.url, json!({})).await;
+    daemon
+        .call("POST", "/api/events", Some(event("evt_px3")))
+        .await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the delivery went through the proxy"
+    );
 }
