@@ -33,6 +33,32 @@ fn main() -> ExitCode {
             }
         };
     }
+    match &cli.command {
+        Command::Verify(args) => {
+            return match palo_webhooks::cli::verify::run(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Completions { shell } => {
+            palo_webhooks::cli::offline::print_completions(*shell);
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { out_dir } => {
+            return match palo_webhooks::cli::offline::write_man(out_dir.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     if let Command::Check(args) = &cli.command {
         return match palo_webhooks::cli::run_check(args) {
             Ok(true) => ExitCode::SUCCESS,

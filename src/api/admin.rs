@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, Caller};
 use crate::clock::{self, format_ms};
@@ -89,43 +89,113 @@ pub(super) async fn backup(
 pub(super) async fn status(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<StatusOut>, ApiError> {
     caller.require_admin()?;
     let now = clock::now_ms();
     let (summary, db_size) = blocking(&state.store, move |s| {
         Ok((s.status_summary(now)?, s.size_bytes().unwrap_or(0)))
     })
     .await?;
-    let (due_now, later, oldest) = summary.due;
-    let by_status: serde_json::Map<String, serde_json::Value> = DeliveryStatus::ALL
-        .iter()
-        .zip(summary.by_status)
-        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
-        .collect();
-    let streaks: Vec<serde_json::Value> = summary
-        .streaks
-        .iter()
-        .map(|s| {
-            json!({"webhook_id": s.webhook_id.to_string(), "organization_id": s.organization_id,
-                   "url": s.url, "streak": s.streak})
-        })
-        .collect();
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "db_size_bytes": db_size,
-        "deliveries": by_status,
-        "due_now": due_now,
-        "scheduled_later": later,
-        "oldest_overdue_at": oldest.map(format_ms),
-        "oldest_overdue_seconds": oldest.map(|due| now.saturating_sub(due) / 1000),
-        "in_flight": state.scheduler.in_flight(),
-        "failure_streaks": streaks,
-        "store": state.store.backend_name(),
-        "cluster": state.scheduler.cluster_status().map(|c| json!({
-            "node": c.node,
-            "daemons": c.daemons.iter().map(|(id, address)| json!({"id": id, "address": address})).collect::<Vec<_>>(),
-            "serving_webhooks": c.serving.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })),
-    })))
+    let (due_now, scheduled_later, oldest) = summary.due;
+    Ok(Json(StatusOut {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        db_size_bytes: db_size,
+        deliveries: DeliveryStatus::ALL
+            .iter()
+            .zip(summary.by_status)
+            .map(|(s, n)| (s.as_str().to_owned(), n))
+            .collect(),
+        due_now,
+        scheduled_later,
+        oldest_overdue_at: oldest.map(format_ms),
+        oldest_overdue_seconds: oldest.map(|due| now.saturating_sub(due) / 1000),
+        in_flight: state.scheduler.in_flight() as u64,
+        failure_streaks: summary
+            .streaks
+            .iter()
+            .map(|s| StreakOut {
+                webhook_id: s.webhook_id.to_string(),
+                organization_id: s.organization_id.clone(),
+                url: s.url.clone(),
+                streak: s.streak,
+            })
+            .collect(),
+        store: state.store.backend_name().to_owned(),
+        cluster: state.scheduler.cluster_status().map(|c| ClusterOut {
+            node: c.node.clone(),
+            daemons: c
+                .daemons
+                .iter()
+                .map(|(id, address)| DaemonOut {
+                    id: id.clone(),
+                    address: address.clone(),
+                })
+                .collect(),
+            serving_webhooks: c.serving.iter().map(ToString::to_string).collect(),
+        }),
+    }))
+}
+
+/// `GET /api/admin/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusOut {
+    /// The daemon's version (Cargo's).
+    pub version: String,
+    /// Seconds since this daemon started.
+    pub uptime_seconds: u64,
+    /// The store's size, bytes (the redb file, or the PostgreSQL database).
+    pub db_size_bytes: u64,
+    /// Deliveries by status name (`pending`, `retrying`, `held`, `succeeded`, `failed`,
+    /// `cancelled`).
+    pub deliveries: std::collections::BTreeMap<String, u64>,
+    /// Unfinished deliveries due now.
+    pub due_now: u64,
+    /// Unfinished deliveries due later.
+    pub scheduled_later: u64,
+    /// RFC 3339: when the oldest overdue delivery was due; null when none is.
+    pub oldest_overdue_at: Option<String>,
+    /// Seconds it is overdue; null when none is.
+    pub oldest_overdue_seconds: Option<u64>,
+    /// Attempts open now in this daemon.
+    pub in_flight: u64,
+    /// Webhooks whose recent attempts all failed, longest streak first.
+    pub failure_streaks: Vec<StreakOut>,
+    /// `file` or `postgres`.
+    pub store: String,
+    /// On PostgreSQL: this daemon, the live daemons and the webhooks this one serves.
+    pub cluster: Option<ClusterOut>,
+}
+
+/// A webhook on a failing streak.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreakOut {
+    /// `wh_<ULID>`.
+    pub webhook_id: String,
+    /// Its organization.
+    pub organization_id: String,
+    /// Its URL.
+    pub url: String,
+    /// Its newest deliveries in a row that are `failed` or `retrying`.
+    pub streak: u64,
+}
+
+/// The cluster part of the status (PostgreSQL).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterOut {
+    /// This daemon's id.
+    pub node: String,
+    /// The live daemons.
+    pub daemons: Vec<DaemonOut>,
+    /// The webhooks this daemon serves.
+    pub serving_webhooks: Vec<String>,
+}
+
+/// One live daemon.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DaemonOut {
+    /// Its id.
+    pub id: String,
+    /// The address it announced.
+    pub address: String,
 }

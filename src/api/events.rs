@@ -55,6 +55,7 @@ pub(super) async fn ingest_event(
                 Json(EventAccepted {
                     event_id: event.event_id,
                     deliveries: deliveries.len(),
+                    delivery_ids: deliveries.iter().map(|d| d.id.to_string()).collect(),
                 }),
             ))
         }
@@ -62,6 +63,7 @@ pub(super) async fn ingest_event(
             StatusCode::OK,
             Json(EventAccepted {
                 deliveries: event.delivery_ids.len(),
+                delivery_ids: event.delivery_ids.iter().map(ToString::to_string).collect(),
                 event_id: event.event_id,
             }),
         )),

@@ -18,26 +18,30 @@ use crate::model::{DeliveryStatus, Job, JobKind, JobState};
 use crate::store::blocking;
 
 /// `POST /api/webhooks/{id}/recover`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverIn {
     /// Start of the window (RFC 3339), on the deliveries' creation time.
     pub since: String,
     /// End of the window (RFC 3339, exclusive); default now.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// Statuses to re-send: any of `failed`, `succeeded`, `cancelled`; default `["failed"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub statuses: Option<Vec<String>>,
 }
 
 /// `POST /api/webhooks/{id}/replay`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayIn {
     /// Start of the window (RFC 3339), on the events' time of ingest.
     pub since: String,
     /// End of the window (RFC 3339, exclusive); default now.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// Event types to replay; default: the types the webhook subscribes to now.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event_types: Option<Vec<String>>,
 }
 

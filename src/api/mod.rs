@@ -5,7 +5,7 @@
 //! scheduler, and maps every failure to `{"error":{"code","message"}}` with the right status.
 //! Architecture invariant: a resource of another organization is answered 404, never 403.
 
-mod admin;
+pub mod admin;
 mod deliveries;
 mod error;
 mod events;

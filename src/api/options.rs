@@ -93,8 +93,10 @@ pub enum AuthIn {
         /// Write-only.
         client_secret: String,
         /// Optional `scope`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<String>,
         /// Optional `audience`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         audience: Option<String>,
     },
 }
@@ -187,38 +189,78 @@ impl AuthOut {
 
 /// The delivery options of a create or a PATCH. Absent fields leave what is stored;
 /// `null` resets a field to its default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct OptionsIn {
     /// `none` or `key`.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ordering: Option<Option<String>>,
     /// A duration (`30m`); `null` holds a key until its delivery ends.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ordering_hold_max: Option<Option<String>>,
     /// 1..=64; `null` for the daemon's per-webhook value.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_in_flight: Option<Option<u32>>,
     /// Requests per second, at least 1; `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate_limit: Option<Option<u32>>,
     /// A filter document ([`crate::filter`]); `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub filter: Option<Option<serde_json::Value>>,
     /// The whole list, replacing the stored one; `null` or `[]` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub headers: Option<Option<Vec<HeaderIn>>>,
     /// `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub auth: Option<Option<AuthIn>>,
     /// `["hmac"]` or `["hmac", "ed25519"]`.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub signature_scheme: Option<Option<Vec<String>>>,
     /// A client certificate for mutual TLS; `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_certificate: Option<Option<ClientCertificateIn>>,
     /// `"none"` (direct), an `http://[user:password@]host:port` proxy, or `null` for the
     /// daemon's `--proxy`.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub proxy: Option<Option<String>>,
 }
 

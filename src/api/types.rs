@@ -8,7 +8,7 @@ use crate::clock::format_ms;
 use crate::model::{ApiKey, Attempt, Delivery, Event, Webhook};
 
 /// `POST /api/webhooks` (spec "Créer un webhook").
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookIn {
     /// Absolute https URL (http with `--allow-http`).
@@ -16,88 +16,177 @@ pub struct WebhookIn {
     /// Event type names, or `["*"]`.
     pub events: Vec<String>,
     /// At least 32 characters; generated when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
     /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Required with the admin token.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub organization_id: Option<String>,
     /// `none` or `key` (issue 16): see [`super::options::OptionsIn`] for every option.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ordering: Option<Option<String>>,
     /// A duration; how long one delivery may hold its ordering key.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ordering_hold_max: Option<Option<String>>,
     /// 1..=64, or null for the daemon's per-webhook value.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_in_flight: Option<Option<u32>>,
     /// Requests per second, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate_limit: Option<Option<u32>>,
     /// A filter document on the envelope, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub filter: Option<Option<serde_json::Value>>,
     /// Custom headers (the whole list).
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
     /// Receiver authentication, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub auth: Option<Option<super::options::AuthIn>>,
     /// `["hmac"]` or `["hmac", "ed25519"]`.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub signature_scheme: Option<Option<Vec<String>>>,
     /// A client certificate for mutual TLS, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
     /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub proxy: Option<Option<String>>,
 }
 
 /// `PATCH /api/webhooks/{id}`: any subset of the fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
     /// New URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// New subscriptions.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
     /// New secret (at least 32 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Activate or deactivate.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
     /// New description.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// `none` or `key` (issue 16): see [`super::options::OptionsIn`] for every option.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ordering: Option<Option<String>>,
     /// A duration; how long one delivery may hold its ordering key.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ordering_hold_max: Option<Option<String>>,
     /// 1..=64, or null for the daemon's per-webhook value.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_in_flight: Option<Option<u32>>,
     /// Requests per second, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate_limit: Option<Option<u32>>,
     /// A filter document on the envelope, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub filter: Option<Option<serde_json::Value>>,
     /// Custom headers (the whole list).
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
     /// Receiver authentication, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub auth: Option<Option<super::options::AuthIn>>,
     /// `["hmac"]` or `["hmac", "ed25519"]`.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub signature_scheme: Option<Option<Vec<String>>>,
     /// A client certificate for mutual TLS, or null.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
     /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
-    #[serde(default, deserialize_with = "super::options::present")]
+    #[serde(
+        default,
+        deserialize_with = "super::options::present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub proxy: Option<Option<String>>,
 }
 
@@ -119,10 +208,33 @@ macro_rules! take_options {
     };
 }
 
+/// Puts delivery options into a create or a PATCH (the CLI builds its requests this way).
+macro_rules! put_options {
+    ($input:expr, $options:expr) => {{
+        let o: super::options::OptionsIn = $options;
+        $input.ordering = o.ordering;
+        $input.ordering_hold_max = o.ordering_hold_max;
+        $input.max_in_flight = o.max_in_flight;
+        $input.rate_limit = o.rate_limit;
+        $input.filter = o.filter;
+        $input.headers = o.headers;
+        $input.auth = o.auth;
+        $input.signature_scheme = o.signature_scheme;
+        $input.client_certificate = o.client_certificate;
+        $input.proxy = o.proxy;
+    }};
+}
+
 impl WebhookIn {
     /// Its delivery options (taken out; the fields are left empty).
     pub fn take_options(&mut self) -> super::options::OptionsIn {
         take_options!(self)
+    }
+
+    /// Sets its delivery options to `options` (absent ones stay absent).
+    pub fn with_options(mut self, options: super::options::OptionsIn) -> Self {
+        put_options!(self, options);
+        self
     }
 }
 
@@ -130,6 +242,12 @@ impl WebhookPatch {
     /// Its delivery options (taken out; the fields are left empty).
     pub fn take_options(&mut self) -> super::options::OptionsIn {
         take_options!(self)
+    }
+
+    /// Sets its delivery options to `options` (absent ones stay absent).
+    pub fn with_options(mut self, options: super::options::OptionsIn) -> Self {
+        put_options!(self, options);
+        self
     }
 }
 
@@ -240,13 +358,15 @@ impl From<&Webhook> for WebhookOut {
 }
 
 /// `POST /api/webhooks/{id}/rotate-secret`: both fields optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecretIn {
     /// The new secret (at least 32 characters); generated when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// How long the old secret keeps signing `webhook-signature`, a duration like `24h`
     /// (default 24h, at most 7d; `0s` for no overlap).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grace: Option<String>,
 }
 
@@ -276,6 +396,9 @@ pub struct EventAccepted {
     pub event_id: String,
     /// How many deliveries fan-out created.
     pub deliveries: usize,
+    /// Their ids (`dlv_<ULID>`), one per subscribed webhook.
+    #[serde(default)]
+    pub delivery_ids: Vec<String>,
 }
 
 /// A delivery in an event's answer.
@@ -290,7 +413,7 @@ pub struct EventDeliveryOut {
 }
 
 /// `GET /api/events/{id}`: the envelope's fields exactly as delivered, plus bookkeeping.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct EventOut {
     /// Envelope `event_id`.
     pub event_id: String,
@@ -457,12 +580,13 @@ pub struct AttemptResultOut {
 }
 
 /// `POST /api/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyIn {
     /// The organization the key acts for.
     pub organization_id: String,
     /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
 

@@ -3,22 +3,11 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::json;
 
-use super::{encode_component, Request};
-
-/// Columns of a job in tables.
-pub(super) const JOB_COLUMNS: &[&str] = &[
-    "id",
-    "kind",
-    "webhook_id",
-    "state",
-    "matched",
-    "queued",
-    "succeeded",
-    "failed",
-    "created_at",
-];
+use super::client::{encode_component, query, Request};
+use super::output::JOB_COLUMNS;
+use crate::api::jobs::{JobOut, RecoverIn, ReplayIn};
+use crate::api::types::Page;
 
 /// The webhook actions that start a job.
 #[derive(Debug, Subcommand)]
@@ -81,50 +70,42 @@ pub enum JobCommand {
 }
 
 /// The request of a webhook job action.
-pub(super) fn webhook_job_request(action: WebhookJobCommand) -> Request {
-    let (path, body) = match action {
+///
+/// # Errors
+/// The body cannot be serialized (never with these types).
+pub(super) fn webhook_job_request(action: WebhookJobCommand) -> Result<Request> {
+    let nonempty = |list: Vec<String>| (!list.is_empty()).then_some(list);
+    match action {
         WebhookJobCommand::Recover {
             id,
             since,
             until,
             statuses,
-        } => {
-            let mut body = json!({ "since": since });
-            if let Some(until) = until {
-                body["until"] = json!(until);
-            }
-            if !statuses.is_empty() {
-                body["statuses"] = json!(statuses);
-            }
-            (
-                format!("/api/webhooks/{}/recover", encode_component(&id)),
-                body,
-            )
-        }
+        } => Request::with_body::<_, JobOut>(
+            "POST",
+            format!("/api/webhooks/{}/recover", encode_component(&id)),
+            &RecoverIn {
+                since,
+                until,
+                statuses: nonempty(statuses),
+            },
+            JOB_COLUMNS,
+        ),
         WebhookJobCommand::Replay {
             id,
             since,
             until,
             event_types,
-        } => {
-            let mut body = json!({ "since": since });
-            if let Some(until) = until {
-                body["until"] = json!(until);
-            }
-            if !event_types.is_empty() {
-                body["event_types"] = json!(event_types);
-            }
-            (
-                format!("/api/webhooks/{}/replay", encode_component(&id)),
-                body,
-            )
-        }
-    };
-    Request {
-        method: "POST",
-        path,
-        body: Some(body.to_string().into_bytes()),
-        columns: JOB_COLUMNS,
+        } => Request::with_body::<_, JobOut>(
+            "POST",
+            format!("/api/webhooks/{}/replay", encode_component(&id)),
+            &ReplayIn {
+                since,
+                until,
+                event_types: nonempty(event_types),
+            },
+            JOB_COLUMNS,
+        ),
     }
 }
 
@@ -133,35 +114,25 @@ pub(super) fn webhook_job_request(action: WebhookJobCommand) -> Request {
 /// # Errors
 /// None today; the signature matches the other request builders.
 pub(super) fn job_request(action: JobCommand) -> Result<Request> {
-    let (method, path) = match action {
+    let job = |id: &str, tail: &str| format!("/api/jobs/{}{tail}", encode_component(id));
+    Ok(match action {
         JobCommand::List {
             organization_id,
             limit,
-        } => {
-            let mut query = Vec::new();
-            if let Some(org) = organization_id {
-                query.push(format!("organization_id={}", encode_component(&org)));
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
-            }
-            let query = if query.is_empty() {
-                String::new()
-            } else {
-                format!("?{}", query.join("&"))
-            };
-            ("GET", format!("/api/jobs{query}"))
-        }
-        JobCommand::Get { id } => ("GET", format!("/api/jobs/{}", encode_component(&id))),
-        JobCommand::Cancel { id } => (
-            "POST",
-            format!("/api/jobs/{}/cancel", encode_component(&id)),
+        } => Request::without_body::<Page<JobOut>>(
+            "GET",
+            format!(
+                "/api/jobs{}",
+                query([
+                    ("organization_id", organization_id),
+                    ("limit", limit.map(|l| l.to_string())),
+                ])
+            ),
+            JOB_COLUMNS,
         ),
-    };
-    Ok(Request {
-        method,
-        path,
-        body: None,
-        columns: JOB_COLUMNS,
+        JobCommand::Get { id } => Request::without_body::<JobOut>("GET", job(&id, ""), JOB_COLUMNS),
+        JobCommand::Cancel { id } => {
+            Request::without_body::<JobOut>("POST", job(&id, "/cancel"), JOB_COLUMNS)
+        }
     })
 }

@@ -1,12 +1,12 @@
 //! The delivery options' flags of `webhooks create` and `webhooks update` (issue 16), turned
-//! into the API's JSON fields. Credentials are read from files (or `-` for stdin), never
+//! into the API's own [`OptionsIn`]. Credentials are read from files (or `-` for stdin), never
 //! from the command line, where `ps` and shell history would show them.
 
 use std::path::PathBuf;
 
+use crate::api::options::{AuthIn, ClientCertificateIn, HeaderIn, OptionsIn};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Map, Value};
 
 /// Delivery options; on `update`, only the flags given change anything.
 #[derive(Debug, Args, Default)]
@@ -89,74 +89,70 @@ fn read_secret(path: &std::path::Path) -> Result<String> {
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
-/// `none`/`default` → null, else the parsed value.
-fn nullable<T>(text: &str, null: &str, flag: &str) -> Result<Value>
-where
-    T: std::str::FromStr + serde::Serialize,
-{
+/// `null` (the word `null` stands for) → `None`, else the parsed value.
+fn nullable<T: std::str::FromStr>(text: &str, null: &str, flag: &str) -> Result<Option<T>> {
     if text == null {
-        return Ok(Value::Null);
+        return Ok(None);
     }
     match text.parse::<T>() {
-        Ok(v) => Ok(json!(v)),
+        Ok(v) => Ok(Some(v)),
         Err(_) => bail!("{flag}: expected a number or {null:?}, got {text:?}"),
     }
 }
 
-/// The API fields of these flags (absent flags give no field).
+/// The API's delivery options of these flags (absent flags give absent fields).
 ///
 /// # Errors
 /// A flag that does not parse, a file that cannot be read, or an `--auth` without what it
 /// needs.
-pub fn options_body(args: DeliveryOptionArgs) -> Result<Map<String, Value>> {
-    let mut body = Map::new();
-    if let Some(o) = args.ordering {
-        body.insert("ordering".into(), json!(o));
-    }
-    if let Some(h) = args.ordering_hold_max {
-        body.insert(
-            "ordering_hold_max".into(),
-            if h == "none" { Value::Null } else { json!(h) },
-        );
-    }
+pub fn options_body(args: DeliveryOptionArgs) -> Result<OptionsIn> {
+    let mut body = OptionsIn {
+        ordering: args.ordering.map(Some),
+        ordering_hold_max: args.ordering_hold_max.map(|h| (h != "none").then_some(h)),
+        ..OptionsIn::default()
+    };
     if let Some(m) = args.max_in_flight {
-        body.insert(
-            "max_in_flight".into(),
-            nullable::<u32>(&m, "default", "--max-in-flight")?,
-        );
+        body.max_in_flight = Some(nullable(&m, "default", "--max-in-flight")?);
     }
     if let Some(r) = args.rate_limit {
-        body.insert(
-            "rate_limit".into(),
-            nullable::<u32>(&r, "none", "--rate-limit")?,
-        );
+        body.rate_limit = Some(nullable(&r, "none", "--rate-limit")?);
     }
     if let Some(f) = args.filter {
-        let value = if f == "none" {
-            Value::Null
+        body.filter = Some(if f == "none" {
+            None
         } else {
-            serde_json::from_str(&f).context("--filter is not JSON")?
-        };
-        body.insert("filter".into(), value);
+            Some(serde_json::from_str(&f).context("--filter is not JSON")?)
+        });
     }
     if args.clear_headers {
-        body.insert("headers".into(), json!([]));
+        body.headers = Some(Some(Vec::new()));
     } else if !args.headers.is_empty() || !args.secret_headers.is_empty() {
         let mut list = Vec::new();
         for header in &args.headers {
             let Some((name, value)) = header.split_once(':') else {
                 bail!("--header {header:?}: expected \"Name: value\"");
             };
-            list.push(json!({"name": name.trim(), "value": value.trim()}));
+            list.push(HeaderIn {
+                name: name.trim().to_owned(),
+                value: Some(value.trim().to_owned()),
+                secret: false,
+            });
         }
         for header in &args.secret_headers {
-            match header.split_once('=') {
-                Some((name, file)) => list.push(json!({"name": name.trim(), "secret": true,
-                    "value": read_secret(std::path::Path::new(file))?})),
-                None => list.push(json!({"name": header.trim(), "secret": true})),
-            }
+            list.push(match header.split_once('=') {
+                Some((name, file)) => HeaderIn {
+                    name: name.trim().to_owned(),
+                    value: Some(read_secret(std::path::Path::new(file))?),
+                    secret: true,
+                },
+                None => HeaderIn {
+                    name: header.trim().to_owned(),
+                    value: None,
+                    secret: true,
+                },
+            });
         }
-        body.insert("headers".into(), Value::Array(list));
+        body.headers = Some(Some(list));
     }
     if let Some(kind) = args.auth {
         let secret = || -> Result<String> {
@@ -166,48 +162,45 @@ pub fn options_body(args: DeliveryOptionArgs) -> Result<Map<String, Value>> {
             }
         };
         let auth = match kind.as_str() {
-            "none" => Value::Null,
-            "basic" => json!({"type": "basic",
-                "username": args.auth_username.clone().context("--auth basic needs --auth-username")?,
-                "password": secret()?}),
-            "bearer" => json!({"type": "bearer", "token": secret()?}),
-            "oauth2" => {
-                let mut auth = json!({"type": "oauth2_client_credentials",
-                    "token_url": args.oauth_token_url.clone().context("--auth oauth2 needs --oauth-token-url")?,
-                    "client_id": args.oauth_client_id.clone().context("--auth oauth2 needs --oauth-client-id")?,
-                    "client_secret": secret()?});
-                if let Some(scope) = &args.oauth_scope {
-                    auth["scope"] = json!(scope);
-                }
-                if let Some(audience) = &args.oauth_audience {
-                    auth["audience"] = json!(audience);
-                }
-                auth
-            }
+            "none" => None,
+            "basic" => Some(AuthIn::Basic {
+                username: args
+                    .auth_username
+                    .clone()
+                    .context("--auth basic needs --auth-username")?,
+                password: secret()?,
+            }),
+            "bearer" => Some(AuthIn::Bearer { token: secret()? }),
+            "oauth2" => Some(AuthIn::Oauth2ClientCredentials {
+                token_url: args
+                    .oauth_token_url
+                    .clone()
+                    .context("--auth oauth2 needs --oauth-token-url")?,
+                client_id: args
+                    .oauth_client_id
+                    .clone()
+                    .context("--auth oauth2 needs --oauth-client-id")?,
+                client_secret: secret()?,
+                scope: args.oauth_scope.clone(),
+                audience: args.oauth_audience.clone(),
+            }),
             other => bail!("--auth {other:?}: expected basic, bearer, oauth2 or none"),
         };
-        body.insert("auth".into(), auth);
+        body.auth = Some(auth);
     }
     if args.no_client_cert {
-        body.insert("client_certificate".into(), Value::Null);
+        body.client_certificate = Some(None);
     } else if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-        body.insert(
-            "client_certificate".into(),
-            json!({"certificate": read_secret(cert)?, "private_key": read_secret(key)?}),
-        );
+        body.client_certificate = Some(Some(ClientCertificateIn {
+            certificate: read_secret(cert)?,
+            private_key: read_secret(key)?,
+        }));
     }
     if let Some(proxy) = args.proxy {
-        body.insert(
-            "proxy".into(),
-            if proxy == "default" {
-                Value::Null
-            } else {
-                json!(proxy)
-            },
-        );
+        body.proxy = Some((proxy != "default").then_some(proxy));
     }
     if let Some(schemes) = args.signature_scheme {
-        body.insert("signature_scheme".into(), json!(schemes));
+        body.signature_scheme = Some(Some(schemes));
     }
     Ok(body)
 }
@@ -215,6 +208,7 @@ pub fn options_body(args: DeliveryOptionArgs) -> Result<Map<String, Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn flags_become_the_api_fields_and_credentials_come_from_files() {
@@ -235,10 +229,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            Value::Object(body),
+            serde_json::to_value(body).unwrap(),
             json!({"ordering": "key", "max_in_flight": null, "rate_limit": 20,
                    "filter": {"data.priority": "p1"},
-                   "headers": [{"name": "X-Tenant", "value": "acme"}],
+                   "headers": [{"name": "X-Tenant", "value": "acme", "secret": false}],
                    "auth": {"type": "bearer", "token": "s3cret"}, "proxy": "none",
                    "signature_scheme": ["hmac", "ed25519"]})
         );

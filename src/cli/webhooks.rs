@@ -4,21 +4,15 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::{json, Value};
 
+use super::client::{encode_component, query, PageArgs, Request};
+use super::jobs;
 use super::options::{options_body, DeliveryOptionArgs};
-use super::{encode_component, jobs, query, PageArgs, Request};
-
-/// Columns of a webhook in tables.
-pub(super) const WEBHOOK_COLUMNS: &[&str] = &[
-    "id",
-    "organization_id",
-    "url",
-    "events",
-    "active",
-    "disabled",
-    "description",
-];
+use super::output::WEBHOOK_COLUMNS;
+use crate::api::options::PublicKeyOut;
+use crate::api::types::{
+    AttemptResultOut, EnableIn, Page, RotateSecretIn, WebhookIn, WebhookOut, WebhookPatch,
+};
 
 /// `webhooks` actions.
 #[derive(Debug, Subcommand)]
@@ -130,9 +124,14 @@ pub enum WebhookCommand {
     },
 }
 
+/// The request of a `webhooks` action.
+///
+/// # Errors
+/// A delivery option flag that does not parse or a credential file that cannot be read.
 pub(super) fn webhook_request(action: WebhookCommand) -> Result<Request> {
-    let (method, path, body) = match action {
-        WebhookCommand::Jobs(action) => return Ok(jobs::webhook_job_request(action)),
+    let webhook = |id: &str, tail: &str| format!("/api/webhooks/{}{tail}", encode_component(id));
+    Ok(match action {
+        WebhookCommand::Jobs(action) => jobs::webhook_job_request(action)?,
         WebhookCommand::Create {
             target_url,
             events,
@@ -142,41 +141,41 @@ pub(super) fn webhook_request(action: WebhookCommand) -> Result<Request> {
             organization_id,
             options,
         } => {
-            let mut body = json!({"url": target_url, "events": events, "active": !inactive});
-            body.as_object_mut()
-                .expect("an object")
-                .extend(options_body(*options)?);
-            if let Some(s) = secret {
-                body["secret"] = json!(s);
+            let body = WebhookIn {
+                url: target_url,
+                events,
+                secret,
+                active: Some(!inactive),
+                description,
+                organization_id,
+                ..WebhookIn::default()
             }
-            if let Some(d) = description {
-                body["description"] = json!(d);
-            }
-            if let Some(o) = organization_id {
-                body["organization_id"] = json!(o);
-            }
-            ("POST", "/api/webhooks".to_owned(), Some(body))
+            .with_options(options_body(*options)?);
+            Request::with_body::<_, WebhookOut>(
+                "POST",
+                "/api/webhooks".to_owned(),
+                &body,
+                WEBHOOK_COLUMNS,
+            )?
         }
         WebhookCommand::List {
             organization_id,
             page,
-        } => (
+        } => Request::without_body::<Page<WebhookOut>>(
             "GET",
             format!(
                 "/api/webhooks{}",
                 query(
-                    [("organization_id", organization_id),]
+                    [("organization_id", organization_id)]
                         .into_iter()
                         .chain(page.pairs())
                 )
             ),
-            None,
+            WEBHOOK_COLUMNS,
         ),
-        WebhookCommand::Get { id } => (
-            "GET",
-            format!("/api/webhooks/{}", encode_component(&id)),
-            None,
-        ),
+        WebhookCommand::Get { id } => {
+            Request::without_body::<WebhookOut>("GET", webhook(&id, ""), WEBHOOK_COLUMNS)
+        }
         WebhookCommand::Update {
             id,
             target_url,
@@ -186,65 +185,41 @@ pub(super) fn webhook_request(action: WebhookCommand) -> Result<Request> {
             description,
             options,
         } => {
-            let mut body = Value::Object(options_body(*options)?);
-            for (key, value) in [
-                ("url", target_url.map(Value::from)),
-                ("events", events.map(Value::from)),
-                ("secret", secret.map(Value::from)),
-                ("active", active.map(Value::from)),
-                ("description", description.map(Value::from)),
-            ] {
-                if let Some(v) = value {
-                    body[key] = v;
-                }
+            let body = WebhookPatch {
+                url: target_url,
+                events,
+                secret,
+                active,
+                description,
+                ..WebhookPatch::default()
             }
-            (
-                "PATCH",
-                format!("/api/webhooks/{}", encode_component(&id)),
-                Some(body),
-            )
+            .with_options(options_body(*options)?);
+            Request::with_body::<_, WebhookOut>("PATCH", webhook(&id, ""), &body, WEBHOOK_COLUMNS)?
         }
-        WebhookCommand::PublicKey { id } => (
+        WebhookCommand::PublicKey { id } => Request::without_body::<PublicKeyOut>(
             "GET",
-            format!("/api/webhooks/{}/public-key", encode_component(&id)),
-            None,
+            webhook(&id, "/public-key"),
+            WEBHOOK_COLUMNS,
         ),
-        WebhookCommand::Delete { id } => (
-            "DELETE",
-            format!("/api/webhooks/{}", encode_component(&id)),
-            None,
-        ),
-        WebhookCommand::Test { id } => (
+        WebhookCommand::Delete { id } => Request::no_content("DELETE", webhook(&id, "")),
+        WebhookCommand::Test { id } => Request::without_body::<AttemptResultOut>(
             "POST",
-            format!("/api/webhooks/{}/test", encode_component(&id)),
-            None,
+            webhook(&id, "/test"),
+            WEBHOOK_COLUMNS,
         ),
         WebhookCommand::Enable {
             id, deliver_held, ..
-        } => (
+        } => Request::with_body::<_, WebhookOut>(
             "POST",
-            format!("/api/webhooks/{}/enable", encode_component(&id)),
-            Some(json!({ "deliver_held": deliver_held })),
-        ),
-        WebhookCommand::RotateSecret { id, secret, grace } => {
-            let mut body = json!({});
-            if let Some(s) = secret {
-                body["secret"] = json!(s);
-            }
-            if let Some(g) = grace {
-                body["grace"] = json!(g);
-            }
-            (
-                "POST",
-                format!("/api/webhooks/{}/rotate-secret", encode_component(&id)),
-                Some(body),
-            )
-        }
-    };
-    Ok(Request {
-        method,
-        path,
-        body: body.map(|b| b.to_string().into_bytes()),
-        columns: WEBHOOK_COLUMNS,
+            webhook(&id, "/enable"),
+            &EnableIn { deliver_held },
+            WEBHOOK_COLUMNS,
+        )?,
+        WebhookCommand::RotateSecret { id, secret, grace } => Request::with_body::<_, WebhookOut>(
+            "POST",
+            webhook(&id, "/rotate-secret"),
+            &RotateSecretIn { secret, grace },
+            WEBHOOK_COLUMNS,
+        )?,
     })
 }

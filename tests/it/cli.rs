@@ -54,6 +54,17 @@ async fn cli_manages_webhooks_sends_events_and_redelivers() {
         1
     );
     receiver.wait_for(1, Duration::from_secs(10)).await;
+    // For people: the event id and the ids of the deliveries it created.
+    std::fs::write(&file, r#"{"event_id":"evt_cli_2","event_type":"ticket.resolved","organization_id":"org_a","data":{"ticket_id":"T","resolved_by":"u","resolution_time_hours":1}}"#).unwrap();
+    let (code, out, err) = cli(&daemon, &["events", "send", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("event_id: evt_cli_2")
+            && out.contains("deliveries: 1")
+            && out.contains("dlv_"),
+        "{out}"
+    );
+    receiver.wait_for(2, Duration::from_secs(10)).await;
 
     let page = daemon
         .wait_until(

@@ -1,0 +1,149 @@
+//! `palo-webhooks events ...`: send an event, show one, list them, delete a payload.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use super::client::{encode_component, query, ApiClient, ClientArgs, PageArgs, Request};
+use super::output::{print_human, EVENT_COLUMNS};
+use crate::api::types::{EventAccepted, EventOut, Page};
+
+/// `events` actions.
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Send an event: JSON `{"event_type","organization_id","data",...}` from a file or
+    /// stdin; prints the event id and the deliveries it created.
+    Send {
+        /// File to read, or - for stdin.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
+    /// Show an event and its deliveries.
+    Get {
+        /// The event_id.
+        event_id: String,
+        /// Organization (admin, when the id exists in several).
+        #[arg(long)]
+        organization_id: Option<String>,
+    },
+    /// Delete an event's payload: its stored body becomes a tombstone and its unfinished
+    /// deliveries are cancelled; the deliveries and their attempt logs stay.
+    DeletePayload {
+        /// The event_id.
+        event_id: String,
+        /// Organization (admin, when the id exists in several).
+        #[arg(long)]
+        organization_id: Option<String>,
+    },
+    /// List events, newest first.
+    List {
+        /// Only this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only this organization (admin).
+        #[arg(long)]
+        organization_id: Option<String>,
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// `events send`: posts the file's JSON as it is (the daemon explains what is wrong with
+/// it), then prints the event id and its deliveries, or the answer as JSON with `--json`.
+///
+/// # Errors
+/// The file cannot be read; the daemon refuses the event.
+pub(super) async fn send(args: &ClientArgs, file: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut bytes)?;
+    } else {
+        bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    let api = ApiClient::new(args)?;
+    let request = Request {
+        method: "POST",
+        path: "/api/events".into(),
+        body: Some(bytes),
+        columns: EVENT_COLUMNS,
+        answer: |bytes| serde_json::from_slice::<EventAccepted>(bytes).map(drop),
+    };
+    let value = api.send(&request).await?;
+    if args.json {
+        out!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let accepted: EventAccepted = serde_json::from_value(value)?;
+    out!(
+        "event_id: {}\ndeliveries: {}",
+        accepted.event_id,
+        accepted.deliveries
+    );
+    if !accepted.delivery_ids.is_empty() {
+        let rows: Vec<serde_json::Value> = accepted
+            .delivery_ids
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect();
+        out!("");
+        print_human(&serde_json::Value::Array(rows), &["id"]);
+        out!(
+            "\nfollow one: palo-webhooks deliveries get {}",
+            accepted.delivery_ids[0]
+        );
+    }
+    Ok(())
+}
+
+/// The request of an `events` action other than `send`.
+///
+/// # Errors
+/// `send`, which [`send`] runs instead.
+pub(super) fn event_request(action: EventCommand) -> Result<Request> {
+    Ok(match action {
+        EventCommand::Send { .. } => anyhow::bail!("events send is not a plain request"),
+        EventCommand::Get {
+            event_id,
+            organization_id,
+        } => Request::without_body::<EventOut>(
+            "GET",
+            format!(
+                "/api/events/{}{}",
+                encode_component(&event_id),
+                query([("organization_id", organization_id)])
+            ),
+            EVENT_COLUMNS,
+        ),
+        EventCommand::DeletePayload {
+            event_id,
+            organization_id,
+        } => Request::without_body::<EventOut>(
+            "DELETE",
+            format!(
+                "/api/events/{}/payload{}",
+                encode_component(&event_id),
+                query([("organization_id", organization_id)])
+            ),
+            EVENT_COLUMNS,
+        ),
+        EventCommand::List {
+            event_type,
+            organization_id,
+            page,
+        } => Request::without_body::<Page<EventOut>>(
+            "GET",
+            format!(
+                "/api/events{}",
+                query(
+                    [("type", event_type), ("organization_id", organization_id)]
+                        .into_iter()
+                        .chain(page.pairs())
+                )
+            ),
+            EVENT_COLUMNS,
+        ),
+    })
+}

@@ -1,0 +1,290 @@
+//! `palo-webhooks listen`: a local test receiver, the spec's "distinct test endpoint"
+//! (`/webhook-test`) as a tool. It checks both signature schemes and the timestamp (the
+//! same [`super::verify::check`] as `verify`), deduplicates on `event_id`, prints one line
+//! per request, and can fail or stall on purpose so a developer can watch the retry
+//! schedule, like `stripe listen`.
+//!
+//! Answers: 401 when no signature verifies or the timestamp is stale; the `--status` of
+//! `--fail-first` for the first N attempts of each delivery (counted by `webhook-id`); 200
+//! otherwise, after `--delay`. A duplicate (an `event_id` seen before) is answered 200 and
+//! marked `duplicate`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode};
+
+use super::verify::{check, Captured, Report};
+
+/// The largest body `listen` reads, bytes (the daemon's default `--max-body` is smaller).
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Delivery ids whose attempts `--fail-first` counts, at most (oldest forgotten first).
+const MAX_TRACKED: usize = 100_000;
+
+/// Options of `palo-webhooks listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Port on 127.0.0.1 (0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// The path deliveries are posted to.
+    #[arg(long, default_value = "/webhook-test")]
+    pub path: String,
+    /// The webhook's secret; during a rotation, several comma-separated (new,old).
+    #[arg(
+        long,
+        env = "PALO_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub secret: Vec<String>,
+    /// The webhook's Ed25519 public key (`whpk_...`), to check `v1a` signatures too.
+    #[arg(long, value_name = "whpk_...")]
+    pub public_key: Option<String>,
+    /// Answer the first N attempts of each delivery with `--status` (then 200), to watch
+    /// the retry schedule.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub fail_first: u32,
+    /// The status `--fail-first` answers with.
+    #[arg(long, default_value_t = 503, value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub status: u16,
+    /// Wait this long before answering each request (e.g. 2s; above the daemon's 10 s
+    /// timeout the attempt times out).
+    #[arg(long, value_name = "DURATION")]
+    pub delay: Option<humantime::Duration>,
+    /// How old `webhook-timestamp` may be, e.g. 5m.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub tolerance: humantime::Duration,
+}
+
+/// What every connection shares.
+struct Listener {
+    args: ListenArgs,
+    public_key: Option<Vec<u8>>,
+    state: Mutex<Seen>,
+}
+
+/// Event ids seen, and attempts counted per delivery.
+#[derive(Default)]
+struct Seen {
+    events: HashSet<String>,
+    attempts: HashMap<String, u32>,
+}
+
+/// Runs `palo-webhooks listen` until Ctrl-C.
+///
+/// # Errors
+/// The address cannot be bound; `--public-key` is not a `whpk_` key.
+pub async fn run(args: ListenArgs) -> Result<()> {
+    if args.secret.iter().all(String::is_empty) {
+        bail!("--secret is empty");
+    }
+    if !args.path.starts_with('/') {
+        bail!("--path must start with /");
+    }
+    let public_key = match &args.public_key {
+        None => None,
+        Some(key) => Some(
+            key.strip_prefix("whpk_")
+                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                .filter(|k| k.len() == 32)
+                .context("--public-key: expected whpk_ and the base64 of 32 bytes")?,
+        ),
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let local = listener.local_addr()?;
+    let host = match local.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    out!(
+        "listening on http://{host}:{}{} ({} secret(s){}{})",
+        local.port(),
+        args.path,
+        args.secret.len(),
+        if args.fail_first > 0 {
+            format!(
+                "; answering {} to the first {} attempt(s) of each delivery",
+                args.status, args.fail_first
+            )
+        } else {
+            String::new()
+        },
+        args.delay
+            .map(|d| format!("; answering after {d}"))
+            .unwrap_or_default()
+    );
+    out!("point a webhook at it: palo-webhooks webhooks create http://{host}:{}{} --events '*' (the daemon needs --allow-http)", local.port(), args.path);
+    let shared = Arc::new(Listener {
+        args,
+        public_key,
+        state: Mutex::new(Seen::default()),
+    });
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&shared, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A plain-text answer.
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response
+}
+
+/// Checks, prints and answers one request.
+async fn answer(
+    shared: &Listener,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let args = &shared.args;
+    if request.uri().path() != args.path {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: deliveries go to the listen path",
+        );
+    }
+    if request.method() != hyper::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+    }
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let delivery = header("x-palo-delivery").or_else(|| header("webhook-id"));
+    let attempt = header("x-palo-attempt");
+    let pairs: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large or broken off",
+            )
+        }
+    };
+    let captured =
+        Captured::from_headers(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())), body);
+    let report = check(
+        &captured,
+        &args.secret,
+        shared.public_key.as_deref(),
+        crate::clock::now_ms() / 1000,
+        args.tolerance.as_secs(),
+    );
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&captured.body).unwrap_or(serde_json::Value::Null);
+    let event_type = envelope["event_type"].as_str().unwrap_or("?").to_owned();
+    let event_id = envelope["event_id"].as_str().unwrap_or("?").to_owned();
+    let time = crate::clock::format_ms(crate::clock::now_ms());
+    let who = format!(
+        "{event_type} {event_id} delivery={} attempt={}",
+        delivery.as_deref().unwrap_or("-"),
+        attempt.as_deref().unwrap_or("-")
+    );
+    if !report.verified {
+        out!(
+            "{time} rejected {who} -> 401 ({})",
+            report.reason.as_deref().unwrap_or("not verified")
+        );
+        for finding in report.findings.iter().filter(|f| f.result == "failed") {
+            out!("    {}: {}", finding.check, finding.detail);
+        }
+        return text(StatusCode::UNAUTHORIZED, "signature not verified");
+    }
+    let (duplicate, failing) = {
+        let mut seen = shared.state.lock().expect("listen state");
+        let failing = match &delivery {
+            Some(id) if args.fail_first > 0 => {
+                if seen.attempts.len() >= MAX_TRACKED && !seen.attempts.contains_key(id) {
+                    seen.attempts.clear();
+                }
+                let count = seen.attempts.entry(id.clone()).or_insert(0);
+                *count += 1;
+                (*count <= args.fail_first).then_some(*count)
+            }
+            _ => None,
+        };
+        // An event counts as seen once it was answered 200.
+        let duplicate = failing.is_none() && !seen.events.insert(event_id.clone());
+        (duplicate, failing)
+    };
+    if let Some(delay) = args.delay {
+        tokio::time::sleep(Duration::from(delay)).await;
+    }
+    let verdict = verdict(&report);
+    if let Some(n) = failing {
+        out!(
+            "{time} failing {who} -> {} (on purpose: {n} of {}) [{verdict}]",
+            args.status,
+            args.fail_first
+        );
+        let status = StatusCode::from_u16(args.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return text(
+            status,
+            "failing on purpose (palo-webhooks listen --fail-first)",
+        );
+    }
+    if duplicate {
+        out!("{time} duplicate {who} -> 200 [{verdict}]");
+    } else {
+        out!("{time} verified {who} -> 200 [{verdict}]");
+        out!("    data: {}", envelope["data"]);
+    }
+    text(StatusCode::OK, "ok")
+}
+
+/// `X-Palo-Signature ok, v1 ok, timestamp 0 s old` in short.
+fn verdict(report: &Report) -> String {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.result != "absent")
+        .map(|f| {
+            let name = match f.check {
+                "X-Palo-Signature" => "X-Palo-Signature",
+                "webhook-signature v1" => "v1",
+                "webhook-signature v1a" => "v1a",
+                _ => "timestamp",
+            };
+            format!("{name} {}", f.result)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

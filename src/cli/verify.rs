@@ -1,0 +1,665 @@
+//! `palo-webhooks verify`: checks a captured webhook request's signatures, for support
+//! staff and receiver authors, and says why a signature does not verify. [`check`] is also
+//! what `palo-webhooks listen` runs on every request it receives.
+//!
+//! What is checked (README, "Verifying signatures"): `X-Palo-Signature` (HMAC-SHA256 of the
+//! raw body, the spec's `verify_signature`), each `v1,` entry of the Standard Webhooks
+//! `webhook-signature` (HMAC-SHA256 of `"<webhook-id>.<webhook-timestamp>.<body>"`), each
+//! `v1a,` entry with `--public-key` (Ed25519, RFC 8032), and the age of `webhook-timestamp`.
+//! An HMAC that does not match cannot by itself tell a wrong secret from a changed body;
+//! the report uses what else it has: another signature that verifies over the same body
+//! (then the secret is the problem), or a body that verifies once a trailing newline, a
+//! byte-order mark or re-formatted JSON is undone (then the capture changed the body).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Args;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::signature::{
+    verify as verify_palo, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
+};
+
+/// Options of `palo-webhooks verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The webhook's secret; during a rotation, several comma-separated (new,old).
+    #[arg(
+        long,
+        env = "PALO_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub secret: Vec<String>,
+    /// The webhook's Ed25519 public key (`whpk_...`, from `webhooks public-key`), to check
+    /// `v1a` signatures too.
+    #[arg(long, value_name = "whpk_...")]
+    pub public_key: Option<String>,
+    /// A whole captured request in one file (`-` for stdin): optional request line, the
+    /// headers, an empty line, then the body byte for byte.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["headers", "body"])]
+    pub request: Option<PathBuf>,
+    /// The captured headers, one `Name: value` per line (lines of `curl -v` with `> ` work
+    /// too; a request line is skipped).
+    #[arg(long, value_name = "FILE")]
+    pub headers: Option<PathBuf>,
+    /// The raw body as received (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<PathBuf>,
+    /// A signature to check instead of the captured headers: `sha256=<hex>` (X-Palo-
+    /// Signature) or a `webhook-signature` value (`v1,<base64> ...`, needs `--id` and
+    /// `--timestamp`). Repeatable.
+    #[arg(long = "signature", value_name = "SIGNATURE")]
+    pub signatures: Vec<String>,
+    /// `webhook-timestamp`: Unix seconds.
+    #[arg(long)]
+    pub timestamp: Option<String>,
+    /// `webhook-id`: the delivery id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// How old (or how far ahead) `webhook-timestamp` may be, e.g. 5m; receivers reject
+    /// older requests as possible replays. Raise it to check an old capture.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub tolerance: humantime::Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The signed parts of a request.
+#[derive(Debug, Default, Clone)]
+pub struct Captured {
+    /// `X-Palo-Signature`.
+    pub palo_signature: Option<String>,
+    /// `webhook-signature` (space-separated entries).
+    pub webhook_signature: Option<String>,
+    /// `webhook-id`.
+    pub webhook_id: Option<String>,
+    /// `webhook-timestamp` (Unix seconds, as text).
+    pub webhook_timestamp: Option<String>,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+impl Captured {
+    /// Takes the signature headers from `(name, value)` pairs (names compared
+    /// case-insensitively).
+    pub fn from_headers<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        body: Vec<u8>,
+    ) -> Captured {
+        let mut captured = Captured {
+            body,
+            ..Captured::default()
+        };
+        for (name, value) in headers {
+            let value = Some(value.trim().to_owned());
+            if name.eq_ignore_ascii_case(SIGNATURE_HEADER) {
+                captured.palo_signature = value;
+            } else if name.eq_ignore_ascii_case(WEBHOOK_SIGNATURE_HEADER) {
+                captured.webhook_signature = value;
+            } else if name.eq_ignore_ascii_case(WEBHOOK_ID_HEADER) {
+                captured.webhook_id = value;
+            } else if name.eq_ignore_ascii_case(WEBHOOK_TIMESTAMP_HEADER) {
+                captured.webhook_timestamp = value;
+            }
+        }
+        captured
+    }
+}
+
+/// The verdict on one part of a request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    /// `X-Palo-Signature`, `webhook-signature v1`, `webhook-signature v1a` or
+    /// `webhook-timestamp`.
+    pub check: &'static str,
+    /// `ok`, `failed`, `absent` or `not_checked`.
+    pub result: &'static str,
+    /// Why, in words.
+    pub detail: String,
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// True when at least one signature verifies with a given secret or key and the
+    /// timestamp (when present) is within the tolerance.
+    pub verified: bool,
+    /// One finding per signature scheme and the timestamp.
+    pub findings: Vec<Finding>,
+    /// The short reason when not verified: `no signature`, `wrong secret`, `body changed`,
+    /// `wrong secret or body changed`, `stale timestamp`.
+    pub reason: Option<String>,
+}
+
+impl Report {
+    /// The finding of `check`, if any.
+    pub fn finding(&self, check: &str) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.check == check)
+    }
+}
+
+/// Which given secret (0-based) makes `verify` true, if any.
+fn which_secret(secrets: &[String], verify: impl Fn(&str) -> bool) -> Option<usize> {
+    secrets.iter().position(|s| verify(s))
+}
+
+/// Whether some `v1,` entry of `header` is the HMAC of `id.timestamp.body` under `secret`
+/// (constant-time comparison).
+fn v1_matches(header: &str, secret: &str, id: &str, timestamp: &str, body: &[u8]) -> bool {
+    header.split(' ').any(|entry| {
+        let Some(b64) = entry.strip_prefix("v1,") else {
+            return false;
+        };
+        let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return false;
+        };
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac.verify_slice(&expected).is_ok()
+    })
+}
+
+/// Whether some `v1a,` entry of `header` is an Ed25519 signature of `id.timestamp.body` by
+/// `public_key` (32 bytes).
+fn v1a_matches(header: &str, public_key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> bool {
+    let mut message = Vec::with_capacity(id.len() + timestamp.len() + 2 + body.len());
+    message.extend_from_slice(id.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(timestamp.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(body);
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key);
+    header.split(' ').any(|entry| {
+        entry
+            .strip_prefix("v1a,")
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .is_some_and(|sig| key.verify(&message, &sig).is_ok())
+    })
+}
+
+/// The body as a capture may have changed it, undone: without a trailing newline, without
+/// a UTF-8 byte-order mark, and JSON re-written compactly in the same key order. Each comes
+/// with what was undone.
+fn body_variants(body: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut variants = Vec::new();
+    for suffix in [&b"\r\n"[..], b"\n"] {
+        if let Some(stripped) = body.strip_suffix(suffix) {
+            variants.push(("a trailing newline was added", stripped.to_vec()));
+        }
+    }
+    if let Some(stripped) = body.strip_prefix(b"\xEF\xBB\xBF") {
+        variants.push(("a byte-order mark was added", stripped.to_vec()));
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Ok(compact) = serde_json::to_vec(&value) {
+            if compact != body {
+                variants.push((
+                    "the JSON was re-formatted (whitespace or escapes); verify the raw bytes as received, not a parsed and re-serialized body",
+                    compact,
+                ));
+            }
+        }
+    }
+    variants
+}
+
+/// `"secret 2 of 2"`, or `"the secret"` when only one was given.
+fn secret_name(index: usize, count: usize) -> String {
+    if count == 1 {
+        "the secret".to_owned()
+    } else {
+        format!("secret {} of {count}", index + 1)
+    }
+}
+
+/// Checks `captured` against `secrets` (and the Ed25519 `public_key`, 32 bytes) at `now_s`
+/// (Unix seconds) with a timestamp tolerance of `tolerance_s` seconds.
+pub fn check(
+    captured: &Captured,
+    secrets: &[String],
+    public_key: Option<&[u8]>,
+    now_s: u64,
+    tolerance_s: u64,
+) -> Report {
+    let body = &captured.body;
+    let count = secrets.len();
+    let mut findings = Vec::new();
+    let palo = captured.palo_signature.as_deref().map(|signature| {
+        (
+            signature,
+            which_secret(secrets, |s| verify_palo(s, body, signature)),
+        )
+    });
+    let standard = match (
+        captured.webhook_signature.as_deref(),
+        captured.webhook_id.as_deref(),
+        captured.webhook_timestamp.as_deref(),
+    ) {
+        (Some(signature), Some(id), Some(timestamp)) => Some((
+            signature,
+            id,
+            timestamp,
+            which_secret(secrets, |s| v1_matches(signature, s, id, timestamp, body)),
+        )),
+        _ => None,
+    };
+    let palo_ok = matches!(palo, Some((_, Some(_))));
+    let standard_ok = matches!(standard, Some((_, _, _, Some(_))));
+    // What explains a mismatch: a capture that changed the body, or a body another
+    // signature vouches for (then the secret is the problem).
+    let changed_body = |verifies: &dyn Fn(&[u8]) -> bool| {
+        body_variants(body)
+            .into_iter()
+            .find(|(_, variant)| verifies(variant))
+            .map(|(what, _)| what)
+    };
+    let mut reasons = Vec::new();
+    match palo {
+        None => findings.push(Finding {
+            check: "X-Palo-Signature",
+            result: "absent",
+            detail: "no X-Palo-Signature header".to_owned(),
+        }),
+        Some((_, Some(i))) => findings.push(Finding {
+            check: "X-Palo-Signature",
+            result: "ok",
+            detail: format!("verifies with {}", secret_name(i, count)),
+        }),
+        Some((signature, None)) => {
+            let malformed = signature.strip_prefix("sha256=").is_none_or(|hex| {
+                hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            });
+            let detail = if malformed {
+                reasons.push("malformed signature");
+                "malformed: expected sha256= and 64 lowercase hex digits".to_owned()
+            } else if let Some(what) =
+                changed_body(&|b| secrets.iter().any(|s| verify_palo(s, b, signature)))
+            {
+                reasons.push("body changed");
+                format!("body changed: it verifies once undone that {what}")
+            } else if standard_ok {
+                reasons.push("wrong secret");
+                "wrong secret: the body is intact (webhook-signature verifies over it), but X-Palo-Signature was signed with another secret; after a rotation it is signed with the new secret only".to_owned()
+            } else {
+                reasons.push("wrong secret or body changed");
+                "does not match: the secret is not the webhook's current one, or the body is not the exact bytes that were sent".to_owned()
+            };
+            findings.push(Finding {
+                check: "X-Palo-Signature",
+                result: "failed",
+                detail,
+            });
+        }
+    }
+    match (&standard, captured.webhook_signature.as_deref()) {
+        (_, None) => findings.push(Finding {
+            check: "webhook-signature v1",
+            result: "absent",
+            detail: "no webhook-signature header".to_owned(),
+        }),
+        (None, Some(_)) => findings.push(Finding {
+            check: "webhook-signature v1",
+            result: "not_checked",
+            detail: "webhook-id or webhook-timestamp is missing (they are part of what is signed)"
+                .to_owned(),
+        }),
+        (Some((_, _, _, Some(i))), _) => findings.push(Finding {
+            check: "webhook-signature v1",
+            result: "ok",
+            detail: format!("verifies with {}", secret_name(*i, count)),
+        }),
+        (Some((signature, id, timestamp, None)), _) => {
+            let detail = if !signature.split(' ').any(|e| e.starts_with("v1,")) {
+                "no v1 entry".to_owned()
+            } else if let Some(what) = changed_body(&|b| {
+                secrets
+                    .iter()
+                    .any(|s| v1_matches(signature, s, id, timestamp, b))
+            }) {
+                reasons.push("body changed");
+                format!("body changed: it verifies once undone that {what}")
+            } else if palo_ok {
+                reasons.push("wrong secret or changed id/timestamp");
+                "does not match, though X-Palo-Signature verifies the body: webhook-id or webhook-timestamp is not what was signed, or the secret is one webhook-signature no longer carries".to_owned()
+            } else {
+                reasons.push("wrong secret or body changed");
+                "does not match: the secret is not one the webhook signs with, or the body is not the exact bytes that were sent".to_owned()
+            };
+            findings.push(Finding {
+                check: "webhook-signature v1",
+                result: "failed",
+                detail,
+            });
+        }
+    }
+    let mut v1a_ok = false;
+    if let Some((signature, id, timestamp, _)) = &standard {
+        if signature.split(' ').any(|e| e.starts_with("v1a,")) {
+            match public_key {
+                None => findings.push(Finding {
+                    check: "webhook-signature v1a",
+                    result: "not_checked",
+                    detail: "a v1a (Ed25519) entry is present: give --public-key to check it"
+                        .to_owned(),
+                }),
+                Some(key) => {
+                    v1a_ok = v1a_matches(signature, key, id, timestamp, body);
+                    findings.push(Finding {
+                        check: "webhook-signature v1a",
+                        result: if v1a_ok { "ok" } else { "failed" },
+                        detail: if v1a_ok {
+                            "verifies with the public key".to_owned()
+                        } else {
+                            "does not verify with this public key (another webhook's key, or the body, id or timestamp changed)".to_owned()
+                        },
+                    });
+                }
+            }
+        }
+    }
+    let mut fresh = true;
+    match captured.webhook_timestamp.as_deref() {
+        None => findings.push(Finding {
+            check: "webhook-timestamp",
+            result: "absent",
+            detail: "no webhook-timestamp: its age cannot be checked".to_owned(),
+        }),
+        Some(text) => match text.parse::<u64>() {
+            Err(_) => {
+                fresh = false;
+                reasons.push("malformed timestamp");
+                findings.push(Finding {
+                    check: "webhook-timestamp",
+                    result: "failed",
+                    detail: format!("{text:?} is not Unix seconds"),
+                });
+            }
+            Ok(ts) => {
+                let age = now_s as i64 - ts as i64;
+                fresh = age.unsigned_abs() <= tolerance_s;
+                let when = if age >= 0 {
+                    format!(
+                        "signed {} ago",
+                        humantime::format_duration(std::time::Duration::from_secs(age as u64))
+                    )
+                } else {
+                    format!(
+                        "{} in the future",
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            age.unsigned_abs()
+                        ))
+                    )
+                };
+                if !fresh {
+                    reasons.push("stale timestamp");
+                }
+                findings.push(Finding {
+                    check: "webhook-timestamp",
+                    result: if fresh { "ok" } else { "failed" },
+                    detail: if fresh {
+                        format!("{when} (tolerance {tolerance_s} s)")
+                    } else {
+                        format!("stale: {when}, beyond the tolerance of {tolerance_s} s; receivers reject it as a possible replay (--tolerance checks an older capture)")
+                    },
+                });
+            }
+        },
+    }
+    let signed = palo_ok || standard_ok || v1a_ok;
+    let verified = signed && fresh;
+    let reason = if verified {
+        None
+    } else if palo.is_none() && captured.webhook_signature.is_none() {
+        Some("no signature".to_owned())
+    } else if signed {
+        Some("stale timestamp".to_owned())
+    } else {
+        reasons
+            .into_iter()
+            .find(|r| *r != "stale timestamp")
+            .map(str::to_owned)
+            .or(Some("wrong secret or body changed".to_owned()))
+    };
+    Report {
+        verified,
+        findings,
+        reason,
+    }
+}
+
+/// Reads a file, or stdin for `-`.
+fn read_input(path: &Path) -> Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes)?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// `Name: value` pairs of a header block (a request line, `> `/`< ` prefixes of `curl -v`
+/// and lines without a colon are skipped).
+fn parse_header_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(|line| line.trim_start_matches(['>', '<']).trim())
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| !name.is_empty() && !name.contains(' '))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+/// Runs `palo-webhooks verify`: prints the report and returns whether the request verifies.
+///
+/// # Errors
+/// A file cannot be read; nothing to check; `--public-key` is not a `whpk_` key.
+pub fn run(args: &VerifyArgs) -> Result<bool> {
+    let secrets: Vec<String> = args
+        .secret
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
+    if secrets.is_empty() {
+        bail!("--secret is empty");
+    }
+    let public_key = match &args.public_key {
+        None => None,
+        Some(key) => Some(
+            key.strip_prefix("whpk_")
+                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                .filter(|k| k.len() == 32)
+                .context("--public-key: expected whpk_ and the base64 of 32 bytes")?,
+        ),
+    };
+    let (mut headers, body) = if let Some(path) = &args.request {
+        let raw = read_input(path)?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| (i, i + 4))
+            .or_else(|| {
+                raw.windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|i| (i, i + 2))
+            });
+        let Some((end, start)) = split else {
+            bail!(
+                "{}: no empty line between the headers and the body",
+                path.display()
+            );
+        };
+        (
+            parse_header_lines(&String::from_utf8_lossy(&raw[..end])),
+            raw[start..].to_vec(),
+        )
+    } else {
+        let headers = match &args.headers {
+            Some(path) => parse_header_lines(&String::from_utf8_lossy(&read_input(path)?)),
+            None => Vec::new(),
+        };
+        let body_path = args.body.clone().unwrap_or_else(|| PathBuf::from("-"));
+        (headers, read_input(&body_path)?)
+    };
+    for signature in &args.signatures {
+        let name = if signature.starts_with("sha256=") {
+            SIGNATURE_HEADER
+        } else {
+            WEBHOOK_SIGNATURE_HEADER
+        };
+        headers.push((name.to_owned(), signature.clone()));
+    }
+    if let Some(id) = &args.id {
+        headers.push((WEBHOOK_ID_HEADER.to_owned(), id.clone()));
+    }
+    if let Some(timestamp) = &args.timestamp {
+        headers.push((WEBHOOK_TIMESTAMP_HEADER.to_owned(), timestamp.clone()));
+    }
+    let captured =
+        Captured::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())), body);
+    if captured.palo_signature.is_none() && captured.webhook_signature.is_none() {
+        bail!("no signature to check: give --headers (or --request) with X-Palo-Signature or webhook-signature, or --signature");
+    }
+    let now_s = crate::clock::now_ms() / 1000;
+    let report = check(
+        &captured,
+        &secrets,
+        public_key.as_deref(),
+        now_s,
+        args.tolerance.as_secs(),
+    );
+    if args.json {
+        out!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for finding in &report.findings {
+            out!(
+                "{:<22} {:<11} {}",
+                finding.check,
+                finding.result,
+                finding.detail
+            );
+        }
+        match &report.reason {
+            None => out!("verified"),
+            Some(reason) => out!("NOT VERIFIED: {reason}"),
+        }
+    }
+    Ok(report.verified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::{sign, standard_signature};
+
+    const SECRET: &str = "a-secret-of-at-least-32-characters!!";
+    const OLD: &str = "the-previous-secret-of-32-characters";
+
+    fn signed(secret: &str, body: &[u8], timestamp: u64) -> Captured {
+        Captured {
+            palo_signature: Some(sign(secret, body)),
+            webhook_signature: Some(standard_signature(
+                secret.as_bytes(),
+                "dlv_1",
+                timestamp,
+                body,
+            )),
+            webhook_id: Some("dlv_1".into()),
+            webhook_timestamp: Some(timestamp.to_string()),
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_genuine_request_verifies_and_each_fault_is_named() {
+        let now = 1_800_000_000;
+        let body = br#"{"event_id":"evt_1","data":{"a":1}}"#;
+        let good = signed(SECRET, body, now - 10);
+        let report = check(&good, &[SECRET.into()], None, now, 300);
+        assert!(report.verified, "{report:?}");
+
+        let report = check(&good, &["x".repeat(32)], None, now, 300);
+        assert!(!report.verified);
+        assert_eq!(
+            report.reason.as_deref(),
+            Some("wrong secret or body changed")
+        );
+
+        let mut newline = good.clone();
+        newline.body.push(b'\n');
+        let report = check(&newline, &[SECRET.into()], None, now, 300);
+        assert_eq!(report.reason.as_deref(), Some("body changed"));
+        assert!(report.findings[0].detail.contains("trailing newline"));
+
+        let mut pretty = good.clone();
+        pretty.body =
+            serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(body).unwrap())
+                .unwrap();
+        let report = check(&pretty, &[SECRET.into()], None, now, 300);
+        assert_eq!(report.reason.as_deref(), Some("body changed"));
+        assert!(report.findings[0].detail.contains("re-formatted"));
+
+        let stale = signed(SECRET, body, now - 3600);
+        let report = check(&stale, &[SECRET.into()], None, now, 300);
+        assert!(!report.verified);
+        assert_eq!(report.reason.as_deref(), Some("stale timestamp"));
+        assert_eq!(report.finding("X-Palo-Signature").unwrap().result, "ok");
+    }
+
+    #[test]
+    fn during_a_rotation_the_old_secret_verifies_webhook_signature_only() {
+        let now = 1_800_000_000;
+        let body = br#"{"event_id":"evt_2"}"#;
+        // The daemon signs X-Palo-Signature with the new secret, webhook-signature with both.
+        let mut captured = signed(SECRET, body, now);
+        let old_entry = standard_signature(OLD.as_bytes(), "dlv_1", now, body);
+        captured.webhook_signature = Some(format!(
+            "{} {old_entry}",
+            captured.webhook_signature.unwrap()
+        ));
+        let report = check(&captured, &[OLD.into()], None, now, 300);
+        assert!(report.verified, "{report:?}");
+        let palo = report.finding("X-Palo-Signature").unwrap();
+        assert_eq!(palo.result, "failed");
+        assert!(palo.detail.starts_with("wrong secret"), "{}", palo.detail);
+        let report = check(&captured, &[SECRET.into(), OLD.into()], None, now, 300);
+        assert!(report.verified);
+    }
+
+    #[test]
+    fn v1a_entries_verify_with_the_public_key() {
+        let now = 1_800_000_000;
+        let body = b"{}";
+        let seed = [7u8; 32];
+        let mut captured = signed(SECRET, body, now);
+        let v1a = crate::signature::ed25519_signature(&seed, "dlv_1", now, body);
+        captured.webhook_signature = Some(format!("{} {v1a}", captured.webhook_signature.unwrap()));
+        let public = crate::signature::ed25519_public_key(&seed);
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(public.strip_prefix("whpk_").unwrap())
+            .unwrap();
+        let report = check(&captured, &[SECRET.into()], Some(&key), now, 300);
+        assert_eq!(
+            report.finding("webhook-signature v1a").unwrap().result,
+            "ok"
+        );
+        let report = check(&captured, &[SECRET.into()], Some(&[1u8; 32]), now, 300);
+        assert_eq!(
+            report.finding("webhook-signature v1a").unwrap().result,
+            "failed"
+        );
+    }
+}
