@@ -49,10 +49,23 @@ pub fn format_seconds(ms: u64) -> String {
 /// # Errors
 /// `None` when the text is not RFC 3339 or lies before 1970.
 pub fn normalize_rfc3339(text: &str) -> Option<(String, u64)> {
-    let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    parse_rfc3339(text).ok()
+}
+
+/// Like [`normalize_rfc3339`], with what is wrong in words for an API error: the text is not
+/// an RFC 3339 date-time, or it is one before the Unix epoch (which ms since the epoch
+/// cannot hold).
+///
+/// # Errors
+/// The reason, to follow the field's name (`must be an RFC 3339 date-time, ...`).
+pub fn parse_rfc3339(text: &str) -> Result<(String, u64), &'static str> {
+    const NOT_RFC3339: &str = "must be an RFC 3339 date-time, e.g. 2026-02-19T10:30:00Z";
+    let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| NOT_RFC3339)?;
     let utc = parsed.to_offset(UtcOffset::UTC);
-    let ms = u64::try_from(utc.unix_timestamp_nanos() / 1_000_000).ok()?;
-    Some((utc.format(&Rfc3339).ok()?, ms))
+    let ms = u64::try_from(utc.unix_timestamp_nanos() / 1_000_000).map_err(|_| {
+        "is before 1970-01-01T00:00:00Z (the Unix epoch): earlier dates are not accepted"
+    })?;
+    Ok((utc.format(&Rfc3339).map_err(|_| NOT_RFC3339)?, ms))
 }
 
 #[cfg(test)]
@@ -69,6 +82,10 @@ mod tests {
             "2026-02-19T10:30:00.25Z"
         );
         assert!(normalize_rfc3339("2026-02-19 10:30").is_none());
+        assert!(parse_rfc3339("1969-12-31T23:59:59Z")
+            .unwrap_err()
+            .contains("before 1970"));
+        assert!(parse_rfc3339("yesterday").unwrap_err().contains("RFC 3339"));
     }
 
     #[test]

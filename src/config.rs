@@ -47,7 +47,8 @@ pub struct ServeArgs {
     /// Address of the local API [default: 127.0.0.1:8080].
     #[arg(long, env = "PALO_WEBHOOKS_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Allow plain http:// webhook URLs (default: https only, as the spec asks).
+    /// Allow plain http:// webhook URLs (default: https only, as the spec asks). Booleans
+    /// take true/false, yes/no, on/off, 1/0, y/n or t/f (any case); the bare flag is true.
     #[arg(long, env = "PALO_WEBHOOKS_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_http: Option<bool>,
     /// A network deliveries may reach although the address policy forbids it (loopback,
@@ -127,7 +128,8 @@ pub struct ServeArgs {
     /// internal CA) [default: none].
     #[arg(long, env = "PALO_WEBHOOKS_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<PathBuf>,
-    /// Also trust the operating system's CA store for deliveries [default: false].
+    /// Also trust the operating system's CA store for deliveries (true/false, yes/no, on/off,
+    /// 1/0) [default: false].
     #[arg(long, env = "PALO_WEBHOOKS_TLS_SYSTEM_ROOTS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub tls_system_roots: Option<bool>,
     /// A file holding the 32-byte key (64 hex characters) that encrypts webhook secrets in
@@ -143,7 +145,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PALO_WEBHOOKS_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<crate::model::Secret>,
     /// Disable a webhook whose receiver answers 410 Gone; its deliveries are held until it is
-    /// enabled (README, Disabled webhooks) [default: true].
+    /// enabled (README, Disabled webhooks); true/false, yes/no, on/off, 1/0 [default: true].
     #[arg(long, env = "PALO_WEBHOOKS_DISABLE_ON_GONE", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub disable_on_gone: Option<bool>,
     /// Disable a webhook whose attempts have all failed for this long (and at least

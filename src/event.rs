@@ -314,13 +314,8 @@ pub fn prepare(
     check_external_id("organization_id", &input.organization_id)?;
     let timestamp = match &input.timestamp {
         Some(text) => {
-            clock::normalize_rfc3339(text)
-                .ok_or_else(|| {
-                    invalid(
-                        "timestamp",
-                        "must be an RFC 3339 date-time, e.g. 2026-02-19T10:30:00Z",
-                    )
-                })?
+            clock::parse_rfc3339(text)
+                .map_err(|reason| invalid("timestamp", reason))?
                 .0
         }
         None => clock::format_seconds(now_ms),

@@ -178,13 +178,13 @@ pub(super) struct ListEvents {
 /// An RFC 3339 bound of a list query, in ms since the epoch.
 ///
 /// # Errors
-/// 400 `invalid_query` for what is not an RFC 3339 date-time.
+/// 400 `invalid_query` for what is not an RFC 3339 date-time or is before 1970.
 pub(super) fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
     value
         .map(|text| {
-            clock::normalize_rfc3339(text)
+            clock::parse_rfc3339(text)
                 .map(|(_, ms)| ms)
-                .ok_or_else(|| ApiError::bad_query(format!("{name} must be an RFC 3339 date-time")))
+                .map_err(|reason| ApiError::bad_query(format!("{name} {reason}")))
         })
         .transpose()
 }

@@ -146,54 +146,102 @@ pub(super) async fn check_head(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// Bytes of an over-limit body read and thrown away before the 413 (16 MiB): a client still
+/// sending its body then reads the answer, where closing at once would reset the connection
+/// under it (a broken pipe instead of a 413). Past this, or past the read timeout, the
+/// connection is closed after the answer.
+pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How reading a body ended.
+enum BodyRead {
+    /// The whole body, within the limit.
+    Complete(bytes::Bytes),
+    /// Over the limit; `drained` when the rest was read to its end (the connection can
+    /// carry on), not when it passed [`DRAIN_MAX_BYTES`].
+    TooLarge { drained: bool },
+    /// The client's stream broke.
+    Broken,
+}
+
+/// Reads `body` up to `limit` bytes; past it, reads on without keeping anything up to
+/// [`DRAIN_MAX_BYTES`] in all.
+async fn read_limited(mut body: Body, limit: usize) -> BodyRead {
+    use http_body_util::BodyExt;
+    let mut kept = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return BodyRead::Broken;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > DRAIN_MAX_BYTES {
+            return BodyRead::TooLarge { drained: false };
+        }
+        if seen <= limit as u64 {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if seen > limit as u64 {
+        BodyRead::TooLarge { drained: true }
+    } else {
+        BodyRead::Complete(kept.freeze())
+    }
+}
+
 /// Reads the whole body within the API read timeout (408 after it) and the body limit (413
-/// over it), so no handler waits on a slow client. Runs after [`authenticate`], so a client
-/// without a valid token never gets a body buffered.
+/// over it, once the body was read and discarded up to [`DRAIN_MAX_BYTES`]), so no handler
+/// waits on a slow client. Runs after [`authenticate`], so a client without a valid token
+/// never gets a body buffered.
 pub(super) async fn read_body(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
+    let close = |mut response: Response| {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        response
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
-        return too_large().into_response();
+    if declared.is_some_and(|n| n > DRAIN_MAX_BYTES) {
+        return close(too_large().into_response());
     }
     let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(
-        state.read_timeout,
-        axum::body::to_bytes(body, state.max_body_bytes),
-    )
-    .await;
+    let read =
+        tokio::time::timeout(state.read_timeout, read_limited(body, state.max_body_bytes)).await;
     let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            let too_big = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_big {
-                too_large().into_response()
-            } else {
-                ApiError::bad_json("could not read the request body").into_response()
-            };
+        Ok(BodyRead::Complete(bytes)) => bytes,
+        Ok(BodyRead::TooLarge { drained: true }) => return too_large().into_response(),
+        Ok(BodyRead::TooLarge { drained: false }) => return close(too_large().into_response()),
+        Ok(BodyRead::Broken) => {
+            return close(ApiError::bad_json("could not read the request body").into_response())
         }
         Err(_) => {
-            let mut response = ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {}",
-                    humantime::format_duration(state.read_timeout)
-                ),
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
+            // A body declared too large and still arriving after the timeout: 413 says more
+            // than 408.
+            if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+                return close(too_large().into_response());
+            }
+            return close(
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {}",
+                        humantime::format_duration(state.read_timeout)
+                    ),
+                )
+                .into_response(),
             );
-            return response;
         }
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -121,9 +121,9 @@ impl From<&Job> for JobOut {
 
 fn window(since: &str, until: Option<&str>, now_ms: u64) -> Result<(u64, u64), ApiError> {
     let time = |field: &str, text: &str| {
-        clock::normalize_rfc3339(text)
+        clock::parse_rfc3339(text)
             .map(|(_, ms)| ms)
-            .ok_or_else(|| ApiError::invalid(field, "must be an RFC 3339 date-time"))
+            .map_err(|reason| ApiError::invalid(field, reason))
     };
     let since_ms = time("since", since)?;
     // A window cannot reach past now: a job looks at what exists when it starts.

@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .nest("/api", api)
         .merge(ui::routes())
@@ -228,8 +229,32 @@ async fn event_types(_caller: Caller) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "data": data }))
 }
 
-/// `GET /healthz`: 200 once the store is open and the scheduler runs (the router is only
-/// served after both), no auth.
+/// `GET /healthz`, liveness: 200 `{"status":"ok"}` while the process serves (the router is
+/// only served once the store is open and the scheduler runs), no auth. A failing store
+/// does not change it: restarting would not help, [`readyz`] says it.
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`, readiness: 200 `{"status":"ready"}` while the store commits; 503
+/// `{"status":"unavailable","reason":...}` while it cannot (disk full, an I/O error, the
+/// PostgreSQL server unreachable: ingest answers 503 and deliveries are paused until a probe
+/// commits again, about every second), no auth. For load balancers and monitors.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    if state.store.is_writable() {
+        (
+            axum::http::StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "unavailable",
+                "reason": "the store cannot commit (disk full, I/O error or database unreachable): events are refused with 503 and deliveries are paused until it commits again"
+            })),
+        )
+    }
 }

@@ -77,7 +77,10 @@ pub async fn serve_api(
                 .insert(crate::api::guard::PeerAddr(peer));
             tower::ServiceExt::oneshot(app.clone(), request)
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(builder.serve_connection(
+            TokioIo::new(super::parse_errors::JsonParseErrors::new(stream)),
+            service,
+        ));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "API connection ended with an error");

@@ -28,6 +28,7 @@ use crate::store::{Store, StoreError};
 
 mod background;
 mod http;
+mod parse_errors;
 
 pub use http::{serve_api, ConnectionLimits};
 

@@ -159,6 +159,9 @@ async fn oversized_heads_get_json_errors() {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 414"), "{text}");
+    // ... in our JSON shape all the same (`server::parse_errors`).
+    assert!(text.contains("content-type: application/json"), "{text}");
+    assert!(text.contains(r#""code":"uri_too_long""#), "{text}");
     let (status, _) = daemon.call("GET", "/api/webhooks", None).await;
     assert_eq!(status, 200, "the daemon still serves");
     let big = "b".repeat(40_000);
@@ -168,6 +171,78 @@ async fn oversized_heads_get_json_errors() {
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(status, 431, "{body}");
     assert_eq!(body["error"]["code"], "headers_too_large");
+}
+
+/// Sends `head` then `body` on a new connection and reads the whole answer (the connection
+/// closed by the server, or 10 s).
+async fn exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let sent = stream.write_all(body).await.is_ok();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    (String::from_utf8_lossy(&answer).into_owned(), sent)
+}
+
+/// A control byte in a header is refused before any handler by hyper's parser: the answer is
+/// our JSON 400 all the same, not hyper's bare one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_byte_in_a_header_gets_a_json_400() {
+    let daemon = support::start(&["--allow-http"]);
+    let (answer, _) = exchange(
+        daemon.addr,
+        &format!("GET /api/webhooks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nX-Note: a\u{1}b\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    let (status, _) = daemon.call("GET", "/api/webhooks", None).await;
+    assert_eq!(status, 200, "the daemon still serves");
+}
+
+/// A body over `--max-body` is read and thrown away, then answered 413 in JSON: an ordinary
+/// client, still sending when the answer comes, reads it instead of a broken pipe. Past
+/// `DRAIN_MAX_BYTES` (declared), the answer comes at once and the connection closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_gets_a_readable_413() {
+    let daemon = support::start(&["--allow-http", "--max-body", "65536"]);
+    let body = vec![b'x'; 4 * 1024 * 1024];
+    for declared in [true, false] {
+        let head = if declared {
+            format!("POST /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len())
+        } else {
+            format!("POST /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+        };
+        let payload = if declared {
+            body.clone()
+        } else {
+            let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+            chunked.extend_from_slice(&body);
+            chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+            chunked
+        };
+        let (answer, sent) = exchange(daemon.addr, &head, &payload).await;
+        assert!(sent, "the whole body could be sent (declared: {declared})");
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "declared {declared}: {answer}"
+        );
+        assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+    }
+    let (status, body) = daemon.call("GET", "/api/events", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"].as_array().unwrap().len(),
+        0,
+        "nothing was accepted"
+    );
 }
 
 /// Each key has its own budget: past it, 429 with Retry-After; another key is unaffected.

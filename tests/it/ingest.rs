@@ -403,6 +403,10 @@ async fn full_disk_answers_503_and_keeps_every_accepted_event() {
     assert!(!accepted.is_empty());
     let (status, _) = daemon.call("GET", "/healthz", None).await;
     assert_eq!(status, 200, "the daemon stays up");
+    // Readiness tells a load balancer the store cannot commit.
+    let (status, body) = daemon.call("GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("cannot commit"), "{body}");
     // Authentication does not read the file: a wrong token is still 401, not 503.
     let (status, body) = daemon
         .call_as("pwk_wrong", "GET", "/api/webhooks", None)
@@ -430,6 +434,8 @@ async fn full_disk_answers_503_and_keeps_every_accepted_event() {
         .call("GET", &format!("/api/events/{refused}"), None)
         .await;
     assert_eq!(status, 404, "an event answered 503 was not written");
+    let (status, body) = restarted.call("GET", "/readyz", None).await;
+    assert_eq!((status, &body["status"]), (200, &serde_json::json!("ready")));
 }
 }
 
