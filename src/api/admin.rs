@@ -21,6 +21,16 @@ use crate::store::blocking;
 /// # Errors
 /// 403 for an organization key; 503 `store_unavailable` when the copy cannot be written
 /// (disk full): the partial file is removed.
+#[utoipa::path(
+    get,
+    path = "/api/admin/backup",
+    tag = "admin",
+    responses(
+        (status = 200, description = "A consistent copy of the store as a redb file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "not the admin token", body = crate::api::ErrorOut),
+        (status = 501, description = "`not_supported`: the store is PostgreSQL; back it up with its own tools", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn backup(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,6 +96,15 @@ pub(super) async fn backup(
 ///
 /// # Errors
 /// 403 for an organization key; 503 when the store cannot be read.
+#[utoipa::path(
+    get,
+    path = "/api/admin/status",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The daemon's state", body = StatusOut),
+        (status = 403, description = "not the admin token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,7 +157,7 @@ pub(super) async fn status(
 }
 
 /// `GET /api/admin/status`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusOut {
     /// The daemon's version (Cargo's).
     pub version: String,
@@ -168,7 +187,7 @@ pub struct StatusOut {
 }
 
 /// A webhook on a failing streak.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreakOut {
     /// `wh_<ULID>`.
     pub webhook_id: String,
@@ -181,7 +200,7 @@ pub struct StreakOut {
 }
 
 /// The cluster part of the status (PostgreSQL).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterOut {
     /// This daemon's id.
     pub node: String,
@@ -192,7 +211,7 @@ pub struct ClusterOut {
 }
 
 /// One live daemon.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DaemonOut {
     /// Its id.
     pub id: String,

@@ -18,16 +18,30 @@ use crate::scheduler::AttemptNowError;
 use crate::store::{blocking, AcceptOutcome, FanOut};
 
 /// Query of `GET /api/webhooks/{id}/deliveries`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListDeliveries {
     status: Option<String>,
     event_type: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /api/webhooks/{id}/deliveries` → a page, newest first, optionally by `status` and
 /// `event_type`; 400 `invalid_query` for an unknown status or event type.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/{id}/deliveries",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`)."), ListDeliveries),
+    responses(
+        (status = 200, description = "A page of the webhook's deliveries, newest first", body = Page<DeliveryOut>),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn list_webhook_deliveries(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,6 +91,16 @@ async fn visible_delivery(
 }
 
 /// `GET /api/deliveries/{id}` → the delivery with every attempt in ascending `number`.
+#[utoipa::path(
+    get,
+    path = "/api/deliveries/{id}",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "The delivery's id (`dlv_...`).")),
+    responses(
+        (status = 200, description = "The delivery with every attempt", body = DeliveryOut),
+        (status = 404, description = "no such delivery visible to this token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn get_delivery(
     State(state): State<AppState>,
     caller: Caller,
@@ -126,6 +150,17 @@ fn payload_deleted() -> ApiError {
 
 /// `POST /api/deliveries/{id}/redeliver`: one manual attempt now, answered with that attempt
 /// and the delivery after it (spec: "re-déclencher manuellement une livraison échouée").
+#[utoipa::path(
+    post,
+    path = "/api/deliveries/{id}/redeliver",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "The delivery's id (`dlv_...`).")),
+    responses(
+        (status = 200, description = "The manual attempt just made and the delivery after it", body = AttemptResultOut),
+        (status = 404, description = "no such delivery visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "an attempt of this delivery is in flight, its payload was deleted, or its webhook is deleted or disabled", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn redeliver(
     State(state): State<AppState>,
     caller: Caller,
@@ -158,6 +193,20 @@ pub(super) async fn redeliver(
 
 /// `POST /api/webhooks/{id}/test`: a `webhook.test` event for this webhook alone, its first
 /// attempt made now and answered; afterwards a normal delivery (logged, retried, listed).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/{id}/test",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    responses(
+        (status = 200, description = "The first attempt of a `webhook.test` delivery, made now", body = AttemptResultOut, links(
+            ("GetDelivery" = (operation_id = "get_delivery", parameters(("id" = "$response.body#/delivery/id")))),
+            ("Redeliver" = (operation_id = "redeliver", parameters(("id" = "$response.body#/delivery/id"))))
+        )),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "the webhook is inactive", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn test_webhook(
     State(state): State<AppState>,
     caller: Caller,

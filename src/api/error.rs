@@ -78,26 +78,32 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error answer: `{"error":{"code","message","field"?}}`.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorOut {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+/// The error itself.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine code (`validation_failed`, `not_found`, `unauthorized`, ...).
+    pub code: String,
+    /// For people; never a secret.
+    pub message: String,
+    /// With `validation_failed`: the offending field, as a dotted path.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                field: self.field.as_deref(),
+        let body = ErrorOut {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();

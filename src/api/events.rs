@@ -20,6 +20,22 @@ use crate::store::{blocking, AcceptOutcome, EventQuery, FanOut};
 /// `POST /api/events` → 202 `{"event_id","deliveries"}` once the event and its deliveries
 /// are committed (fsync'd); 200 with the original answer for an idempotent replay; 409 when
 /// the `event_id` was used with different content.
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "events",
+    request_body = EventIn,
+    responses(
+        (status = 202, description = "Accepted and durable (committed before the answer)", body = EventAccepted, links(
+            ("GetEvent" = (operation_id = "get_event", parameters(("event_id" = "$response.body#/event_id")))),
+            ("DeletePayload" = (operation_id = "delete_payload", parameters(("event_id" = "$response.body#/event_id"))))
+        )),
+        (status = 200, description = "An idempotent replay: this `event_id` was accepted before with the same content", body = EventAccepted),
+        (status = 403, description = "an organization key naming another organization", body = crate::api::ErrorOut),
+        (status = 409, description = "`event_id_conflict`: this `event_id` was accepted with different content", body = crate::api::ErrorOut),
+        (status = 422, description = "the event is invalid (`field` names what)", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn ingest_event(
     State(state): State<AppState>,
     caller: Caller,
@@ -76,13 +92,25 @@ pub(super) async fn ingest_event(
 }
 
 /// Query of `GET /api/events/{event_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct GetEvent {
     organization_id: Option<String>,
 }
 
 /// `GET /api/events/{event_id}`: the envelope fields as delivered, `received_at` and the
 /// deliveries. The admin may name `?organization_id=`; 409 `ambiguous_event_id` if it must.
+#[utoipa::path(
+    get,
+    path = "/api/events/{event_id}",
+    tag = "events",
+    params(("event_id" = String, Path, description = "The event's `event_id`."), GetEvent),
+    responses(
+        (status = 200, description = "The event as delivered, and its deliveries", body = EventOut),
+        (status = 404, description = "no such event visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "`ambiguous_event_id`: the admin must name `organization_id`", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn get_event(
     State(state): State<AppState>,
     caller: Caller,
@@ -106,6 +134,17 @@ pub(super) async fn get_event(
 /// tombstone, the event's unfinished deliveries are cancelled, the attempt log stays. 200
 /// with the event as `GET` shows it now (`data: null`, `payload_deleted_at`); the same again
 /// on a second call. Organization as `GET /api/events/{event_id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/events/{event_id}/payload",
+    tag = "events",
+    params(("event_id" = String, Path, description = "The event's `event_id`."), GetEvent),
+    responses(
+        (status = 200, description = "The event with `data: null`; its unfinished deliveries cancelled", body = EventOut),
+        (status = 404, description = "no such event visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "`ambiguous_event_id`: the admin must name `organization_id`", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn delete_payload(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,7 +201,8 @@ async fn event_organization(
 }
 
 /// Query of `GET /api/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListEvents {
     #[serde(rename = "type")]
     event_type: Option<String>,
@@ -171,7 +211,10 @@ pub(super) struct ListEvents {
     organization_id: Option<String>,
     /// Only events of which at least one delivery has this status (issue 15).
     delivery_status: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -191,6 +234,15 @@ pub(super) fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>,
 
 /// `GET /api/events` → a page, newest first. `since`/`until` bound the time of ingest;
 /// `delivery_status` keeps the events of which a delivery has that status.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    params(ListEvents),
+    responses(
+        (status = 200, description = "A page of events, newest first", body = Page<EventOut>)
+    )
+)]
 pub(super) async fn list_events(
     State(state): State<AppState>,
     caller: Caller,

@@ -18,13 +18,15 @@ use crate::model::{DeliveryStatus, Job, JobKind, JobState};
 use crate::store::blocking;
 
 /// `POST /api/webhooks/{id}/recover`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverIn {
     /// Start of the window (RFC 3339), on the deliveries' creation time.
+    #[schema(format = DateTime)]
     pub since: String,
     /// End of the window (RFC 3339, exclusive); default now.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub until: Option<String>,
     /// Statuses to re-send: any of `failed`, `succeeded`, `cancelled`; default `["failed"]`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,13 +34,15 @@ pub struct RecoverIn {
 }
 
 /// `POST /api/webhooks/{id}/replay`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayIn {
     /// Start of the window (RFC 3339), on the events' time of ingest.
+    #[schema(format = DateTime)]
     pub since: String,
     /// End of the window (RFC 3339, exclusive); default now.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub until: Option<String>,
     /// Event types to replay; default: the types the webhook subscribes to now.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +50,7 @@ pub struct ReplayIn {
 }
 
 /// A job as answered.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobOut {
     /// `job_<ULID>`.
     pub id: String,
@@ -188,6 +192,21 @@ async fn start_job(
 /// webhook's deliveries created in the window whose status is listed (final statuses only;
 /// default `failed`), each once per job ([`crate::model::JobKind::Recover`]). 422 for a bad
 /// window or status.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/{id}/recover",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    request_body = RecoverIn,
+    responses(
+        (status = 202, description = "The recovery job, started", body = JobOut, links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+            ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id"))))
+        )),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 422, description = "a bad window or status", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn recover(
     State(state): State<AppState>,
     caller: Caller,
@@ -225,6 +244,21 @@ pub(super) async fn recover(
 /// delivery to the webhook for each event of its organization received in the window that
 /// it never had (of these types; default: what it subscribes to now). 422 for a bad window
 /// or type.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/{id}/replay",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    request_body = ReplayIn,
+    responses(
+        (status = 202, description = "The replay job, started", body = JobOut, links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+            ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id"))))
+        )),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 422, description = "a bad window or event type", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn replay(
     State(state): State<AppState>,
     caller: Caller,
@@ -266,14 +300,27 @@ pub(super) async fn replay(
 }
 
 /// Query of `GET /api/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListJobs {
     organization_id: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /api/jobs?limit=&cursor=` (admin: `organization_id=` optional) → a page, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/jobs",
+    tag = "jobs",
+    params(ListJobs),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = Page<JobOut>)
+    )
+)]
 pub(super) async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -306,6 +353,16 @@ async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job,
 }
 
 /// `GET /api/jobs/{id}` → the job with its progress.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (`job_...`).")),
+    responses(
+        (status = 200, description = "The job and its progress", body = JobOut),
+        (status = 404, description = "no such job visible to this token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -319,6 +376,17 @@ pub(super) async fn get_job(
 /// `POST /api/jobs/{id}/cancel` → 200 job `cancelled`: it queues nothing more; deliveries
 /// already queued go on and are counted, and `recovery.finished` is emitted when the last has
 /// ended (`finished_at`). 409 `job_finished` when it is final.
+#[utoipa::path(
+    post,
+    path = "/api/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (`job_...`).")),
+    responses(
+        (status = 200, description = "The job, `cancelled`", body = JobOut),
+        (status = 404, description = "no such job visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "`job_finished`: the job is final", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,

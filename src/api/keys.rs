@@ -15,6 +15,17 @@ use crate::model::ApiKey;
 use crate::store::blocking;
 
 /// `POST /api/keys` → 201 with the key, shown this once.
+#[utoipa::path(
+    post,
+    path = "/api/keys",
+    tag = "keys",
+    request_body = KeyIn,
+    responses(
+        (status = 201, description = "Created; `key` is shown this once", body = KeyOut, links(("DeleteKey" = (operation_id = "delete_key", parameters(("id" = "$response.body#/id")))))),
+        (status = 403, description = "not the admin token", body = crate::api::ErrorOut),
+        (status = 422, description = "a field is invalid", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -45,6 +56,15 @@ pub(super) async fn create_key(
 }
 
 /// `GET /api/keys` → every key, without the key text.
+#[utoipa::path(
+    get,
+    path = "/api/keys",
+    tag = "keys",
+    responses(
+        (status = 200, description = "Every key, without the key text", body = Vec<KeyOut>),
+        (status = 403, description = "not the admin token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn list_keys(
     State(state): State<AppState>,
     caller: Caller,
@@ -55,6 +75,17 @@ pub(super) async fn list_keys(
 }
 
 /// `DELETE /api/keys/{id}` → 204.
+#[utoipa::path(
+    delete,
+    path = "/api/keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "The key's id (`key_...`).")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "not the admin token", body = crate::api::ErrorOut),
+        (status = 404, description = "no such key visible to this token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn delete_key(
     State(state): State<AppState>,
     caller: Caller,

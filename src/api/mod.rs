@@ -13,6 +13,8 @@ mod extract;
 pub mod guard;
 pub mod jobs;
 mod keys;
+mod meta;
+pub mod openapi;
 pub mod options;
 mod search;
 pub mod stats;
@@ -30,7 +32,7 @@ use axum::Router;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorDetail, ErrorOut};
 pub use extract::{token_hash, Caller};
 
 /// What every handler shares.
@@ -101,10 +103,10 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::get_job))
         .route("/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/webhooks/{id}/stats", get(stats::webhook_stats))
-        .route("/me", get(whoami))
+        .route("/me", get(meta::whoami))
         .route("/admin/backup", get(admin::backup))
         .route("/admin/status", get(admin::status))
-        .route("/event-types", get(event_types))
+        .route("/event-types", get(meta::event_types))
         .route(
             "/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
@@ -131,9 +133,11 @@ pub fn router(state: AppState) -> Router {
             guard::authenticate,
         ));
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .route("/metrics", get(meta::metrics_text))
+        // Outside `/api`'s authentication: the document describes the API to anyone.
+        .route("/api/openapi.json", get(openapi::document))
         .nest("/api", api)
         .merge(ui::routes())
         .fallback(error::not_found)
@@ -145,116 +149,4 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::map_response(ui::baseline_headers))
         .with_state(state)
-}
-
-/// `GET /metrics`: Prometheus text format (version 0.0.4), every name prefixed
-/// `palo_webhooks_`; with `--metrics-token`, only for `Authorization: Bearer <token>` (401
-/// otherwise).
-async fn metrics_text(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    headers: axum::http::HeaderMap,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
-    use subtle::ConstantTimeEq;
-    if let Some(expected) = &state.metrics.token_hash {
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| token_hash(t.trim()));
-        if !given.is_some_and(|g| bool::from(g.ct_eq(expected))) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or invalid metrics token",
-            ));
-        }
-    }
-    let now = crate::clock::now_ms();
-    let ((due_now, scheduled_later, oldest), db_bytes) =
-        crate::store::blocking(&state.store, move |s| {
-            Ok((s.due_summary(now)?, s.size_bytes().unwrap_or(0)))
-        })
-        .await?;
-    let snapshot = crate::metrics::Snapshot {
-        due_now,
-        scheduled_later,
-        oldest_overdue_seconds: oldest.map_or(0.0, |due| now.saturating_sub(due) as f64 / 1000.0),
-        in_flight: state.scheduler.in_flight() as u64,
-        db_bytes,
-        cluster: state
-            .scheduler
-            .cluster_status()
-            .map(|c| (c.node, c.serving.len(), c.daemons.len())),
-    };
-    let text = crate::metrics::render(&state.metrics.handle, &snapshot);
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
-}
-
-/// `GET /api/me` → who the token is: `{"principal":"admin"}` or
-/// `{"principal":"organization","organization_id":"…"}` (the web UI's sign-in check).
-async fn whoami(caller: Caller) -> axum::Json<serde_json::Value> {
-    axum::Json(match caller {
-        Caller::Admin => serde_json::json!({"principal": "admin"}),
-        Caller::Organization(org) => {
-            serde_json::json!({"principal": "organization", "organization_id": org})
-        }
-    })
-}
-
-/// `GET /api/event-types` → `{"data":[{"name","required_fields":[…],"operational"}]}`: the
-/// event types a webhook may subscribe to (spec "Types d'événements") and the `data` fields
-/// each carries; `operational` types (issue 15) are made by the daemon, never ingested, and
-/// reach only webhooks that name them.
-async fn event_types(_caller: Caller) -> axum::Json<serde_json::Value> {
-    let data: Vec<serde_json::Value> = crate::event::EventType::PUBLIC
-        .iter()
-        .chain(&crate::event::EventType::OPERATIONAL)
-        .map(|t| {
-            let fields: Vec<&str> = t.required_fields().iter().map(|(name, _)| *name).collect();
-            serde_json::json!({
-                "name": t.as_str(),
-                "required_fields": fields,
-                "operational": t.is_operational(),
-            })
-        })
-        .collect();
-    axum::Json(serde_json::json!({ "data": data }))
-}
-
-/// `GET /healthz`, liveness: 200 `{"status":"ok"}` while the process serves (the router is
-/// only served once the store is open and the scheduler runs), no auth. A failing store
-/// does not change it: restarting would not help, [`readyz`] says it.
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
-}
-
-/// `GET /readyz`, readiness: 200 `{"status":"ready"}` while the store commits; 503
-/// `{"status":"unavailable","reason":...}` while it cannot (disk full, an I/O error, the
-/// PostgreSQL server unreachable: ingest answers 503 and deliveries are paused until a probe
-/// commits again, about every second), no auth. For load balancers and monitors.
-async fn readyz(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
-    if state.store.is_writable() {
-        (
-            axum::http::StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ready"})),
-        )
-    } else {
-        (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({
-                "status": "unavailable",
-                "reason": "the store cannot commit (disk full, I/O error or database unreachable): events are refused with 503 and deliveries are paused until it commits again"
-            })),
-        )
-    }
 }

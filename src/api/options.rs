@@ -44,7 +44,7 @@ const RESERVED_HEADERS: [&str; 13] = [
 
 /// One custom header in a request: `{"name", "value", "secret"}`. In a PATCH, a secret
 /// header sent without `value` keeps the value stored under that name.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderIn {
     /// An HTTP token; compared and stored lowercase.
@@ -57,7 +57,7 @@ pub struct HeaderIn {
 }
 
 /// A custom header as answered: the value only when it is not secret.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeaderOut {
     /// Lowercase.
     pub name: String,
@@ -69,7 +69,7 @@ pub struct HeaderOut {
 }
 
 /// `auth` in a request.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthIn {
     /// `Authorization: Basic` (RFC 7617).
@@ -111,7 +111,7 @@ pub struct OptionsContext<'a> {
 }
 
 /// `client_certificate` in a request: PEM texts.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertificateIn {
     /// The chain, end-entity certificate first.
@@ -121,7 +121,7 @@ pub struct ClientCertificateIn {
 }
 
 /// `client_certificate` as answered: never the key.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientCertificateOut {
     /// Always true.
     pub configured: bool,
@@ -132,7 +132,7 @@ pub struct ClientCertificateOut {
 }
 
 /// `auth` as answered: its type, what is not a credential, and `configured: true`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuthOut {
     /// `basic`, `bearer` or `oauth2_client_credentials`.
     #[serde(rename = "type")]
@@ -189,7 +189,7 @@ impl AuthOut {
 
 /// The delivery options of a create or a PATCH. Absent fields leave what is stored;
 /// `null` resets a field to its default.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct OptionsIn {
     /// `none` or `key`.
     #[serde(
@@ -197,6 +197,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub ordering: Option<Option<String>>,
     /// A duration (`30m`); `null` holds a key until its delivery ends.
     #[serde(
@@ -204,6 +205,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub ordering_hold_max: Option<Option<String>>,
     /// 1..=64; `null` for the daemon's per-webhook value.
     #[serde(
@@ -211,6 +213,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<u32>)]
     pub max_in_flight: Option<Option<u32>>,
     /// Requests per second, at least 1; `null` for none.
     #[serde(
@@ -218,6 +221,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<u32>)]
     pub rate_limit: Option<Option<u32>>,
     /// A filter document ([`crate::filter`]); `null` for none.
     #[serde(
@@ -225,6 +229,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub filter: Option<Option<serde_json::Value>>,
     /// The whole list, replacing the stored one; `null` or `[]` for none.
     #[serde(
@@ -232,6 +237,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Vec<HeaderIn>>)]
     pub headers: Option<Option<Vec<HeaderIn>>>,
     /// `null` for none.
     #[serde(
@@ -239,6 +245,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<AuthIn>)]
     pub auth: Option<Option<AuthIn>>,
     /// `["hmac"]` or `["hmac", "ed25519"]`.
     #[serde(
@@ -246,6 +253,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Vec<String>>)]
     pub signature_scheme: Option<Option<Vec<String>>>,
     /// A client certificate for mutual TLS; `null` for none.
     #[serde(
@@ -253,6 +261,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<ClientCertificateIn>)]
     pub client_certificate: Option<Option<ClientCertificateIn>>,
     /// `"none"` (direct), an `http://[user:password@]host:port` proxy, or `null` for the
     /// daemon's `--proxy`.
@@ -261,6 +270,7 @@ pub struct OptionsIn {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub proxy: Option<Option<String>>,
 }
 
@@ -273,7 +283,7 @@ pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 }
 
 /// The options fields of a webhook answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OptionsOut {
     /// `none` or `key`.
     pub ordering: String,
@@ -680,7 +690,7 @@ fn validate_headers(
 }
 
 /// The answer of `GET /api/webhooks/{id}/public-key`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicKeyOut {
     /// `whpk_` + base64 of the 32-byte Ed25519 public key (Standard Webhooks).
     pub public_key: String,
@@ -694,6 +704,17 @@ pub struct PublicKeyOut {
 /// # Errors
 /// 404 for an unknown webhook; 409 `ed25519_not_enabled` when its `signature_scheme` does
 /// not include `ed25519`.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/{id}/public-key",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    responses(
+        (status = 200, description = "The Ed25519 key that verifies the webhook's `v1a` signatures", body = PublicKeyOut),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "`ed25519_not_enabled`", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn public_key(
     State(state): State<AppState>,
     caller: Caller,

@@ -18,17 +18,34 @@ use crate::store::{blocking, DeliverySearch};
 
 /// The search's parameters as sent: list filters may repeat and hold commas
 /// (`status=failed,retrying&status=pending`), every other one appears at most once.
-#[derive(Debug, Default)]
-struct RawSearch {
+#[derive(Debug, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RawSearch {
+    /// The organization whose log to search (required with the admin token).
     organization_id: Option<String>,
+    /// Only deliveries to this webhook (`wh_...`).
     webhook_id: Option<String>,
+    /// Only these statuses (`pending`, `retrying`, `held`, `succeeded`, `failed`,
+    /// `cancelled`), repeated or comma-separated.
+    #[param(rename = "status")]
     statuses: Vec<String>,
+    /// Only deliveries whose last attempt came to one of these (`2xx`, `3xx`, `4xx`, `5xx`,
+    /// `other_status`, `timeout`, `connect`, `dns`, `tls`, `io`, `blocked_address`, `auth`),
+    /// repeated or comma-separated.
+    #[param(rename = "outcome")]
     outcomes: Vec<String>,
+    /// Only this event type.
     event_type: Option<String>,
+    /// Only the deliveries of this event.
     event_id: Option<String>,
+    /// Created at or after, RFC 3339.
     since: Option<String>,
+    /// Created at or before, RFC 3339.
     until: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -129,6 +146,15 @@ fn typed(caller: &Caller, raw: RawSearch) -> Result<DeliverySearch, ApiError> {
 /// given, newest first (creation time, then id); `next_cursor` resumes after the page's
 /// last row. 400 `invalid_query` for an unknown parameter, status, outcome or event type, a
 /// bad time, id, limit or cursor, and for the admin without `organization_id`.
+#[utoipa::path(
+    get,
+    path = "/api/deliveries",
+    tag = "deliveries",
+    params(RawSearch),
+    responses(
+        (status = 200, description = "A page of matching deliveries, newest first", body = Page<DeliveryOut>)
+    )
+)]
 pub(super) async fn search_deliveries(
     State(state): State<AppState>,
     caller: Caller,

@@ -28,14 +28,16 @@ pub const MAX_HOURS: u64 = 168;
 const HOUR_MS: u64 = 3_600_000;
 
 /// Query of `GET /api/webhooks/{id}/stats`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StatsQuery {
     /// Window length in hours, 1 to [`MAX_HOURS`]; default 24.
+    #[param(minimum = 1, maximum = 168)]
     hours: Option<u64>,
 }
 
 /// Deliveries counted by their current status.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OutcomeCounts {
     /// Delivered (a 2xx).
     pub succeeded: u64,
@@ -65,7 +67,7 @@ impl OutcomeCounts {
 }
 
 /// One hour of the window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HourOut {
     /// Start of the hour, RFC 3339 UTC (hours are aligned to UTC hours).
     pub start: String,
@@ -81,7 +83,7 @@ pub struct HourOut {
 }
 
 /// Answer of `GET /api/webhooks/{id}/stats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatsOut {
     /// Window length, hours.
     pub hours: u64,
@@ -176,6 +178,16 @@ pub fn summarize(activity: &WebhookActivity, hours: u64, now_ms: u64) -> StatsOu
 
 /// `GET /api/webhooks/{id}/stats?hours=24` → [`StatsOut`]; 400 `invalid_query` for `hours`
 /// outside 1..=168, 404 for a webhook the caller cannot see.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/{id}/stats",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`)."), StatsQuery),
+    responses(
+        (status = 200, description = "Hourly delivery statistics", body = StatsOut),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn webhook_stats(
     State(state): State<AppState>,
     caller: Caller,

@@ -8,8 +8,14 @@ use crate::clock::format_ms;
 use crate::model::{ApiKey, Attempt, Delivery, Event, Webhook};
 
 /// `POST /api/webhooks` (spec "Créer un webhook").
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "url": "https://helpdesk.example.com/webhooks/palo",
+    "events": ["ticket.created", "ticket.resolved"],
+    "description": "Helpdesk sync",
+    "organization_id": "org_example"
+}))]
 pub struct WebhookIn {
     /// Absolute https URL (http with `--allow-http`).
     pub url: String,
@@ -17,6 +23,7 @@ pub struct WebhookIn {
     pub events: Vec<String>,
     /// At least 32 characters; generated when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 32)]
     pub secret: Option<String>,
     /// Default true.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,6 +40,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub ordering: Option<Option<String>>,
     /// A duration; how long one delivery may hold its ordering key.
     #[serde(
@@ -40,6 +48,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub ordering_hold_max: Option<Option<String>>,
     /// 1..=64, or null for the daemon's per-webhook value.
     #[serde(
@@ -47,6 +56,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 64)]
     pub max_in_flight: Option<Option<u32>>,
     /// Requests per second, or null.
     #[serde(
@@ -54,6 +64,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     pub rate_limit: Option<Option<u32>>,
     /// A filter document on the envelope, or null.
     #[serde(
@@ -61,6 +72,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub filter: Option<Option<serde_json::Value>>,
     /// Custom headers (the whole list).
     #[serde(
@@ -68,6 +80,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Vec<super::options::HeaderIn>>)]
     pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
     /// Receiver authentication, or null.
     #[serde(
@@ -75,6 +88,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<super::options::AuthIn>)]
     pub auth: Option<Option<super::options::AuthIn>>,
     /// `["hmac"]` or `["hmac", "ed25519"]`.
     #[serde(
@@ -82,6 +96,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Vec<String>>)]
     pub signature_scheme: Option<Option<Vec<String>>>,
     /// A client certificate for mutual TLS, or null.
     #[serde(
@@ -89,6 +104,7 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<super::options::ClientCertificateIn>)]
     pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
     /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
     #[serde(
@@ -96,11 +112,12 @@ pub struct WebhookIn {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub proxy: Option<Option<String>>,
 }
 
 /// `PATCH /api/webhooks/{id}`: any subset of the fields.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
     /// New URL.
@@ -111,6 +128,7 @@ pub struct WebhookPatch {
     pub events: Option<Vec<String>>,
     /// New secret (at least 32 characters).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 32)]
     pub secret: Option<String>,
     /// Activate or deactivate.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +142,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub ordering: Option<Option<String>>,
     /// A duration; how long one delivery may hold its ordering key.
     #[serde(
@@ -131,6 +150,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub ordering_hold_max: Option<Option<String>>,
     /// 1..=64, or null for the daemon's per-webhook value.
     #[serde(
@@ -138,6 +158,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 64)]
     pub max_in_flight: Option<Option<u32>>,
     /// Requests per second, or null.
     #[serde(
@@ -145,6 +166,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     pub rate_limit: Option<Option<u32>>,
     /// A filter document on the envelope, or null.
     #[serde(
@@ -152,6 +174,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub filter: Option<Option<serde_json::Value>>,
     /// Custom headers (the whole list).
     #[serde(
@@ -159,6 +182,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Vec<super::options::HeaderIn>>)]
     pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
     /// Receiver authentication, or null.
     #[serde(
@@ -166,6 +190,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<super::options::AuthIn>)]
     pub auth: Option<Option<super::options::AuthIn>>,
     /// `["hmac"]` or `["hmac", "ed25519"]`.
     #[serde(
@@ -173,6 +198,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<Vec<String>>)]
     pub signature_scheme: Option<Option<Vec<String>>>,
     /// A client certificate for mutual TLS, or null.
     #[serde(
@@ -180,6 +206,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<super::options::ClientCertificateIn>)]
     pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
     /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
     #[serde(
@@ -187,6 +214,7 @@ pub struct WebhookPatch {
         deserialize_with = "super::options::present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub proxy: Option<Option<String>>,
 }
 
@@ -252,7 +280,7 @@ impl WebhookPatch {
 }
 
 /// A webhook as answered. `secret` appears only in the creation answer, when generated.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookOut {
     /// `wh_<ULID>`.
     pub id: String,
@@ -294,7 +322,7 @@ pub struct WebhookOut {
 }
 
 /// Why and since when the daemon disabled a webhook (issue 15).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DisabledOut {
     /// `gone` (an attempt got 410) or `failing` (every attempt failed for `--disable-after`).
     pub reason: String,
@@ -311,7 +339,7 @@ pub struct DisabledOut {
 }
 
 /// `POST /api/webhooks/{id}/enable`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnableIn {
     /// `true`: every held delivery is queued again, in due order; `false`: they are
@@ -358,7 +386,7 @@ impl From<&Webhook> for WebhookOut {
 }
 
 /// `POST /api/webhooks/{id}/rotate-secret`: both fields optional.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecretIn {
     /// The new secret (at least 32 characters); generated when absent.
@@ -371,18 +399,27 @@ pub struct RotateSecretIn {
 }
 
 /// `POST /api/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "event_id": "evt_example_1",
+    "event_type": "ticket.created",
+    "organization_id": "org_example",
+    "data": {"ticket_id": "TKT-1", "title": "Printer on fire", "priority": "p1",
+             "project_id": "prj_1", "created_by": "usr_1"}
+}))]
 pub struct EventIn {
     /// Idempotency key, 1-128 of `A-Za-z0-9_-.:`; generated when absent.
     pub event_id: Option<String>,
     /// Event type name.
     pub event_type: String,
     /// RFC 3339, any offset; time of ingest when absent.
+    #[schema(format = DateTime)]
     pub timestamp: Option<String>,
     /// Required with the admin token; defaults to an organization key's own.
     pub organization_id: Option<String>,
     /// The event data, kept as the exact JSON text received.
+    #[schema(value_type = serde_json::Value)]
     pub data: Box<RawValue>,
     /// 1-256 characters: deliveries to a webhook with `ordering: "key"` go one at a time per
     /// key, in ingest order (issue 16). Default: `data.ticket_id` or `data.incident_id`.
@@ -390,7 +427,7 @@ pub struct EventIn {
 }
 
 /// The answer to `POST /api/events`: 202 when accepted, 200 for an idempotent replay.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventAccepted {
     /// The event id (given or generated).
     pub event_id: String,
@@ -402,7 +439,7 @@ pub struct EventAccepted {
 }
 
 /// A delivery in an event's answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventDeliveryOut {
     /// `dlv_<ULID>`.
     pub id: String,
@@ -413,7 +450,7 @@ pub struct EventDeliveryOut {
 }
 
 /// `GET /api/events/{id}`: the envelope's fields exactly as delivered, plus bookkeeping.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventOut {
     /// Envelope `event_id`.
     pub event_id: String,
@@ -424,6 +461,7 @@ pub struct EventOut {
     /// Envelope `organization_id`.
     pub organization_id: String,
     /// Envelope `data`, byte for byte; `null` once the payload was deleted.
+    #[schema(value_type = serde_json::Value)]
     pub data: Box<RawValue>,
     /// RFC 3339, when accepted.
     pub received_at: String,
@@ -473,7 +511,7 @@ impl EventOut {
 }
 
 /// One logged attempt.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptOut {
     /// 1, 2, … (also sent as `X-Palo-Attempt`).
     pub number: u32,
@@ -516,7 +554,7 @@ impl From<&Attempt> for AttemptOut {
 }
 
 /// A delivery; `attempts` only in `GET /api/deliveries/{id}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryOut {
     /// `dlv_<ULID>`.
     pub id: String,
@@ -571,7 +609,7 @@ impl From<&Delivery> for DeliveryOut {
 }
 
 /// The answer of a redelivery or a test delivery: the attempt just made and the delivery after it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptResultOut {
     /// The attempt just made.
     pub attempt: AttemptOut,
@@ -580,8 +618,9 @@ pub struct AttemptResultOut {
 }
 
 /// `POST /api/keys`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"organization_id": "org_example", "description": "helpdesk"}))]
 pub struct KeyIn {
     /// The organization the key acts for.
     pub organization_id: String,
@@ -591,7 +630,7 @@ pub struct KeyIn {
 }
 
 /// An API key as answered; `key` only in the creation answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyOut {
     /// `key_<ULID>`.
     pub id: String,
@@ -619,7 +658,7 @@ impl From<&ApiKey> for KeyOut {
 }
 
 /// A page of a list: `{"data":[...],"next_cursor":...}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// This page's items.
     pub data: Vec<T>,

@@ -218,6 +218,29 @@ pub(super) async fn visible_webhook(
 }
 
 /// `POST /api/webhooks` → 201 with the webhook (and the secret, once, if generated).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks",
+    tag = "webhooks",
+    request_body = WebhookIn,
+    responses(
+        (status = 201, description = "Created; `secret` and `standard_webhooks_secret` only when generated", body = WebhookOut, links(
+            ("GetWebhook" = (operation_id = "get_webhook", parameters(("id" = "$response.body#/id")))),
+            ("UpdateWebhook" = (operation_id = "update_webhook", parameters(("id" = "$response.body#/id")))),
+            ("DeleteWebhook" = (operation_id = "delete_webhook", parameters(("id" = "$response.body#/id")))),
+            ("TestWebhook" = (operation_id = "test_webhook", parameters(("id" = "$response.body#/id")))),
+            ("RotateSecret" = (operation_id = "rotate_secret", parameters(("id" = "$response.body#/id")))),
+            ("WebhookDeliveries" = (operation_id = "list_webhook_deliveries", parameters(("id" = "$response.body#/id")))),
+            ("WebhookStats" = (operation_id = "webhook_stats", parameters(("id" = "$response.body#/id")))),
+            ("PublicKey" = (operation_id = "public_key", parameters(("id" = "$response.body#/id")))),
+            ("Recover" = (operation_id = "recover", parameters(("id" = "$response.body#/id")))),
+            ("Replay" = (operation_id = "replay", parameters(("id" = "$response.body#/id")))),
+            ("Enable" = (operation_id = "enable_webhook", parameters(("id" = "$response.body#/id"))))
+        )),
+        (status = 403, description = "an organization key naming another organization", body = crate::api::ErrorOut),
+        (status = 422, description = "a field is invalid (`field` names it)", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn create_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -268,14 +291,27 @@ pub(super) async fn create_webhook(
 }
 
 /// Query of `GET /api/webhooks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListWebhooks {
+    /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
     organization_id: Option<String>,
 }
 
 /// `GET /api/webhooks` → a page in creation order.
+#[utoipa::path(
+    get,
+    path = "/api/webhooks",
+    tag = "webhooks",
+    params(ListWebhooks),
+    responses(
+        (status = 200, description = "A page of webhooks, in creation order", body = Page<WebhookOut>)
+    )
+)]
 pub(super) async fn list_webhooks(
     State(state): State<AppState>,
     caller: Caller,
@@ -316,6 +352,16 @@ fn not_managed_by_config(webhook: &Webhook) -> Result<(), ApiError> {
 }
 
 /// `GET /api/webhooks/{id}`, with `held_deliveries` (a count of the held index).
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    responses(
+        (status = 200, description = "The webhook, with `held_deliveries`", body = WebhookOut),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn get_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -336,6 +382,19 @@ pub(super) async fn get_webhook(
 /// move (0 for a backlog under a chunk); emits `webhook.enabled`. 409
 /// `not_disabled` when the daemon has not disabled it (`active` is the customer's switch,
 /// changed by PATCH).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/{id}/enable",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    request_body = EnableIn,
+    responses(
+        (status = 200, description = "Enabled; held deliveries queued or cancelled", body = WebhookOut),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "`not_disabled`: the daemon has not disabled it", body = crate::api::ErrorOut),
+        (status = 422, description = "a field is invalid", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn enable_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -381,6 +440,18 @@ pub(super) async fn enable_webhook(
 }
 
 /// `PATCH /api/webhooks/{id}`: any of url, events, secret, active, description.
+#[utoipa::path(
+    patch,
+    path = "/api/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    request_body = WebhookPatch,
+    responses(
+        (status = 200, description = "The webhook after the change", body = WebhookOut),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 422, description = "a field is invalid (`field` names it)", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn update_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -443,6 +514,18 @@ const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 ///
 /// # Errors
 /// 422 for a short secret or a bad `grace`; 404 for an unknown webhook.
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/{id}/rotate-secret",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    request_body = Option<RotateSecretIn>,
+    responses(
+        (status = 200, description = "The webhook with the new `secret`, shown this once", body = WebhookOut),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 422, description = "a short secret or a bad `grace`", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -494,6 +577,16 @@ pub(super) async fn rotate_secret(
 }
 
 /// `DELETE /api/webhooks/{id}` → 204; its unfinished deliveries become `cancelled`.
+#[utoipa::path(
+    delete,
+    path = "/api/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
+    responses(
+        (status = 204, description = "Deleted; its unfinished deliveries are cancelled"),
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut)
+    )
+)]
 pub(super) async fn delete_webhook(
     State(state): State<AppState>,
     caller: Caller,

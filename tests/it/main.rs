@@ -24,6 +24,7 @@ mod isolation;
 mod jobs;
 mod layout;
 mod lifecycle;
+mod openapi;
 mod operations;
 mod options;
 mod ordering;
