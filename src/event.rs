@@ -382,28 +382,29 @@ pub fn envelope(
 fn check_data(event_type: EventType, data: &RawValue) -> Result<Option<String>, EventError> {
     let fields: HashMap<String, &RawValue> =
         serde_json::from_str(data.get()).map_err(|_| invalid("data", "must be a JSON object"))?;
-    for (name, kind) in event_type.required_fields() {
-        let path = format!("data.{name}");
-        let raw = fields
-            .get(*name)
-            .ok_or_else(|| invalid(&path, "is required"))?
-            .get();
-        let ok = match kind {
-            FieldKind::String => raw.starts_with('"'),
-            FieldKind::Number => raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()),
-            FieldKind::StringArray => serde_json::from_str::<Vec<String>>(raw).is_ok(),
-            FieldKind::Boolean => raw == "true" || raw == "false",
-        };
-        if !ok {
-            let expected = match kind {
-                FieldKind::String => "a string",
-                FieldKind::Number => "a number",
-                FieldKind::StringArray => "an array of strings",
-                FieldKind::Boolean => "true or false",
-            };
-            return Err(invalid(&path, format!("must be {expected}")));
-        }
-    }
+    // What the type's schema constrains: its required fields (any other field is allowed as
+    // it is, so it is not parsed further).
+    let constrained: serde_json::Map<String, serde_json::Value> = event_type
+        .required_fields()
+        .iter()
+        .filter_map(|(name, _)| {
+            let raw = fields.get(*name)?;
+            // A number beyond f64 (1e400) is still a number: check it as one.
+            let value = serde_json::from_str(raw.get()).unwrap_or_else(|_| {
+                if raw
+                    .get()
+                    .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+                {
+                    serde_json::Value::from(0)
+                } else {
+                    serde_json::Value::Null
+                }
+            });
+            Some(((*name).to_owned(), value))
+        })
+        .collect();
+    crate::catalog::validate(event_type, &serde_json::Value::Object(constrained))
+        .map_err(|m| invalid(&m.field, m.message))?;
     Ok(event_type
         .ordering_field()
         .and_then(|name| fields.get(name))

@@ -171,7 +171,7 @@ pub(super) async fn whoami(caller: Caller) -> Json<MeOut> {
     })
 }
 
-/// One event type of `GET /api/event-types`.
+/// One event type of `GET /api/event-types` (the event catalog, [`crate::catalog`]).
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventTypeOut {
     /// The type's name, e.g. `ticket.created`.
@@ -180,18 +180,28 @@ pub struct EventTypeOut {
     pub required_fields: Vec<String>,
     /// Made by the daemon (issue 15), never ingested; reaches only webhooks that name it.
     pub operational: bool,
+    /// Whether a producer may send it to `POST /api/events` (the spec's four types).
+    pub ingestible: bool,
+    /// Whether a webhook may name it in `events` (every type but `webhook.test`, which goes
+    /// only to the webhook being tested).
+    pub subscribable: bool,
+    /// The JSON Schema (2020-12) of its `data`, with an example: ingest validates `data`
+    /// with this very schema.
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
 }
 
 /// `GET /api/event-types`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventTypesOut {
-    /// Every type: the spec's four, then the operational ones.
+    /// Every type: the spec's four, `webhook.test`, then the operational ones.
     pub data: Vec<EventTypeOut>,
 }
 
-/// `GET /api/event-types` → the event types a webhook may subscribe to (spec "Types
-/// d'événements") and the `data` fields each carries; `operational` types (issue 15) are
-/// made by the daemon, never ingested, and reach only webhooks that name them.
+/// `GET /api/event-types` → the event catalog: every event type (spec "Types
+/// d'événements", `webhook.test`, and the operational types of issue 15, made by the daemon
+/// and reaching only webhooks that name them), the `data` fields each carries, and the JSON
+/// Schema ingest validates its `data` with.
 #[utoipa::path(
     get,
     path = "/api/event-types",
@@ -200,9 +210,7 @@ pub struct EventTypesOut {
 )]
 pub(super) async fn event_types(_caller: Caller) -> Json<EventTypesOut> {
     Json(EventTypesOut {
-        data: crate::event::EventType::PUBLIC
-            .iter()
-            .chain(&crate::event::EventType::OPERATIONAL)
+        data: crate::catalog::all_types()
             .map(|t| EventTypeOut {
                 name: t.as_str().to_owned(),
                 required_fields: t
@@ -211,6 +219,9 @@ pub(super) async fn event_types(_caller: Caller) -> Json<EventTypesOut> {
                     .map(|(name, _)| (*name).to_owned())
                     .collect(),
                 operational: t.is_operational(),
+                ingestible: crate::event::EventType::PUBLIC.contains(&t),
+                subscribable: t != crate::event::EventType::WebhookTest,
+                schema: crate::catalog::data_schema(t),
             })
             .collect(),
     })

@@ -408,7 +408,7 @@
   async function eventTypes() {
     if (!eventTypesCache) {
       const res = await api("GET", "/api/event-types");
-      eventTypesCache = res.data.map((e) => e.name);
+      eventTypesCache = res.data.filter((e) => e.subscribable !== false).map((e) => e.name);
     }
     return eventTypesCache;
   }

@@ -12,6 +12,7 @@ macro_rules! file_only {
 }
 
 mod browser;
+mod catalog;
 mod cli;
 mod conformance;
 mod delivery;

@@ -171,7 +171,11 @@ async fn answers_carry_the_fields_the_document_requires() {
     let required = |name: &str| -> Vec<String> {
         let mut out = Vec::new();
         required_of(schemas, &schemas[name], &mut out);
-        assert!(!out.is_empty(), "{name} has no required fields: {}", schemas[name]);
+        assert!(
+            !out.is_empty(),
+            "{name} has no required fields: {}",
+            schemas[name]
+        );
         out
     };
     let receiver = support::Receiver::start(support::Behaviour::Status(200)).await;

@@ -127,6 +127,8 @@ async fn me_and_event_types_tell_the_ui_who_is_signed_in_and_what_to_offer() {
             "ticket.status_changed",
             "ticket.resolved",
             "system.incident",
+            // Issue 17: the whole catalog; the UI offers the subscribable ones.
+            "webhook.test",
             // Issue 15: the operational types, made by the daemon, offered by name.
             "webhook.disabled",
             "webhook.enabled",
@@ -134,7 +136,12 @@ async fn me_and_event_types_tell_the_ui_who_is_signed_in_and_what_to_offer() {
             "recovery.finished"
         ]
     );
-    assert_eq!(types["data"][4]["operational"], true);
+    assert_eq!(types["data"][5]["operational"], true);
+    assert_eq!(
+        (&types["data"][4]["subscribable"], &types["data"][4]["ingestible"]),
+        (&json!(false), &json!(false)),
+        "webhook.test goes only to the webhook being tested"
+    );
     assert_eq!(types["data"][0]["operational"], false);
     assert_eq!(
         types["data"][3]["required_fields"],
