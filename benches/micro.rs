@@ -38,6 +38,35 @@ fn json_validation(c: &mut Criterion) {
     group.finish();
 }
 
+/// Ingest's per-event work before the store: the envelope built and `data` checked against
+/// its type (issue 17: the event catalog's JSON Schema).
+fn event_prepare(c: &mut Criterion) {
+    let data = serde_json::value::RawValue::from_string(format!(
+        r#"{{"ticket_id":"TKT-1","title":"{}","priority":"p3","project_id":"p","created_by":"u","tags":["a","b"],"custom":{{"n":1}}}}"#,
+        "x".repeat(800)
+    ))
+    .unwrap();
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("prepare_1KiB_ticket_created", |b| {
+        b.iter(|| {
+            palo_webhooks::event::prepare(
+                palo_webhooks::event::EventInput {
+                    event_id: Some("evt_1".into()),
+                    event_type: "ticket.created".into(),
+                    timestamp: None,
+                    organization_id: "org_1".into(),
+                    data: black_box(&data),
+                },
+                1_771_497_000_000,
+                false,
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
 fn records(c: &mut Criterion) {
     let delivery = Delivery {
         id: DeliveryId::generate(),
@@ -213,6 +242,7 @@ criterion_group!(
     benches,
     signing,
     json_validation,
+    event_prepare,
     records,
     fan_out,
     filters,
