@@ -31,7 +31,7 @@ const MAX_TRACKED: usize = 100_000;
 /// Options of `palo-webhooks listen`.
 #[derive(Debug, Args)]
 pub struct ListenArgs {
-    /// Port on 127.0.0.1 (0 picks a free one, printed at start).
+    /// Port to listen on (0 picks a free one, printed at start).
     #[arg(long, default_value_t = 9000)]
     pub port: u16,
     /// Address to listen on.

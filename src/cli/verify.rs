@@ -52,9 +52,9 @@ pub struct VerifyArgs {
     /// The raw body as received (`-` for stdin).
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
-    /// A signature to check instead of the captured headers: `sha256=<hex>` (X-Palo-
-    /// Signature) or a `webhook-signature` value (`v1,<base64> ...`, needs `--id` and
-    /// `--timestamp`). Repeatable.
+    /// A signature to check instead of the captured headers: `sha256=<hex>`
+    /// (`X-Palo-Signature`) or a `webhook-signature` value (`v1,<base64> ...`, needs `--id`
+    /// and `--timestamp`). Repeatable.
     #[arg(long = "signature", value_name = "SIGNATURE")]
     pub signatures: Vec<String>,
     /// `webhook-timestamp`: Unix seconds.

@@ -17,9 +17,6 @@ use crate::api::types::{
 /// `webhooks` actions.
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
-    /// Recover or replay (tracked jobs).
-    #[command(flatten)]
-    Jobs(jobs::WebhookJobCommand),
     /// Create a webhook; prints the generated secret once if you give none.
     Create {
         /// The webhook's target URL (https).
@@ -122,6 +119,9 @@ pub enum WebhookCommand {
         #[arg(long)]
         grace: Option<String>,
     },
+    /// Recover or replay (tracked jobs).
+    #[command(flatten)]
+    Jobs(jobs::WebhookJobCommand),
 }
 
 /// The request of a `webhooks` action.
