@@ -35,12 +35,14 @@ fn main() -> ExitCode {
     }
     match &cli.command {
         Command::Verify(args) => {
+            // 0 verified, 1 not verified, 2 the check could not be made (as clap's usage
+            // errors), so a script tells a bad invocation from a failed check.
             return match palo_webhooks::cli::verify::run(args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+                    ExitCode::from(2)
                 }
             };
         }

@@ -12,6 +12,8 @@ use crate::clock::{self, format_ms};
 use crate::model::DeliveryStatus;
 use crate::store::blocking;
 
+/// Download a consistent backup of the store.
+///
 /// `GET /api/admin/backup` (admin): a consistent snapshot of the store as a redb file,
 /// streamed as `application/octet-stream`. The copy is made from one read transaction into a
 /// temporary file beside the db (`<db>.backup-<ulid>.tmp`, removed once opened), so the
@@ -86,6 +88,8 @@ pub(super) async fn backup(
         .into_response())
 }
 
+/// The daemon's state.
+///
 /// `GET /api/admin/status` (admin): `{"version","uptime_seconds","db_size_bytes",
 /// "deliveries":{"pending",…},"due_now","scheduled_later","oldest_overdue_at",
 /// "oldest_overdue_seconds","in_flight","failure_streaks":[{"webhook_id","organization_id",

@@ -30,6 +30,8 @@ pub(super) struct ListDeliveries {
     cursor: Option<String>,
 }
 
+/// List a webhook's deliveries.
+///
 /// `GET /api/webhooks/{id}/deliveries` → a page, newest first, optionally by `status` and
 /// `event_type`; 400 `invalid_query` for an unknown status or event type.
 #[utoipa::path(
@@ -90,6 +92,8 @@ async fn visible_delivery(
         .ok_or_else(|| ApiError::not_found("delivery"))
 }
 
+/// Get a delivery and its attempts.
+///
 /// `GET /api/deliveries/{id}` → the delivery with every attempt in ascending `number`.
 #[utoipa::path(
     get,
@@ -148,6 +152,8 @@ fn payload_deleted() -> ApiError {
     )
 }
 
+/// Redeliver now (one manual attempt).
+///
 /// `POST /api/deliveries/{id}/redeliver`: one manual attempt now, answered with that attempt
 /// and the delivery after it (spec: "re-déclencher manuellement une livraison échouée").
 #[utoipa::path(
@@ -191,6 +197,8 @@ pub(super) async fn redeliver(
     }))
 }
 
+/// Send a test event to a webhook now.
+///
 /// `POST /api/webhooks/{id}/test`: a `webhook.test` event for this webhook alone, its first
 /// attempt made now and answered; afterwards a normal delivery (logged, retried, listed).
 #[utoipa::path(

@@ -17,6 +17,8 @@ use crate::ids::EventKey;
 use crate::model::{DeliveryStatus, Event};
 use crate::store::{blocking, AcceptOutcome, EventQuery, FanOut};
 
+/// Send an event (durable before the answer, idempotent on event_id).
+///
 /// `POST /api/events` → 202 `{"event_id","deliveries"}` once the event and its deliveries
 /// are committed (fsync'd); 200 with the original answer for an idempotent replay; 409 when
 /// the `event_id` was used with different content.
@@ -98,6 +100,8 @@ pub(super) struct GetEvent {
     organization_id: Option<String>,
 }
 
+/// Get an event and its deliveries.
+///
 /// `GET /api/events/{event_id}`: the envelope fields as delivered, `received_at` and the
 /// deliveries. The admin may name `?organization_id=`; 409 `ambiguous_event_id` if it must.
 #[utoipa::path(
@@ -130,6 +134,8 @@ pub(super) async fn get_event(
     Ok(Json(EventOut::new(&event, &deliveries)))
 }
 
+/// Delete an event's payload.
+///
 /// `DELETE /api/events/{event_id}/payload` (issue 15, item 7): the stored body becomes a
 /// tombstone, the event's unfinished deliveries are cancelled, the attempt log stays. 200
 /// with the event as `GET` shows it now (`data: null`, `payload_deleted_at`); the same again
@@ -232,6 +238,8 @@ pub(super) fn time_bound(name: &str, value: Option<&str>) -> Result<Option<u64>,
         .transpose()
 }
 
+/// List events.
+///
 /// `GET /api/events` → a page, newest first. `since`/`until` bound the time of ingest;
 /// `delivery_status` keeps the events of which a delivery has that status.
 #[utoipa::path(

@@ -188,6 +188,8 @@ async fn start_job(
     Ok((StatusCode::ACCEPTED, Json(JobOut::from(&job))))
 }
 
+/// Recover a webhook's deliveries of a time window (a job).
+///
 /// `POST /api/webhooks/{id}/recover {"since","until"?,"statuses"?}` → 202 job: re-sends the
 /// webhook's deliveries created in the window whose status is listed (final statuses only;
 /// default `failed`), each once per job ([`crate::model::JobKind::Recover`]). 422 for a bad
@@ -240,6 +242,8 @@ pub(super) async fn recover(
     start_job(&state, &webhook, JobKind::Recover { statuses }, window, now).await
 }
 
+/// Replay events a webhook never had (a job).
+///
 /// `POST /api/webhooks/{id}/replay {"since","until"?,"event_types"?}` → 202 job: creates a
 /// delivery to the webhook for each event of its organization received in the window that
 /// it never had (of these types; default: what it subscribes to now). 422 for a bad window
@@ -311,6 +315,8 @@ pub(super) struct ListJobs {
     cursor: Option<String>,
 }
 
+/// List recovery and replay jobs.
+///
 /// `GET /api/jobs?limit=&cursor=` (admin: `organization_id=` optional) → a page, newest first.
 #[utoipa::path(
     get,
@@ -352,6 +358,8 @@ async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job,
         .ok_or_else(|| ApiError::not_found("job"))
 }
 
+/// Get a job and its progress.
+///
 /// `GET /api/jobs/{id}` → the job with its progress.
 #[utoipa::path(
     get,
@@ -373,6 +381,8 @@ pub(super) async fn get_job(
     )))
 }
 
+/// Cancel a job.
+///
 /// `POST /api/jobs/{id}/cancel` → 200 job `cancelled`: it queues nothing more; deliveries
 /// already queued go on and are counted, and `recovery.finished` is emitted when the last has
 /// ended (`finished_at`). 409 `job_finished` when it is final.

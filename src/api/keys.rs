@@ -14,6 +14,8 @@ use crate::ids::{random_hex, KeyId};
 use crate::model::ApiKey;
 use crate::store::blocking;
 
+/// Create an organization API key.
+///
 /// `POST /api/keys` → 201 with the key, shown this once.
 #[utoipa::path(
     post,
@@ -55,6 +57,8 @@ pub(super) async fn create_key(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+/// List API keys.
+///
 /// `GET /api/keys` → every key, without the key text.
 #[utoipa::path(
     get,
@@ -74,6 +78,8 @@ pub(super) async fn list_keys(
     Ok(Json(keys.iter().map(KeyOut::from).collect()))
 }
 
+/// Delete an API key.
+///
 /// `DELETE /api/keys/{id}` → 204.
 #[utoipa::path(
     delete,

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, Caller, ErrorOut};
 
+/// Prometheus metrics.
+///
 /// `GET /metrics`: Prometheus text format (version 0.0.4), every name prefixed
 /// `palo_webhooks_`; with `--metrics-token`, only for `Authorization: Bearer <token>` (401
 /// otherwise).
@@ -80,6 +82,8 @@ pub struct HealthOut {
     pub status: String,
 }
 
+/// Liveness.
+///
 /// `GET /healthz`, liveness: 200 `{"status":"ok"}` while the process serves (the router is
 /// only served once the store is open and the scheduler runs), no auth. A failing store
 /// does not change it: restarting would not help, [`readyz`] says it.
@@ -106,6 +110,8 @@ pub struct ReadyOut {
     pub reason: Option<String>,
 }
 
+/// Readiness.
+///
 /// `GET /readyz`, readiness: 200 `{"status":"ready"}` while the store commits; 503
 /// `{"status":"unavailable","reason":...}` while it cannot (disk full, an I/O error, the
 /// PostgreSQL server unreachable: ingest answers 503 and deliveries are paused until a probe
@@ -150,6 +156,8 @@ pub struct MeOut {
     pub organization_id: Option<String>,
 }
 
+/// Who the token is.
+///
 /// `GET /api/me` → who the token is: `{"principal":"admin"}` or
 /// `{"principal":"organization","organization_id":"…"}` (the web UI's sign-in check).
 #[utoipa::path(
@@ -198,6 +206,8 @@ pub struct EventTypesOut {
     pub data: Vec<EventTypeOut>,
 }
 
+/// The event catalog: every event type with its JSON Schema.
+///
 /// `GET /api/event-types` → the event catalog: every event type (spec "Types
 /// d'événements", `webhook.test`, and the operational types of issue 15, made by the daemon
 /// and reaching only webhooks that name them), the `data` fields each carries, and the JSON

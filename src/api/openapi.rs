@@ -274,14 +274,152 @@ impl Modify for WebUi {
     }
 }
 
-/// The document, serialized once.
+/// The document, serialized once, its texts cleaned for readers ([`for_readers`]).
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.to_pretty_json()
-        .expect("the OpenAPI document serializes")
+    let mut value = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
+    clean_texts(&mut value);
+    short_summaries(&mut value);
+    serde_json::to_string_pretty(&value).expect("the OpenAPI document serializes")
 });
 
+/// Cuts each operation's summary (the doc comment's first paragraph) to its first clause;
+/// the whole paragraph goes to the top of the description.
+fn short_summaries(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            let Some(summary) = operation["summary"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let flat = summary.replace('\n', " ");
+            let cut = [". ", ": ", "; ", " ("]
+                .iter()
+                .filter_map(|sep| flat.find(sep))
+                .min()
+                .filter(|&at| at < flat.len() - 1);
+            let Some(at) = cut.filter(|_| flat.len() > 80) else {
+                operation["summary"] = serde_json::Value::String(flat);
+                continue;
+            };
+            operation["summary"] = serde_json::Value::String(flat[..at].to_owned());
+            let description = operation["description"].as_str().unwrap_or_default();
+            operation["description"] = serde_json::Value::String(if description.is_empty() {
+                flat
+            } else {
+                format!("{flat}\n\n{description}")
+            });
+        }
+    }
+}
+
+/// Cleans every `summary` and `description` of the document ([`for_readers`]).
+fn clean_texts(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match inner {
+                    serde_json::Value::String(text) if key == "summary" || key == "description" => {
+                        *text = for_readers(text, key == "summary");
+                    }
+                    other => clean_texts(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(clean_texts),
+        _ => {}
+    }
+}
+
+/// A doc comment as a reader of the API wants it: without our issue numbers (`(issue 16)`),
+/// rustdoc links (`` [`Type`] `` becomes `` `Type` ``), `# Errors` headings, and, in a
+/// summary, without the leading `` `METHOD /path` → `` that the document says already.
+fn for_readers(text: &str, summary: bool) -> String {
+    let mut text = text.replace("# Errors\n", "Errors: ");
+    // `(issue 16)`, `(issue 15, item 7)`.
+    let mut from = 0;
+    while let Some(found) = text[from..].find(" (issue ") {
+        let start = from + found;
+        let Some(len) = text[start..].find(')') else {
+            break;
+        };
+        let inner = &text[start + 8..start + len];
+        if inner
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c.is_ascii_lowercase())
+        {
+            text.replace_range(start..=start + len, "");
+            from = start;
+        } else {
+            from = start + 1;
+        }
+    }
+    // Rustdoc links: [`x`] and [`x`](path).
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("[`") {
+        let Some(end) = rest[start..].find("`]") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&rest[start + 1..start + end + 1]);
+        rest = &rest[start + end + 2..];
+        if rest.starts_with('(') {
+            if let Some(close) = rest.find(')') {
+                rest = &rest[close + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    if summary {
+        for method in ["`GET ", "`POST ", "`PATCH ", "`PUT ", "`DELETE "] {
+            if let Some(after) = out.strip_prefix(method) {
+                if let Some(end) = after.find('`') {
+                    let tail = after[end + 1..].trim_start_matches([' ', ':', ',', '→']);
+                    let mut chars = tail.chars();
+                    if let Some(first) = chars.next() {
+                        out = first.to_uppercase().chain(chars).collect();
+                    }
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_lose_issue_numbers_links_and_the_path_they_repeat() {
+        assert_eq!(
+            for_readers(
+                "`POST /api/webhooks/{id}/enable {\"deliver_held\": bool}` → 200 with the webhook (issue 15, item 4): see [`crate::store::HELD_CHUNK`].",
+                true
+            ),
+            "200 with the webhook: see `crate::store::HELD_CHUNK`."
+        );
+        assert_eq!(
+            for_readers("`GET /api/me` → who the token is", true),
+            "Who the token is"
+        );
+        assert_eq!(
+            for_readers("A [`Page`](super::Page) of it", false),
+            "A `Page` of it"
+        );
+    }
+}
+
+/// This OpenAPI document.
+///
 /// `GET /api/openapi.json` → this API's OpenAPI 3.1 document, no token needed.
 #[utoipa::path(
     get,

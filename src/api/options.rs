@@ -698,6 +698,8 @@ pub struct PublicKeyOut {
     pub scheme: String,
 }
 
+/// A webhook's Ed25519 public key (v1a signatures).
+///
 /// `GET /api/webhooks/{id}/public-key` → the key that verifies the webhook's `v1a`
 /// signatures.
 ///

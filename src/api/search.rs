@@ -142,6 +142,8 @@ fn typed(caller: &Caller, raw: RawSearch) -> Result<DeliverySearch, ApiError> {
     })
 }
 
+/// Search the delivery log.
+///
 /// `GET /api/deliveries` → a page of the organization's deliveries matching every filter
 /// given, newest first (creation time, then id); `next_cursor` resumes after the page's
 /// last row. 400 `invalid_query` for an unknown parameter, status, outcome or event type, a

@@ -176,6 +176,8 @@ pub fn summarize(activity: &WebhookActivity, hours: u64, now_ms: u64) -> StatsOu
     }
 }
 
+/// A webhook's delivery statistics by hour.
+///
 /// `GET /api/webhooks/{id}/stats?hours=24` → [`StatsOut`]; 400 `invalid_query` for `hours`
 /// outside 1..=168, 404 for a webhook the caller cannot see.
 #[utoipa::path(

@@ -217,6 +217,8 @@ pub(super) async fn visible_webhook(
         .ok_or_else(|| ApiError::not_found("webhook"))
 }
 
+/// Create a webhook.
+///
 /// `POST /api/webhooks` → 201 with the webhook (and the secret, once, if generated).
 #[utoipa::path(
     post,
@@ -302,6 +304,8 @@ pub(super) struct ListWebhooks {
     organization_id: Option<String>,
 }
 
+/// List webhooks.
+///
 /// `GET /api/webhooks` → a page in creation order.
 #[utoipa::path(
     get,
@@ -351,6 +355,8 @@ fn not_managed_by_config(webhook: &Webhook) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Get a webhook.
+///
 /// `GET /api/webhooks/{id}`, with `held_deliveries` (a count of the held index).
 #[utoipa::path(
     get,
@@ -375,6 +381,8 @@ pub(super) async fn get_webhook(
     Ok(Json(out))
 }
 
+/// Enable a webhook the daemon disabled.
+///
 /// `POST /api/webhooks/{id}/enable {"deliver_held": bool}` → 200 with the webhook: clears
 /// `disabled` and the failing streak; held deliveries are queued again in due order (paced
 /// by the scheduler like any backlog) or cancelled, a chunk per transaction
@@ -439,6 +447,8 @@ pub(super) async fn enable_webhook(
     Ok(Json(out))
 }
 
+/// Change a webhook.
+///
 /// `PATCH /api/webhooks/{id}`: any of url, events, secret, active, description.
 #[utoipa::path(
     patch,
@@ -508,6 +518,8 @@ const GENERATED_SECRET_PREFIX: &str = "pwsec_";
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Rotate a webhook's secret.
+///
 /// `POST /api/webhooks/{id}/rotate-secret` → 200 with the webhook and the new `secret` (shown
 /// this once). `X-Palo-Signature` uses the new secret from now on; the old one also signs
 /// `webhook-signature` until `previous_secret_expires_at` (issue 5).
@@ -576,6 +588,8 @@ pub(super) async fn rotate_secret(
     Ok(Json(out))
 }
 
+/// Delete a webhook.
+///
 /// `DELETE /api/webhooks/{id}` → 204; its unfinished deliveries become `cancelled`.
 #[utoipa::path(
     delete,

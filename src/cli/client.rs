@@ -83,6 +83,8 @@ pub(super) struct Request {
     /// Parses the answer's bytes as the API's answer type (an error means this CLI and the
     /// daemon disagree on the API).
     pub answer: fn(&[u8]) -> serde_json::Result<()>,
+    /// Printed after the answer for people (not with `--json`).
+    pub note: Option<&'static str>,
 }
 
 /// Parses `bytes` as `A` (the check of [`Request::answer`]).
@@ -112,6 +114,7 @@ impl Request {
             body: None,
             columns,
             answer: parse_as::<A>,
+            note: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl Request {
             body: Some(serde_json::to_vec(body)?),
             columns,
             answer: parse_as::<A>,
+            note: None,
         })
     }
 
@@ -139,7 +143,14 @@ impl Request {
             body: None,
             columns: &[],
             answer: empty,
+            note: None,
         }
+    }
+
+    /// The same call with `note` printed after its answer for people.
+    pub fn with_note(mut self, note: &'static str) -> Request {
+        self.note = Some(note);
+        self
     }
 }
 
@@ -229,6 +240,14 @@ impl ApiClient {
     /// Connection failures; a non-2xx answer, as `status code: message`; an answer that is
     /// not the API's answer type.
     pub(super) async fn send(&self, request: &Request) -> Result<Value> {
+        Ok(self.send_with_status(request).await?.1)
+    }
+
+    /// [`ApiClient::send`], with the answer's status.
+    ///
+    /// # Errors
+    /// As [`ApiClient::send`].
+    pub(super) async fn send_with_status(&self, request: &Request) -> Result<(u16, Value)> {
         let (status, bytes) = self
             .call_raw(request.method, &request.path, request.body.clone())
             .await?;
@@ -246,7 +265,7 @@ impl ApiClient {
                 request.method, request.path
             )
         })?;
-        Ok(value)
+        Ok((status, value))
     }
 }
 

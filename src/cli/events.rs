@@ -70,8 +70,9 @@ pub(super) async fn send(args: &ClientArgs, file: &Path) -> Result<()> {
         body: Some(bytes),
         columns: EVENT_COLUMNS,
         answer: |bytes| serde_json::from_slice::<EventAccepted>(bytes).map(drop),
+        note: None,
     };
-    let value = api.send(&request).await?;
+    let (status, value) = api.send_with_status(&request).await?;
     if args.json {
         out!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -82,6 +83,11 @@ pub(super) async fn send(args: &ClientArgs, file: &Path) -> Result<()> {
         accepted.event_id,
         accepted.deliveries
     );
+    if status == 200 {
+        out!("\nThis event_id was accepted before with the same content: nothing new was created (an idempotent replay).");
+    } else if accepted.deliveries == 0 {
+        out!("\nNo webhook of this organization subscribes to this event type (or its filters leave it out): nothing will be delivered.");
+    }
     if !accepted.delivery_ids.is_empty() {
         let rows: Vec<serde_json::Value> = accepted
             .delivery_ids

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::client::{encode_component, query, Request};
+use super::client::{encode_component, query, PageArgs, Request};
 use super::output::JOB_COLUMNS;
 use crate::api::jobs::{JobOut, RecoverIn, ReplayIn};
 use crate::api::types::Page;
@@ -53,9 +53,9 @@ pub enum JobCommand {
         /// With the admin token: only this organization's.
         #[arg(long)]
         organization_id: Option<String>,
-        /// Page size (1-500).
-        #[arg(long)]
-        limit: Option<usize>,
+        /// Paging.
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show a job and its progress.
     Get {
@@ -118,15 +118,16 @@ pub(super) fn job_request(action: JobCommand) -> Result<Request> {
     Ok(match action {
         JobCommand::List {
             organization_id,
-            limit,
+            page,
         } => Request::without_body::<Page<JobOut>>(
             "GET",
             format!(
                 "/api/jobs{}",
-                query([
-                    ("organization_id", organization_id),
-                    ("limit", limit.map(|l| l.to_string())),
-                ])
+                query(
+                    [("organization_id", organization_id)]
+                        .into_iter()
+                        .chain(page.pairs())
+                )
             ),
             JOB_COLUMNS,
         ),

@@ -21,7 +21,7 @@ use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 
-use super::verify::{check, Captured, Report};
+use super::verify::{check, Captured, Mode, Report};
 
 /// The largest body `listen` reads, bytes (the daemon's default `--max-body` is smaller).
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -59,8 +59,8 @@ pub struct ListenArgs {
     /// The status `--fail-first` answers with.
     #[arg(long, default_value_t = 503, value_parser = clap::value_parser!(u16).range(100..=599))]
     pub status: u16,
-    /// Wait this long before answering each request (e.g. 2s; above the daemon's 10 s
-    /// timeout the attempt times out).
+    /// Wait this long before answering each request, e.g. 2s; longer than the daemon's
+    /// attempt timeout (10 s by default), the attempt times out and is retried.
     #[arg(long, value_name = "DURATION")]
     pub delay: Option<humantime::Duration>,
     /// How old `webhook-timestamp` may be, e.g. 5m.
@@ -89,6 +89,18 @@ struct Seen {
 pub async fn run(args: ListenArgs) -> Result<()> {
     if args.secret.iter().all(String::is_empty) {
         bail!("--secret is empty");
+    }
+    if args.fail_first == 0 && args.status != 503 {
+        bail!("--status is the answer of --fail-first: give --fail-first N too");
+    }
+    if args.fail_first > 0 && (200..300).contains(&args.status) {
+        bail!(
+            "--status {} is a success: --fail-first needs a failing status (4xx, 5xx)",
+            args.status
+        );
+    }
+    if args.secret.iter().any(|s| !s.is_empty() && s.len() < 32) {
+        eprintln!("warning: a webhook secret has at least 32 characters; this one is shorter, so no delivery will verify with it");
     }
     if !args.path.starts_with('/') {
         bail!("--path must start with /");
@@ -127,7 +139,11 @@ pub async fn run(args: ListenArgs) -> Result<()> {
             .map(|d| format!("; answering after {d}"))
             .unwrap_or_default()
     );
-    out!("point a webhook at it: palo-webhooks webhooks create http://{host}:{}{} --events '*' (the daemon needs --allow-http)", local.port(), args.path);
+    out!(
+        "point a webhook at it with the same secret: palo-webhooks webhooks create http://{host}:{}{} --events '*' --secret <SECRET> --organization-id <ORG> (the daemon needs --allow-http and --allow-network 127.0.0.0/8)",
+        local.port(),
+        args.path
+    );
     let shared = Arc::new(Listener {
         args,
         public_key,
@@ -165,9 +181,19 @@ async fn answer(
 ) -> Response<Full<Bytes>> {
     let args = &shared.args;
     if request.uri().path() != args.path {
+        out!(
+            "{} {} {} -> 404 (listening on {})",
+            crate::clock::format_ms(crate::clock::now_ms()),
+            request.method(),
+            request.uri().path(),
+            args.path
+        );
         return text(
             StatusCode::NOT_FOUND,
-            "not found: deliveries go to the listen path",
+            &format!(
+                "not found: palo-webhooks listen takes deliveries on {}",
+                args.path
+            ),
         );
     }
     if request.method() != hyper::Method::POST {
@@ -207,6 +233,7 @@ async fn answer(
         shared.public_key.as_deref(),
         crate::clock::now_ms() / 1000,
         args.tolerance.as_secs(),
+        Mode::Delivery,
     );
     let envelope: serde_json::Value =
         serde_json::from_slice(&captured.body).unwrap_or(serde_json::Value::Null);
@@ -245,29 +272,36 @@ async fn answer(
         let duplicate = failing.is_none() && !seen.events.insert(event_id.clone());
         (duplicate, failing)
     };
-    if let Some(delay) = args.delay {
-        tokio::time::sleep(Duration::from(delay)).await;
-    }
+    // Printed before any --delay: an attempt the daemon gives up on (its timeout) still shows.
     let verdict = verdict(&report);
-    if let Some(n) = failing {
+    let after = args
+        .delay
+        .map(|d| format!(" after {d}"))
+        .unwrap_or_default();
+    let answer = if let Some(n) = failing {
         out!(
-            "{time} failing {who} -> {} (on purpose: {n} of {}) [{verdict}]",
+            "{time} failing {who} -> {}{after} (on purpose: {n} of {}) [{verdict}]",
             args.status,
             args.fail_first
         );
         let status = StatusCode::from_u16(args.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return text(
+        text(
             status,
             "failing on purpose (palo-webhooks listen --fail-first)",
-        );
-    }
-    if duplicate {
-        out!("{time} duplicate {who} -> 200 [{verdict}]");
+        )
     } else {
-        out!("{time} verified {who} -> 200 [{verdict}]");
-        out!("    data: {}", envelope["data"]);
+        if duplicate {
+            out!("{time} duplicate {who} -> 200{after} [{verdict}]");
+        } else {
+            out!("{time} verified {who} -> 200{after} [{verdict}]");
+            out!("    data: {}", envelope["data"]);
+        }
+        text(StatusCode::OK, "ok")
+    };
+    if let Some(delay) = args.delay {
+        tokio::time::sleep(Duration::from(delay)).await;
     }
-    text(StatusCode::OK, "ok")
+    answer
 }
 
 /// `X-Palo-Signature ok, v1 ok, timestamp 0 s old` in short.
@@ -283,7 +317,7 @@ fn verdict(report: &Report) -> String {
                 "webhook-signature v1a" => "v1a",
                 _ => "timestamp",
             };
-            format!("{name} {}", f.result)
+            format!("{name} {}", f.result.replace('_', " "))
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -152,8 +152,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) of palo-webhooks and its subcommands to stdout, or write
-    /// one page per command into a directory.
+    /// Print the main man page (roff) to stdout, or with `--out-dir` write it and one page
+    /// per subcommand (`palo-webhooks-listen.1`, ...) into a directory.
     Man {
         /// Write `palo-webhooks.1` and one `palo-webhooks-<command>.1` per subcommand here
         /// instead of printing the main page.
@@ -197,6 +197,9 @@ pub async fn run_client(command: Command) -> Result<()> {
         out!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         output::print_human(&value, request.columns);
+        if let Some(note) = request.note {
+            out!("\n{note}");
+        }
     }
     Ok(())
 }

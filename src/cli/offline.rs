@@ -168,7 +168,10 @@ fn print_check(report: &crate::store::CheckReport, what: &str, json: bool) -> Re
 /// `palo-webhooks completions SHELL`: the completion script of `shell` on stdout.
 pub fn print_completions(shell: clap_complete::Shell) {
     let mut command = <super::Cli as clap::CommandFactory>::command();
-    clap_complete::generate(shell, &mut command, "palo-webhooks", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "palo-webhooks", &mut script);
+    // A closed stdout (`| head`) ends the command quietly, as for every other output.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
 }
 
 /// `palo-webhooks man [--out-dir DIR]`: the main man page (section 1, roff) on stdout, or

@@ -69,7 +69,7 @@ fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         // A disabled webhook's `disabled` object: its reason.
         Value::Object(map) if map.contains_key("reason") => cell(&map["reason"]),
@@ -77,9 +77,31 @@ fn cell(value: &Value) -> String {
     }
 }
 
+/// `text` safe for a terminal: control characters (escape sequences, carriage returns, NUL)
+/// and bidirectional overrides written as escapes (`\n`, `\u{1b}`), so what a receiver
+/// answered, or any stored string, cannot move the cursor, retitle or clear the terminal of
+/// the person reading it.
+pub(super) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&c.escape_unicode().to_string())
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// An attempt's response body on one line, cut at [`BODY_CELL_CHARS`] characters.
 fn body_cell(value: &Value) -> String {
-    let text = cell(value).replace(['\n', '\r', '\t'], " ");
+    let text = cell(value);
     if text.chars().count() > BODY_CELL_CHARS {
         let cut: String = text.chars().take(BODY_CELL_CHARS).collect();
         format!("{cut}…")
@@ -190,5 +212,19 @@ pub(super) fn print_object(map: &serde_json::Map<String, Value>, indent: &str) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_control_characters_are_escaped() {
+        assert_eq!(
+            printable("ok\u{1b}]0;title\u{7}\u{1b}[2J\r\nx\u{0}\u{202e}y"),
+            "ok\\u{1b}]0;title\\u{7}\\u{1b}[2J\\r\\nx\\u{0}\\u{202e}y"
+        );
+        assert_eq!(printable("Café ☕ tab\there"), "Café ☕ tab\\there");
     }
 }

@@ -34,11 +34,12 @@ pub struct VerifyArgs {
         env = "PALO_WEBHOOK_SECRET",
         hide_env_values = true,
         value_delimiter = ',',
-        required = true
+        required_unless_present = "public_key"
     )]
     pub secret: Vec<String>,
-    /// The webhook's Ed25519 public key (`whpk_...`, from `webhooks public-key`), to check
-    /// `v1a` signatures too.
+    /// The webhook's Ed25519 public key (`whpk_...`, from `webhooks public-key`, which
+    /// support staff can read, unlike the secret), to check `v1a` signatures; alone, without
+    /// `--secret`, only they are checked.
     #[arg(long, value_name = "whpk_...")]
     pub public_key: Option<String>,
     /// A whole captured request in one file (`-` for stdin): optional request line, the
@@ -49,8 +50,8 @@ pub struct VerifyArgs {
     /// too; a request line is skipped).
     #[arg(long, value_name = "FILE")]
     pub headers: Option<PathBuf>,
-    /// The raw body as received (`-` for stdin).
-    #[arg(long, value_name = "FILE")]
+    /// The raw body as received (`-` for stdin); required unless `--request` is given.
+    #[arg(long, value_name = "FILE", required_unless_present = "request")]
     pub body: Option<PathBuf>,
     /// A signature to check instead of the captured headers: `sha256=<hex>`
     /// (`X-Palo-Signature`) or a `webhook-signature` value (`v1,<base64> ...`, needs `--id`
@@ -146,11 +147,6 @@ impl Report {
     }
 }
 
-/// Which given secret (0-based) makes `verify` true, if any.
-fn which_secret(secrets: &[String], verify: impl Fn(&str) -> bool) -> Option<usize> {
-    secrets.iter().position(|s| verify(s))
-}
-
 /// Whether some `v1,` entry of `header` is the HMAC of `id.timestamp.body` under `secret`
 /// (constant-time comparison).
 fn v1_matches(header: &str, secret: &str, id: &str, timestamp: &str, body: &[u8]) -> bool {
@@ -225,217 +221,229 @@ fn secret_name(index: usize, count: usize) -> String {
     }
 }
 
-/// Checks `captured` against `secrets` (and the Ed25519 `public_key`, 32 bytes) at `now_s`
-/// (Unix seconds) with a timestamp tolerance of `tolerance_s` seconds.
+/// How strict [`check`] is about what a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A capture or a signature given by hand (`verify`): what is absent is not checked.
+    Capture,
+    /// A request from the daemon (`listen`): it always sends `X-Palo-Signature`,
+    /// `webhook-signature`, `webhook-id` and `webhook-timestamp`, so a missing one fails.
+    Delivery,
+}
+
+/// One signature's verdict, before it becomes a [`Finding`].
+struct Verdict {
+    result: &'static str,
+    detail: String,
+    reason: Option<&'static str>,
+}
+
+impl Verdict {
+    fn ok(detail: String) -> Verdict {
+        Verdict {
+            result: "ok",
+            detail,
+            reason: None,
+        }
+    }
+
+    fn failed(reason: &'static str, detail: impl Into<String>) -> Verdict {
+        Verdict {
+            result: "failed",
+            detail: detail.into(),
+            reason: Some(reason),
+        }
+    }
+
+    fn other(result: &'static str, detail: impl Into<String>) -> Verdict {
+        Verdict {
+            result,
+            detail: detail.into(),
+            reason: None,
+        }
+    }
+}
+
+/// Checks `captured` against `secrets` (none: only `v1a` can be checked) and the Ed25519
+/// `public_key` (32 bytes) at `now_s` (Unix seconds), with a timestamp tolerance of
+/// `tolerance_s` seconds. The request verifies when at least one signature verifies, none
+/// that could be checked fails (a receiver checking it would refuse the request), and the
+/// timestamp, when present, is within the tolerance.
 pub fn check(
     captured: &Captured,
     secrets: &[String],
     public_key: Option<&[u8]>,
     now_s: u64,
     tolerance_s: u64,
+    mode: Mode,
 ) -> Report {
     let body = &captured.body;
     let count = secrets.len();
-    let mut findings = Vec::new();
-    let palo = captured.palo_signature.as_deref().map(|signature| {
-        (
-            signature,
-            which_secret(secrets, |s| verify_palo(s, body, signature)),
-        )
-    });
-    let standard = match (
-        captured.webhook_signature.as_deref(),
-        captured.webhook_id.as_deref(),
-        captured.webhook_timestamp.as_deref(),
-    ) {
-        (Some(signature), Some(id), Some(timestamp)) => Some((
-            signature,
-            id,
-            timestamp,
-            which_secret(secrets, |s| v1_matches(signature, s, id, timestamp, body)),
-        )),
-        _ => None,
+    let ids = captured
+        .webhook_id
+        .as_deref()
+        .zip(captured.webhook_timestamp.as_deref());
+    let v1_with = |secret: &str, b: &[u8]| match (captured.webhook_signature.as_deref(), ids) {
+        (Some(signature), Some((id, timestamp))) => v1_matches(signature, secret, id, timestamp, b),
+        _ => false,
     };
-    let palo_ok = matches!(palo, Some((_, Some(_))));
-    let standard_ok = matches!(standard, Some((_, _, _, Some(_))));
-    // What explains a mismatch: a capture that changed the body, or a body another
-    // signature vouches for (then the secret is the problem).
+    let v1_ok = secrets.iter().any(|s| v1_with(s, body));
+    let palo_ok = captured
+        .palo_signature
+        .as_deref()
+        .is_some_and(|signature| secrets.iter().any(|s| verify_palo(s, body, signature)));
+    // What explains a mismatch: a capture that changed the body (it verifies once that is
+    // undone), or a body another signature vouches for (then the secret is the problem).
     let changed_body = |verifies: &dyn Fn(&[u8]) -> bool| {
         body_variants(body)
             .into_iter()
             .find(|(_, variant)| verifies(variant))
             .map(|(what, _)| what)
     };
-    let mut reasons = Vec::new();
-    match palo {
-        None => findings.push(Finding {
-            check: "X-Palo-Signature",
-            result: "absent",
-            detail: "no X-Palo-Signature header".to_owned(),
-        }),
-        Some((_, Some(i))) => findings.push(Finding {
-            check: "X-Palo-Signature",
-            result: "ok",
-            detail: format!("verifies with {}", secret_name(i, count)),
-        }),
-        Some((signature, None)) => {
-            let malformed = signature.strip_prefix("sha256=").is_none_or(|hex| {
-                hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            });
-            let detail = if malformed {
-                reasons.push("malformed signature");
-                "malformed: expected sha256= and 64 lowercase hex digits".to_owned()
-            } else if let Some(what) =
-                changed_body(&|b| secrets.iter().any(|s| verify_palo(s, b, signature)))
-            {
-                reasons.push("body changed");
-                format!("body changed: it verifies once undone that {what}")
-            } else if standard_ok {
-                reasons.push("wrong secret");
-                "wrong secret: the body is intact (webhook-signature verifies over it), but X-Palo-Signature was signed with another secret; after a rotation it is signed with the new secret only".to_owned()
-            } else {
-                reasons.push("wrong secret or body changed");
-                "does not match: the secret is not the webhook's current one, or the body is not the exact bytes that were sent".to_owned()
-            };
-            findings.push(Finding {
-                check: "X-Palo-Signature",
-                result: "failed",
-                detail,
-            });
+    let missing = |what: &str| {
+        if mode == Mode::Delivery {
+            Verdict::failed(
+                "missing signature",
+                format!("no {what} header: the daemon always sends one"),
+            )
+        } else {
+            Verdict::other("absent", format!("no {what} header"))
         }
-    }
-    match (&standard, captured.webhook_signature.as_deref()) {
-        (_, None) => findings.push(Finding {
-            check: "webhook-signature v1",
-            result: "absent",
-            detail: "no webhook-signature header".to_owned(),
-        }),
-        (None, Some(_)) => findings.push(Finding {
-            check: "webhook-signature v1",
-            result: "not_checked",
-            detail: "webhook-id or webhook-timestamp is missing (they are part of what is signed)"
-                .to_owned(),
-        }),
-        (Some((_, _, _, Some(i))), _) => findings.push(Finding {
-            check: "webhook-signature v1",
-            result: "ok",
-            detail: format!("verifies with {}", secret_name(*i, count)),
-        }),
-        (Some((signature, id, timestamp, None)), _) => {
-            let detail = if !signature.split(' ').any(|e| e.starts_with("v1,")) {
-                "no v1 entry".to_owned()
-            } else if let Some(what) = changed_body(&|b| {
-                secrets
-                    .iter()
-                    .any(|s| v1_matches(signature, s, id, timestamp, b))
-            }) {
-                reasons.push("body changed");
-                format!("body changed: it verifies once undone that {what}")
-            } else if palo_ok {
-                reasons.push("wrong secret or changed id/timestamp");
-                "does not match, though X-Palo-Signature verifies the body: webhook-id or webhook-timestamp is not what was signed, or the secret is one webhook-signature no longer carries".to_owned()
-            } else {
-                reasons.push("wrong secret or body changed");
-                "does not match: the secret is not one the webhook signs with, or the body is not the exact bytes that were sent".to_owned()
-            };
-            findings.push(Finding {
-                check: "webhook-signature v1",
-                result: "failed",
-                detail,
-            });
-        }
-    }
-    let mut v1a_ok = false;
-    if let Some((signature, id, timestamp, _)) = &standard {
-        if signature.split(' ').any(|e| e.starts_with("v1a,")) {
-            match public_key {
-                None => findings.push(Finding {
-                    check: "webhook-signature v1a",
-                    result: "not_checked",
-                    detail: "a v1a (Ed25519) entry is present: give --public-key to check it"
-                        .to_owned(),
-                }),
-                Some(key) => {
-                    v1a_ok = v1a_matches(signature, key, id, timestamp, body);
-                    findings.push(Finding {
-                        check: "webhook-signature v1a",
-                        result: if v1a_ok { "ok" } else { "failed" },
-                        detail: if v1a_ok {
-                            "verifies with the public key".to_owned()
-                        } else {
-                            "does not verify with this public key (another webhook's key, or the body, id or timestamp changed)".to_owned()
-                        },
-                    });
-                }
-            }
-        }
-    }
-    let mut fresh = true;
-    match captured.webhook_timestamp.as_deref() {
-        None => findings.push(Finding {
-            check: "webhook-timestamp",
-            result: "absent",
-            detail: "no webhook-timestamp: its age cannot be checked".to_owned(),
-        }),
-        Some(text) => match text.parse::<u64>() {
-            Err(_) => {
-                fresh = false;
-                reasons.push("malformed timestamp");
-                findings.push(Finding {
-                    check: "webhook-timestamp",
-                    result: "failed",
-                    detail: format!("{text:?} is not Unix seconds"),
+    };
+    let palo = match captured.palo_signature.as_deref() {
+        None => missing("X-Palo-Signature"),
+        Some(_) if secrets.is_empty() => Verdict::other("not_checked", "no --secret given"),
+        Some(signature) => match secrets.iter().position(|s| verify_palo(s, body, signature)) {
+            Some(i) => Verdict::ok(format!("verifies with {}", secret_name(i, count))),
+            None => {
+                let malformed = signature.strip_prefix("sha256=").is_none_or(|hex| {
+                    hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
                 });
-            }
-            Ok(ts) => {
-                let age = now_s as i64 - ts as i64;
-                fresh = age.unsigned_abs() <= tolerance_s;
-                let when = if age >= 0 {
-                    format!(
-                        "signed {} ago",
-                        humantime::format_duration(std::time::Duration::from_secs(age as u64))
+                if malformed {
+                    Verdict::failed(
+                        "malformed signature",
+                        "malformed: expected sha256= and 64 lowercase hex digits",
                     )
+                } else if let Some(what) =
+                    changed_body(&|b| secrets.iter().any(|s| verify_palo(s, b, signature)))
+                {
+                    Verdict::failed(
+                        "body changed",
+                        format!("body changed: {what} (it verifies without that)"),
+                    )
+                } else if v1_ok {
+                    Verdict::failed("wrong secret", "wrong secret: the body is intact (webhook-signature verifies over it), but X-Palo-Signature was signed with another secret; after a rotation it is signed with the new secret only")
                 } else {
-                    format!(
-                        "{} in the future",
-                        humantime::format_duration(std::time::Duration::from_secs(
-                            age.unsigned_abs()
-                        ))
-                    )
-                };
-                if !fresh {
-                    reasons.push("stale timestamp");
+                    Verdict::failed("wrong secret or body changed", "does not match: the secret is not the webhook's current one, or the body is not the exact bytes that were sent")
                 }
-                findings.push(Finding {
-                    check: "webhook-timestamp",
-                    result: if fresh { "ok" } else { "failed" },
-                    detail: if fresh {
-                        format!("{when} (tolerance {tolerance_s} s)")
-                    } else {
-                        format!("stale: {when}, beyond the tolerance of {tolerance_s} s; receivers reject it as a possible replay (--tolerance checks an older capture)")
-                    },
-                });
             }
         },
+    };
+    let v1 = match (captured.webhook_signature.as_deref(), ids) {
+        (None, _) => missing("webhook-signature"),
+        (Some(signature), _) if !signature.split(' ').any(|e| e.starts_with("v1,")) => {
+            if mode == Mode::Delivery {
+                Verdict::failed("missing signature", "no v1 entry in webhook-signature")
+            } else {
+                Verdict::other("absent", "no v1 entry in webhook-signature")
+            }
+        }
+        (Some(_), None) => Verdict::failed(
+            "missing webhook-id or webhook-timestamp",
+            "webhook-id or webhook-timestamp is missing: they are part of what is signed (--id and --timestamp)",
+        ),
+        (Some(_), Some(_)) if secrets.is_empty() => {
+            Verdict::other("not_checked", "no --secret given")
+        }
+        (Some(_), Some(_)) => match secrets.iter().position(|s| v1_with(s, body)) {
+            Some(i) => Verdict::ok(format!("verifies with {}", secret_name(i, count))),
+            None => {
+                if let Some(what) = changed_body(&|b| secrets.iter().any(|s| v1_with(s, b))) {
+                    Verdict::failed("body changed", format!("body changed: {what} (it verifies without that)"))
+                } else if palo_ok {
+                    Verdict::failed("wrong secret or changed id or timestamp", "does not match, though X-Palo-Signature verifies the body: webhook-id or webhook-timestamp is not what was signed, or the secret is one webhook-signature no longer carries")
+                } else {
+                    Verdict::failed("wrong secret or body changed", "does not match: the secret is not one the webhook signs with, or the body is not the exact bytes that were sent")
+                }
+            }
+        },
+    };
+    let v1a = match (captured.webhook_signature.as_deref(), ids) {
+        (Some(signature), _) if !signature.split(' ').any(|e| e.starts_with("v1a,")) => None,
+        (None, _) => None,
+        (Some(_), _) if public_key.is_none() => Some(Verdict::other(
+            "not_checked",
+            "a v1a (Ed25519) entry is present: give --public-key to check it",
+        )),
+        (Some(_), None) => Some(Verdict::failed(
+            "missing webhook-id or webhook-timestamp",
+            "webhook-id or webhook-timestamp is missing: they are part of what is signed",
+        )),
+        (Some(signature), Some((id, timestamp))) => {
+            let key = public_key.expect("checked above");
+            Some(if v1a_matches(signature, key, id, timestamp, body) {
+                Verdict::ok("verifies with the public key".to_owned())
+            } else if changed_body(&|b| v1a_matches(signature, key, id, timestamp, b)).is_some() {
+                Verdict::failed(
+                    "body changed",
+                    "body changed: it verifies once the capture's changes are undone",
+                )
+            } else {
+                Verdict::failed("wrong public key or body changed", "does not verify with this public key: another webhook's key, or the body, id or timestamp changed")
+            })
+        }
+    };
+    let timestamp = match captured.webhook_timestamp.as_deref() {
+        None if mode == Mode::Delivery => Verdict::failed(
+            "missing timestamp",
+            "no webhook-timestamp: the daemon always sends one",
+        ),
+        None => Verdict::other("absent", "no webhook-timestamp: its age cannot be checked"),
+        Some(text) => match text.parse::<u64>() {
+            Err(_) => Verdict::failed(
+                "malformed timestamp",
+                format!("{text:?} is not Unix seconds"),
+            ),
+            Ok(ts) => {
+                let age = now_s as i64 - ts as i64;
+                let span =
+                    |secs: u64| humantime::format_duration(std::time::Duration::from_secs(secs));
+                let when = if age >= 0 {
+                    format!("signed {} ago", span(age as u64))
+                } else {
+                    format!("dated {} in the future", span(age.unsigned_abs()))
+                };
+                if age.unsigned_abs() <= tolerance_s {
+                    Verdict::ok(format!("{when} (tolerance {})", span(tolerance_s)))
+                } else {
+                    Verdict::failed("stale timestamp", format!("stale: {when}, beyond the tolerance of {}; receivers refuse it as a possible replay", span(tolerance_s)))
+                }
+            }
+        },
+    };
+    let mut verdicts = vec![("X-Palo-Signature", palo), ("webhook-signature v1", v1)];
+    if let Some(v1a) = v1a {
+        verdicts.push(("webhook-signature v1a", v1a));
     }
-    let signed = palo_ok || standard_ok || v1a_ok;
-    let verified = signed && fresh;
-    let reason = if verified {
-        None
-    } else if palo.is_none() && captured.webhook_signature.is_none() {
-        Some("no signature".to_owned())
-    } else if signed {
-        Some("stale timestamp".to_owned())
-    } else {
-        reasons
-            .into_iter()
-            .find(|r| *r != "stale timestamp")
-            .map(str::to_owned)
-            .or(Some("wrong secret or body changed".to_owned()))
+    let any_signature_ok = verdicts.iter().any(|(_, v)| v.result == "ok");
+    verdicts.push(("webhook-timestamp", timestamp));
+    let first_failure = verdicts.iter().find_map(|(_, v)| v.reason);
+    let verified = any_signature_ok && first_failure.is_none();
+    let reason = match first_failure {
+        Some(reason) => Some(reason.to_owned()),
+        None if !any_signature_ok => Some("no signature checked".to_owned()),
+        None => None,
     };
     Report {
         verified,
-        findings,
+        findings: verdicts
+            .into_iter()
+            .map(|(check, v)| Finding {
+                check,
+                result: v.result,
+                detail: v.detail,
+            })
+            .collect(),
         reason,
     }
 }
@@ -465,7 +473,8 @@ fn parse_header_lines(text: &str) -> Vec<(String, String)> {
 /// Runs `palo-webhooks verify`: prints the report and returns whether the request verifies.
 ///
 /// # Errors
-/// A file cannot be read; nothing to check; `--public-key` is not a `whpk_` key.
+/// A file cannot be read; nothing to check; `--public-key` is not a `whpk_` key (`main`
+/// exits 2 for these, 1 for a request that does not verify).
 pub fn run(args: &VerifyArgs) -> Result<bool> {
     let secrets: Vec<String> = args
         .secret
@@ -473,7 +482,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         .filter(|s| !s.is_empty())
         .cloned()
         .collect();
-    if secrets.is_empty() {
+    if secrets.is_empty() && args.public_key.is_none() {
         bail!("--secret is empty");
     }
     let public_key = match &args.public_key {
@@ -511,7 +520,10 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
             Some(path) => parse_header_lines(&String::from_utf8_lossy(&read_input(path)?)),
             None => Vec::new(),
         };
-        let body_path = args.body.clone().unwrap_or_else(|| PathBuf::from("-"));
+        let body_path = args
+            .body
+            .clone()
+            .context("--body is required (or --request)")?;
         (headers, read_input(&body_path)?)
     };
     for signature in &args.signatures {
@@ -540,6 +552,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         public_key.as_deref(),
         now_s,
         args.tolerance.as_secs(),
+        Mode::Capture,
     );
     if args.json {
         out!("{}", serde_json::to_string_pretty(&report)?);
@@ -548,12 +561,20 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
             out!(
                 "{:<22} {:<11} {}",
                 finding.check,
-                finding.result,
+                finding.result.replace('_', " "),
                 finding.detail
             );
         }
-        match &report.reason {
+        let signatures_ok = report
+            .findings
+            .iter()
+            .filter(|f| f.check != "webhook-timestamp")
+            .all(|f| f.result != "failed");
+        match report.reason.as_deref() {
             None => out!("verified"),
+            Some("stale timestamp") if signatures_ok => out!(
+                "NOT VERIFIED: stale timestamp (the signatures are right; only the timestamp is too old for a receiver)"
+            ),
             Some(reason) => out!("NOT VERIFIED: {reason}"),
         }
     }
@@ -588,10 +609,10 @@ mod tests {
         let now = 1_800_000_000;
         let body = br#"{"event_id":"evt_1","data":{"a":1}}"#;
         let good = signed(SECRET, body, now - 10);
-        let report = check(&good, &[SECRET.into()], None, now, 300);
+        let report = check(&good, &[SECRET.into()], None, now, 300, Mode::Capture);
         assert!(report.verified, "{report:?}");
 
-        let report = check(&good, &["x".repeat(32)], None, now, 300);
+        let report = check(&good, &["x".repeat(32)], None, now, 300, Mode::Capture);
         assert!(!report.verified);
         assert_eq!(
             report.reason.as_deref(),
@@ -600,7 +621,7 @@ mod tests {
 
         let mut newline = good.clone();
         newline.body.push(b'\n');
-        let report = check(&newline, &[SECRET.into()], None, now, 300);
+        let report = check(&newline, &[SECRET.into()], None, now, 300, Mode::Capture);
         assert_eq!(report.reason.as_deref(), Some("body changed"));
         assert!(report.findings[0].detail.contains("trailing newline"));
 
@@ -608,19 +629,19 @@ mod tests {
         pretty.body =
             serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(body).unwrap())
                 .unwrap();
-        let report = check(&pretty, &[SECRET.into()], None, now, 300);
+        let report = check(&pretty, &[SECRET.into()], None, now, 300, Mode::Capture);
         assert_eq!(report.reason.as_deref(), Some("body changed"));
         assert!(report.findings[0].detail.contains("re-formatted"));
 
         let stale = signed(SECRET, body, now - 3600);
-        let report = check(&stale, &[SECRET.into()], None, now, 300);
+        let report = check(&stale, &[SECRET.into()], None, now, 300, Mode::Capture);
         assert!(!report.verified);
         assert_eq!(report.reason.as_deref(), Some("stale timestamp"));
         assert_eq!(report.finding("X-Palo-Signature").unwrap().result, "ok");
     }
 
     #[test]
-    fn during_a_rotation_the_old_secret_verifies_webhook_signature_only() {
+    fn during_a_rotation_the_old_secret_alone_does_not_verify() {
         let now = 1_800_000_000;
         let body = br#"{"event_id":"evt_2"}"#;
         // The daemon signs X-Palo-Signature with the new secret, webhook-signature with both.
@@ -630,13 +651,43 @@ mod tests {
             "{} {old_entry}",
             captured.webhook_signature.unwrap()
         ));
-        let report = check(&captured, &[OLD.into()], None, now, 300);
-        assert!(report.verified, "{report:?}");
+        // A receiver holding only the old secret refuses it: X-Palo-Signature is the new one's.
+        let report = check(&captured, &[OLD.into()], None, now, 300, Mode::Capture);
+        assert!(!report.verified, "{report:?}");
+        assert_eq!(report.reason.as_deref(), Some("wrong secret"));
+        assert_eq!(report.finding("webhook-signature v1").unwrap().result, "ok");
         let palo = report.finding("X-Palo-Signature").unwrap();
         assert_eq!(palo.result, "failed");
         assert!(palo.detail.starts_with("wrong secret"), "{}", palo.detail);
-        let report = check(&captured, &[SECRET.into(), OLD.into()], None, now, 300);
+        let report = check(
+            &captured,
+            &[SECRET.into(), OLD.into()],
+            None,
+            now,
+            300,
+            Mode::Capture,
+        );
         assert!(report.verified);
+    }
+
+    #[test]
+    fn a_delivery_must_carry_every_signature() {
+        let now = 1_800_000_000;
+        let mut captured = signed(SECRET, b"{}", now);
+        captured.palo_signature = None;
+        let report = check(&captured, &[SECRET.into()], None, now, 300, Mode::Capture);
+        assert!(report.verified, "a capture may lack a header: {report:?}");
+        let report = check(&captured, &[SECRET.into()], None, now, 300, Mode::Delivery);
+        assert!(!report.verified);
+        assert_eq!(report.reason.as_deref(), Some("missing signature"));
+        // v1 without the id and timestamp it signs cannot verify.
+        let mut captured = signed(SECRET, b"{}", now);
+        captured.webhook_id = None;
+        let report = check(&captured, &[SECRET.into()], None, now, 300, Mode::Capture);
+        assert_eq!(
+            report.reason.as_deref(),
+            Some("missing webhook-id or webhook-timestamp")
+        );
     }
 
     #[test]
@@ -651,15 +702,46 @@ mod tests {
         let key = base64::engine::general_purpose::STANDARD
             .decode(public.strip_prefix("whpk_").unwrap())
             .unwrap();
-        let report = check(&captured, &[SECRET.into()], Some(&key), now, 300);
+        let report = check(
+            &captured,
+            &[SECRET.into()],
+            Some(&key),
+            now,
+            300,
+            Mode::Capture,
+        );
         assert_eq!(
             report.finding("webhook-signature v1a").unwrap().result,
             "ok"
         );
-        let report = check(&captured, &[SECRET.into()], Some(&[1u8; 32]), now, 300);
+        let report = check(
+            &captured,
+            &[SECRET.into()],
+            Some(&[1u8; 32]),
+            now,
+            300,
+            Mode::Capture,
+        );
         assert_eq!(
             report.finding("webhook-signature v1a").unwrap().result,
             "failed"
         );
+        // The public key alone (support staff cannot read the secret): only v1a is checked.
+        let report = check(&captured, &[], Some(&key), now, 300, Mode::Capture);
+        assert!(report.verified, "{report:?}");
+        assert_eq!(
+            report.finding("X-Palo-Signature").unwrap().result,
+            "not_checked"
+        );
+        // A wrong key fails the request even when the secret verifies the rest.
+        let report = check(
+            &captured,
+            &[SECRET.into()],
+            Some(&[1u8; 32]),
+            now,
+            300,
+            Mode::Capture,
+        );
+        assert!(!report.verified);
     }
 }

@@ -14,6 +14,9 @@ use crate::api::types::{
     AttemptResultOut, EnableIn, Page, RotateSecretIn, WebhookIn, WebhookOut, WebhookPatch,
 };
 
+/// Printed after a rotation: what changes for receivers at once.
+const ROTATION_NOTE: &str = "X-Palo-Signature is signed with the new secret from now on: a receiver that checks only it (the spec's verify_signature) refuses deliveries until it has the new secret. webhook-signature carries both secrets until previous_secret_expires_at. To rotate without a gap, give receivers the new secret first (README, Security: rotation with overlap).";
+
 /// `webhooks` actions.
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
@@ -107,8 +110,9 @@ pub enum WebhookCommand {
         #[arg(long, group = "held")]
         discard_held: bool,
     },
-    /// Rotate its secret: the new one signs X-Palo-Signature at once; the old one also signs
-    /// webhook-signature during the grace period. Prints the new secret (shown once).
+    /// Rotate its secret: the new one signs X-Palo-Signature at once (receivers checking only
+    /// it need the new secret now); the old one also signs webhook-signature during the grace
+    /// period. Prints the new secret (shown once). See README, Security.
     RotateSecret {
         /// Webhook id.
         id: String,
@@ -220,6 +224,7 @@ pub(super) fn webhook_request(action: WebhookCommand) -> Result<Request> {
             webhook(&id, "/rotate-secret"),
             &RotateSecretIn { secret, grace },
             WEBHOOK_COLUMNS,
-        )?,
+        )?
+        .with_note(ROTATION_NOTE),
     })
 }

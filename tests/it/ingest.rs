@@ -30,7 +30,11 @@ async fn same_event_id_twice_is_one_event_and_different_content_is_409() {
         (&first["event_id"], &first["deliveries"]),
         (&json!("evt_same"), &json!(2))
     );
-    assert_eq!(first["delivery_ids"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(
+        first["delivery_ids"].as_array().unwrap().len(),
+        2,
+        "{first}"
+    );
     let (status, again) = daemon
         .call("POST", "/api/events", Some(created("evt_same", "x")))
         .await;

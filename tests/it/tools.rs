@@ -224,6 +224,20 @@ async fn listen_accepts_the_old_secret_during_a_rotation() {
         200
     );
     assert!(next_line(&rx).contains("verified ticket.created evt_rot"));
+    // A receiver given only the old secret, as the daemon signs after a rotation
+    // (X-Palo-Signature with the new secret, webhook-signature with both): 401, like the
+    // spec's verify_signature.
+    let (_old_only, url, rx) = listen(&["--secret", old]);
+    let mut headers = signed_headers(new, "dlv_r2", now, body);
+    let old_entry =
+        palo_webhooks::signature::standard_signature(old.as_bytes(), "dlv_r2", now, body);
+    headers[3].1 = format!("{} {old_entry}", headers[3].1);
+    assert_eq!(post(&url, &headers, body).await, 401);
+    let line = next_line(&rx);
+    assert!(
+        line.contains("rejected") && line.contains("wrong secret"),
+        "{line}"
+    );
 }
 
 /// Captures one real delivery: its headers as `Name: value` lines, and its body.
@@ -367,11 +381,21 @@ async fn verify_explains_good_tampered_stale_and_rotated_requests() {
         &rotated.body,
         &["--secret", support::SECRET],
     );
-    assert_eq!(
-        code, 0,
-        "the old secret still verifies webhook-signature: {out}"
+    // The old secret verifies webhook-signature only: a receiver checking X-Palo-Signature
+    // (the spec's) refuses the request, so verify does too, and says why.
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("wrong secret: the body is intact")
+            && out.contains("NOT VERIFIED: wrong secret"),
+        "{out}"
     );
-    assert!(out.contains("wrong secret: the body is intact"), "{out}");
+    let (code, out) = verify(
+        dir.path(),
+        &headers,
+        &rotated.body,
+        &["--secret", &format!("{new_secret},{}", support::SECRET)],
+    );
+    assert_eq!(code, 0, "both secrets, as during the grace period: {out}");
     let (code, out) = verify(
         dir.path(),
         &headers,
@@ -379,6 +403,18 @@ async fn verify_explains_good_tampered_stale_and_rotated_requests() {
         &["--secret", new_secret],
     );
     assert_eq!(code, 0, "{out}");
+    // A check that cannot be made exits 2, apart from a request that does not verify.
+    let output = Command::new(BIN)
+        .args([
+            "verify",
+            "--secret",
+            new_secret,
+            "--body",
+            "/nonexistent/body.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
     // The same from flags alone, and as JSON for scripts.
     let signature = rotated.header("x-palo-signature");
     let output = Command::new(BIN)

@@ -138,7 +138,10 @@ async fn me_and_event_types_tell_the_ui_who_is_signed_in_and_what_to_offer() {
     );
     assert_eq!(types["data"][5]["operational"], true);
     assert_eq!(
-        (&types["data"][4]["subscribable"], &types["data"][4]["ingestible"]),
+        (
+            &types["data"][4]["subscribable"],
+            &types["data"][4]["ingestible"]
+        ),
         (&json!(false), &json!(false)),
         "webhook.test goes only to the webhook being tested"
     );
