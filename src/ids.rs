@@ -18,20 +18,26 @@ pub struct IdParseError {
     pub kind: &'static str,
 }
 
-/// A new ULID, as a `u128`. Within one millisecond, ids of this process increase (the last
-/// one plus one), so ids made one after the other sort in the order they were made: an
-/// ingest order the ordering by key relies on (issue 16). A new millisecond starts from fresh
-/// random bits; if the wall clock steps back, the id takes the earlier time (its time part
-/// stays true; order across the step is not kept).
+/// How far back the wall clock may step (ms) with ids still increasing: within it, an id
+/// keeps the last one's time (a few ms ahead of the clock); past it, the id takes the
+/// clock's earlier time.
+const CLOCK_STEP_KEPT_MS: u128 = 1_000;
+
+/// A new ULID, as a `u128`. Ids of this process increase (within a millisecond, the last one
+/// plus one), so ids made one after the other sort in the order they were made: an ingest
+/// order the ordering by key relies on (issue 16). A new millisecond starts from fresh
+/// random bits. If the wall clock steps back by up to [`CLOCK_STEP_KEPT_MS`] (a VM's clock
+/// corrected, seen once in CI), ids go on from the last one; past that, the id takes the
+/// earlier time (its time part stays true; order across such a step is not kept).
 pub fn monotonic_ulid() -> u128 {
     static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
     let fresh = Ulid::generate().0;
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    let same_ms = fresh >> 80 == *last >> 80;
-    let id = if same_ms && fresh <= *last {
-        last.wrapping_add(1)
-    } else {
+    let (fresh_ms, last_ms) = (fresh >> 80, *last >> 80);
+    let id = if fresh > *last || last_ms > fresh_ms + CLOCK_STEP_KEPT_MS {
         fresh
+    } else {
+        last.wrapping_add(1)
     };
     *last = id;
     id

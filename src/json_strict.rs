@@ -1,6 +1,8 @@
 //! A strict RFC 8259 validator for untrusted JSON.
 //!
-//! Owner's rule: this module only says yes or no (with a position); it never builds values.
+//! Owner's rule: [`validate`] only says yes or no (with a position) and builds no value;
+//! [`parse_lenient`] reads what it accepted into a `serde_json::Value` for the code that
+//! must look inside (envelope filters, the CLI), never for what is stored or sent.
 //! It exists because serde_json, like most parsers, silently keeps the last of duplicate
 //! object keys, and we promise that a validator and a receiver never read different values.
 //! It also refuses what RFC 8259 does not allow: `NaN`, `Infinity`, lone surrogate escapes,
@@ -280,6 +282,70 @@ impl Parser<'_> {
     }
 }
 
+/// Parses JSON that [`validate`] accepted into a [`serde_json::Value`], whatever it holds:
+/// nesting up to [`MAX_DEPTH`] and more (serde_json alone stops at 128 levels), and numbers
+/// beyond a double's range (`1e400`), which serde_json refuses and which become strings of
+/// their own text here, so the rest of the document still reads right (an envelope filter,
+/// a CLI table). `None` only for text that is not JSON.
+pub fn parse_lenient(text: &[u8]) -> Option<serde_json::Value> {
+    let parse = |bytes: &[u8]| {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        // Bounded by the validator's MAX_DEPTH (plus the few levels an answer wraps it in).
+        deserializer.disable_recursion_limit();
+        serde::Deserialize::deserialize(&mut deserializer).ok()
+    };
+    if let Some(value) = parse(text) {
+        return Some(value);
+    }
+    // Quote the numbers a double cannot hold.
+    let mut patched = Vec::with_capacity(text.len() + 16);
+    let mut i = 0;
+    let mut changed = false;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                patched.extend_from_slice(&text[start..i.min(text.len())]);
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < text.len()
+                    && matches!(text[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                let huge = std::str::from_utf8(number)
+                    .ok()
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .is_some_and(|f| f.is_infinite());
+                if huge {
+                    patched.push(b'"');
+                    patched.extend_from_slice(number);
+                    patched.push(b'"');
+                    changed = true;
+                } else {
+                    patched.extend_from_slice(number);
+                }
+            }
+            other => {
+                patched.push(other);
+                i += 1;
+            }
+        }
+    }
+    if changed {
+        parse(&patched)
+    } else {
+        None
+    }
+}
+
 /// The raw text of a key for an error message, shortened so a huge key cannot flood a response.
 fn keys_display(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
@@ -292,7 +358,19 @@ fn keys_display(raw: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::validate;
+    use super::{parse_lenient, validate};
+
+    #[test]
+    fn lenient_parsing_reads_deep_documents_and_huge_numbers() {
+        let value = parse_lenient(br#"{"a":1e400,"b":"1e400 \" 2e999","c":[-1e400,1.5]}"#).unwrap();
+        assert_eq!(value["a"], "1e400");
+        assert_eq!(value["b"], "1e400 \" 2e999");
+        assert_eq!(value["c"][0], "-1e400");
+        assert_eq!(value["c"][1], 1.5);
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse_lenient(deep.as_bytes()).is_some());
+        assert!(parse_lenient(b"{nope").is_none());
+    }
 
     #[test]
     fn accepts_valid_json_of_every_kind() {

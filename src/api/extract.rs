@@ -197,7 +197,10 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 /// # Errors
 /// 400 `invalid_query` when it is not one.
 pub fn cursor<I: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<I>, ApiError> {
+    // An empty `cursor=` is the first page, like no cursor (a form or a client that always
+    // sends the parameter).
     cursor
+        .filter(|c| !c.is_empty())
         .map(|c| c.parse().map_err(|_| ApiError::bad_query("invalid cursor")))
         .transpose()
 }

@@ -206,7 +206,8 @@ async fn start_job(
             ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id"))))
         )),
         (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
-        (status = 422, description = "a bad window or status", body = crate::api::ErrorOut)
+        (status = 422, description = "a bad window or status", body = crate::api::ErrorOut),
+        (status = 409, description = "`webhook_unavailable`: the webhook is inactive or disabled", body = crate::api::ErrorOut)
     )
 )]
 pub(super) async fn recover(
@@ -260,7 +261,8 @@ pub(super) async fn recover(
             ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id"))))
         )),
         (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
-        (status = 422, description = "a bad window or event type", body = crate::api::ErrorOut)
+        (status = 422, description = "a bad window or event type", body = crate::api::ErrorOut),
+        (status = 409, description = "`webhook_unavailable`: the webhook is inactive or disabled", body = crate::api::ErrorOut)
     )
 )]
 pub(super) async fn replay(

@@ -24,9 +24,12 @@ const MAX_CREDENTIAL_BYTES: usize = 4096;
 /// Longest `ordering_hold_max`: the default retry schedule's span is about 8.6 h.
 const MAX_ORDERING_HOLD: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// Header names the daemon sets itself, or that belong to the connection (RFC 9110 §7.6.1):
-/// a webhook may not set them.
-const RESERVED_HEADERS: [&str; 13] = [
+/// Header names the daemon sets itself, that belong to the connection (RFC 9110 §7.6.1), or
+/// that would change how the body is read (`content-encoding`) or sent (`expect`): a webhook
+/// may not set them.
+const RESERVED_HEADERS: [&str; 15] = [
+    "content-encoding",
+    "expect",
     "content-type",
     "content-length",
     "user-agent",
@@ -663,6 +666,9 @@ fn validate_headers(
             },
         };
         if value.len() > MAX_HEADER_VALUE_BYTES
+            || !value
+                .bytes()
+                .all(|b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b))
             || hyper::header::HeaderValue::from_str(&value).is_err()
             || value.starts_with([' ', '\t'])
             || value.ends_with([' ', '\t'])

@@ -459,7 +459,8 @@ pub(super) async fn enable_webhook(
     responses(
         (status = 200, description = "The webhook after the change", body = WebhookOut),
         (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
-        (status = 422, description = "a field is invalid (`field` names it)", body = crate::api::ErrorOut)
+        (status = 422, description = "a field is invalid (`field` names it)", body = crate::api::ErrorOut),
+        (status = 409, description = "`managed_by_config`: the operator endpoint is set from the configuration", body = crate::api::ErrorOut)
     )
 )]
 pub(super) async fn update_webhook(
@@ -535,7 +536,8 @@ const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
     responses(
         (status = 200, description = "The webhook with the new `secret`, shown this once", body = WebhookOut),
         (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
-        (status = 422, description = "a short secret or a bad `grace`", body = crate::api::ErrorOut)
+        (status = 422, description = "a short secret or a bad `grace`", body = crate::api::ErrorOut),
+        (status = 409, description = "`managed_by_config`: the operator endpoint is set from the configuration", body = crate::api::ErrorOut)
     )
 )]
 pub(super) async fn rotate_secret(
@@ -547,8 +549,10 @@ pub(super) async fn rotate_secret(
 ) -> Result<Json<WebhookOut>, ApiError> {
     let webhook = visible_webhook(&state, &caller, &id).await?;
     not_managed_by_config(&webhook)?;
-    // Both fields are optional, so an empty body is an empty object; a body must be JSON.
-    let input: RotateSecretIn = if body.iter().all(u8::is_ascii_whitespace) {
+    // Both fields are optional, so an empty body (or `null`) is an empty object; a body must
+    // be JSON.
+    let trimmed = body.trim_ascii();
+    let input: RotateSecretIn = if trimmed.is_empty() || trimmed == b"null" {
         RotateSecretIn::default()
     } else {
         super::extract::require_json_content_type(&headers)?;
@@ -598,7 +602,8 @@ pub(super) async fn rotate_secret(
     params(("id" = String, Path, description = "The webhook's id (`wh_...`).")),
     responses(
         (status = 204, description = "Deleted; its unfinished deliveries are cancelled"),
-        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut)
+        (status = 404, description = "no such webhook visible to this token", body = crate::api::ErrorOut),
+        (status = 409, description = "`managed_by_config`: the operator endpoint is set from the configuration", body = crate::api::ErrorOut)
     )
 )]
 pub(super) async fn delete_webhook(

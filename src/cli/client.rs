@@ -87,9 +87,21 @@ pub(super) struct Request {
     pub note: Option<&'static str>,
 }
 
-/// Parses `bytes` as `A` (the check of [`Request::answer`]).
+/// Parses `bytes` as `A` (the check of [`Request::answer`]), as deep as an accepted event's
+/// `data` may nest.
 fn parse_as<A: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<()> {
-    serde_json::from_slice::<A>(bytes).map(drop)
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    deserializer.disable_recursion_limit();
+    A::deserialize(&mut deserializer).map(drop)
+}
+
+/// An answer as JSON for printing: whatever an accepted event holds (deep nesting, numbers
+/// beyond a double) reads ([`crate::json_strict::parse_lenient`]).
+fn answer_value(bytes: &[u8]) -> Result<Value> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    crate::json_strict::parse_lenient(bytes).context("the daemon did not answer JSON")
 }
 
 /// An answer without a body (204).
@@ -225,12 +237,7 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Value)> {
         let (status, bytes) = self.call_raw(method, path, body).await?;
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).context("the daemon did not answer JSON")?
-        };
-        Ok((status, value))
+        Ok((status, answer_value(&bytes)?))
     }
 
     /// Makes `request`; a 2xx answer is checked against its answer type and returned as
@@ -251,11 +258,7 @@ impl ApiClient {
         let (status, bytes) = self
             .call_raw(request.method, &request.path, request.body.clone())
             .await?;
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).context("the daemon did not answer JSON")?
-        };
+        let value = answer_value(&bytes)?;
         if !(200..300).contains(&status) {
             bail!("{}", error_text(status, &value));
         }

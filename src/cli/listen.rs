@@ -27,6 +27,9 @@ use super::verify::{check, Captured, Mode, Report};
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Delivery ids whose attempts `--fail-first` counts, at most (oldest forgotten first).
 const MAX_TRACKED: usize = 100_000;
+/// Time a client has to send a request's head, then its body, before the connection is
+/// closed (as the daemon's own API does with a slow client).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of `palo-webhooks listen`.
 #[derive(Debug, Args)]
@@ -56,7 +59,7 @@ pub struct ListenArgs {
     /// the retry schedule.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub fail_first: u32,
-    /// The status `--fail-first` answers with.
+    /// The status `--fail-first` answers with (300-599: what the daemon counts as a failure).
     #[arg(long, default_value_t = 503, value_parser = clap::value_parser!(u16).range(100..=599))]
     pub status: u16,
     /// Wait this long before answering each request, e.g. 2s; longer than the daemon's
@@ -93,9 +96,9 @@ pub async fn run(args: ListenArgs) -> Result<()> {
     if args.fail_first == 0 && args.status != 503 {
         bail!("--status is the answer of --fail-first: give --fail-first N too");
     }
-    if args.fail_first > 0 && (200..300).contains(&args.status) {
+    if args.fail_first > 0 && !(300..=599).contains(&args.status) {
         bail!(
-            "--status {} is a success: --fail-first needs a failing status (4xx, 5xx)",
+            "--status {}: --fail-first needs a status the daemon counts as a failure (300-599)",
             args.status
         );
     }
@@ -161,6 +164,8 @@ pub async fn run(args: ListenArgs) -> Result<()> {
                 async move { Ok::<_, std::convert::Infallible>(answer(&shared, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
@@ -213,15 +218,23 @@ async fn answer(
         .iter()
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes().to_vec(),
-        Err(_) => {
+    let read = tokio::time::timeout(
+        READ_TIMEOUT,
+        Limited::new(request.into_body(), MAX_BODY_BYTES).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+        Ok(Err(_)) => {
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body too large or broken off",
+                "body over 16 MiB (palo-webhooks listen's limit) or broken off",
+            )
+        }
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive within 10 s",
             )
         }
     };

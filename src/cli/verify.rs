@@ -405,15 +405,17 @@ pub fn check(
                 format!("{text:?} is not Unix seconds"),
             ),
             Ok(ts) => {
-                let age = now_s as i64 - ts as i64;
+                // i128: a hostile timestamp (2^64 - 1) cannot overflow the difference.
+                let age = i128::from(now_s) - i128::from(ts);
                 let span =
                     |secs: u64| humantime::format_duration(std::time::Duration::from_secs(secs));
+                let distance = u64::try_from(age.unsigned_abs()).unwrap_or(u64::MAX);
                 let when = if age >= 0 {
-                    format!("signed {} ago", span(age as u64))
+                    format!("signed {} ago", span(distance))
                 } else {
-                    format!("dated {} in the future", span(age.unsigned_abs()))
+                    format!("dated {} in the future", span(distance))
                 };
-                if age.unsigned_abs() <= tolerance_s {
+                if distance <= tolerance_s {
                     Verdict::ok(format!("{when} (tolerance {})", span(tolerance_s)))
                 } else {
                     Verdict::failed("stale timestamp", format!("stale: {when}, beyond the tolerance of {}; receivers refuse it as a possible replay", span(tolerance_s)))
@@ -668,6 +670,17 @@ mod tests {
             Mode::Capture,
         );
         assert!(report.verified);
+    }
+
+    #[test]
+    fn a_hostile_timestamp_is_stale_not_a_panic() {
+        let now = 1_800_000_000;
+        let mut captured = signed(SECRET, b"{}", now);
+        for ts in ["9223372036854775808", "18446744073709551615", "0"] {
+            captured.webhook_timestamp = Some(ts.to_owned());
+            let report = check(&captured, &[SECRET.into()], None, now, 300, Mode::Capture);
+            assert!(!report.verified, "{ts}");
+        }
     }
 
     #[test]

@@ -1201,7 +1201,11 @@ impl<'a> Envelope<'a> {
 
     fn value(&self) -> &serde_json::Value {
         self.parsed
-            .get_or_init(|| serde_json::from_slice(self.body).unwrap_or(serde_json::Value::Null))
+            // Lenient: a number beyond a double or deep nesting (both accepted at ingest) must
+            // not turn the whole envelope into null for every filter.
+            .get_or_init(|| {
+                crate::json_strict::parse_lenient(self.body).unwrap_or(serde_json::Value::Null)
+            })
     }
 }
 

@@ -126,3 +126,79 @@ async fn the_readme_lists_every_type_with_its_catalog_fields() {
         }
     }
 }
+
+/// An accepted event is read whole by envelope filters, whatever `data` holds: a number
+/// beyond a double's range (accepted and delivered byte for byte) or deep nesting must not
+/// hide the event from filtered webhooks (a hostile test found both silently dropped).
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_read_events_with_huge_numbers_and_deep_nesting() {
+    let daemon = support::start(&["--allow-http", "--retry-schedule", "1h"]);
+    let receiver = support::Receiver::start(support::Behaviour::Status(200)).await;
+    for filter in [
+        json!({"data.ticket_id": "T"}),
+        json!({"data.x": {"$exists": true}}),
+    ] {
+        let (status, body) = daemon
+            .call(
+                "POST",
+                "/api/webhooks",
+                Some(
+                    json!({"url": receiver.url, "events": ["*"], "organization_id": "org_f",
+                    "secret": support::SECRET, "filter": filter}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let deep = format!("{}1{}", "[".repeat(120), "]".repeat(120));
+    for (i, x) in ["1e400", "-1e400", deep.as_str()].iter().enumerate() {
+        let text = format!(
+            r#"{{"event_id":"evt_huge_{i}","event_type":"ticket.created","organization_id":"org_f","data":{{"ticket_id":"T","title":"t","priority":"p","project_id":"p","created_by":"u","x":{x}}}}}"#
+        );
+        let (status, body) = daemon
+            .raw(
+                "POST",
+                "/api/events",
+                Some(support::ADMIN_TOKEN),
+                Some("application/json"),
+                text.clone().into_bytes(),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["deliveries"], 2, "both filters match {x}: {body}");
+    }
+    let requests = receiver
+        .wait_for(6, std::time::Duration::from_secs(10))
+        .await;
+    assert!(
+        requests
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(r#""x":1e400"#)),
+        "delivered byte for byte"
+    );
+    // A custom header value must be visible ASCII, as its error says.
+    let (status, body) = daemon
+        .call(
+            "POST",
+            "/api/webhooks",
+            Some(
+                json!({"url": receiver.url, "events": ["*"], "organization_id": "org_f",
+                "headers": [{"name": "X-Note", "value": "é☃"}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    for reserved in ["Content-Encoding", "Expect"] {
+        let (status, body) = daemon
+            .call(
+                "POST",
+                "/api/webhooks",
+                Some(
+                    json!({"url": receiver.url, "events": ["*"], "organization_id": "org_f",
+                    "headers": [{"name": reserved, "value": "gzip"}]}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 422, "{reserved}: {body}");
+    }
+}
