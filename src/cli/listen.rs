@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use base64::Engine;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
@@ -108,15 +107,11 @@ pub async fn run(args: ListenArgs) -> Result<()> {
     if !args.path.starts_with('/') {
         bail!("--path must start with /");
     }
-    let public_key = match &args.public_key {
-        None => None,
-        Some(key) => Some(
-            key.strip_prefix("whpk_")
-                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-                .filter(|k| k.len() == 32)
-                .context("--public-key: expected whpk_ and the base64 of 32 bytes")?,
-        ),
-    };
+    let public_key = args
+        .public_key
+        .as_deref()
+        .map(super::verify::public_key_bytes)
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;

@@ -450,6 +450,17 @@ pub fn check(
     }
 }
 
+/// The 32 bytes of a Standard Webhooks public key, `whpk_` + base64.
+///
+/// # Errors
+/// Not that form (the message names `--public-key`).
+pub fn public_key_bytes(key: &str) -> Result<Vec<u8>> {
+    key.strip_prefix("whpk_")
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .filter(|k| k.len() == 32)
+        .context("--public-key: expected whpk_ and the base64 of 32 bytes")
+}
+
 /// Reads a file, or stdin for `-`.
 fn read_input(path: &Path) -> Result<Vec<u8>> {
     if path.as_os_str() == "-" {
@@ -487,15 +498,11 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
     if secrets.is_empty() && args.public_key.is_none() {
         bail!("--secret is empty");
     }
-    let public_key = match &args.public_key {
-        None => None,
-        Some(key) => Some(
-            key.strip_prefix("whpk_")
-                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-                .filter(|k| k.len() == 32)
-                .context("--public-key: expected whpk_ and the base64 of 32 bytes")?,
-        ),
-    };
+    let public_key = args
+        .public_key
+        .as_deref()
+        .map(public_key_bytes)
+        .transpose()?;
     let (mut headers, body) = if let Some(path) = &args.request {
         let raw = read_input(path)?;
         let split = raw

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::KillOnDrop;
 use crate::support::{self, Behaviour, Receiver, ADMIN_TOKEN};
 
 fn cli(daemon: &support::Daemon, args: &[&str]) -> (i32, String, String) {
@@ -172,16 +173,6 @@ async fn example_receiver_verifies_and_deduplicates_real_deliveries() {
         line.starts_with("duplicate ticket.created evt_py") && line.contains("attempt=2"),
         "{line}"
     );
-}
-
-/// Ends a child process when the test ends, even by a failed assertion.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Output piped into a reader that goes away (`| head -1`) ends the command quietly.

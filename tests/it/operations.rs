@@ -8,17 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::ADMIN_TOKEN;
 
-file_only! {
-/// Kills the child process when dropped, so a failing assertion leaves no daemon behind.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-}
+file_only! {}
 
 file_only! {
 /// Reads notification datagrams until one contains `what` (or panics after `limit`).
@@ -72,7 +62,7 @@ fn under_systemd_it_notifies_ready_feeds_the_watchdog_and_uses_the_state_directo
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = crate::support::KillOnDrop(child);
     wait_for(&socket, "READY=1", Duration::from_secs(30));
     assert!(
         state.join("palo-webhooks.redb").is_file(),

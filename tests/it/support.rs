@@ -911,3 +911,13 @@ pub fn cli_as(daemon: &Daemon, token: &str, args: &[&str]) -> (i32, String, Stri
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Ends a child process when the test ends, even by a failed assertion.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -9,19 +9,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::support::KillOnDrop;
 use crate::support::{self, Behaviour, Receiver};
 
 const BIN: &str = env!("CARGO_BIN_EXE_palo-webhooks");
-
-/// Ends a child process when the test ends, even by a failed assertion.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `palo-webhooks listen` with `args`; returns the process, its URL and its stdout
 /// lines.
