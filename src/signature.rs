@@ -32,16 +32,77 @@ pub const WEBHOOK_SIGNATURE_HEADER: &str = "webhook-signature";
 /// `key` is the secret's bytes (UTF-8 of a webhook secret; the base64-decoded part after
 /// `whsec_` for a Standard Webhooks secret).
 pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(msg_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    let mac = standard_mac(key, msg_id, &timestamp.to_string(), body);
     format!(
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     )
+}
+
+/// The HMAC-SHA256 of the Standard Webhooks message `"<msg_id>.<timestamp>.<body>"` under
+/// `key`, streamed (the body is not copied). `timestamp` is the header's text as sent.
+fn standard_mac(key: &[u8], msg_id: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// The Standard Webhooks message `"<msg_id>.<timestamp>.<body>"` as one buffer, for Ed25519
+/// (which signs and verifies a whole message).
+fn standard_message(msg_id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(msg_id.len() + timestamp.len() + 2 + body.len());
+    message.extend_from_slice(msg_id.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(timestamp.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(body);
+    message
+}
+
+/// The receiver's half of [`standard_signature`]: whether some `v1,` entry of a
+/// `webhook-signature` header is the HMAC of `"<msg_id>.<timestamp>.<body>"` under `key`
+/// (compared in constant time). `timestamp` is the `webhook-timestamp` header's text.
+pub fn verify_standard(
+    header: &str,
+    key: &[u8],
+    msg_id: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> bool {
+    header.split(' ').any(|entry| {
+        entry
+            .strip_prefix("v1,")
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .is_some_and(|expected| {
+                standard_mac(key, msg_id, timestamp, body)
+                    .verify_slice(&expected)
+                    .is_ok()
+            })
+    })
+}
+
+/// The receiver's half of [`ed25519_signature`]: whether some `v1a,` entry of a
+/// `webhook-signature` header is an Ed25519 signature (RFC 8032) of
+/// `"<msg_id>.<timestamp>.<body>"` by `public_key` (32 bytes).
+pub fn verify_ed25519(
+    header: &str,
+    public_key: &[u8],
+    msg_id: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> bool {
+    let message = standard_message(msg_id, timestamp, body);
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key);
+    header.split(' ').any(|entry| {
+        entry
+            .strip_prefix("v1a,")
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .is_some_and(|signature| key.verify(&message, &signature).is_ok())
+    })
 }
 
 /// One Standard Webhooks asymmetric signature, `v1a,<base64 Ed25519(seed, "<id>.<timestamp>.<body>")>`
@@ -49,12 +110,7 @@ pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: u64, body: &[u8])
 pub fn ed25519_signature(seed: &[u8; 32], msg_id: &str, timestamp: u64, body: &[u8]) -> String {
     let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
         .expect("any 32 bytes are an Ed25519 seed");
-    let mut message = Vec::with_capacity(msg_id.len() + 22 + body.len());
-    message.extend_from_slice(msg_id.as_bytes());
-    message.push(b'.');
-    message.extend_from_slice(timestamp.to_string().as_bytes());
-    message.push(b'.');
-    message.extend_from_slice(body);
+    let message = standard_message(msg_id, &timestamp.to_string(), body);
     format!(
         "v1a,{}",
         base64::engine::general_purpose::STANDARD.encode(pair.sign(&message).as_ref())

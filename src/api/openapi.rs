@@ -280,44 +280,8 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let mut value = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
     clean_texts(&mut value);
-    short_summaries(&mut value);
     serde_json::to_string_pretty(&value).expect("the OpenAPI document serializes")
 });
-
-/// Cuts each operation's summary (the doc comment's first paragraph) to its first clause;
-/// the whole paragraph goes to the top of the description.
-fn short_summaries(doc: &mut serde_json::Value) {
-    let Some(paths) = doc["paths"].as_object_mut() else {
-        return;
-    };
-    for item in paths.values_mut() {
-        let Some(item) = item.as_object_mut() else {
-            continue;
-        };
-        for operation in item.values_mut() {
-            let Some(summary) = operation["summary"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            let flat = summary.replace('\n', " ");
-            let cut = [". ", ": ", "; ", " ("]
-                .iter()
-                .filter_map(|sep| flat.find(sep))
-                .min()
-                .filter(|&at| at < flat.len() - 1);
-            let Some(at) = cut.filter(|_| flat.len() > 80) else {
-                operation["summary"] = serde_json::Value::String(flat);
-                continue;
-            };
-            operation["summary"] = serde_json::Value::String(flat[..at].to_owned());
-            let description = operation["description"].as_str().unwrap_or_default();
-            operation["description"] = serde_json::Value::String(if description.is_empty() {
-                flat
-            } else {
-                format!("{flat}\n\n{description}")
-            });
-        }
-    }
-}
 
 /// Cleans every `summary` and `description` of the document ([`for_readers`]).
 fn clean_texts(value: &mut serde_json::Value) {
@@ -434,9 +398,4 @@ pub(super) async fn document() -> Response {
         DOCUMENT.as_str(),
     )
         .into_response()
-}
-
-/// The document as a value (for tests and tools).
-pub fn document_value() -> serde_json::Value {
-    serde_json::from_str(&DOCUMENT).expect("the document is JSON")
 }

@@ -190,91 +190,108 @@ impl AuthOut {
     }
 }
 
-/// The delivery options of a create or a PATCH. Absent fields leave what is stored;
-/// `null` resets a field to its default.
-#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct OptionsIn {
-    /// `none` or `key`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub ordering: Option<Option<String>>,
-    /// A duration (`30m`); `null` holds a key until its delivery ends.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub ordering_hold_max: Option<Option<String>>,
-    /// 1..=64; `null` for the daemon's per-webhook value.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<u32>)]
-    pub max_in_flight: Option<Option<u32>>,
-    /// Requests per second, at least 1; `null` for none.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<u32>)]
-    pub rate_limit: Option<Option<u32>>,
-    /// A filter document ([`crate::filter`]); `null` for none.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<serde_json::Value>)]
-    pub filter: Option<Option<serde_json::Value>>,
-    /// The whole list, replacing the stored one; `null` or `[]` for none.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<Vec<HeaderIn>>)]
-    pub headers: Option<Option<Vec<HeaderIn>>>,
-    /// `null` for none.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<AuthIn>)]
-    pub auth: Option<Option<AuthIn>>,
-    /// `["hmac"]` or `["hmac", "ed25519"]`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub signature_scheme: Option<Option<Vec<String>>>,
-    /// A client certificate for mutual TLS; `null` for none.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<ClientCertificateIn>)]
-    pub client_certificate: Option<Option<ClientCertificateIn>>,
-    /// `"none"` (direct), an `http://[user:password@]host:port` proxy, or `null` for the
-    /// daemon's `--proxy`.
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub proxy: Option<Option<String>>,
+/// Declares a request body whose own fields are followed by the delivery options' fields,
+/// the same in [`OptionsIn`], `WebhookIn` and `WebhookPatch`: absent leaves what is stored,
+/// `null` resets a field to its default. (serde's `flatten` would share one struct, but it
+/// cannot be combined with the `deny_unknown_fields` the webhook bodies need.)
+macro_rules! with_delivery_options {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($fields)*
+            /// `none` or `key`.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<String>)]
+            pub ordering: Option<Option<String>>,
+            /// A duration (`30m`): how long one delivery may hold its ordering key; `null`
+            /// holds it until the delivery ends.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<String>)]
+            pub ordering_hold_max: Option<Option<String>>,
+            /// 1..=64; `null` for the daemon's per-webhook value.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<u32>, minimum = 1, maximum = 64)]
+            pub max_in_flight: Option<Option<u32>>,
+            /// Requests per second, at least 1; `null` for none.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<u32>, minimum = 1)]
+            pub rate_limit: Option<Option<u32>>,
+            /// A filter document on the envelope ([`crate::filter`]); `null` for none.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<serde_json::Value>)]
+            pub filter: Option<Option<serde_json::Value>>,
+            /// Custom headers, the whole list, replacing the stored one; `null` or `[]` for
+            /// none.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<Vec<crate::api::options::HeaderIn>>)]
+            pub headers: Option<Option<Vec<crate::api::options::HeaderIn>>>,
+            /// Receiver authentication; `null` for none.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<crate::api::options::AuthIn>)]
+            pub auth: Option<Option<crate::api::options::AuthIn>>,
+            /// `["hmac"]` or `["hmac", "ed25519"]`.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<Vec<String>>)]
+            pub signature_scheme: Option<Option<Vec<String>>>,
+            /// A client certificate for mutual TLS; `null` for none.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<crate::api::options::ClientCertificateIn>)]
+            pub client_certificate: Option<Option<crate::api::options::ClientCertificateIn>>,
+            /// `"none"` (direct), an `http://[user:password@]host:port` proxy, or `null` for
+            /// the daemon's `--proxy`.
+            #[serde(
+                default,
+                deserialize_with = "crate::api::options::present",
+                skip_serializing_if = "Option::is_none"
+            )]
+            #[schema(value_type = Option<String>)]
+            pub proxy: Option<Option<String>>,
+        }
+    };
+}
+pub(super) use with_delivery_options;
+
+with_delivery_options! {
+    /// The delivery options of a create or a PATCH. Absent fields leave what is stored;
+    /// `null` resets a field to its default.
+    #[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+    pub struct OptionsIn {}
 }
 
 /// A field that is present (`Some`), possibly `null` (`Some(None)`); absent is `None` by

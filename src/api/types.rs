@@ -4,218 +4,63 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::options::with_delivery_options;
 use crate::clock::format_ms;
 use crate::model::{ApiKey, Attempt, Delivery, Event, Webhook};
 
-/// `POST /api/webhooks` (spec "Créer un webhook").
-#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({
-    "url": "https://helpdesk.example.com/webhooks/palo",
-    "events": ["ticket.created", "ticket.resolved"],
-    "description": "Helpdesk sync",
-    "organization_id": "org_example"
-}))]
-pub struct WebhookIn {
-    /// Absolute https URL (http with `--allow-http`).
-    pub url: String,
-    /// Event type names, or `["*"]`.
-    pub events: Vec<String>,
-    /// At least 32 characters; generated when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 32)]
-    pub secret: Option<String>,
-    /// Default true.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub active: Option<bool>,
-    /// Free text.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Required with the admin token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub organization_id: Option<String>,
-    /// `none` or `key` (issue 16): see [`super::options::OptionsIn`] for every option.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub ordering: Option<Option<String>>,
-    /// A duration; how long one delivery may hold its ordering key.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub ordering_hold_max: Option<Option<String>>,
-    /// 1..=64, or null for the daemon's per-webhook value.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<u32>, minimum = 1, maximum = 64)]
-    pub max_in_flight: Option<Option<u32>>,
-    /// Requests per second, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<u32>, minimum = 1)]
-    pub rate_limit: Option<Option<u32>>,
-    /// A filter document on the envelope, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<serde_json::Value>)]
-    pub filter: Option<Option<serde_json::Value>>,
-    /// Custom headers (the whole list).
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<Vec<super::options::HeaderIn>>)]
-    pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
-    /// Receiver authentication, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<super::options::AuthIn>)]
-    pub auth: Option<Option<super::options::AuthIn>>,
-    /// `["hmac"]` or `["hmac", "ed25519"]`.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub signature_scheme: Option<Option<Vec<String>>>,
-    /// A client certificate for mutual TLS, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<super::options::ClientCertificateIn>)]
-    pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
-    /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub proxy: Option<Option<String>>,
+with_delivery_options! {
+    /// `POST /api/webhooks` (spec "Créer un webhook").
+    #[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schema(example = json!({
+        "url": "https://helpdesk.example.com/webhooks/palo",
+        "events": ["ticket.created", "ticket.resolved"],
+        "description": "Helpdesk sync",
+        "organization_id": "org_example"
+    }))]
+    pub struct WebhookIn {
+        /// Absolute https URL (http with `--allow-http`).
+        pub url: String,
+        /// Event type names, or `["*"]`.
+        pub events: Vec<String>,
+        /// At least 32 characters; generated when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(min_length = 32)]
+        pub secret: Option<String>,
+        /// Default true.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub active: Option<bool>,
+        /// Free text.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub description: Option<String>,
+        /// Required with the admin token.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub organization_id: Option<String>,
+    }
 }
 
-/// `PATCH /api/webhooks/{id}`: any subset of the fields.
-#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookPatch {
-    /// New URL.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// New subscriptions.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub events: Option<Vec<String>>,
-    /// New secret (at least 32 characters).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 32)]
-    pub secret: Option<String>,
-    /// Activate or deactivate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub active: Option<bool>,
-    /// New description.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// `none` or `key` (issue 16): see [`super::options::OptionsIn`] for every option.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub ordering: Option<Option<String>>,
-    /// A duration; how long one delivery may hold its ordering key.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub ordering_hold_max: Option<Option<String>>,
-    /// 1..=64, or null for the daemon's per-webhook value.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<u32>, minimum = 1, maximum = 64)]
-    pub max_in_flight: Option<Option<u32>>,
-    /// Requests per second, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<u32>, minimum = 1)]
-    pub rate_limit: Option<Option<u32>>,
-    /// A filter document on the envelope, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<serde_json::Value>)]
-    pub filter: Option<Option<serde_json::Value>>,
-    /// Custom headers (the whole list).
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<Vec<super::options::HeaderIn>>)]
-    pub headers: Option<Option<Vec<super::options::HeaderIn>>>,
-    /// Receiver authentication, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<super::options::AuthIn>)]
-    pub auth: Option<Option<super::options::AuthIn>>,
-    /// `["hmac"]` or `["hmac", "ed25519"]`.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub signature_scheme: Option<Option<Vec<String>>>,
-    /// A client certificate for mutual TLS, or null.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<super::options::ClientCertificateIn>)]
-    pub client_certificate: Option<Option<super::options::ClientCertificateIn>>,
-    /// `"none"`, an http:// proxy URL, or null for the daemon's proxy.
-    #[serde(
-        default,
-        deserialize_with = "super::options::present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub proxy: Option<Option<String>>,
+with_delivery_options! {
+    /// `PATCH /api/webhooks/{id}`: any subset of the fields.
+    #[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct WebhookPatch {
+        /// New URL.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub url: Option<String>,
+        /// New subscriptions.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub events: Option<Vec<String>>,
+        /// New secret (at least 32 characters).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(min_length = 32)]
+        pub secret: Option<String>,
+        /// Activate or deactivate.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub active: Option<bool>,
+        /// New description.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub description: Option<String>,
+    }
 }
 
 /// The delivery options of a create or a PATCH, moved out of the request.

@@ -1,9 +1,8 @@
 //! `palo-webhooks events ...`: send an event, show one, list them, delete a payload.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 
 use super::client::{encode_component, query, ApiClient, ClientArgs, PageArgs, Request};
@@ -57,20 +56,12 @@ pub enum EventCommand {
 /// # Errors
 /// The file cannot be read; the daemon refuses the event.
 pub(super) async fn send(args: &ClientArgs, file: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    if file.as_os_str() == "-" {
-        std::io::stdin().read_to_end(&mut bytes)?;
-    } else {
-        bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    }
+    let bytes = super::read_input(file)?;
     let api = ApiClient::new(args)?;
+    // The file as it is: the daemon explains what is wrong with it.
     let request = Request {
-        method: "POST",
-        path: "/api/events".into(),
         body: Some(bytes),
-        columns: EVENT_COLUMNS,
-        answer: |bytes| serde_json::from_slice::<EventAccepted>(bytes).map(drop),
-        note: None,
+        ..Request::without_body::<EventAccepted>("POST", "/api/events".into(), EVENT_COLUMNS)
     };
     let (status, value) = api.send_with_status(&request).await?;
     if args.json {

@@ -162,6 +162,21 @@ pub enum Command {
     },
 }
 
+/// The bytes of `path`, or of stdin for `-` (event files, captured requests, credentials).
+///
+/// # Errors
+/// The file cannot be read (the message names it).
+pub(crate) fn read_input(path: &std::path::Path) -> Result<Vec<u8>> {
+    use anyhow::Context as _;
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
 /// Runs a client subcommand and prints its result.
 ///
 /// # Errors

@@ -79,13 +79,8 @@ pub struct DeliveryOptionArgs {
 }
 
 fn read_secret(path: &std::path::Path) -> Result<String> {
-    let text = if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-        text
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
-    };
+    let text = String::from_utf8(super::read_input(path)?)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 

@@ -11,18 +11,15 @@
 //! (then the secret is the problem), or a body that verifies once a trailing newline, a
 //! byte-order mark or re-formatted JSON is undone (then the capture changed the body).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Args;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 
 use crate::signature::{
-    verify as verify_palo, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
-    WEBHOOK_TIMESTAMP_HEADER,
+    verify as verify_palo, verify_ed25519, verify_standard, SIGNATURE_HEADER, WEBHOOK_ID_HEADER,
+    WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
 };
 
 /// Options of `palo-webhooks verify`.
@@ -147,45 +144,6 @@ impl Report {
     }
 }
 
-/// Whether some `v1,` entry of `header` is the HMAC of `id.timestamp.body` under `secret`
-/// (constant-time comparison).
-fn v1_matches(header: &str, secret: &str, id: &str, timestamp: &str, body: &[u8]) -> bool {
-    header.split(' ').any(|entry| {
-        let Some(b64) = entry.strip_prefix("v1,") else {
-            return false;
-        };
-        let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-            return false;
-        };
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac.verify_slice(&expected).is_ok()
-    })
-}
-
-/// Whether some `v1a,` entry of `header` is an Ed25519 signature of `id.timestamp.body` by
-/// `public_key` (32 bytes).
-fn v1a_matches(header: &str, public_key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> bool {
-    let mut message = Vec::with_capacity(id.len() + timestamp.len() + 2 + body.len());
-    message.extend_from_slice(id.as_bytes());
-    message.push(b'.');
-    message.extend_from_slice(timestamp.as_bytes());
-    message.push(b'.');
-    message.extend_from_slice(body);
-    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key);
-    header.split(' ').any(|entry| {
-        entry
-            .strip_prefix("v1a,")
-            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-            .is_some_and(|sig| key.verify(&message, &sig).is_ok())
-    })
-}
-
 /// The body as a capture may have changed it, undone: without a trailing newline, without
 /// a UTF-8 byte-order mark, and JSON re-written compactly in the same key order. Each comes
 /// with what was undone.
@@ -284,7 +242,9 @@ pub fn check(
         .as_deref()
         .zip(captured.webhook_timestamp.as_deref());
     let v1_with = |secret: &str, b: &[u8]| match (captured.webhook_signature.as_deref(), ids) {
-        (Some(signature), Some((id, timestamp))) => v1_matches(signature, secret, id, timestamp, b),
+        (Some(signature), Some((id, timestamp))) => {
+            verify_standard(signature, secret.as_bytes(), id, timestamp, b)
+        }
         _ => false,
     };
     let v1_ok = secrets.iter().any(|s| v1_with(s, body));
@@ -381,9 +341,10 @@ pub fn check(
         )),
         (Some(signature), Some((id, timestamp))) => {
             let key = public_key.expect("checked above");
-            Some(if v1a_matches(signature, key, id, timestamp, body) {
+            Some(if verify_ed25519(signature, key, id, timestamp, body) {
                 Verdict::ok("verifies with the public key".to_owned())
-            } else if changed_body(&|b| v1a_matches(signature, key, id, timestamp, b)).is_some() {
+            } else if changed_body(&|b| verify_ed25519(signature, key, id, timestamp, b)).is_some()
+            {
                 Verdict::failed(
                     "body changed",
                     "body changed: it verifies once the capture's changes are undone",
@@ -461,17 +422,6 @@ pub fn public_key_bytes(key: &str) -> Result<Vec<u8>> {
         .context("--public-key: expected whpk_ and the base64 of 32 bytes")
 }
 
-/// Reads a file, or stdin for `-`.
-fn read_input(path: &Path) -> Result<Vec<u8>> {
-    if path.as_os_str() == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes)?;
-        Ok(bytes)
-    } else {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    }
-}
-
 /// `Name: value` pairs of a header block (a request line, `> `/`< ` prefixes of `curl -v`
 /// and lines without a colon are skipped).
 fn parse_header_lines(text: &str) -> Vec<(String, String)> {
@@ -504,7 +454,7 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         .map(public_key_bytes)
         .transpose()?;
     let (mut headers, body) = if let Some(path) = &args.request {
-        let raw = read_input(path)?;
+        let raw = super::read_input(path)?;
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -526,14 +476,14 @@ pub fn run(args: &VerifyArgs) -> Result<bool> {
         )
     } else {
         let headers = match &args.headers {
-            Some(path) => parse_header_lines(&String::from_utf8_lossy(&read_input(path)?)),
+            Some(path) => parse_header_lines(&String::from_utf8_lossy(&super::read_input(path)?)),
             None => Vec::new(),
         };
         let body_path = args
             .body
             .clone()
             .context("--body is required (or --request)")?;
-        (headers, read_input(&body_path)?)
+        (headers, super::read_input(&body_path)?)
     };
     for signature in &args.signatures {
         let name = if signature.starts_with("sha256=") {
