@@ -144,7 +144,8 @@ pub enum Command {
     Listen(listen::ListenArgs),
     /// Check a captured webhook request's signatures (support staff): says which signatures
     /// verify and, when one does not, why (wrong secret, body changed, stale timestamp).
-    /// Exits 0 when the request verifies, 1 when it does not.
+    /// Exits 0 when the request verifies, 1 when it does not, 2 when it cannot be checked (a
+    /// file missing, nothing to check).
     Verify(verify::VerifyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
