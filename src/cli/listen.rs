@@ -24,7 +24,10 @@ use super::verify::{check, Captured, Mode, Report};
 
 /// The largest body `listen` reads, bytes (the daemon's default `--max-body` is smaller).
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// Delivery ids whose attempts `--fail-first` counts, at most (oldest forgotten first).
+/// Delivery ids whose attempts `--fail-first` counts, and event ids kept for deduplication,
+/// at most each: past it, that set starts over (a delivery may then be failed on purpose
+/// again, an event seen long ago is shown as new), so memory stays bounded however long
+/// `listen` runs.
 const MAX_TRACKED: usize = 100_000;
 /// Time a client has to send a request's head, then its body, before the connection is
 /// closed (as the daemon's own API does with a slow client).
@@ -77,11 +80,43 @@ struct Listener {
     state: Mutex<Seen>,
 }
 
-/// Event ids seen, and attempts counted per delivery.
-#[derive(Default)]
+/// Event ids seen, and attempts counted per delivery, each at most `cap` entries.
 struct Seen {
+    cap: usize,
     events: HashSet<String>,
     attempts: HashMap<String, u32>,
+}
+
+impl Seen {
+    fn new(cap: usize) -> Seen {
+        Seen {
+            cap,
+            events: HashSet::new(),
+            attempts: HashMap::new(),
+        }
+    }
+
+    /// Counts one more attempt of `delivery`; returns the count.
+    fn attempt(&mut self, delivery: &str) -> u32 {
+        if self.attempts.len() >= self.cap && !self.attempts.contains_key(delivery) {
+            self.attempts.clear();
+        }
+        let count = self.attempts.entry(delivery.to_owned()).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// Whether `event_id` was answered 200 before (and remembers it).
+    fn duplicate(&mut self, event_id: &str) -> bool {
+        if self.events.contains(event_id) {
+            return true;
+        }
+        if self.events.len() >= self.cap {
+            self.events.clear();
+        }
+        self.events.insert(event_id.to_owned());
+        false
+    }
 }
 
 /// Runs `palo-webhooks listen` until Ctrl-C.
@@ -145,7 +180,7 @@ pub async fn run(args: ListenArgs) -> Result<()> {
     let shared = Arc::new(Listener {
         args,
         public_key,
-        state: Mutex::new(Seen::default()),
+        state: Mutex::new(Seen::new(MAX_TRACKED)),
     });
     loop {
         let (stream, _) = tokio::select! {
@@ -267,17 +302,12 @@ async fn answer(
         let mut seen = shared.state.lock().expect("listen state");
         let failing = match &delivery {
             Some(id) if args.fail_first > 0 => {
-                if seen.attempts.len() >= MAX_TRACKED && !seen.attempts.contains_key(id) {
-                    seen.attempts.clear();
-                }
-                let count = seen.attempts.entry(id.clone()).or_insert(0);
-                *count += 1;
-                (*count <= args.fail_first).then_some(*count)
+                Some(seen.attempt(id)).filter(|count| *count <= args.fail_first)
             }
             _ => None,
         };
         // An event counts as seen once it was answered 200.
-        let duplicate = failing.is_none() && !seen.events.insert(event_id.clone());
+        let duplicate = failing.is_none() && seen.duplicate(&event_id);
         (duplicate, failing)
     };
     // Printed before any --delay: an attempt the daemon gives up on (its timeout) still shows.
@@ -329,4 +359,25 @@ fn verdict(report: &Report) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn what_listen_remembers_stays_within_its_cap() {
+        let mut seen = Seen::new(3);
+        for i in 0..10 {
+            assert!(!seen.duplicate(&format!("evt_{i}")));
+            assert_eq!(seen.attempt(&format!("dlv_{i}")), 1);
+            assert!(seen.events.len() <= 3 && seen.attempts.len() <= 3);
+        }
+        // Within the cap, a repeat is a duplicate and attempts add up.
+        assert!(seen.duplicate("evt_9"));
+        assert_eq!(seen.attempt("dlv_9"), 2);
+        // Past it, what was forgotten reads as new.
+        assert!(!seen.duplicate("evt_0"));
+        assert_eq!(seen.attempt("dlv_0"), 1);
+    }
 }
